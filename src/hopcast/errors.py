@@ -1,0 +1,87 @@
+"""Every exception hopcast raises on purpose.
+
+::
+
+    HopcastError
+    ├── ConfigError                 a setting is missing or invalid
+    ├── SchemaError                 a schema file is malformed (names file, path and problem)
+    ├── InvalidInput                the caller sent something we cannot accept  (HTTP 4xx)
+    │   ├── InvalidNodeId           not 'type:key'
+    │   ├── InvalidMutation         a mutation's JSON form is malformed
+    │   ├── SchemaViolation         a write that does not fit the schema
+    │   ├── InvalidQuery            a query spec is malformed or exceeds a bound
+    │   └── InvalidCursor           a paging cursor that was not issued by us
+    ├── NotFound                    a named thing does not exist                (HTTP 404)
+    └── StorageError                the KV backend failed (translated from the driver's error)
+        └── StoreClosed             the store was used after close()
+
+Drivers' exceptions (lmdb, redis, …) never leave the module that imports the driver: they are
+translated into :class:`StorageError` there, with the original chained as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+
+class HopcastError(Exception):
+    """Base of every error hopcast raises on purpose."""
+
+
+class ConfigError(HopcastError):
+    """A setting is missing or invalid."""
+
+
+class SchemaError(HopcastError):
+    """A schema document is malformed.
+
+    The message names the file, the path inside it (``edges.plays.props.minutes``) and what is
+    wrong.
+    """
+
+    def __init__(self, source: str, path: str, problem: str) -> None:
+        self.source = source
+        self.path = path
+        self.problem = problem
+        where = f"{source}: {path}" if path else source
+        super().__init__(f"{where}: {problem}")
+
+
+class InvalidInput(HopcastError):
+    """The caller sent something we cannot accept. Maps to HTTP 400/422."""
+
+
+class InvalidNodeId(InvalidInput):
+    """A node id is not of the form ``type:key``."""
+
+
+class InvalidMutation(InvalidInput):
+    """A mutation's serialised form is malformed."""
+
+
+class SchemaViolation(InvalidInput):
+    """A write does not fit the schema; ``reason`` says why."""
+
+    def __init__(self, reason: str, index: int | None = None) -> None:
+        self.reason = reason
+        self.index = index
+        prefix = f"mutation #{index}: " if index is not None else ""
+        super().__init__(prefix + reason)
+
+
+class InvalidQuery(InvalidInput):
+    """A query is malformed or asks for more than the configured bounds."""
+
+
+class InvalidCursor(InvalidInput):
+    """A paging cursor is corrupt or was issued for a different query."""
+
+
+class NotFound(HopcastError):
+    """A node, event or other named thing does not exist. Maps to HTTP 404."""
+
+
+class StorageError(HopcastError):
+    """The key-value backend failed."""
+
+
+class StoreClosed(StorageError):
+    """The store was used after ``close()``."""

@@ -1,0 +1,38 @@
+"""Key-value backends: ``memory`` (reference), ``lmdb`` (embedded default), more to come.
+
+Open one by URL with :func:`open_kv`: ``memory://`` or ``lmdb:///path/to/dir`` (also a bare path).
+"""
+
+from __future__ import annotations
+
+from hopcast.errors import ConfigError
+from hopcast.kv.base import Item, KVStore, Page, ReadTxn, WriteTxn
+
+__all__ = ["Item", "KVStore", "Page", "ReadTxn", "WriteTxn", "open_kv"]
+
+
+def open_kv(url: str, **options: object) -> KVStore:
+    """Open a backend by URL.
+
+    Args:
+        url: ``memory://``, ``lmdb:///abs/path``, ``lmdb://rel/path`` or a bare directory path
+            (LMDB).
+        options: backend keyword arguments (e.g. ``sync=False`` for LMDB).
+
+    Raises:
+        ConfigError: for an unknown scheme.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "lmdb", url
+    if scheme == "memory":
+        from hopcast.kv.memory import MemoryKV
+
+        return MemoryKV()
+    if scheme == "lmdb":
+        from hopcast.kv.lmdb import LmdbKV
+
+        if not rest:
+            raise ConfigError("lmdb:// needs a directory, e.g. lmdb:///var/lib/hopcast/graph")
+        return LmdbKV(rest, **options)  # type: ignore[arg-type]
+    raise ConfigError(f"unknown store URL scheme {scheme!r} in {url!r} (use memory:// or lmdb://)")

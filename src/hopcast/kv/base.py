@@ -1,0 +1,309 @@
+"""The key-value abstraction every graph backend implements.
+
+Shape (Netflix's KV data-abstraction layer)::
+
+    namespace ──▶ record id ──▶ sorted map( item key ──▶ item )
+
+* A **namespace** groups records with one TTL policy (one per node type and per edge-list kind).
+* A **record** is identified by bytes; its items are kept sorted by item key (bytewise), so a
+  record can be read forward or backward, in key ranges, in pages with a resumable cursor.
+* An **item** carries ``value`` bytes and a version ``(ts, token)``: ``ts`` is the generation
+  time (µs since epoch) and ``token`` a 63-bit tie-breaker. :meth:`WriteTxn.put_lww` applies a
+  write only if its version is strictly newer (last-write-wins; equal versions are a no-op).
+* An item may be a **tombstone** (a remembered delete, invisible to reads) so that an older write
+  arriving late cannot resurrect it.
+* **Expiry**: an item expires at ``ts + ttl`` where ``ttl`` is the item's own TTL if given, else
+  its namespace's; tombstones in a namespace without TTL expire after
+  :data:`TOMBSTONE_GRACE_US`. Expired items are invisible to reads (``now`` is passed in) and are
+  removed by :meth:`KVStore.sweep`.
+* **Atomicity**: everything done in one :meth:`KVStore.writer` block, including
+  :meth:`WriteTxn.set_checkpoint` (source positions), commits or aborts as one.
+
+Backends: :mod:`hopcast.kv.memory` (the reference, the spec in code) and :mod:`hopcast.kv.lmdb`
+(embedded default). Both pass ``tests/kv/test_contract.py``.
+"""
+
+from __future__ import annotations
+
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from hopcast.durations import DAY
+from hopcast.errors import InvalidCursor
+
+#: Value header: ts (int64), token (int64), expires_at (int64, 0 = never), flags (uint8).
+HEADER = struct.Struct(">qqqB")
+HEADER_SIZE = HEADER.size
+FLAG_TOMBSTONE = 1
+
+#: How long a delete is remembered in a namespace that has no TTL. Replays older than this
+#: (e.g. a Kafka topic re-read from a week-old offset) could resurrect deleted data; a week
+#: covers Kafka's default 7-day topic retention.
+TOMBSTONE_GRACE_US = 7 * DAY
+
+#: Items fetched per round trip when a scan is streamed. Big enough to amortise a cursor
+#: re-seek or a network round trip, small enough that an early stop wastes little.
+SCAN_BATCH = 64
+
+#: Namespaces that backends reserve for themselves.
+CHECKPOINT_NS = "__checkpoints__"
+META_NS = "__meta__"
+
+
+class Item(NamedTuple):
+    """One stored item. ``expires_at == 0`` means never."""
+
+    key: bytes
+    value: bytes
+    ts: int
+    token: int
+    expires_at: int = 0
+    tombstone: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of a scan; pass ``cursor`` back to continue, ``None`` means the end."""
+
+    items: list[Item]
+    cursor: bytes | None
+
+
+def encode_value(value: bytes, ts: int, token: int, expires_at: int, tombstone: bool) -> bytes:
+    return HEADER.pack(ts, token, expires_at, FLAG_TOMBSTONE if tombstone else 0) + value
+
+
+def decode_item(key: bytes, raw: bytes) -> Item:
+    ts, token, expires_at, flags = HEADER.unpack_from(raw)
+    return Item(key, raw[HEADER_SIZE:], ts, token, expires_at, bool(flags & FLAG_TOMBSTONE))
+
+
+def expiry(ts: int, ttl_us: int | None, tombstone: bool) -> int:
+    """Absolute expiry for an item written at generation time ``ts``; 0 = never."""
+    if ttl_us is None:
+        return ts + TOMBSTONE_GRACE_US if tombstone else 0
+    return ts + ttl_us
+
+
+def visible(item: Item, now: int) -> bool:
+    """Whether a read at ``now`` sees the item (not a tombstone, not expired)."""
+    return not item.tombstone and (item.expires_at == 0 or item.expires_at > now)
+
+
+def newer(ts: int, token: int, than: Item | None) -> bool:
+    """Whether version ``(ts, token)`` beats the stored item (strictly newer, LWW)."""
+    return than is None or (ts, token) > (than.ts, than.token)
+
+
+def page_bounds(
+    start: bytes | None, stop: bytes | None, reverse: bool, cursor: bytes | None
+) -> tuple[bytes | None, bytes | None]:
+    """Narrow ``[start, stop)`` so a scan resumes right after ``cursor`` (the last key seen)."""
+    if cursor is None:
+        return start, stop
+    if not isinstance(cursor, bytes):
+        raise InvalidCursor("cursor must be bytes")
+    if reverse:
+        if start is not None and cursor < start:
+            raise InvalidCursor("cursor lies outside the scanned range")
+        return start, cursor
+    if stop is not None and cursor >= stop:
+        raise InvalidCursor("cursor lies outside the scanned range")
+    return cursor + b"\x00", stop
+
+
+class ReadTxn(ABC):
+    """A read view. On LMDB it is a consistent snapshot; on memory it reads committed data."""
+
+    @abstractmethod
+    def get(self, ns: str, rid: bytes, key: bytes, now: int) -> Item | None:
+        """The visible item at ``key``, or None (absent, tombstone or expired)."""
+
+    @abstractmethod
+    def scan(
+        self,
+        ns: str,
+        rid: bytes,
+        now: int,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[Item]:
+        """Stream the visible items of a record with ``start <= key < stop``.
+
+        Items come in key order (descending with ``reverse``), fetched lazily in batches of
+        :data:`SCAN_BATCH`, so a caller that stops early pays only for what it read.
+        """
+
+    @abstractmethod
+    def count(
+        self, ns: str, rid: bytes, now: int, start: bytes | None = None, stop: bytes | None = None
+    ) -> int:
+        """Number of visible items with ``start <= key < stop``."""
+
+    @abstractmethod
+    def checkpoints(self) -> dict[str, bytes]:
+        """Every stored source position, by source name."""
+
+    def page(
+        self,
+        ns: str,
+        rid: bytes,
+        now: int,
+        limit: int,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        reverse: bool = False,
+        cursor: bytes | None = None,
+    ) -> Page:
+        """Up to ``limit`` items and the cursor that resumes after them (None at the end).
+
+        Raises:
+            InvalidCursor: if ``cursor`` cannot belong to this range.
+        """
+        start, stop = page_bounds(start, stop, reverse, cursor)
+        items: list[Item] = []
+        it = self.scan(ns, rid, now, start, stop, reverse)
+        for item in it:
+            items.append(item)
+            if len(items) >= limit:
+                break
+        else:
+            return Page(items, None)
+        for _ in it:
+            return Page(items, items[-1].key)
+        return Page(items, None)
+
+
+class WriteTxn(ABC):
+    """A write transaction: everything in it commits atomically, or nothing does."""
+
+    @abstractmethod
+    def get(self, ns: str, rid: bytes, key: bytes) -> Item | None:
+        """The stored item, tombstones and expired items included (LWW needs them)."""
+
+    @abstractmethod
+    def put(
+        self,
+        ns: str,
+        rid: bytes,
+        key: bytes,
+        value: bytes,
+        ts: int,
+        token: int,
+        ttl_us: int | None = None,
+        tombstone: bool = False,
+    ) -> None:
+        """Write unconditionally. ``ttl_us`` overrides the namespace TTL for this item."""
+
+    def put_lww(
+        self,
+        ns: str,
+        rid: bytes,
+        key: bytes,
+        value: bytes,
+        ts: int,
+        token: int,
+        ttl_us: int | None = None,
+        tombstone: bool = False,
+    ) -> bool:
+        """Write only if ``(ts, token)`` is strictly newer than the stored version.
+
+        Returns:
+            True if written; False if the stored version is newer or equal (a replay).
+        """
+        if not newer(ts, token, self.get(ns, rid, key)):
+            return False
+        self.put(ns, rid, key, value, ts, token, ttl_us, tombstone)
+        return True
+
+    @abstractmethod
+    def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
+        """Remove an item physically (no tombstone). Returns whether it existed."""
+
+    @abstractmethod
+    def scan(
+        self,
+        ns: str,
+        rid: bytes,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[Item]:
+        """Stored items of a record in key order, tombstones and expired items included.
+
+        Do not write to the same record while iterating; collect first.
+        """
+
+    @abstractmethod
+    def set_checkpoint(self, source: str, position: bytes) -> None:
+        """Record a source position in this same atomic write."""
+
+
+class KVStore(ABC):
+    """A key-value backend. Thread-safe; readers never block each other."""
+
+    name: str = "kv"
+
+    @abstractmethod
+    def configure(self, ns: str, ttl_us: int | None) -> None:
+        """Declare a namespace and its TTL (None = no TTL). Idempotent; a new TTL applies to
+        items written afterwards."""
+
+    @abstractmethod
+    def ttl(self, ns: str) -> int | None:
+        """The namespace's TTL in µs, or None."""
+
+    @abstractmethod
+    def reader(self) -> AbstractContextManager[ReadTxn]:
+        """A read view for several reads (``with kv.reader() as r: ...``)."""
+
+    @abstractmethod
+    def writer(self) -> AbstractContextManager[WriteTxn]:
+        """An atomic write: commits when the block exits, aborts if it raises."""
+
+    @abstractmethod
+    def sweep(self, now: int, limit: int | None = None) -> int:
+        """Remove up to ``limit`` expired items and tombstones; returns how many were removed."""
+
+    @abstractmethod
+    def namespaces(self) -> list[str]:
+        """The configured namespaces (internal ones excluded)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release resources; further use raises :class:`~hopcast.errors.StoreClosed`."""
+
+    # Conveniences for one-off reads --------------------------------------------------------
+
+    def get(self, ns: str, rid: bytes, key: bytes, now: int) -> Item | None:
+        with self.reader() as r:
+            return r.get(ns, rid, key, now)
+
+    def page(
+        self,
+        ns: str,
+        rid: bytes,
+        now: int,
+        limit: int,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        reverse: bool = False,
+        cursor: bytes | None = None,
+    ) -> Page:
+        with self.reader() as r:
+            return r.page(ns, rid, now, limit, start, stop, reverse, cursor)
+
+    def checkpoints(self) -> dict[str, bytes]:
+        with self.reader() as r:
+            return r.checkpoints()
+
+    def __enter__(self) -> KVStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,461 @@
+"""The embedded default KV backend, on LMDB (py-lmdb).
+
+Layout: one LMDB environment (a directory); one named database per namespace; inside it the key
+of an item is ``len(rid) (uint16 BE) ‖ rid ‖ item key``, so a record's items are contiguous and
+sorted, and a record scan is one cursor seek plus sequential reads. Values carry the common
+header of :mod:`hopcast.kv.base`. Source positions live in the ``__checkpoints__`` database and
+commit in the same LMDB transaction as the data they describe.
+
+Concurrency: one writer at a time (LMDB serialises write transactions); any number of readers,
+in this process or others, each reading a consistent snapshot without blocking the writer.
+LMDB forbids opening one environment twice in a process, so :class:`LmdbKV` shares one handle
+per path inside a process.
+
+Only this module imports ``lmdb``; its errors are translated to :class:`StorageError` here.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hopcast.errors import ConfigError, StorageError, StoreClosed
+from hopcast.kv.base import (
+    CHECKPOINT_NS,
+    HEADER,
+    HEADER_SIZE,
+    META_NS,
+    Item,
+    KVStore,
+    ReadTxn,
+    WriteTxn,
+    encode_value,
+    expiry,
+)
+
+try:
+    import lmdb as _lmdb
+except ImportError as exc:  # pragma: no cover - lmdb is a core dependency
+    raise ConfigError("the LMDB backend needs py-lmdb: pip install lmdb") from exc
+
+#: Address space reserved for the map. LMDB files grow only as data is written, so a large
+#: reservation costs nothing; 1 TiB keeps a 10M-edge benchmark (~5 GB) far from MapFullError.
+DEFAULT_MAP_SIZE = 1 << 40
+
+#: Named databases allowed in one environment: one per node type and three per edge type, so
+#: a schema with ~80 edge types still fits.
+MAX_DBS = 256
+
+#: Concurrent read transactions across all processes (API workers, CLI, benchmark threads).
+MAX_READERS = 512
+
+#: Deletes per write transaction in a sweep, so the writer lock is released regularly.
+SWEEP_CHUNK = 10_000
+
+_LEN = struct.Struct(">H")
+_header_unpack = HEADER.unpack_from
+
+_registry: dict[str, tuple[Any, int]] = {}
+_registry_lock = threading.Lock()
+
+
+def _prefix(rid: bytes) -> bytes:
+    if len(rid) > 0xFFFF:
+        raise StorageError(f"record id too long ({len(rid)} bytes; the limit is 65535)")
+    return _LEN.pack(len(rid)) + rid
+
+
+def _successor(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix`` (None if unbounded)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+class LmdbKV(KVStore):
+    """LMDB-backed store at directory ``path``.
+
+    Args:
+        path: directory of the environment (created if missing).
+        map_size: address space reserved for the data file.
+        sync: fsync on every commit (durable). ``False`` trades the last commits on power loss
+            for throughput; the process crashing still loses nothing.
+        readonly: open for reading only (e.g. a query process beside the writer).
+    """
+
+    name = "lmdb"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        map_size: int = DEFAULT_MAP_SIZE,
+        sync: bool = True,
+        readonly: bool = False,
+    ) -> None:
+        self.path = str(Path(path).resolve())
+        self._readonly = readonly
+        self._closed = False
+        with _registry_lock:
+            shared = _registry.get(self.path)
+            if shared is not None:
+                env, refs = shared
+                _registry[self.path] = (env, refs + 1)
+            else:
+                try:
+                    if not readonly:
+                        Path(self.path).mkdir(parents=True, exist_ok=True)
+                    env = _lmdb.open(
+                        self.path,
+                        map_size=map_size,
+                        max_dbs=MAX_DBS,
+                        max_readers=MAX_READERS,
+                        sync=sync,
+                        metasync=sync,
+                        readahead=False,
+                        readonly=readonly,
+                        lock=True,
+                    )
+                except _lmdb.Error as exc:
+                    raise StorageError(f"cannot open LMDB at {self.path}: {exc}") from exc
+                _registry[self.path] = (env, 1)
+        self._env = env
+        self._dbs: dict[str, Any] = {}
+        self._ttls: dict[str, int | None] = {}
+        self._db_lock = threading.Lock()
+        self._meta = self._open_db(META_NS, create=not readonly)
+        self._cp = self._open_db(CHECKPOINT_NS, create=not readonly)
+        self._load_meta()
+
+    # -- namespaces --------------------------------------------------------------------------
+
+    def _open_db(self, ns: str, create: bool) -> Any:
+        with self._db_lock:
+            db = self._dbs.get(ns)
+            if db is not None:
+                return db
+            try:
+                db = self._env.open_db(ns.encode(), create=create)
+            except _lmdb.NotFoundError:
+                return None
+            except _lmdb.Error as exc:
+                raise StorageError(f"cannot open namespace {ns!r}: {exc}") from exc
+            self._dbs[ns] = db
+            return db
+
+    def _load_meta(self) -> None:
+        if self._meta is None:
+            return
+        with self._env.begin(db=self._meta) as txn:
+            for key, value in txn.cursor():
+                ttl = int(value)
+                self._ttls[key.decode()] = None if ttl < 0 else ttl
+
+    def _db(self, ns: str) -> Any:
+        db = self._dbs.get(ns)
+        if db is None:
+            db = self._open_db(ns, create=False)
+            if db is not None and ns not in self._ttls:
+                self._load_meta()
+        return db
+
+    def configure(self, ns: str, ttl_us: int | None) -> None:
+        self._check()
+        if self._readonly:
+            self._ttls[ns] = ttl_us
+            return
+        self._open_db(ns, create=True)
+        try:
+            with self._env.begin(write=True, db=self._meta) as txn:
+                txn.put(ns.encode(), str(-1 if ttl_us is None else ttl_us).encode())
+        except _lmdb.Error as exc:
+            raise StorageError(f"cannot configure namespace {ns!r}: {exc}") from exc
+        self._ttls[ns] = ttl_us
+
+    def ttl(self, ns: str) -> int | None:
+        return self._ttls.get(ns)
+
+    def namespaces(self) -> list[str]:
+        return sorted(self._ttls)
+
+    # -- transactions ------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"LMDB store at {self.path} is closed")
+
+    @contextmanager
+    def reader(self) -> Iterator[ReadTxn]:
+        self._check()
+        try:
+            txn = self._env.begin(buffers=False)
+        except _lmdb.Error as exc:
+            raise StorageError(f"cannot begin read: {exc}") from exc
+        try:
+            yield _LmdbRead(self, txn)
+        finally:
+            txn.abort()
+
+    @contextmanager
+    def writer(self) -> Iterator[WriteTxn]:
+        self._check()
+        if self._readonly:
+            raise StorageError(f"LMDB store at {self.path} was opened read-only")
+        try:
+            txn = self._env.begin(write=True)
+        except _lmdb.Error as exc:
+            raise StorageError(f"cannot begin write: {exc}") from exc
+        try:
+            yield _LmdbWrite(self, txn)
+        except BaseException:
+            txn.abort()
+            raise
+        try:
+            txn.commit()
+        except _lmdb.MapFullError as exc:
+            raise StorageError(
+                f"LMDB map is full at {self.path}; reopen with a larger map_size"
+            ) from exc
+        except _lmdb.Error as exc:
+            raise StorageError(f"commit failed: {exc}") from exc
+
+    def sweep(self, now: int, limit: int | None = None) -> int:
+        self._check()
+        removed = 0
+        for ns in self.namespaces():
+            db = self._db(ns)
+            if db is None:
+                continue
+            resume: bytes | None = None
+            while True:
+                expired: list[bytes] = []
+                with self._env.begin(db=db) as txn:
+                    cur = txn.cursor()
+                    positioned = cur.set_range(resume) if resume is not None else cur.first()
+                    if not positioned:
+                        break
+                    scanned = 0
+                    for key, raw in cur:
+                        scanned += 1
+                        exp = _header_unpack(raw)[2]
+                        if exp and exp <= now:
+                            expired.append(key)
+                            if len(expired) >= SWEEP_CHUNK:
+                                break
+                        if scanned >= 10 * SWEEP_CHUNK:
+                            break
+                    else:
+                        key = None
+                    resume = None if key is None else key + b"\x00"
+                if limit is not None:
+                    expired = expired[: max(0, limit - removed)]
+                if expired:
+                    with self._env.begin(write=True, db=db) as wtxn:
+                        for key in expired:
+                            raw = wtxn.get(key)
+                            if raw is not None:
+                                exp = _header_unpack(raw)[2]
+                                if exp and exp <= now:
+                                    wtxn.delete(key)
+                                    removed += 1
+                if (limit is not None and removed >= limit) or resume is None:
+                    break
+            if limit is not None and removed >= limit:
+                break
+        return removed
+
+    def stats(self) -> dict[str, int]:
+        """Entries per namespace, for metrics and ``hopcast info``."""
+        out: dict[str, int] = {}
+        with self._env.begin() as txn:
+            for ns in self.namespaces():
+                db = self._db(ns)
+                if db is not None:
+                    out[ns] = txn.stat(db)["entries"]
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with _registry_lock:
+            env, refs = _registry[self.path]
+            if refs <= 1:
+                del _registry[self.path]
+                env.close()
+            else:
+                _registry[self.path] = (env, refs - 1)
+
+
+class _LmdbRead(ReadTxn):
+    __slots__ = ("_kv", "_txn")
+
+    def __init__(self, kv: LmdbKV, txn: Any) -> None:
+        self._kv = kv
+        self._txn = txn
+
+    def get(self, ns: str, rid: bytes, key: bytes, now: int) -> Item | None:
+        db = self._kv._dbs.get(ns) or self._kv._db(ns)
+        if db is None:
+            return None
+        raw = self._txn.get(_prefix(rid) + key, db=db)
+        if raw is None:
+            return None
+        ts, token, exp, flags = _header_unpack(raw)
+        if flags or (exp and exp <= now):
+            return None
+        return Item(key, raw[HEADER_SIZE:], ts, token, exp, False)
+
+    def scan(
+        self,
+        ns: str,
+        rid: bytes,
+        now: int,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[Item]:
+        for item in _scan(self._kv, self._txn, ns, rid, start, stop, reverse):
+            if not item.tombstone and (item.expires_at == 0 or item.expires_at > now):
+                yield item
+
+    def count(
+        self, ns: str, rid: bytes, now: int, start: bytes | None = None, stop: bytes | None = None
+    ) -> int:
+        db = self._kv._dbs.get(ns) or self._kv._db(ns)
+        if db is None:
+            return 0
+        prefix = _prefix(rid)
+        lo = prefix + (start or b"")
+        hi = prefix + stop if stop is not None else _successor(prefix)
+        cur = self._txn.cursor(db=db)
+        if not cur.set_range(lo):
+            return 0
+        n = 0
+        for k, raw in cur.iternext():
+            if hi is not None and k >= hi:
+                break
+            _, _, exp, flags = _header_unpack(raw)
+            if not flags and (exp == 0 or exp > now):
+                n += 1
+        return n
+
+    def checkpoints(self) -> dict[str, bytes]:
+        cp = self._kv._cp or self._kv._db(CHECKPOINT_NS)
+        if cp is None:
+            return {}
+        return {k.decode(): bytes(v) for k, v in self._txn.cursor(db=cp)}
+
+
+def _scan(
+    kv: LmdbKV,
+    txn: Any,
+    ns: str,
+    rid: bytes,
+    start: bytes | None,
+    stop: bytes | None,
+    reverse: bool,
+) -> Iterator[Item]:
+    db = kv._dbs.get(ns) or kv._db(ns)
+    if db is None:
+        return
+    prefix = _prefix(rid)
+    plen = len(prefix)
+    lo = prefix + (start or b"")
+    hi = prefix + stop if stop is not None else _successor(prefix)
+    cur = txn.cursor(db=db)
+    unpack = _header_unpack
+    if not reverse:
+        if not cur.set_range(lo):
+            return
+        for k, raw in cur.iternext():
+            if hi is not None and k >= hi:
+                return
+            ts, token, exp, flags = unpack(raw)
+            yield Item(k[plen:], raw[HEADER_SIZE:], ts, token, exp, bool(flags))
+    else:
+        if hi is None:
+            positioned = cur.last()
+        elif cur.set_range(hi):
+            positioned = cur.prev()
+        else:
+            positioned = cur.last()
+        if not positioned:
+            return
+        for k, raw in cur.iterprev():
+            if k < lo:
+                return
+            ts, token, exp, flags = unpack(raw)
+            yield Item(k[plen:], raw[HEADER_SIZE:], ts, token, exp, bool(flags))
+
+
+class _LmdbWrite(WriteTxn):
+    __slots__ = ("_kv", "_txn")
+
+    def __init__(self, kv: LmdbKV, txn: Any) -> None:
+        self._kv = kv
+        self._txn = txn
+
+    def _wdb(self, ns: str) -> Any:
+        db = self._kv._dbs.get(ns)
+        if db is None:
+            db = self._kv._db(ns)
+            if db is None:
+                # A namespace first seen inside a write: create it in this transaction.
+                db = self._kv._env.open_db(ns.encode(), txn=self._txn, create=True)
+                self._kv._dbs[ns] = db
+                self._kv._ttls.setdefault(ns, None)
+        return db
+
+    def get(self, ns: str, rid: bytes, key: bytes) -> Item | None:
+        db = self._kv._dbs.get(ns) or self._kv._db(ns)
+        if db is None:
+            return None
+        raw = self._txn.get(_prefix(rid) + key, db=db)
+        if raw is None:
+            return None
+        ts, token, exp, flags = _header_unpack(raw)
+        return Item(key, raw[HEADER_SIZE:], ts, token, exp, bool(flags))
+
+    def put(
+        self,
+        ns: str,
+        rid: bytes,
+        key: bytes,
+        value: bytes,
+        ts: int,
+        token: int,
+        ttl_us: int | None = None,
+        tombstone: bool = False,
+    ) -> None:
+        db = self._wdb(ns)
+        ttl = ttl_us if ttl_us is not None else self._kv._ttls.get(ns)
+        raw = encode_value(value, ts, token, expiry(ts, ttl, tombstone), tombstone)
+        try:
+            self._txn.put(_prefix(rid) + key, raw, db=db)
+        except _lmdb.MapFullError as exc:
+            raise StorageError(f"LMDB map is full at {self._kv.path}") from exc
+
+    def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
+        db = self._kv._dbs.get(ns) or self._kv._db(ns)
+        if db is None:
+            return False
+        return bool(self._txn.delete(_prefix(rid) + key, db=db))
+
+    def scan(
+        self,
+        ns: str,
+        rid: bytes,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[Item]:
+        return _scan(self._kv, self._txn, ns, rid, start, stop, reverse)
+
+    def set_checkpoint(self, source: str, position: bytes) -> None:
+        self._txn.put(source.encode(), bytes(position), db=self._kv._cp)

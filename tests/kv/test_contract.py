@@ -1,0 +1,249 @@
+"""The KV contract: every backend must pass every test here (memory is the reference)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from hopcast.errors import InvalidCursor, StoreClosed
+from hopcast.kv import KVStore
+from hopcast.kv.base import TOMBSTONE_GRACE_US
+
+NOW = 1_000_000_000_000
+
+
+def put(kv: KVStore, ns: str, rid: bytes, key: bytes, value: bytes = b"v", ts: int = 1) -> None:
+    with kv.writer() as w:
+        w.put(ns, rid, key, value, ts, 0)
+
+
+def keys(items: list) -> list[bytes]:  # type: ignore[type-arg]
+    return [i.key for i in items]
+
+
+def test_an_item_written_can_be_read_back_with_its_version(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    with kv.writer() as w:
+        w.put("ns", b"r1", b"k", b"hello", 5, 9)
+    item = kv.get("ns", b"r1", b"k", NOW)
+    assert item is not None
+    assert (item.key, item.value, item.ts, item.token) == (b"k", b"hello", 5, 9)
+    assert kv.get("ns", b"r1", b"other", NOW) is None
+    assert kv.get("ns", b"r2", b"k", NOW) is None
+    assert kv.get("missing-ns", b"r1", b"k", NOW) is None
+
+
+def test_items_scan_in_key_order_forward_and_backward(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    with kv.writer() as w:
+        for k in [b"c", b"a", b"e", b"b", b"d"]:
+            w.put("ns", b"r", k, k.upper(), 1, 0)
+        w.put("ns", b"q", b"x", b"", 1, 0)  # a neighbouring record must not leak in
+        w.put("ns", b"rr", b"x", b"", 1, 0)
+    with kv.reader() as r:
+        assert keys(list(r.scan("ns", b"r", NOW))) == [b"a", b"b", b"c", b"d", b"e"]
+        assert keys(list(r.scan("ns", b"r", NOW, reverse=True))) == [b"e", b"d", b"c", b"b", b"a"]
+        assert keys(list(r.scan("ns", b"r", NOW, start=b"b", stop=b"d"))) == [b"b", b"c"]
+        assert keys(list(r.scan("ns", b"r", NOW, b"b", b"d", reverse=True))) == [b"c", b"b"]
+        assert keys(list(r.scan("ns", b"r", NOW, start=b"bb"))) == [b"c", b"d", b"e"]
+        assert r.count("ns", b"r", NOW) == 5
+        assert r.count("ns", b"r", NOW, start=b"b", stop=b"e") == 3
+        assert list(r.scan("ns", b"nobody", NOW)) == []
+
+
+def test_long_scans_stream_across_batches_in_order(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    want = [i.to_bytes(4, "big") for i in range(1000)]
+    with kv.writer() as w:
+        for k in want:
+            w.put("ns", b"r", k, b"", 1, 0)
+    with kv.reader() as r:
+        assert keys(list(r.scan("ns", b"r", NOW))) == want
+        assert keys(list(r.scan("ns", b"r", NOW, reverse=True))) == want[::-1]
+
+
+def test_pages_resume_from_their_cursor_without_gaps_or_repeats(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    want = [i.to_bytes(2, "big") for i in range(95)]
+    with kv.writer() as w:
+        for k in want:
+            w.put("ns", b"r", k, b"", 1, 0)
+    for reverse in (False, True):
+        seen: list[bytes] = []
+        cursor = None
+        while True:
+            page = kv.page("ns", b"r", NOW, limit=10, reverse=reverse, cursor=cursor)
+            seen += keys(page.items)
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+        assert seen == (want[::-1] if reverse else want)
+    exact = kv.page("ns", b"r", NOW, limit=95)
+    assert exact.cursor is None and len(exact.items) == 95
+
+
+def test_a_cursor_outside_the_range_is_rejected(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    put(kv, "ns", b"r", b"a")
+    with pytest.raises(InvalidCursor):
+        kv.page("ns", b"r", NOW, limit=1, stop=b"m", cursor=b"z")
+
+
+def test_put_lww_keeps_the_newest_version_and_ignores_replays(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    with kv.writer() as w:
+        assert w.put_lww("ns", b"r", b"k", b"v10", 10, 1)
+        assert not w.put_lww("ns", b"r", b"k", b"v5", 5, 99)  # older never overwrites
+        assert not w.put_lww("ns", b"r", b"k", b"again", 10, 1)  # same version: no-op
+        assert w.put_lww("ns", b"r", b"k", b"v10b", 10, 2)  # tie broken by token
+        assert not w.put_lww("ns", b"r", b"k", b"v10a", 10, 1)
+    item = kv.get("ns", b"r", b"k", NOW)
+    assert item is not None and item.value == b"v10b"
+
+
+def test_tombstones_hide_items_and_block_older_writes(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    with kv.writer() as w:
+        w.put("ns", b"r", b"k", b"live", 5, 0)
+        assert w.put_lww("ns", b"r", b"k", b"", 8, 0, tombstone=True)
+        assert not w.put_lww("ns", b"r", b"k", b"late", 7, 0)
+        stored = w.get("ns", b"r", b"k")
+        assert stored is not None and stored.tombstone
+    assert kv.get("ns", b"r", b"k", NOW) is None
+    with kv.reader() as r:
+        assert list(r.scan("ns", b"r", NOW)) == []
+        assert r.count("ns", b"r", NOW) == 0
+    with kv.writer() as w:
+        assert w.put_lww("ns", b"r", b"k", b"reborn", 9, 0)
+    item = kv.get("ns", b"r", b"k", NOW)
+    assert item is not None and item.value == b"reborn"
+
+
+def test_namespace_ttl_hides_expired_items_and_sweep_removes_them(kv: KVStore) -> None:
+    kv.configure("short", 100)
+    kv.configure("forever", None)
+    with kv.writer() as w:
+        w.put("short", b"r", b"old", b"", 1000, 0)  # expires at 1100
+        w.put("short", b"r", b"new", b"", 2000, 0)  # expires at 2100
+        w.put("short", b"r", b"pinned", b"", 1000, 0, ttl_us=10_000)  # per-item TTL wins
+        w.put("forever", b"r", b"k", b"", 1000, 0)
+    with kv.reader() as r:
+        assert keys(list(r.scan("short", b"r", 1050))) == [b"new", b"old", b"pinned"]
+        assert keys(list(r.scan("short", b"r", 1500))) == [b"new", b"pinned"]
+        assert r.get("short", b"r", b"old", 1500) is None
+        assert r.count("short", b"r", 1500) == 2
+    assert kv.sweep(1500) == 1
+    with kv.writer() as w:
+        assert w.get("short", b"r", b"old") is None  # physically gone
+        assert w.get("short", b"r", b"new") is not None
+    assert kv.sweep(10**15) == 2
+    assert kv.get("forever", b"r", b"k", 10**15) is not None
+
+
+def test_tombstones_without_ttl_are_swept_after_the_grace_period(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    with kv.writer() as w:
+        w.put("ns", b"r", b"k", b"", 1000, 0, tombstone=True)
+    assert kv.sweep(1000 + TOMBSTONE_GRACE_US - 1) == 0
+    assert kv.sweep(1000 + TOMBSTONE_GRACE_US) == 1
+
+
+def test_sweep_respects_its_limit(kv: KVStore) -> None:
+    kv.configure("ns", 10)
+    with kv.writer() as w:
+        for i in range(50):
+            w.put("ns", b"r", i.to_bytes(2, "big"), b"", 1, 0)
+    assert kv.sweep(NOW, limit=20) == 20
+    assert kv.sweep(NOW) == 30
+
+
+def test_a_failed_write_leaves_no_trace(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    put(kv, "ns", b"r", b"keep", b"before")
+    with pytest.raises(RuntimeError):
+        with kv.writer() as w:
+            w.put("ns", b"r", b"keep", b"after", 2, 0)
+            w.put("ns", b"r", b"new", b"x", 2, 0)
+            w.delete("ns", b"r", b"keep")
+            w.set_checkpoint("src", b"42")
+            raise RuntimeError("boom")
+    item = kv.get("ns", b"r", b"keep", NOW)
+    assert item is not None and item.value == b"before"
+    assert kv.get("ns", b"r", b"new", NOW) is None
+    assert kv.checkpoints() == {}
+
+
+def test_checkpoints_commit_with_the_data(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    with kv.writer() as w:
+        w.put("ns", b"r", b"k", b"v", 1, 0)
+        w.set_checkpoint("kafka:events/0", b"100")
+        w.set_checkpoint("kafka:events/1", b"7")
+    with kv.writer() as w:
+        w.set_checkpoint("kafka:events/0", b"150")
+    assert kv.checkpoints() == {"kafka:events/0": b"150", "kafka:events/1": b"7"}
+
+
+def test_delete_removes_an_item_physically(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    put(kv, "ns", b"r", b"a")
+    put(kv, "ns", b"r", b"b")
+    with kv.writer() as w:
+        assert w.delete("ns", b"r", b"a")
+        assert not w.delete("ns", b"r", b"a")
+        assert not w.delete("ns", b"zz", b"a")
+    with kv.reader() as r:
+        assert keys(list(r.scan("ns", b"r", NOW))) == [b"b"]
+
+
+def test_write_scans_see_tombstones_and_uncommitted_writes(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    with kv.writer() as w:
+        w.put("ns", b"r", b"a", b"", 1, 0, tombstone=True)
+        w.put("ns", b"r", b"b", b"", 1, 0)
+        assert [(i.key, i.tombstone) for i in w.scan("ns", b"r")] == [(b"a", True), (b"b", False)]
+
+
+def test_binary_record_ids_and_keys_do_not_collide(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    with kv.writer() as w:
+        w.put("ns", b"a", b"\x00b", b"1", 1, 0)
+        w.put("ns", b"a\x00", b"b", b"2", 1, 0)
+        w.put("ns", b"", b"\xff\xff", b"3", 1, 0)
+    with kv.reader() as r:
+        assert [i.value for i in r.scan("ns", b"a", NOW)] == [b"1"]
+        assert [i.value for i in r.scan("ns", b"a\x00", NOW)] == [b"2"]
+        assert [i.value for i in r.scan("ns", b"", NOW)] == [b"3"]
+
+
+def test_concurrent_readers_see_only_committed_writes(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            with kv.reader() as r:
+                got = [i.value for i in r.scan("ns", b"r", NOW)]
+            # each writer batch writes the pair (a, b) with the same value
+            if got and (len(got) != 2 or got[0] != got[1]):
+                errors.append(repr(got))
+
+    threads = [threading.Thread(target=read) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(200):
+        with kv.writer() as w:
+            w.put("ns", b"r", b"a", str(i).encode(), i, 0)
+            w.put("ns", b"r", b"b", str(i).encode(), i, 0)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_a_closed_store_refuses_use(kv: KVStore) -> None:
+    kv.close()
+    with pytest.raises(StoreClosed):
+        kv.get("ns", b"r", b"k", NOW)
