@@ -44,7 +44,7 @@ def parse_duration(text: str | int) -> int:
 
 
 def format_duration(us: int) -> str:
-    """Format microseconds with the largest unit that divides them exactly (``8640000000`` → ``100d``)."""
+    """Format µs with the largest unit that divides them exactly (``8640000000000`` → ``100d``)."""
     if us == 0:
         return "0s"
     for unit in ("w", "d", "h", "m", "s", "ms"):

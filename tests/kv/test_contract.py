@@ -161,13 +161,12 @@ def test_sweep_respects_its_limit(kv: KVStore) -> None:
 def test_a_failed_write_leaves_no_trace(kv: KVStore) -> None:
     kv.configure("ns", None)
     put(kv, "ns", b"r", b"keep", b"before")
-    with pytest.raises(RuntimeError):
-        with kv.writer() as w:
-            w.put("ns", b"r", b"keep", b"after", 2, 0)
-            w.put("ns", b"r", b"new", b"x", 2, 0)
-            w.delete("ns", b"r", b"keep")
-            w.set_checkpoint("src", b"42")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), kv.writer() as w:
+        w.put("ns", b"r", b"keep", b"after", 2, 0)
+        w.put("ns", b"r", b"new", b"x", 2, 0)
+        w.delete("ns", b"r", b"keep")
+        w.set_checkpoint("src", b"42")
+        raise RuntimeError("boom")
     item = kv.get("ns", b"r", b"keep", NOW)
     assert item is not None and item.value == b"before"
     assert kv.get("ns", b"r", b"new", NOW) is None

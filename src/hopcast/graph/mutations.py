@@ -34,7 +34,7 @@ from typing import Any, TypeAlias
 from hopcast.errors import InvalidNodeId
 
 #: Property values the graph stores. Nested containers are kept as they are (JSON-like).
-PropValue: TypeAlias = str | int | float | bool | None | list[Any] | dict[str, Any]
+PropValue: TypeAlias = str | int | float | bool | list[Any] | dict[str, Any] | None
 Props: TypeAlias = dict[str, PropValue]
 
 
@@ -127,7 +127,7 @@ _KINDS: dict[str, type[NodeUpsert] | type[EdgeUpsert] | type[NodeDelete] | type[
 def to_dict(mutation: Mutation) -> dict[str, Any]:
     """Return the JSON form of a mutation: its fields plus ``"kind"``."""
     out: dict[str, Any] = {"kind": mutation.kind}
-    for name in mutation.__slots__:  # type: ignore[union-attr]
+    for name in mutation.__slots__:
         out[name] = getattr(mutation, name)
     return out
 

@@ -99,7 +99,9 @@ class _PropsSpec:
             spec = self.props.get(name)
             if spec is None:
                 if not self.additional:
-                    return f"undeclared property {name!r} (declared: {sorted(self.props) or 'none'})"
+                    return (
+                        f"undeclared property {name!r} (declared: {sorted(self.props) or 'none'})"
+                    )
                 continue
             problem = spec.check(value)
             if problem:
@@ -308,7 +310,9 @@ class Schema:
                         mutation.props,
                     )
             elif swapped:
-                return EdgeDelete(mutation.dst, mutation.type, mutation.src, mutation.ts, mutation.id)
+                return EdgeDelete(
+                    mutation.dst, mutation.type, mutation.src, mutation.ts, mutation.id
+                )
             return mutation
         raise SchemaViolation(f"not a mutation: {type(mutation).__name__}")
 
@@ -316,9 +320,9 @@ class Schema:
         """A JSON-friendly description (served by the HTTP API at ``/v1/schema``)."""
 
         def props(ps: _PropsSpec) -> dict[str, Any]:
-            return {
-                n: {"type": p.type, "required": p.required} for n, p in ps.props.items()
-            } | ({"*": {"type": "any"}} if ps.additional else {})
+            return {n: {"type": p.type, "required": p.required} for n, p in ps.props.items()} | (
+                {"*": {"type": "any"}} if ps.additional else {}
+            )
 
         return {
             "nodes": {

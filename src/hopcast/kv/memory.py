@@ -27,7 +27,7 @@ from hopcast.kv.base import (
 
 
 class _Record:
-    __slots__ = ("keys", "items")
+    __slots__ = ("items", "keys")
 
     def __init__(self) -> None:
         self.keys: list[bytes] = []
@@ -269,4 +269,4 @@ class _MemoryWrite(WriteTxn):
         self._undo.clear()
 
 
-__all__ = ["MemoryKV", "CHECKPOINT_NS"]
+__all__ = ["CHECKPOINT_NS", "MemoryKV"]

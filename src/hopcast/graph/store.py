@@ -1,0 +1,409 @@
+"""GraphStore: applies mutation batches (with source positions) atomically; reads adjacency.
+
+Writes go through :meth:`GraphStore.apply`, which
+
+1. validates every mutation against the schema (nothing is written if one does not fit),
+2. applies them in one atomic KV write under the LWW rules of :mod:`hopcast.graph.mutations`,
+3. writes the given source positions (checkpoints) in that same write,
+4. tells listeners (e.g. the node cache) which nodes changed.
+
+Reads go through :meth:`GraphStore.read`, a consistent view (an LMDB snapshot) with ``now``
+fixed for its whole life, so retention is judged once per query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from hopcast.durations import now_us
+from hopcast.errors import SchemaViolation
+from hopcast.graph import keys
+from hopcast.graph.mutations import (
+    EdgeDelete,
+    EdgeUpsert,
+    Mutation,
+    NodeDelete,
+    NodeUpsert,
+    Props,
+    split_node_id,
+    token,
+)
+from hopcast.graph.schema import Schema
+from hopcast.kv.base import KVStore, ReadTxn, WriteTxn
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+
+
+def encode_props(props: Mapping[str, Any]) -> bytes:
+    return _encode(props) if props else b""
+
+
+def decode_props(raw: bytes) -> Props:
+    return _decode(raw) if raw else {}
+
+
+class Edge:
+    """One edge as read from an adjacency list. ``props`` are decoded on first access."""
+
+    __slots__ = ("_props", "_raw", "dst", "src", "ts", "type")
+
+    def __init__(self, src: str, type: str, dst: str, ts: int, raw: bytes) -> None:
+        self.src = src
+        self.type = type
+        self.dst = dst
+        self.ts = ts
+        self._raw = raw
+        self._props: Props | None = None
+
+    @property
+    def props(self) -> Props:
+        if self._props is None:
+            self._props = decode_props(self._raw)
+        return self._props
+
+    def other(self, node: str) -> str:
+        """The end of this edge that is not ``node``."""
+        return self.dst if self.src == node else self.src
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"src": self.src, "type": self.type, "dst": self.dst, "ts": self.ts} | (
+            {"props": self.props} if self._raw else {"props": {}}
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Edge) and (
+            self.src,
+            self.type,
+            self.dst,
+            self.ts,
+            self.props,
+        ) == (other.src, other.type, other.dst, other.ts, other.props)
+
+    def __hash__(self) -> int:
+        return hash((self.src, self.type, self.dst, self.ts))
+
+    def __repr__(self) -> str:
+        return f"Edge({self.src} -[{self.type}]-> {self.dst} @ {self.ts})"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A node: its id, last-seen time and current properties."""
+
+    id: str
+    ts: int
+    props: Props
+    expires_at: int = 0
+
+    @property
+    def type(self) -> str:
+        return self.id.partition(":")[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "ts": self.ts, "props": self.props}
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What one :meth:`GraphStore.apply` did: writes that changed the graph, and writes that
+    lost to a newer (or equal) version and so changed nothing."""
+
+    applied: int
+    skipped: int
+
+
+# A node item's value: {prop: [value, ts, token]}; value None marks a deleted property.
+_NodeValue = dict[str, list[Any]]
+
+
+class GraphStore:
+    """The typed graph over a :class:`~hopcast.kv.base.KVStore`.
+
+    Args:
+        kv: the backend.
+        schema: the schema; its namespaces are configured on the backend at start-up.
+        clock: returns "now" in µs; only used when a caller passes no ``now``.
+    """
+
+    def __init__(self, kv: KVStore, schema: Schema, clock: Callable[[], int] = now_us) -> None:
+        self.kv = kv
+        self.schema = schema
+        self.clock = clock
+        self._listeners: list[Callable[[set[str]], None]] = []
+        for name, nt in schema.nodes.items():
+            kv.configure(keys.node_ns(name), nt.retention_us)
+        for name, et in schema.edges.items():
+            for ns in (keys.out_ns(name), keys.in_ns(name), keys.key_ns(name)):
+                kv.configure(ns, et.retention_us)
+        self._ns = {
+            name: (keys.out_ns(name), keys.in_ns(name), keys.key_ns(name)) for name in schema.edges
+        }
+
+    def on_write(self, listener: Callable[[set[str]], None]) -> None:
+        """Call ``listener(node_ids)`` after every committed write with the nodes it touched."""
+        self._listeners.append(listener)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def validate(self, mutations: Iterable[Mutation]) -> list[Mutation]:
+        """Return the canonical forms, or raise for the first mutation that does not fit.
+
+        Raises:
+            SchemaViolation: with the mutation's index in ``mutations``.
+        """
+        out: list[Mutation] = []
+        validate = self.schema.validate
+        for i, m in enumerate(mutations):
+            try:
+                if not 0 <= m.ts <= keys.MAX_TS:
+                    raise SchemaViolation(f"ts {m.ts} is outside [0, 2**62) µs")
+                out.append(validate(m))
+            except SchemaViolation as exc:
+                raise SchemaViolation(exc.reason, i) from None
+        return out
+
+    def partition(
+        self, mutations: Iterable[Mutation]
+    ) -> tuple[list[Mutation], list[tuple[Mutation, str]]]:
+        """Split mutations into canonical valid ones and ``(rejected, reason)`` pairs."""
+        valid: list[Mutation] = []
+        rejected: list[tuple[Mutation, str]] = []
+        for m in mutations:
+            try:
+                valid.extend(self.validate([m]))
+            except SchemaViolation as exc:
+                rejected.append((m, exc.reason))
+        return valid, rejected
+
+    def apply(
+        self, mutations: Iterable[Mutation], checkpoints: Mapping[str, bytes] | None = None
+    ) -> ApplyResult:
+        """Validate, then apply mutations and checkpoints in one atomic write.
+
+        Raises:
+            SchemaViolation: if any mutation does not fit the schema (nothing is written).
+            StorageError: if the backend fails (nothing is written).
+        """
+        batch = self.validate(mutations)
+        applied = 0
+        touched: set[str] = set()
+        with self.kv.writer() as w:
+            for m in batch:
+                if type(m) is EdgeUpsert:
+                    changed = self._edge_upsert(w, m)
+                elif type(m) is NodeUpsert:
+                    changed = self._node_upsert(w, m)
+                    if changed:
+                        touched.add(m.node)
+                elif type(m) is EdgeDelete:
+                    changed = self._edge_delete(w, m)
+                else:
+                    assert isinstance(m, NodeDelete)
+                    changed = self._node_delete(w, m)
+                    if changed:
+                        touched.add(m.node)
+                applied += changed
+            for source, position in (checkpoints or {}).items():
+                w.set_checkpoint(source, position)
+        if touched:
+            for listener in self._listeners:
+                listener(touched)
+        return ApplyResult(applied, len(batch) - applied)
+
+    def _node_upsert(self, w: WriteTxn, m: NodeUpsert) -> bool:
+        ns = keys.node_ns(m.node.partition(":")[0])
+        rid = m.node.encode()
+        tok = token(m.id)
+        old = w.get(ns, rid, keys.NODE_ITEM)
+        version = (m.ts, tok)
+        if old is not None and old.tombstone:
+            if (old.ts, old.token) >= version:
+                return False  # deleted at a newer version: an older upsert cannot resurrect it
+            old = None
+        props: _NodeValue = {} if old is None else _decode(old.value) if old.value else {}
+        changed = old is None
+        for name, value in m.props.items():
+            cur = props.get(name)
+            if cur is None or (cur[1], cur[2]) < version:
+                props[name] = [value, m.ts, tok]
+                changed = True
+        if old is not None and (old.ts, old.token) < version:
+            changed = True
+        if not changed:
+            return False
+        if old is not None and (old.ts, old.token) > version:
+            ts, tk = old.ts, old.token
+        else:
+            ts, tk = version
+        w.put(ns, rid, keys.NODE_ITEM, _encode(props) if props else b"", ts, tk)
+        return True
+
+    def _edge_upsert(self, w: WriteTxn, m: EdgeUpsert) -> bool:
+        out_ns, in_ns, key_ns = self._ns[m.type]
+        tok = token(m.id)
+        src, dst = m.src.encode(), m.dst.encode()
+        old = w.get(key_ns, src, dst)
+        if old is not None:
+            if (old.ts, old.token) >= (m.ts, tok):
+                return False
+            if not old.tombstone:
+                w.delete(out_ns, src, keys.time_item(old.ts, dst))
+                w.delete(in_ns, dst, keys.time_item(old.ts, src))
+        raw = _encode(m.props) if m.props else b""
+        w.put(out_ns, src, keys.time_item(m.ts, dst), raw, m.ts, tok)
+        w.put(in_ns, dst, keys.time_item(m.ts, src), raw, m.ts, tok)
+        w.put(key_ns, src, dst, raw, m.ts, tok)
+        return True
+
+    def _edge_delete(self, w: WriteTxn, m: EdgeDelete) -> bool:
+        out_ns, in_ns, key_ns = self._ns[m.type]
+        tok = token(m.id)
+        src, dst = m.src.encode(), m.dst.encode()
+        old = w.get(key_ns, src, dst)
+        if old is not None:
+            if (old.ts, old.token) >= (m.ts, tok):
+                return False
+            if not old.tombstone:
+                w.delete(out_ns, src, keys.time_item(old.ts, dst))
+                w.delete(in_ns, dst, keys.time_item(old.ts, src))
+        w.put(key_ns, src, dst, b"", m.ts, tok, tombstone=True)
+        return old is not None and not old.tombstone
+
+    def _node_delete(self, w: WriteTxn, m: NodeDelete) -> bool:
+        node_type = m.node.partition(":")[0]
+        ns = keys.node_ns(node_type)
+        rid = m.node.encode()
+        tok = token(m.id)
+        version = (m.ts, tok)
+        changed = False
+        old = w.get(ns, rid, keys.NODE_ITEM)
+        if old is None or (old.ts, old.token) < version:
+            changed = old is not None and not old.tombstone
+            w.put(ns, rid, keys.NODE_ITEM, b"", m.ts, tok, tombstone=True)
+        elif not old.tombstone and old.value:
+            # The node was seen again after this delete: drop only properties older than it.
+            props: _NodeValue = _decode(old.value)
+            kept = {k: v for k, v in props.items() if (v[1], v[2]) > version}
+            if kept != props:
+                changed = True
+                w.put(ns, rid, keys.NODE_ITEM, _encode(kept) if kept else b"", old.ts, old.token)
+        # Incident edges older than the delete go too, from both time-ordered lists.
+        for edge_type in self.schema.edge_types_touching(node_type):
+            out_ns, in_ns, key_ns = self._ns[edge_type]
+            for physical in self.schema.physical_lists(node_type, edge_type, "both"):
+                ns_list = out_ns if physical == "out" else in_ns
+                doomed = [
+                    i for i in w.scan(ns_list, rid) if not i.tombstone and (i.ts, i.token) < version
+                ]
+                for item in doomed:
+                    other = item.key[8:]
+                    src, dst = (rid, other) if physical == "out" else (other, rid)
+                    w.delete(out_ns, src, keys.time_item(item.ts, dst))
+                    w.delete(in_ns, dst, keys.time_item(item.ts, src))
+                    w.put(key_ns, src, dst, b"", m.ts, tok, tombstone=True)
+                    changed = True
+        return changed
+
+    # -- reads -------------------------------------------------------------------------------
+
+    @contextmanager
+    def read(self, now: int | None = None) -> Iterator[GraphReader]:
+        """A consistent read view with ``now`` fixed (defaults to the clock)."""
+        with self.kv.reader() as r:
+            yield GraphReader(self, r, self.clock() if now is None else now)
+
+    def sweep(self, now: int | None = None, limit: int | None = None) -> int:
+        """Physically remove nodes and edges past their retention; returns items removed."""
+        return self.kv.sweep(self.clock() if now is None else now, limit)
+
+    def checkpoints(self) -> dict[str, bytes]:
+        """The stored source positions (written by :meth:`apply`)."""
+        return self.kv.checkpoints()
+
+    def close(self) -> None:
+        self.kv.close()
+
+
+class GraphReader:
+    """Reads within one KV read view. Create with :meth:`GraphStore.read`."""
+
+    __slots__ = ("_ns", "now", "schema", "store", "txn")
+
+    def __init__(self, store: GraphStore, txn: ReadTxn, now: int) -> None:
+        self.store = store
+        self.schema = store.schema
+        self.txn = txn
+        self.now = now
+        self._ns = store._ns
+
+    def node(self, node_id: str) -> Node | None:
+        """The node with its live properties, or None (never written, deleted or expired)."""
+        node_type = split_node_id(node_id)[0]
+        if node_type not in self.schema.nodes:
+            return None
+        item = self.txn.get(keys.node_ns(node_type), node_id.encode(), keys.NODE_ITEM, self.now)
+        if item is None:
+            return None
+        raw: _NodeValue = _decode(item.value) if item.value else {}
+        props = {k: v[0] for k, v in raw.items() if v[0] is not None}
+        return Node(node_id, item.ts, props, item.expires_at)
+
+    def edges(
+        self,
+        node_id: str,
+        edge_type: str,
+        physical: str,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> Iterator[Edge]:
+        """Stream one stored adjacency list of ``node_id``, newest first.
+
+        Args:
+            physical: ``"out"`` (edges whose source is the node) or ``"in"`` (whose target is).
+            since, until: keep edges with ``since <= ts < until``.
+        """
+        out_ns, in_ns, _ = self._ns[edge_type]
+        start, stop = keys.window(since, until)
+        rid = node_id.encode()
+        if physical == "out":
+            for item in self.txn.scan(out_ns, rid, self.now, start, stop):
+                k = item.key
+                yield Edge(node_id, edge_type, k[8:].decode(), item.ts, item.value)
+        else:
+            for item in self.txn.scan(in_ns, rid, self.now, start, stop):
+                k = item.key
+                yield Edge(k[8:].decode(), edge_type, node_id, item.ts, item.value)
+
+    def edges_by_target(self, node_id: str, edge_type: str) -> Iterator[Edge]:
+        """Stream the out-list of ``node_id`` ordered by target id (the ``key`` index)."""
+        _, _, key_ns = self._ns[edge_type]
+        for item in self.txn.scan(key_ns, node_id.encode(), self.now):
+            yield Edge(node_id, edge_type, item.key.decode(), item.ts, item.value)
+
+    def edge(self, src: str, edge_type: str, dst: str) -> Edge | None:
+        """The edge ``src -[edge_type]-> dst`` (stored orientation), or None."""
+        _, _, key_ns = self._ns[edge_type]
+        item = self.txn.get(key_ns, src.encode(), dst.encode(), self.now)
+        if item is None:
+            return None
+        return Edge(src, edge_type, dst, item.ts, item.value)
+
+    def count(
+        self,
+        node_id: str,
+        edge_type: str,
+        physical: str,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> int:
+        """Number of live edges in one stored list within ``since <= ts < until``."""
+        out_ns, in_ns, _ = self._ns[edge_type]
+        start, stop = keys.window(since, until)
+        ns = out_ns if physical == "out" else in_ns
+        return self.txn.count(ns, node_id.encode(), self.now, start, stop)
