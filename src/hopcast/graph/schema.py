@@ -94,6 +94,10 @@ class _PropsSpec:
     props: Mapping[str, PropSpec]
     additional: bool
 
+    @property
+    def required(self) -> bool:
+        return any(p.required for p in self.props.values())
+
     def check(self, props: Mapping[str, PropValue], partial: bool) -> str | None:
         for name, value in props.items():
             spec = self.props.get(name)
@@ -163,6 +167,9 @@ class Schema:
     journey: Journey | None = None
     source: str = "<schema>"
     _lists: dict[tuple[str, str, str], tuple[str, ...]] = field(default_factory=dict, repr=False)
+    _plans: dict[tuple[str, str, str], tuple[EdgeType, bool, bool]] = field(
+        default_factory=dict, repr=False
+    )
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -265,6 +272,34 @@ class Schema:
         Raises:
             SchemaViolation: with the reason.
         """
+        if type(mutation) is EdgeUpsert:
+            # Fast path: endpoint types already resolved for this edge type.
+            st, _, skey = mutation.src.partition(":")
+            dt, _, dkey = mutation.dst.partition(":")
+            plan = self._plans.get((mutation.type, st, dt)) if skey and dkey else None
+            if plan is not None:
+                et, two_way_same, swapped = plan
+                if mutation.props:
+                    problem = et.props.check(mutation.props, partial=False)
+                    if problem:
+                        raise SchemaViolation(
+                            f"{mutation.src} -[{mutation.type}]-> {mutation.dst}: {problem}"
+                        )
+                elif et.props.required:
+                    return self._validate_slow(mutation)
+                if swapped or (two_way_same and mutation.src > mutation.dst):
+                    return EdgeUpsert(
+                        mutation.dst,
+                        mutation.type,
+                        mutation.src,
+                        mutation.ts,
+                        mutation.id,
+                        mutation.props,
+                    )
+                return mutation
+        return self._validate_slow(mutation)
+
+    def _validate_slow(self, mutation: Mutation) -> Mutation:
         if isinstance(mutation, (NodeUpsert, NodeDelete)):
             nt = self.node_type(_type_of(mutation.node))
             if isinstance(mutation, NodeUpsert):
@@ -287,6 +322,8 @@ class Schema:
                     f"edge {mutation.type!r} does not connect {st} -> {dt} (allowed: {allowed})"
                 )
             mapping, swapped = found
+            two_way_same = mapping.two_way and mapping.src_type == mapping.dst_type
+            self._plans[(mutation.type, st, dt)] = (et, two_way_same, swapped)
             if (
                 not swapped
                 and mapping.two_way

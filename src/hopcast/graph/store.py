@@ -122,6 +122,11 @@ class ApplyResult:
 _NodeValue = dict[str, list[Any]]
 
 
+def _edge_key(m: Mutation) -> tuple[str, str, str, int]:
+    assert isinstance(m, EdgeUpsert | EdgeDelete)
+    return (m.type, m.src, m.dst, m.ts)
+
+
 class GraphStore:
     """The typed graph over a :class:`~hopcast.kv.base.KVStore`.
 
@@ -193,28 +198,45 @@ class GraphStore:
         batch = self.validate(mutations)
         applied = 0
         touched: set[str] = set()
+        node_ops = [m for m in batch if type(m) is NodeUpsert or type(m) is NodeDelete]
+        edge_ops = [m for m in batch if type(m) is EdgeUpsert or type(m) is EdgeDelete]
+        # LWW makes the outcome independent of order, so node writes go first (edges consult
+        # node tombstones) and edges go in key order, which keeps B-tree writes local.
+        edge_ops.sort(key=_edge_key)
+        deleted: dict[str, tuple[int, int] | None] = {}
         with self.kv.writer() as w:
-            for m in batch:
-                if type(m) is EdgeUpsert:
-                    changed = self._edge_upsert(w, m)
-                elif type(m) is NodeUpsert:
+            for m in node_ops:
+                if type(m) is NodeUpsert:
                     changed = self._node_upsert(w, m)
-                    if changed:
-                        touched.add(m.node)
-                elif type(m) is EdgeDelete:
-                    changed = self._edge_delete(w, m)
                 else:
                     assert isinstance(m, NodeDelete)
                     changed = self._node_delete(w, m)
-                    if changed:
-                        touched.add(m.node)
-                applied += changed
+                if changed:
+                    touched.add(m.node)
+                    applied += 1
+            for m in edge_ops:
+                if type(m) is EdgeUpsert:
+                    applied += self._edge_upsert(w, m, deleted)
+                else:
+                    assert isinstance(m, EdgeDelete)
+                    applied += self._edge_delete(w, m)
             for source, position in (checkpoints or {}).items():
                 w.set_checkpoint(source, position)
         if touched:
             for listener in self._listeners:
                 listener(touched)
         return ApplyResult(applied, len(batch) - applied)
+
+    def _deleted_at(
+        self, w: WriteTxn, node: str, cache: dict[str, tuple[int, int] | None]
+    ) -> tuple[int, int] | None:
+        """The version at which ``node`` was deleted, if it is currently a tombstone."""
+        if node in cache:
+            return cache[node]
+        item = w.get(keys.node_ns(node.partition(":")[0]), node.encode(), keys.NODE_ITEM)
+        version = (item.ts, item.token) if item is not None and item.tombstone else None
+        cache[node] = version
+        return version
 
     def _node_upsert(self, w: WriteTxn, m: NodeUpsert) -> bool:
         ns = keys.node_ns(m.node.partition(":")[0])
@@ -244,9 +266,16 @@ class GraphStore:
         w.put(ns, rid, keys.NODE_ITEM, _encode(props) if props else b"", ts, tk)
         return True
 
-    def _edge_upsert(self, w: WriteTxn, m: EdgeUpsert) -> bool:
+    def _edge_upsert(
+        self, w: WriteTxn, m: EdgeUpsert, deleted: dict[str, tuple[int, int] | None]
+    ) -> bool:
         out_ns, in_ns, key_ns = self._ns[m.type]
         tok = token(m.id)
+        version = (m.ts, tok)
+        for end in (m.src, m.dst):
+            gone = self._deleted_at(w, end, deleted)
+            if gone is not None and gone > version:
+                return False  # an endpoint was deleted after this edge was generated
         src, dst = m.src.encode(), m.dst.encode()
         old = w.get(key_ns, src, dst)
         if old is not None:

@@ -27,15 +27,15 @@ from typing import Any
 from hopcast.errors import ConfigError, StorageError, StoreClosed
 from hopcast.kv.base import (
     CHECKPOINT_NS,
+    FLAG_TOMBSTONE,
     HEADER,
     HEADER_SIZE,
     META_NS,
+    TOMBSTONE_GRACE_US,
     Item,
     KVStore,
     ReadTxn,
     WriteTxn,
-    encode_value,
-    expiry,
 )
 
 try:
@@ -59,6 +59,7 @@ SWEEP_CHUNK = 10_000
 
 _LEN = struct.Struct(">H")
 _header_unpack = HEADER.unpack_from
+_header_pack = HEADER.pack
 
 _registry: dict[str, tuple[Any, int]] = {}
 _registry_lock = threading.Lock()
@@ -433,13 +434,23 @@ class _LmdbWrite(WriteTxn):
         ttl_us: int | None = None,
         tombstone: bool = False,
     ) -> None:
-        db = self._wdb(ns)
-        ttl = ttl_us if ttl_us is not None else self._kv._ttls.get(ns)
-        raw = encode_value(value, ts, token, expiry(ts, ttl, tombstone), tombstone)
+        # The hot path of every graph write: encoding is inlined (see kv.base.encode_value).
+        kv = self._kv
+        db = kv._dbs.get(ns) or self._wdb(ns)
+        ttl = ttl_us if ttl_us is not None else kv._ttls.get(ns)
+        exp = (ts + TOMBSTONE_GRACE_US if tombstone else 0) if ttl is None else ts + ttl
         try:
-            self._txn.put(_prefix(rid) + key, raw, db=db)
+            self._txn.put(
+                _LEN.pack(len(rid)) + rid + key,
+                _header_pack(ts, token, exp, FLAG_TOMBSTONE if tombstone else 0) + value,
+                db=db,
+            )
+        except struct.error:
+            raise StorageError(
+                f"record id too long ({len(rid)} bytes; the limit is 65535)"
+            ) from None
         except _lmdb.MapFullError as exc:
-            raise StorageError(f"LMDB map is full at {self._kv.path}") from exc
+            raise StorageError(f"LMDB map is full at {kv.path}") from exc
 
     def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
         db = self._kv._dbs.get(ns) or self._kv._db(ns)
