@@ -214,12 +214,12 @@ class GraphStore:
                 if changed:
                     touched.add(m.node)
                     applied += 1
-            for m in edge_ops:
-                if type(m) is EdgeUpsert:
-                    applied += self._edge_upsert(w, m, deleted)
+            for e in edge_ops:
+                if type(e) is EdgeUpsert:
+                    applied += self._edge_upsert(w, e, deleted)
                 else:
-                    assert isinstance(m, EdgeDelete)
-                    applied += self._edge_delete(w, m)
+                    assert isinstance(e, EdgeDelete)
+                    applied += self._edge_delete(w, e)
             for source, position in (checkpoints or {}).items():
                 w.set_checkpoint(source, position)
         if touched:
