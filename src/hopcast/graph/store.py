@@ -14,7 +14,7 @@ fixed for its whole life, so retention is judged once per query.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,11 @@ from hopcast.graph.mutations import (
 from hopcast.graph.schema import Schema
 from hopcast.kv.base import KVStore, ReadTxn, WriteTxn
 
+#: First batch of a streamed adjacency read: a typical top-20 needs one round.
+FIRST_BATCH = 32
+#: Largest batch; bounds the memory of a read that streams through a celebrity's list.
+MAX_BATCH = 1024
+
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 
@@ -48,48 +53,68 @@ def decode_props(raw: bytes) -> Props:
     return _decode(raw) if raw else {}
 
 
-class Edge:
-    """One edge as read from an adjacency list. ``props`` are decoded on first access."""
+class Edge(tuple):  # type: ignore[type-arg]
+    """One edge as read from an adjacency list: ``(src, type, dst, ts, raw props, item key)``.
 
-    __slots__ = ("_props", "_raw", "dst", "src", "ts", "type")
+    A tuple subclass because an adjacency read builds thousands of them per query; ``props``
+    are decoded from the stored bytes on access.
+    """
 
-    def __init__(self, src: str, type: str, dst: str, ts: int, raw: bytes) -> None:
-        self.src = src
-        self.type = type
-        self.dst = dst
-        self.ts = ts
-        self._raw = raw
-        self._props: Props | None = None
+    __slots__ = ()
+
+    def __new__(
+        cls, src: str, type: str, dst: str, ts: int, raw: bytes = b"", key: bytes = b""
+    ) -> Edge:
+        return _new_tuple(cls, (src, type, dst, ts, raw, key))
+
+    @property
+    def src(self) -> str:
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def type(self) -> str:
+        return self[1]  # type: ignore[no-any-return]
+
+    @property
+    def dst(self) -> str:
+        return self[2]  # type: ignore[no-any-return]
+
+    @property
+    def ts(self) -> int:
+        return self[3]  # type: ignore[no-any-return]
 
     @property
     def props(self) -> Props:
-        if self._props is None:
-            self._props = decode_props(self._raw)
-        return self._props
+        raw: bytes = self[4]
+        return _decode(raw) if raw else {}
+
+    @property
+    def _key(self) -> bytes:
+        return self[5]  # type: ignore[no-any-return]
 
     def other(self, node: str) -> str:
         """The end of this edge that is not ``node``."""
-        return self.dst if self.src == node else self.src
+        return self[2] if self[0] == node else self[0]  # type: ignore[no-any-return]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"src": self.src, "type": self.type, "dst": self.dst, "ts": self.ts} | (
-            {"props": self.props} if self._raw else {"props": {}}
-        )
+        return {"src": self[0], "type": self[1], "dst": self[2], "ts": self[3], "props": self.props}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Edge) and (
-            self.src,
-            self.type,
-            self.dst,
-            self.ts,
-            self.props,
-        ) == (other.src, other.type, other.dst, other.ts, other.props)
+            self[:4] == other[:4] and (self[4] == other[4] or self.props == other.props)
+        )
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
 
     def __hash__(self) -> int:
-        return hash((self.src, self.type, self.dst, self.ts))
+        return hash(self[:4])
 
     def __repr__(self) -> str:
-        return f"Edge({self.src} -[{self.type}]-> {self.dst} @ {self.ts})"
+        return f"Edge({self[0]} -[{self[1]}]-> {self[2]} @ {self[3]})"
+
+
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,11 +366,13 @@ class GraphStore:
 
     # -- reads -------------------------------------------------------------------------------
 
-    @contextmanager
-    def read(self, now: int | None = None) -> Iterator[GraphReader]:
-        """A consistent read view with ``now`` fixed (defaults to the clock)."""
-        with self.kv.reader() as r:
-            yield GraphReader(self, r, self.clock() if now is None else now)
+    def read(self, now: int | None = None) -> GraphReader:
+        """A consistent read view with ``now`` fixed (defaults to the clock).
+
+        Use it as a context manager: ``with store.read() as r: ...``; the view is released when
+        the block exits.
+        """
+        return GraphReader(self, self.kv.reader(), self.clock() if now is None else now)
 
     def sweep(self, now: int | None = None, limit: int | None = None) -> int:
         """Physically remove nodes and edges past their retention; returns items removed."""
@@ -360,16 +387,23 @@ class GraphStore:
 
 
 class GraphReader:
-    """Reads within one KV read view. Create with :meth:`GraphStore.read`."""
+    """Reads within one KV read view. Create with :meth:`GraphStore.read` (a context manager)."""
 
-    __slots__ = ("_ns", "now", "schema", "store", "txn")
+    __slots__ = ("_cm", "_ns", "now", "schema", "store", "txn")
 
-    def __init__(self, store: GraphStore, txn: ReadTxn, now: int) -> None:
+    def __init__(self, store: GraphStore, view: AbstractContextManager[ReadTxn], now: int) -> None:
         self.store = store
         self.schema = store.schema
-        self.txn = txn
+        self._cm = view
+        self.txn = view.__enter__()
         self.now = now
         self._ns = store._ns
+
+    def __enter__(self) -> GraphReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cm.__exit__(None, None, None)
 
     def node(self, node_id: str) -> Node | None:
         """The node with its live properties, or None (never written, deleted or expired)."""
@@ -390,24 +424,54 @@ class GraphReader:
         physical: str,
         since: int | None = None,
         until: int | None = None,
+        batch: int = FIRST_BATCH,
     ) -> Iterator[Edge]:
         """Stream one stored adjacency list of ``node_id``, newest first.
+
+        The list is read in batches that start at ``batch`` items and grow, so a caller that
+        stops early (a limit, a filter satisfied) reads little more than it uses.
 
         Args:
             physical: ``"out"`` (edges whose source is the node) or ``"in"`` (whose target is).
             since, until: keep edges with ``since <= ts < until``.
         """
+        start = keys.window(since, until)[0]
+        while True:
+            page = self.edges_list(node_id, edge_type, physical, since, until, batch, start)
+            yield from page
+            if len(page) < batch:
+                return
+            start = page[-1]._key + b"\x00"
+            batch = min(batch * 4, MAX_BATCH)
+
+    def edges_list(
+        self,
+        node_id: str,
+        edge_type: str,
+        physical: str,
+        since: int | None,
+        until: int | None,
+        limit: int,
+        start: bytes | None = None,
+    ) -> list[Edge]:
+        """Up to ``limit`` edges of one stored list, newest first, read in one call."""
         out_ns, in_ns, _ = self._ns[edge_type]
-        start, stop = keys.window(since, until)
+        lo, stop = keys.window(since, until)
+        if start is None:
+            start = lo
         rid = node_id.encode()
+        new = _new_tuple
         if physical == "out":
-            for item in self.txn.scan(out_ns, rid, self.now, start, stop):
-                k = item.key
-                yield Edge(node_id, edge_type, k[8:].decode(), item.ts, item.value)
-        else:
-            for item in self.txn.scan(in_ns, rid, self.now, start, stop):
-                k = item.key
-                yield Edge(k[8:].decode(), edge_type, node_id, item.ts, item.value)
+
+            def make_out(k: bytes, v: bytes, ts: int) -> Edge:
+                return new(Edge, (node_id, edge_type, k[8:].decode(), ts, v, k))
+
+            return self.txn.fetch(out_ns, rid, self.now, limit, start, stop, make_out)
+
+        def make_in(k: bytes, v: bytes, ts: int) -> Edge:
+            return new(Edge, (k[8:].decode(), edge_type, node_id, ts, v, k))
+
+        return self.txn.fetch(in_ns, rid, self.now, limit, start, stop, make_in)
 
     def edges_by_target(self, node_id: str, edge_type: str) -> Iterator[Edge]:
         """Stream the out-list of ``node_id`` ordered by target id (the ``key`` index)."""

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import NamedTuple
+from itertools import islice
+from typing import NamedTuple, TypeVar
 
 from hopcast.durations import DAY
 from hopcast.errors import InvalidCursor
@@ -52,6 +53,9 @@ SCAN_BATCH = 64
 #: Namespaces that backends reserve for themselves.
 CHECKPOINT_NS = "__checkpoints__"
 META_NS = "__meta__"
+
+
+T = TypeVar("T")
 
 
 class Item(NamedTuple):
@@ -138,6 +142,30 @@ class ReadTxn(ABC):
         Items come in key order (descending with ``reverse``), fetched lazily in batches of
         :data:`SCAN_BATCH`, so a caller that stops early pays only for what it read.
         """
+
+    def fetch(
+        self,
+        ns: str,
+        rid: bytes,
+        now: int,
+        limit: int,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        make: Callable[[bytes, bytes, int], T] | None = None,
+    ) -> list[T]:
+        """Up to ``limit`` visible items with ``start <= key < stop``, in key order, in one call.
+
+        The hot path of adjacency reads: backends implement it as one tight loop. Fewer than
+        ``limit`` results means the range is exhausted.
+
+        Args:
+            make: builds each result from ``(key, value, ts)`` instead of an :class:`Item`, so
+                a caller's objects are built once, straight from storage.
+        """
+        items = list(islice(self.scan(ns, rid, now, start, stop), limit))
+        if make is None:
+            return items  # type: ignore[return-value]
+        return [make(i.key, i.value, i.ts) for i in items]
 
     @abstractmethod
     def count(

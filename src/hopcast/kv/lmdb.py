@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from hopcast.kv.base import (
     Item,
     KVStore,
     ReadTxn,
+    T,
     WriteTxn,
 )
 
@@ -60,6 +61,8 @@ SWEEP_CHUNK = 10_000
 _LEN = struct.Struct(">H")
 _header_unpack = HEADER.unpack_from
 _header_pack = HEADER.pack
+#: Builds an Item without NamedTuple's keyword-handling constructor (hot path).
+_new_item = tuple.__new__
 
 _registry: dict[str, tuple[Any, int]] = {}
 _registry_lock = threading.Lock()
@@ -190,17 +193,15 @@ class LmdbKV(KVStore):
         if self._closed:
             raise StoreClosed(f"LMDB store at {self.path} is closed")
 
-    @contextmanager
-    def reader(self) -> Iterator[ReadTxn]:
-        self._check()
+    def reader(self) -> _LmdbRead:
+        # A plain class, not @contextmanager: this runs once per query, so it is kept cheap.
+        if self._closed:
+            raise StoreClosed(f"LMDB store at {self.path} is closed")
         try:
             txn = self._env.begin(buffers=False)
         except _lmdb.Error as exc:
             raise StorageError(f"cannot begin read: {exc}") from exc
-        try:
-            yield _LmdbRead(self, txn)
-        finally:
-            txn.abort()
+        return _LmdbRead(self, txn)
 
     @contextmanager
     def writer(self) -> Iterator[WriteTxn]:
@@ -299,6 +300,48 @@ class _LmdbRead(ReadTxn):
     def __init__(self, kv: LmdbKV, txn: Any) -> None:
         self._kv = kv
         self._txn = txn
+
+    def __enter__(self) -> _LmdbRead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._txn.abort()
+
+    def fetch(
+        self,
+        ns: str,
+        rid: bytes,
+        now: int,
+        limit: int,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        make: Callable[[bytes, bytes, int], T] | None = None,
+    ) -> list[T]:
+        db = self._kv._dbs.get(ns) or self._kv._db(ns)
+        if db is None:
+            return []
+        prefix = _prefix(rid)
+        plen = len(prefix)
+        hi = prefix + stop if stop is not None else _successor(prefix)
+        cur = self._txn.cursor(db=db)
+        if not cur.set_range(prefix + start if start else prefix):
+            return []
+        out: list[Any] = []
+        unpack = _header_unpack
+        append = out.append
+        for k, raw in cur.iternext():
+            if hi is not None and k >= hi:
+                break
+            ts, token, exp, flags = unpack(raw)
+            if flags or (exp and exp <= now):
+                continue
+            if make is None:
+                append(_new_item(Item, (k[plen:], raw[HEADER_SIZE:], ts, token, exp, False)))
+            else:
+                append(make(k[plen:], raw[HEADER_SIZE:], ts))
+            if len(out) >= limit:
+                break
+        return out
 
     def get(self, ns: str, rid: bytes, key: bytes, now: int) -> Item | None:
         db = self._kv._dbs.get(ns) or self._kv._db(ns)

@@ -128,6 +128,10 @@ class PathResult:
         }
 
 
+#: First batch per member list in a journey merge; most lists contribute only a few entries.
+JOURNEY_FIRST_BATCH = 16
+
+
 def _matches(filters: tuple[q.Filter, ...], edge: Edge) -> bool:
     props = edge.props
     return all(f.matches(props) for f in filters)
@@ -197,6 +201,44 @@ class QueryEngine:
         ins = ((e.src, e) for e in r.edges(node, edge_type, "in", since, until))
         return heapq.merge(outs, ins, key=lambda pair: -pair[1].ts)
 
+    def _take(
+        self,
+        r: GraphReader,
+        node: str,
+        edge_type: str,
+        lists: tuple[str, ...],
+        since: int | None,
+        until: int | None,
+        limit: int,
+        where: tuple[q.Filter, ...],
+        budget: int,
+    ) -> tuple[list[tuple[str, Edge]], int, bool]:
+        """The newest ``limit`` matching (neighbour, edge) pairs of one edge type.
+
+        Reads at most ``budget`` edges. Returns ``(pairs, edges read, budget exhausted)``.
+        """
+        if not where and len(lists) == 1:
+            # Fast path: one stored list, no filter — one bounded read.
+            n = min(limit, budget)
+            page = r.edges_list(node, edge_type, lists[0], since, until, n)
+            if lists[0] == "out":
+                pairs = [(e.dst, e) for e in page]
+            else:
+                pairs = [(e.src, e) for e in page]
+            return pairs, len(page), n < limit and len(page) == n
+        out: list[tuple[str, Edge]] = []
+        read = 0
+        for other, e in self._stream(r, node, edge_type, lists, since, until):
+            if read >= budget:
+                return out, read, True
+            read += 1
+            if where and not _matches(where, e):
+                continue
+            out.append((other, e))
+            if len(out) >= limit:
+                break
+        return out, read, False
+
     def _now(self, now: int | None) -> int:
         return self.clock() if now is None else now
 
@@ -234,6 +276,12 @@ class QueryEngine:
         limit = spec.limit
         where = spec.where
         with self.store.read(t) as r:
+            if len(plan) == 1:
+                et, lists = plan[0]
+                pairs = self._take(
+                    r, spec.node, et, lists, since, spec.until, limit, where, 1 << 62
+                )
+                return NeighboursResult(spec.node, [e for _, e in pairs[0]])
             streams = [
                 self._stream(r, spec.node, et, lists, since, spec.until) for et, lists in plan
             ]
@@ -270,24 +318,28 @@ class QueryEngine:
                 nxt: list[str] = []
                 for node in frontier:
                     for et, lists in self._plan(node, hop.edge_types, hop.direction):
-                        limit = limits.edges_for(depth, et)
-                        taken = 0
-                        for other, e in self._stream(r, node, et, lists, since, spec.until):
-                            work += 1
-                            if work > max_work:
-                                return TraverseResult(
-                                    reached, max_work, True, f"max_work ({max_work}) reached"
-                                )
-                            if hop.where and not _matches(hop.where, e):
-                                continue
+                        pairs, read, exhausted = self._take(
+                            r,
+                            node,
+                            et,
+                            lists,
+                            since,
+                            spec.until,
+                            limits.edges_for(depth, et),
+                            hop.where,
+                            max_work - work,
+                        )
+                        work += read
+                        for other, e in pairs:
                             if other not in visited:
                                 hit = Reached(other, depth, e)
                                 visited[other] = hit
                                 reached.append(hit)
                                 nxt.append(other)
-                            taken += 1
-                            if taken >= limit:
-                                break
+                        if exhausted:
+                            return TraverseResult(
+                                reached, work, True, f"max_work ({max_work}) reached"
+                            )
                 if len(nxt) > limits.max_frontier:
                     # Every node found stays in the result; only the first ones expand further.
                     del nxt[limits.max_frontier :]
@@ -319,12 +371,14 @@ class QueryEngine:
                         seen.add(other)
                         members.append(other)
             streams: list[Iterator[tuple[int, str, str, str, Edge]]] = []
+            # Each list is read in small batches first: most members contribute few entries.
+            first_batch = min(spec.limit + 1, JOURNEY_FIRST_BATCH)
             for m in members:
                 for et, lists in self._plan(m, interactions, "out"):
                     for physical in lists:
                         streams.append(
                             (-e.ts, e.src, et, e.dst, e)
-                            for e in r.edges(m, et, physical, since, until)
+                            for e in r.edges(m, et, physical, since, until, first_batch)
                         )
             entries: list[Edge] = []
             more = False
@@ -383,20 +437,26 @@ class QueryEngine:
                 nxt: list[str] = []
                 for node in frontier:
                     for et, lists in self._plan(node, spec.edge_types, spec.direction):
-                        limit = limits.edges_for(depth, et)
-                        taken = 0
-                        for other, e in self._stream(r, node, et, lists, since, None):
-                            work += 1
-                            if work > limits.max_work:
-                                return PathResult(False, [], [], limits.max_work, True)
+                        pairs, read, exhausted = self._take(
+                            r,
+                            node,
+                            et,
+                            lists,
+                            since,
+                            None,
+                            limits.edges_for(depth, et),
+                            (),
+                            limits.max_work - work,
+                        )
+                        work += read
+                        for other, e in pairs:
                             if other not in parent:
                                 parent[other] = (node, e)
                                 if other == spec.dst:
                                     return self._path(parent, spec.dst, work)
                                 nxt.append(other)
-                            taken += 1
-                            if taken >= limit:
-                                break
+                        if exhausted:
+                            return PathResult(False, [], [], work, True)
                 if len(nxt) > limits.max_frontier:
                     del nxt[limits.max_frontier :]
                     truncated = True

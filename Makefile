@@ -1,0 +1,56 @@
+# hopcast — developer entry points. `make demo` and `make test` are the two a newcomer needs.
+PY      ?= $(shell command -v python3.11 || command -v python3)
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PYTHON  := $(BIN)/python
+STAMP   := $(VENV)/.installed
+
+.PHONY: help install demo test check fmt lint typecheck test-fast bench bench-graph bench-graph-quick clean
+
+help:
+	@echo "make demo        run the whole system on the embedded default (LMDB), http://127.0.0.1:8321/docs"
+	@echo "make test        the full test suite"
+	@echo "make check       ruff format --check, ruff check, mypy on src/, fast tests"
+	@echo "make bench       every benchmark (make bench-graph: the graph store vs ladybug and sqlite3)"
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11+)"; exit 1; }
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PYTHON) -m hopcast.demo.run
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+fmt: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test-fast
+
+bench: bench-graph
+
+bench-graph: $(STAMP)
+	$(PYTHON) bench/graph.py
+
+bench-graph-quick: $(STAMP)
+	$(PYTHON) bench/graph.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data bench/results/tmp
