@@ -42,16 +42,15 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import peers  # noqa: E402
-
-from hopcast.demo.company import Company, CompanyConfig  # noqa: E402
-from hopcast.durations import DAY  # noqa: E402
-from hopcast.graph.mutations import EdgeUpsert, Mutation, NodeUpsert  # noqa: E402
-from hopcast.graph.schema import Schema  # noqa: E402
-from hopcast.graph.store import GraphStore  # noqa: E402
-from hopcast.kv.lmdb import LmdbKV  # noqa: E402
-from hopcast.query import spec as q  # noqa: E402
-from hopcast.query.engine import QueryEngine  # noqa: E402
+import peers
+from hopcast.demo.company import Company, CompanyConfig
+from hopcast.durations import DAY
+from hopcast.graph.mutations import EdgeUpsert, Mutation, NodeUpsert
+from hopcast.graph.schema import Schema
+from hopcast.graph.store import GraphStore
+from hopcast.kv.lmdb import LmdbKV
+from hopcast.query import spec as q
+from hopcast.query.engine import QueryEngine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Mutations per atomic write in the streaming load: what the embedded engine batches.
