@@ -48,6 +48,7 @@ from hopcast.query.engine import (
 )
 
 TimeLike = int | str | dt.datetime | None
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ids = itertools.count()
 
 
@@ -66,7 +67,7 @@ def resolve_time(value: TimeLike, now: int) -> int | None:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
-        return int(value.timestamp() * 1_000_000)
+        return (value - _EPOCH) // dt.timedelta(microseconds=1)
     if isinstance(value, str):
         text = value.strip()
         if text.lstrip("-").isdigit():

@@ -471,7 +471,12 @@ class _Builder:
         doc = self.mapping(data, "")
         unknown = set(doc) - {"version", "defaults", "nodes", "edges", "journey"}
         if unknown:
-            raise self.fail("", f"unknown top-level key(s) {sorted(unknown)}")
+            first = sorted(unknown)[0]
+            raise self.fail(
+                first,
+                f"unknown top-level key(s) {sorted(unknown)} "
+                "(allowed: version, defaults, nodes, edges, journey)",
+            )
         version = doc.get("version", 1)
         if version != 1:
             raise self.fail("version", f"unsupported schema version {version!r} (expected 1)")
@@ -563,6 +568,8 @@ class _Builder:
     def _no_unknown(self, doc: Mapping[str, Any], path: str, allowed: Iterable[str]) -> None:
         unknown = set(doc) - set(allowed)
         if unknown:
+            first = sorted(unknown)[0]
             raise self.fail(
-                path, f"unknown key(s) {sorted(unknown)} (allowed: {', '.join(sorted(allowed))})"
+                f"{path}.{first}" if path else first,
+                f"unknown key(s) {sorted(unknown)} (allowed: {', '.join(sorted(allowed))})",
             )

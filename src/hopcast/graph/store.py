@@ -145,6 +145,11 @@ class ApplyResult:
 
 # A node item's value: {prop: [value, ts, token]}; value None marks a deleted property.
 _NodeValue = dict[str, list[Any]]
+#: Reserved entry of a node value: the version of the node's newest delete, kept while the node
+#: lives again so that writes older than that delete stay out. Property names never start
+#: with NUL.
+DELETED = "\x00deleted"
+_DELETED_MARK = _encode(DELETED)
 
 
 def _edge_key(m: Mutation) -> tuple[str, str, str, int]:
@@ -166,11 +171,13 @@ class GraphStore:
         self.schema = schema
         self.clock = clock
         self._listeners: list[Callable[[set[str]], None]] = []
-        for name, nt in schema.nodes.items():
-            kv.configure(keys.node_ns(name), nt.retention_us)
+        ttls: dict[str, int | None] = {
+            keys.node_ns(name): nt.retention_us for name, nt in schema.nodes.items()
+        }
         for name, et in schema.edges.items():
             for ns in (keys.out_ns(name), keys.in_ns(name), keys.key_ns(name)):
-                kv.configure(ns, et.retention_us)
+                ttls[ns] = et.retention_us
+        kv.configure_many(ttls)
         self._ns = {
             name: (keys.out_ns(name), keys.in_ns(name), keys.key_ns(name)) for name in schema.edges
         }
@@ -255,11 +262,17 @@ class GraphStore:
     def _deleted_at(
         self, w: WriteTxn, node: str, cache: dict[str, tuple[int, int] | None]
     ) -> tuple[int, int] | None:
-        """The version at which ``node`` was deleted, if it is currently a tombstone."""
+        """The version of the newest delete of ``node`` (tombstoned or since recreated)."""
         if node in cache:
             return cache[node]
         item = w.get(keys.node_ns(node.partition(":")[0]), node.encode(), keys.NODE_ITEM)
-        version = (item.ts, item.token) if item is not None and item.tombstone else None
+        version: tuple[int, int] | None = None
+        if item is not None:
+            if item.tombstone:
+                version = (item.ts, item.token)
+            elif _DELETED_MARK in item.value:
+                mark = _decode(item.value).get(DELETED)
+                version = None if mark is None else (mark[1], mark[2])
         cache[node] = version
         return version
 
@@ -269,11 +282,21 @@ class GraphStore:
         tok = token(m.id)
         old = w.get(ns, rid, keys.NODE_ITEM)
         version = (m.ts, tok)
+        props: _NodeValue = {}
+        deleted: tuple[int, int] | None = None
         if old is not None and old.tombstone:
-            if (old.ts, old.token) >= version:
+            deleted = (old.ts, old.token)
+            if deleted >= version:
                 return False  # deleted at a newer version: an older upsert cannot resurrect it
+            props[DELETED] = [None, old.ts, old.token]
             old = None
-        props: _NodeValue = {} if old is None else _decode(old.value) if old.value else {}
+        elif old is not None and old.value:
+            props = _decode(old.value)
+            mark = props.get(DELETED)
+            if mark is not None:
+                deleted = (mark[1], mark[2])
+                if deleted >= version:
+                    return False  # older than the node's last delete
         changed = old is None
         for name, value in m.props.items():
             cur = props.get(name)
@@ -340,13 +363,18 @@ class GraphStore:
         if old is None or (old.ts, old.token) < version:
             changed = old is not None and not old.tombstone
             w.put(ns, rid, keys.NODE_ITEM, b"", m.ts, tok, tombstone=True)
-        elif not old.tombstone and old.value:
-            # The node was seen again after this delete: drop only properties older than it.
-            props: _NodeValue = _decode(old.value)
-            kept = {k: v for k, v in props.items() if (v[1], v[2]) > version}
+        elif not old.tombstone:
+            # The node was seen again after this delete: drop the properties older than it and
+            # remember the delete, so older writes arriving later stay out.
+            props: _NodeValue = _decode(old.value) if old.value else {}
+            kept = {k: v for k, v in props.items() if k != DELETED and (v[1], v[2]) > version}
+            mark = props.get(DELETED)
+            if mark is None or (mark[1], mark[2]) < version:
+                mark = [None, m.ts, tok]
+            kept[DELETED] = mark
             if kept != props:
                 changed = True
-                w.put(ns, rid, keys.NODE_ITEM, _encode(kept) if kept else b"", old.ts, old.token)
+                w.put(ns, rid, keys.NODE_ITEM, _encode(kept), old.ts, old.token)
         # Incident edges older than the delete go too, from both time-ordered lists.
         for edge_type in self.schema.edge_types_touching(node_type):
             out_ns, in_ns, key_ns = self._ns[edge_type]
@@ -414,7 +442,7 @@ class GraphReader:
         if item is None:
             return None
         raw: _NodeValue = _decode(item.value) if item.value else {}
-        props = {k: v[0] for k, v in raw.items() if v[0] is not None}
+        props = {k: v[0] for k, v in raw.items() if v[0] is not None and k != DELETED}
         return Node(node_id, item.ts, props, item.expires_at)
 
     def edges(

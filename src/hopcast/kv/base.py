@@ -282,6 +282,11 @@ class KVStore(ABC):
         """Declare a namespace and its TTL (None = no TTL). Idempotent; a new TTL applies to
         items written afterwards."""
 
+    def configure_many(self, ttls: dict[str, int | None]) -> None:
+        """Declare several namespaces at once (one write on backends that can)."""
+        for ns, ttl in ttls.items():
+            self.configure(ns, ttl)
+
     @abstractmethod
     def ttl(self, ns: str) -> int | None:
         """The namespace's TTL in µs, or None."""

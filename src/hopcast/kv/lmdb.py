@@ -114,6 +114,9 @@ class LmdbKV(KVStore):
                 try:
                     if not readonly:
                         Path(self.path).mkdir(parents=True, exist_ok=True)
+                    # One environment per path per process (an LMDB rule), so it is opened
+                    # writable whenever the directory allows, and `readonly` is enforced by
+                    # this class: a read-only and a writable LmdbKV can then share it.
                     env = _lmdb.open(
                         self.path,
                         map_size=map_size,
@@ -122,9 +125,11 @@ class LmdbKV(KVStore):
                         sync=sync,
                         metasync=sync,
                         readahead=False,
-                        readonly=readonly,
+                        readonly=not os.access(self.path, os.W_OK),
                         lock=True,
                     )
+                except OSError as exc:
+                    raise StorageError(f"cannot create LMDB directory {self.path}: {exc}") from exc
                 except _lmdb.Error as exc:
                     raise StorageError(f"cannot open LMDB at {self.path}: {exc}") from exc
                 _registry[self.path] = (env, 1)
@@ -135,6 +140,8 @@ class LmdbKV(KVStore):
         self._meta = self._open_db(META_NS, create=not readonly)
         self._cp = self._open_db(CHECKPOINT_NS, create=not readonly)
         self._load_meta()
+        for ns in list(self._ttls):
+            self._open_db(ns, create=False)
 
     # -- namespaces --------------------------------------------------------------------------
 
@@ -172,6 +179,7 @@ class LmdbKV(KVStore):
         self._check()
         if self._readonly:
             self._ttls[ns] = ttl_us
+            self._open_db(ns, create=False)
             return
         self._open_db(ns, create=True)
         try:
@@ -180,6 +188,32 @@ class LmdbKV(KVStore):
         except _lmdb.Error as exc:
             raise StorageError(f"cannot configure namespace {ns!r}: {exc}") from exc
         self._ttls[ns] = ttl_us
+
+    def configure_many(self, ttls: dict[str, int | None]) -> None:
+        """Declare namespaces in one write transaction; a no-op when nothing changed (so
+        opening an existing store costs no fsync)."""
+        self._check()
+        if self._readonly:
+            self._ttls.update(ttls)
+            for ns in ttls:
+                self._open_db(ns, create=False)
+            return
+        todo = {
+            ns: ttl
+            for ns, ttl in ttls.items()
+            if ns not in self._dbs or ns not in self._ttls or self._ttls[ns] != ttl
+        }
+        if not todo:
+            return
+        try:
+            with self._db_lock, self._env.begin(write=True) as txn:
+                for ns, ttl in todo.items():
+                    if ns not in self._dbs:
+                        self._dbs[ns] = self._env.open_db(ns.encode(), txn=txn, create=True)
+                    txn.put(ns.encode(), str(-1 if ttl is None else ttl).encode(), db=self._meta)
+        except _lmdb.Error as exc:
+            raise StorageError(f"cannot configure namespaces: {exc}") from exc
+        self._ttls.update(todo)
 
     def ttl(self, ns: str) -> int | None:
         return self._ttls.get(ns)
@@ -301,6 +335,18 @@ class _LmdbRead(ReadTxn):
         self._kv = kv
         self._txn = txn
 
+    def _late_db(self, ns: str) -> Any:
+        """Open a namespace first seen by this process during a read.
+
+        A handle opened after a snapshot began is invisible to that snapshot, so the snapshot is
+        renewed; this happens once per namespace per process.
+        """
+        db = self._kv._db(ns)
+        if db is not None:
+            self._txn.abort()
+            self._txn = self._kv._env.begin(buffers=False)
+        return db
+
     def __enter__(self) -> _LmdbRead:
         return self
 
@@ -317,7 +363,7 @@ class _LmdbRead(ReadTxn):
         stop: bytes | None = None,
         make: Callable[[bytes, bytes, int], T] | None = None,
     ) -> list[T]:
-        db = self._kv._dbs.get(ns) or self._kv._db(ns)
+        db = self._kv._dbs.get(ns) or self._late_db(ns)
         if db is None:
             return []
         prefix = _prefix(rid)
@@ -344,7 +390,7 @@ class _LmdbRead(ReadTxn):
         return out
 
     def get(self, ns: str, rid: bytes, key: bytes, now: int) -> Item | None:
-        db = self._kv._dbs.get(ns) or self._kv._db(ns)
+        db = self._kv._dbs.get(ns) or self._late_db(ns)
         if db is None:
             return None
         raw = self._txn.get(_prefix(rid) + key, db=db)
@@ -364,6 +410,8 @@ class _LmdbRead(ReadTxn):
         stop: bytes | None = None,
         reverse: bool = False,
     ) -> Iterator[Item]:
+        if ns not in self._kv._dbs:
+            self._late_db(ns)
         for item in _scan(self._kv, self._txn, ns, rid, start, stop, reverse):
             if not item.tombstone and (item.expires_at == 0 or item.expires_at > now):
                 yield item
@@ -371,7 +419,7 @@ class _LmdbRead(ReadTxn):
     def count(
         self, ns: str, rid: bytes, now: int, start: bytes | None = None, stop: bytes | None = None
     ) -> int:
-        db = self._kv._dbs.get(ns) or self._kv._db(ns)
+        db = self._kv._dbs.get(ns) or self._late_db(ns)
         if db is None:
             return 0
         prefix = _prefix(rid)
@@ -405,7 +453,7 @@ def _scan(
     stop: bytes | None,
     reverse: bool,
 ) -> Iterator[Item]:
-    db = kv._dbs.get(ns) or kv._db(ns)
+    db = kv._dbs.get(ns)  # callers open a namespace they have not seen before
     if db is None:
         return
     prefix = _prefix(rid)
@@ -445,10 +493,19 @@ class _LmdbWrite(WriteTxn):
         self._kv = kv
         self._txn = txn
 
+    def _find_db(self, ns: str) -> Any:
+        """An existing namespace's handle, opened inside this write (None if absent)."""
+        try:
+            db = self._kv._env.open_db(ns.encode(), txn=self._txn, create=False)
+        except _lmdb.NotFoundError:
+            return None
+        self._kv._dbs[ns] = db
+        return db
+
     def _wdb(self, ns: str) -> Any:
         db = self._kv._dbs.get(ns)
         if db is None:
-            db = self._kv._db(ns)
+            db = self._find_db(ns)
             if db is None:
                 # A namespace first seen inside a write: create it in this transaction.
                 db = self._kv._env.open_db(ns.encode(), txn=self._txn, create=True)
@@ -457,7 +514,7 @@ class _LmdbWrite(WriteTxn):
         return db
 
     def get(self, ns: str, rid: bytes, key: bytes) -> Item | None:
-        db = self._kv._dbs.get(ns) or self._kv._db(ns)
+        db = self._kv._dbs.get(ns) or self._find_db(ns)
         if db is None:
             return None
         raw = self._txn.get(_prefix(rid) + key, db=db)
@@ -496,7 +553,7 @@ class _LmdbWrite(WriteTxn):
             raise StorageError(f"LMDB map is full at {kv.path}") from exc
 
     def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
-        db = self._kv._dbs.get(ns) or self._kv._db(ns)
+        db = self._kv._dbs.get(ns) or self._find_db(ns)
         if db is None:
             return False
         return bool(self._txn.delete(_prefix(rid) + key, db=db))
@@ -509,6 +566,8 @@ class _LmdbWrite(WriteTxn):
         stop: bytes | None = None,
         reverse: bool = False,
     ) -> Iterator[Item]:
+        if ns not in self._kv._dbs:
+            self._find_db(ns)
         return _scan(self._kv, self._txn, ns, rid, start, stop, reverse)
 
     def set_checkpoint(self, source: str, position: bytes) -> None:

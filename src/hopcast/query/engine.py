@@ -377,7 +377,7 @@ class QueryEngine:
                 for et, lists in self._plan(m, interactions, "out"):
                     for physical in lists:
                         streams.append(
-                            (-e.ts, e.src, et, e.dst, e)
+                            (-e.ts, e.src, e.type, e.dst, e)
                             for e in r.edges(m, et, physical, since, until, first_batch)
                         )
             entries: list[Edge] = []

@@ -1,0 +1,427 @@
+"""The HTTP API over a :class:`hopcast.Graph`: read queries, writes, schema, health, metrics.
+
+Build it with :func:`create_app`; serve it with :func:`hopcast.api.serve` (uvicorn). Every route
+is versioned under ``/v1`` except the operational ones (``/healthz``, ``/metrics``); the OpenAPI
+document is at ``/openapi.json`` and browsable at ``/docs``. Errors follow
+:mod:`hopcast.api.errors` (one JSON shape; 400 malformed query, 422 schema violation, 404 absent,
+413 too large).
+
+Why the handlers look the way they do:
+
+* Read handlers are ``async def`` and call the graph inline. An embedded read costs tens of
+  microseconds (LMDB is memory-mapped, the memory store is a dict); a hop to the threadpool would
+  cost more than the read. Writes are different: a durable LMDB commit waits for ``fsync``, so
+  ``POST /v1/mutations`` runs :meth:`Graph.apply` in the threadpool and the event loop keeps
+  serving reads meanwhile.
+* Handlers return :class:`~hopcast.api.responses.JSON` (msgspec-encoded) built from the results'
+  ``to_dict()``, so FastAPI neither validates nor re-encodes responses.
+* POST bodies are read as bytes (bounded by :class:`~hopcast.api.guard.RequestGuard`) and decoded
+  by msgspec into typed structs (:mod:`hopcast.api.bodies`).
+* Times in query strings are an integer (µs since the epoch) or a duration such as ``7d``
+  meaning "7 days before now" (:func:`hopcast.graphdb.resolve_time`); an empty value means
+  "not given".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import FastAPI, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from hopcast.api import errors, openapi
+from hopcast.api.bodies import (
+    MutationsRequest,
+    TraverseRequest,
+    decode,
+    edge_types,
+    to_mutations,
+)
+from hopcast.api.errors import ApiError
+from hopcast.api.guard import RequestGuard
+from hopcast.api.metrics import METRICS_CONTENT_TYPE, ApiMetrics, MetricsMiddleware
+from hopcast.api.responses import JSON
+from hopcast.errors import InvalidQuery, NotFound
+from hopcast.graphdb import Graph
+from hopcast.query import spec as q
+
+#: Largest request body accepted (1 MiB). Roughly 5-10k mutations in their JSON form — a batch
+#: that commits in milliseconds — while a burst of oversized uploads cannot exhaust memory: a
+#: body is refused before parsing, and while being read if its length was not declared.
+MAX_BODY_BYTES = 1 << 20
+#: Most mutations in one POST /v1/mutations. Bounds the size of one write transaction (how long
+#: it holds the single LMDB writer lock) and matches the largest query result, MAX_RESULT.
+MAX_MUTATIONS = q.MAX_RESULT
+
+API_VERSION = "1.0.0"
+
+_decode_json = msgspec.json.Decoder().decode
+
+# -- parameters, documented once ----------------------------------------------------------------
+
+NodeId = Annotated[
+    str,
+    Path(description="Node id `type:key`.", examples=["profile:1"]),
+]
+EdgeParam = Annotated[
+    str | None,
+    Query(
+        description="Edge type(s), comma-separated. Absent: every edge type touching the node.",
+        examples=["started_watching,browsed"],
+    ),
+]
+DirectionParam = Annotated[
+    str,
+    Query(
+        description="`out` (edges leaving the node; two-way edges count from both ends), `in` or "
+        "`both`.",
+        json_schema_extra={"enum": list(q.DIRECTIONS)},
+    ),
+]
+SinceParam = Annotated[
+    str | None,
+    Query(
+        description="Keep edges with `ts >= since`: µs since the epoch, or a duration such as "
+        "`7d` meaning 7 days before now (units us, ms, s, m, h, d, w). Default: the 100-day "
+        "lookback.",
+        examples=["7d"],
+    ),
+]
+UntilParam = Annotated[
+    str | None,
+    Query(
+        description="Keep edges with `ts < until` (same forms as `since`).",
+        examples=["1700000000000000"],
+    ),
+]
+
+
+AccountId = Annotated[
+    str, Path(description="The account (journey root) id.", examples=["account:1"])
+]
+IdsParam = Annotated[
+    str, Query(description="Node ids, comma-separated.", examples=["account:1,profile:9"])
+]
+SelectionParam = Annotated[
+    str,
+    Query(
+        description="`latest` (newest first) or `any` (storage order, cheaper).",
+        json_schema_extra={"enum": [s.value for s in q.Selection]},
+    ),
+]
+NeighboursLimit = Annotated[int, Query(description=f"Most edges returned, 1 to {q.MAX_RESULT}.")]
+JourneyLimit = Annotated[int, Query(description=f"Entries per page, 1 to {q.MAX_RESULT}.")]
+WhereParam = Annotated[
+    str | None,
+    Query(
+        description='Property filter, a JSON object: `{"prop": value}` (equals) or '
+        f'`{{"prop": {{"op": value}}}}` with op one of {", ".join(q.OPS)}.',
+        examples=['{"position_s": {"gte": 60}}'],
+    ),
+]
+CursorParam = Annotated[str | None, Query(description="The `cursor` of the previous page.")]
+InteractionsParam = Annotated[
+    str | None,
+    Query(description="Interaction edge types, comma-separated. Absent: all of them."),
+]
+ExistsSrc = Annotated[str, Query(description="Source node id.", examples=["account:1"])]
+ExistsEdge = Annotated[str, Query(description="Edge type.", examples=["has_profile"])]
+ExistsDst = Annotated[str, Query(description="Target node id.", examples=["profile:1"])]
+PathSrc = Annotated[str, Query(description="Start node id.", examples=["profile:1"])]
+PathDst = Annotated[str, Query(description="Target node id.", examples=["profile:2"])]
+MaxHops = Annotated[int, Query(description=f"Longest path searched, 1 to {q.MAX_DEPTH} hops.")]
+
+
+def _opt(value: str | None) -> str | None:
+    """An empty query value means "not given"."""
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _where(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        where = _decode_json(text)
+    except msgspec.DecodeError as exc:
+        raise InvalidQuery(f"where: not valid JSON ({exc})") from None
+    if not isinstance(where, dict):
+        raise InvalidQuery("where: must be a JSON object of property -> value or {op: value}")
+    return where
+
+
+def create_app(
+    graph: Graph,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_mutations: int = MAX_MUTATIONS,
+    title: str = "hopcast",
+) -> FastAPI:
+    """Build the API app over ``graph``.
+
+    The app does not own ``graph``: closing it stays the caller's job (after the server stops).
+
+    Args:
+        graph: the graph to query and write.
+        max_body_bytes: largest request body; bigger ones get a 413 before being parsed.
+        max_mutations: most mutations per ``POST /v1/mutations``; more get a 413.
+        title: the OpenAPI title.
+
+    Raises:
+        ValueError: for a negative ``max_body_bytes`` or ``max_mutations < 1``.
+
+    Returns:
+        A FastAPI app with its own metrics registry (``app.state.metrics``).
+    """
+    if max_mutations < 1:
+        raise ValueError(f"max_mutations must be >= 1, got {max_mutations}")
+    if max_body_bytes < 0:
+        raise ValueError(f"max_body_bytes must be >= 0, got {max_body_bytes}")
+    backend = graph.store.kv.name
+    metrics = ApiMetrics(backend)
+    app = FastAPI(
+        title=title,
+        version=API_VERSION,
+        summary="Real-time member graph: neighbours, traversals, journeys, counts, paths, writes.",
+        description=openapi.DESCRIPTION,
+        default_response_class=JSON,
+        openapi_tags=openapi.TAGS,
+    )
+    app.state.graph = graph
+    app.state.metrics = metrics
+    errors.install(app)
+    openapi.install(app)
+    app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s and 500s
+    schema_json = JSON(graph.schema.to_dict()).body
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    @app.get(
+        "/v1/nodes/{node_id}",
+        tags=["nodes"],
+        summary="One node",
+        description="The node's last-seen time and current properties.",
+        responses=openapi.responses(openapi.NODE, 400, 404, 422),
+    )
+    async def get_node(node_id: NodeId) -> Response:
+        node = graph.node(node_id)
+        if node is None:
+            raise NotFound(
+                f"node {node_id!r} does not exist (never written, deleted or past its retention)"
+            )
+        return JSON(node.to_dict())
+
+    @app.get(
+        "/v1/nodes",
+        tags=["nodes"],
+        summary="Several nodes",
+        description=f"Nodes in the order asked; `null` where absent. At most {q.MAX_IDS} ids.",
+        responses=openapi.responses(openapi.NODES, 400, 422),
+    )
+    async def get_nodes(
+        ids: IdsParam,
+    ) -> Response:
+        id_list = [i.strip() for i in ids.split(",") if i.strip()]
+        if not id_list:
+            raise InvalidQuery("ids: give at least one node id")
+        found = graph.nodes(id_list)
+        return JSON({"nodes": [None if n is None else n.to_dict() for n in found]})
+
+    # -- queries -------------------------------------------------------------------------------
+
+    @app.get(
+        "/v1/nodes/{node_id}/neighbours",
+        tags=["queries"],
+        summary="Neighbours (one hop)",
+        description="Edges of the node, newest first (`selection=latest`) or in storage order "
+        "(`any`), filtered by time window and properties, cut at `limit`.",
+        responses=openapi.responses(openapi.NEIGHBOURS, 400, 422),
+    )
+    async def neighbours(
+        node_id: NodeId,
+        edge: EdgeParam = None,
+        direction: DirectionParam = "out",
+        selection: SelectionParam = "latest",
+        since: SinceParam = None,
+        until: UntilParam = None,
+        limit: NeighboursLimit = 20,
+        where: WhereParam = None,
+    ) -> Response:
+        result = graph.neighbours(
+            node_id,
+            edge,
+            direction=direction,
+            selection=selection,
+            since=_opt(since),
+            until=_opt(until),
+            limit=limit,
+            where=_where(where),
+        )
+        return JSON(result.to_dict())
+
+    @app.post(
+        "/v1/query/traverse",
+        tags=["queries"],
+        summary="k-hop traversal",
+        description="Breadth-first, one round per hop, under layered limits (per depth, per edge "
+        "type, total work, frontier size). A traversal that hits a limit returns what it found "
+        "with `truncated: true` and the reason.",
+        responses=openapi.responses(openapi.TRAVERSE, 400, 413, 422),
+        openapi_extra=openapi.request_body("TraverseRequest", openapi.TRAVERSE_REQUESTS),
+    )
+    async def traverse(request: Request) -> Response:
+        body = decode(await request.body(), TraverseRequest)
+        now = graph.clock()
+        return JSON(graph.engine.traverse(body.to_spec(now), now).to_dict())
+
+    @app.get(
+        "/v1/nodes/{node_id}/journey",
+        tags=["queries"],
+        summary="A member's journey",
+        description="Interactions of the account, its profiles and devices, newest first, paged: "
+        "pass the returned `cursor` to get the next page (`null` on the last one).",
+        responses=openapi.responses(openapi.JOURNEY, 400, 422),
+    )
+    async def journey(
+        node_id: AccountId,
+        since: SinceParam = None,
+        until: UntilParam = None,
+        limit: JourneyLimit = 100,
+        cursor: CursorParam = None,
+        edge: InteractionsParam = None,
+    ) -> Response:
+        result = graph.journey(
+            node_id,
+            since=_opt(since),
+            until=_opt(until),
+            limit=limit,
+            cursor=_opt(cursor),
+            edge=edge_types(edge),
+        )
+        return JSON(result.to_dict())
+
+    @app.get(
+        "/v1/nodes/{node_id}/count",
+        tags=["queries"],
+        summary="Count edges",
+        description="Live edges of the node in the time window, in total and per edge type.",
+        responses=openapi.responses(openapi.COUNT, 400, 422),
+    )
+    async def count(
+        node_id: NodeId,
+        edge: EdgeParam = None,
+        direction: DirectionParam = "out",
+        since: SinceParam = None,
+        until: UntilParam = None,
+    ) -> Response:
+        result = graph.count(
+            node_id, edge, direction=direction, since=_opt(since), until=_opt(until)
+        )
+        return JSON(result.to_dict())
+
+    @app.get(
+        "/v1/edges/exists",
+        tags=["queries"],
+        summary="Does an edge exist?",
+        description="Whether `src -[edge]-> dst` exists (either way round for a two-way edge), "
+        "and the edge if so.",
+        responses=openapi.responses(openapi.EXISTS, 400, 422),
+    )
+    async def exists(
+        src: ExistsSrc,
+        edge: ExistsEdge,
+        dst: ExistsDst,
+    ) -> Response:
+        return JSON(graph.engine.exists(q.Exists(src, edge, dst)).to_dict())
+
+    @app.get(
+        "/v1/path",
+        tags=["queries"],
+        summary="Shortest path",
+        description="Breadth-first search from `src`; the first path found to `dst` is a "
+        "shortest one within the limits. `found: false` if none within `max_hops`.",
+        responses=openapi.responses(openapi.PATH, 400, 422),
+    )
+    async def path(
+        src: PathSrc,
+        dst: PathDst,
+        max_hops: MaxHops = 3,
+        edge: EdgeParam = None,
+        direction: DirectionParam = "both",
+        since: SinceParam = None,
+    ) -> Response:
+        result = graph.shortest_path(
+            src, dst, max_hops=max_hops, edge=edge, direction=direction, since=_opt(since)
+        )
+        return JSON(result.to_dict())
+
+    # -- writes --------------------------------------------------------------------------------
+
+    @app.post(
+        "/v1/mutations",
+        tags=["writes"],
+        summary="Apply mutations",
+        description="Validates every mutation against the schema, then applies them in one "
+        "atomic write (last-write-wins on `ts`, idempotent on `id`). The write is committed — "
+        "durable, on a store opened with `sync` — before the response. If any mutation is "
+        "malformed or violates the schema nothing is written and the 422 names its `index`. "
+        f"At most {max_mutations} mutations per request.",
+        responses=openapi.responses(openapi.MUTATIONS, 400, 413, 422),
+        openapi_extra=openapi.request_body("MutationsRequest", openapi.MUTATIONS_REQUESTS),
+    )
+    async def mutations(request: Request) -> Response:
+        body = decode(await request.body(), MutationsRequest)
+        if len(body.mutations) > max_mutations:
+            raise ApiError(
+                413,
+                "too_many_mutations",
+                f"{len(body.mutations)} mutations in one request; at most {max_mutations}",
+            )
+        batch = to_mutations(body.mutations)
+        result = await run_in_threadpool(graph.apply, batch)
+        metrics.mutations_applied.inc(result.applied)
+        metrics.mutations_skipped.inc(result.skipped)
+        return JSON({"applied": result.applied, "skipped": result.skipped})
+
+    # -- schema and operations -----------------------------------------------------------------
+
+    @app.get(
+        "/v1/schema",
+        tags=["schema"],
+        summary="The graph schema",
+        description="Node types, edge types with their mappings, retention and the journey.",
+        responses=openapi.responses(openapi.SCHEMA),
+    )
+    async def schema() -> Response:
+        return Response(schema_json, media_type=JSON.media_type)
+
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        summary="Health",
+        description="200 if the graph store answers a read; 503 otherwise.",
+        responses=openapi.responses({"status": "ok", "backend": "lmdb"}, 503),
+    )
+    async def healthz() -> Response:
+        with graph.store.read():
+            pass
+        return JSON({"status": "ok", "backend": backend})
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        description="Request counts and latency per route template and status, mutations "
+        "applied and skipped, and the store backend, in the Prometheus text format.",
+        response_class=Response,
+        responses={200: {"content": {METRICS_CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+    )
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    return app

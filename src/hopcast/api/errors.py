@@ -1,0 +1,183 @@
+"""How the HTTP API reports errors: one JSON shape, one status per kind of error.
+
+Every error response is ``{"error": "<kind>", "message": "<what is wrong>"}``; a rejected
+mutation adds ``index`` (its position in the request) and ``reason``, a request validation error
+adds ``details`` (one entry per problem). A traceback never reaches the client.
+
+The rule: **400** means the request is malformed or asks for something the query engine will not
+run (bad node id, unknown edge type, bad direction or time, limit out of range, corrupt cursor,
+unparsable JSON); **422** means well-formed input that does not fit a declared shape — the graph
+schema (a mutation) or a route's typed parameters (FastAPI's request validation).
+
+==========================================  ======  =======================
+Cause                                       Status  ``error``
+==========================================  ======  =======================
+``InvalidQuery`` (bad id, edge type, time)   400    ``invalid_query``
+``InvalidCursor``                            400    ``invalid_cursor``
+``InvalidNodeId``                            400    ``invalid_node_id``
+any other ``InvalidInput``                   400    ``invalid_input``
+body is not valid JSON                       400    ``malformed_json``
+``SchemaViolation``                          422    ``schema_violation``
+``InvalidMutation``                          422    ``invalid_mutation``
+parameter or body field of the wrong type    422    ``validation_error``
+``NotFound``                                 404    ``not_found``
+no such route                                404    ``not_found``
+method not allowed on the route              405    ``method_not_allowed``
+body larger than ``max_body_bytes``          413    ``body_too_large``
+more mutations than ``max_mutations``        413    ``too_many_mutations``
+``StorageError``                             503    ``storage_unavailable``
+anything else (a bug; logged)                500    ``internal_error``
+==========================================  ======  =======================
+
+Node ids inside queries are checked by the query engine, which reports a malformed id as
+``InvalidQuery`` (so ``invalid_query``, not ``invalid_node_id``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from hopcast.api.responses import error
+from hopcast.errors import (
+    HopcastError,
+    InvalidCursor,
+    InvalidInput,
+    InvalidMutation,
+    InvalidNodeId,
+    InvalidQuery,
+    NotFound,
+    SchemaViolation,
+    StorageError,
+)
+
+logger = logging.getLogger("hopcast.api")
+
+#: Most specific first: the first class the exception is an instance of decides.
+_BY_CLASS: tuple[tuple[type[HopcastError], int, str], ...] = (
+    (SchemaViolation, 422, "schema_violation"),
+    (InvalidMutation, 422, "invalid_mutation"),
+    (InvalidCursor, 400, "invalid_cursor"),
+    (InvalidNodeId, 400, "invalid_node_id"),
+    (InvalidQuery, 400, "invalid_query"),
+    (InvalidInput, 400, "invalid_input"),
+    (NotFound, 404, "not_found"),
+    (StorageError, 503, "storage_unavailable"),
+)
+
+_BY_STATUS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+INTERNAL_MESSAGE = "an unexpected error occurred; the server log has the details"
+STORAGE_MESSAGE = "the graph store failed; the server log has the details"
+
+
+class ApiError(Exception):
+    """An error the API layer itself detects (not the graph): status, kind and message."""
+
+    def __init__(self, status: int, kind: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.extra = extra
+
+
+class BodyTooLarge(HTTPException):
+    """A request body exceeded the limit while it was being read (HTTP 413).
+
+    An ``HTTPException`` on purpose: FastAPI re-raises those from its own body parsing instead
+    of turning them into a 400, so the 413 survives whichever code reads the body.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body exceeds {limit} bytes")
+
+
+class IndexedMutationError(InvalidMutation):
+    """A mutation's JSON form is malformed; ``index`` is its position in the request."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"mutation #{index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+def classify(exc: HopcastError) -> tuple[int, str]:
+    """``(status, kind)`` for a hopcast exception (500/``internal_error`` if none applies)."""
+    for cls, status, kind in _BY_CLASS:
+        if isinstance(exc, cls):
+            return status, kind
+    return 500, "internal_error"
+
+
+def hopcast_error_response(exc: HopcastError, request: Request) -> Response:
+    status, kind = classify(exc)
+    if status >= 500:
+        logger.error(
+            "%s %s failed: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc
+        )
+        return error(status, kind, STORAGE_MESSAGE if status == 503 else INTERNAL_MESSAGE)
+    extra: dict[str, Any] = {}
+    index = getattr(exc, "index", None)
+    if index is not None:
+        extra["index"] = index
+        extra["reason"] = getattr(exc, "reason", str(exc))
+    return error(status, kind, str(exc), **extra)
+
+
+def _loc(loc: Sequence[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def validation_error_response(exc: RequestValidationError) -> Response:
+    problems = list(exc.errors())
+    if any(p.get("type") == "json_invalid" for p in problems):
+        return error(400, "malformed_json", "the request body is not valid JSON")
+    details = [{"loc": _loc(p.get("loc", ())), "message": str(p.get("msg", ""))} for p in problems]
+    message = "; ".join(f"{d['loc']}: {d['message']}" for d in details) or "invalid request"
+    return error(422, "validation_error", message, details=details)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that give every error the shape above."""
+
+    async def on_hopcast_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HopcastError)
+        return hopcast_error_response(exc, request)
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error(exc.status, exc.kind, exc.message, **exc.extra)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return validation_error_response(exc)
+
+    async def on_http_exception(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = _BY_STATUS.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route for {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        response = error(exc.status_code, kind, message)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    app.add_exception_handler(HopcastError, on_hopcast_error)
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_exception)

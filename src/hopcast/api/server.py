@@ -1,0 +1,132 @@
+"""Run the API with uvicorn: uvloop event loop, httptools HTTP parser, no access log.
+
+``serve(graph)`` is the one call a user needs. With ``workers > 1`` uvicorn starts that many
+processes; each re-opens the same LMDB directory (many readers and one writer across processes
+are what LMDB is built for), so the graph must live in LMDB and its schema in a file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from hopcast.api.app import MAX_BODY_BYTES, create_app
+from hopcast.errors import ConfigError
+from hopcast.graphdb import Graph
+
+#: Loopback by default: the API has no authentication, so exposing it is an explicit choice.
+DEFAULT_HOST = "127.0.0.1"
+#: Clear of the ports development servers usually take (8000, 8080, 8888) and of well-known
+#: services, so the demo starts next to them without a clash.
+DEFAULT_PORT = 8321
+
+# How a worker process finds its graph when ``workers > 1`` (set by :func:`serve`).
+_ENV_STORE = "HOPCAST_API_STORE"
+_ENV_SCHEMA = "HOPCAST_API_SCHEMA"
+_ENV_MAX_BODY = "HOPCAST_API_MAX_BODY_BYTES"
+
+# uvloop and httptools are in the ``server`` extra except where they do not build (uvloop on
+# Windows); fall back to asyncio / h11 there rather than refuse to start.
+_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+_HTTP = "httptools" if importlib.util.find_spec("httptools") else "h11"
+
+
+def url(host: str, port: int) -> str:
+    """``http://host:port`` (IPv6 hosts in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def make_server(
+    graph: Graph,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    log_level: str = "info",
+) -> uvicorn.Server:
+    """A configured, not yet started uvicorn server for ``graph`` (one process).
+
+    Call ``server.run()`` (blocks; pass ``sockets=[sock]`` to serve an already-bound socket) and
+    set ``server.should_exit = True`` from another thread to stop it.
+    """
+    config = uvicorn.Config(
+        create_app(graph, max_body_bytes=max_body_bytes),
+        host=host,
+        port=port,
+        loop=_LOOP,
+        http=_HTTP,
+        access_log=False,
+        log_level=log_level,
+    )
+    return uvicorn.Server(config)
+
+
+def serve(
+    graph: Graph,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    workers: int = 1,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> None:
+    """Serve the API until interrupted (Ctrl-C); prints the URL first.
+
+    Args:
+        graph: the graph. With ``workers > 1`` only its LMDB directory and schema file are used:
+            every worker opens its own :class:`Graph` on them.
+        workers: server processes.
+
+    Raises:
+        ConfigError: ``workers < 1``, or ``workers > 1`` with a graph not in LMDB or a schema
+            not loaded from a file.
+    """
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    address = url(host, port)
+    if workers == 1:
+        server = make_server(graph, host, port, max_body_bytes=max_body_bytes)
+        print(f"hopcast API on {address} (docs: {address}/docs)", flush=True)
+        server.run()
+        return
+    store = getattr(graph.store.kv, "path", None)
+    if graph.store.kv.name != "lmdb" or not isinstance(store, str):
+        raise ConfigError("workers > 1 needs a graph stored in LMDB (Graph.open('<directory>'))")
+    schema = Path(graph.schema.source)
+    if not schema.is_file():
+        raise ConfigError(
+            f"workers > 1 needs a schema loaded from a file, not {graph.schema.source!r}"
+        )
+    os.environ[_ENV_STORE] = store
+    os.environ[_ENV_SCHEMA] = str(schema)
+    os.environ[_ENV_MAX_BODY] = str(max_body_bytes)
+    print(f"hopcast API on {address} with {workers} workers (docs: {address}/docs)", flush=True)
+    uvicorn.run(
+        f"{__name__}:worker_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop=_LOOP,
+        http=_HTTP,
+        access_log=False,
+    )
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (uvicorn's factory when ``workers > 1``).
+
+    Opens the graph named by the environment :func:`serve` set; the process exit releases it.
+
+    Raises:
+        ConfigError: if that environment is missing.
+    """
+    store = os.environ.get(_ENV_STORE)
+    schema = os.environ.get(_ENV_SCHEMA)
+    if not store or not schema:
+        raise ConfigError(f"{_ENV_STORE} and {_ENV_SCHEMA} must name the LMDB store and schema")
+    max_body = int(os.environ.get(_ENV_MAX_BODY, MAX_BODY_BYTES))
+    return create_app(Graph.open(store, schema), max_body_bytes=max_body)

@@ -1,0 +1,136 @@
+"""The ``hopcast`` command line.
+
+::
+
+    hopcast [--store PATH_OR_URL] [--schema FILE] [--json] COMMAND
+      query neighbours|traverse|journey|count|exists|path|node …   read the graph (or --url)
+      apply FILE|-                                                  write mutations (JSON lines)
+      sweep                                                         remove expired data
+      info                                                          what the store holds
+      schema check FILE                                             validate a schema
+      serve                                                         run the HTTP API
+
+The store is ``--store`` (default ``$HOPCAST_STORE`` or ``./data/graph``; ``memory://`` for a
+throw-away one) with the schema ``--schema`` (default ``$HOPCAST_SCHEMA`` or the demo schema).
+
+Output contract:
+
+* Results are rich tables on stdout; progress bars and diagnostics go to stderr.
+* ``--json`` (on the group or on a command) prints exactly one JSON document on stdout: the
+  result's ``to_dict()``, the document the HTTP API returns too.
+* A :class:`~hopcast.errors.HopcastError` prints one red line ``error: <message>`` on stderr and
+  exits 2 when the input is wrong or 1 otherwise (see :mod:`hopcast.cli.common`); never a
+  traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+from rich.console import Console
+
+from hopcast import __version__
+from hopcast.cli import render
+from hopcast.cli.common import (
+    DEFAULT_STORE,
+    Settings,
+    error,
+    exit_code,
+    json_option,
+    print_json,
+    wants_json,
+)
+from hopcast.cli.query import query
+from hopcast.cli.store import apply, info, sweep
+from hopcast.errors import HopcastError
+from hopcast.graph.schema import Schema
+from hopcast.graphdb import Graph
+
+__all__ = ["cli", "main"]
+
+
+class _Cli(click.Group):
+    """The root group: every HopcastError becomes one red line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HopcastError as exc:
+            error(str(exc))
+            raise click.exceptions.Exit(exit_code(exc)) from None
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--store",
+    envvar="HOPCAST_STORE",
+    default=DEFAULT_STORE,
+    show_default=True,
+    metavar="PATH_OR_URL",
+    help="LMDB directory, lmdb:///dir or memory:// [env HOPCAST_STORE].",
+)
+@click.option(
+    "--schema",
+    envvar="HOPCAST_SCHEMA",
+    metavar="FILE",
+    help="Schema YAML [env HOPCAST_SCHEMA; default: the demo schema].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine output: one JSON document.")
+@click.version_option(__version__, prog_name="hopcast")
+@click.pass_context
+def cli(ctx: click.Context, store: str, schema: str | None, as_json: bool) -> None:
+    """hopcast: a real-time member graph."""
+    ctx.obj = Settings(store, schema, as_json)
+
+
+@cli.group("schema")
+def schema_group() -> None:
+    """Work with schema files."""
+
+
+@schema_group.command("check")
+@click.argument("file")
+@json_option
+@click.pass_obj
+def schema_check(settings: Settings, file: str, as_json: bool) -> None:
+    """Validate a schema YAML FILE: print its types, or the precise error (exit 2).
+
+    JSON: the schema's description (as served at /v1/schema).
+    """
+    doc = Schema.load(file).to_dict()
+    if wants_json(settings, as_json):
+        print_json(doc)
+    else:
+        render.schema(Console(highlight=False), doc, file)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8321, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True)
+@click.pass_obj
+def serve(settings: Settings, host: str, port: int, workers: int) -> None:
+    """Run the HTTP API on the store (needs the server extras: hopcast[server])."""
+    try:
+        api = importlib.import_module("hopcast.api")
+    except ImportError as exc:
+        if (exc.name or "").startswith("hopcast"):
+            raise HopcastError(f"the HTTP API is missing from this installation: {exc}") from exc
+        raise HopcastError(
+            f"`hopcast serve` needs the server extras: pip install 'hopcast[server]' ({exc})"
+        ) from exc
+    with Graph.open(settings.store, settings.schema) as graph:
+        api.serve(graph, host, port, workers)
+
+
+cli.add_command(query)
+cli.add_command(apply)
+cli.add_command(sweep)
+cli.add_command(info)
+
+
+def main() -> None:
+    """Entry point of the ``hopcast`` script."""
+    cli(prog_name="hopcast")
