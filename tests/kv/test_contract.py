@@ -246,3 +246,38 @@ def test_a_closed_store_refuses_use(kv: KVStore) -> None:
     kv.close()
     with pytest.raises(StoreClosed):
         kv.get("ns", b"r", b"k", NOW)
+
+
+def test_fetch_returns_at_most_limit_visible_items_in_key_order(kv: KVStore) -> None:
+    kv.configure("ns", 100)
+    with kv.writer() as w:
+        for i in range(10):
+            w.put("ns", b"r", bytes([i]), bytes([i]), 1000 if i % 3 else 1, 0)  # 0,3,6,9 expire
+        w.put("ns", b"r", b"\x05", b"", 1000, 0, tombstone=True)
+    with kv.reader() as r:
+        assert keys(r.fetch("ns", b"r", 500, 3)) == [b"\x01", b"\x02", b"\x04"]
+        assert keys(r.fetch("ns", b"r", 500, 100, start=b"\x04", stop=b"\x08")) == [
+            b"\x04",
+            b"\x07",
+        ]
+        built = r.fetch("ns", b"r", 500, 2, make=lambda k, v, ts: (k, v, ts))
+        assert built == [(b"\x01", b"\x01", 1000), (b"\x02", b"\x02", 1000)]
+        assert r.fetch("ns", b"nobody", 500, 5) == []
+        assert r.fetch("unknown-ns", b"r", 500, 5) == []
+
+
+def test_fetch_many_answers_each_record_like_fetch(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    with kv.writer() as w:
+        for rid in (b"a", b"b", b"d"):
+            for i in range(5):
+                w.put("ns", rid, bytes([i]), rid, i, 0)
+    rids = [b"d", b"a", b"c", b"b"]
+    with kv.reader() as r:
+        many = r.fetch_many("ns", rids, NOW, 3, start=b"\x01")
+        assert [keys(x) for x in many] == [
+            keys(r.fetch("ns", rid, NOW, 3, b"\x01")) for rid in rids
+        ]
+        assert [len(x) for x in many] == [3, 3, 0, 3]
+        made = r.fetch_many("ns", rids, NOW, 1, make=lambda i, k, v, ts: (i, v))
+        assert made == [[(0, b"d")], [(1, b"a")], [], [(3, b"b")]]

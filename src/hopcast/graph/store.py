@@ -501,6 +501,32 @@ class GraphReader:
 
         return self.txn.fetch(in_ns, rid, self.now, limit, start, stop, make_in)
 
+    def expand(
+        self,
+        node_ids: list[str],
+        edge_type: str,
+        physical: str,
+        since: int | None,
+        until: int | None,
+        limit: int,
+    ) -> list[list[Edge]]:
+        """:meth:`edges_list` for many nodes in one round (one hop of a traversal)."""
+        out_ns, in_ns, _ = self._ns[edge_type]
+        start, stop = keys.window(since, until)
+        rids = [n.encode() for n in node_ids]
+        new = _new_tuple
+        if physical == "out":
+
+            def make_out(i: int, k: bytes, v: bytes, ts: int) -> Edge:
+                return new(Edge, (node_ids[i], edge_type, k[8:].decode(), ts, v, k))
+
+            return self.txn.fetch_many(out_ns, rids, self.now, limit, start, stop, make_out)
+
+        def make_in(i: int, k: bytes, v: bytes, ts: int) -> Edge:
+            return new(Edge, (k[8:].decode(), edge_type, node_ids[i], ts, v, k))
+
+        return self.txn.fetch_many(in_ns, rids, self.now, limit, start, stop, make_in)
+
     def edges_by_target(self, node_id: str, edge_type: str) -> Iterator[Edge]:
         """Stream the out-list of ``node_id`` ordered by target id (the ``key`` index)."""
         _, _, key_ns = self._ns[edge_type]

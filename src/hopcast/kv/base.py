@@ -167,6 +167,31 @@ class ReadTxn(ABC):
             return items  # type: ignore[return-value]
         return [make(i.key, i.value, i.ts) for i in items]
 
+    def fetch_many(
+        self,
+        ns: str,
+        rids: list[bytes],
+        now: int,
+        limit: int,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        make: Callable[[int, bytes, bytes, int], T] | None = None,
+    ) -> list[list[T]]:
+        """:meth:`fetch` for many records of one namespace in one round.
+
+        This is what one hop of a breadth-first traversal asks for; backends serve it with one
+        cursor (LMDB) or one pipeline (network stores). ``make(i, key, value, ts)`` receives the
+        index of the record in ``rids``.
+        """
+        out: list[list[T]] = []
+        for i, rid in enumerate(rids):
+            items: list[Item] = self.fetch(ns, rid, now, limit, start, stop)
+            if make is None:
+                out.append(items)  # type: ignore[arg-type]
+            else:
+                out.append([make(i, it.key, it.value, it.ts) for it in items])
+        return out
+
     @abstractmethod
     def count(
         self, ns: str, rid: bytes, now: int, start: bytes | None = None, stop: bytes | None = None

@@ -437,6 +437,47 @@ class _LmdbRead(ReadTxn):
                 n += 1
         return n
 
+    def fetch_many(
+        self,
+        ns: str,
+        rids: list[bytes],
+        now: int,
+        limit: int,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        make: Callable[[int, bytes, bytes, int], T] | None = None,
+    ) -> list[list[T]]:
+        db = self._kv._dbs.get(ns) or self._late_db(ns)
+        if db is None:
+            return [[] for _ in rids]
+        cur = self._txn.cursor(db=db)
+        unpack = _header_unpack
+        pack_len = _LEN.pack
+        result: list[list[Any]] = []
+        for i, rid in enumerate(rids):
+            prefix = pack_len(len(rid)) + rid
+            plen = len(prefix)
+            hi = prefix + stop if stop is not None else _successor(prefix)
+            out: list[Any] = []
+            result.append(out)
+            if not cur.set_range(prefix + start if start else prefix):
+                continue
+            for k, raw in cur.iternext():
+                if hi is not None and k >= hi:
+                    break
+                ts, token, exp, flags = unpack(raw)
+                if flags or (exp and exp <= now):
+                    continue
+                if make is None:
+                    out.append(
+                        _new_item(Item, (k[plen:], raw[HEADER_SIZE:], ts, token, exp, False))
+                    )
+                else:
+                    out.append(make(i, k[plen:], raw[HEADER_SIZE:], ts))
+                if len(out) >= limit:
+                    break
+        return result
+
     def checkpoints(self) -> dict[str, bytes]:
         cp = self._kv._cp or self._kv._db(CHECKPOINT_NS)
         if cp is None:

@@ -26,7 +26,8 @@ class NodeCache:
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, ttl_us: int = DEFAULT_TTL_US):
         self.max_entries = max_entries
         self.ttl_us = ttl_us
-        self._entries: OrderedDict[str, tuple[int, Node | None]] = OrderedDict()
+        # node id -> (valid until, computed at, node)
+        self._entries: OrderedDict[str, tuple[int, int, Node | None]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -35,14 +36,15 @@ class NodeCache:
         """``(hit, node)``; a miss is ``(False, None)``."""
         with self._lock:
             entry = self._entries.get(node_id)
-            if entry is None or entry[0] <= now:
-                if entry is not None:
+            if entry is None or entry[0] <= now or now < entry[1]:
+                # Expired, or a read "in the past": what was absent later may have existed then.
+                if entry is not None and entry[0] <= now:
                     del self._entries[node_id]
                 self.misses += 1
                 return False, None
             self._entries.move_to_end(node_id)
             self.hits += 1
-            return True, entry[1]
+            return True, entry[2]
 
     def put(self, node_id: str, node: Node | None, now: int) -> None:
         until = now + self.ttl_us
@@ -51,7 +53,7 @@ class NodeCache:
         if until <= now:
             return
         with self._lock:
-            self._entries[node_id] = (until, node)
+            self._entries[node_id] = (until, now, node)
             self._entries.move_to_end(node_id)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)

@@ -128,8 +128,16 @@ class PathResult:
         }
 
 
+#: Frontier nodes expanded per read round: bounds the edges held in memory before the work cap
+#: is checked (HOP_CHUNK x edges per hop) while still amortising the round.
+HOP_CHUNK = 256
 #: First batch per member list in a journey merge; most lists contribute only a few entries.
 JOURNEY_FIRST_BATCH = 16
+
+
+def _journey_key(e: Edge) -> tuple[int, str, str, str]:
+    """Journey order: newest first, ties by (src, type, dst)."""
+    return (-e[3], e[0], e[1], e[2])
 
 
 def _matches(filters: tuple[q.Filter, ...], edge: Edge) -> bool:
@@ -239,6 +247,35 @@ class QueryEngine:
                 break
         return out, read, False
 
+    @staticmethod
+    def _expand(
+        r: GraphReader,
+        plans: list[tuple[str, list[tuple[str, tuple[str, ...]]]]],
+        depth: int,
+        hop: q.Hop,
+        limits: q.Limits,
+        since: int | None,
+        until: int | None,
+    ) -> dict[tuple[str, str], list[tuple[str, Edge]]]:
+        """Read one hop's unfiltered single-list expansions for a chunk of the frontier in
+        one round per (edge type, list); the rest is left to :meth:`_take`."""
+        if hop.where:
+            return {}
+        groups: dict[tuple[str, str], list[str]] = {}
+        for node, plan in plans:
+            for et, lists in plan:
+                if len(lists) == 1:
+                    groups.setdefault((et, lists[0]), []).append(node)
+        pages: dict[tuple[str, str], list[tuple[str, Edge]]] = {}
+        for (et, physical), nodes in groups.items():
+            expanded = r.expand(nodes, et, physical, since, until, limits.edges_for(depth, et))
+            for node, edges in zip(nodes, expanded, strict=True):
+                if physical == "out":
+                    pages[(node, et)] = [(e.dst, e) for e in edges]
+                else:
+                    pages[(node, et)] = [(e.src, e) for e in edges]
+        return pages
+
     def _now(self, now: int | None) -> int:
         return self.clock() if now is None else now
 
@@ -316,30 +353,42 @@ class QueryEngine:
         with self.store.read(t) as r:
             for depth, hop in enumerate(spec.hops, 1):
                 nxt: list[str] = []
-                for node in frontier:
-                    for et, lists in self._plan(node, hop.edge_types, hop.direction):
-                        pairs, read, exhausted = self._take(
-                            r,
-                            node,
-                            et,
-                            lists,
-                            since,
-                            spec.until,
-                            limits.edges_for(depth, et),
-                            hop.where,
-                            max_work - work,
-                        )
-                        work += read
-                        for other, e in pairs:
-                            if other not in visited:
-                                hit = Reached(other, depth, e)
-                                visited[other] = hit
-                                reached.append(hit)
-                                nxt.append(other)
-                        if exhausted:
-                            return TraverseResult(
-                                reached, work, True, f"max_work ({max_work}) reached"
-                            )
+                for lo in range(0, len(frontier), HOP_CHUNK):
+                    chunk = frontier[lo : lo + HOP_CHUNK]
+                    plans = [(n, self._plan(n, hop.edge_types, hop.direction)) for n in chunk]
+                    pages = self._expand(r, plans, depth, hop, limits, since, spec.until)
+                    for node, plan in plans:
+                        for et, lists in plan:
+                            budget = max_work - work
+                            page = pages.get((node, et))
+                            if page is not None:
+                                limit = limits.edges_for(depth, et)
+                                exhausted = budget < limit and len(page) >= budget
+                                pairs = page[:budget] if exhausted else page
+                                read = len(pairs)
+                            else:
+                                pairs, read, exhausted = self._take(
+                                    r,
+                                    node,
+                                    et,
+                                    lists,
+                                    since,
+                                    spec.until,
+                                    limits.edges_for(depth, et),
+                                    hop.where,
+                                    budget,
+                                )
+                            work += read
+                            for other, e in pairs:
+                                if other not in visited:
+                                    hit = Reached(other, depth, e)
+                                    visited[other] = hit
+                                    reached.append(hit)
+                                    nxt.append(other)
+                            if exhausted:
+                                return TraverseResult(
+                                    reached, work, True, f"max_work ({max_work}) reached"
+                                )
                 if len(nxt) > limits.max_frontier:
                     # Every node found stays in the result; only the first ones expand further.
                     del nxt[limits.max_frontier :]
@@ -370,30 +419,76 @@ class QueryEngine:
                     if other not in seen:
                         seen.add(other)
                         members.append(other)
-            streams: list[Iterator[tuple[int, str, str, str, Edge]]] = []
-            # Each list is read in small batches first: most members contribute few entries.
-            first_batch = min(spec.limit + 1, JOURNEY_FIRST_BATCH)
-            for m in members:
-                for et, lists in self._plan(m, interactions, "out"):
-                    for physical in lists:
-                        streams.append(
-                            (-e.ts, e.src, e.type, e.dst, e)
-                            for e in r.edges(m, et, physical, since, until, first_batch)
-                        )
-            entries: list[Edge] = []
-            more = False
-            for entry in heapq.merge(*streams):
-                if after is not None and entry[:4] <= after:
-                    continue
-                if len(entries) >= spec.limit:
-                    more = True
-                    break
-                entries.append(entry[4])
+                        if len(members) >= q.MAX_IDS:
+                            break
+            entries, more = self._merge_lists(
+                r, members, interactions, since, until, spec.limit, after
+            )
         cursor = None
         if more:
             last = entries[-1]
             cursor = q.encode_cursor(last.ts, last.src, last.type, last.dst)
         return JourneyResult(spec.node, members, entries, cursor)
+
+    def _merge_lists(
+        self,
+        r: GraphReader,
+        members: list[str],
+        interactions: tuple[str, ...],
+        since: int | None,
+        until: int | None,
+        limit: int,
+        after: tuple[int, str, str, str] | None,
+    ) -> tuple[list[Edge], bool]:
+        """Merge the members' interaction lists newest first; ``(entries, more)``.
+
+        Steps:
+
+        1. read a small first batch of every list, one round per (edge type, list) for all
+           members together;
+        2. everything up to the *horizon* — the oldest entry of the first list that may hold
+           more — is in final order; if that yields ``limit + 1`` entries, stop;
+        3. otherwise read the next, larger batch of every list that may hold more, and go to 2.
+        """
+        batch = min(limit + 1, JOURNEY_FIRST_BATCH)
+        # (member, edge type, physical list) of every stored list to merge
+        groups: dict[tuple[str, str], list[str]] = {}
+        for m in members:
+            for et, lists in self._plan(m, interactions, "out"):
+                for physical in lists:
+                    groups.setdefault((et, physical), []).append(m)
+        pool: list[Edge] = []
+        # lists that may hold more: (member, edge type, physical, last edge read)
+        open_lists: list[tuple[str, str, str, Edge]] = []
+        for (et, physical), nodes in groups.items():
+            for node, page in zip(
+                nodes, r.expand(nodes, et, physical, since, until, batch), strict=True
+            ):
+                pool.extend(page)
+                if len(page) == batch:
+                    open_lists.append((node, et, physical, page[-1]))
+        while True:
+            pool.sort(key=_journey_key)
+            if after is not None:
+                pool = [e for e in pool if _journey_key(e) > after]
+            if not open_lists:
+                return pool[:limit], len(pool) > limit
+            horizon = min(_journey_key(last) for _, _, _, last in open_lists)
+            final = 0
+            for e in pool:
+                if _journey_key(e) > horizon:
+                    break
+                final += 1
+            if final > limit:
+                return pool[:limit], True
+            batch = min(batch * 4, q.MAX_RESULT)
+            still_open: list[tuple[str, str, str, Edge]] = []
+            for node, et, physical, last in open_lists:
+                page = r.edges_list(node, et, physical, since, until, batch, last._key + b"\x00")
+                pool.extend(page)
+                if len(page) == batch:
+                    still_open.append((node, et, physical, page[-1]))
+            open_lists = still_open
 
     def count(self, spec: q.Count, now: int | None = None) -> CountResult:
         q.check(self.schema, spec)
