@@ -7,6 +7,7 @@ are what LMDB is built for), so the graph must live in LMDB and its schema in a 
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 from pathlib import Path
@@ -62,7 +63,18 @@ def make_server(
         access_log=False,
         log_level=log_level,
     )
+    _freeze_heap()
     return uvicorn.Server(config)
+
+
+def _freeze_heap() -> None:
+    """Move everything alive at start-up out of the cyclic GC's reach.
+
+    The graph, schema and app are long-lived; without this every gen-2 collection triggered by
+    request allocations walks them, which shows up as millisecond latency spikes at p99.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def serve(
@@ -129,4 +141,6 @@ def worker_app() -> FastAPI:
     if not store or not schema:
         raise ConfigError(f"{_ENV_STORE} and {_ENV_SCHEMA} must name the LMDB store and schema")
     max_body = int(os.environ.get(_ENV_MAX_BODY, MAX_BODY_BYTES))
-    return create_app(Graph.open(store, schema), max_body_bytes=max_body)
+    app = create_app(Graph.open(store, schema), max_body_bytes=max_body)
+    _freeze_heap()
+    return app

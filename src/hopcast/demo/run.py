@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "--duration", type=float, default=0, help="stop after N seconds (0 = until Ctrl-C)"
     )
     args = parser.parse_args(argv)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
 
     store = Path(args.store)
     reuse = args.keep and store.exists()
@@ -137,17 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     worker.start()
 
     try:
-        from hopcast.api.app import create_app
+        from hopcast.api.server import make_server
     except ImportError:
         console.print("[red]the HTTP API needs the server extra: pip install 'hopcast[server]'")
         return 1
-    import uvicorn
 
-    app = create_app(graph)
-    config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="warning", access_log=False, loop="auto"
-    )
-    server = uvicorn.Server(config)
+    server = make_server(graph, args.host, args.port, log_level="warning")
     base = f"http://{args.host}:{args.port}"
     account = company.heavy_account_ids()[0]
     profile = company.profiles_of(account)[0]
@@ -160,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"neighbours   {base}/v1/nodes/{profile}/neighbours?edge=started_watching&limit=5",
                 f"journey      {base}/v1/nodes/{account}/journey?since=1h&limit=20",
                 f"count        {base}/v1/nodes/{profile}/count?edge=browsed&since=7d",
-                f"co-watchers  hopcast --store {store} query traverse {profile} "
-                "--hop started_watching --hop started_watching --direction both",
+                f"traverse     hopcast --store {store} query traverse {account} "
+                "--hop has_profile --hop started_watching --hop in_genre",
                 f"title        {base}/v1/nodes/{title}",
                 "Ctrl-C to stop.",
             ]
