@@ -281,3 +281,18 @@ def test_fetch_many_answers_each_record_like_fetch(kv: KVStore) -> None:
         assert [len(x) for x in many] == [3, 3, 0, 3]
         made = r.fetch_many("ns", rids, NOW, 1, make=lambda i, k, v, ts: (i, v))
         assert made == [[(0, b"d")], [(1, b"a")], [], [(3, b"b")]]
+
+
+def test_put_many_writes_every_item_with_its_namespace_ttl(kv: KVStore) -> None:
+    kv.configure("a", 100)
+    kv.configure("b", None)
+    rows = [("a", b"r", b"k2", b"2", 1000, 1), ("b", b"s", b"k", b"x", 5, 2)]
+    rows.append(("a", b"r", b"k1", b"1", 1000, 3))
+    with kv.writer() as w:
+        w.put_many(rows)
+    with kv.reader() as r:
+        got = [(i.key, i.value, i.ts, i.token, i.expires_at) for i in r.scan("a", b"r", 1050)]
+        assert got == [(b"k1", b"1", 1000, 3, 1100), (b"k2", b"2", 1000, 1, 1100)]
+        assert list(r.scan("a", b"r", 1100)) == []
+        item = r.get("b", b"s", b"k", NOW)
+        assert item is not None and (item.value, item.expires_at) == (b"x", 0)

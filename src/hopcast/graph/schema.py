@@ -93,14 +93,22 @@ class PropSpec:
 class _PropsSpec:
     props: Mapping[str, PropSpec]
     additional: bool
+    # property name -> the exact value type last seen to fit: the validation fast path is one
+    # dict lookup per property instead of isinstance checks (exact types, so bool never passes
+    # for int). Only declared properties enter it, so it stays as small as the schema.
+    _fits: dict[str, type] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def required(self) -> bool:
         return any(p.required for p in self.props.values())
 
     def check(self, props: Mapping[str, PropValue], partial: bool) -> str | None:
+        specs = self.props
+        fits = self._fits
         for name, value in props.items():
-            spec = self.props.get(name)
+            if fits.get(name) is type(value):
+                continue
+            spec = specs.get(name)
             if spec is None:
                 if not self.additional:
                     return (
@@ -110,6 +118,8 @@ class _PropsSpec:
             problem = spec.check(value)
             if problem:
                 return problem
+            if value is not None and spec.type != "any":
+                fits[name] = type(value)
         if not partial:
             for spec in self.props.values():
                 if spec.required and spec.name not in props:

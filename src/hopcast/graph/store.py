@@ -152,6 +152,35 @@ DELETED = "\x00deleted"
 _DELETED_MARK = _encode(DELETED)
 
 
+def _newest_per_edge(
+    ops: list[EdgeUpsert | EdgeDelete],
+) -> Iterator[tuple[EdgeUpsert | EdgeDelete, int]]:
+    """The newest write (with its token) of each ``(type, src, dst)`` in key-sorted ``ops``.
+
+    Under LWW the older writes of an edge in the same batch cannot change the outcome, so they
+    are dropped here (and counted as skipped), and every edge is written once per batch.
+    """
+    best: EdgeUpsert | EdgeDelete | None = None
+    best_tok = 0
+    for m in ops:
+        tok = token(m.id)
+        if best is not None and (best.type, best.src, best.dst) == (m.type, m.src, m.dst):
+            if (m.ts, tok) > (best.ts, best_tok):
+                best, best_tok = m, tok
+            continue
+        if best is not None:
+            yield best, best_tok
+        best, best_tok = m, tok
+    if best is not None:
+        yield best, best_tok
+
+
+#: The graph's own bookkeeping namespace.
+GRAPH_META_NS = "g.meta"
+#: Record listing the node types that have had a NodeDelete (item key = node type).
+NODE_DELETES = b"node-deletes"
+
+
 def _edge_key(m: Mutation) -> tuple[str, str, str, int]:
     assert isinstance(m, EdgeUpsert | EdgeDelete)
     return (m.type, m.src, m.dst, m.ts)
@@ -177,6 +206,7 @@ class GraphStore:
         for name, et in schema.edges.items():
             for ns in (keys.out_ns(name), keys.in_ns(name), keys.key_ns(name)):
                 ttls[ns] = et.retention_us
+        ttls[GRAPH_META_NS] = None
         kv.configure_many(ttls)
         self._ns = {
             name: (keys.out_ns(name), keys.in_ns(name), keys.key_ns(name)) for name in schema.edges
@@ -231,27 +261,38 @@ class GraphStore:
         applied = 0
         touched: set[str] = set()
         node_ops = [m for m in batch if type(m) is NodeUpsert or type(m) is NodeDelete]
-        edge_ops = [m for m in batch if type(m) is EdgeUpsert or type(m) is EdgeDelete]
+        edge_ops: list[EdgeUpsert | EdgeDelete] = [
+            m for m in batch if type(m) is EdgeUpsert or type(m) is EdgeDelete
+        ]
         # LWW makes the outcome independent of order, so node writes go first (edges consult
         # node tombstones) and edges go in key order, which keeps B-tree writes local.
         edge_ops.sort(key=_edge_key)
         deleted: dict[str, tuple[int, int] | None] = {}
         with self.kv.writer() as w:
+            # Node types that have ever seen a NodeDelete: only their endpoints need the
+            # tombstone check on edge writes (one small read per batch saves one per edge).
+            with_deletes = {i.key.decode() for i in w.scan(GRAPH_META_NS, NODE_DELETES)}
             for m in node_ops:
                 if type(m) is NodeUpsert:
                     changed = self._node_upsert(w, m)
                 else:
                     assert isinstance(m, NodeDelete)
+                    node_type = m.node.partition(":")[0]
+                    if node_type not in with_deletes:
+                        w.put(GRAPH_META_NS, NODE_DELETES, node_type.encode(), b"", 0, 0)
+                        with_deletes.add(node_type)
                     changed = self._node_delete(w, m)
                 if changed:
                     touched.add(m.node)
                     applied += 1
-            for e in edge_ops:
+            pending: list[tuple[str, bytes, bytes, bytes, int, int]] = []
+            for e, tok in _newest_per_edge(edge_ops):
                 if type(e) is EdgeUpsert:
-                    applied += self._edge_upsert(w, e, deleted)
+                    applied += self._edge_upsert(w, e, tok, deleted, with_deletes, pending)
                 else:
                     assert isinstance(e, EdgeDelete)
                     applied += self._edge_delete(w, e)
+            w.put_many(pending)
             for source, position in (checkpoints or {}).items():
                 w.set_checkpoint(source, position)
         if touched:
@@ -315,15 +356,26 @@ class GraphStore:
         return True
 
     def _edge_upsert(
-        self, w: WriteTxn, m: EdgeUpsert, deleted: dict[str, tuple[int, int] | None]
+        self,
+        w: WriteTxn,
+        m: EdgeUpsert,
+        tok: int,
+        deleted: dict[str, tuple[int, int] | None],
+        with_deletes: set[str],
+        pending: list[tuple[str, bytes, bytes, bytes, int, int]],
     ) -> bool:
+        """Apply one edge upsert; its three puts are appended to ``pending`` (written in bulk
+        at the end of the batch: each edge appears once per batch, so nothing reads them
+        before)."""
         out_ns, in_ns, key_ns = self._ns[m.type]
-        tok = token(m.id)
         version = (m.ts, tok)
-        for end in (m.src, m.dst):
-            gone = self._deleted_at(w, end, deleted)
-            if gone is not None and gone > version:
-                return False  # an endpoint was deleted after this edge was generated
+        if with_deletes:
+            for end in (m.src, m.dst):
+                if end.partition(":")[0] not in with_deletes:
+                    continue
+                gone = self._deleted_at(w, end, deleted)
+                if gone is not None and gone > version:
+                    return False  # an endpoint was deleted after this edge was generated
         src, dst = m.src.encode(), m.dst.encode()
         old = w.get(key_ns, src, dst)
         if old is not None:
@@ -333,9 +385,10 @@ class GraphStore:
                 w.delete(out_ns, src, keys.time_item(old.ts, dst))
                 w.delete(in_ns, dst, keys.time_item(old.ts, src))
         raw = _encode(m.props) if m.props else b""
-        w.put(out_ns, src, keys.time_item(m.ts, dst), raw, m.ts, tok)
-        w.put(in_ns, dst, keys.time_item(m.ts, src), raw, m.ts, tok)
-        w.put(key_ns, src, dst, raw, m.ts, tok)
+        inv = keys.inv_ts(m.ts)
+        pending.append((out_ns, src, inv + dst, raw, m.ts, tok))
+        pending.append((in_ns, dst, inv + src, raw, m.ts, tok))
+        pending.append((key_ns, src, dst, raw, m.ts, tok))
         return True
 
     def _edge_delete(self, w: WriteTxn, m: EdgeDelete) -> bool:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from itertools import islice
@@ -273,6 +273,12 @@ class WriteTxn(ABC):
             return False
         self.put(ns, rid, key, value, ts, token, ttl_us, tombstone)
         return True
+
+    def put_many(self, items: Iterable[tuple[str, bytes, bytes, bytes, int, int]]) -> None:
+        """Unconditional puts of ``(ns, rid, key, value, ts, token)`` with namespace TTLs,
+        in bulk (backends write them in key order with one cursor per namespace)."""
+        for ns, rid, key, value, ts, token in items:
+            self.put(ns, rid, key, value, ts, token)
 
     @abstractmethod
     def delete(self, ns: str, rid: bytes, key: bytes) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -592,6 +592,28 @@ class _LmdbWrite(WriteTxn):
             ) from None
         except _lmdb.MapFullError as exc:
             raise StorageError(f"LMDB map is full at {kv.path}") from exc
+
+    def put_many(self, items: Iterable[tuple[str, bytes, bytes, bytes, int, int]]) -> None:
+        kv = self._kv
+        by_ns: dict[str, list[tuple[bytes, bytes]]] = {}
+        pack_len = _LEN.pack
+        pack = _header_pack
+        for ns, rid, key, value, ts, token in items:
+            rows = by_ns.get(ns)
+            if rows is None:
+                rows = by_ns[ns] = []
+            ttl = kv._ttls.get(ns)
+            exp = 0 if ttl is None else ts + ttl
+            if len(rid) > 0xFFFF:
+                raise StorageError(f"record id too long ({len(rid)} bytes; the limit is 65535)")
+            rows.append((pack_len(len(rid)) + rid + key, pack(ts, token, exp, 0) + value))
+        for ns, rows in by_ns.items():
+            rows.sort()
+            cur = self._txn.cursor(db=kv._dbs.get(ns) or self._wdb(ns))
+            try:
+                cur.putmulti(rows)
+            except _lmdb.MapFullError as exc:
+                raise StorageError(f"LMDB map is full at {kv.path}") from exc
 
     def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
         db = self._kv._dbs.get(ns) or self._find_db(ns)
