@@ -356,3 +356,21 @@ def test_physical_lists_read_both_stored_lists_of_a_two_way_edge(
     assert demo.physical_lists("profile", "plays", "in") == ()
     assert demo.physical_lists("game", "plays", "in") == ("in",)
     assert small.physical_lists("profile", "friends", "out") == ("out", "in")
+
+
+def test_a_one_way_mapping_cannot_share_a_node_type_with_a_two_way_mapping() -> None:
+    doc = {
+        "nodes": {"a": {}, "b": {}, "c": {}},
+        "edges": {
+            "e": {
+                "mappings": [
+                    {"from": "a", "to": "b", "two_way": True},
+                    {"from": "c", "to": "b"},
+                ]
+            }
+        },
+    }
+    with pytest.raises(SchemaError) as info:
+        Schema.from_dict(doc, source="mixed.yaml")
+    assert info.value.path == "edges.e.mappings[1]"
+    assert "two-way" in info.value.problem

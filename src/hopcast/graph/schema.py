@@ -24,9 +24,10 @@ Rules:
   Properties are optional unless ``required: true``. Undeclared properties are rejected unless the
   type says ``additional_props: true``.
 * An edge type has one or more mappings ``(from, to, two_way)``. A write whose endpoint types match
-  no mapping is rejected. A **two-way** mapping is traversable from both ends with
-  ``direction="out"``; it is stored once, so ``(a)-[e]-(b)`` and ``(b)-[e]-(a)`` are the same edge
-  (for ``from == to`` the smaller id is stored as the source).
+  no mapping is rejected. A one-way mapping may not share a node type with a two-way mapping of
+  the same edge type (their edges would share one adjacency list). A **two-way** mapping is
+  traversable from both ends with ``direction="out"``; it is stored once, so ``(a)-[e]-(b)`` and
+  ``(b)-[e]-(a)`` are the same edge (for ``from == to`` the smaller id is stored as the source).
 * Retention applies to the last-seen generation time of a node or edge; expired data is invisible
   to reads and is removed by the sweep.
 
@@ -546,6 +547,16 @@ class _Builder:
                     if same or mirrored:
                         raise self.fail(mpath, "duplicates an earlier mapping of this edge type")
                 mappings.append(mapping)
+            two_way_types = {t for m in mappings if m.two_way for t in (m.src_type, m.dst_type)}
+            for i, m in enumerate(mappings):
+                if not m.two_way and {m.src_type, m.dst_type} & two_way_types:
+                    # Adjacency lists are per edge type, so a two-way read of that node type
+                    # would also return these one-way edges from the wrong end.
+                    raise self.fail(
+                        f"{path}.mappings[{i}]",
+                        "a one-way mapping cannot share a node type with a two-way mapping of "
+                        "the same edge type; use two edge types",
+                    )
             edges[ename] = EdgeType(
                 ename,
                 self.retention(edoc.get("retention"), f"{path}.retention", default_retention),
