@@ -15,6 +15,7 @@ Ordering rules (the oracle tests in ``tests/query`` hold the engine to them):
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
@@ -131,13 +132,18 @@ class PathResult:
 #: Frontier nodes expanded per read round: bounds the edges held in memory before the work cap
 #: is checked (HOP_CHUNK x edges per hop) while still amortising the round.
 HOP_CHUNK = 256
-#: First batch per member list in a journey merge; most lists contribute only a few entries.
-JOURNEY_FIRST_BATCH = 16
+#: Smallest first batch per list in a journey merge (most lists contribute only a few entries;
+#: below this, extra read rounds cost more than the entries saved).
+JOURNEY_MIN_BATCH = 4
 
 
 def _journey_key(e: Edge) -> tuple[int, str, str, str]:
     """Journey order: newest first, ties by (src, type, dst)."""
     return (-e[3], e[0], e[1], e[2])
+
+
+def _first(pair: tuple[tuple[int, str, str, str], Edge]) -> tuple[int, str, str, str]:
+    return pair[0]
 
 
 def _matches(filters: tuple[q.Filter, ...], edge: Edge) -> bool:
@@ -448,46 +454,50 @@ class QueryEngine:
            members together;
         2. everything up to the *horizon* — the oldest entry of the first list that may hold
            more — is in final order; if that yields ``limit + 1`` entries, stop;
-        3. otherwise read the next, larger batch of every list that may hold more, and go to 2.
+        3. otherwise read the next, doubled batch of each list that may hold more *and* whose
+           last entry read is newer than the current ``limit + 1``-th entry (no other list can
+           change the page), and go to 2.
         """
-        batch = min(limit + 1, JOURNEY_FIRST_BATCH)
-        # (member, edge type, physical list) of every stored list to merge
+        # (edge type, stored list) -> members whose list of that kind is merged
         groups: dict[tuple[str, str], list[str]] = {}
         for m in members:
             for et, lists in self._plan(m, interactions, "out"):
                 for physical in lists:
                     groups.setdefault((et, physical), []).append(m)
-        pool: list[Edge] = []
-        # lists that may hold more: (member, edge type, physical, last edge read)
-        open_lists: list[tuple[str, str, str, Edge]] = []
+        n_lists = sum(len(nodes) for nodes in groups.values())
+        # Enough per list that, spread evenly, the first round already covers the page twice.
+        batch = min(limit + 1, max(JOURNEY_MIN_BATCH, 2 * (limit + 1) // max(1, n_lists) + 1))
+        pool: list[tuple[tuple[int, str, str, str], Edge]] = []
+        # lists that may hold more: [member, edge type, list, last edge read, next batch size]
+        open_lists: list[tuple[str, str, str, Edge, int]] = []
         for (et, physical), nodes in groups.items():
-            for node, page in zip(
-                nodes, r.expand(nodes, et, physical, since, until, batch), strict=True
-            ):
-                pool.extend(page)
+            pages = r.expand(nodes, et, physical, since, until, batch)
+            for node, page in zip(nodes, pages, strict=True):
+                pool.extend([(_journey_key(e), e) for e in page])
                 if len(page) == batch:
-                    open_lists.append((node, et, physical, page[-1]))
+                    open_lists.append((node, et, physical, page[-1], batch * 2))
         while True:
-            pool.sort(key=_journey_key)
+            pool.sort(key=_first)
             if after is not None:
-                pool = [e for e in pool if _journey_key(e) > after]
+                pool = [p for p in pool if p[0] > after]
             if not open_lists:
-                return pool[:limit], len(pool) > limit
-            horizon = min(_journey_key(last) for _, _, _, last in open_lists)
-            final = 0
-            for e in pool:
-                if _journey_key(e) > horizon:
-                    break
-                final += 1
+                return [e for _, e in pool[:limit]], len(pool) > limit
+            horizon = min(_journey_key(last) for _, _, _, last, _ in open_lists)
+            final = bisect_right(pool, horizon, key=_first)
             if final > limit:
-                return pool[:limit], True
-            batch = min(batch * 4, q.MAX_RESULT)
-            still_open: list[tuple[str, str, str, Edge]] = []
-            for node, et, physical, last in open_lists:
-                page = r.edges_list(node, et, physical, since, until, batch, last._key + b"\x00")
-                pool.extend(page)
-                if len(page) == batch:
-                    still_open.append((node, et, physical, page[-1]))
+                return [e for _, e in pool[:limit]], True
+            # Only a list whose last entry read is newer than the current (limit+1)-th entry
+            # can still change the page: read more of those, in growing batches.
+            cutoff = pool[limit][0] if len(pool) > limit else None
+            still_open: list[tuple[str, str, str, Edge, int]] = []
+            for node, et, physical, last, size in open_lists:
+                if cutoff is not None and _journey_key(last) >= cutoff:
+                    still_open.append((node, et, physical, last, size))
+                    continue
+                page = r.edges_list(node, et, physical, since, until, size, last._key + b"\x00")
+                pool.extend([(_journey_key(e), e) for e in page])
+                if len(page) == size:
+                    still_open.append((node, et, physical, page[-1], min(size * 2, q.MAX_RESULT)))
             open_lists = still_open
 
     def count(self, spec: q.Count, now: int | None = None) -> CountResult:
