@@ -9,7 +9,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from hopcast.demo import run
+
+#: Loads a company and serves it over HTTP for several seconds.
+pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:

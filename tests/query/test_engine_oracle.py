@@ -46,6 +46,9 @@ from hopcast.query import spec as q
 from hopcast.query.engine import QueryEngine
 from query.oracle import OEdge, OHop, OLimits, Oracle, canonical, type_of, where_holds
 
+#: Hypothesis runs hundreds of graphs per test: part of `make test`, not of `make check`.
+pytestmark = pytest.mark.slow
+
 BACKENDS = ["memory", "lmdb"]
 
 #: The fixed "now" of every test (Nov 2023), so retention and lookback are deterministic.
