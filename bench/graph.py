@@ -12,8 +12,9 @@ One run, one machine, the same synthetic data for every system:
 * peers — ``sqlite3`` (an indexed edges table) and ``ladybug`` (embedded Cypher graph DB);
   answers are cross-checked against hopcast's on a sample before timing.
 
-Writes ``bench/results/graph.jsonl`` (one JSON object per system and measure), prints a table
-with ratios (peer / hopcast; > 1 means hopcast is faster) and saves ``bench/results/graph.png``.
+Writes ``bench/results/graph.jsonl`` (``graph-quick``/``graph-<edges>`` for other sizes; one
+JSON object per system and measure), prints a table with ratios (> 1 means hopcast is faster)
+and saves the chart beside it as ``.png``.
 
     python bench/graph.py                 # 1M edges
     python bench/graph.py --edges 10000000
@@ -453,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    path = RESULTS / "graph.jsonl"
+    path = RESULTS / f"{result_name(args)}.jsonl"
     with path.open("w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
@@ -482,10 +483,17 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "ratio: latency = peer p99 / hopcast p99; rates = hopcast / peer "
         f"(> 1 means hopcast is faster). Results: {path}"
     )
-    chart(rows)
+    chart(rows, RESULTS / f"{result_name(args)}.png")
 
 
-def chart(rows: list[dict[str, Any]]) -> None:
+def result_name(args: argparse.Namespace) -> str:
+    """``graph`` for the default 1M-edge run, ``graph-quick`` or ``graph-<edges>`` otherwise."""
+    if args.quick:
+        return "graph-quick"
+    return "graph" if args.edges == 1_000_000 else f"graph-{args.edges}"
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
     try:
         import matplotlib
 
@@ -516,7 +524,7 @@ def chart(rows: list[dict[str, Any]]) -> None:
     ax.legend(fontsize=7, ncol=len(systems))
     ax.set_title("hopcast graph queries vs peers (lower is better)")
     fig.tight_layout()
-    fig.savefig(RESULTS / "graph.png", dpi=110)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
