@@ -671,3 +671,9 @@ def test_an_unreachable_server_is_exit_1(runner: CliRunner, transport: str) -> N
     result = runner.invoke(cli, args)
     assert result.exit_code == 1
     assert result.stderr.startswith("error: cannot reach")
+
+
+def test_demo_forwards_its_own_options_and_help(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["demo", "--help"])
+    assert result.exit_code == 0
+    assert "--accounts" in result.output and "--duration" in result.output

@@ -125,6 +125,22 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
         api.serve(graph, host, port, workers)
 
 
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Run the synthetic company live on the embedded default (what `make demo` runs).
+
+    Options are the demo's own (`hopcast demo --help`): --store, --keep, --host, --port,
+    --accounts, --history, --rate, --duration.
+    """
+    from hopcast.demo import run
+
+    ctx.exit(run.main(list(ctx.args)))
+
+
 cli.add_command(query)
 cli.add_command(apply)
 cli.add_command(sweep)

@@ -101,7 +101,11 @@ def live_activity(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hopcast demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="hopcast demo",
+        description="Run a synthetic streaming company live on the embedded default (LMDB) "
+        "and serve the HTTP API until Ctrl-C.",
+    )
     parser.add_argument("--store", default="data/demo", help="LMDB directory (reset unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep an existing demo store")
     parser.add_argument("--host", default="127.0.0.1")
