@@ -515,8 +515,9 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
                 xs.append(j + i * width)
                 p50s.append(r["p50"])
                 p99s.append(r["p99"])
-        ax.bar(xs, p99s, width, label=f"{s} p99", alpha=0.45)
-        ax.bar(xs, p50s, width, label=f"{s} p50")
+        color = f"C{i}"
+        ax.bar(xs, p99s, width, label=f"{s} p99", color=color, alpha=0.35)
+        ax.bar(xs, p50s, width, label=f"{s} p50", color=color)
     ax.set_yscale("log")
     ax.set_ylabel("latency (µs, log scale)")
     ax.set_xticks([j + width * (len(systems) - 1) / 2 for j in range(len(measures))])
