@@ -60,6 +60,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: ~0.6 s, inside the ~1 s dedup window a streaming pipeline batches over anyway; every commit
 #: is fsynced, and with LMDB the fsync of the dirtied B-tree pages dominates small batches.
 BATCH = 50_000
+#: Seconds between progress lines when stderr is not a terminal (CI logs).
+LOG_EVERY_S = 10.0
 #: Fan-out per node per hop of the 3-hop query; newest first.
 THREE_HOP_FANOUT = 20
 THREE_HOP = (
@@ -278,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     nodes: set[str] = set()
     written = 0
     t_total = 0.0
+    next_log = time.monotonic() + LOG_EVERY_S
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -299,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
                     nodes.add(pe[0])
                     nodes.add(pe[2])
             progress.update(task, completed=written, rate=f"{written / t_total:,.0f}/s")
+            if not console.is_terminal and time.monotonic() >= next_log:
+                # no live bar in a log file: a line every few seconds instead
+                console.print(f"  {written:,} mutations written, {written / t_total:,.0f}/s")
+                next_log = time.monotonic() + LOG_EVERY_S
     rec.rate("hopcast", "upserts, streaming batches", written / t_total, "writes/s")
     console.print(f"hopcast: {written:,} mutations ({len(peer_edges):,} edges) in {t_total:.1f}s")
 
