@@ -116,6 +116,14 @@ class Edge(tuple):  # type: ignore[type-arg]
 
 _new_tuple = tuple.__new__
 
+#: ``(-ts, src, type, dst, props bytes, item key)``: an edge in journey sort order.
+KeyedEdge = tuple[int, str, str, str, bytes, bytes]
+
+
+def edge_of(k: KeyedEdge) -> Edge:
+    """The :class:`Edge` of a :data:`KeyedEdge`."""
+    return _new_tuple(Edge, (k[1], k[2], k[3], -k[0], k[4], k[5]))
+
 
 @dataclass(frozen=True, slots=True)
 class Node:
@@ -579,6 +587,36 @@ class GraphReader:
             return new(Edge, (k[8:].decode(), edge_type, node_ids[i], ts, v, k))
 
         return self.txn.fetch_many(in_ns, rids, self.now, limit, start, stop, make_in)
+
+    def expand_keyed(
+        self,
+        node_ids: list[str],
+        edge_type: str,
+        physical: str,
+        since: int | None,
+        until: int | None,
+        limit: int,
+        start: bytes | None = None,
+    ) -> list[list[KeyedEdge]]:
+        """Like :meth:`expand`, as ``(-ts, src, type, dst, props bytes, item key)`` tuples.
+
+        A merge across lists (the journey) sorts many more entries than it returns; these
+        tuples sort in journey order as they are and become :class:`Edge`\\s only when kept.
+        """
+        out_ns, in_ns, _ = self._ns[edge_type]
+        lo, stop = keys.window(since, until)
+        rids = [n.encode() for n in node_ids]
+        if physical == "out":
+
+            def make_out(i: int, k: bytes, v: bytes, ts: int) -> KeyedEdge:
+                return (-ts, node_ids[i], edge_type, k[8:].decode(), v, k)
+
+            return self.txn.fetch_many(out_ns, rids, self.now, limit, start or lo, stop, make_out)
+
+        def make_in(i: int, k: bytes, v: bytes, ts: int) -> KeyedEdge:
+            return (-ts, k[8:].decode(), edge_type, node_ids[i], v, k)
+
+        return self.txn.fetch_many(in_ns, rids, self.now, limit, start or lo, stop, make_in)
 
     def edges_by_target(self, node_id: str, edge_type: str) -> Iterator[Edge]:
         """Stream the out-list of ``node_id`` ordered by target id (the ``key`` index)."""

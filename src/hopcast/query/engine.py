@@ -22,7 +22,7 @@ from itertools import chain
 from typing import Any
 
 from hopcast.errors import InvalidQuery
-from hopcast.graph.store import Edge, GraphReader, GraphStore, Node
+from hopcast.graph.store import Edge, GraphReader, GraphStore, KeyedEdge, Node, edge_of
 from hopcast.query import spec as q
 from hopcast.query.cache import NodeCache
 
@@ -135,15 +135,6 @@ HOP_CHUNK = 256
 #: Smallest first batch per list in a journey merge (most lists contribute only a few entries;
 #: below this, extra read rounds cost more than the entries saved).
 JOURNEY_MIN_BATCH = 4
-
-
-def _journey_key(e: Edge) -> tuple[int, str, str, str]:
-    """Journey order: newest first, ties by (src, type, dst)."""
-    return (-e[3], e[0], e[1], e[2])
-
-
-def _first(pair: tuple[tuple[int, str, str, str], Edge]) -> tuple[int, str, str, str]:
-    return pair[0]
 
 
 def _matches(filters: tuple[q.Filter, ...], edge: Edge) -> bool:
@@ -465,37 +456,43 @@ class QueryEngine:
                 for physical in lists:
                     groups.setdefault((et, physical), []).append(m)
         n_lists = sum(len(nodes) for nodes in groups.values())
-        # Enough per list that, spread evenly, the first round already covers the page twice.
-        batch = min(limit + 1, max(JOURNEY_MIN_BATCH, 2 * (limit + 1) // max(1, n_lists) + 1))
-        pool: list[tuple[tuple[int, str, str, str], Edge]] = []
-        # lists that may hold more: [member, edge type, list, last edge read, next batch size]
-        open_lists: list[tuple[str, str, str, Edge, int]] = []
+        # An even share of the page per list: reading an entry costs more than another round.
+        batch = min(limit + 1, max(JOURNEY_MIN_BATCH, (limit + 1) // max(1, n_lists) + 2))
+        pool: list[KeyedEdge] = []
+        # lists that may hold more: (member, edge type, list, last entry read, next batch size)
+        open_lists: list[tuple[str, str, str, KeyedEdge, int]] = []
         for (et, physical), nodes in groups.items():
-            pages = r.expand(nodes, et, physical, since, until, batch)
+            pages = r.expand_keyed(nodes, et, physical, since, until, batch)
             for node, page in zip(nodes, pages, strict=True):
-                pool.extend([(_journey_key(e), e) for e in page])
+                pool.extend(page)
                 if len(page) == batch:
                     open_lists.append((node, et, physical, page[-1], batch * 2))
+        # A two-way interaction between two members sits in one's out-list and the other's
+        # in-list: the merge sees it twice.
+        twice = any(physical == "in" for _, physical in groups)
         while True:
-            pool.sort(key=_first)
+            pool.sort()
+            if twice:
+                pool = [p for i, p in enumerate(pool) if i == 0 or p[:4] != pool[i - 1][:4]]
             if after is not None:
-                pool = [p for p in pool if p[0] > after]
+                pool = [p for p in pool if p[:4] > after]
             if not open_lists:
-                return [e for _, e in pool[:limit]], len(pool) > limit
-            horizon = min(_journey_key(last) for _, _, _, last, _ in open_lists)
-            final = bisect_right(pool, horizon, key=_first)
+                return [edge_of(k) for k in pool[:limit]], len(pool) > limit
+            horizon = min(last for _, _, _, last, _ in open_lists)
+            final = bisect_right(pool, horizon)
             if final > limit:
-                return [e for _, e in pool[:limit]], True
+                return [edge_of(k) for k in pool[:limit]], True
             # Only a list whose last entry read is newer than the current (limit+1)-th entry
             # can still change the page: read more of those, in growing batches.
-            cutoff = pool[limit][0] if len(pool) > limit else None
-            still_open: list[tuple[str, str, str, Edge, int]] = []
+            cutoff = pool[limit] if len(pool) > limit else None
+            still_open: list[tuple[str, str, str, KeyedEdge, int]] = []
             for node, et, physical, last, size in open_lists:
-                if cutoff is not None and _journey_key(last) >= cutoff:
+                if cutoff is not None and last >= cutoff:
                     still_open.append((node, et, physical, last, size))
                     continue
-                page = r.edges_list(node, et, physical, since, until, size, last._key + b"\x00")
-                pool.extend([(_journey_key(e), e) for e in page])
+                resume = last[5] + b"\x00"
+                page = r.expand_keyed([node], et, physical, since, until, size, resume)[0]
+                pool.extend(page)
                 if len(page) == size:
                     still_open.append((node, et, physical, page[-1], min(size * 2, q.MAX_RESULT)))
             open_lists = still_open
