@@ -10,7 +10,10 @@
     │   ├── InvalidMutation         a mutation's JSON form is malformed
     │   ├── SchemaViolation         a write that does not fit the schema
     │   ├── InvalidQuery            a query spec is malformed or exceeds a bound
-    │   └── InvalidCursor           a paging cursor that was not issued by us
+    │   ├── InvalidCursor           a paging cursor that was not issued by us
+    │   ├── IllegalTransition       a live-event command the event's state does not accept
+    │   ├── ProtocolError           a live wire frame that is not a valid message
+    │   └── TokenError              a device token that is malformed, forged or expired
     ├── NotFound                    a named thing does not exist                (HTTP 404)
     └── StorageError                the KV backend failed (translated from the driver's error)
         └── StoreClosed             the store was used after close()
@@ -73,6 +76,38 @@ class InvalidQuery(InvalidInput):
 
 class InvalidCursor(InvalidInput):
     """A paging cursor is corrupt or was issued for a different query."""
+
+
+class IllegalTransition(InvalidInput):
+    """A live-event input that the event's current state does not accept (HTTP 409 fits).
+
+    ``event_id``, ``state`` and ``kind`` name the event, its state and the refused input;
+    :mod:`hopcast.live.schedule` builds the message, listing what is accepted.
+    """
+
+    def __init__(self, event_id: str, state: str | None, kind: str, message: str) -> None:
+        self.event_id = event_id
+        self.state = state
+        self.kind = kind
+        super().__init__(message)
+
+
+class ProtocolError(InvalidInput):
+    """A live wire frame is not a valid message: too large, not JSON, unknown ``type``, wrong
+    field types. ``reason`` says which (see :mod:`hopcast.live.messages`)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class TokenError(InvalidInput):
+    """A device token was refused; ``problem`` says why: ``malformed``, ``unknown_key``,
+    ``bad_signature``, ``expired`` or ``not_yet_valid`` (see :mod:`hopcast.live.tokens`)."""
+
+    def __init__(self, problem: str, detail: str) -> None:
+        self.problem = problem
+        super().__init__(f"token refused ({problem}): {detail}")
 
 
 class NotFound(HopcastError):

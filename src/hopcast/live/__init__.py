@@ -1,0 +1,1 @@
+"""Live events: the schedule, timed triggers, prefetch payloads and the broadcast gateway."""
