@@ -41,10 +41,12 @@ from hopcast.api.bodies import (
 )
 from hopcast.api.errors import ApiError
 from hopcast.api.guard import RequestGuard
+from hopcast.api.live import live_router
 from hopcast.api.metrics import METRICS_CONTENT_TYPE, ApiMetrics, MetricsMiddleware
 from hopcast.api.responses import JSON
 from hopcast.errors import InvalidQuery, NotFound
 from hopcast.graphdb import Graph
+from hopcast.live.service import LiveService
 from hopcast.query import spec as q
 
 #: Largest request body accepted (1 MiB). Roughly 5-10k mutations in their JSON form — a batch
@@ -160,6 +162,7 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     max_mutations: int = MAX_MUTATIONS,
     title: str = "hopcast",
+    live: LiveService | None = None,
 ) -> FastAPI:
     """Build the API app over ``graph``.
 
@@ -170,6 +173,8 @@ def create_app(
         max_body_bytes: largest request body; bigger ones get a 413 before being parsed.
         max_mutations: most mutations per ``POST /v1/mutations``; more get a 413.
         title: the OpenAPI title.
+        live: a live-event service: adds the ``/v1/live`` routes (:mod:`hopcast.api.live`),
+            which resume it and run its timers while the app is up. Not owned by the app.
 
     Raises:
         ValueError: for a negative ``max_body_bytes`` or ``max_mutations < 1``.
@@ -424,4 +429,7 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
+    if live is not None:
+        app.state.live = live
+        app.include_router(live_router(live, metrics.registry))
     return app

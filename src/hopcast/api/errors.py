@@ -14,6 +14,7 @@ Cause                                       Status  ``error``
 ==========================================  ======  =======================
 ``InvalidQuery`` (bad id, edge type, time)   400    ``invalid_query``
 ``InvalidCursor``                            400    ``invalid_cursor``
+``IllegalTransition`` (live-event command)   409    ``illegal_transition``
 ``InvalidNodeId``                            400    ``invalid_node_id``
 any other ``InvalidInput``                   400    ``invalid_input``
 body is not valid JSON                       400    ``malformed_json``
@@ -47,6 +48,7 @@ from starlette.responses import Response
 from hopcast.api.responses import error
 from hopcast.errors import (
     HopcastError,
+    IllegalTransition,
     InvalidCursor,
     InvalidInput,
     InvalidMutation,
@@ -64,6 +66,7 @@ _BY_CLASS: tuple[tuple[type[HopcastError], int, str], ...] = (
     (SchemaViolation, 422, "schema_violation"),
     (InvalidMutation, 422, "invalid_mutation"),
     (InvalidCursor, 400, "invalid_cursor"),
+    (IllegalTransition, 409, "illegal_transition"),
     (InvalidNodeId, 400, "invalid_node_id"),
     (InvalidQuery, 400, "invalid_query"),
     (InvalidInput, 400, "invalid_input"),

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from hopcast.api.app import MAX_BODY_BYTES, create_app
 from hopcast.errors import ConfigError
 from hopcast.graphdb import Graph
+from hopcast.live.service import LiveService
 
 #: Loopback by default: the API has no authentication, so exposing it is an explicit choice.
 DEFAULT_HOST = "127.0.0.1"
@@ -48,14 +49,21 @@ def make_server(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     log_level: str = "info",
+    live: bool = True,
 ) -> uvicorn.Server:
     """A configured, not yet started uvicorn server for ``graph`` (one process).
 
     Call ``server.run()`` (blocks; pass ``sockets=[sock]`` to serve an already-bound socket) and
-    set ``server.should_exit = True`` from another thread to stop it.
+    set ``server.should_exit = True`` from another thread to stop it. With ``live`` the app also
+    serves ``/v1/live`` (schedule, prefetch) and runs the schedule's timers; only one process per
+    store may do that, which is why :func:`serve` with several workers serves the graph only.
     """
     config = uvicorn.Config(
-        create_app(graph, max_body_bytes=max_body_bytes),
+        create_app(
+            graph,
+            max_body_bytes=max_body_bytes,
+            live=LiveService(graph.store.kv) if live else None,
+        ),
         host=host,
         port=port,
         loop=_LOOP,
@@ -124,7 +132,11 @@ def serve(
     os.environ[_ENV_STORE] = store
     os.environ[_ENV_SCHEMA] = str(schema)
     os.environ[_ENV_MAX_BODY] = str(max_body_bytes)
-    print(f"hopcast API on {address} with {workers} workers (docs: {address}/docs)", flush=True)
+    print(
+        f"hopcast API on {address} with {workers} workers (docs: {address}/docs); "
+        "graph routes only: the live schedule runs in a single-worker server",
+        flush=True,
+    )
     uvicorn.run(
         f"{__name__}:worker_app",
         factory=True,

@@ -42,6 +42,7 @@ from hopcast.cli.common import (
     print_json,
     wants_json,
 )
+from hopcast.cli.live import live
 from hopcast.cli.query import query
 from hopcast.cli.store import apply, info, sweep
 from hopcast.errors import HopcastError
@@ -145,6 +146,7 @@ cli.add_command(query)
 cli.add_command(apply)
 cli.add_command(sweep)
 cli.add_command(info)
+cli.add_command(live)
 
 
 def main() -> None:

@@ -1,0 +1,507 @@
+"""The live-event routes: operator commands, the prefetch endpoints and cardinality.
+
+A thin adapter around :class:`~hopcast.live.service.LiveService`: handlers parse, call the
+service with its clock, and shape the answer; the schedule, the producer and the prefetch
+handlers decide. :func:`hopcast.api.create_app` includes :func:`live_router` when it is given a
+service.
+
+* Commands answer the event's JSON form (:func:`~hopcast.live.service.event_doc`) plus
+  ``triggers``, what the command broadcast. A command the event's state does not accept is a
+  **409** ``illegal_transition`` whose message lists the commands accepted now; malformed times
+  or ids are **400**, a body of the wrong shape **422**, an unknown event **404**.
+* Handlers are ``async`` and call the service on the event loop thread, so the trigger sinks
+  run there too (see :mod:`hopcast.live.service`). A command is one small KV write; the fixture
+  materialisation, hundreds of writes, runs in the threadpool.
+* Prefetch answers come from :mod:`hopcast.live.prefetch` as they are (ETag, 304 on
+  ``If-None-Match``, jittered ``Cache-Control``); their 404s get the usual error body and keep
+  ``Cache-Control: no-store``.
+* The router's lifespan resumes the service (re-arming timers, re-announcing current stages)
+  and runs :func:`~hopcast.live.service.run_timers` while the app is up.
+
+Metrics, on the app's registry: ``hopcast_live_commands_total{command, outcome}`` (outcome
+``applied``, ``unchanged``, ``illegal``, ``invalid``, ``not_found``, ``error``) for commands
+received over HTTP, ``hopcast_live_triggers_total{stage}`` for every trigger the service emits
+(timers included), and ``hopcast_live_prefetch_responses_total{route, status}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
+from prometheus_client import CollectorRegistry, Counter
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from hopcast.api.bodies import decode
+from hopcast.api.errors import ApiError
+from hopcast.api.responses import JSON, error
+from hopcast.errors import IllegalTransition, InvalidInput, NotFound
+from hopcast.live.payloads import DEFAULT_SEGMENT, MAX_PAYLOAD_BYTES
+from hopcast.live.prefetch import DEFAULT_LEAD_US, PrefetchResponse
+from hopcast.live.producer import Trigger
+from hopcast.live.schedule import (
+    Cancel,
+    Create,
+    EndNow,
+    InputKind,
+    Interrupt,
+    Resume,
+    StartNow,
+    apply,
+)
+from hopcast.live.service import (
+    KEEP,
+    CommandResult,
+    LiveService,
+    event_doc,
+    parse_delay,
+    parse_instant,
+    parse_lead,
+    result_doc,
+    run_timers,
+)
+
+Time = int | str
+
+#: Most segments one materialise request may name: the demo segmenter's largest sensible
+#: configuration (payloads.DEFAULT_MAX_SEGMENTS), so one request stays a bounded batch of writes.
+MAX_MATERIALISE_SEGMENTS = 1024
+
+
+# -- request bodies --------------------------------------------------------------------------------
+
+
+class CreateEventRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Schedule a new live event. Times: µs since the epoch, ISO-8601, or a duration from now
+    (``10m``); ``prefetch_lead``: a duration or µs."""
+
+    id: str
+    title: str
+    starts_at: Time
+    ends_at: Time | None = None
+    prefetch_lead: Time = DEFAULT_LEAD_US
+
+
+class RescheduleRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Move an event: new ``starts_at`` and/or ``ends_at`` (``null`` removes the end), or a
+    ``delay`` that shifts both (only the end once the event is live; ``-5m`` brings it
+    forward)."""
+
+    starts_at: Time | msgspec.UnsetType = msgspec.UNSET
+    ends_at: Time | msgspec.UnsetType | None = msgspec.UNSET
+    delay: Time | msgspec.UnsetType = msgspec.UNSET
+
+
+class MaterialiseRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Publish fixture payloads for these segment keys (absent: the demo segmenter's)."""
+
+    segments: list[str] | None = None
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+
+class LiveMetrics:
+    """The live routes' series (see the module docstring), on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.commands = Counter(
+            "hopcast_live_commands",
+            "Live-event commands received over HTTP, by command and outcome.",
+            ("command", "outcome"),
+            registry=registry,
+        )
+        self.triggers = Counter(
+            "hopcast_live_triggers",
+            "Triggers the live service emitted (commands, timers, re-announcements), by stage.",
+            ("stage",),
+            registry=registry,
+        )
+        self.prefetch = Counter(
+            "hopcast_live_prefetch_responses",
+            "Prefetch responses, by route (manifest, payload, stage_payload) and status.",
+            ("route", "status"),
+            registry=registry,
+        )
+
+    def count_triggers(self, triggers: Sequence[Trigger]) -> None:
+        """A trigger sink: count each trigger by stage."""
+        for trigger in triggers:
+            self.triggers.labels(trigger.stage.value).inc()
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------------
+
+_T = 1_700_000_000_000_000
+_MINUTE = 60_000_000
+
+
+def _example_event() -> dict[str, Any]:
+    """A real event's JSON form: created, its window opened, then live."""
+    event, _ = apply(None, Create("final", "The Final", _T + 30 * _MINUTE, None, 10 * _MINUTE), _T)
+    event, _ = apply(event, StartNow("final"), _T + 25 * _MINUTE)
+    return event_doc(event) | {
+        "triggers": [{"event": "final", "stage": "live", "version": 2, "ts": event.went_live_at}]
+    }
+
+
+EVENT_EXAMPLE = _example_event()
+
+_ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
+    400: (
+        "Malformed id, time or segment",
+        {"error": "invalid_input", "message": "starts_at 1700000000 is in the past (...)"},
+    ),
+    404: ("No such event or payload", {"error": "not_found", "message": "no live event 'x'"}),
+    409: (
+        "The event's state does not accept the command",
+        {
+            "error": "illegal_transition",
+            "message": "live event 'final' cannot start_now while ended (accepted now: nothing)",
+            "event": "final",
+            "state": "ended",
+            "command": "start_now",
+        },
+    ),
+    422: (
+        "A body field of the wrong type",
+        {"error": "validation_error", "message": "body: Expected `str`, got `int` - at `$.id`"},
+    ),
+}
+
+
+def _responses(example: Any, *statuses: int, ok: int = 200) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {
+        ok: {"description": "OK", "content": {"application/json": {"example": example}}}
+    }
+    for status in statuses:
+        description, body = _ERRORS[status]
+        content = {"schema": {"$ref": "#/components/schemas/Error"}, "example": body}
+        out[status] = {"description": description, "content": {"application/json": content}}
+    return out
+
+
+def _prefetch_responses(description: str) -> dict[int | str, dict[str, Any]]:
+    cache = {
+        "ETag": {"schema": {"type": "string"}},
+        "Cache-Control": {"schema": {"type": "string"}},
+    }
+    return {
+        200: {
+            "description": description,
+            "headers": cache,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        304: {"description": "Not modified: If-None-Match matched the ETag.", "headers": cache},
+        400: _responses(None, 400)[400],
+        404: {
+            "description": "Nothing published (Cache-Control: no-store).",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        },
+    }
+
+
+def _body(struct: type[msgspec.Struct], required: bool = True) -> dict[str, Any]:
+    """``openapi_extra`` with the struct's schema inline (its fields are flat)."""
+    _, components = msgspec.json.schema_components([struct])
+    schema = components[struct.__name__]
+    return {
+        "requestBody": {
+            "required": required,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+EventId = Annotated[str, Path(description="The live event's id.", examples=["final"])]
+SegmentParam = Annotated[
+    str,
+    Query(
+        description="The device's segment key (e.g. `adult.US.en.b0`); lookups fall back part "
+        f"by part to `{DEFAULT_SEGMENT}`."
+    ),
+]
+IfNoneMatch = Annotated[
+    str | None, Header(description="ETags the device has; a match answers 304.")
+]
+
+
+# -- the router ------------------------------------------------------------------------------------
+
+
+def live_router(
+    service: LiveService, registry: CollectorRegistry | None = None, *, timers: bool = True
+) -> APIRouter:
+    """The ``/v1/live`` routes over ``service``.
+
+    Args:
+        service: the process's live service (its clock times the commands).
+        registry: where the live metrics go (the app's); default a registry of their own.
+        timers: resume the service and run its timer loop for the app's lifetime. Turn off
+            when another component of the process drives :func:`run_timers`.
+
+    Returns:
+        A router to ``include_router`` into the app.
+    """
+    metrics = LiveMetrics(registry if registry is not None else CollectorRegistry())
+    service.add_sink(metrics.count_triggers)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not timers:
+            yield
+            return
+        service.resume(service.clock())
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_timers(service, stop=stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+    router = APIRouter(prefix="/v1/live", tags=["live"], lifespan=lifespan)
+
+    def run(name: str, action: Callable[[], CommandResult], status: int = 200) -> Response:
+        """Run a command, count its outcome, answer the event; IllegalTransition → 409."""
+        try:
+            result = action()
+        except IllegalTransition as exc:
+            metrics.commands.labels(name, "illegal").inc()
+            raise ApiError(
+                409,
+                "illegal_transition",
+                str(exc),
+                event=exc.event_id,
+                state=exc.state,
+                command=exc.kind,
+            ) from None
+        except NotFound:
+            metrics.commands.labels(name, "not_found").inc()
+            raise
+        except InvalidInput:
+            metrics.commands.labels(name, "invalid").inc()
+            raise
+        except Exception:
+            metrics.commands.labels(name, "error").inc()
+            raise
+        outcome = "applied" if result.changed else "unchanged"
+        metrics.commands.labels(name, outcome).inc()
+        return JSON(result_doc(result), status_code=status)
+
+    def answer(route: str, response: PrefetchResponse, missing: str) -> Response:
+        metrics.prefetch.labels(route, str(response.status)).inc()
+        if response.status == 404:
+            refused = error(404, "not_found", missing)
+            refused.headers.update(response.headers)
+            return refused
+        return Response(response.body or b"", response.status, response.headers)
+
+    # -- schedule ----------------------------------------------------------------------------------
+
+    @router.post(
+        "/events",
+        summary="Schedule a live event",
+        description="Creates the event in `scheduled`; its prefetch window opens `prefetch_lead` "
+        "before `starts_at` (default 30m). Times are µs since the epoch, ISO-8601 (UTC without "
+        "a zone) or a duration from now such as `10m`. A start at or before now goes live at "
+        "once.",
+        status_code=201,
+        responses=_responses(EVENT_EXAMPLE, 400, 409, 422, ok=201),
+        openapi_extra=_body(CreateEventRequest),
+    )
+    async def create_event(request: Request) -> Response:
+        body = decode(await request.body(), CreateEventRequest)
+        now = service.clock()
+
+        def create() -> CommandResult:
+            starts_at = parse_instant(body.starts_at, now)
+            ends_at = None if body.ends_at is None else parse_instant(body.ends_at, now)
+            lead = parse_lead(body.prefetch_lead)
+            return service.command(Create(body.id, body.title, starts_at, ends_at, lead), now)
+
+        return run(InputKind.CREATE.value, create, status=201)
+
+    @router.get(
+        "/events",
+        summary="Every live event",
+        description="All stored events, by id, in their JSON form.",
+        responses=_responses({"events": [event_doc_example()]}),
+    )
+    async def list_events() -> Response:
+        return JSON({"events": [event_doc(e) for e in service.events()]})
+
+    @router.get(
+        "/events/{event_id}",
+        summary="One live event",
+        description="State, version, times, `delay_us`, the commands accepted now, the pending "
+        "timer and the history of transitions.",
+        responses=_responses(event_doc_example(), 404),
+    )
+    async def get_event(event_id: EventId) -> Response:
+        return JSON(event_doc(service.get(event_id)))
+
+    @router.post(
+        "/events/{event_id}/reschedule",
+        summary="Reschedule or delay",
+        description="New `starts_at` and/or `ends_at` (`null` removes the end), or a `delay` "
+        "(`5m`; `-5m` brings the event forward) that shifts the start and the end — only the "
+        "end once the event is live. The prefetch window moves with the start until it opens.",
+        responses=_responses(EVENT_EXAMPLE, 400, 404, 409, 422),
+        openapi_extra=_body(RescheduleRequest),
+    )
+    async def reschedule(event_id: EventId, request: Request) -> Response:
+        body = decode(await request.body(), RescheduleRequest)
+        now = service.clock()
+
+        def move() -> CommandResult:
+            starts: Any = KEEP
+            ends: Any = KEEP
+            if not isinstance(body.starts_at, msgspec.UnsetType):
+                starts = parse_instant(body.starts_at, now)
+            if not isinstance(body.ends_at, msgspec.UnsetType):
+                ends = None if body.ends_at is None else parse_instant(body.ends_at, now)
+            delay = None
+            if not isinstance(body.delay, msgspec.UnsetType):
+                delay = parse_delay(body.delay)
+            return service.reschedule(event_id, now, starts_at=starts, ends_at=ends, delay_us=delay)
+
+        return run(InputKind.RESCHEDULE.value, move)
+
+    def simple(path: str, kind: InputKind, make: Callable[[str], Any], summary: str) -> None:
+        async def handler(event_id: EventId) -> Response:
+            now = service.clock()
+            return run(kind.value, lambda: service.command(make(event_id), now))
+
+        router.add_api_route(
+            f"/events/{{event_id}}/{path}",
+            handler,
+            methods=["POST"],
+            summary=summary,
+            description=f"{summary}. 409 when the event's state does not accept `{kind.value}`.",
+            responses=_responses(EVENT_EXAMPLE, 404, 409),
+            name=f"live_{path}",
+        )
+
+    simple("start", InputKind.START_NOW, StartNow, "Start now (go live before the start time)")
+    simple("end", InputKind.END_NOW, EndNow, "End now (an early end)")
+    simple("cancel", InputKind.CANCEL, Cancel, "Cancel the event")
+    simple("interrupt", InputKind.INTERRUPT, Interrupt, "Interrupt a live event")
+    simple("resume", InputKind.RESUME, Resume, "Resume an interrupted event")
+
+    # -- payloads ----------------------------------------------------------------------------------
+
+    @router.post(
+        "/events/{event_id}/materialise",
+        summary="Publish fixture payloads",
+        description="Puts and publishes the demo payloads of every stage for the given segments "
+        "(default: the demo segmenter's) through the real payload store, until recommendation "
+        "rows come from the graph. Reports the entries written and the resulting cardinality.",
+        responses=_responses(
+            {
+                "event": "final",
+                "version": _T,
+                "stages": ["ended", "interrupted", "live", "prefetch", "scheduled"],
+                "segments": 177,
+                "entries": 885,
+                "cardinality": 42,
+            },
+            400,
+            404,
+            422,
+        ),
+        openapi_extra=_body(MaterialiseRequest, required=False),
+    )
+    async def materialise(event_id: EventId, request: Request) -> Response:
+        raw = await request.body()
+        body = decode(raw, MaterialiseRequest) if raw.strip() else MaterialiseRequest()
+        if body.segments is not None and len(body.segments) > MAX_MATERIALISE_SEGMENTS:
+            raise InvalidInput(f"at most {MAX_MATERIALISE_SEGMENTS} segments per request")
+        doc = await run_in_threadpool(service.materialise, event_id, service.clock(), body.segments)
+        return JSON(doc)
+
+    @router.get(
+        "/events/{event_id}/cardinality",
+        summary="Cardinality",
+        description="Distinct payloads the origin serves for the event, against the `(stage, "
+        "segment)` entries that point at them, overall and per stage.",
+        responses=_responses(
+            {
+                "event": "final",
+                "cardinality": 42,
+                "entries": 885,
+                "stages": {"live": {"segments": 177, "payloads": 14}},
+            },
+            400,
+        ),
+    )
+    async def cardinality(event_id: EventId) -> Response:
+        return JSON(service.cardinality(event_id, service.clock()))
+
+    @router.get(
+        "/events/{event_id}/manifest",
+        summary="Prefetch manifest",
+        description="Everything a device of `segment` prefetches for the event in one request: "
+        "stage → payload id, the payload bodies inline, and the prefetch window (`opens_at`, "
+        "`closes_at`) to place the fetch in. ETag = hash of the body; `If-None-Match` → 304; "
+        "`Cache-Control: public, max-age` jittered ±20% around 5 minutes.",
+        responses=_prefetch_responses("The manifest."),
+        response_class=Response,
+    )
+    async def manifest(
+        event_id: EventId,
+        segment: SegmentParam = DEFAULT_SEGMENT,
+        if_none_match: IfNoneMatch = None,
+    ) -> Response:
+        response = service.manifest(event_id, segment, if_none_match, service.clock())
+        return answer("manifest", response, f"nothing published for {event_id!r} / {segment!r}")
+
+    @router.get(
+        "/events/{event_id}/payload",
+        summary="One stage's payload",
+        description="The payload of `stage` (default: the event's current stage) for `segment`, "
+        "through the segment fallbacks: a device's fallback fetch when a trigger names a stage "
+        "it has not cached. ETag = payload id; jittered `Cache-Control` (the mapping can change).",
+        responses=_prefetch_responses("The payload."),
+        response_class=Response,
+    )
+    async def stage_payload(
+        event_id: EventId,
+        stage: Annotated[
+            str | None, Query(description="Stage name (`prefetch`, `live`, `ended`, …).")
+        ] = None,
+        segment: SegmentParam = DEFAULT_SEGMENT,
+        if_none_match: IfNoneMatch = None,
+    ) -> Response:
+        response = service.stage_payload(
+            event_id, stage or None, segment, if_none_match, service.clock()
+        )
+        what = f"no payload for {event_id!r} stage {stage!r} / {segment!r}"
+        return answer("stage_payload", response, what)
+
+    @router.get(
+        "/payloads/{payload_id}",
+        summary="A payload by id",
+        description="Content-addressed and immutable: `Cache-Control: public, max-age=<a year>, "
+        f"immutable`, ETag = the id; at most {MAX_PAYLOAD_BYTES} bytes.",
+        responses=_prefetch_responses("The payload's canonical JSON."),
+        response_class=Response,
+    )
+    async def payload(
+        payload_id: Annotated[str, Path(description="32 hex digits (BLAKE2b-128).")],
+        if_none_match: IfNoneMatch = None,
+    ) -> Response:
+        response = service.payload(payload_id, if_none_match, service.clock())
+        return answer("payload", response, f"no payload {payload_id!r}")
+
+    return router
+
+
+def event_doc_example() -> dict[str, Any]:
+    """:data:`EVENT_EXAMPLE` without the ``triggers`` a command adds."""
+    return {k: v for k, v in EVENT_EXAMPLE.items() if k != "triggers"}
