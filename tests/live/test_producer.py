@@ -228,6 +228,24 @@ def test_a_failing_feed_drops_only_the_timer_being_fired() -> None:
     assert world.clock(OPENS) == [Trigger("b", State.PREFETCHING, 2, OPENS)]
 
 
+def test_triggers_produced_before_a_feed_failure_come_out_on_the_next_tick() -> None:
+    world = created(event_id="a")
+    created(world, event_id="b")
+    calls: list[str] = []
+
+    def second_fails(tick: Tick, now: int) -> tuple[LiveEvent, list[Effect]]:
+        calls.append(tick.event_id)
+        if len(calls) == 2:
+            raise StorageError("disk full")
+        return world.feed(tick, now)
+
+    with pytest.raises(StorageError):
+        world.producer.tick(OPENS, second_fails)
+    first = calls[0]
+    assert world.producer.tick(OPENS, world.feed) == [Trigger(first, State.PREFETCHING, 2, OPENS)]
+    assert world.producer.tick(OPENS, world.feed) == []
+
+
 # --- restart -----------------------------------------------------------------------------------
 
 

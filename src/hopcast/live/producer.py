@@ -74,6 +74,7 @@ class Producer:
         self._timers: dict[str, TimerSet] = {}
         self._emitted: dict[str, int] = {}  # event id -> newest trigger version emitted
         self._seen: dict[str, int] = {}  # event id -> newest event version seen in effects
+        self._carry: list[Trigger] = []  # produced by a tick that then failed: returned next
 
     # --- inputs --------------------------------------------------------------------------------
 
@@ -125,12 +126,17 @@ class Producer:
 
         Raises:
             Whatever ``feed`` raises. The timer being fired is dropped and the later ones stay
-            pending; a restart (:meth:`resume`) re-arms timers from the stored events.
+            pending; a restart (:meth:`resume`) re-arms timers from the stored events. Triggers
+            already produced by this call are not lost: the next call returns them first.
         """
-        triggers: list[Trigger] = []
+        triggers, self._carry = self._carry, []
         while (timer := self._earliest()) is not None and timer.at <= now:
             del self._timers[timer.event_id]  # 1
-            event, effects = feed(Tick(timer.event_id), now)  # 2
+            try:
+                event, effects = feed(Tick(timer.event_id), now)  # 2
+            except BaseException:
+                self._carry = triggers
+                raise
             triggers += self.on_effects(effects)  # 3
             self._adopt_timer(event)  # 4
         return triggers
