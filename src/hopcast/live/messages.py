@@ -13,8 +13,10 @@ Framing
     ``type`` field names the message. Field names are exact and lower-case; a receiver ignores
     fields it does not know (so fields can be added without a version bump) and rejects unknown
     ``type`` values, wrong types, out-of-range values and oversize frames with
-    :class:`ProtocolError`. Integers are JSON integers (never ``1.0``); times (``ts``) are
-    microseconds since the Unix epoch, UTC. ``permessage-deflate`` is not used: the messages are
+    :class:`ProtocolError`. (The gateway refuses a frame over the limit inside the WebSocket
+    layer, before buffering it: the device sees close code 1009 and no ``error`` message.)
+    Integers are JSON integers (never ``1.0``); times (``ts``) are microseconds since the Unix
+    epoch, UTC. ``permessage-deflate`` is not used: the messages are
     tiny, and compression costs the server ~3x the memory per connection.
 
 Messages

@@ -1,0 +1,709 @@
+"""The WebSocket gateway: authenticate devices, catch them up, fan frames out, evict the stuck.
+
+A thin asyncio adapter over the ``websockets`` library (the only module that imports it); the
+decisions live in pure code — :mod:`~hopcast.live.messages` (the protocol, followed exactly),
+:mod:`~hopcast.live.tokens`, :class:`~hopcast.live.fanout.ChannelLog` (sequence, history,
+resume) and :class:`FreezePolicy` here. Run it under uvloop (``uvloop.run(main())``) for speed;
+it works on any asyncio loop.
+
+Per connection (:meth:`Gateway._handle`):
+
+0. over the node's ``max_connections`` → ``bye overloaded`` with a jittered ``retry_after_ms``;
+1. the first frame must be a valid ``hello`` within ``hello_timeout_s`` (else ``error`` and close;
+   an oversize frame is refused by websockets itself, close code 1009, before it is buffered);
+2. the token must verify (``error unauthorized`` and close) → ``welcome``;
+3. ``subscribe``: a channel outside the token's scopes gets ``error forbidden`` and the connection
+   stays; an allowed one gets its catch-up frames (:meth:`FrameSource.resume
+   <hopcast.live.fanout.FrameSource.resume>` from ``hello.last``) and then its live frames — the
+   two happen with no ``await`` between, so nothing can slip in between or out of order.
+
+Fan-out: for each ``(channel, frame)`` the source delivers, the **same bytes** are written to
+every open subscriber with ``websockets.broadcast`` — no ``await``, no per-device encoding,
+closed connections skipped. Nothing waits for a slow device; instead the transport's write
+buffer has a high-water mark (``write_limit``): when a connection crosses it, asyncio calls
+``pause_writing``, and the gateway evicts it right after the current broadcast (``bye slow``,
+then close; the ``bye`` is best effort since the device is not reading). Heartbeats: one ``ping``
+frame for all devices every ``heartbeat_s``; a device silent for :data:`LIVENESS_INTERVALS` is
+evicted (``bye timeout``). Shutdown (:meth:`GatewayServer.close`): ``bye restart`` to every device
+with ``retry_after_ms`` spread over ``retry_spread_ms``, then close code 1012.
+
+Garbage collection: a full CPython collection walks every tracked object, so its pause grows
+with the number of connections. The gateway adds no object per connection beyond what websockets
+allocates (its per-device state lives as attributes of websockets' connection object;
+subscriptions are one set per channel; messages are untracked msgspec structs), and after each
+burst of :data:`FREEZE_STEP` new devices it calls ``gc.freeze()``, moving everything alive to
+the permanent generation that collections skip (``gc.freeze`` is O(1)). Cyclic garbage frozen
+with them is reclaimed after ``gc.unfreeze()``, which :class:`FreezePolicy` calls once half the
+frozen devices have left. Pauses are timed through ``gc.callbacks`` (:class:`GcMonitor`).
+
+Prometheus series (one registry per gateway): ``hopcast_gateway_connections``,
+``hopcast_gateway_devices``, ``hopcast_gateway_frames_broadcast_total``,
+``hopcast_gateway_frame_writes_total``, ``hopcast_gateway_evictions_total{reason}``,
+``hopcast_gateway_rejections_total{reason}``, ``hopcast_gateway_auth_failures_total{problem}``,
+``hopcast_gateway_resumes_total{kind}``, ``hopcast_gateway_gc_pause_seconds{generation}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import random
+import socket
+import time
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import assert_never
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import HistogramMetricFamily, Metric
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.protocol import State as WsState
+
+from hopcast.durations import now_us
+from hopcast.errors import ConfigError, ProtocolError, TokenError
+from hopcast.live import messages as m
+from hopcast.live.fanout import FrameSource, PushRegistry, ResumeKind
+from hopcast.live.messages import ByeReason, ErrorCode, Position
+from hopcast.live.tokens import DEFAULT_KEY_ID, MIN_SECRET_BYTES, Claims, verify
+
+logger = logging.getLogger(__name__)
+
+#: Ping interval. NAT gateways and load balancers commonly drop TCP flows idle for 60 s or more;
+#: 30 s keeps them open while 100k devices answer only ~3.3k pongs per second.
+HEARTBEAT_S = 30.0
+#: Silence tolerated, in heartbeats: two lost pings plus half an interval of delay (the SDK
+#: uses the same rule for the gateway).
+LIVENESS_INTERVALS = 2.5
+#: Time for the WebSocket handshake and then for ``hello``: a device sends it at once; 10 s
+#: covers a slow mobile link while bounding how long an unauthenticated socket holds a slot.
+HELLO_TIMEOUT_S = 10.0
+#: Closing handshake: a healthy device answers within a round trip; an evicted one that does
+#: not read never does, and is aborted after this.
+CLOSE_TIMEOUT_S = 2.0
+#: Per-connection write-buffer high-water mark (bytes, beyond what the kernel buffers). A full
+#: replay (256 triggers, ~50 KB) or a large ``state`` fits with room; a device this far behind
+#: on ~200-byte triggers is not reading, and evicting it bounds its memory.
+WRITE_HIGH_WATER = 256 * 1024
+#: Kernel send buffer per device socket (``SO_SNDBUF``; Linux doubles it). Autotuning would let
+#: a device that stopped reading pin up to 4 MB of kernel memory (~20k triggers) before the
+#: write-buffer mark above even sees it; 64 KiB still holds ~300 triggers in flight.
+SEND_BUFFER = 64 * 1024
+#: Received frames buffered per connection: a device sends a handful at a time (hello,
+#: subscribe, pong); 4 bounds a hostile one to 4 x MAX_FRAME_BYTES.
+INBOUND_QUEUE = 4
+#: Connections per gateway process: the open-files hard limit here is 20,000 per process, less
+#: ~1,000 descriptors for the listener, Redis, logs and the accept queue.
+DEFAULT_MAX_CONNECTIONS = 19_000
+#: Listen backlog: a restarted node takes a reconnect storm; asyncio's default of 100 would drop
+#: SYNs (a 1 s retransmit each). 4096 is the kernel's default ``somaxconn`` cap.
+LISTEN_BACKLOG = 4096
+#: ``bye`` spreads ``retry_after_ms`` uniformly over [0, this]: 100k devices told to leave come
+#: back at ~10k/s at most, plus each device's own jittered backoff.
+RETRY_SPREAD_MS = 10_000
+#: Distinct ``bye`` frames per reason, encoded once: 32 evenly spaced delays spread a fleet as
+#: well as per-device randomness without encoding a frame per device.
+RETRY_BUCKETS = 32
+#: Freeze the heap after every this many new devices: a burst of 1,000 connections is ~10-20 MB
+#: of objects a full collection would otherwise walk again and again.
+FREEZE_STEP = 1_000
+#: GC pause histogram buckets (s): the issue measured 55-620 ms pauses at 1k-10k connections
+#: without freezing; the target is well under the 1 ms end.
+GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class FreezePolicy:
+    """Decides when to ``gc.freeze()`` and ``gc.unfreeze()`` from the number of open devices.
+
+    Freeze when the count has grown by ``step`` since the last decision; unfreeze once it has
+    fallen to half of what it was at the last freeze (the departed devices' cyclic garbage is
+    then worth a full collection). Pure: the caller performs the decision.
+    """
+
+    def __init__(self, step: int = FREEZE_STEP) -> None:
+        """
+        Raises:
+            ConfigError: ``step`` < 1.
+        """
+        if step < 1:
+            raise ConfigError(f"freeze step must be >= 1, got {step}")
+        self._step = step
+        self._base = 0  # device count at the last freeze or unfreeze
+        self._frozen = False
+
+    def opened(self, count: int) -> bool:
+        """A device was welcomed and ``count`` are open: True means call ``gc.freeze()``."""
+        if count >= self._base + self._step:
+            self._base, self._frozen = count, True
+            return True
+        return False
+
+    def closed(self, count: int) -> bool:
+        """A device left and ``count`` remain: True means call ``gc.unfreeze()``."""
+        if self._frozen and count <= self._base // 2:
+            self._base, self._frozen = count, False
+            return True
+        return False
+
+
+class GcMonitor:
+    """Times garbage collections via ``gc.callbacks``; a Prometheus collector and plain stats.
+
+    The callback only does arithmetic on lists: a collection can start while the same thread
+    holds a prometheus_client lock, so it must not call into prometheus_client.
+    """
+
+    def __init__(self, buckets: tuple[float, ...] = GC_PAUSE_BUCKETS) -> None:
+        self._bounds = buckets
+        self._counts = [[0] * (len(buckets) + 1) for _ in range(3)]
+        self._sums = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        self.max_pause_s = 0.0
+        self.last_pause_s = 0.0
+
+    def install(self) -> None:
+        """Start timing (idempotent)."""
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def uninstall(self) -> None:
+        """Stop timing (idempotent)."""
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: Mapping[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        generation = min(max(info.get("generation", 2), 0), 2)
+        self._counts[generation][bisect_left(self._bounds, pause)] += 1
+        self._sums[generation] += pause
+        self.last_pause_s = pause
+        self.max_pause_s = max(self.max_pause_s, pause)
+
+    def stats(self) -> dict[str, float]:
+        """Collections per generation, pause total / max / last (s), objects frozen."""
+        out: dict[str, float] = {f"gc_collections_gen{g}": sum(self._counts[g]) for g in range(3)}
+        out["gc_pause_total_s"] = sum(self._sums)
+        out["gc_pause_max_s"] = self.max_pause_s
+        out["gc_pause_last_s"] = self.last_pause_s
+        out["gc_frozen_objects"] = gc.get_freeze_count()
+        return out
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus collector protocol: the pause histogram per generation."""
+        family = HistogramMetricFamily(
+            "hopcast_gateway_gc_pause_seconds",
+            "Garbage collection pauses in the gateway process",
+            labels=["generation"],
+        )
+        for generation in range(3):
+            cumulative, buckets = 0, []
+            for bound, count in zip(
+                (*self._bounds, float("inf")), self._counts[generation], strict=True
+            ):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            family.add_metric([str(generation)], buckets, self._sums[generation])
+        yield family
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry, monitor: GcMonitor) -> None:
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(f"hopcast_gateway_{name}", doc, registry=registry)
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(f"hopcast_gateway_{name}", doc, labels, registry=registry)
+
+        self.connections = gauge("connections", "Open WebSocket connections")
+        self.devices = gauge("devices", "Authenticated connections")
+        self.frames = counter("frames_broadcast", "Frames fanned out to a channel")
+        self.writes = counter("frame_writes", "Connection writes by fan-out")
+        self.evictions = counter("evictions", "Devices evicted", "reason")
+        self.rejections = counter("rejections", "Connections refused or closed", "reason")
+        self.auth_failures = counter("auth_failures", "Tokens refused", "problem")
+        self.resumes = counter("resumes", "Channel catch-ups by kind", "kind")
+        self.collectors: tuple[Gauge | Counter, ...] = (self.connections, self.devices)
+        self.collectors += (self.frames, self.writes, self.evictions, self.rejections)
+        self.collectors += (self.auth_failures, self.resumes)
+        # Every known label value from the start, so a zero is a sample rather than absent.
+        for reason in ByeReason:
+            self.evictions.labels(reason.value)
+        for refusal in (*(c.value for c in ErrorCode), "overloaded", "hello_timeout"):
+            self.rejections.labels(refusal)
+        for kind in ResumeKind:
+            self.resumes.labels(kind.value)
+        registry.register(monitor)
+
+
+class _Connection(ServerConnection):
+    """websockets' connection, carrying the gateway's per-device state as attributes so a device
+    costs no extra Python object. Class-level defaults hold until a value is set."""
+
+    hc_claims: Claims | None = None
+    hc_last: Mapping[str, Position] = MappingProxyType({})
+    hc_channels: tuple[str, ...] = ()
+    hc_heard: float = 0.0  # loop time of the last frame received
+
+
+def _connection_class(on_backlog: Callable[[_Connection], None]) -> type[_Connection]:
+    class GatewayConnection(_Connection):
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            on_backlog(self)  # the write buffer crossed the high-water mark
+
+    return GatewayConnection
+
+
+def _write(conn: ServerConnection, frame: bytes) -> None:
+    """Queue ``frame`` as a text frame without waiting; skipped if the connection is closing."""
+    broadcast((conn,), frame, text=True)
+
+
+class Gateway:
+    """One gateway node: its devices, their subscriptions, heartbeats and metrics.
+
+    Serve once (:meth:`serve`); run one per process (several processes share a port with
+    ``reuse_port=True``). Everything runs on the serving loop's thread, including the source's
+    frame callback.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        keys: bytes | Mapping[str, bytes],
+        *,
+        node_id: str,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        heartbeat_s: float = HEARTBEAT_S,
+        hello_timeout_s: float = HELLO_TIMEOUT_S,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
+        write_limit: int = WRITE_HIGH_WATER,
+        send_buffer: int | None = SEND_BUFFER,
+        retry_spread_ms: int = RETRY_SPREAD_MS,
+        freeze_step: int = FREEZE_STEP,
+        registry: PushRegistry | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+        clock: Callable[[], int] = now_us,
+        rng: random.Random | None = None,
+    ) -> None:
+        """
+        Args:
+            source: live frames and catch-up (a :class:`~hopcast.live.fanout.Router`, or a
+                node-side mirror of one).
+            keys: the token keyring (key id → secret) or one secret.
+            node_id: this node's name, sent in ``welcome`` and kept in the push registry.
+            max_connections: connections this node accepts at once.
+            heartbeat_s: ping interval; silence for 2.5 of them evicts a device.
+            hello_timeout_s: WebSocket handshake timeout, then again for ``hello``.
+            close_timeout_s: how long a closing handshake may take before the socket is aborted.
+            write_limit: write-buffer high-water mark in bytes; crossing it evicts the device.
+            send_buffer: ``SO_SNDBUF`` of each device's socket (``None``: the kernel's
+                autotuning, up to ``tcp_wmem`` max, 4 MB here).
+            retry_spread_ms: ``bye`` delays spread over [0, this].
+            freeze_step: devices between ``gc.freeze()`` calls (:class:`FreezePolicy`).
+            registry: where to record which node holds each device (none by default).
+            metrics_registry: Prometheus registry (default: a new one, :attr:`metrics_registry`).
+            clock: µs since the epoch, for token checks, pings and the registry.
+            rng: picks ``bye`` delays.
+
+        Raises:
+            ConfigError: a setting is out of range, a secret is shorter than
+                ``MIN_SECRET_BYTES``, or the registry's TTL does not exceed the heartbeat.
+        """
+        keyring = {DEFAULT_KEY_ID: keys} if isinstance(keys, bytes) else dict(keys)
+        if not keyring or any(len(s) < MIN_SECRET_BYTES for s in keyring.values()):
+            raise ConfigError(f"the gateway needs token secrets of >= {MIN_SECRET_BYTES} bytes")
+        if not 1 <= len(node_id) <= m.MAX_NAME_CHARS:
+            raise ConfigError(f"node id must have 1 to {m.MAX_NAME_CHARS} characters")
+        if max_connections < 1 or heartbeat_s < 0.001 or write_limit < 1 or retry_spread_ms < 0:
+            raise ConfigError("max_connections, heartbeat_s, write_limit must be positive")
+        if registry is not None and registry.ttl_us <= heartbeat_s * 1e6:
+            raise ConfigError("the push registry's TTL must exceed the heartbeat interval")
+        self._source = source
+        self._keyring = keyring
+        self._node_id = node_id
+        self._max_connections = max_connections
+        self._heartbeat_s = heartbeat_s
+        self._hello_timeout_s = hello_timeout_s
+        self._close_timeout_s = close_timeout_s
+        self._write_limit = write_limit
+        self._send_buffer = send_buffer
+        self._registry = registry
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._welcome = m.encode(m.Welcome(node=node_id, heartbeat_ms=round(heartbeat_s * 1000)))
+        last = RETRY_BUCKETS - 1
+        self._byes = {
+            reason: tuple(
+                m.encode(m.Bye(reason=reason, retry_after_ms=retry_spread_ms * i // last))
+                for i in range(RETRY_BUCKETS)
+            )
+            for reason in ByeReason
+        }
+        self._conns: set[_Connection] = set()  # every connection in a handler
+        self._devices: set[_Connection] = set()  # welcomed ones
+        self._subs: dict[str, set[_Connection]] = {}  # channel -> subscribers
+        self._backlogged: list[_Connection] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._freeze = FreezePolicy(freeze_step)
+        self.gc = GcMonitor()
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self._m = _Metrics(self.metrics_registry, self.gc)
+        self._server: Server | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- inspection --------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    @property
+    def connection_count(self) -> int:
+        """Connections open, authenticated or not."""
+        return len(self._conns)
+
+    def subscriber_count(self, channel: str) -> int:
+        return len(self._subs.get(channel, ()))
+
+    def stats(self) -> dict[str, float]:
+        """Every series as a flat dict (``evictions_slow``, ``resumes_state``, ...) plus
+        :meth:`GcMonitor.stats`: for the benchmark and logs."""
+        out: dict[str, float] = {}
+        for collector in self._m.collectors:
+            for family in collector.collect():
+                for sample in family.samples:
+                    if not sample.name.endswith("_created"):
+                        name = sample.name.removeprefix("hopcast_gateway_").removesuffix("_total")
+                        out["_".join((name, *sample.labels.values()))] = sample.value
+        out.update(self.gc.stats())
+        return out
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def serve(self, host: str, port: int, *, reuse_port: bool = False) -> GatewayServer:
+        """Listen on ``host:port`` and start taking frames from the source and heartbeating.
+
+        Args:
+            host, port: where to listen (port 0: any free port, see :attr:`GatewayServer.port`).
+            reuse_port: set ``SO_REUSEPORT`` so several gateway processes share the port (the
+                kernel spreads new connections over them).
+
+        Raises:
+            ConfigError: this gateway is already serving or was closed.
+            OSError: the address cannot be bound.
+        """
+        if self._server is not None:
+            raise ConfigError("a Gateway serves once; create another one")
+        loop = asyncio.get_running_loop()
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            compression=None,  # ~3x the memory per connection, for tiny messages
+            max_size=m.MAX_FRAME_BYTES,
+            max_queue=INBOUND_QUEUE,
+            write_limit=self._write_limit,
+            ping_interval=None,  # application pings (the protocol's), one frame for all
+            ping_timeout=None,
+            open_timeout=self._hello_timeout_s,
+            close_timeout=self._close_timeout_s,
+            create_connection=_connection_class(self._on_backlog),
+            reuse_port=reuse_port,
+            backlog=LISTEN_BACKLOG,
+        )
+        self._unsubscribe = self._source.subscribe(self._on_frame)
+        self._heartbeat_task = loop.create_task(self._heartbeat())
+        self.gc.install()
+        return GatewayServer(self, self._server)
+
+    async def _shutdown(self, server: Server) -> None:
+        # 1. Take no more frames, pings or connections.
+        if self._closing:
+            await server.wait_closed()
+            return
+        self._closing = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+        # 2. Tell every connection to come back later, each after its own delay, and close it
+        #    (code 1012, service restart) within the close timeout.
+        for conn in self._conns:
+            self._bye(conn, ByeReason.RESTART)
+            self._close_soon(conn, CloseCode.SERVICE_RESTART, ByeReason.RESTART)
+        # 3. Stop listening and wait for every handler.
+        server.close()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        await server.wait_closed()
+        # 4. Stop timing collections.
+        self.gc.uninstall()
+
+    # -- per connection ----------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, _Connection)
+        conn = ws
+        # 0. The node's connection limit.
+        if self._closing or len(self._conns) >= self._max_connections:
+            self._m.rejections.labels("overloaded").inc()
+            self._bye(conn, ByeReason.OVERLOADED)
+            await self._close(conn, CloseCode.TRY_AGAIN_LATER, ByeReason.OVERLOADED)
+            return
+        self._conns.add(conn)
+        self._m.connections.inc()
+        if self._send_buffer is not None:
+            sock = conn.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
+        try:
+            claims = await self._handshake(conn)  # 1-2
+            if claims is not None:
+                await self._serve_device(conn, claims)  # 3
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                self._m.rejections.labels(ErrorCode.MALFORMED).inc()
+        finally:
+            await self._drop(conn)
+
+    async def _handshake(self, conn: _Connection) -> Claims | None:
+        """1. a valid ``hello`` first, within the timeout; 2. a valid token. ``None`` if refused."""
+        try:
+            async with asyncio.timeout(self._hello_timeout_s):
+                data = await conn.recv(decode=False)
+        except TimeoutError:
+            self._m.rejections.labels("hello_timeout").inc()
+            await self._close(conn, CloseCode.POLICY_VIOLATION, "no hello")
+            return None
+        try:
+            hello = m.decode_from_client(data)
+        except ProtocolError as exc:
+            await self._refuse(conn, ErrorCode.MALFORMED, exc.reason)
+            return None
+        if not isinstance(hello, m.Hello):
+            await self._refuse(conn, ErrorCode.UNEXPECTED, "the first message must be 'hello'")
+            return None
+        if hello.protocol != m.PROTOCOL_VERSION:
+            reason = f"this gateway speaks protocol {m.PROTOCOL_VERSION}, not {hello.protocol}"
+            await self._refuse(conn, ErrorCode.UNSUPPORTED_PROTOCOL, reason)
+            return None
+        try:
+            claims = verify(self._keyring, hello.token, self._clock())
+        except TokenError as exc:
+            self._m.auth_failures.labels(exc.problem).inc()
+            await self._refuse(conn, ErrorCode.UNAUTHORIZED, str(exc))
+            return None
+        if hello.last:
+            conn.hc_last = hello.last
+        return claims
+
+    async def _serve_device(self, conn: _Connection, claims: Claims) -> None:
+        """Welcome the device, then answer its messages until the connection closes."""
+        conn.hc_claims = claims
+        conn.hc_heard = asyncio.get_running_loop().time()
+        self._devices.add(conn)
+        self._m.devices.inc()
+        _write(conn, self._welcome)
+        if self._freeze.opened(len(self._devices)):
+            gc.freeze()
+        if self._registry is not None:
+            await self._presence(
+                self._registry.register(claims.device, self._node_id, self._clock())
+            )
+        loop = asyncio.get_running_loop()
+        while True:
+            data = await conn.recv(decode=False)
+            conn.hc_heard = loop.time()
+            try:
+                msg = m.decode_from_client(data)
+            except ProtocolError as exc:
+                await self._refuse(conn, ErrorCode.MALFORMED, exc.reason)
+                return
+            match msg:
+                case m.Subscribe(channels=channels):
+                    self._subscribe(conn, claims, channels)
+                case m.Unsubscribe(channels=channels):
+                    self._unsubscribe_channels(conn, channels)
+                case m.Ping(ts=ts):
+                    _write(conn, m.encode(m.Pong(ts=ts)))
+                case m.Pong():
+                    pass
+                case m.Hello():
+                    await self._refuse(conn, ErrorCode.UNEXPECTED, "'hello' was already accepted")
+                    return
+                case _:
+                    assert_never(msg)
+
+    def _subscribe(self, conn: _Connection, claims: Claims, channels: tuple[str, ...]) -> None:
+        """For each new channel in order: 1. refuse it (``error forbidden``, the connection
+        stays) if the token does not allow it or the connection follows ``MAX_CHANNELS``;
+        2. write its catch-up frames; 3. add the connection to its subscribers. No ``await``
+        between 2 and 3: no live frame can come between the catch-up and the stream."""
+        if conn.protocol.state is not WsState.OPEN:
+            return  # evicted while this subscribe was queued
+        for channel in channels:
+            if channel in conn.hc_channels:
+                continue
+            # 1. Scope and count.
+            if not claims.allows(channel):
+                self._forbid(conn, f"channel {channel!r} is outside the token's scopes")
+                continue
+            if len(conn.hc_channels) >= m.MAX_CHANNELS:
+                self._forbid(conn, f"a connection follows at most {m.MAX_CHANNELS} channels")
+                continue
+            # 2. Catch up.
+            resume = self._source.resume(channel, conn.hc_last.get(channel))
+            for frame in resume.frames:
+                _write(conn, frame)
+            self._m.resumes.labels(resume.kind.value).inc()
+            # 3. Stream.
+            subscribers = self._subs.get(channel)
+            if subscribers is None:
+                subscribers = self._subs[channel] = set()
+            subscribers.add(conn)
+            conn.hc_channels = (*conn.hc_channels, channel)
+
+    def _unsubscribe_channels(self, conn: _Connection, channels: tuple[str, ...]) -> None:
+        for channel in channels:
+            subscribers = self._subs.get(channel)
+            if subscribers is not None:
+                subscribers.discard(conn)
+                if not subscribers:
+                    del self._subs[channel]
+        conn.hc_channels = tuple(c for c in conn.hc_channels if c not in channels)
+
+    def _forbid(self, conn: _Connection, reason: str) -> None:
+        self._m.rejections.labels(ErrorCode.FORBIDDEN).inc()
+        _write(conn, m.encode(m.Error(code=ErrorCode.FORBIDDEN, reason=reason)))
+
+    async def _refuse(self, conn: _Connection, code: ErrorCode, reason: str) -> None:
+        """Send ``error`` and close (for the fatal codes)."""
+        self._m.rejections.labels(code).inc()
+        _write(conn, m.encode(m.Error(code=code, reason=reason[: m.MAX_TEXT_CHARS])))
+        await self._close(conn, CloseCode.POLICY_VIOLATION, code)
+
+    async def _drop(self, conn: _Connection) -> None:
+        self._conns.discard(conn)
+        self._m.connections.dec()
+        if conn not in self._devices:
+            return
+        self._devices.discard(conn)
+        self._m.devices.dec()
+        self._unsubscribe_channels(conn, conn.hc_channels)
+        if self._freeze.closed(len(self._devices)):
+            gc.unfreeze()
+        if self._registry is not None and conn.hc_claims is not None:
+            await self._presence(self._registry.unregister(conn.hc_claims.device, self._node_id))
+
+    async def _presence(self, call: Awaitable[object]) -> None:
+        """Run a push-registry call; a failure is logged, never fatal to a connection."""
+        try:
+            await call
+        except Exception:
+            logger.exception("push registry call failed on node %s", self._node_id)
+
+    # -- fan-out and eviction ----------------------------------------------------------------
+
+    def _on_frame(self, channel: str, frame: bytes) -> None:
+        """The source's callback: the same bytes to every open subscriber, no waiting."""
+        subscribers = self._subs.get(channel)
+        if subscribers:
+            broadcast(subscribers, frame, text=True)
+            self._m.frames.inc()
+            self._m.writes.inc(len(subscribers))
+
+    def _on_backlog(self, conn: _Connection) -> None:
+        # Called inside a write (maybe mid-broadcast): evict once the current callback is done.
+        self._backlogged.append(conn)
+        if len(self._backlogged) == 1:
+            asyncio.get_running_loop().call_soon(self._evict_backlogged)
+
+    def _evict_backlogged(self) -> None:
+        backlogged, self._backlogged = self._backlogged, []
+        for conn in backlogged:
+            self._evict(conn, ByeReason.SLOW)
+
+    def _evict(self, conn: _Connection, reason: ByeReason) -> None:
+        """Stop streaming to ``conn``, tell it why (best effort), close it in the background."""
+        if conn.protocol.state is not WsState.OPEN:
+            return
+        self._unsubscribe_channels(conn, conn.hc_channels)
+        self._bye(conn, reason)
+        self._m.evictions.labels(reason.value).inc()
+        self._close_soon(conn, CloseCode.POLICY_VIOLATION, reason)
+
+    def _close_soon(self, conn: _Connection, code: CloseCode, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._close(conn, code, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close(self, conn: _Connection, code: CloseCode, reason: str) -> None:
+        """Closing handshake bounded by ``close_timeout_s``, then abort. (websockets' own
+        ``close()`` first drains the write buffer, which never ends for a device not reading.)"""
+        try:
+            async with asyncio.timeout(self._close_timeout_s):
+                await conn.close(code, reason)
+        except TimeoutError:
+            conn.transport.abort()
+
+    def _bye(self, conn: _Connection, reason: ByeReason) -> None:
+        _write(conn, self._rng.choice(self._byes[reason]))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            self._beat()
+            if self._registry is not None:
+                now = self._clock()
+                devices = [c.hc_claims.device for c in self._devices if c.hc_claims is not None]
+                await self._presence(self._registry.refresh(devices, self._node_id, now))
+                await self._presence(self._registry.expire(now))
+
+    def _beat(self) -> None:
+        """One heartbeat: 1. one ``ping`` frame to every device; 2. evict the silent ones."""
+        broadcast(self._devices, m.encode(m.Ping(ts=self._clock())), text=True)
+        silent_since = asyncio.get_running_loop().time() - LIVENESS_INTERVALS * self._heartbeat_s
+        for conn in [c for c in self._devices if c.hc_heard < silent_since]:
+            self._evict(conn, ByeReason.TIMEOUT)
+
+
+class GatewayServer:
+    """A serving :class:`Gateway`: its bound port, and :meth:`close`."""
+
+    def __init__(self, gateway: Gateway, server: Server) -> None:
+        self._gateway = gateway
+        self._server = server
+
+    @property
+    def gateway(self) -> Gateway:
+        return self._gateway
+
+    @property
+    def port(self) -> int:
+        """The port bound (useful after ``serve(host, 0)``)."""
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def close(self) -> None:
+        """Shut down for a restart: 1. stop taking frames and pinging; 2. ``bye restart`` to
+        every connection with a jittered ``retry_after_ms``; 3. stop listening, close every
+        connection (code 1012) and wait for the handlers; 4. stop timing GC. Idempotent."""
+        await self._gateway._shutdown(self._server)
+
+    async def __aenter__(self) -> GatewayServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
