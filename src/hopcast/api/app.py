@@ -41,7 +41,7 @@ from hopcast.api.bodies import (
 )
 from hopcast.api.errors import ApiError
 from hopcast.api.guard import RequestGuard
-from hopcast.api.live import live_router
+from hopcast.api.live import GatewayBinding, live_router
 from hopcast.api.metrics import METRICS_CONTENT_TYPE, ApiMetrics, MetricsMiddleware
 from hopcast.api.responses import JSON
 from hopcast.errors import InvalidQuery, NotFound
@@ -163,6 +163,7 @@ def create_app(
     max_mutations: int = MAX_MUTATIONS,
     title: str = "hopcast",
     live: LiveService | None = None,
+    gateway: GatewayBinding | None = None,
 ) -> FastAPI:
     """Build the API app over ``graph``.
 
@@ -175,6 +176,7 @@ def create_app(
         title: the OpenAPI title.
         live: a live-event service: adds the ``/v1/live`` routes (:mod:`hopcast.api.live`),
             which resume it and run its timers while the app is up. Not owned by the app.
+        gateway: a WebSocket gateway to run beside the live routes (needs ``live``).
 
     Raises:
         ValueError: for a negative ``max_body_bytes`` or ``max_mutations < 1``.
@@ -431,5 +433,5 @@ def create_app(
 
     if live is not None:
         app.state.live = live
-        app.include_router(live_router(live, metrics.registry))
+        app.include_router(live_router(live, metrics.registry, binding=gateway))
     return app

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
@@ -40,7 +41,9 @@ from starlette.responses import Response
 from hopcast.api.bodies import decode
 from hopcast.api.errors import ApiError
 from hopcast.api.responses import JSON, error
+from hopcast.durations import parse_duration
 from hopcast.errors import IllegalTransition, InvalidInput, NotFound
+from hopcast.live.gateway import Gateway
 from hopcast.live.payloads import DEFAULT_SEGMENT, MAX_PAYLOAD_BYTES
 from hopcast.live.prefetch import DEFAULT_LEAD_US, PrefetchResponse
 from hopcast.live.producer import Trigger
@@ -65,6 +68,7 @@ from hopcast.live.service import (
     result_doc,
     run_timers,
 )
+from hopcast.live.tokens import issue as issue_token
 
 Time = int | str
 
@@ -234,8 +238,42 @@ IfNoneMatch = Annotated[
 # -- the router ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class GatewayBinding:
+    """A WebSocket gateway the app runs beside its routes (same process, same event loop).
+
+    Attributes:
+        gateway: the gateway (its router must be a sink of the live service).
+        host, port: where it listens (port 0: any free port).
+        secret: the device-token key it verifies with.
+        dev_tokens: serve ``POST /v1/live/tokens``, which hands a token to anyone who asks:
+            for the demo and development only; in production a login service issues tokens
+            with :func:`hopcast.live.tokens.issue` and the same secret.
+    """
+
+    gateway: Gateway
+    host: str
+    port: int
+    secret: bytes
+    dev_tokens: bool = False
+
+
+class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    device: str
+    channels: list[str]
+    ttl: str | int = "1h"
+
+
+#: Longest dev token; a demo device reconnects for longer than a match, shorter than a day.
+MAX_DEV_TOKEN_TTL_US = 24 * 3600 * 1_000_000
+
+
 def live_router(
-    service: LiveService, registry: CollectorRegistry | None = None, *, timers: bool = True
+    service: LiveService,
+    registry: CollectorRegistry | None = None,
+    *,
+    timers: bool = True,
+    binding: GatewayBinding | None = None,
 ) -> APIRouter:
     """The ``/v1/live`` routes over ``service``.
 
@@ -253,17 +291,25 @@ def live_router(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not timers:
-            yield
-            return
-        service.resume(service.clock())
-        stop = asyncio.Event()
-        task = asyncio.create_task(run_timers(service, stop=stop))
+        server = None
+        if binding is not None:
+            server = await binding.gateway.serve(binding.host, binding.port)
+            app.state.gateway_url = f"ws://{binding.host}:{server.port}"
         try:
-            yield
+            if not timers:
+                yield
+                return
+            service.resume(service.clock())
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_timers(service, stop=stop))
+            try:
+                yield
+            finally:
+                stop.set()
+                await task
         finally:
-            stop.set()
-            await task
+            if server is not None:
+                await server.close()
 
     router = APIRouter(prefix="/v1/live", tags=["live"], lifespan=lifespan)
 
@@ -498,6 +544,29 @@ def live_router(
     ) -> Response:
         response = service.payload(payload_id, if_none_match, service.clock())
         return answer("payload", response, f"no payload {payload_id!r}")
+
+    if binding is not None and binding.dev_tokens:
+        secret = binding.secret
+
+        @router.post(
+            "/tokens",
+            summary="A device token (development only)",
+            description="Issues a signed device token for `device` and `channels` to anyone who "
+            "asks, with the gateway's WebSocket URL. Enabled only in development and the demo; "
+            "in production a login service issues tokens with the same secret.",
+        )
+        async def dev_token(request: Request) -> Response:
+            body = decode(await request.body(), TokenRequest)
+            now = service.clock()
+            try:
+                ttl = parse_duration(body.ttl)
+            except ValueError as exc:
+                raise InvalidInput(f"ttl: {exc}") from None
+            if not 0 < ttl <= MAX_DEV_TOKEN_TTL_US:
+                raise InvalidInput(f"ttl must be positive and at most {MAX_DEV_TOKEN_TTL_US} µs")
+            token = issue_token(secret, body.device, tuple(body.channels), now, ttl)
+            url = getattr(request.app.state, "gateway_url", None)
+            return JSON({"token": token, "expires_at": now + ttl, "url": url})
 
     return router
 

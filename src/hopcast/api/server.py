@@ -16,8 +16,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from hopcast.api.app import MAX_BODY_BYTES, create_app
+from hopcast.api.live import GatewayBinding
 from hopcast.errors import ConfigError
 from hopcast.graphdb import Graph
+from hopcast.live.fanout import InProcessTransport, Router
+from hopcast.live.gateway import Gateway
 from hopcast.live.service import LiveService
 
 #: Loopback by default: the API has no authentication, so exposing it is an explicit choice.
@@ -50,20 +53,34 @@ def make_server(
     max_body_bytes: int = MAX_BODY_BYTES,
     log_level: str = "info",
     live: bool = True,
+    gateway_port: int | None = None,
+    dev_tokens: bool = False,
 ) -> uvicorn.Server:
     """A configured, not yet started uvicorn server for ``graph`` (one process).
+
+    With ``gateway_port`` the live WebSocket gateway runs in the same event loop, fed by the
+    schedule's triggers; ``dev_tokens`` adds ``POST /v1/live/tokens`` (development only).
 
     Call ``server.run()`` (blocks; pass ``sockets=[sock]`` to serve an already-bound socket) and
     set ``server.should_exit = True`` from another thread to stop it. With ``live`` the app also
     serves ``/v1/live`` (schedule, prefetch) and runs the schedule's timers; only one process per
     store may do that, which is why :func:`serve` with several workers serves the graph only.
     """
+    service = LiveService(graph.store.kv) if live else None
+    binding = None
+    if service is not None and gateway_port is not None:
+        router = Router(InProcessTransport())
+        service.add_sink(router.publish_all)
+        secret = live_secret()
+        binding = GatewayBinding(
+            Gateway(router, secret, node_id=f"{host}:{gateway_port}"),
+            host,
+            gateway_port,
+            secret,
+            dev_tokens,
+        )
     config = uvicorn.Config(
-        create_app(
-            graph,
-            max_body_bytes=max_body_bytes,
-            live=LiveService(graph.store.kv) if live else None,
-        ),
+        create_app(graph, max_body_bytes=max_body_bytes, live=service, gateway=binding),
         host=host,
         port=port,
         loop=_LOOP,
@@ -81,6 +98,29 @@ def make_server(
 #: 100k allocations and the old generation rarely keeps the tail at the request's own cost
 #: (max 9 ms over 1,200 requests), while still reclaiming cycles.
 GC_THRESHOLDS = (100_000, 50, 1_000)
+
+
+#: Environment variable holding the device-token secret (hex, at least 32 bytes).
+LIVE_SECRET_ENV = "HOPCAST_LIVE_SECRET"
+
+
+def live_secret() -> bytes:
+    """The device-token secret: ``$HOPCAST_LIVE_SECRET`` (hex), else a random one for this
+    process (tokens then die with it: fine for the demo, not for a fleet).
+
+    Raises:
+        ConfigError: if the variable is not hex or shorter than 32 bytes.
+    """
+    value = os.environ.get(LIVE_SECRET_ENV)
+    if not value:
+        return os.urandom(32)
+    try:
+        secret = bytes.fromhex(value)
+    except ValueError:
+        raise ConfigError(f"{LIVE_SECRET_ENV} must be hex") from None
+    if len(secret) < 32:
+        raise ConfigError(f"{LIVE_SECRET_ENV} must hold at least 32 bytes (64 hex digits)")
+    return secret
 
 
 def _freeze_heap() -> None:
@@ -101,8 +141,12 @@ def serve(
     workers: int = 1,
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
+    gateway_port: int | None = None,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); prints the URL first.
+
+    With ``gateway_port`` (single worker only) the live WebSocket gateway listens there too,
+    verifying device tokens with ``$HOPCAST_LIVE_SECRET``.
 
     Args:
         graph: the graph. With ``workers > 1`` only its LMDB directory and schema file are used:
@@ -115,9 +159,15 @@ def serve(
     """
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    if workers > 1 and gateway_port is not None:
+        raise ConfigError("the live gateway runs in a single-worker server (omit --workers)")
     address = url(host, port)
     if workers == 1:
-        server = make_server(graph, host, port, max_body_bytes=max_body_bytes)
+        server = make_server(
+            graph, host, port, max_body_bytes=max_body_bytes, gateway_port=gateway_port
+        )
+        if gateway_port is not None:
+            print(f"live gateway on ws://{host}:{gateway_port}", flush=True)
         print(f"hopcast API on {address} (docs: {address}/docs)", flush=True)
         server.run()
         return

@@ -111,8 +111,15 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8321, show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True)
+@click.option(
+    "--gateway-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Also run the live WebSocket gateway on this port (single worker; device tokens are "
+    "verified with $HOPCAST_LIVE_SECRET).",
+)
 @click.pass_obj
-def serve(settings: Settings, host: str, port: int, workers: int) -> None:
+def serve(settings: Settings, host: str, port: int, workers: int, gateway_port: int | None) -> None:
     """Run the HTTP API on the store (needs the server extras: hopcast[server])."""
     try:
         api = importlib.import_module("hopcast.api")
@@ -123,7 +130,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
             f"`hopcast serve` needs the server extras: pip install 'hopcast[server]' ({exc})"
         ) from exc
     with Graph.open(settings.store, settings.schema) as graph:
-        api.serve(graph, host, port, workers)
+        api.serve(graph, host, port, workers, gateway_port=gateway_port)
 
 
 @cli.command(

@@ -146,7 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[red]the HTTP API needs the server extra: pip install 'hopcast[server]'")
         return 1
 
-    server = make_server(graph, args.host, args.port, log_level="warning")
+    server = make_server(
+        graph,
+        args.host,
+        args.port,
+        log_level="warning",
+        gateway_port=args.port + 1,
+        dev_tokens=True,
+    )
     base = f"http://{args.host}:{args.port}"
     account = company.heavy_account_ids()[0]
     profile = company.profiles_of(account)[0]
@@ -162,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"traverse     hopcast --store {store} query traverse {account} "
                 "--hop has_profile --hop started_watching --hop in_genre",
                 f"title        {base}/v1/nodes/{title}",
+                f"live gateway ws://{args.host}:{args.port + 1} (device tokens: "
+                f"POST {base}/v1/live/tokens, live events: {base}/v1/live/events)",
                 "Ctrl-C to stop.",
             ]
         )
