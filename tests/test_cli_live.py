@@ -258,3 +258,27 @@ def test_with_url_an_illegal_command_is_the_servers_409_as_one_line_and_exit_2(
     missing = remote_run("show", "nope")
     assert missing.exit_code == 2
     assert "no live event 'nope'" in missing.stderr
+
+
+def test_live_token_signs_with_the_environment_secret_and_the_gateway_accepts_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hopcast.live import tokens
+
+    secret = bytes(range(32))
+    monkeypatch.setenv("HOPCAST_LIVE_SECRET", secret.hex())
+    result = CliRunner().invoke(
+        cli, ["--json", "live", "token", "tv-1", "--channel", "event:final", "--ttl", "30m"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    claims = tokens.verify(secret, doc["token"], now_us())
+    assert claims.device == "tv-1" and claims.allows("event:final")
+    assert doc["expires_at"] - claims.issued_at == 30 * MINUTE
+
+
+def test_live_token_without_a_secret_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOPCAST_LIVE_SECRET", raising=False)
+    result = CliRunner().invoke(cli, ["live", "token", "tv-1", "--channel", "x"])
+    assert result.exit_code == 2
+    assert "HOPCAST_LIVE_SECRET" in result.output

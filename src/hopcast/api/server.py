@@ -17,6 +17,8 @@ from fastapi import FastAPI
 
 from hopcast.api.app import MAX_BODY_BYTES, create_app
 from hopcast.api.live import GatewayBinding
+from hopcast.config import LIVE_SECRET_ENV as LIVE_SECRET_ENV
+from hopcast.config import live_secret as live_secret
 from hopcast.errors import ConfigError
 from hopcast.graphdb import Graph
 from hopcast.live.fanout import InProcessTransport, Router
@@ -98,29 +100,6 @@ def make_server(
 #: 100k allocations and the old generation rarely keeps the tail at the request's own cost
 #: (max 9 ms over 1,200 requests), while still reclaiming cycles.
 GC_THRESHOLDS = (100_000, 50, 1_000)
-
-
-#: Environment variable holding the device-token secret (hex, at least 32 bytes).
-LIVE_SECRET_ENV = "HOPCAST_LIVE_SECRET"
-
-
-def live_secret() -> bytes:
-    """The device-token secret: ``$HOPCAST_LIVE_SECRET`` (hex), else a random one for this
-    process (tokens then die with it: fine for the demo, not for a fleet).
-
-    Raises:
-        ConfigError: if the variable is not hex or shorter than 32 bytes.
-    """
-    value = os.environ.get(LIVE_SECRET_ENV)
-    if not value:
-        return os.urandom(32)
-    try:
-        secret = bytes.fromhex(value)
-    except ValueError:
-        raise ConfigError(f"{LIVE_SECRET_ENV} must be hex") from None
-    if len(secret) < 32:
-        raise ConfigError(f"{LIVE_SECRET_ENV} must hold at least 32 bytes (64 hex digits)")
-    return secret
 
 
 def _freeze_heap() -> None:

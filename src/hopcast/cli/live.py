@@ -37,8 +37,9 @@ from rich.text import Text
 from hopcast.cli import remote
 from hopcast.cli.common import Doc, Settings, emit, query_options, store_dir, wants_json
 from hopcast.cli.render import age, iso
-from hopcast.durations import DAY, HOUR, MINUTE, SECOND, format_duration, now_us
-from hopcast.errors import NotFound
+from hopcast.config import live_secret
+from hopcast.durations import DAY, HOUR, MINUTE, SECOND, format_duration, now_us, parse_duration
+from hopcast.errors import InvalidInput, NotFound
 from hopcast.kv import open_kv
 from hopcast.live.prefetch import DEFAULT_LEAD_US
 from hopcast.live.schedule import Cancel, Command, Create, EndNow, Interrupt, Resume, StartNow
@@ -51,6 +52,7 @@ from hopcast.live.service import (
     parse_lead,
     result_doc,
 )
+from hopcast.live.tokens import issue as issue_token
 
 ROUTE = "/v1/live/events"
 
@@ -413,3 +415,31 @@ def _render_cardinality(console: Console, doc: Doc) -> None:
         table.add_row(_state(stage), f"{counts['segments']:,}", f"{counts['payloads']:,}")
     console.print(table)
     console.print(f"{doc['cardinality']:,} distinct payload(s) behind {doc['entries']:,} entries")
+
+
+@live.command()
+@click.argument("device")
+@click.option(
+    "--channel", "channels", multiple=True, required=True, help="Channel the device may follow."
+)
+@click.option("--ttl", default="1h", show_default=True, help="Lifetime, e.g. 1h or 30m.")
+@click.option("--json", "as_json", is_flag=True, help="Machine output: one JSON document.")
+@click.pass_obj
+def token(
+    settings: Settings, device: str, channels: tuple[str, ...], ttl: str, as_json: bool
+) -> None:
+    """Issue a device token signed with $HOPCAST_LIVE_SECRET (what `hopcast serve
+    --gateway-port` verifies)."""
+    try:
+        lifetime = parse_duration(ttl)
+    except ValueError as exc:
+        raise InvalidInput(f"--ttl: {exc}") from None
+    now = now_us()
+    issued = issue_token(live_secret(required=True), device, channels, now, lifetime)
+    doc: Doc = {
+        "token": issued,
+        "device": device,
+        "channels": list(channels),
+        "expires_at": now + lifetime,
+    }
+    emit(settings, as_json, doc, lambda console, d: console.print(d["token"], soft_wrap=True))
