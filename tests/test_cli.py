@@ -639,7 +639,8 @@ def test_url_posts_a_traversal_the_api_can_decode(
         "until": None,
         "limits": {"edges_per_hop": 300, "max_work": 50},
     }
-    bodies = pytest.importorskip("hopcast.api.bodies")
+    from hopcast.api import bodies
+
     spec = bodies.decode(json.dumps(body).encode(), bodies.TraverseRequest).to_spec(NOW)
     assert [h.edge_types for h in spec.hops] == [("has_profile",), ("started_watching", "browsed")]
     assert spec.limits.max_work == 50

@@ -7,6 +7,7 @@ files, URLs and on the command line are written ``<number><unit>`` with units ``
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 
@@ -57,3 +58,22 @@ def format_duration(us: int) -> str:
 def now_us() -> int:
     """The wall clock in microseconds. Only adapters call this; the core takes ``now`` as input."""
     return time.time_ns() // 1_000
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def datetime_us(when: dt.datetime) -> int:
+    """A datetime as integer µs since the epoch, exactly (no float); naive means UTC."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return (when - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def parse_iso(text: str) -> int:
+    """ISO-8601 text (``2026-05-01T12:00:00Z``; no zone means UTC) as µs since the epoch.
+
+    Raises:
+        ValueError: if ``text`` is not ISO-8601.
+    """
+    return datetime_us(dt.datetime.fromisoformat(text))

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hopcast.durations import now_us, parse_duration
+from hopcast.durations import datetime_us, now_us, parse_duration
 from hopcast.errors import InvalidQuery
 from hopcast.graph.mutations import (
     EdgeDelete,
@@ -48,7 +48,6 @@ from hopcast.query.engine import (
 )
 
 TimeLike = int | str | dt.datetime | None
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ids = itertools.count()
 
 
@@ -65,9 +64,7 @@ def resolve_time(value: TimeLike, now: int) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return (value - _EPOCH) // dt.timedelta(microseconds=1)
+        return datetime_us(value)
     if isinstance(value, str):
         text = value.strip()
         if text.lstrip("-").isdigit():

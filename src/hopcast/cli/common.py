@@ -18,7 +18,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from hopcast.durations import parse_duration
+from hopcast.durations import parse_duration, parse_iso
 from hopcast.errors import ConfigError, HopcastError, InvalidInput, NotFound, SchemaError
 from hopcast.graphdb import Graph
 from hopcast.query import spec as q
@@ -74,12 +74,9 @@ def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) ->
     except ValueError:
         pass
     try:
-        when = dt.datetime.fromisoformat(text)
+        return parse_iso(text)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a time ({TIME_HELP})") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return (when - EPOCH) // dt.timedelta(microseconds=1)
 
 
 # -- options -----------------------------------------------------------------------------------

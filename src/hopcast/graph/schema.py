@@ -269,9 +269,6 @@ class Schema:
             if any(node_type in (m.src_type, m.dst_type) for m in et.mappings)
         )
 
-    def retention_of_edge(self, edge_type: str) -> int | None:
-        return self.edges[edge_type].retention_us
-
     # -- validation ------------------------------------------------------------------------
 
     def validate(self, mutation: Mutation) -> Mutation:

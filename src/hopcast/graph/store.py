@@ -544,23 +544,7 @@ class GraphReader:
         start: bytes | None = None,
     ) -> list[Edge]:
         """Up to ``limit`` edges of one stored list, newest first, read in one call."""
-        out_ns, in_ns, _ = self._ns[edge_type]
-        lo, stop = keys.window(since, until)
-        if start is None:
-            start = lo
-        rid = node_id.encode()
-        new = _new_tuple
-        if physical == "out":
-
-            def make_out(k: bytes, v: bytes, ts: int) -> Edge:
-                return new(Edge, (node_id, edge_type, k[8:].decode(), ts, v, k))
-
-            return self.txn.fetch(out_ns, rid, self.now, limit, start, stop, make_out)
-
-        def make_in(k: bytes, v: bytes, ts: int) -> Edge:
-            return new(Edge, (k[8:].decode(), edge_type, node_id, ts, v, k))
-
-        return self.txn.fetch(in_ns, rid, self.now, limit, start, stop, make_in)
+        return self.expand([node_id], edge_type, physical, since, until, limit, start)[0]
 
     def expand(
         self,
@@ -570,10 +554,13 @@ class GraphReader:
         since: int | None,
         until: int | None,
         limit: int,
+        start: bytes | None = None,
     ) -> list[list[Edge]]:
-        """:meth:`edges_list` for many nodes in one round (one hop of a traversal)."""
+        """:meth:`edges_list` for many nodes in one round (one hop of a traversal); ``start``
+        (an item key) resumes a streamed read."""
         out_ns, in_ns, _ = self._ns[edge_type]
-        start, stop = keys.window(since, until)
+        lo, stop = keys.window(since, until)
+        start = start or lo
         rids = [n.encode() for n in node_ids]
         new = _new_tuple
         if physical == "out":

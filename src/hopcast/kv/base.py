@@ -77,15 +77,6 @@ class Page:
     cursor: bytes | None
 
 
-def encode_value(value: bytes, ts: int, token: int, expires_at: int, tombstone: bool) -> bytes:
-    return HEADER.pack(ts, token, expires_at, FLAG_TOMBSTONE if tombstone else 0) + value
-
-
-def decode_item(key: bytes, raw: bytes) -> Item:
-    ts, token, expires_at, flags = HEADER.unpack_from(raw)
-    return Item(key, raw[HEADER_SIZE:], ts, token, expires_at, bool(flags & FLAG_TOMBSTONE))
-
-
 def expiry(ts: int, ttl_us: int | None, tombstone: bool) -> int:
     """Absolute expiry for an item written at generation time ``ts``; 0 = never."""
     if ttl_us is None:

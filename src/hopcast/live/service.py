@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import random
 import threading
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final, Literal
 
-from hopcast.durations import SECOND, now_us, parse_duration
+from hopcast.durations import SECOND, now_us, parse_duration, parse_iso
 from hopcast.errors import HopcastError, InvalidInput
 from hopcast.kv.base import KVStore
 from hopcast.live.fixtures import demo_segmenter, materialise_fixture
@@ -77,7 +76,6 @@ MAX_TIMER_SLEEP_S = 1.0
 #: transient (disk full, a lock), and retrying at once would spin and flood the log.
 TICK_RETRY_S = 1.0
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 #: A clock: µs since the epoch.
 Clock = Callable[[], int]
@@ -496,15 +494,12 @@ def parse_instant(value: int | str, now: int) -> int:
     except ValueError:
         pass
     try:
-        when = dt.datetime.fromisoformat(text)
+        return parse_iso(text)
     except ValueError:
         raise InvalidInput(
             f"not a time: {value!r} (use µs since the epoch, ISO-8601, or a duration from now "
             "such as 10m)"
         ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return (when - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 def parse_lead(value: int | str) -> int:

@@ -142,10 +142,6 @@ def _matches(filters: tuple[q.Filter, ...], edge: Edge) -> bool:
     return all(f.matches(props) for f in filters)
 
 
-def _neg_ts(edge: Edge) -> int:
-    return -edge.ts
-
-
 class QueryEngine:
     """Runs query specs. Thread-safe: each call opens its own read view.
 
