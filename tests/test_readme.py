@@ -28,3 +28,20 @@ def test_the_make_targets_named_in_the_readme_exist() -> None:
     makefile = (README.parent / "Makefile").read_text()
     for target in ("demo", "test", "check", "bench-graph", "bench-graph-quick"):
         assert f"\n{target}:" in makefile
+
+
+def test_the_readme_wire_protocol_session_decodes_frame_by_frame() -> None:
+    from hopcast.live import messages as m
+
+    text = README.read_text()
+    section = text.split("### Wire protocol", 1)[1].split("\n## ", 1)[0]
+    session = section.split("```json", 1)[1].split("```", 1)[0].strip().splitlines()
+    from_device = (m.Hello, m.Subscribe, m.Unsubscribe, m.Pong, m.Ping)
+    from_gateway = (m.Welcome, m.Trigger, m.State, m.Ping, m.Pong, m.Error, m.Bye)
+    kinds = []
+    for line in session:
+        arrow, frame = line.split(" ", 1)
+        msg = m.decode(frame.replace("<claims>", "e30").replace("<mac>", "x").encode())
+        assert isinstance(msg, from_device if arrow == "→" else from_gateway), line
+        kinds.append(type(msg))
+    assert {m.Hello, m.Welcome, m.Subscribe, m.Trigger, m.State, m.Bye} <= set(kinds)
