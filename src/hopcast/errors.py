@@ -5,6 +5,7 @@
     HopcastError
     ├── ConfigError                 a setting is missing or invalid
     ├── SchemaError                 a schema file is malformed (names file, path and problem)
+    │   └── MappingError            a stream mapping file is malformed (file, path and line)
     ├── InvalidInput                the caller sent something we cannot accept  (HTTP 4xx)
     │   ├── InvalidNodeId           not 'type:key'
     │   ├── InvalidMutation         a mutation's JSON form is malformed
@@ -13,7 +14,8 @@
     │   ├── InvalidCursor           a paging cursor that was not issued by us
     │   ├── IllegalTransition       a live-event command the event's state does not accept
     │   ├── ProtocolError           a live wire frame that is not a valid message
-    │   └── TokenError              a device token that is malformed, forged or expired
+    │   ├── TokenError              a device token that is malformed, forged or expired
+    │   └── RecordRejected          an ingested record that cannot become mutations (reason code)
     ├── NotFound                    a named thing does not exist                (HTTP 404)
     └── StorageError                the KV backend failed (translated from the driver's error)
         └── StoreClosed             the store was used after close()
@@ -46,6 +48,14 @@ class SchemaError(HopcastError):
         self.problem = problem
         where = f"{source}: {path}" if path else source
         super().__init__(f"{where}: {problem}")
+
+
+class MappingError(SchemaError):
+    """A stream mapping file is malformed (see :mod:`hopcast.stream.mapping`).
+
+    Like :class:`SchemaError`, the message names the file, the path inside it with its line
+    (``rules[0].emit[1].to (line 14)``) and what is wrong.
+    """
 
 
 class InvalidInput(HopcastError):
@@ -120,3 +130,17 @@ class StorageError(HopcastError):
 
 class StoreClosed(StorageError):
     """The store was used after ``close()``."""
+
+
+class RecordRejected(InvalidInput):
+    """An ingested record cannot become mutations; ``reason`` is a dead-letter reason code.
+
+    Pipeline steps (:mod:`hopcast.stream.operators`) and mapping hooks raise it; the pipeline
+    turns it into a dead letter and never lets it escape (see :mod:`hopcast.stream.deadletter`
+    for the reason codes).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{reason}: {message}")

@@ -1,0 +1,46 @@
+"""Ingestion: from the records of a company's services to graph mutations.
+
+The pipeline of one source, every part of it pure (values in, values out; time passed in)::
+
+    Record ──decode──▶ Event ──filter/project, time, changelog, enrich──▶ Event ──map──▶ Mutations
+      │                                                                                  │
+      └──────────────── any failure: one DeadLetter for the record ◀─────────────────────┤
+                                                                                          ▼
+                                              Coalescer (window per node/edge, timers) ──▶ store
+
+* :mod:`~hopcast.stream.record` — :class:`Record` (raw bytes, source, ``(partition, offset)``
+  position, event time) and :class:`Event` (the decoded, canonical document);
+* :mod:`~hopcast.stream.operators` — decoders (JSON, Debezium), filter, project, event time,
+  side tables kept current from a changelog, enrichment, and :class:`Pipeline`, which runs them
+  and turns every failure into a dead letter (all of a record's mutations or none);
+* :mod:`~hopcast.stream.mapping` — one YAML file per source: conditions, ids, types, times,
+  properties, CDC delete handling, hooks; builds the pipeline (new verticals without code);
+* :mod:`~hopcast.stream.dedup` — :class:`Coalescer`: overlapping updates per node and edge
+  merged in a window with last-write-wins, so the store sees fewer writes and the same graph;
+* :mod:`~hopcast.stream.deadletter` — :class:`DeadLetter` (reason code, message, raw payload,
+  source, position) and its KV-backed store.
+
+Not here yet: sources (Kafka, PostgreSQL CDC, log files, HTTP journal) and engines (embedded,
+Flink), which feed records in and write the coalesced mutations with their source positions.
+"""
+
+from __future__ import annotations
+
+from hopcast.stream.deadletter import DeadLetter, DeadLetterStore, Reason
+from hopcast.stream.dedup import Coalescer
+from hopcast.stream.mapping import Mapping
+from hopcast.stream.operators import Pipeline, SideTable
+from hopcast.stream.record import Event, Position, Record
+
+__all__ = [
+    "Coalescer",
+    "DeadLetter",
+    "DeadLetterStore",
+    "Event",
+    "Mapping",
+    "Pipeline",
+    "Position",
+    "Reason",
+    "Record",
+    "SideTable",
+]

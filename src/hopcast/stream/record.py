@@ -1,0 +1,156 @@
+"""What flows into the pipeline (:class:`Record`) and what the decoders make of it (:class:`Event`).
+
+A :class:`Record` is what a source hands over: raw bytes and where they came from. It carries no
+broker or engine type, so the same operators run under the embedded engine and under Flink.
+
+* ``source`` names the source (one mapping file per source);
+* ``position`` is the record's place in that source, a :class:`Position` ``(partition, offset)``:
+  offsets grow within a partition and mean nothing across partitions (a Kafka partition and its
+  offset, a PostgreSQL slot and an LSN, a log file and a byte offset). The engine stores
+  positions beside the mutations they produced (exactly-once effect);
+* ``key``, ``value``, ``headers`` are bytes as the source delivered them;
+* ``event_time`` is when the event happened (µs since the epoch), if the source knows it.
+
+An :class:`Event` is a decoded record: a JSON-like document addressed by dotted paths
+(``after.profile_id``), the CDC operation and table if it was a change event, the event time, and
+the rows that enrichment attached (``side``). Mappings read events; they never see bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, NamedTuple
+
+import msgspec
+
+
+class Position(NamedTuple):
+    """A record's place in its source: ``offset`` orders records within ``partition`` only."""
+
+    partition: str
+    offset: int
+
+    def to_bytes(self) -> bytes:
+        """The checkpoint form (what :meth:`GraphStore.apply` stores per source)."""
+        return _encode((self.partition, self.offset))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Position:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            ValueError: if ``raw`` is not a stored position.
+        """
+        try:
+            partition, offset = _decode(raw)
+        except (msgspec.DecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a stored position: {raw!r}") from exc
+        if (
+            not isinstance(partition, str)
+            or isinstance(offset, bool)
+            or not isinstance(offset, int)
+        ):
+            raise ValueError(f"not a stored position: {raw!r}")
+        return cls(partition, offset)
+
+    def __str__(self) -> str:
+        return f"{self.partition}@{self.offset}"
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One raw record from a source. See the module docstring for the fields."""
+
+    source: str
+    position: Position
+    value: bytes
+    key: bytes | None = None
+    event_time: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class _Missing:
+    """The value of a path that leads nowhere (distinct from a JSON ``null``)."""
+
+    _instance: _Missing | None = None
+
+    def __new__(cls) -> _Missing:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+#: Returned by :meth:`Event.get` when a path does not exist.
+MISSING: Final = _Missing()
+
+#: The Debezium operations an :class:`Event` may carry: create, update, delete, read (snapshot).
+CDC_OPS: Final = frozenset({"c", "u", "d", "r"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """The canonical, decoded event that filters, enrichment and mappings work on.
+
+    ``data`` is the document. For a change event it holds ``op``, ``table``, ``before``,
+    ``after``, ``source``, ``ts_ms`` and ``row`` (``after``, or ``before`` for a delete), so
+    ``row.title_id`` works for every operation. ``op`` is None for plain events. ``side`` holds
+    enrichment results by name; a path whose first part names one reads it first.
+    """
+
+    source: str
+    position: Position
+    data: Mapping[str, Any]
+    raw: bytes = b""
+    op: str | None = None
+    table: str | None = None
+    event_time: int | None = None
+    key: bytes | None = None
+    side: Mapping[str, Any] = field(default_factory=dict)
+
+    def get(self, path: tuple[str, ...]) -> Any:
+        """The value at ``path`` (parts of a dotted path), or :data:`MISSING`.
+
+        Map keys are matched exactly; a part made of digits indexes a list.
+        """
+        if not path:
+            return self.data
+        head = path[0]
+        value: Any
+        if head in self.side:
+            value = self.side[head]
+        elif head in self.data:
+            value = self.data[head]
+        else:
+            return MISSING
+        for part in path[1:]:
+            if isinstance(value, Mapping):
+                if part not in value:
+                    return MISSING
+                value = value[part]
+            elif isinstance(value, list) and part.isdigit():
+                index = int(part)
+                if index >= len(value):
+                    return MISSING
+                value = value[index]
+            else:
+                return MISSING
+        return value
+
+    def with_side(self, name: str, row: Any) -> Event:
+        """A copy with ``row`` attached as side input ``name``."""
+        return replace(self, side={**self.side, name: row})
+
+    def with_time(self, event_time: int) -> Event:
+        """A copy with ``event_time`` set (µs since the epoch)."""
+        return replace(self, event_time=event_time)
