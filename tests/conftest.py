@@ -1,7 +1,12 @@
-"""Shared fixtures. ``kv`` runs a test once per KV backend (the contract suite uses it)."""
+"""Shared fixtures. ``kv`` runs a test once per KV backend (the contract suite uses it);
+``redis_server`` / ``redis_url`` start a real Redis through ``deploy/redis.sh``."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,3 +32,58 @@ def kv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KVStore]:
     store = make_kv(request.param, tmp_path)
     yield store
     store.close()
+
+
+# -- Redis (the live fan-out's tests) ----------------------------------------------------------
+
+REDIS_SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "redis.sh"
+
+
+class RedisServer:
+    """A redis-server on a free loopback port, started and stopped through deploy/redis.sh."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self.port = port
+        self.dir = directory
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def _script(self, action: str) -> None:
+        cmd = [str(REDIS_SCRIPT), action, "--port", str(self.port), "--dir", str(self.dir)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}")
+
+    def start(self) -> None:
+        self._script("start")
+
+    def stop(self) -> None:
+        self._script("stop")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis for the session (started on first use). Missing redis-server fails the test."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail(
+            "redis-server is not installed; the live fan-out tests need a real Redis: "
+            "apt-get install -y redis-server"
+        )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = RedisServer(port, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of the session's Redis (``redis://127.0.0.1:<port>/0``)."""
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own, so tests sharing the Redis do not see each other."""
+    return f"test:{request.node.name}:{os.urandom(4).hex()}:".replace("{", "(").replace("}", ")")

@@ -15,12 +15,14 @@ from hopcast.live.fanout import (
     GLOBAL_CHANNEL,
     MAX_EPOCH,
     ChannelLog,
+    Ingest,
     InMemoryPushRegistry,
     InProcessTransport,
     Resume,
     ResumeKind,
     Router,
     default_channels,
+    empty_resume,
     new_epoch,
 )
 from hopcast.live.messages import EventStage, Position
@@ -292,6 +294,138 @@ def test_a_router_checks_its_settings() -> None:
     with pytest.raises(InvalidInput):
         Router(InProcessTransport(), epoch=-1)
     assert 1 <= Router(InProcessTransport()).epoch <= MAX_EPOCH
+
+
+# -- copies of a log: restore and ingest -----------------------------------------------------
+
+
+def _published(versions: int, *, capacity: int = 8, epoch: int = EPOCH) -> ChannelLog:
+    log = ChannelLog("global", epoch, capacity=capacity)
+    for v in range(1, versions + 1):
+        log.publish(stage(v, event=f"e{v % 3}"))
+    return log
+
+
+def _same(copy: ChannelLog, log: ChannelLog) -> None:
+    assert copy.position == log.position
+    assert copy.events == log.events
+    assert copy.frames == log.frames
+    assert copy.state_frame() == log.state_frame()
+    for position in (None, Position(EPOCH, 0), Position(EPOCH, log.seq - 2), log.position):
+        assert copy.resume(position) == log.resume(position)
+
+
+def test_a_log_restored_from_its_state_and_history_resumes_devices_exactly_like_it() -> None:
+    log = _published(12)  # capacity 8: the history holds seq 5..12
+    _same(ChannelLog.restore(log.state_frame(), log.frames, capacity=8), log)
+
+
+def test_restore_keeps_only_the_contiguous_run_ending_at_the_state() -> None:
+    log = _published(6)
+    frames = list(log.frames)
+    # a hole at seq 3: only 4..6 can be replayed
+    holed = ChannelLog.restore(log.state_frame(), [*frames[:2], *frames[3:]])
+    assert holed.oldest_seq == 4 and holed.seq == 6
+    # a frame of another epoch first, and history newer than the state: dropped
+    other = _published(1, epoch=EPOCH + 1).frames
+    mixed = ChannelLog.restore(log.state_frame(), [*other, *frames])
+    assert mixed.frames == log.frames
+    behind = ChannelLog.restore(_published(4).state_frame(), frames)
+    assert behind.seq == 4 and behind.frames == ()
+    # a smaller capacity keeps the newest
+    assert ChannelLog.restore(log.state_frame(), frames, capacity=2).frames == log.frames[-2:]
+
+
+def test_restore_from_a_reset_state_starts_the_new_epoch_with_the_stages() -> None:
+    log = _published(3)
+    state = log.reset(EPOCH + 5)
+    copy = ChannelLog.restore(state)
+    _same(copy, log)
+    assert copy.position == Position(EPOCH + 5, 0)
+
+
+def test_restore_refuses_what_is_not_a_state_and_its_channels_triggers() -> None:
+    log = _published(2)
+    with pytest.raises(InvalidInput):
+        ChannelLog.restore(log.frames[0])  # a trigger where the state belongs
+    with pytest.raises(InvalidInput):
+        ChannelLog.restore(b"{not json")
+    elsewhere = ChannelLog("event:x", EPOCH)
+    elsewhere.publish(stage(1))
+    with pytest.raises(InvalidInput):
+        ChannelLog.restore(log.state_frame(), [*log.frames, *elsewhere.frames])
+
+
+def test_ingest_applies_the_next_frame_and_ends_up_identical_to_the_source() -> None:
+    log = ChannelLog("global", EPOCH, capacity=4)
+    copy = ChannelLog("global", EPOCH, capacity=4)
+    for v in range(1, 10):
+        frame = log.publish(stage(v, event=f"e{v % 3}"))
+        assert frame is not None
+        msg = m.decode(frame)
+        assert isinstance(msg, m.Trigger)
+        assert copy.ingest(frame, msg) is Ingest.APPLIED
+    _same(copy, log)
+
+
+def test_ingest_reports_duplicates_and_gaps_and_leaves_the_log_unchanged() -> None:
+    log = _published(5)
+    frames = log.frames
+    copy = ChannelLog.restore(_published(2).state_frame(), frames[:2])
+    decoded = [m.decode(f) for f in frames]
+    assert all(isinstance(t, m.Trigger) for t in decoded)
+    triggers = [t for t in decoded if isinstance(t, m.Trigger)]
+    before = (copy.position, copy.frames, copy.state_frame())
+    assert copy.ingest(frames[1], triggers[1]) is Ingest.DUPLICATE  # seq 2 again
+    assert copy.ingest(frames[3], triggers[3]) is Ingest.GAP  # seq 4 after 2
+    new_epoch_frame = _published(1, epoch=EPOCH + 1).frames[0]
+    other = m.decode(new_epoch_frame)
+    assert isinstance(other, m.Trigger)
+    assert copy.ingest(new_epoch_frame, other) is Ingest.GAP  # another epoch
+    assert (copy.position, copy.frames, copy.state_frame()) == before
+    assert copy.ingest(frames[2], triggers[2]) is Ingest.APPLIED
+
+
+def test_an_unpublished_channel_resumes_at_the_given_epoch() -> None:
+    assert empty_resume("x", EPOCH, Position(EPOCH, 0)) == Resume(ResumeKind.REPLAY, ())
+    resume = empty_resume("x", EPOCH, Position(EPOCH + 1, 3))
+    assert decode(resume.frames) == [m.State(channel="x", epoch=EPOCH, seq=0)]
+
+
+class StoringTransport(InProcessTransport):
+    """A LoggedTransport: records what the router hands it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.router: Router | None = None
+        self.logged: list[tuple[str, bytes, bytes]] = []
+
+    def attach(self, router: Router) -> None:
+        self.router = router
+
+    def publish_logged(self, channel: str, frame: bytes, state: bytes) -> None:
+        self.logged.append((channel, frame, state))
+        self.publish(channel, frame)
+
+
+def test_a_router_hands_a_logged_transport_each_frame_with_the_state_at_its_position() -> None:
+    transport, recorder = StoringTransport(), Recorder()
+    transport.subscribe(recorder)
+    router = Router(transport, epoch=EPOCH)
+    assert transport.router is router
+    router.publish(trigger(1))
+    router.publish(trigger(2, event="other"))
+    router.reset("global", EPOCH + 1)
+    for channel, frame, state in transport.logged:
+        msg, snapshot = m.decode(frame), m.decode(state)
+        assert isinstance(msg, m.Trigger | m.State) and isinstance(snapshot, m.State)
+        assert (snapshot.channel, snapshot.epoch, snapshot.seq) == (channel, msg.epoch, msg.seq)
+    assert transport.logged[-1][1] == transport.logged[-1][2]  # a reset's frame is its state
+    assert [f for _, f, _ in transport.logged] == [f for _, f in recorder.frames]
+    # what the transport was handed rebuilds the router's log
+    handed = [(f, s) for c, f, s in transport.logged if c == "event:other"]
+    frames, state = [f for f, _ in handed], handed[-1][1]
+    _same(ChannelLog.restore(state, frames), router.logs["event:other"])
 
 
 # -- InProcessTransport ----------------------------------------------------------------------

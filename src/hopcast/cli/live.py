@@ -36,6 +36,7 @@ from rich.text import Text
 
 from hopcast.cli import remote
 from hopcast.cli.common import Doc, Settings, emit, query_options, store_dir, wants_json
+from hopcast.cli.gateway import gateway
 from hopcast.cli.render import age, iso
 from hopcast.config import live_secret
 from hopcast.durations import DAY, HOUR, MINUTE, SECOND, format_duration, now_us, parse_duration
@@ -118,6 +119,9 @@ def _show(settings: Settings, as_json: bool, doc: Doc, url: str | None) -> None:
 @click.group()
 def live() -> None:
     """Schedule and operate live events (the local store, or a server with --url)."""
+
+
+live.add_command(gateway)
 
 
 @live.command()

@@ -15,8 +15,10 @@ Nothing here touches a socket or reads the clock. The pieces, from the producer 
   new frame to the :class:`Transport`, and answers resumes (it is the gateway's
   :class:`FrameSource` in the embedded deployment).
 * :class:`Transport` — moves ``(channel, frame)`` pairs from the router to gateway nodes.
-  :class:`InProcessTransport` calls the subscribers synchronously (embedded default); a Redis
-  pub/sub transport implements the same two methods across hosts.
+  :class:`InProcessTransport` calls the subscribers synchronously (embedded default); the Redis
+  transport (:mod:`hopcast.live.redisfan`, a :class:`LoggedTransport`) carries frames across
+  processes and hosts to node-side mirrors that keep :class:`ChannelLog` copies
+  (:meth:`ChannelLog.restore`, :meth:`ChannelLog.ingest`).
 * :class:`PushRegistry` — which gateway node holds a device's connection, with a TTL, so a
   device-targeted message can be routed to its node. :class:`InMemoryPushRegistry` is the
   reference; a Redis implementation keeps one key per device with a TTL.
@@ -38,7 +40,7 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar, runtime_checkable
 
 from hopcast.errors import ConfigError, InvalidInput, NotFound
 from hopcast.live import messages as m
@@ -68,6 +70,8 @@ Unsubscribe = Callable[[], None]
 
 _system_random = random.SystemRandom()
 
+_Frame = TypeVar("_Frame", m.State, m.Trigger)
+
 
 def new_epoch(rng: random.Random | None = None) -> int:
     """A fresh random epoch in ``[1, MAX_EPOCH]`` (system randomness unless ``rng`` is given)."""
@@ -90,6 +94,27 @@ class ResumeKind(enum.StrEnum):
     REPLAY = "replay"
     #: No position, another epoch, or history no longer covers it: one ``state`` frame.
     STATE = "state"
+
+
+class Ingest(enum.StrEnum):
+    """What :meth:`ChannelLog.ingest` did with a frame sequenced elsewhere."""
+
+    #: The next frame: recorded.
+    APPLIED = "applied"
+    #: Already recorded (a replay): ignored.
+    DUPLICATE = "duplicate"
+    #: Not the next one (frames missing, or a new epoch): ignored; rebuild the log.
+    GAP = "gap"
+
+
+def _decode_as(frame: bytes, kind: type[_Frame]) -> _Frame:
+    try:
+        msg = m.decode(frame)
+    except ProtocolError as exc:
+        raise InvalidInput(f"not a valid frame: {exc}") from None
+    if not isinstance(msg, kind):
+        raise InvalidInput(f"expected a {kind.__name__.lower()!r} frame, got {type(msg).__name__}")
+    return msg
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +186,11 @@ class ChannelLog:
         return tuple(self._stages.values())
 
     @property
+    def frames(self) -> tuple[bytes, ...]:
+        """The history: encoded ``trigger`` frames, oldest first, the last at :attr:`seq`."""
+        return tuple(self._history)
+
+    @property
     def oldest_seq(self) -> int:
         """The sequence number of the oldest trigger still in the history (``seq + 1`` if empty)."""
         return self._seq - len(self._history) + 1
@@ -206,6 +236,10 @@ class ChannelLog:
         except ProtocolError as exc:
             raise InvalidInput(f"trigger for {stage.event!r} is not a valid frame: {exc}") from None
         # 4. Record.
+        self._record(seq, frame, stage)
+        return frame
+
+    def _record(self, seq: int, frame: bytes, stage: EventStage) -> None:
         self._seq = seq
         self._history.append(frame)
         self._stages[stage.event] = stage
@@ -213,7 +247,71 @@ class ChannelLog:
         if len(self._stages) > m.MAX_STATE_EVENTS:
             self._stages.popitem(last=False)
         self._state_frame = None
-        return frame
+
+    # -- copies of a log kept elsewhere (a gateway node's mirror of the router's) --------------
+
+    @classmethod
+    def restore(
+        cls, state: bytes, history: Sequence[bytes] = (), *, capacity: int = DEFAULT_HISTORY
+    ) -> ChannelLog:
+        """Rebuild a log from its ``state`` frame and the newest frames of its history.
+
+        What :meth:`publish` made on the router is rebuilt exactly: same position, same stages
+        (in the same order, so the same ``state`` frame), and a history that replays the same
+        frames. ``history`` holds encoded ``trigger`` frames, oldest first; only those of the
+        state's epoch that end at its ``seq`` with no gap are kept (an older run before a gap,
+        or frames of another epoch, are dropped: they could not be replayed as a contiguous run).
+
+        Raises:
+            InvalidInput: ``state`` is not a valid ``state`` frame, or a history entry is not a
+                valid ``trigger`` frame of the same channel.
+            ConfigError: ``capacity`` < 1.
+        """
+        snapshot = _decode_as(state, m.State)
+        log = cls(snapshot.channel, snapshot.epoch, capacity=capacity)
+        log._seq = snapshot.seq
+        for stage in snapshot.events:
+            log._stages[stage.event] = stage
+        triggers = [_decode_as(frame, m.Trigger) for frame in history]
+        if any(t.channel != snapshot.channel for t in triggers):
+            raise InvalidInput(f"history of channel {snapshot.channel!r} holds another channel")
+        # The contiguous run ending at the snapshot's position, newest first.
+        run: list[bytes] = []
+        expected = snapshot.seq
+        for frame, trigger in zip(reversed(history), reversed(triggers), strict=True):
+            if trigger.epoch != snapshot.epoch or trigger.seq != expected or expected < 1:
+                break
+            run.append(frame)
+            expected -= 1
+        log._history.extend(reversed(run[:capacity]))
+        log._state_frame = m.encode(snapshot)
+        return log
+
+    def ingest(self, frame: bytes, trigger: m.Trigger) -> Ingest:
+        """Take in a ``trigger`` frame another log sequenced (``frame`` encodes ``trigger``).
+
+        Returns:
+            :attr:`Ingest.APPLIED` if it is the next one (same epoch, ``seq + 1``): recorded
+            exactly as :meth:`publish` recorded it; :attr:`Ingest.DUPLICATE` if this log already
+            has it (same epoch, ``seq`` not newer): unchanged; :attr:`Ingest.GAP` otherwise
+            (another epoch, or frames missing in between, or another channel): unchanged, and
+            the log must be rebuilt from its source (:meth:`restore`).
+        """
+        if trigger.channel != self._channel or trigger.epoch != self._epoch:
+            return Ingest.GAP
+        if trigger.seq <= self._seq:
+            return Ingest.DUPLICATE
+        if trigger.seq != self._seq + 1:
+            return Ingest.GAP
+        stage = EventStage(
+            event=trigger.event,
+            stage=trigger.stage,
+            version=trigger.version,
+            ts=trigger.ts,
+            payload=trigger.payload,
+        )
+        self._record(trigger.seq, frame, stage)
+        return Ingest.APPLIED
 
     def resume(self, position: Position | None) -> Resume:
         """What a device at ``position`` needs to be caught up.
@@ -287,6 +385,36 @@ class Transport(Protocol):
     def subscribe(self, callback: FrameCallback) -> Unsubscribe:
         """Start delivering frames to ``callback``; the returned function stops it."""
         ...
+
+
+@runtime_checkable
+class LoggedTransport(Transport, Protocol):
+    """A transport that also keeps, outside the router, what a node needs to rebuild channels.
+
+    A :class:`Router` given one calls :meth:`attach` once, then :meth:`publish_logged` instead
+    of ``publish`` for every frame. The Redis transport stores each channel's ``state`` frame
+    and bounded history beside each frame it publishes, and the router's epoch, so a gateway
+    node that starts late, or that notices a gap, rebuilds the channel exactly
+    (:meth:`ChannelLog.restore`).
+    """
+
+    def attach(self, router: Router) -> None:
+        """Serve ``router``: its :attr:`~Router.epoch`, :attr:`~Router.history` and
+        :attr:`~Router.logs` (read to re-seed a store that lost its data)."""
+        ...
+
+    def publish_logged(self, channel: str, frame: bytes, state: bytes) -> None:
+        """:meth:`Transport.publish`, with ``state``: the channel's ``state`` frame at
+        ``frame``'s position (``frame`` itself when a reset publishes a new epoch's state)."""
+        ...
+
+
+def empty_resume(channel: str, epoch: int, position: Position | None) -> Resume:
+    """The catch-up for a channel that has published nothing in ``epoch``: nothing if the
+    device stands at ``[epoch, 0]``, else ``state`` at ``[epoch, 0]`` with no events."""
+    if position is not None and position == (epoch, 0):
+        return Resume(ResumeKind.REPLAY, ())
+    return Resume(ResumeKind.STATE, (m.encode(m.State(channel=channel, epoch=epoch, seq=0)),))
 
 
 class FrameSource(Protocol):
@@ -368,11 +496,19 @@ class Router:
         self._epoch = new_epoch() if epoch is None else epoch
         ChannelLog._check_epoch(self._epoch)
         self._logs: dict[str, ChannelLog] = {}
+        self._logged = transport if isinstance(transport, LoggedTransport) else None
+        if self._logged is not None:
+            self._logged.attach(self)
 
     @property
     def epoch(self) -> int:
         """The epoch channel logs of this router start in."""
         return self._epoch
+
+    @property
+    def history(self) -> int:
+        """Triggers kept per channel for replay."""
+        return self._history
 
     @property
     def logs(self) -> Mapping[str, ChannelLog]:
@@ -403,7 +539,10 @@ class Router:
                 log = self._logs[channel] = ChannelLog(channel, self._epoch, capacity=self._history)
             frame = log.publish(stage)
             if frame is not None:
-                self._transport.publish(channel, frame)
+                if self._logged is not None:
+                    self._logged.publish_logged(channel, frame, log.state_frame())
+                else:
+                    self._transport.publish(channel, frame)
                 published += 1
         return published
 
@@ -423,7 +562,10 @@ class Router:
         if log is None:
             raise NotFound(f"channel {channel!r} has published nothing; nothing to reset")
         frame = log.reset(new_epoch() if epoch is None else epoch)
-        self._transport.publish(channel, frame)
+        if self._logged is not None:
+            self._logged.publish_logged(channel, frame, frame)
+        else:
+            self._transport.publish(channel, frame)
 
     def resume(self, channel: str, position: Position | None) -> Resume:
         """Catch-up frames for a device at ``position`` (see :meth:`ChannelLog.resume`).
@@ -434,10 +576,7 @@ class Router:
         log = self._logs.get(channel)
         if log is not None:
             return log.resume(position)
-        if position is not None and position == (self._epoch, 0):
-            return Resume(ResumeKind.REPLAY, ())
-        frame = m.encode(m.State(channel=channel, epoch=self._epoch, seq=0))
-        return Resume(ResumeKind.STATE, (frame,))
+        return empty_resume(channel, self._epoch, position)
 
     def subscribe(self, callback: FrameCallback) -> Unsubscribe:
         """Receive every frame this router publishes (delegates to the transport)."""

@@ -1,0 +1,417 @@
+"""The Redis fan-out against a real Redis (started by tests/conftest.py through deploy/redis.sh):
+router → RedisTransport → Redis → RedisMirror → Gateway → SDK devices, and the push registry.
+
+Each test uses a key prefix of its own; sockets, Redis and the asyncio client are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import pytest
+
+from conftest import RedisServer
+from hopcast.durations import now_us
+from hopcast.errors import ConfigError, HopcastError
+from hopcast.live import messages as m
+from hopcast.live import tokens
+from hopcast.live.fanout import GLOBAL_CHANNEL, ChannelLog, ResumeKind, Router
+from hopcast.live.gateway import Gateway
+from hopcast.live.messages import Position
+from hopcast.live.producer import Trigger
+from hopcast.live.redisfan import (
+    Keys,
+    RedisMirror,
+    RedisPushRegistry,
+    RedisTransport,
+    connect,
+)
+from hopcast.live.schedule import State
+from hopcast.sdk.client import DeviceClient
+
+SECRET = bytes(range(32))
+EPOCH = 4242
+#: Upper bound on any awaited condition; a healthy run needs milliseconds.
+WAIT_S = 15.0
+STAGES = (State.PREFETCHING, State.LIVE, State.INTERRUPTED, State.LIVE, State.ENDED)
+
+
+async def until(check: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(main())  # type: ignore[arg-type]
+
+
+def trigger(version: int, event: str = "final") -> Trigger:
+    return Trigger(event, STAGES[(version - 1) % len(STAGES)], version, now_us())
+
+
+def applied(client: DeviceClient) -> list[tuple[str, int]]:
+    return [(a.event, a.version) for a in client.stats.applied]
+
+
+class Fleet:
+    """Gateways fed by mirrors, and devices connected to them."""
+
+    def __init__(self, url: str, prefix: str, stack: AsyncExitStack) -> None:
+        self.url, self.prefix, self.stack = url, prefix, stack
+        self.mirrors: list[RedisMirror] = []
+        self.gateways: list[Gateway] = []
+        self.ports: list[int] = []
+        self.devices: list[DeviceClient] = []
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def node(self) -> int:
+        mirror = RedisMirror(self.url, prefix=self.prefix)
+        await mirror.start()
+        self.stack.push_async_callback(mirror.close)
+        gateway = Gateway(mirror, SECRET, node_id=f"node-{len(self.gateways)}")
+        server = await gateway.serve("127.0.0.1", 0)
+        self.stack.push_async_callback(server.close)
+        self.mirrors.append(mirror)
+        self.gateways.append(gateway)
+        self.ports.append(server.port)
+        return len(self.gateways) - 1
+
+    def device(self, node: int, channels: tuple[str, ...] = (GLOBAL_CHANNEL,)) -> DeviceClient:
+        name = f"tv-{len(self.devices)}"
+        token = tokens.issue(SECRET, name, channels, now_us(), 3_600_000_000)
+        client = DeviceClient(
+            f"ws://127.0.0.1:{self.ports[node]}", token, channels, rng=random.Random(name)
+        )
+        self.devices.append(client)
+        self.tasks.append(asyncio.create_task(client.run(self.stop)))
+        return client
+
+    async def subscribed(self, channel: str = GLOBAL_CHANNEL) -> None:
+        count = len(self.devices)
+        await until(lambda: sum(g.subscriber_count(channel) for g in self.gateways) == count)
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+
+
+@asynccontextmanager
+async def fleet(url: str, prefix: str) -> AsyncIterator[Fleet]:
+    async with AsyncExitStack() as stack:
+        f = Fleet(url, prefix, stack)
+        try:
+            yield f
+        finally:
+            await f.close()
+
+
+@asynccontextmanager
+async def router(url: str, prefix: str, epoch: int = EPOCH) -> AsyncIterator[Router]:
+    transport = RedisTransport(url, prefix=prefix)
+    r = Router(transport, epoch=epoch)
+    await transport.flush()  # the router's epoch is in Redis before the first trigger
+    try:
+        yield r
+    finally:
+        await transport.close()
+
+
+def transport_of(r: Router) -> RedisTransport:
+    transport = r._transport
+    assert isinstance(transport, RedisTransport)
+    return transport
+
+
+# -- router → Redis → nodes → devices ----------------------------------------------------------
+
+
+def test_every_device_on_two_nodes_gets_every_trigger_once_in_order(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def main() -> None:
+        async with router(redis_url, redis_prefix) as r, fleet(redis_url, redis_prefix) as f:
+            await f.node(), await f.node()
+            for i in range(4):
+                f.device(i % 2)
+            await f.subscribed()
+            expected = []
+            for version in range(1, 6):
+                r.publish(trigger(version, event=f"e{version % 2}"))
+                expected.append((f"e{version % 2}", version))
+            await until(lambda: all(applied(d) == expected for d in f.devices))
+            assert all(d.stats.duplicates == 0 and d.stats.connects == 1 for d in f.devices)
+            assert {d.protocol.node for d in f.devices} == {"node-0", "node-1"}
+            positions = {d.protocol.positions[GLOBAL_CHANNEL] for d in f.devices}
+            assert positions == {Position(EPOCH, 5)}
+
+    run(main)
+
+
+def test_the_router_process_keeps_serving_its_own_subscribers(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def main() -> None:
+        async with router(redis_url, redis_prefix) as r:
+            heard: list[tuple[str, bytes]] = []
+            r.subscribe(lambda channel, frame: heard.append((channel, frame)))
+            r.publish(trigger(1))
+            # synchronous, before Redis has it: the in-process gateway of `hopcast serve`
+            assert [c for c, _ in heard] == [GLOBAL_CHANNEL, "event:final"]
+            await transport_of(r).flush()
+            assert transport_of(r).pending == 0
+
+    run(main)
+
+
+def test_a_node_started_late_rebuilds_every_channel_and_resumes_devices(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def main() -> None:
+        async with router(redis_url, redis_prefix) as r, fleet(redis_url, redis_prefix) as f:
+            for version in range(1, 4):
+                r.publish(trigger(version))
+            await transport_of(r).flush()
+            node = await f.node()
+            mirror = f.mirrors[node]
+            assert mirror.epoch == EPOCH
+            for channel, log in r.logs.items():
+                copy = mirror.logs[channel]
+                assert (copy.position, copy.frames) == (log.position, log.frames)
+                assert copy.state_frame() == log.state_frame()
+                for position in (None, Position(EPOCH, 1), Position(EPOCH + 1, 2)):
+                    assert mirror.resume(channel, position) == r.resume(channel, position)
+            assert mirror.resume("event:other", None) == r.resume("event:other", None)
+            replay = mirror.resume(GLOBAL_CHANNEL, Position(EPOCH, 1))
+            assert replay.kind is ResumeKind.REPLAY and len(replay.frames) == 2
+            # a fresh device gets the state (3 stages of one event: the latest), then streams
+            device = f.device(node)
+            await f.subscribed()
+            await until(lambda: applied(device) == [("final", 3)])
+            assert device.stats.state_syncs == 1
+            r.publish(trigger(4))
+            await until(lambda: applied(device) == [("final", 3), ("final", 4)])
+
+    run(main)
+
+
+async def _store_silently(url: str, prefix: str, log: ChannelLog) -> None:
+    """Write ``log`` to Redis as the transport would, without publishing anything."""
+    keys, client = Keys(prefix), connect(url)
+    try:
+        await client.delete(keys.history(log.channel))
+        await client.rpush(keys.history(log.channel), *log.frames)
+        await client.hset(
+            keys.meta(log.channel),
+            mapping={"epoch": log.epoch, "seq": log.seq, "state": log.state_frame()},
+        )
+    finally:
+        await client.aclose()
+
+
+def test_a_gap_in_the_live_feed_reloads_the_channel_and_replays_what_was_missed(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def main() -> None:
+        async with router(redis_url, redis_prefix) as r, fleet(redis_url, redis_prefix) as f:
+            node = await f.node()
+            device = f.device(node)
+            await f.subscribed()
+            r.publish(trigger(1))
+            await until(lambda: applied(device) == [("final", 1)])
+            # Frames 2 and 3 reach Redis but the node never hears them; then frame 4 arrives.
+            shadow = ChannelLog(GLOBAL_CHANNEL, EPOCH)
+            for stage in _stages(4):
+                shadow.publish(stage)
+            await _store_silently(redis_url, redis_prefix, shadow)
+            client = connect(redis_url)
+            await client.publish(Keys(redis_prefix).frames, shadow.frames[-1])
+            await client.aclose()
+            await until(lambda: len(applied(device)) == 4)
+            assert applied(device) == [("final", v) for v in range(1, 5)]
+            assert device.stats.state_syncs == 1  # its first subscribe; the rest was replayed
+            mirror = f.mirrors[node]
+            assert mirror.logs[GLOBAL_CHANNEL].position == Position(EPOCH, 4)
+            reloads = mirror.metrics_registry.get_sample_value(
+                "hopcast_redis_mirror_reloads_total", {"reason": "gap"}
+            )
+            assert reloads == 1
+
+    run(main)
+
+
+def _stages(n: int) -> list[m.EventStage]:
+    return [
+        m.EventStage(event="final", stage=trigger(v).stage.value, version=v, ts=trigger(v).ts)
+        for v in range(1, n + 1)
+    ]
+
+
+def test_a_new_epoch_from_a_reset_or_a_restarted_router_reaches_devices_as_a_state(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def main() -> None:
+        async with fleet(redis_url, redis_prefix) as f:
+            async with router(redis_url, redis_prefix) as r:
+                node = await f.node()
+                device = f.device(node)
+                await f.subscribed()
+                r.publish(trigger(1))
+                await until(lambda: applied(device) == [("final", 1)])
+                r.reset(GLOBAL_CHANNEL, EPOCH + 1)
+                await until(lambda: device.protocol.positions[GLOBAL_CHANNEL] == (EPOCH + 1, 0))
+                r.publish(trigger(2))
+                await until(lambda: applied(device) == [("final", 1), ("final", 2)])
+            # the router restarts in another epoch and re-announces the current stage, then moves on
+            async with router(redis_url, redis_prefix, epoch=EPOCH + 7) as r2:
+                r2.publish(trigger(2))
+                await until(lambda: device.protocol.positions[GLOBAL_CHANNEL] == (EPOCH + 7, 1))
+                r2.publish(trigger(3))
+                await until(lambda: applied(device) == [("final", v) for v in (1, 2, 3)])
+                await until(lambda: f.mirrors[node].epoch == EPOCH + 7)
+            assert device.stats.connects == 1 and device.stats.duplicates == 0
+
+    run(main)
+
+
+def test_a_redis_restart_mid_stream_loses_no_frame_and_nodes_reconnect(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    url = redis_server.url
+
+    async def main() -> None:
+        async with router(url, redis_prefix) as r, fleet(url, redis_prefix) as f:
+            await f.node(), await f.node()
+            for i in range(4):
+                f.device(i % 2)
+            await f.subscribed()
+            r.publish(trigger(1))
+            r.publish(trigger(2))
+            await until(lambda: all(len(applied(d)) == 2 for d in f.devices))
+            await asyncio.to_thread(redis_server.stop)
+            try:
+                for version in range(3, 6):
+                    r.publish(trigger(version))
+                await until(lambda: transport_of(r).failures >= 2)
+                assert transport_of(r).pending > 0
+            finally:
+                await asyncio.to_thread(redis_server.start)
+            await transport_of(r).flush()
+            expected = [("final", v) for v in range(1, 6)]
+            await until(lambda: all(applied(d) == expected for d in f.devices))
+            assert all(d.stats.connects == 1 for d in f.devices)  # connections kept
+            for mirror in f.mirrors:
+                await until(mirror.connected.is_set)
+                reconnects = mirror.metrics_registry.get_sample_value(
+                    "hopcast_redis_mirror_reconnects_total"
+                )
+                assert reconnects is not None and reconnects >= 1
+            failures = transport_of(r).metrics_registry.get_sample_value(
+                "hopcast_redis_transport_send_failures_total"
+            )
+            assert failures is not None and failures >= 2
+            # Redis lost its data in the restart; the transport re-seeded it in full
+            late = await f.node()
+            for channel, log in r.logs.items():
+                copy = f.mirrors[late].logs[channel]
+                assert (copy.position, copy.frames) == (log.position, log.frames)
+
+    run(main)
+
+
+def test_a_mirror_refuses_to_start_without_redis(redis_prefix: str) -> None:
+    async def main() -> None:
+        mirror = RedisMirror("redis://127.0.0.1:1/0", prefix=redis_prefix)
+        with pytest.raises(HopcastError, match="cannot reach Redis"):
+            await mirror.start()
+
+    run(main)
+
+
+def test_prefixes_with_braces_are_refused_and_channel_keys_share_a_hash_tag() -> None:
+    with pytest.raises(ConfigError):
+        Keys("a{b}:")
+    keys = Keys()
+    assert keys.meta("event:x") == "hopcast:live:ch:{event:x}"
+    assert keys.history("event:x") == "hopcast:live:ch:{event:x}:h"
+
+
+# -- the push registry ---------------------------------------------------------------------------
+
+
+def test_the_push_registry_registers_refreshes_expires_and_compares_before_deleting(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def main() -> None:
+        registry = RedisPushRegistry(redis_url, 300_000, prefix=redis_prefix)  # 300 ms
+        try:
+            now = now_us()
+            assert registry.ttl_us == 300_000
+            assert await registry.lookup("tv-1", now) is None
+            await registry.register("tv-1", "node-a", now)
+            assert await registry.lookup("tv-1", now) == "node-a"
+            await registry.register("tv-1", "node-b", now)  # a later registration wins
+            await registry.unregister("tv-1", "node-a")  # not the owner: no effect
+            assert await registry.lookup("tv-1", now) == "node-b"
+            await registry.unregister("tv-1", "node-b")
+            assert await registry.lookup("tv-1", now) is None
+            # refresh keeps entries alive past their first TTL; without it they lapse
+            devices = [f"tv-{i}" for i in range(2500)]  # several pipelined chunks
+            await registry.refresh(devices, "node-a", now)
+            await registry.register("lapses", "node-a", now)
+            for _ in range(3):
+                await asyncio.sleep(0.15)
+                await registry.refresh(devices, "node-a", now)
+            assert await registry.lookup("lapses", now) is None
+            assert await registry.lookup("tv-2499", now) == "node-a"
+            assert await registry.expire(now) == 0
+            await asyncio.sleep(0.4)
+            assert await registry.lookup("tv-0", now) is None
+        finally:
+            await registry.close()
+
+    run(main)
+
+
+def test_a_gateway_records_its_devices_in_the_redis_registry(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def main() -> None:
+        async with router(redis_url, redis_prefix), fleet(redis_url, redis_prefix) as f:
+            mirror = RedisMirror(redis_url, prefix=redis_prefix)
+            await mirror.start()
+            f.stack.push_async_callback(mirror.close)
+            registry = RedisPushRegistry(redis_url, 60_000_000, prefix=redis_prefix)
+            f.stack.push_async_callback(registry.close)
+            gateway = Gateway(mirror, SECRET, node_id="node-r", registry=registry)
+            server = await gateway.serve("127.0.0.1", 0)
+            f.stack.push_async_callback(server.close)
+            f.gateways.append(gateway)
+            f.ports.append(server.port)
+            f.device(0)
+            await f.subscribed()
+            assert await registry.lookup("tv-0", now_us()) == "node-r"
+            await f.close()
+            await until(lambda: gateway.connection_count == 0)
+            for _ in range(200):  # the gateway unregisters as the handler ends
+                if await registry.lookup("tv-0", now_us()) is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert await registry.lookup("tv-0", now_us()) is None
+
+    run(main)
+
+
+def test_the_push_registry_checks_its_settings(redis_url: str) -> None:
+    with pytest.raises(ConfigError):
+        RedisPushRegistry(redis_url, 999)
+    with pytest.raises(ConfigError):
+        RedisPushRegistry(redis_url, 1_000_000, chunk=0)
+    with pytest.raises(ConfigError):
+        RedisTransport(redis_url, batch=0)
