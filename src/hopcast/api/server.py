@@ -21,7 +21,7 @@ from hopcast.config import LIVE_SECRET_ENV as LIVE_SECRET_ENV
 from hopcast.config import live_secret as live_secret
 from hopcast.errors import ConfigError
 from hopcast.graphdb import Graph
-from hopcast.live.fanout import InProcessTransport, Router
+from hopcast.live.fanout import InProcessTransport, Router, Transport
 from hopcast.live.gateway import Gateway
 from hopcast.live.service import LiveService
 
@@ -57,11 +57,14 @@ def make_server(
     live: bool = True,
     gateway_port: int | None = None,
     dev_tokens: bool = False,
+    redis_url: str | None = None,
 ) -> uvicorn.Server:
     """A configured, not yet started uvicorn server for ``graph`` (one process).
 
     With ``gateway_port`` the live WebSocket gateway runs in the same event loop, fed by the
-    schedule's triggers; ``dev_tokens`` adds ``POST /v1/live/tokens`` (development only).
+    schedule's triggers; ``dev_tokens`` adds ``POST /v1/live/tokens`` (development only). With
+    ``redis_url`` the triggers are also published into Redis for gateway nodes in other
+    processes and hosts (``hopcast live gateway``; needs ``hopcast[redis]``).
 
     Call ``server.run()`` (blocks; pass ``sockets=[sock]`` to serve an already-bound socket) and
     set ``server.should_exit = True`` from another thread to stop it. With ``live`` the app also
@@ -70,9 +73,10 @@ def make_server(
     """
     service = LiveService(graph.store.kv) if live else None
     binding = None
-    if service is not None and gateway_port is not None:
-        router = Router(InProcessTransport())
+    if service is not None and (gateway_port is not None or redis_url is not None):
+        router = Router(_transport(redis_url))
         service.add_sink(router.publish_all)
+    if service is not None and gateway_port is not None:
         secret = live_secret()
         binding = GatewayBinding(
             Gateway(router, secret, node_id=f"{host}:{gateway_port}"),
@@ -92,6 +96,15 @@ def make_server(
     )
     _freeze_heap()
     return uvicorn.Server(config)
+
+
+def _transport(redis_url: str | None) -> Transport:
+    """In-process, or Redis (which also serves this process's gateway) when a URL is given."""
+    if redis_url is None:
+        return InProcessTransport()
+    from hopcast.live.redisfan import RedisTransport  # the redis extra, only when asked for
+
+    return RedisTransport(redis_url)
 
 
 #: Cyclic-GC thresholds for a server process. A 3-hop answer allocates thousands of objects;
@@ -121,11 +134,13 @@ def serve(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     gateway_port: int | None = None,
+    redis_url: str | None = None,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); prints the URL first.
 
     With ``gateway_port`` (single worker only) the live WebSocket gateway listens there too,
-    verifying device tokens with ``$HOPCAST_LIVE_SECRET``.
+    verifying device tokens with ``$HOPCAST_LIVE_SECRET``. With ``redis_url`` (single worker
+    only) the live triggers are also published into that Redis for ``hopcast live gateway``.
 
     Args:
         graph: the graph. With ``workers > 1`` only its LMDB directory and schema file are used:
@@ -138,15 +153,22 @@ def serve(
     """
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
-    if workers > 1 and gateway_port is not None:
+    if workers > 1 and (gateway_port is not None or redis_url is not None):
         raise ConfigError("the live gateway runs in a single-worker server (omit --workers)")
     address = url(host, port)
     if workers == 1:
         server = make_server(
-            graph, host, port, max_body_bytes=max_body_bytes, gateway_port=gateway_port
+            graph,
+            host,
+            port,
+            max_body_bytes=max_body_bytes,
+            gateway_port=gateway_port,
+            redis_url=redis_url,
         )
         if gateway_port is not None:
             print(f"live gateway on ws://{host}:{gateway_port}", flush=True)
+        if redis_url is not None:
+            print(f"live triggers published to {redis_url}", flush=True)
         print(f"hopcast API on {address} (docs: {address}/docs)", flush=True)
         server.run()
         return

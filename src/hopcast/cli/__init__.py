@@ -118,8 +118,23 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
     help="Also run the live WebSocket gateway on this port (single worker; device tokens are "
     "verified with $HOPCAST_LIVE_SECRET).",
 )
+@click.option(
+    "--redis",
+    "redis_url",
+    metavar="URL",
+    default=None,
+    help="Also publish live triggers to this Redis for `hopcast live gateway` nodes "
+    "(single worker; needs hopcast[redis]).",
+)
 @click.pass_obj
-def serve(settings: Settings, host: str, port: int, workers: int, gateway_port: int | None) -> None:
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int,
+    gateway_port: int | None,
+    redis_url: str | None,
+) -> None:
     """Run the HTTP API on the store (needs the server extras: hopcast[server])."""
     try:
         api = importlib.import_module("hopcast.api")
@@ -130,7 +145,7 @@ def serve(settings: Settings, host: str, port: int, workers: int, gateway_port: 
             f"`hopcast serve` needs the server extras: pip install 'hopcast[server]' ({exc})"
         ) from exc
     with Graph.open(settings.store, settings.schema) as graph:
-        api.serve(graph, host, port, workers, gateway_port=gateway_port)
+        api.serve(graph, host, port, workers, gateway_port=gateway_port, redis_url=redis_url)
 
 
 @cli.command(

@@ -1,0 +1,101 @@
+"""``hopcast serve --gateway-port P --redis URL``: the API's live triggers reach devices on its
+own gateway and, through a real Redis, devices on a gateway node elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hopcast.api.server import LIVE_SECRET_ENV, make_server
+from hopcast.durations import now_us
+from hopcast.graphdb import Graph
+from hopcast.live import tokens
+from hopcast.live.gateway import Gateway
+from hopcast.live.redisfan import RedisMirror
+from hopcast.sdk.client import DeviceClient
+
+WAIT_S = 20.0
+SECRET = bytes(range(200, 232))
+CHANNELS = ("event:final",)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _post(url: str, body: dict[str, Any]) -> Any:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"content-type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), WAIT_S)
+
+
+def test_the_api_publishes_triggers_to_its_gateway_and_through_redis(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(LIVE_SECRET_ENV, SECRET.hex())
+    graph = Graph.open(tmp_path / "store", sync=False)
+    port, gw_port = _free_port(), _free_port()
+    server = make_server(
+        graph, "127.0.0.1", port, log_level="warning", gateway_port=gw_port, redis_url=redis_url
+    )
+    server.config.lifespan = "on"
+    thread = threading.Thread(target=server.run, daemon=True)
+    base = f"http://127.0.0.1:{port}"
+
+    async def devices() -> list[list[str]]:
+        mirror = RedisMirror(redis_url)
+        await mirror.start()
+        node = await Gateway(mirror, SECRET, node_id="remote").serve("127.0.0.1", 0)
+        stop = asyncio.Event()
+        clients = []
+        for i, url in enumerate((f"ws://127.0.0.1:{gw_port}", f"ws://127.0.0.1:{node.port}")):
+            token = tokens.issue(SECRET, f"tv-{i}", CHANNELS, now_us(), 3_600_000_000)
+            clients.append(DeviceClient(url, token, CHANNELS, rng=random.Random(i)))
+        tasks = [asyncio.create_task(c.run(stop)) for c in clients]
+        try:
+            await _until(lambda: all(c.stats.state_syncs >= 1 for c in clients))
+            event = {"id": "final", "title": "The Final", "starts_at": "1h"}
+            await asyncio.to_thread(_post, base + "/v1/live/events", event)
+            await asyncio.to_thread(_post, base + "/v1/live/events/final/start", {})
+            await _until(lambda: all(len(c.stats.applied) >= 1 for c in clients))
+            assert {c.protocol.node for c in clients} == {f"127.0.0.1:{gw_port}", "remote"}
+            return [[a.stage for a in c.stats.applied] for c in clients]
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+            await node.close()
+            await mirror.close()
+
+    try:
+        thread.start()
+        deadline = time.monotonic() + WAIT_S
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started
+        assert asyncio.run(devices()) == [["live"], ["live"]]
+    finally:
+        server.should_exit = True
+        thread.join(WAIT_S)
+        graph.close()
