@@ -36,6 +36,11 @@ ping() {
   [[ $(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null) == PONG ]]
 }
 
+# A daemonized server is re-parented; where nobody reaps promptly it lingers as a zombie.
+alive() {
+  [[ -n $1 && -e /proc/$1 ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
 need() {
   command -v "$1" >/dev/null 2>&1 || {
     echo "$1 not found: install it with 'apt-get install -y redis-server'" >&2
@@ -74,16 +79,16 @@ case $action in
     [[ -f $pidfile ]] && pid=$(cat "$pidfile")
     if ping; then
       redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1 || true
-    elif [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+    elif alive "$pid"; then
       kill -TERM "$pid"
     fi
-    for _ in $(seq 1 100); do # up to 10 s
-      if ! ping && { [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; }; then
+    for _ in $(seq 1 200); do # up to 10 s
+      if ! ping && ! alive "$pid"; then
         rm -f "$pidfile"
         echo "redis on 127.0.0.1:$port stopped"
         exit 0
       fi
-      sleep 0.1
+      sleep 0.05
     done
     echo "redis on 127.0.0.1:$port did not stop within 10 s" >&2
     exit 1

@@ -21,7 +21,7 @@ from hopcast.durations import now_us
 from hopcast.graphdb import Graph
 from hopcast.live import tokens
 from hopcast.live.gateway import Gateway
-from hopcast.live.redisfan import RedisMirror
+from hopcast.live.redisnode import RedisMirror
 from hopcast.sdk.client import DeviceClient
 
 WAIT_S = 20.0

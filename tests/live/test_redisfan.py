@@ -10,10 +10,10 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Protocol
 
 import pytest
 
-from conftest import RedisServer
 from hopcast.durations import now_us
 from hopcast.errors import ConfigError, HopcastError
 from hopcast.live import messages as m
@@ -22,15 +22,21 @@ from hopcast.live.fanout import GLOBAL_CHANNEL, ChannelLog, ResumeKind, Router
 from hopcast.live.gateway import Gateway
 from hopcast.live.messages import Position
 from hopcast.live.producer import Trigger
-from hopcast.live.redisfan import (
-    Keys,
-    RedisMirror,
-    RedisPushRegistry,
-    RedisTransport,
-    connect,
-)
+from hopcast.live.redisfan import Keys, RedisTransport, connect
+from hopcast.live.redisnode import RedisMirror, RedisPushRegistry
 from hopcast.live.schedule import State
 from hopcast.sdk.client import DeviceClient
+
+
+class RedisServer(Protocol):
+    """The ``redis_server`` fixture (tests/conftest.py)."""
+
+    url: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
 
 SECRET = bytes(range(32))
 EPOCH = 4242

@@ -1,6 +1,6 @@
 """Gateway nodes as processes: each one a :class:`~hopcast.live.gateway.Gateway` fed by a
-:class:`~hopcast.live.redisfan.RedisMirror`, recording its devices in a
-:class:`~hopcast.live.redisfan.RedisPushRegistry`.
+:class:`~hopcast.live.redisnode.RedisMirror`, recording its devices in a
+:class:`~hopcast.live.redisnode.RedisPushRegistry`.
 
 ::
 
@@ -40,7 +40,7 @@ from hopcast.errors import ConfigError, HopcastError
 from hopcast.live.gateway import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS
 from hopcast.live.gateway import HEARTBEAT_S, Gateway, GatewayServer
 from hopcast.live.redisfan import DEFAULT_PREFIX as DEFAULT_PREFIX
-from hopcast.live.redisfan import RedisMirror, RedisPushRegistry
+from hopcast.live.redisnode import RedisMirror, RedisPushRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +192,7 @@ def run_worker(settings: NodeSettings, secret: bytes) -> int:
     except (HopcastError, OSError) as exc:
         print(f"error: gateway node {settings.name}: {exc}", file=sys.stderr, flush=True)
         return EXIT_STARTUP
+    print(f"gateway node {settings.name} stopped", flush=True)
     return 0
 
 

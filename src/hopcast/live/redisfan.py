@@ -1,27 +1,20 @@
 """Fan-out across processes and hosts through Redis: router → Redis → gateway nodes.
 
-The only live module that imports ``redis`` (the ``redis`` extra: ``pip install
-'hopcast[redis]'``). Three adapters over the pure pieces of :mod:`hopcast.live.fanout`:
+The only module that imports ``redis`` (the ``redis`` extra: ``pip install 'hopcast[redis]'``);
+it holds the key layout, the client settings and the router's side. The node's side,
+:class:`~hopcast.live.redisnode.RedisMirror` and
+:class:`~hopcast.live.redisnode.RedisPushRegistry`, is in :mod:`hopcast.live.redisnode`.
 
-* :class:`RedisTransport` — the **router side** (a :class:`~hopcast.live.fanout.LoggedTransport`).
-  ``publish`` never blocks: it hands the frame to the process's own subscribers at once (so an
-  in-process gateway keeps working) and queues it; one background task sends the queue, in
-  order, in pipelined batches. For each frame one Lua script, atomically, keeps the channel's
-  bounded **history** and current ``state`` frame in Redis and ``PUBLISH``\\ es the frame. When
-  Redis is unreachable the batch is retried with capped, jittered exponential backoff, in order,
-  counted and logged; nothing is dropped. The script is idempotent (a frame already stored is
-  not stored again, only published again), so a retry after a half-sent batch is harmless.
-  When Redis has lost its data (restart without persistence, flush) the transport **re-seeds**
-  it from the router's logs and publishes every channel's ``state`` so nodes converge.
-* :class:`RedisMirror` — the **node side** (a :class:`~hopcast.live.fanout.FrameSource`). It
-  ``SUBSCRIBE``\\ s first, then loads every channel's state and history and rebuilds local
-  :class:`~hopcast.live.fanout.ChannelLog` copies (:meth:`~ChannelLog.restore`), then applies live
-  frames (:meth:`~ChannelLog.ingest`): the next one is forwarded; a duplicate is dropped; a gap,
-  a new epoch, a ``state`` at another position or an unknown channel reloads that channel and
-  forwards what its subscribers missed (a replay, or one ``state``). On connection loss it
-  reconnects with backoff and reloads everything; devices keep their WebSocket connections.
-* :class:`RedisPushRegistry` — device → node with a TTL: ``SET key node PX ttl``, pipelined
-  refresh, ``GET``, and a compare-and-delete script for unregister.
+:class:`RedisTransport` is a :class:`~hopcast.live.fanout.LoggedTransport`. ``publish`` never
+blocks: it hands the frame to the process's own subscribers at once (so an in-process gateway
+keeps working) and queues it; one background task sends the queue, in order, in pipelined
+batches. For each frame one Lua script, atomically, keeps the channel's bounded **history**
+and current ``state`` frame in Redis and ``PUBLISH``\\ es the frame. When Redis is unreachable
+the batch is retried with capped, jittered exponential backoff, in order, counted and logged;
+nothing is dropped. The script is idempotent (a frame already stored is not stored again, only
+published again), so a retry after a half-sent batch is harmless. When Redis has lost its data
+(restart without persistence, flush) the transport **re-seeds** it from the router's logs and
+publishes the ``state`` of every channel without queued frames, so nodes converge.
 
 Keys (``prefix`` default ``hopcast:live:``; a channel's two keys share a Redis Cluster slot
 through the ``{channel}`` hash tag)::
@@ -34,8 +27,9 @@ through the ``{channel}`` hash tag)::
     <prefix>frames              pub/sub channel carrying every frame as sent to devices
 
 Prometheus series: ``hopcast_redis_transport_{frames_sent,send_failures,seeds}_total``,
-``hopcast_redis_transport_pending_frames``; ``hopcast_redis_mirror_frames_total{result}``,
-``hopcast_redis_mirror_reloads_total{reason}``, ``hopcast_redis_mirror_reconnects_total``,
+``hopcast_redis_transport_pending_frames``; ``hopcast_redis_mirror_frames_total{result}``
+(applied, duplicate, gap, new, state, malformed), ``hopcast_redis_mirror_reloads_total{reason}``
+(gap, state, new, reconnect), ``hopcast_redis_mirror_reconnects_total``,
 ``hopcast_redis_mirror_channels``.
 """
 
@@ -47,31 +41,26 @@ import logging
 import os
 import random
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from hopcast.errors import ConfigError, HopcastError
+from hopcast.errors import ConfigError
 from hopcast.live import messages as m
 from hopcast.live.fanout import (
     DEFAULT_HISTORY,
-    ChannelLog,
     FrameCallback,
-    Ingest,
-    Resume,
     Router,
     Unsubscribe,
-    empty_resume,
 )
-from hopcast.live.messages import Position, ProtocolError
 
 try:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisError as RedisError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ConfigError(
         f"the Redis fan-out needs the redis extra: pip install 'hopcast[redis]' ({exc})"
@@ -87,11 +76,6 @@ BATCH = 256
 #: Reconnect/retry backoff: the first retry after ~50 ms, doubling up to 2 s (full jitter).
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
-#: Channels loaded per pipelined round trip when a mirror (re)loads.
-LOAD_BATCH = 200
-#: How long a mirror's subscriber connection may stay idle before redis-py pings it, so a
-#: silently dead connection is noticed within a few seconds.
-HEALTH_CHECK_S = 5
 
 # Store one frame: KEYS meta, history; ARGV epoch, seq, frame, state, capacity, pubsub, kind
 # ("t" trigger, "s" state after a reset). Stores only what is newer than the channel's position
@@ -127,12 +111,6 @@ if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[3]) end
 return 1
 """
 
-# Unregister: delete the device's key only if it still names this node.
-_COMPARE_AND_DELETE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -166,22 +144,28 @@ class Keys:
         return f"{self.prefix}dev:{device}"
 
 
-def connect(url: str, **options: Any) -> aioredis.Redis:
+#: The asyncio Redis client (for annotations outside this module).
+Client = aioredis.Redis
+
+
+def connect(url: str, **options: Any) -> Client:
     """A client for ``url`` (``redis://host:port/db``) whose failures surface at once: the
     callers here retry with their own backoff and must see a reconnect to reload."""
     return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
 
 
-def _backoff(attempt: int, rng: random.Random) -> float:
-    """Full jitter over an exponential ceiling: attempt 1 → [0, 50 ms], … capped at 2 s."""
+def backoff(attempt: int, rng: random.Random) -> float:
+    """Retry delay, full jitter over an exponential ceiling: [0, 50 ms], [0, 100 ms], … [0, 2 s]."""
     return rng.uniform(0, min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (attempt - 1)))
 
 
-def _text(value: bytes | str | None) -> str | None:
+def as_text(value: bytes | str | None) -> str | None:
+    """A Redis reply as text (``None`` stays ``None``)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _deliver(callbacks: Sequence[FrameCallback], channel: str, frame: bytes) -> None:
+def deliver(callbacks: Sequence[FrameCallback], channel: str, frame: bytes) -> None:
+    """Call every callback; one that raises is logged and the others still run."""
     for callback in callbacks:
         try:
             callback(channel, frame)
@@ -328,7 +312,7 @@ class RedisTransport:
         msg = m.decode(frame)  # the router's own encoding: valid by construction
         if not isinstance(msg, m.Trigger | m.State):
             raise ConfigError(f"only trigger and state frames are fanned out, not {msg!r}")
-        _deliver(tuple(self._callbacks), channel, frame)
+        deliver(tuple(self._callbacks), channel, frame)
         kind = "t" if isinstance(msg, m.Trigger) else "s"
         self._queue.append(_Pending(channel, frame, state, msg.epoch, msg.seq, kind))
         self._pending.set(len(self._queue))
@@ -366,7 +350,7 @@ class RedisTransport:
                         len(self._queue),
                         self.failures,
                     )
-                await asyncio.sleep(_backoff(self.failures, self._rng))
+                await asyncio.sleep(backoff(self.failures, self._rng))
                 continue
             if self.failures:
                 logger.warning(
@@ -433,293 +417,3 @@ class RedisTransport:
         self._need_seed = False
         self._seeds.inc()
         logger.info("redis fan-out: seeded %s with %d channel(s)", self.url, len(logs))
-
-
-class RedisMirror:
-    """Node side: local copies of every channel's log, fed from Redis; a gateway's source.
-
-    ``await mirror.start()`` (subscribes, loads everything; raises if Redis cannot be reached),
-    then give it to a :class:`~hopcast.live.gateway.Gateway`; ``await mirror.close()`` at the
-    end. Callbacks run on the loop's thread; one task reads frames in order.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        prefix: str = DEFAULT_PREFIX,
-        metrics_registry: CollectorRegistry | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.url = url
-        self.keys = Keys(prefix)
-        self._rng = rng or random.Random()
-        self._client: aioredis.Redis | None = None
-        self._pubsub: Any = None
-        self._task: asyncio.Task[None] | None = None
-        self._logs: dict[str, ChannelLog] = {}
-        self._callbacks: list[FrameCallback] = []
-        self._epoch = 0  # the router's, once known
-        self._history = DEFAULT_HISTORY
-        self._answered_epochs: set[int] = set()  # epochs told about unpublished channels
-        self.connected = asyncio.Event()
-        self.metrics_registry = metrics_registry or CollectorRegistry()
-        name = "hopcast_redis_mirror_"
-        reg = self.metrics_registry
-        self._frames = Counter(
-            name + "frames", "Frames received by result", ["result"], registry=reg
-        )
-        self._reloads = Counter(
-            name + "reloads", "Channel reloads by cause", ["reason"], registry=reg
-        )
-        self._reconnects = Counter(name + "reconnects", "Reconnections to Redis", registry=reg)
-        self._channels = Gauge(name + "channels", "Channels mirrored", registry=reg)
-        for result in (*Ingest, "state", "malformed"):
-            self._frames.labels(str(result))
-        for reason in ("gap", "state", "new", "reconnect"):
-            self._reloads.labels(reason)
-
-    # -- FrameSource -------------------------------------------------------------------------
-
-    def subscribe(self, callback: FrameCallback) -> Unsubscribe:
-        self._callbacks.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._callbacks:
-                self._callbacks.remove(callback)
-
-        return unsubscribe
-
-    def resume(self, channel: str, position: Position | None) -> Resume:
-        log = self._logs.get(channel)
-        if log is not None:
-            return log.resume(position)
-        self._answered_epochs.add(self._epoch)
-        return empty_resume(channel, self._epoch, position)
-
-    # -- inspection --------------------------------------------------------------------------
-
-    @property
-    def epoch(self) -> int:
-        """The router's epoch (0 until Redis holds one)."""
-        return self._epoch
-
-    @property
-    def logs(self) -> dict[str, ChannelLog]:
-        return self._logs
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Subscribe, load every channel, and start following.
-
-        Raises:
-            HopcastError: Redis cannot be reached.
-        """
-        self._client = connect(self.url, health_check_interval=HEALTH_CHECK_S)
-        try:
-            await self._connect()
-        except (RedisError, OSError) as exc:
-            await self.close()
-            raise HopcastError(f"cannot reach Redis at {self.url}: {exc}") from exc
-        self._task = asyncio.get_running_loop().create_task(self._follow())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._drop_pubsub()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    async def _drop_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
-
-    async def _connect(self) -> None:
-        """1. SUBSCRIBE (frames published from now on are buffered); 2. load every channel."""
-        assert self._client is not None
-        await self._drop_pubsub()
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self.keys.frames)
-        await self._load_all()
-        self.connected.set()
-
-    async def _follow(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                if self._pubsub is None:
-                    await self._connect()
-                    self._reconnects.inc()
-                    logger.warning("redis mirror: reconnected to %s and reloaded", self.url)
-                attempt = 0
-                while True:
-                    message = await self._pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        await self._on_frame(message["data"])
-            except (RedisError, OSError) as exc:
-                self.connected.clear()
-                await self._drop_pubsub()
-                attempt += 1
-                if attempt & (attempt - 1) == 0:
-                    logger.warning("redis mirror: lost %s (%s); reconnecting", self.url, exc)
-                await asyncio.sleep(_backoff(attempt, self._rng))
-
-    # -- applying frames ---------------------------------------------------------------------
-
-    async def _on_frame(self, frame: bytes) -> None:
-        try:
-            msg = m.decode(frame)
-        except ProtocolError as exc:
-            self._frames.labels("malformed").inc()
-            logger.error("redis mirror: dropped a malformed frame (%s)", exc.reason)
-            return
-        if not isinstance(msg, m.Trigger | m.State):
-            self._frames.labels("malformed").inc()
-            return
-        log = self._logs.get(msg.channel)
-        if isinstance(msg, m.State):
-            self._frames.labels("state").inc()
-            if log is None or log.position != (msg.epoch, msg.seq):
-                await self._reload((msg.channel,), "state" if log else "new")
-            return
-        if log is None:
-            self._frames.labels(Ingest.GAP.value).inc()
-            await self._reload((msg.channel,), "new")
-            return
-        result = log.ingest(frame, msg)
-        self._frames.labels(result.value).inc()
-        if result is Ingest.APPLIED:
-            _deliver(tuple(self._callbacks), msg.channel, frame)
-        elif result is Ingest.GAP:
-            await self._reload((msg.channel,), "gap")
-
-    async def _load_all(self) -> None:
-        assert self._client is not None
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hmget(self.keys.router, ["epoch", "history"])
-        pipe.smembers(self.keys.channels)
-        (epoch, history), members = await pipe.execute()
-        self._set_router(epoch, history)
-        channels = sorted({_text(c) or "" for c in members} | set(self._logs))
-        for i in range(0, len(channels), LOAD_BATCH):
-            await self._reload(channels[i : i + LOAD_BATCH], "reconnect", with_router=False)
-
-    def _set_router(self, epoch: bytes | None, history: bytes | None) -> None:
-        if epoch is not None:
-            self._epoch = int(epoch)
-        if history is not None:
-            self._history = int(history)
-
-    async def _reload(
-        self, channels: Sequence[str], reason: str, *, with_router: bool = True
-    ) -> None:
-        """Rebuild ``channels`` from Redis and send their subscribers what they missed."""
-        assert self._client is not None
-        pipe = self._client.pipeline(transaction=False)
-        if with_router:
-            pipe.hmget(self.keys.router, ["epoch", "history"])
-        for channel in channels:
-            pipe.hget(self.keys.meta(channel), "state")
-            pipe.lrange(self.keys.history(channel), 0, -1)
-        results = await pipe.execute()
-        if with_router:
-            self._set_router(*results.pop(0))
-        for i, channel in enumerate(channels):
-            self._reloads.labels(reason).inc()
-            state, history = results[2 * i], results[2 * i + 1]
-            if state is None:
-                continue  # nothing stored (Redis lost it): keep the local copy, if any
-            try:
-                fresh = ChannelLog.restore(state, history, capacity=self._history)
-            except HopcastError as exc:
-                logger.error("redis mirror: channel %r unreadable in Redis: %s", channel, exc)
-                continue
-            self._adopt(fresh)
-        self._channels.set(len(self._logs))
-
-    def _adopt(self, fresh: ChannelLog) -> None:
-        channel = fresh.channel
-        old = self._logs.get(channel)
-        if old is not None:
-            if old.epoch == fresh.epoch and old.seq >= fresh.seq:
-                return  # Redis is not ahead of this copy
-            frames = fresh.resume(old.position).frames
-        elif self._answered_epochs <= {fresh.epoch}:
-            # Devices heard "[epoch, 0]" in this epoch (or nothing): replay from the start.
-            frames = fresh.resume(Position(fresh.epoch, 0)).frames
-        else:
-            frames = (fresh.state_frame(),)  # some heard another epoch: a snapshot moves them
-        self._logs[channel] = fresh
-        for frame in frames:
-            _deliver(tuple(self._callbacks), channel, frame)
-
-
-class RedisPushRegistry:
-    """:class:`~hopcast.live.fanout.PushRegistry` in Redis: one key per device with a TTL.
-
-    Redis expires the keys itself (``now`` is not used for expiry; :meth:`expire` returns 0). A
-    refresh re-asserts the node for each device (``SET … PX``, pipelined in chunks), so it also
-    wins over a newer registration elsewhere that raced with this node's unregister; that node's
-    next heartbeat puts it back.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        ttl_us: int,
-        *,
-        prefix: str = DEFAULT_PREFIX,
-        chunk: int = 1000,
-    ) -> None:
-        """
-        Raises:
-            ConfigError: ``ttl_us`` below one millisecond, ``chunk`` < 1, or a brace in the prefix.
-        """
-        if ttl_us < 1000:
-            raise ConfigError(f"push registry ttl must be >= 1 ms, got {ttl_us} µs")
-        if chunk < 1:
-            raise ConfigError(f"chunk must be >= 1, got {chunk}")
-        self.keys = Keys(prefix)
-        self._ttl_us = ttl_us
-        self._ttl_ms = ttl_us // 1000
-        self._chunk = chunk
-        self._client = connect(url)
-        self._cad = self._client.register_script(_COMPARE_AND_DELETE)
-
-    @property
-    def ttl_us(self) -> int:
-        return self._ttl_us
-
-    async def register(self, device: str, node: str, now: int) -> None:
-        await self._client.set(self.keys.device(device), node, px=self._ttl_ms)
-
-    async def refresh(self, devices: Iterable[str], node: str, now: int) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        queued = 0
-        for device in devices:
-            pipe.set(self.keys.device(device), node, px=self._ttl_ms)
-            queued += 1
-            if queued == self._chunk:
-                await pipe.execute()
-                queued = 0
-        if queued:
-            await pipe.execute()
-
-    async def lookup(self, device: str, now: int) -> str | None:
-        return _text(await self._client.get(self.keys.device(device)))
-
-    async def unregister(self, device: str, node: str) -> None:
-        await self._cad(keys=(self.keys.device(device),), args=(node,))
-
-    async def expire(self, now: int) -> int:
-        return 0
-
-    async def close(self) -> None:
-        await self._client.aclose()
