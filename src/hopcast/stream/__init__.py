@@ -15,6 +15,8 @@ The pipeline of one source, every part of it pure (values in, values out; time p
   and turns every failure into a dead letter (all of a record's mutations or none);
 * :mod:`~hopcast.stream.mapping` — one YAML file per source: conditions, ids, types, times,
   properties, CDC delete handling, hooks; builds the pipeline (new verticals without code);
+  :mod:`~hopcast.stream.fields` compiles its paths, templates, values and conditions, and
+  :mod:`~hopcast.stream.rules` its rules; the demo company's files are in ``mappings/``;
 * :mod:`~hopcast.stream.dedup` — :class:`Coalescer`: overlapping updates per node and edge
   merged in a window with last-write-wins, so the store sees fewer writes and the same graph;
 * :mod:`~hopcast.stream.deadletter` — :class:`DeadLetter` (reason code, message, raw payload,

@@ -48,7 +48,6 @@ it and the line: ``games.yaml: rules[0].emit[1].edge (line 14): unknown edge typ
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable
 from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass
@@ -58,10 +57,9 @@ from typing import Any
 
 import yaml
 
-from hopcast.errors import MappingError, RecordRejected
-from hopcast.graph.mutations import EdgeDelete, EdgeUpsert, Mutation, NodeDelete, NodeUpsert
+from hopcast.errors import MappingError
+from hopcast.graph.mutations import Mutation
 from hopcast.graph.schema import Schema
-from hopcast.stream.deadletter import Reason
 from hopcast.stream.fields import Condition, Template, TimeSpec, ValueSpec, parse_path
 from hopcast.stream.operators import (
     DEFAULT_MAX_BYTES,
@@ -74,7 +72,8 @@ from hopcast.stream.operators import (
     decode_debezium,
     decode_json,
 )
-from hopcast.stream.record import MISSING, Event
+from hopcast.stream.record import Event
+from hopcast.stream.rules import Hook, OutputSpec, PrepareStep, Rule, import_hook
 
 #: The directory of the demo company's mappings, shipped with the package.
 DEMO_MAPPINGS = Path(__file__).with_name("mappings")
@@ -82,36 +81,6 @@ DEMO_MAPPINGS = Path(__file__).with_name("mappings")
 _FORMATS = {"json": decode_json, "debezium": decode_debezium}
 _OUTPUT_KINDS = ("node", "edge", "delete_node", "delete_edge")
 _ON_DELETE = ("ignore", "delete", "upsert")
-#: One event may fan out to "up to a few dozen" nodes and edges (Netflix RDG); a list bigger
-#: than this under ``each`` is far more likely a mapping mistake than one member event.
-MAX_EACH = 1000
-
-Hook = Callable[[Event], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class _Output:
-    index: int
-    kind: str
-    node: Template | None
-    edge_type: str | None
-    src: Template | None
-    dst: Template | None
-    props: tuple[tuple[str, ValueSpec], ...]
-    when: Condition
-    each: tuple[str, ...] | None
-    each_as: str
-    on_delete: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    name: str
-    when: Condition
-    time: TimeSpec | None
-    id: Template | None
-    outputs: tuple[_Output, ...]
-    hook: Hook | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +113,7 @@ class Mapping:
         changelog: tuple[_ChangelogSpec, ...],
         enrich: tuple[_EnrichSpec, ...],
         prepare: Hook | None,
-        rules: tuple[_Rule, ...],
+        rules: tuple[Rule, ...],
     ) -> None:
         self.file = file
         self.source = source
@@ -229,7 +198,7 @@ class Mapping:
         shared = tables if tables is not None else {}
         steps: list[Step] = []
         if self.prepare is not None:
-            steps.append(_Prepare(self.prepare))
+            steps.append(PrepareStep(self.prepare))
         for c in self.changelog:
             table = shared.setdefault(c.table, SideTable(c.table))
             steps.append(Changelog(table, c.key, c.when))
@@ -254,95 +223,8 @@ class Mapping:
         """
         for rule in self.rules:
             if rule.when.holds(event):
-                return self._apply(rule, event)
+                return rule.apply(event, self.time)
         return None
-
-    def _apply(self, rule: _Rule, event: Event) -> list[Mutation]:
-        time_spec = rule.time or self.time
-        if time_spec is not None:
-            ts = time_spec.read(event)
-        elif event.event_time is not None:
-            ts = event.event_time
-        else:
-            raise RecordRejected(
-                Reason.MISSING_TIME, f"rule {rule.name!r}: no time field and no source time"
-            )
-        base = (
-            rule.id.render(event)
-            if rule.id is not None
-            else f"{event.source}:{event.position.partition}:{event.position.offset}"
-        )
-        out: list[Mutation] = []
-        for o in rule.outputs:
-            if o.each is None:
-                self._emit(o, event, ts, f"{base}:{o.index}", out)
-                continue
-            items = event.get(o.each)
-            if items is MISSING or items is None:
-                continue
-            if not isinstance(items, list):
-                raise RecordRejected(Reason.BAD_VALUE, f"each: {'.'.join(o.each)!r} is not a list")
-            if len(items) > MAX_EACH:
-                raise RecordRejected(
-                    Reason.BAD_VALUE, f"each: {'.'.join(o.each)!r} has {len(items)} > {MAX_EACH}"
-                )
-            for i, item in enumerate(items):
-                self._emit(o, event.with_side(o.each_as, item), ts, f"{base}:{o.index}.{i}", out)
-        if rule.hook is not None:
-            out.extend(_run_hook(rule.hook, event, rule.name))
-        return out
-
-    @staticmethod
-    def _emit(o: _Output, event: Event, ts: int, mid: str, out: list[Mutation]) -> None:
-        if not o.when.holds(event):
-            return
-        kind = o.kind
-        if event.op == "d" and kind in ("node", "edge"):
-            if o.on_delete == "ignore":
-                return
-            if o.on_delete == "delete":
-                kind = "delete_" + kind
-        if kind in ("node", "delete_node"):
-            assert o.node is not None
-            node = o.node.render(event)
-            if kind == "delete_node":
-                out.append(NodeDelete(node, ts, mid))
-            else:
-                out.append(NodeUpsert(node, ts, mid, _props(o, event)))
-            return
-        assert o.src is not None and o.dst is not None and o.edge_type is not None
-        src, dst = o.src.render(event), o.dst.render(event)
-        if kind == "delete_edge":
-            out.append(EdgeDelete(src, o.edge_type, dst, ts, mid))
-        else:
-            out.append(EdgeUpsert(src, o.edge_type, dst, ts, mid, _props(o, event)))
-
-
-def _props(o: _Output, event: Event) -> dict[str, Any]:
-    props: dict[str, Any] = {}
-    for name, spec in o.props:
-        value = spec.read(event)
-        if value is not MISSING:
-            props[name] = value
-    return props
-
-
-def _run_hook(hook: Hook, event: Event, where: str) -> list[Mutation]:
-    try:
-        produced = hook(event)
-        got = [] if produced is None else list(produced)
-    except RecordRejected:
-        raise
-    except Exception as exc:
-        raise RecordRejected(
-            Reason.HOOK_ERROR, f"{where}: hook raised {type(exc).__name__}: {exc}"
-        ) from None
-    for m in got:
-        if not isinstance(m, NodeUpsert | EdgeUpsert | NodeDelete | EdgeDelete):
-            raise RecordRejected(
-                Reason.HOOK_ERROR, f"{where}: hook returned {type(m).__name__}, not a mutation"
-            )
-    return got
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,66 +239,22 @@ class _MapStep:
         return produced
 
 
-@dataclass(frozen=True, slots=True)
-class _Prepare:
-    hook: Hook
-    name: str = "prepare"
-
-    def __call__(self, event: Event) -> StepOutput:
-        try:
-            got = self.hook(event)
-        except RecordRejected:
-            raise
-        except Exception as exc:
-            raise RecordRejected(
-                Reason.HOOK_ERROR, f"prepare hook raised {type(exc).__name__}: {exc}"
-            ) from None
-        if got is None:
-            return ()
-        if not isinstance(got, Event):
-            raise RecordRejected(
-                Reason.HOOK_ERROR, f"prepare hook returned {type(got).__name__}, not an Event"
-            )
-        return (got,)
-
-
 # -- building ----------------------------------------------------------------------------------
 
 
 def _collect_lines(node: yaml.Node, path: str, out: dict[str, int]) -> None:
-    """Map every ``a.b[0].c`` path of a composed YAML document to its 1-based line."""
+    """Map every ``a.b[0].c`` path of a composed YAML document to its 1-based line (for a
+    mapping entry, the line of its key)."""
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = str(key_node.value)
-            out[f"{path}.{key}" if path else key] = key_node.start_mark.line + 1
-            _collect_lines(value_node, f"{path}.{key}" if path else key, out)
+            child = f"{path}.{key}" if path else key
+            _collect_lines(value_node, child, out)
+            out[child] = key_node.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _collect_lines(item, f"{path}[{i}]", out)
-
-
-def import_hook(dotted: str) -> Hook:
-    """Import ``package.module:function`` (or ``package.module.function``).
-
-    Raises:
-        ValueError: if it cannot be imported or is not callable.
-    """
-    if not isinstance(dotted, str) or not dotted.strip():
-        raise ValueError("a hook must be 'package.module:function'")
-    module_name, sep, attr = dotted.partition(":")
-    if not sep:
-        module_name, _, attr = dotted.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"hook {dotted!r} must be 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import hook module {module_name!r}: {exc}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"{module_name!r} has no function {attr!r}")
-    return fn  # type: ignore[no-any-return]
 
 
 class _Builder:
@@ -427,7 +265,7 @@ class _Builder:
 
     def fail(self, path: str, problem: str) -> MappingError:
         line = self.lines.get(path)
-        return MappingError(self.file, f"{path} (line {line})" if line else path, problem)
+        return MappingError(self.file, f"{path} (line {line})" if line and path else path, problem)
 
     def guard(self, path: str, build: Callable[[], Any]) -> Any:
         try:
@@ -556,7 +394,7 @@ class _Builder:
             rules,
         )
 
-    def rule(self, value: Any, path: str, index: int) -> _Rule:
+    def rule(self, value: Any, path: str, index: int) -> Rule:
         doc = self.mapping(value, path)
         self.no_unknown(doc, path, {"name", "when", "time", "id", "emit", "hook"})
         name = doc.get("name", f"rule {index}")
@@ -576,9 +414,9 @@ class _Builder:
         hook = None
         if doc.get("hook") is not None:
             hook = self.guard(f"{path}.hook", lambda: import_hook(doc["hook"]))
-        return _Rule(name, when, time, rid, outputs, hook)
+        return Rule(name, when, time, rid, outputs, hook)
 
-    def output(self, value: Any, path: str, index: int) -> _Output:
+    def output(self, value: Any, path: str, index: int) -> OutputSpec:
         doc = self.mapping(value, path)
         kinds = [k for k in _OUTPUT_KINDS if k in doc]
         if len(kinds) != 1:
@@ -619,7 +457,7 @@ class _Builder:
             src = self.template(doc.get("from"), f"{path}.from")
             dst = self.template(doc.get("to"), f"{path}.to")
             self.check_edge(edge_type, src, dst, props, path, kind)
-        return _Output(
+        return OutputSpec(
             index, kind, node, edge_type, src, dst, props, when, each, each_as, on_delete
         )
 
