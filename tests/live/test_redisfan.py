@@ -379,6 +379,12 @@ def test_the_push_registry_registers_refreshes_expires_and_compares_before_delet
             assert await registry.expire(now) == 0
             await asyncio.sleep(0.4)
             assert await registry.lookup("tv-0", now) is None
+            # a connect storm: changes queue and go out pipelined on one connection, in order
+            await asyncio.gather(*(registry.register(d, "node-c", now) for d in devices))
+            await asyncio.gather(*(registry.unregister(d, "node-c") for d in devices[:1000]))
+            assert await registry.lookup("tv-999", now) is None
+            assert await registry.lookup("tv-1000", now) == "node-c"
+            assert registry.failures == 0
         finally:
             await registry.close()
 

@@ -190,9 +190,10 @@ class RedisTransport:
     which attaches itself and calls :meth:`publish_logged`. Call it from one thread, the event
     loop's: the sending task starts on the first publish made inside a running loop (or with
     :meth:`start`); :meth:`flush` waits until Redis has everything; :meth:`close` flushes (within
-    a timeout) and stops. Subscribers in this process (:meth:`subscribe`, e.g. the gateway of
-    ``hopcast serve --gateway-port``) receive every frame synchronously, as with the in-process
-    transport.
+    a timeout) and stops. One router per key prefix: a second one would overwrite the first's
+    channels (each re-seeds Redis when it finds another's marker). Subscribers in this process
+    (:meth:`subscribe`, e.g. the gateway of ``hopcast serve --gateway-port``) receive every frame
+    synchronously, as with the in-process transport.
     """
 
     def __init__(

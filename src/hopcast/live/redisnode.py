@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -291,10 +292,15 @@ class RedisMirror:
 class RedisPushRegistry:
     """:class:`~hopcast.live.fanout.PushRegistry` in Redis: one key per device with a TTL.
 
-    Redis expires the keys itself (``now`` is not used for expiry; :meth:`expire` returns 0). A
-    refresh re-asserts the node for each device (``SET … PX``, pipelined in chunks), so it also
-    wins over a newer registration elsewhere that raced with this node's unregister; that node's
-    next heartbeat puts it back.
+    Redis expires the keys itself (``now`` is not used for expiry; :meth:`expire` returns 0).
+    :meth:`register` and :meth:`unregister` only queue the change and return: one writer task
+    sends the queue in order, pipelined, so a reconnect storm of thousands of devices costs a
+    few round trips on one connection instead of a connection per device. A batch Redis refuses
+    is logged, counted (:attr:`failures`) and dropped: presence is soft state, re-asserted by
+    every heartbeat's :meth:`refresh` and lapsing by TTL. :meth:`lookup` first waits for this
+    registry's queued changes (read your own writes). A refresh re-asserts the node for each
+    device (``SET … PX``), so it also wins over a newer registration elsewhere that raced with
+    this node's unregister; that node's next heartbeat puts it back.
     """
 
     def __init__(
@@ -319,13 +325,19 @@ class RedisPushRegistry:
         self._chunk = chunk
         self._client = connect(url)
         self._cad = self._client.register_script(_COMPARE_AND_DELETE)
+        self._changes: deque[tuple[bool, str, str]] = deque()  # (register?, device, node)
+        self._writer: asyncio.Task[None] | None = None
+        self.failures = 0  # batches not written
 
     @property
     def ttl_us(self) -> int:
         return self._ttl_us
 
     async def register(self, device: str, node: str, now: int) -> None:
-        await self._client.set(self.keys.device(device), node, px=self._ttl_ms)
+        self._change(True, device, node)
+
+    async def unregister(self, device: str, node: str) -> None:
+        self._change(False, device, node)
 
     async def refresh(self, devices: Iterable[str], node: str, now: int) -> None:
         pipe = self._client.pipeline(transaction=False)
@@ -340,13 +352,45 @@ class RedisPushRegistry:
             await pipe.execute()
 
     async def lookup(self, device: str, now: int) -> str | None:
+        await self.flush()
         return as_text(await self._client.get(self.keys.device(device)))
-
-    async def unregister(self, device: str, node: str) -> None:
-        await self._cad(keys=(self.keys.device(device),), args=(node,))
 
     async def expire(self, now: int) -> int:
         return 0
 
+    async def flush(self) -> None:
+        """Wait until every change queued so far has been sent (or dropped on failure)."""
+        if self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
     async def close(self) -> None:
+        await self.flush()
         await self._client.aclose()
+
+    def _change(self, register: bool, device: str, node: str) -> None:
+        self._changes.append((register, device, node))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        while self._changes:
+            batch = [self._changes.popleft() for _ in range(min(self._chunk, len(self._changes)))]
+            pipe = self._client.pipeline(transaction=False)
+            for register, device, node in batch:
+                key = self.keys.device(device)
+                if register:
+                    pipe.set(key, node, px=self._ttl_ms)
+                else:
+                    await self._cad(keys=(key,), args=(node,), client=pipe)
+            try:
+                await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self.failures += 1
+                if self.failures & (self.failures - 1) == 0:  # 1, 2, 4, ... failures
+                    logger.warning(
+                        "push registry: %d change(s) not written to %s (%s); heartbeats "
+                        "re-assert presence and entries lapse by TTL",
+                        len(batch),
+                        self.keys.prefix,
+                        exc,
+                    )
