@@ -331,6 +331,29 @@ def test_a_redis_restart_mid_stream_loses_no_frame_and_nodes_reconnect(
     run(main)
 
 
+def test_a_router_refills_redis_that_silently_lost_its_data(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def main() -> None:
+        async with router(redis_url, redis_prefix) as r, fleet(redis_url, redis_prefix) as f:
+            for version in range(1, 81):  # 81 channels: more than one seed round trip
+                r.publish(trigger(version, event=f"e{version}"))
+            await transport_of(r).flush()
+            client = connect(redis_url)
+            async for key in client.scan_iter(match=redis_prefix + "*"):
+                await client.delete(key)  # as a flush or a restart without persistence would
+            await client.aclose()
+            r.publish(trigger(81, event="e81"))
+            await transport_of(r).flush()  # noticed the missing marker: re-seeded
+            node = await f.node()
+            assert set(f.mirrors[node].logs) == set(r.logs)
+            for channel, log in r.logs.items():
+                copy = f.mirrors[node].logs[channel]
+                assert (copy.position, copy.frames) == (log.position, log.frames)
+
+    run(main)
+
+
 def test_a_mirror_refuses_to_start_without_redis(redis_prefix: str) -> None:
     async def main() -> None:
         mirror = RedisMirror("redis://127.0.0.1:1/0", prefix=redis_prefix)

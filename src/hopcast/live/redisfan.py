@@ -73,6 +73,8 @@ DEFAULT_PREFIX = "hopcast:live:"
 #: Frames per pipelined round trip: large enough to amortise the round trip over a burst of
 #: triggers, small enough that one round trip stays in the low milliseconds.
 BATCH = 256
+#: Channels re-seeded per pipelined round trip.
+SEED_BATCH = 64
 #: Reconnect/retry backoff: the first retry after ~50 ms, doubling up to 2 s (full jitter).
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
@@ -407,10 +409,13 @@ class RedisTransport:
         # A channel with frames still queued is told by them; the others get their state so a
         # node that missed a frame (sent just before Redis went away) notices.
         queued = {item.channel for item in self._queue}
-        for channel, epoch, seq, state, frames in logs:
+        for i, (channel, epoch, seq, state, frames) in enumerate(logs, 1):
             announce = "" if channel in queued else keys.frames
             args = (epoch, seq, state, announce, *frames)
             await seed(keys=(keys.meta(channel), keys.history(channel)), args=args, client=pipe)
+            if i % SEED_BATCH == 0:  # bounded round trips: up to ~50 KB of history per channel
+                await pipe.execute()
+        # The marker last: a seed cut short is redone.
         mapping = {"epoch": router.epoch, "history": router.history, "token": self._token}
         pipe.hset(keys.router, mapping=mapping)  # type: ignore[arg-type]
         await pipe.execute()
