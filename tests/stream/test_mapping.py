@@ -501,3 +501,23 @@ def test_a_new_vertical_needs_only_a_mapping_file_and_a_schema_change(tmp_path: 
         assert episode.props == {"title": "Episode 2", "duration_s": 1800}
         podcast = r.node("podcast:p7")
         assert podcast is not None and podcast.props == {"name": "Deep Dive", "host": "Ana"}
+
+
+def test_a_pipeline_validates_against_the_schema_its_file_was_loaded_with() -> None:
+    m = mapping("""
+        version: 1
+        source: s
+        time: {field: t, format: us}
+        rules:
+          - name: titles
+            emit: [{node: "title:{id}", props: {year: "{year}"}}]
+    """)
+    d = dead(m.pipeline().process(rec({"t": 1, "id": 5, "year": "MMIX"}), NOW))
+    assert (d.reason, d.stage) == (Reason.SCHEMA_VIOLATION, "validate")
+    assert "year" in d.message
+
+
+def test_rejections_inside_a_rule_name_the_rule() -> None:
+    d = dead(run(mapping(PLAYS), {"event": "end", "ts_ms": T0, "game": 4}))
+    assert d.reason == Reason.MISSING_FIELD
+    assert d.message == "rule 'plays': field 'profile' is missing or null"

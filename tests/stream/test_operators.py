@@ -331,3 +331,19 @@ def test_the_schema_puts_two_way_edges_in_canonical_orientation() -> None:
 
     (m,) = Pipeline(decode_json, [Login()], schema=Schema.demo()).process(rec({}), NOW)
     assert isinstance(m, EdgeUpsert) and (m.src, m.dst) == ("account:1", "device:1-0")
+
+
+@pytest.mark.parametrize("ts", [-1, 2**62, None, 1.5])
+def test_a_mutation_time_the_store_cannot_hold_is_a_dead_letter_not_a_failed_batch(
+    ts: Any,
+) -> None:
+    class Odd:
+        name = "map"
+
+        def __call__(self, event: Event) -> Iterable[Event | Mutation]:
+            return [NodeUpsert("title:1", ts, "a")]
+
+    for schema in (None, Schema.demo()):
+        (dead,) = Pipeline(decode_json, [Odd()], schema=schema).process(rec({}), NOW)
+        assert isinstance(dead, DeadLetter)
+        assert (dead.reason, dead.stage) == (Reason.SCHEMA_VIOLATION, "validate")

@@ -114,6 +114,7 @@ class Mapping:
         enrich: tuple[_EnrichSpec, ...],
         prepare: Hook | None,
         rules: tuple[Rule, ...],
+        schema: Schema | None = None,
     ) -> None:
         self.file = file
         self.source = source
@@ -125,6 +126,8 @@ class Mapping:
         self.enrich = enrich
         self.prepare = prepare
         self.rules = rules
+        #: The schema the file was checked against at load time (the pipeline's default).
+        self.schema = schema
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -191,6 +194,8 @@ class Mapping:
         validate against ``schema``.
 
         Args:
+            schema: validates and canonicalises every mutation; defaults to the schema the file
+                was loaded with (without any, mutations are not validated: use one).
             tables: side tables by name, shared between the pipelines of one engine (the
                 catalogue's pipeline fills ``titles``, the playback pipeline reads it). Tables
                 this mapping needs and ``tables`` lacks are created and added to it.
@@ -209,7 +214,7 @@ class Mapping:
         return Pipeline(
             _FORMATS[self.format],
             steps,
-            schema=schema,
+            schema=schema if schema is not None else self.schema,
             max_bytes=self.max_bytes,
             mapping=self.file,
             unmatched=self.unmatched,
@@ -392,6 +397,7 @@ class _Builder:
             tuple(enrich),
             prepare,
             rules,
+            self.schema,
         )
 
     def rule(self, value: Any, path: str, index: int) -> Rule:

@@ -10,7 +10,8 @@ A pipeline (:class:`Pipeline`) is a decoder followed by steps:
    normalises the event time, :class:`Changelog` keeps a :class:`SideTable` current,
    :class:`Enrich` joins a side table, and a mapping (:mod:`hopcast.stream.mapping`) emits
    mutations;
-3. every mutation is checked against the graph schema and put in its canonical form.
+3. every mutation's ``ts`` is checked (integer µs in the store's range) and, given a schema,
+   the mutation is checked against it and put in its canonical form.
 
 A step signals a bad record by raising :class:`~hopcast.errors.RecordRejected`; the pipeline
 catches it (and any other exception) and returns one
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from hopcast.errors import RecordRejected, SchemaViolation
+from hopcast.graph.keys import MAX_TS
 from hopcast.graph.mutations import Mutation
 from hopcast.graph.schema import Schema
 from hopcast.stream.deadletter import DeadLetter, Reason
@@ -409,8 +411,12 @@ class Pipeline:
             if events and self.unmatched == "dead_letter":
                 stage = "end"
                 raise RecordRejected(Reason.UNMATCHED, "no step turned the event into mutations")
+            stage = "validate"
+            for m in out:
+                ts = getattr(m, "ts", None)
+                if type(ts) is not int or not 0 <= ts <= MAX_TS:
+                    raise SchemaViolation(f"ts {ts!r} is not µs since the epoch in [0, 2**62)")
             if self.schema is not None:
-                stage = "validate"
                 validate = self.schema.validate
                 out = [validate(m) for m in out]  # type: ignore[arg-type]
             return out

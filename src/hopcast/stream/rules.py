@@ -70,8 +70,14 @@ class Rule:
         """The mutations of ``event`` (for which ``when`` holds).
 
         Raises:
-            RecordRejected: with the dead-letter reason.
+            RecordRejected: with the dead-letter reason; the message names the rule.
         """
+        try:
+            return self._apply(event, default_time)
+        except RecordRejected as exc:
+            raise RecordRejected(exc.reason, f"rule {self.name!r}: {exc.message}") from None
+
+    def _apply(self, event: Event, default_time: TimeSpec | None) -> list[Mutation]:
         if not self.outputs and self.hook is None:
             return []  # a rule that drops on purpose needs no time
         time_spec = self.time or default_time
@@ -80,9 +86,7 @@ class Rule:
         elif event.event_time is not None:
             ts = event.event_time
         else:
-            raise RecordRejected(
-                Reason.MISSING_TIME, f"rule {self.name!r}: no time field and no source time"
-            )
+            raise RecordRejected(Reason.MISSING_TIME, "no time field and no source time")
         base = (
             self.id.render(event)
             if self.id is not None
@@ -109,7 +113,7 @@ class Rule:
             for i, item in enumerate(items):
                 _emit(o, event.with_side(o.each_as, item), ts, f"{base}:{o.index}.{i}", out)
         if self.hook is not None:
-            out.extend(_run_hook(self.hook, event.with_time(ts), self.name))
+            out.extend(_run_hook(self.hook, event.with_time(ts)))
         return out
 
 
@@ -147,7 +151,7 @@ def _props(o: OutputSpec, event: Event) -> dict[str, Any]:
     return props
 
 
-def _run_hook(hook: Hook, event: Event, where: str) -> list[Mutation]:
+def _run_hook(hook: Hook, event: Event) -> list[Mutation]:
     try:
         produced = hook(event)
         got = [] if produced is None else list(produced)
@@ -155,12 +159,12 @@ def _run_hook(hook: Hook, event: Event, where: str) -> list[Mutation]:
         raise
     except Exception as exc:
         raise RecordRejected(
-            Reason.HOOK_ERROR, f"{where}: hook raised {type(exc).__name__}: {exc}"
+            Reason.HOOK_ERROR, f"hook raised {type(exc).__name__}: {exc}"
         ) from None
     for m in got:
         if not isinstance(m, NodeUpsert | EdgeUpsert | NodeDelete | EdgeDelete):
             raise RecordRejected(
-                Reason.HOOK_ERROR, f"{where}: hook returned {type(m).__name__}, not a mutation"
+                Reason.HOOK_ERROR, f"hook returned {type(m).__name__}, not a mutation"
             )
     return got
 
