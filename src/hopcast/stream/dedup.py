@@ -100,12 +100,12 @@ class _NodeEntry:
 class _EdgeEntry:
     deadline: int
     best: EdgeUpsert | EdgeDelete
-    version: Version
 
     def add(self, m: EdgeUpsert | EdgeDelete) -> None:
-        version = (m.ts, token(m.id))
-        if version > self.version:
-            self.best, self.version = m, version
+        best = self.best
+        # Versions compare (ts, token(id)); the token (a hash) is only needed to break a tie.
+        if m.ts > best.ts or (m.ts == best.ts and m.id != best.id and token(m.id) > token(best.id)):
+            self.best = m
 
     def output(self) -> list[Mutation]:
         return [self.best]
@@ -167,12 +167,14 @@ class Coalescer:
             deadline = now + self.window_us
             if isinstance(mutation, NodeUpsert | NodeDelete):
                 entry = _NodeEntry(deadline)
+                entry.add(mutation)
             else:
-                entry = _EdgeEntry(deadline, mutation, (mutation.ts, token(mutation.id)))
+                entry = _EdgeEntry(deadline, mutation)
             self._entries[key] = entry
             heapq.heappush(self._timers, (deadline, self._seq, key))
             self._seq += 1
-        entry.add(mutation)  # type: ignore[arg-type]
+        else:
+            entry.add(mutation)  # type: ignore[arg-type]
         if len(self._entries) > self.max_keys:
             return self._pop(len(self._entries) - self.max_keys)
         return []

@@ -109,9 +109,10 @@ class Template:
         Raises:
             RecordRejected: ``missing_field`` if a placeholder's field is absent or null.
         """
-        if self.is_single_field:
-            path = self.parts[1]
-            assert isinstance(path, tuple)
+        parts = self.parts
+        if len(parts) == 3 and not parts[0] and not parts[2]:
+            path = parts[1]
+            assert type(path) is tuple
             got = event.get(path)
             if got is MISSING or got is None:
                 raise _missing(path)
@@ -125,24 +126,35 @@ class Template:
             RecordRejected: ``missing_field`` if a field is absent or null; ``bad_value`` if it
                 is a map or a list (an id made of a whole object is a mapping mistake).
         """
+        parts = self.parts
+        if len(parts) == 3:  # the common shape, "type:{path}", without a loop
+            got = event.get(parts[1])  # type: ignore[arg-type]
+            if type(got) is str:
+                return parts[0] + got + parts[2]  # type: ignore[operator]
         out: list[str] = []
-        for part in self.parts:
-            if isinstance(part, str):
+        for part in parts:
+            if type(part) is str:
                 out.append(part)
                 continue
+            assert type(part) is tuple
             got = event.get(part)
-            if got is MISSING or got is None:
-                raise _missing(part)
-            if isinstance(got, dict | list):
-                raise RecordRejected(
-                    Reason.BAD_VALUE,
-                    f"field {'.'.join(part)!r} is a {type(got).__name__}, not a scalar",
-                )
-            if isinstance(got, bool):
-                out.append("true" if got else "false")
+            if type(got) is str:
+                out.append(got)
             else:
-                out.append(str(got))
+                out.append(_scalar_text(part, got))
         return "".join(out)
+
+
+def _scalar_text(path: Path, got: Any) -> str:
+    if got is MISSING or got is None:
+        raise _missing(path)
+    if isinstance(got, dict | list):
+        raise RecordRejected(
+            Reason.BAD_VALUE, f"field {'.'.join(path)!r} is a {type(got).__name__}, not a scalar"
+        )
+    if isinstance(got, bool):
+        return "true" if got else "false"
+    return str(got)
 
 
 # -- typed values ------------------------------------------------------------------------------

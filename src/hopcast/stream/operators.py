@@ -23,10 +23,11 @@ Operators import no engine, broker or database, and never read the clock: ``now`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+import msgspec
 
 from hopcast.errors import RecordRejected, SchemaViolation
 from hopcast.graph.keys import MAX_TS
@@ -58,12 +59,13 @@ class Step(Protocol):
 # -- decoders ----------------------------------------------------------------------------------
 
 
+_json_decode = msgspec.json.Decoder().decode
+
+
 def _parse_json(record: Record) -> Any:
     try:
-        return json.loads(record.value)
-    except UnicodeDecodeError as exc:
-        raise RecordRejected(Reason.MALFORMED_JSON, f"not UTF-8: {exc.reason}") from None
-    except ValueError as exc:
+        return _json_decode(record.value)
+    except msgspec.DecodeError as exc:
         raise RecordRejected(Reason.MALFORMED_JSON, f"not JSON: {exc}") from None
 
 

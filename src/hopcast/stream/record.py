@@ -126,15 +126,20 @@ class Event:
         if not path:
             return self.data
         head = path[0]
+        side = self.side
         value: Any
-        if head in self.side:
-            value = self.side[head]
-        elif head in self.data:
-            value = self.data[head]
+        if side and head in side:
+            value = side[head]
         else:
-            return MISSING
+            value = self.data.get(head, MISSING)
+            if value is MISSING:
+                return MISSING
         for part in path[1:]:
-            if isinstance(value, Mapping):
+            if type(value) is dict:  # decoded JSON: the fast path
+                value = value.get(part, MISSING)
+                if value is MISSING:
+                    return MISSING
+            elif isinstance(value, Mapping):
                 if part not in value:
                     return MISSING
                 value = value[part]
@@ -149,7 +154,17 @@ class Event:
 
     def with_side(self, name: str, row: Any) -> Event:
         """A copy with ``row`` attached as side input ``name``."""
-        return replace(self, side={**self.side, name: row})
+        return Event(
+            self.source,
+            self.position,
+            self.data,
+            self.raw,
+            self.op,
+            self.table,
+            self.event_time,
+            self.key,
+            {**self.side, name: row},
+        )
 
     def with_time(self, event_time: int) -> Event:
         """A copy with ``event_time`` set (µs since the epoch)."""
