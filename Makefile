@@ -5,13 +5,15 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: help install demo test check fmt lint typecheck test-fast bench bench-graph bench-graph-quick clean
+.PHONY: help install demo test check fmt lint typecheck test-fast bench bench-graph bench-graph-quick \
+	bench-broadcast bench-broadcast-quick clean
 
 help:
 	@echo "make demo        run the whole system on the embedded default (LMDB), http://127.0.0.1:8321/docs"
 	@echo "make test        the full test suite"
 	@echo "make check       ruff format --check, ruff check, mypy on src/, fast tests"
-	@echo "make bench       every benchmark (make bench-graph: the graph store vs ladybug and sqlite3)"
+	@echo "make bench       every benchmark (make bench-graph: the graph store vs ladybug and sqlite3;"
+	@echo "                 make bench-broadcast: live trigger to 10k-100k devices vs python-socketio)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11+)"; exit 1; }
@@ -44,13 +46,19 @@ typecheck: $(STAMP)
 
 check: lint typecheck test-fast
 
-bench: bench-graph
+bench: bench-graph bench-broadcast
 
 bench-graph: $(STAMP)
 	$(PYTHON) bench/graph.py
 
 bench-graph-quick: $(STAMP)
 	$(PYTHON) bench/graph.py --quick
+
+bench-broadcast: $(STAMP)
+	$(PYTHON) bench/broadcast.py
+
+bench-broadcast-quick: $(STAMP)
+	$(PYTHON) bench/broadcast.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data bench/results/tmp
