@@ -521,3 +521,31 @@ def test_rejections_inside_a_rule_name_the_rule() -> None:
     d = dead(run(mapping(PLAYS), {"event": "end", "ts_ms": T0, "game": 4}))
     assert d.reason == Reason.MISSING_FIELD
     assert d.message == "rule 'plays': field 'profile' is missing or null"
+
+
+def test_the_format_example_in_the_module_docstring_is_a_valid_mapping() -> None:
+    import hopcast.stream.mapping as module
+
+    doc = module.__doc__ or ""
+    example = doc.split("::\n", 1)[1].split("\n\n", 1)[0]
+    no_hooks = "\n".join(line for line in example.splitlines() if "my_pkg" not in line)
+    m = Mapping.from_yaml(textwrap.dedent(no_hooks), source="doc", schema=DEMO)
+    assert (m.source, m.format, len(m.rules[0].outputs)) == ("playback", "debezium", 3)
+    row = {
+        "id": 9,
+        "profile_id": "1-0",
+        "title_id": "5",
+        "device_id": "1-1",
+        "position_s": 3,
+        "genres": ["kids", ""],
+        "updated_at": "2025-11-26T09:00:00Z",
+    }
+    envelope = {"op": "c", "after": row, "source": {"table": "playback", "ts_ms": T0}}
+    out = m.pipeline().process(rec(envelope), NOW)
+    assert [o.kind for o in out if not isinstance(o, DeadLetter)] == [
+        "node_upsert",
+        "edge_upsert",
+        "edge_upsert",
+    ]
+    deleted = {"op": "d", "before": row, "source": {"table": "playback", "ts_ms": T0}}
+    assert [o.kind for o in m.pipeline().process(rec(deleted), NOW)] == ["edge_delete"]

@@ -15,7 +15,7 @@ A new vertical needs a mapping file and a schema change, no code. The format::
     prepare: my_pkg.hooks:prepare   # optional hook: Event -> Event | None (None drops it)
     rules:                      # tried in order; the first whose `when` holds maps the event
       - name: watching
-        when: {table: playback, op: [c, u, r]}
+        when: {table: playback}                  # conditions: see fields.Condition
         time: {field: row.updated_at, format: iso}   # optional, overrides the default
         id: "{row.id}"          # optional idempotency id (default: source position)
         emit:
@@ -29,16 +29,25 @@ A new vertical needs a mapping file and a schema change, no code. The format::
               device: "device:{row.device_id}"
             on_delete: delete   # CDC op d: emit an EdgeDelete (or: ignore, upsert)
           - edge: in_genre
-            each: row.genres    # one output per list element, bound as `item`
+            each: row.genres    # one output per list element, bound as `item` (or `as: x`)
             from: "title:{row.title_id}"
             to: "genre:{item}"
             when: {item: {ne: ""}}
         hook: my_pkg.hooks:extra    # optional: Event -> Iterable[Mutation], added to the outputs
 
+The event time of a rule's mutations is its ``time``, else the file's, else the record's (for
+Debezium: the commit time), else the record is a ``missing_time`` dead letter. Idempotency ids
+are ``<rule id or source:partition:offset>:<output>[.<element>]``, so a replayed record
+writes the same ids. A CDC delete (op ``d``) reads its fields from ``before`` (``row`` is
+``after``, or ``before`` for a delete); ``on_delete`` says what a ``node`` or ``edge`` output
+does then: ``ignore`` (the default), ``delete``, or ``upsert`` as for any other op.
+
 Outputs are ``node``, ``edge``, ``delete_node`` and ``delete_edge``. Values are constants,
 templates (``"profile:{row.profile_id}"``; a template that is one placeholder keeps the field's
 type) or ``{field | template, type, required, default}`` with types ``str``, ``int``, ``float``,
-``bool``, ``list``, ``map``, ``any``. Conditions: see :class:`~hopcast.stream.fields.Condition`.
+``bool``, ``list``, ``map``, ``any``; an absent or null field leaves an optional property out.
+Conditions: see :class:`~hopcast.stream.fields.Condition`. (YAML reads bare ``yes``, ``no``,
+``on`` and ``off`` as booleans: quote them in conditions on text fields.)
 
 Every produced mutation is validated against the graph schema by the pipeline; a record that
 fails anywhere becomes one dead letter (reason codes in :mod:`hopcast.stream.deadletter`).
