@@ -12,6 +12,8 @@ or ``Router(RedisTransport(url))`` in Python). See :mod:`hopcast.live.node`.
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from hopcast.config import live_secret
@@ -55,6 +57,10 @@ def gateway(
     """Run live gateway nodes fed through Redis (needs hopcast[redis]); devices' tokens are
     verified with $HOPCAST_LIVE_SECRET. SIGTERM/SIGINT: every device gets `bye restart`."""
     from hopcast.live import node  # imports redis: a clear error without hopcast[redis]
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(processName)s %(name)s: %(message)s"
+    )
 
     settings = node.NodeSettings(
         redis_url=redis_url,

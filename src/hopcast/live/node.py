@@ -256,7 +256,6 @@ def run_gateway(settings: NodeSettings, secret: bytes, workers: int = 1) -> int:
                     on_signal(signal.SIGTERM, None)
                     break
                 logger.error("gateway worker %d exited (%s); restarting", index, proc.exitcode)
-                print(f"gateway worker {index} exited ({proc.exitcode}); restarting", flush=True)
                 time.sleep(RESTART_DELAY_S)
                 if not stopping:
                     spawn(index)
