@@ -38,6 +38,7 @@ from hopcast.cli import remote
 from hopcast.cli.common import Doc, Settings, emit, query_options, store_dir, wants_json
 from hopcast.cli.gateway import gateway
 from hopcast.cli.render import age, iso
+from hopcast.cli.simulate import simulate_command
 from hopcast.config import live_secret
 from hopcast.durations import DAY, HOUR, MINUTE, SECOND, format_duration, now_us, parse_duration
 from hopcast.errors import InvalidInput, NotFound
@@ -447,3 +448,6 @@ def token(
         "expires_at": now + lifetime,
     }
     emit(settings, as_json, doc, lambda console, d: console.print(d["token"], soft_wrap=True))
+
+
+live.add_command(simulate_command)
