@@ -341,11 +341,13 @@ class RedisTransport:
                 if self._need_seed:
                     await self._seed(client, seed)
                 marker = await self._send(client, store, batch)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # never drop a frame: keep it queued and retry
                 self._need_seed = True
                 self.failures += 1
                 self._failed.inc()
-                if self.failures & (self.failures - 1) == 0:  # 1, 2, 4, 8, ... failures
+                if not isinstance(exc, RedisError | OSError):
+                    logger.exception("redis fan-out: unexpected failure sending to %s", self.url)
+                elif self.failures & (self.failures - 1) == 0:  # 1, 2, 4, 8, ... failures
                     logger.warning(
                         "redis fan-out: %s unreachable (%s); %d frame(s) waiting, retry %d",
                         self.url,

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -133,7 +133,8 @@ class RedisMirror:
         return self._epoch
 
     @property
-    def logs(self) -> dict[str, ChannelLog]:
+    def logs(self) -> Mapping[str, ChannelLog]:
+        """Channel → its local copy, for every channel mirrored."""
         return self._logs
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -191,11 +192,13 @@ class RedisMirror:
                     message = await self._pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         await self._on_frame(message["data"])
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # the feed must never stop silently: resync from Redis
                 self.connected.clear()
                 await self._drop_pubsub()
                 attempt += 1
-                if attempt & (attempt - 1) == 0:
+                if not isinstance(exc, RedisError | OSError):
+                    logger.exception("redis mirror: unexpected failure; reconnecting to resync")
+                elif attempt & (attempt - 1) == 0:
                     logger.warning("redis mirror: lost %s (%s); reconnecting", self.url, exc)
                 await asyncio.sleep(backoff(attempt, self._rng))
 
