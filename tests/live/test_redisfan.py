@@ -19,7 +19,7 @@ from hopcast.errors import ConfigError, HopcastError
 from hopcast.live import messages as m
 from hopcast.live import tokens
 from hopcast.live.fanout import GLOBAL_CHANNEL, ChannelLog, ResumeKind, Router
-from hopcast.live.gateway import Gateway
+from hopcast.live.gateway import Gateway, GatewayServer
 from hopcast.live.messages import Position
 from hopcast.live.producer import Trigger
 from hopcast.live.redisfan import Keys, RedisTransport, connect
@@ -203,6 +203,53 @@ def test_a_node_started_late_rebuilds_every_channel_and_resumes_devices(
             assert device.stats.state_syncs == 1
             r.publish(trigger(4))
             await until(lambda: applied(device) == [("final", 3), ("final", 4)])
+
+    run(main)
+
+
+def test_a_device_resumes_by_replay_on_a_node_started_while_it_was_away(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def main() -> None:
+        async with router(redis_url, redis_prefix) as r:
+            stop = asyncio.Event()
+            token = tokens.issue(SECRET, "tv-r", (GLOBAL_CHANNEL,), now_us(), 3_600_000_000)
+
+            async def node() -> tuple[RedisMirror, GatewayServer]:
+                mirror = RedisMirror(redis_url, prefix=redis_prefix)
+                await mirror.start()
+                gateway = Gateway(mirror, SECRET, node_id="n", retry_spread_ms=0)
+                return mirror, await gateway.serve("127.0.0.1", port)
+
+            port = 0
+            mirror, server = await node()
+            port = server.port
+            device = DeviceClient(
+                f"ws://127.0.0.1:{port}",
+                token,
+                (GLOBAL_CHANNEL,),
+                rng=random.Random(3),
+                sleep=lambda s: asyncio.sleep(min(s, 0.05)),
+            )
+            task = asyncio.create_task(device.run(stop))
+            try:
+                r.publish(trigger(1))
+                r.publish(trigger(2))
+                await until(lambda: len(applied(device)) == 2)
+                await server.close()  # bye restart; the device retries against a closed port
+                await mirror.close()
+                r.publish(trigger(3))
+                r.publish(trigger(4))
+                await transport_of(r).flush()
+                mirror, server = await node()  # a new node on the same port, loaded from Redis
+                await until(lambda: len(applied(device)) == 4)
+                assert applied(device) == [("final", v) for v in range(1, 5)]
+                assert device.stats.welcomes == 2 and device.stats.state_syncs == 1  # replayed
+            finally:
+                stop.set()
+                await task
+                await server.close()
+                await mirror.close()
 
     run(main)
 
