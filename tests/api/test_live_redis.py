@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from hopcast.durations import now_us
 from hopcast.graphdb import Graph
 from hopcast.live import tokens
 from hopcast.live.gateway import Gateway
+from hopcast.live.redisfan import Keys, connect
 from hopcast.live.redisnode import RedisMirror
 from hopcast.sdk.client import DeviceClient
 
@@ -41,6 +42,14 @@ def _post(url: str, body: dict[str, Any]) -> Any:
     )
     with urllib.request.urlopen(req, timeout=5) as r:
         return json.loads(r.read())
+
+
+async def _until_async(check: Callable[[], Awaitable[int]]) -> None:
+    async def poll() -> None:
+        while not await check():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), WAIT_S)
 
 
 async def _until(check: Callable[[], bool]) -> None:
@@ -65,8 +74,15 @@ def test_the_api_publishes_triggers_to_its_gateway_and_through_redis(
     base = f"http://127.0.0.1:{port}"
 
     async def devices() -> list[list[str]]:
+        # the server wrote the router's epoch at start-up, before any trigger
+        client = connect(redis_url)
+        try:
+            await _until_async(lambda: client.exists(Keys().router))
+        finally:
+            await client.aclose()
         mirror = RedisMirror(redis_url)
         await mirror.start()
+        assert mirror.epoch != 0
         node = await Gateway(mirror, SECRET, node_id="remote").serve("127.0.0.1", 0)
         stop = asyncio.Event()
         clients = []
@@ -81,6 +97,9 @@ def test_the_api_publishes_triggers_to_its_gateway_and_through_redis(
             await asyncio.to_thread(_post, base + "/v1/live/events/final/start", {})
             await _until(lambda: all(len(c.stats.applied) >= 1 for c in clients))
             assert {c.protocol.node for c in clients} == {f"127.0.0.1:{gw_port}", "remote"}
+            # both took the trigger itself after one state on subscribe, in the same epoch
+            assert [c.stats.state_syncs for c in clients] == [1, 1]
+            assert len({c.protocol.positions["event:final"] for c in clients}) == 1
             return [[a.stage for a in c.stats.applied] for c in clients]
         finally:
             stop.set()

@@ -11,9 +11,11 @@ import gc
 import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hopcast.api.app import MAX_BODY_BYTES, create_app
 from hopcast.api.live import GatewayBinding
@@ -24,6 +26,9 @@ from hopcast.graphdb import Graph
 from hopcast.live.fanout import InProcessTransport, Router, Transport
 from hopcast.live.gateway import Gateway
 from hopcast.live.service import LiveService
+
+if TYPE_CHECKING:
+    from hopcast.live.redisfan import RedisTransport
 
 #: Loopback by default: the API has no authentication, so exposing it is an explicit choice.
 DEFAULT_HOST = "127.0.0.1"
@@ -73,8 +78,14 @@ def make_server(
     """
     service = LiveService(graph.store.kv) if live else None
     binding = None
+    redis: RedisTransport | None = None
     if service is not None and (gateway_port is not None or redis_url is not None):
-        router = Router(_transport(redis_url))
+        transport: Transport = InProcessTransport()
+        if redis_url is not None:  # Redis also serves this process's gateway
+            from hopcast.live.redisfan import RedisTransport  # the redis extra, when asked for
+
+            transport = redis = RedisTransport(redis_url)
+        router = Router(transport)
         service.add_sink(router.publish_all)
     if service is not None and gateway_port is not None:
         secret = live_secret()
@@ -85,8 +96,11 @@ def make_server(
             secret,
             dev_tokens,
         )
+    app: ASGIApp = create_app(graph, max_body_bytes=max_body_bytes, live=service, gateway=binding)
+    if redis is not None:
+        app = _WithTransport(app, redis)
     config = uvicorn.Config(
-        create_app(graph, max_body_bytes=max_body_bytes, live=service, gateway=binding),
+        app,
         host=host,
         port=port,
         loop=_LOOP,
@@ -98,13 +112,27 @@ def make_server(
     return uvicorn.Server(config)
 
 
-def _transport(redis_url: str | None) -> Transport:
-    """In-process, or Redis (which also serves this process's gateway) when a URL is given."""
-    if redis_url is None:
-        return InProcessTransport()
-    from hopcast.live.redisfan import RedisTransport  # the redis extra, only when asked for
+class _WithTransport:
+    """The app, with a networked transport started when the app has started (the router's epoch
+    reaches Redis before the first trigger) and flushed and closed when it has stopped."""
 
-    return RedisTransport(redis_url)
+    def __init__(self, app: ASGIApp, transport: RedisTransport) -> None:
+        self.app = app
+        self.transport = transport
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def forward(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                self.transport.start()
+            elif message["type"] == "lifespan.shutdown.complete":
+                await self.transport.close()
+            await send(message)
+
+        await self.app(scope, receive, forward)
 
 
 #: Cyclic-GC thresholds for a server process. A 3-hop answer allocates thousands of objects;
