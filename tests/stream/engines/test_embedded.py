@@ -1,0 +1,245 @@
+"""The embedded engine in process: a whole backlog, restarts that resume, convergence under
+shuffling and duplicates, dead letters beside good input, storage failures, metrics, stop."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from demo_records import demo_records, graph_dump
+from prometheus_client import generate_latest
+
+from hopcast.errors import StorageError
+from hopcast.graphdb import Graph
+from hopcast.kv.base import HEADER_SIZE
+from hopcast.stream.deadletter import DeadLetterStore, Reason
+from hopcast.stream.engines import EmbeddedEngine, engine_for, stored_positions
+from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
+from hopcast.stream.operators import Pipeline
+from hopcast.stream.record import Position
+from hopcast.stream.sources import ListSource
+
+RECORDS = demo_records(3000)
+
+
+def run_all(graph: Graph, sources: list[ListSource], **options: Any) -> EmbeddedEngine:
+    maps = Mapping.load_dir(DEMO_MAPPINGS, graph.schema)
+    engine = engine_for(graph, sources, maps, batch_ms=20, **options)
+    engine.run(until_idle=True)
+    return engine
+
+
+def lists(records: dict[str, list[bytes]]) -> list[ListSource]:
+    return [ListSource(name, values) for name, values in records.items()]
+
+
+@pytest.fixture
+def graph(tmp_path: Path) -> Any:
+    with Graph.open(tmp_path / "g") as g:
+        yield g
+
+
+def test_a_backlog_is_written_with_its_positions_and_a_restart_reads_nothing_again(
+    graph: Graph,
+) -> None:
+    engine = run_all(graph, lists(RECORDS), batch_records=500)
+    assert engine.stats.events == 3000
+    assert engine.stats.dead_letters == 0
+    assert engine.stats.batches >= 6
+    stored = stored_positions(graph.store, list(RECORDS))
+    assert stored == {n: {"0": Position("0", len(v) - 1)} for n, v in RECORDS.items()}
+    before = graph_dump(graph)
+    sources = lists(RECORDS)
+    again = run_all(graph, sources)
+    assert again.stats.events == 0
+    assert all(s.opened == 1 for s in sources)
+    assert graph_dump(graph) == before
+
+
+def test_a_restart_in_the_middle_resumes_exactly_where_the_last_batch_ended(
+    tmp_path: Path,
+) -> None:
+    with Graph.open(tmp_path / "clean") as clean:
+        run_all(clean, lists(RECORDS))
+        want = graph_dump(clean)
+    with Graph.open(tmp_path / "steps") as g:
+        maps = Mapping.load_dir(DEMO_MAPPINGS, g.schema)
+        for _ in range(7):  # a few batches per engine, then a new engine (a restart)
+            engine = engine_for(g, lists(RECORDS), maps, batch_records=137, batch_ms=10)
+            engine.run(max_batches=3)
+        run_all(g, lists(RECORDS))
+        assert graph_dump(g) == want
+        sources = lists(RECORDS)
+        assert run_all(g, sources).stats.events == 0
+
+
+def test_shuffled_and_duplicated_input_converges_to_the_same_graph(tmp_path: Path) -> None:
+    with Graph.open(tmp_path / "clean") as clean:
+        run_all(clean, lists(RECORDS))
+        want = graph_dump(clean)
+    rng = random.Random(3)
+    messy: dict[str, list[bytes]] = {}
+    for name, values in RECORDS.items():
+        doubled = values + rng.sample(values, len(values) // 3)
+        rng.shuffle(doubled)
+        messy[name] = doubled
+    # Several partitions per source, interleaved differently.
+    parts = {n: {str(i): v[i::3] for i in range(3)} for n, v in messy.items()}
+    with Graph.open(tmp_path / "messy") as g:
+        run_all(g, [ListSource(n, p) for n, p in parts.items()], batch_records=211)
+        assert _graph_only(graph_dump(g)) == _graph_only(want)
+
+
+def _graph_only(dump: dict[str, Any]) -> dict[str, Any]:
+    """The dump without idempotency tokens (hashes of ids, which come from source positions):
+    keys, times, flags and property values stay."""
+    out: dict[str, Any] = {}
+    for ns, items in dump.items():
+        rows = []
+        for k, v in items:
+            header, payload = v[:8] + v[16:HEADER_SIZE], v[HEADER_SIZE:]
+            if ns.startswith("n.") and payload:
+                props = msgspec.msgpack.decode(payload)
+                payload = repr(sorted((p, x[:2]) for p, x in props.items())).encode()
+            rows.append((k, header, payload))
+        out[ns] = rows
+    return out
+
+
+BAD = {
+    Reason.MALFORMED_JSON: b"{not json",
+    Reason.BAD_ENVELOPE: json.dumps({"op": "u", "after": None, "source": {"table": "x"}}).encode(),
+    Reason.MISSING_FIELD: json.dumps(
+        {
+            "op": "u",
+            "before": None,
+            "after": {"id": "x", "title_id": "1", "device_id": "d", "updated_at": 1},
+            "source": {"table": "playback", "ts_ms": 1},
+            "ts_ms": 1,
+        }
+    ).encode(),
+    Reason.OVERSIZE: b'{"x": "' + b"a" * 70_000 + b'"}',
+}
+
+
+def test_each_kind_of_bad_input_is_dead_lettered_while_good_input_flows(
+    graph: Graph, tmp_path: Path
+) -> None:
+    good = RECORDS["playback"][:200]
+    values = list(good)
+    for i, bad in enumerate(BAD.values()):
+        values.insert(20 + 40 * i, bad)
+    maps = Mapping.load_dir(DEMO_MAPPINGS, graph.schema)
+    # playback's mapping allows 1 MiB: a small limit makes the oversize case.
+    base = maps["playback"].pipeline(graph.schema)
+    pipeline = Pipeline(base.decoder, base.steps, graph.schema, max_bytes=65_536)
+    engine = EmbeddedEngine(graph, [(ListSource("playback", values), pipeline)], batch_ms=10)
+    engine.run(until_idle=True)
+    letters = list(DeadLetterStore(graph.store.kv))
+    assert sorted(d.reason for d in letters) == sorted(BAD)
+    assert {d.payload for d in letters} == set(BAD.values())
+    assert engine.stats.events == len(values)
+    with Graph.open(tmp_path / "clean") as clean:
+        run_all(clean, [ListSource("playback", good)])
+        assert _graph_only(graph_dump(graph)) == _graph_only(graph_dump(clean))
+    text = generate_latest(engine.metrics.registry).decode()
+    assert (
+        'hopcast_ingest_dead_letters_total{reason="malformed_json",source="playback"} 1.0' in text
+    )
+
+
+class FlakyStore:
+    """Wraps a GraphStore: the next ``fail`` applies raise (StorageError or a crash)."""
+
+    def __init__(self, store: Any, fail: int, exc: type[Exception]) -> None:
+        self._store, self.fail, self.exc = store, fail, exc
+
+    def apply(self, mutations: Any, checkpoints: Any = None) -> Any:
+        if self.fail:
+            self.fail -= 1
+            raise self.exc("disk on fire")
+        return self._store.apply(mutations, checkpoints)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_storage_errors_are_retried_and_a_crash_before_the_write_loses_and_doubles_nothing(
+    graph: Graph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hopcast.stream.engines.embedded.time.sleep", lambda s: None)
+    values = [*RECORDS["playback"][:50], b"{bad", *RECORDS["playback"][50:100]]
+    maps = Mapping.load_dir(DEMO_MAPPINGS, graph.schema)
+    flaky = FlakyStore(graph.store, 2, StorageError)
+    engine = EmbeddedEngine(
+        flaky,  # type: ignore[arg-type]
+        [(ListSource("playback", values), maps["playback"].pipeline())],
+        batch_ms=10,
+    )
+    engine.run(until_idle=True)
+    assert stored_positions(graph.store, ["playback"])["playback"] == {"0": Position("0", 100)}
+    # A crash after the dead letters were written and before the graph write: the restart
+    # reads the same records again; the dead letter is stored once.
+    with Graph.open(None) as g2:
+        crash = FlakyStore(g2.store, 1, RuntimeError)
+        engine = EmbeddedEngine(
+            crash,  # type: ignore[arg-type]
+            [(ListSource("playback", values), maps["playback"].pipeline())],
+            batch_ms=10,
+        )
+        with pytest.raises(RuntimeError):
+            engine.run(until_idle=True)
+        assert DeadLetterStore(g2.store.kv).count() == 1
+        assert g2.store.checkpoints() == {}
+        engine = EmbeddedEngine(
+            g2, [(ListSource("playback", values), maps["playback"].pipeline())], batch_ms=10
+        )
+        engine.run(until_idle=True)
+        assert DeadLetterStore(g2.store.kv).count() == 1
+        assert engine.stats.events == 101
+
+
+def test_stop_from_another_thread_finishes_the_batch_and_closes_the_sources(
+    graph: Graph,
+) -> None:
+    source = ListSource("playback", RECORDS["playback"][:10])
+    maps = Mapping.load_dir(DEMO_MAPPINGS, graph.schema)
+    engine = engine_for(graph, [source], maps, batch_ms=20)
+    threading.Timer(0.3, engine.stop).start()
+    stats = engine.run()  # would run forever
+    assert stats.events == 10
+    assert source.committed == {"0": Position("0", 9)}
+    with pytest.raises(RuntimeError, match="not open"):
+        source.poll(1, 0)
+
+
+def test_metrics_and_stats_describe_the_run(graph: Graph) -> None:
+    engine = run_all(graph, lists(RECORDS))
+    text = generate_latest(engine.metrics.registry).decode()
+    for name in (
+        'hopcast_ingest_events_total{source="browse"}',
+        "hopcast_ingest_mutations_written_total",
+        "hopcast_ingest_freshness_seconds_bucket",
+        'hopcast_ingest_stage_seconds_count{stage="write"}',
+        'hopcast_ingest_lag{source="browse"} 0.0',
+    ):
+        assert name in text
+    events, mutations = engine.stats.rate(60)
+    assert events > 0 and mutations > 0
+    assert engine.stats.freshness_quantiles() is not None
+
+
+def test_engine_arguments_are_checked(graph: Graph) -> None:
+    maps = Mapping.load_dir(DEMO_MAPPINGS, graph.schema)
+    with pytest.raises(ValueError, match="no mapping"):
+        engine_for(graph, [ListSource("nope")], maps)
+    p = maps["browse"].pipeline()
+    with pytest.raises(ValueError, match="unique"):
+        EmbeddedEngine(graph, [(ListSource("a"), p), (ListSource("a"), p)])
+    with pytest.raises(ValueError, match="batch_records"):
+        EmbeddedEngine(graph, [], batch_records=0)
