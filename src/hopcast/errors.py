@@ -17,11 +17,13 @@
     │   ├── TokenError              a device token that is malformed, forged or expired
     │   └── RecordRejected          an ingested record that cannot become mutations (reason code)
     ├── NotFound                    a named thing does not exist                (HTTP 404)
-    └── StorageError                the KV backend failed (translated from the driver's error)
-        └── StoreClosed             the store was used after close()
+    ├── StorageError                the KV backend failed (translated from the driver's error)
+    │   └── StoreClosed             the store was used after close()
+    └── SourceError                 a source's upstream (database, broker) failed or refused
 
-Drivers' exceptions (lmdb, redis, …) never leave the module that imports the driver: they are
-translated into :class:`StorageError` there, with the original chained as ``__cause__``.
+Drivers' exceptions (lmdb, redis, psycopg, confluent-kafka, …) never leave the module that
+imports the driver: they are translated into :class:`StorageError` (or :class:`SourceError`)
+there, with the original chained as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -144,3 +146,9 @@ class RecordRejected(InvalidInput):
         self.reason = reason
         self.message = message
         super().__init__(f"{reason}: {message}")
+
+
+class SourceError(HopcastError):
+    """A stream source's upstream failed or refused: a database or broker that cannot be reached,
+    a replication stream that broke, a topic that does not exist. Translated from the driver's
+    error (chained as ``__cause__``) in the source's module."""
