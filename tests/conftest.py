@@ -87,3 +87,92 @@ def redis_url(redis_server: RedisServer) -> str:
 def redis_prefix(request: pytest.FixtureRequest) -> str:
     """A key prefix of this test's own, so tests sharing the Redis do not see each other."""
     return f"test:{request.node.name}:{os.urandom(4).hex()}:".replace("{", "(").replace("}", ")")
+
+
+# -- PostgreSQL and Kafka (the CDC and Kafka sources' tests) -----------------------------------
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class DeployedService:
+    """A service started and stopped through ``deploy/<script> start|stop --port P --dir D``."""
+
+    def __init__(self, script: str, port: int, directory: Path, *extra: str) -> None:
+        self.script = DEPLOY / script
+        self.port = port
+        self.dir = directory
+        self.extra = list(extra)
+        self.output = ""
+
+    def run(self, action: str, timeout: float) -> str:
+        cmd = [str(self.script), action, "--port", str(self.port), "--dir", str(self.dir)]
+        cmd += self.extra
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{' '.join(cmd)} did not finish within {timeout} s")
+        if done.returncode != 0:
+            pytest.fail(
+                f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr.strip()}\n"
+                f"{done.stdout.strip()}"
+            )
+        return done.stdout
+
+
+def _service_dir(prefix: str) -> Path:
+    # Under the system temp dir, not pytest's (0700, root's): as root, PostgreSQL runs as the
+    # 'postgres' user, who must reach its data directory.
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A PostgreSQL (wal_level=logical, trust auth) on a free loopback port for the session,
+    started on first use through ``deploy/postgres.sh``; its DSN. Missing server binaries fail
+    the test with the install command."""
+    import glob
+
+    if not glob.glob("/usr/lib/postgresql/*/bin/postgres") and shutil.which("postgres") is None:
+        pytest.fail(
+            "PostgreSQL server is not installed; the CDC tests need a real one: "
+            "apt-get install -y postgresql"
+        )
+    directory = _service_dir("hopcast-postgres-")
+    server = DeployedService("postgres.sh", _free_port(), directory)
+    out = server.run("start", timeout=90)
+    dsn = out.strip().splitlines()[-1]
+    try:
+        yield dsn
+    finally:
+        server.run("stop", timeout=60)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A single-node Apache Kafka broker (KRaft, broker + controller) on free loopback ports for
+    the session, started on first use through ``deploy/kafka.sh`` (which fetches the pinned jars
+    from Maven Central into ~/.cache/hopcast once); its bootstrap address. No Java, or jars that
+    cannot be fetched, fail the test with the reason."""
+    if shutil.which("java") is None:
+        pytest.fail(
+            "java is not installed; the Kafka tests need it: apt-get install -y default-jre"
+        )
+    directory = _service_dir("hopcast-kafka-")
+    server = DeployedService(
+        "kafka.sh", _free_port(), directory, "--controller-port", str(_free_port())
+    )
+    server.run("start", timeout=600)
+    try:
+        yield f"127.0.0.1:{server.port}"
+    finally:
+        server.run("stop", timeout=60)
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,282 @@
+"""PostgreSQL CDC against a real server (the session's, from deploy/postgres.sh): change events
+in Debezium's format, in commit order, resumed from hopcast's stored position, confirmed to the
+slot only on commit; and the source contract."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from hopcast.errors import ConfigError, SourceError
+from hopcast.stream.operators import decode_debezium
+from hopcast.stream.record import Position, Record
+from hopcast.stream.sources import build_source, check_source_contract
+from hopcast.stream.sources.postgres_cdc import (
+    PostgresCDCSource,
+    from_spec,
+    lsn_from_str,
+    lsn_to_str,
+    position_offset,
+    split_offset,
+)
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def db(postgres_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def tag(db: psycopg.Connection[Any]) -> Iterator[str]:
+    """A unique name for this test's tables, slot and publication; all dropped afterwards."""
+    name = f"t{next(_names)}_{int(time.time() * 1000) % 100000}"
+    yield name
+    for (slot,) in db.execute(
+        "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE %s", (f"%{name}%",)
+    ).fetchall():
+        for _ in range(100):  # a just closed stream may hold the slot for a moment
+            try:
+                db.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                break
+            except psycopg.errors.ObjectInUse:
+                time.sleep(0.05)
+    db.execute(f"DROP PUBLICATION IF EXISTS hopcast_{name}")
+
+
+def _tables(db: psycopg.Connection[Any], tag: str) -> tuple[str, str]:
+    members, playback = f"members_{tag}", f"playback_{tag}"
+    db.execute(f"CREATE TABLE {members} (id int PRIMARY KEY, name text, joined timestamp)")
+    db.execute(
+        f"CREATE TABLE {playback} (id bigint PRIMARY KEY, profile_id text, title_id text,"
+        " position_s int, paused boolean, rate float8)"
+    )
+    return members, playback
+
+
+def _drain(source: PostgresCDCSource, want: int, timeout_s: float = 10.0) -> list[Record]:
+    got: list[Record] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < want and time.monotonic() < deadline:
+        got += source.poll(100, 0.2)
+    got += source.poll(100, 0.3)  # anything beyond `want` is a failure of the caller's check
+    return got
+
+
+def _changes(records: list[Record]) -> list[tuple[str, str, Any, Any]]:
+    out = []
+    for record in records:
+        event = decode_debezium(record)
+        assert event is not None
+        out.append((event.table or "", event.op or "", event.data["before"], event.data["after"]))
+    return out
+
+
+def _confirmed(source: PostgresCDCSource) -> int:
+    return int(source.slot_state()["confirmed_flush_lsn"])
+
+
+def _wait_confirmed_at_least(source: PostgresCDCSource, lsn: int) -> int:
+    deadline = time.monotonic() + 5
+    while (confirmed := _confirmed(source)) < lsn and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return confirmed
+
+
+def test_changes_on_several_tables_arrive_as_debezium_events_and_resume_exactly(
+    db: psycopg.Connection[Any], tag: str, postgres_dsn: str
+) -> None:
+    members, playback = _tables(db, tag)
+    source = PostgresCDCSource(
+        "members", postgres_dsn, tables=[members, f"public.{playback}"], slot=f"hopcast_{tag}"
+    )
+    source.open({})
+    created = _confirmed(source)
+
+    db.execute(f"INSERT INTO {members} VALUES (1, 'ann', '2026-01-02 03:04:05.25')")
+    with db.transaction():
+        db.execute(f"INSERT INTO {playback} VALUES (10, 'p1', 't1', 0, false, 1.5)")
+        db.execute(f"UPDATE {playback} SET position_s = 30 WHERE id = 10")
+        db.execute(f"INSERT INTO {members} VALUES (2, 'bob', NULL)")
+    db.execute(f"UPDATE {members} SET name = 'anne' WHERE id = 1")
+    db.execute(f"DELETE FROM {playback} WHERE id = 10")
+
+    first = _drain(source, 6)
+    ann = {"id": 1, "name": "ann", "joined": 1767323045250000}  # µs since the epoch
+    row10 = {"id": 10, "profile_id": "p1", "title_id": "t1", "paused": False, "rate": 1.5}
+    key_only = {
+        "id": 10,
+        "profile_id": None,
+        "title_id": None,
+        "position_s": None,
+        "paused": None,
+        "rate": None,
+    }
+    assert _changes(first) == [
+        (members, "c", None, ann),
+        (playback, "c", None, {**row10, "position_s": 0}),
+        (playback, "u", None, {**row10, "position_s": 30}),
+        (members, "c", None, {"id": 2, "name": "bob", "joined": None}),
+        (members, "u", None, {**ann, "name": "anne"}),
+        (playback, "d", key_only, None),  # REPLICA IDENTITY DEFAULT: the key only
+    ]
+    offsets = [r.position.offset for r in first]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 6
+    assert {r.position.partition for r in first} == {f"hopcast_{tag}"}
+    assert [json.loads(r.key or b"") for r in first][:2] == [{"id": 1}, {"id": 10}]
+    doc = json.loads(first[1].value)
+    assert doc["source"]["table"] == playback and doc["source"]["schema"] == "public"
+    assert doc["source"]["txId"] == json.loads(first[3].value)["source"]["txId"]
+    assert doc["source"]["ts_us"] == first[1].event_time
+    assert abs(doc["source"]["ts_ms"] - time.time() * 1000) < 60_000
+
+    # Nothing confirmed until hopcast says it is durable; then up to the committed record.
+    time.sleep(0.3)
+    assert _confirmed(source) == created
+    stored = first[3].position  # the last change of the three-change transaction
+    source.commit({stored.partition: stored})
+    after_commit = _wait_confirmed_at_least(source, created + 1)
+    commit_lsn, _ = split_offset(stored.offset)
+    assert after_commit > commit_lsn  # the end of that transaction
+    assert after_commit < split_offset(first[4].position.offset)[0]  # not the next one
+    source.close()
+
+    # Changes while hopcast is away; resume from the stored position: exactly what is new.
+    db.execute(f"INSERT INTO {members} VALUES (3, 'cy', NULL)")
+    db.execute(f"DELETE FROM {members} WHERE id = 2")
+    again = PostgresCDCSource("members", postgres_dsn, tables=[members], slot=f"hopcast_{tag}")
+    again.open({stored.partition: stored})
+    rest = _drain(again, 4)
+    assert [r.value for r in rest[:2]] == [r.value for r in first[4:]]  # same bytes on replay
+    assert _changes(rest[2:]) == [
+        (members, "c", None, {"id": 3, "name": "cy", "joined": None}),
+        (members, "d", {"id": 2, "name": None, "joined": None}, None),
+    ]
+    assert len(rest) == 4
+    again.commit({rest[-1].position.partition: rest[-1].position})
+    assert _wait_confirmed_at_least(again, after_commit + 1) > after_commit
+    again.close()
+
+    # Everything committed: a reopen at the last position delivers nothing.
+    last = PostgresCDCSource("members", postgres_dsn, slot=f"hopcast_{tag}")
+    last.open({rest[-1].position.partition: rest[-1].position})
+    assert last.poll(100, 0.5) == []
+    last.close()
+
+
+def test_a_resume_inside_a_transaction_is_exact_and_confirms_only_whole_transactions(
+    db: psycopg.Connection[Any], tag: str, postgres_dsn: str
+) -> None:
+    members, _ = _tables(db, tag)
+    source = PostgresCDCSource("m", postgres_dsn, tables=[members], slot=f"hopcast_{tag}")
+    source.open({})
+    created = _confirmed(source)
+    with db.transaction():
+        for i in range(5):
+            db.execute(f"INSERT INTO {members} VALUES ({i}, 'n{i}', NULL)")
+    records = _drain(source, 5)
+    assert len(records) == 5
+    source.commit({records[2].position.partition: records[2].position})
+    time.sleep(0.3)
+    assert _confirmed(source) == created  # the transaction is not wholly written yet
+    source.close()
+
+    source.open({records[2].position.partition: records[2].position})
+    assert [r.value for r in _drain(source, 2)] == [r.value for r in records[3:]]
+    source.close()
+
+
+def test_replica_identity_full_gives_the_whole_old_row(
+    db: psycopg.Connection[Any], tag: str, postgres_dsn: str
+) -> None:
+    members, _ = _tables(db, tag)
+    source = PostgresCDCSource(
+        "m", postgres_dsn, tables=[members], slot=f"hopcast_{tag}", replica_identity_full=True
+    )
+    source.open({})
+    db.execute(f"INSERT INTO {members} VALUES (1, 'ann', NULL)")
+    db.execute(f"UPDATE {members} SET name = 'anne' WHERE id = 1")
+    db.execute(f"DELETE FROM {members} WHERE id = 1")
+    ann = {"id": 1, "name": "ann", "joined": None}
+    assert _changes(_drain(source, 3)) == [
+        (members, "c", None, ann),
+        (members, "u", ann, {**ann, "name": "anne"}),
+        (members, "d", {**ann, "name": "anne"}, None),
+    ]
+    source.close()
+
+
+def test_the_source_contract_holds(
+    db: psycopg.Connection[Any], tag: str, postgres_dsn: str
+) -> None:
+    members, playback = _tables(db, tag)
+    slot = f"hopcast_{tag}"
+    PostgresCDCSource("c", postgres_dsn, tables=[members, playback], slot=slot).open({})
+    for i in range(4):
+        db.execute(f"INSERT INTO {members} VALUES ({i}, 'm{i}', NULL)")
+    with db.transaction():
+        for i in range(5):
+            db.execute(f"INSERT INTO {playback} VALUES ({i}, 'p', 't', {i}, true, 0)")
+    db.execute(f"UPDATE {members} SET name = 'x' WHERE id < 3")
+
+    def make() -> PostgresCDCSource:
+        return PostgresCDCSource("c", postgres_dsn, slot=slot)
+
+    probe = make()
+    probe.open({})
+    values = [r.value for r in _drain(probe, 12)]
+    probe.close()
+    assert len(values) == 12
+    check_source_contract(make, values, max_records=5)
+
+
+def test_missing_publication_or_slot_without_create_is_a_config_error(
+    tag: str, postgres_dsn: str
+) -> None:
+    source = PostgresCDCSource("m", postgres_dsn, slot=f"hopcast_{tag}", create=False)
+    with pytest.raises(ConfigError, match="does not exist"):
+        source.open({})
+
+
+def test_an_unreachable_server_is_a_source_error() -> None:
+    source = PostgresCDCSource("m", "postgresql://postgres@127.0.0.1:1/postgres")
+    with pytest.raises(SourceError, match="source 'm'"):
+        source.open({})
+
+
+def test_specs_build_sources() -> None:
+    source = build_source(
+        "pb", "postgres:postgresql://u@h:5/db#tables=a,s.b&slot=s1&replica_identity_full=yes"
+    )
+    assert isinstance(source, PostgresCDCSource)
+    assert (source.dsn, source.tables, source.slot, source.publication) == (
+        "postgresql://u@h:5/db",
+        ["a", "s.b"],
+        "s1",
+        "s1",
+    )
+    assert source.replica_identity_full and source.create
+    assert from_spec("My-Src", "dbname=x").slot == "hopcast_my_src"
+    with pytest.raises(ConfigError, match="unknown postgres option"):
+        from_spec("x", "dbname=x#tabels=a")
+    with pytest.raises(ConfigError, match="not yes or no"):
+        from_spec("x", "dbname=x#create=maybe")
+
+
+def test_lsn_and_offset_forms() -> None:
+    assert lsn_to_str(0x1_016B_3748) == "1/16B3748"
+    assert lsn_from_str("1/16B3748") == 0x1_016B_3748
+    offset = position_offset(0x1_016B_3748, 7)
+    assert split_offset(offset) == (0x1_016B_3748, 7)
+    assert position_offset(5, 70_000) == position_offset(5, 65_535)  # the index ceiling
+    assert Position.from_bytes(Position("s", position_offset((1 << 48) - 1, 65_535)).to_bytes())
+    with pytest.raises(SourceError):
+        position_offset(1 << 48, 0)
