@@ -24,7 +24,8 @@ Why the handlers look the way they do:
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from fastapi import FastAPI, Path, Query, Request
@@ -48,6 +49,9 @@ from hopcast.errors import InvalidQuery, NotFound
 from hopcast.graphdb import Graph
 from hopcast.live.service import LiveService
 from hopcast.query import spec as q
+
+if TYPE_CHECKING:
+    from hopcast.stream.sources.journal import Journal
 
 #: Largest request body accepted (1 MiB). Roughly 5-10k mutations in their JSON form — a batch
 #: that commits in milliseconds — while a burst of oversized uploads cannot exhaust memory: a
@@ -164,6 +168,7 @@ def create_app(
     title: str = "hopcast",
     live: LiveService | None = None,
     gateway: GatewayBinding | None = None,
+    journals: Mapping[str, Journal] | None = None,
 ) -> FastAPI:
     """Build the API app over ``graph``.
 
@@ -177,6 +182,8 @@ def create_app(
         live: a live-event service: adds the ``/v1/live`` routes (:mod:`hopcast.api.live`),
             which resume it and run its timers while the app is up. Not owned by the app.
         gateway: a WebSocket gateway to run beside the live routes (needs ``live``).
+        journals: ingest journals by source name: adds ``POST /v1/ingest/{source}``
+            (:mod:`hopcast.api.ingest`). Not owned by the app.
 
     Raises:
         ValueError: for a negative ``max_body_bytes`` or ``max_mutations < 1``.
@@ -434,4 +441,8 @@ def create_app(
     if live is not None:
         app.state.live = live
         app.include_router(live_router(live, metrics.registry, binding=gateway))
+    if journals:
+        from hopcast.api.ingest import ingest_router
+
+        app.include_router(ingest_router(journals, metrics.registry))
     return app

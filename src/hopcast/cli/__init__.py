@@ -42,6 +42,7 @@ from hopcast.cli.common import (
     print_json,
     wants_json,
 )
+from hopcast.cli.ingest import deadletters, ingest
 from hopcast.cli.live import live
 from hopcast.cli.query import query
 from hopcast.cli.store import apply, info, sweep
@@ -169,6 +170,8 @@ cli.add_command(apply)
 cli.add_command(sweep)
 cli.add_command(info)
 cli.add_command(live)
+cli.add_command(ingest)
+cli.add_command(deadletters)
 
 
 def main() -> None:

@@ -1,0 +1,204 @@
+"""``POST /v1/ingest/{source}``: records over HTTP into a durable journal, answered 202.
+
+The body is either a JSON array (each element one record, re-encoded compactly) or JSON lines
+(each non-empty line one record, kept byte for byte). Every record must be a JSON object. The
+records are appended to the source's journal (:class:`~hopcast.stream.sources.journal.Journal`)
+and ``fsync``\\ ed before the answer, so **a 202 means the records will be ingested**, whatever
+crashes afterwards; concurrent requests share one ``fsync`` (group commit). The engine reads the
+journal as a ``journal:DIR`` source.
+
+==========================================  ======  ===================
+Outcome                                     Status  ``error``
+==========================================  ======  ===================
+appended (``{"accepted", "position"}``)      202
+no journal for this source                   404    ``not_found``
+body larger than ``max_body_bytes``          413    ``body_too_large``
+more records than ``max_records``            413    ``too_many_records``
+empty body                                   400    ``empty_body``
+not JSON (names the line or the element)     400    ``malformed_json``
+a record that is not a JSON object           400    ``not_an_object``
+the journal's disk failed                    503    ``storage_unavailable``
+==========================================  ======  ===================
+
+Wire it into the API with ``create_app(graph, journals={...})``, or run it alone with
+:func:`ingest_app` (what ``hopcast ingest run --listen`` does, beside the engine's ``/metrics``).
+
+Metrics: ``hopcast_ingest_http_records_total{source}``, ``hopcast_ingest_http_bytes_total{source}``,
+``hopcast_ingest_http_rejected_total{source,error}``, ``hopcast_ingest_journal_fsyncs_total``
+(fewer than requests under load: group commit) and ``hopcast_ingest_append_seconds`` (histogram:
+the wait for the durable append).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, FastAPI, Request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from hopcast.api import errors
+from hopcast.api.errors import ApiError
+from hopcast.api.guard import RequestGuard
+from hopcast.api.metrics import METRICS_CONTENT_TYPE
+from hopcast.api.responses import JSON
+from hopcast.errors import NotFound
+from hopcast.stream.sources.journal import Journal
+
+#: Largest body (4 MiB): thousands of log lines in one request, bounded memory per request.
+MAX_BODY_BYTES = 4 << 20
+#: Most records per request.
+MAX_RECORDS = 50_000
+
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+class _JournalCollector(Collector):
+    def __init__(self, journals: Mapping[str, Journal]) -> None:
+        self.journals = journals
+
+    def collect(self) -> Any:
+        fsyncs = CounterMetricFamily(
+            "hopcast_ingest_journal_fsyncs", "Journal fsyncs (group commits)", labels=["source"]
+        )
+        for name, journal in self.journals.items():
+            fsyncs.add_metric([name], journal.stats().fsyncs)
+        yield fsyncs
+
+
+def parse_body(body: bytes) -> list[bytes]:
+    """The records of a request body (see the module docstring).
+
+    Raises:
+        ApiError: 400 for an empty body, bad JSON or a record that is not an object.
+    """
+    text = body.strip()
+    if not text:
+        raise ApiError(400, "empty_body", "the body is empty: send JSON lines or a JSON array")
+    if text.startswith(b"["):
+        try:
+            items = _decode(text)
+        except msgspec.DecodeError as exc:
+            raise ApiError(
+                400, "malformed_json", f"the JSON array is not valid JSON: {exc}"
+            ) from None
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ApiError(400, "not_an_object", f"element {i}: a record must be an object")
+            out.append(_encode(item))
+        return out
+    out = []
+    for n, line in enumerate(text.split(b"\n"), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            doc = _decode(line)
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, "malformed_json", f"line {n} is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ApiError(400, "not_an_object", f"line {n}: a record must be a JSON object")
+        out.append(line)
+    return out
+
+
+def ingest_router(
+    journals: Mapping[str, Journal],
+    registry: CollectorRegistry,
+    *,
+    max_records: int = MAX_RECORDS,
+) -> APIRouter:
+    """The route over ``journals`` (by source name); metrics go to ``registry``."""
+    records_in = Counter(
+        "hopcast_ingest_http_records", "Records accepted over HTTP", ["source"], registry=registry
+    )
+    bytes_in = Counter(
+        "hopcast_ingest_http_bytes",
+        "Record bytes accepted over HTTP",
+        ["source"],
+        registry=registry,
+    )
+    rejected = Counter(
+        "hopcast_ingest_http_rejected",
+        "Requests refused (4xx)",
+        ["source", "error"],
+        registry=registry,
+    )
+    append_s = Histogram(
+        "hopcast_ingest_append_seconds",
+        "Durable journal append (write + fsync, shared by concurrent requests)",
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        registry=registry,
+    )
+    registry.register(_JournalCollector(journals))
+    router = APIRouter()
+
+    @router.post(
+        "/v1/ingest/{source}",
+        tags=["ingest"],
+        summary="Ingest records",
+        status_code=202,
+        description="JSON lines or a JSON array of objects; appended durably to the source's "
+        "journal before the 202, so an accepted record is never lost. 400 for a malformed body "
+        "(the message names the line), 404 for an unknown source, 413 when too large.",
+    )
+    async def ingest(source: str, request: Request) -> Response:
+        journal = journals.get(source)
+        if journal is None:
+            known = ", ".join(sorted(journals)) or "none"
+            raise NotFound(f"no ingest journal for source {source!r} (journals: {known})")
+        try:
+            body = await request.body()
+            values = parse_body(body)
+            if len(values) > max_records:
+                raise ApiError(
+                    413,
+                    "too_many_records",
+                    f"{len(values)} records in one request; at most {max_records}",
+                )
+        except ApiError as exc:
+            rejected.labels(source, exc.kind).inc()
+            raise
+        t0 = time.perf_counter()
+        position = await run_in_threadpool(journal.append, values)
+        append_s.observe(time.perf_counter() - t0)
+        records_in.labels(source).inc(len(values))
+        bytes_in.labels(source).inc(sum(len(v) for v in values))
+        return JSON(
+            {
+                "accepted": len(values),
+                "position": {"partition": position.partition, "offset": position.offset},
+            },
+            status_code=202,
+        )
+
+    return router
+
+
+def ingest_app(
+    journals: Mapping[str, Journal],
+    registry: CollectorRegistry | None = None,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_records: int = MAX_RECORDS,
+) -> FastAPI:
+    """A small app: the ingest route and ``GET /metrics`` (``registry``, e.g. the engine's)."""
+    reg = registry if registry is not None else CollectorRegistry()
+    app = FastAPI(title="hopcast ingest", default_response_class=JSON)
+    errors.install(app)
+    app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
+    app.include_router(ingest_router(journals, reg, max_records=max_records))
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(reg), media_type=METRICS_CONTENT_TYPE)
+
+    return app

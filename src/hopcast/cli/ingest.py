@@ -1,0 +1,424 @@
+"""``hopcast ingest`` and ``hopcast deadletters``: run the embedded engine, inspect bad input.
+
+::
+
+    hopcast [--store DIR] [--schema FILE] ingest run --source NAME=SPEC [--source …]
+            [--mappings DIR] [--batch-records 5000] [--batch-ms 200] [--no-coalesce]
+            [--until-idle] [--listen HOST:PORT] [--progress/--no-progress]
+            [--log-format text|json] [--log-level info]
+    hopcast deadletters list [--reason R] [--source S] [--limit N]
+    hopcast deadletters show ID
+    hopcast deadletters replay [--reason R] [--source S] [--id ID …] [--mappings DIR]
+
+``SPEC`` is ``KIND:ARGS`` (:func:`hopcast.stream.sources.base.build_source`): ``file:PATH``
+(a JSON-lines file, directory or glob), ``journal:DIR`` (the HTTP ingest journal), and, when
+installed, ``kafka:…`` and ``postgres:…``. Each source is mapped by the file in ``--mappings``
+(default: the demo company's mappings) whose ``source:`` is its NAME.
+
+``ingest run`` writes into ``--store`` with exactly-once effect and resumes from the stored
+positions when started again. SIGTERM or SIGINT (Ctrl-C) finish the current batch and exit 0.
+``--until-idle`` exits once a batch finds nothing to read (one-off loads). ``--listen`` serves
+``GET /metrics`` (the engine's Prometheus metrics) and, for ``journal:`` sources,
+``POST /v1/ingest/{source}`` (:mod:`hopcast.api.ingest`; needs ``hopcast[server]``). A live
+display on stderr shows events/s, lag, freshness p50/p99 and dead letters (``--progress``,
+default when stderr is a terminal); logs are one JSON object a line with ``--log-format json``.
+
+``deadletters replay`` runs each stored payload through the current mapping of its source;
+records that now map are written (without positions: a replay is outside the stream) and their
+dead letters deleted; records that fail again keep one dead letter with the new reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from hopcast.cli.common import Settings, json_option, print_json, wants_json
+from hopcast.durations import now_us
+from hopcast.errors import ConfigError, InvalidInput, NotFound
+from hopcast.graphdb import Graph
+from hopcast.stream.deadletter import DeadLetter, DeadLetterStore
+from hopcast.stream.engines.embedded import EmbeddedEngine, EngineStats, engine_for
+from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
+from hopcast.stream.record import Record
+from hopcast.stream.sources.base import Source, build_source
+
+_STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: time, level, logger, message and the ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STD_ATTRS:
+                doc[key] = value
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger message key=value …``"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STD_ATTRS)
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = f"{stamp} {record.levelname.lower()} {record.name} {record.getMessage()}"
+        if extra:
+            line += " " + extra
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("hopcast")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def parse_sources(specs: tuple[str, ...]) -> list[Source]:
+    """``NAME=KIND:ARGS`` options → sources.
+
+    Raises:
+        ConfigError: for a malformed option or spec.
+    """
+    out: list[Source] = []
+    for option in specs:
+        name, sep, spec = option.partition("=")
+        if not sep or not name or not spec:
+            raise ConfigError(f"--source {option!r}: expected NAME=KIND:ARGS")
+        out.append(build_source(name, spec))
+    return out
+
+
+def load_mappings(directory: str | None, graph: Graph) -> dict[str, Mapping]:
+    path = Path(directory) if directory else DEMO_MAPPINGS
+    if not path.is_dir():
+        raise ConfigError(f"--mappings {path}: not a directory")
+    return Mapping.load_dir(path, graph.schema)
+
+
+def progress_view(engine: EmbeddedEngine) -> Table:
+    """The live display: rates, totals, lag per source, freshness, dead letters by reason."""
+    st: EngineStats = engine.stats
+    events_s, mutations_s = st.rate()
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("events/s", f"{events_s:,.0f}   (total {st.events:,})")
+    table.add_row("mutations/s", f"{mutations_s:,.0f}   (total {st.mutations:,})")
+    lag = ", ".join(f"{s} {v:,}" for s, v in sorted(st.lag.items())) or "-"
+    table.add_row("lag", lag)
+    q = st.freshness_quantiles()
+    table.add_row("freshness", "-" if q is None else f"p50 {_secs(q[0])}  p99 {_secs(q[1])}")
+    dead = ", ".join(f"{r} {n}" for r, n in sorted(st.dead_by_reason.items()))
+    table.add_row("dead letters", f"{st.dead_letters:,}" + (f"  ({dead})" if dead else ""))
+    return table
+
+
+def _secs(s: float) -> str:
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.0f} h"
+
+
+@contextmanager
+def _listening(
+    address: str | None, engine: EmbeddedEngine, sources: list[Source]
+) -> Iterator[None]:
+    """Serve /metrics and the journal ingest route in a background thread while the engine runs."""
+    if address is None:
+        yield
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--listen {address!r}: expected HOST:PORT")
+    try:
+        import uvicorn
+
+        from hopcast.api.ingest import ingest_app
+    except ImportError as exc:
+        raise ConfigError(
+            f"--listen needs the server extras: pip install 'hopcast[server]' ({exc})"
+        ) from exc
+    from hopcast.stream.sources.journal import JournalSource
+
+    journals = {s.name: s.journal for s in sources if isinstance(s, JournalSource)}
+    app = ingest_app(journals, engine.metrics.registry)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=int(port), log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, name="ingest-http", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+
+
+@click.group("ingest")
+def ingest() -> None:
+    """Run sources through their mappings into the graph (the embedded engine)."""
+
+
+@ingest.command("run")
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    required=True,
+    metavar="NAME=SPEC",
+    help="A source: NAME (its mapping's source:) = KIND:ARGS, e.g. browse=file:/var/log/browse.",
+)
+@click.option("--mappings", metavar="DIR", help="Mapping files [default: the demo mappings].")
+@click.option("--batch-records", type=click.IntRange(1), default=5000, show_default=True)
+@click.option("--batch-ms", type=click.FloatRange(0), default=200.0, show_default=True)
+@click.option("--no-coalesce", is_flag=True, help="Write every mutation as produced.")
+@click.option("--until-idle", is_flag=True, help="Exit once a batch finds nothing to read.")
+@click.option("--listen", metavar="HOST:PORT", help="Serve /metrics and POST /v1/ingest/{source}.")
+@click.option("--progress/--no-progress", default=None, help="Live display on stderr.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@json_option
+@click.pass_obj
+def run(
+    settings: Settings,
+    sources: tuple[str, ...],
+    mappings: str | None,
+    batch_records: int,
+    batch_ms: float,
+    no_coalesce: bool,
+    until_idle: bool,
+    listen: str | None,
+    progress: bool | None,
+    log_format: str,
+    log_level: str,
+    as_json: bool,
+) -> None:
+    """Ingest from sources into the store until stopped (SIGTERM/SIGINT: finish, flush, exit 0).
+
+    JSON: {"events", "mutations", "dead_letters", "dead_by_reason", "batches", "seconds"}.
+    """
+    setup_logging(log_format, log_level)
+    built = parse_sources(sources)
+    with Graph.open(settings.store, settings.schema) as graph:
+        maps = load_mappings(mappings, graph)
+        try:
+            engine = engine_for(
+                graph,
+                built,
+                maps,
+                batch_records=batch_records,
+                batch_ms=batch_ms,
+                coalesce=not no_coalesce,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        engine.install_signal_handlers()
+        show = sys.stderr.isatty() if progress is None else progress
+        started = time.monotonic()
+        with _listening(listen, engine, built):
+            if show:
+                console = Console(stderr=True)
+                with Live(progress_view(engine), console=console, refresh_per_second=4) as live:
+                    last = [0.0]
+
+                    def refresh(_: Any) -> None:
+                        now = time.monotonic()
+                        if now - last[0] >= 0.25:
+                            last[0] = now
+                            live.update(Group(progress_view(engine)))
+
+                    stats = engine.run(until_idle=until_idle, on_batch=refresh)
+                    live.update(progress_view(engine))
+            else:
+                stats = engine.run(until_idle=until_idle)
+    doc = {
+        "events": stats.events,
+        "mutations": stats.mutations,
+        "dead_letters": stats.dead_letters,
+        "dead_by_reason": stats.dead_by_reason,
+        "batches": stats.batches,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if wants_json(settings, as_json):
+        print_json(doc)
+    else:
+        Console(highlight=False).print(
+            f"ingested {doc['events']:,} events → {doc['mutations']:,} mutations, "
+            f"{doc['dead_letters']:,} dead letters in {doc['seconds']} s"
+        )
+
+
+@click.group("deadletters")
+def deadletters() -> None:
+    """Inspect and replay records that could not be ingested."""
+
+
+def _row(d: DeadLetter) -> dict[str, Any]:
+    doc = d.to_dict()
+    doc["position"] = f"{d.position.partition}@{d.position.offset}"
+    return doc
+
+
+@deadletters.command("list")
+@click.option("--reason", help="Only this reason (malformed_json, schema_violation, …).")
+@click.option("--source", help="Only this source.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@json_option
+@click.pass_obj
+def list_(
+    settings: Settings, reason: str | None, source: str | None, limit: int, as_json: bool
+) -> None:
+    """Dead letters, newest first.
+
+    JSON: {"total", "items": [dead letter]} (a dead letter as in `show`).
+    """
+    with Graph.open(settings.store, settings.schema) as graph:
+        store = DeadLetterStore(graph.store.kv)
+        page = store.list(limit, reason=reason, source=source)
+        total = store.count(reason=reason, source=source)
+    if wants_json(settings, as_json):
+        print_json({"total": total, "items": [d.to_dict() for d in page.items]})
+        return
+    table = Table(title=f"{total} dead letters", title_justify="left")
+    for col in ("id", "reason", "source", "position"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("message", overflow="fold")
+    for d in page.items:
+        table.add_row(d.id, d.reason, d.source, str(d.position), d.message[:120])
+    Console().print(table)
+
+
+@deadletters.command("show")
+@click.argument("letter_id", metavar="ID")
+@json_option
+@click.pass_obj
+def show(settings: Settings, letter_id: str, as_json: bool) -> None:
+    """One dead letter with its raw payload.
+
+    JSON: {"id", "reason", "message", "payload", "payload_encoding", "source",
+    "position": {"partition", "offset"}, "time", "stage", "mapping", "event_time"}.
+    """
+    with Graph.open(settings.store, settings.schema) as graph:
+        d = DeadLetterStore(graph.store.kv).get(letter_id)
+    if d is None:
+        raise NotFound(f"no dead letter {letter_id!r}")
+    doc = d.to_dict()
+    if wants_json(settings, as_json):
+        print_json(doc)
+        return
+    console = Console(highlight=False)
+    for key in ("id", "reason", "message", "source", "position", "stage", "mapping", "time"):
+        console.print(f"[bold]{key}[/bold]: {doc[key]}")
+    console.print("[bold]payload[/bold]:")
+    console.print(doc["payload"], markup=False)
+
+
+@deadletters.command("replay")
+@click.option("--reason", help="Only dead letters with this reason.")
+@click.option("--source", help="Only dead letters of this source.")
+@click.option("--id", "ids", multiple=True, help="Only these ids (repeatable).")
+@click.option("--mappings", metavar="DIR", help="Mapping files [default: the demo mappings].")
+@json_option
+@click.pass_obj
+def replay(
+    settings: Settings,
+    reason: str | None,
+    source: str | None,
+    ids: tuple[str, ...],
+    mappings: str | None,
+    as_json: bool,
+) -> None:
+    """Re-run dead letters through the current mappings; delete those that now ingest.
+
+    JSON: {"replayed", "ingested", "failed", "mutations", "failures": {reason: count}}.
+    """
+    with Graph.open(settings.store, settings.schema) as graph:
+        store = DeadLetterStore(graph.store.kv)
+        maps = load_mappings(mappings, graph)
+        tables: dict[str, Any] = {}
+        pipelines = {name: m.pipeline(graph.schema, tables=tables) for name, m in maps.items()}
+        if ids:
+            letters = []
+            for i in ids:
+                d = store.get(i)
+                if d is None:
+                    raise NotFound(f"no dead letter {i!r}")
+                letters.append(d)
+        else:
+            letters = [
+                d
+                for d in store
+                if (reason is None or d.reason == reason) and (source is None or d.source == source)
+            ]
+        result = replay_letters(graph, store, pipelines, letters)
+    if wants_json(settings, as_json):
+        print_json(result)
+    else:
+        Console(highlight=False).print(
+            f"replayed {result['replayed']}: {result['ingested']} ingested "
+            f"({result['mutations']} mutations), {result['failed']} failed again"
+        )
+    if result["failed"]:
+        raise click.exceptions.Exit(1)
+
+
+def replay_letters(
+    graph: Graph, store: DeadLetterStore, pipelines: dict[str, Any], letters: list[DeadLetter]
+) -> dict[str, Any]:
+    """Replay ``letters`` in their stream order (oldest position first, per source)."""
+    out: dict[str, Any] = {"replayed": 0, "ingested": 0, "failed": 0, "mutations": 0}
+    failures: dict[str, int] = {}
+    now = now_us()
+    for d in sorted(letters, key=lambda d: (d.source, d.position)):
+        out["replayed"] += 1
+        pipeline = pipelines.get(d.source)
+        if pipeline is None:
+            raise InvalidInput(f"dead letter {d.id}: no mapping for source {d.source!r}")
+        record = Record(d.source, d.position, d.payload, d.key, d.event_time)
+        result = pipeline.process(record, now)
+        if len(result) == 1 and isinstance(result[0], DeadLetter):
+            store.put(result[0])
+            out["failed"] += 1
+            failures[result[0].reason] = failures.get(result[0].reason, 0) + 1
+            continue
+        graph.apply(result)
+        store.delete(d.id)
+        out["ingested"] += 1
+        out["mutations"] += len(result)
+    out["failures"] = failures
+    return out
