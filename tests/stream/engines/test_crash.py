@@ -1,0 +1,168 @@
+"""The engine as a process: kill -9 at random points during ingest and restart, again and again
+→ the same graph as one clean run; SIGTERM finishes the batch and exits 0; a record the HTTP
+route acknowledged survives a kill -9 of the server and is ingested after."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+from demo_records import demo_records, graph_dump
+
+from hopcast.graphdb import Graph
+from hopcast.stream.engines import engine_for, stored_positions
+from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
+from hopcast.stream.sources.journal import JournalSource
+
+HOPCAST = [sys.executable, "-c", "from hopcast.cli import main; main()"]
+
+
+def write_logs(root: Path, records: dict[str, list[bytes]], part: slice) -> None:
+    for name, values in records.items():
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / "current.log", "ab") as f:
+            f.write(b"".join(v + b"\n" for v in values[part]))
+            if part.start is None:
+                f.write(b"{not json}\n")  # a dead letter among the good lines
+
+
+def ingest(store: Path, logs: Path, *extra: str) -> subprocess.Popen[bytes]:
+    args = [*HOPCAST, "--store", str(store), "ingest", "run", "--no-progress"]
+    for name in ("browse", "playback", "members", "games"):
+        args += ["--source", f"{name}=file:{logs / name}"]
+    args += ["--batch-records", "300", "--batch-ms", "20", "--log-level", "warning", *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def checkpoints(store: Path) -> dict[str, bytes]:
+    if not store.exists():
+        return {}
+    with Graph.open(store) as g:
+        return g.store.checkpoints()
+
+
+def test_kill_9_at_random_points_and_restart_gives_the_graph_of_one_clean_run(
+    tmp_path: Path,
+) -> None:
+    records = demo_records(24_000, seed=11)
+    logs = tmp_path / "logs"
+    half = {n: len(v) // 2 for n, v in records.items()}
+    for name, values in records.items():
+        write_logs(logs, {name: values}, slice(None, half[name]))
+    rng = random.Random(5)
+    store = tmp_path / "crashy"
+    killed_midway = 0
+    for i in range(12):
+        if i == 6:  # the services keep logging meanwhile
+            for name, values in records.items():
+                write_logs(logs, {name: values}, slice(half[name], None))
+        before = checkpoints(store)
+        proc = ingest(store, logs, "--until-idle", "--batch-records", "100")
+        # Wait for the first batch of this run to be written, then kill at a random moment.
+        deadline = time.monotonic() + 20
+        while checkpoints(store) == before and proc.poll() is None:
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is None:
+            killed_midway += 1
+        proc.kill()
+        proc.wait()
+    final = ingest(store, logs, "--until-idle", "--json")
+    _, err = final.communicate(timeout=60)
+    assert final.returncode == 0, err.decode()
+    assert killed_midway >= 10
+    clean_store = tmp_path / "clean"
+    clean = ingest(clean_store, logs, "--until-idle", "--json")
+    out_clean, err = clean.communicate(timeout=60)
+    assert clean.returncode == 0, err.decode()
+    assert json.loads(out_clean)["dead_letters"] == 4
+    with Graph.open(store) as a, Graph.open(clean_store) as b:
+        dump = graph_dump(a)
+        assert sum(len(v) for v in dump.values()) > 50_000
+        assert dump == graph_dump(b)  # every node, edge, property, time and id
+        assert a.store.checkpoints() == b.store.checkpoints()
+        from hopcast.stream.deadletter import DeadLetterStore
+
+        letters_a = sorted(d.id for d in DeadLetterStore(a.store.kv))
+        letters_b = sorted(d.id for d in DeadLetterStore(b.store.kv))
+        assert letters_a == letters_b and len(letters_a) == 4
+
+
+def test_sigterm_finishes_the_batch_flushes_and_exits_0(tmp_path: Path) -> None:
+    records = demo_records(3000, seed=2)
+    logs = tmp_path / "logs"
+    write_logs(logs, records, slice(None, None))
+    store = tmp_path / "g"
+    proc = ingest(store, logs, "--json", "--log-level", "info")
+    deadline = time.monotonic() + 20
+    total = sum(len(v) + 1 for v in records.values())
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        with Graph.open(store) as g:
+            done = stored_positions(g.store, list(records))
+        if sum(len(p) for p in done.values()) == len(records):
+            break
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["events"] == total
+    assert b"engine stopped" in err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+SERVER = textwrap.dedent(
+    """
+    import sys, uvicorn
+    from hopcast.api.ingest import ingest_app
+    from hopcast.stream.sources.journal import Journal
+    app = ingest_app({"playback": Journal(sys.argv[1])})
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+    """
+)
+
+
+def test_a_record_acknowledged_with_202_survives_kill_9_and_is_ingested(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(journal), str(port)])
+    try:
+        url = f"http://127.0.0.1:{port}/v1/ingest/playback"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.05)
+        lines = demo_records(400, seed=4)["playback"]
+        response = httpx.post(url, content=b"\n".join(lines), timeout=10)
+        assert response.status_code == 202
+        assert response.json()["accepted"] == len(lines)
+    finally:
+        os.kill(server.pid, signal.SIGKILL)  # right after the 202
+        server.wait()
+    with Graph.open(tmp_path / "g") as g:
+        maps = Mapping.load_dir(DEMO_MAPPINGS, g.schema)
+        engine = engine_for(g, [JournalSource("playback", journal)], maps, batch_ms=10)
+        stats = engine.run(until_idle=True)
+        assert stats.events == len(lines)
+        assert stats.dead_letters == 0
+        assert stats.mutations > 0
