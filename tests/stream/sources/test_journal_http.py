@@ -1,0 +1,83 @@
+"""POST /v1/ingest/{source}: JSON lines and arrays into the journal (202), and every refusal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from hopcast.api.app import create_app
+from hopcast.api.ingest import ingest_app, parse_body
+from hopcast.graphdb import Graph
+from hopcast.stream.sources.journal import Journal, JournalSource
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    j = Journal(tmp_path / "j")
+    yield j  # type: ignore[misc]
+    j.close()
+
+
+def read_all(directory: Path) -> list[bytes]:
+    s = JournalSource("s", directory)
+    s.open({})
+    out = [r.value for r in s.poll(10_000, 0.05)]
+    s.close()
+    return out
+
+
+def test_json_lines_and_arrays_are_journaled_before_the_202(journal: Journal) -> None:
+    client = TestClient(ingest_app({"browse": journal}, max_body_bytes=10_000, max_records=5))
+    r = client.post("/v1/ingest/browse", content=b'{"a": 1}\n\n{"b": 2}\n')
+    assert r.status_code == 202
+    assert r.json() == {"accepted": 2, "position": {"partition": "0", "offset": journal.end.offset}}
+    r = client.post("/v1/ingest/browse", json=[{"c": 3}, {"d": [1, 2]}])
+    assert r.status_code == 202 and r.json()["accepted"] == 2
+    assert read_all(journal.directory) == [b'{"a": 1}', b'{"b": 2}', b'{"c":3}', b'{"d":[1,2]}']
+    metrics = client.get("/metrics").text
+    assert 'hopcast_ingest_http_records_total{source="browse"} 4.0' in metrics
+    assert 'hopcast_ingest_journal_fsyncs_total{source="browse"} 2.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "kind", "message"),
+    [
+        (b"", 400, "empty_body", "empty"),
+        (b'{"a": 1}\n{"b": oops}\n', 400, "malformed_json", "line 2"),
+        (b'[{"a": 1}, ', 400, "malformed_json", "array"),
+        (b'{"a": 1}\n[1, 2]\n', 400, "not_an_object", "line 2"),
+        (b'[{"a": 1}, 3]', 400, "not_an_object", "element 1"),
+        (b"\n".join([b'{"a": 1}'] * 6), 413, "too_many_records", "at most 5"),
+        (b'{"a": "' + b"x" * 20_000 + b'"}', 413, "body_too_large", ""),
+    ],
+)
+def test_bad_requests_are_refused_and_nothing_is_journaled(
+    journal: Journal, body: bytes, status: int, kind: str, message: str
+) -> None:
+    client = TestClient(ingest_app({"browse": journal}, max_body_bytes=10_000, max_records=5))
+    r = client.post("/v1/ingest/browse", content=body)
+    assert r.status_code == status
+    assert r.json()["error"] == kind
+    assert message in r.json()["message"]
+    assert read_all(journal.directory) == []
+    if status == 400:
+        assert f'hopcast_ingest_http_rejected_total{{error="{kind}",source="browse"}} 1.0' in (
+            client.get("/metrics").text
+        )
+
+
+def test_an_unknown_source_is_404_and_the_route_sits_in_the_main_api(journal: Journal) -> None:
+    with Graph.open(None) as graph:
+        client = TestClient(create_app(graph, journals={"browse": journal}))
+        r = client.post("/v1/ingest/nope", content=b'{"a": 1}')
+        assert r.status_code == 404 and "browse" in r.json()["message"]
+        r = client.post("/v1/ingest/browse", content=json.dumps({"a": 1}).encode())
+        assert r.status_code == 202
+        assert "hopcast_ingest_http_records_total" in client.get("/metrics").text
+
+
+def test_parse_body_keeps_lines_byte_for_byte() -> None:
+    assert parse_body(b'  {"a":   1}\r\n') == [b'{"a":   1}']
