@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from hopcast.api.app import create_app
 from hopcast.api.ingest import ingest_app, parse_body
 from hopcast.graphdb import Graph
 from hopcast.stream.sources.journal import Journal, JournalSource
+
+with warnings.catch_warnings():
+    # Starlette nudges towards "httpx2"; the TestClient works the same with httpx.
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
 
 
 @pytest.fixture
