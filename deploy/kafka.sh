@@ -101,7 +101,8 @@ fetch() {
 </project>
 POM
   echo "fetching Apache Kafka $KAFKA_VERSION (Scala $KAFKA_SCALA) jars from Maven Central into $libs" >&2
-  if ! (cd "$cache" && mvn -q -B -f pom.xml dependency:copy-dependencies \
+  if ! (cd "$cache" && mvn -q -B -f pom.xml \
+    "org.apache.maven.plugins:maven-dependency-plugin:$MAVEN_DEPENDENCY_PLUGIN:copy-dependencies" \
     -DincludeScope=runtime -DoutputDirectory="$libs" >"$cache/fetch.log" 2>&1); then
     echo "mvn could not fetch the jars; log: $cache/fetch.log" >&2
     tail -n 20 "$cache/fetch.log" >&2 || true
