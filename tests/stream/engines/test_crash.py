@@ -166,3 +166,37 @@ def test_a_record_acknowledged_with_202_survives_kill_9_and_is_ingested(tmp_path
         assert stats.events == len(lines)
         assert stats.dead_letters == 0
         assert stats.mutations > 0
+
+
+def wait_http(url: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, f"{url} did not answer"
+            time.sleep(0.05)
+
+
+def test_ingest_run_listens_for_http_records_and_serves_its_metrics(tmp_path: Path) -> None:
+    port = free_port()
+    args = [*HOPCAST, "--store", str(tmp_path / "g"), "ingest", "run", "--no-progress", "--json"]
+    args += ["--source", f"playback=journal:{tmp_path / 'j'}", "--listen", f"127.0.0.1:{port}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/metrics")
+        lines = demo_records(300, seed=9)["playback"]
+        r = httpx.post(base + "/v1/ingest/playback", content=b"\n".join(lines), timeout=10)
+        assert r.status_code == 202
+        want = f'hopcast_ingest_events_total{{source="playback"}} {float(len(lines))}'
+        deadline = time.monotonic() + 15
+        while want not in httpx.get(base + "/metrics").text:
+            assert time.monotonic() < deadline, "records not ingested"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["events"] == len(lines)
