@@ -10,7 +10,8 @@
 #
 # Defaults: port 5432, dir ${TMPDIR:-/tmp}/hopcast-postgres-<port> (data/ holds the cluster,
 # postgres.log the server log; the Unix socket lives in the dir too). The DSN printed by start
-# is postgresql://postgres@127.0.0.1:<port>/postgres.
+# is postgresql://postgres@127.0.0.1:<port>/postgres. PG_OPTS adds server settings at start
+# (e.g. PG_OPTS='-c log_min_messages=debug1'); they win over the ones below.
 # PostgreSQL refuses to run as root: as root, the cluster belongs to the 'postgres' user that
 # Debian's packages create, and the server runs as that user.
 # Install the server with: apt-get install -y postgresql
@@ -101,7 +102,7 @@ case $action in
     opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir"
     opts+=" -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20"
     opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    opts+=" -c max_connections=100 -c shared_buffers=128MB"
+    opts+=" -c max_connections=100 -c shared_buffers=128MB ${PG_OPTS:-}"
     as_owner "$pg_ctl" -D "$data" -l "$logfile" -o "$opts" -w -t 30 start >/dev/null || {
       echo "postgres did not start on 127.0.0.1:$port; log: $logfile" >&2
       tail -n 20 "$logfile" >&2 || true

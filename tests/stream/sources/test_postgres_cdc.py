@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -280,3 +286,41 @@ def test_lsn_and_offset_forms() -> None:
     assert Position.from_bytes(Position("s", position_offset((1 << 48) - 1, 65_535)).to_bytes())
     with pytest.raises(SourceError):
         position_offset(1 << 48, 0)
+
+
+def test_after_a_commit_the_slot_follows_unrelated_write_traffic(
+    db: psycopg.Connection[Any], tag: str, postgres_dsn: str
+) -> None:
+    members, playback = _tables(db, tag)
+    source = PostgresCDCSource("m", postgres_dsn, tables=[members], slot=f"hopcast_{tag}")
+    source.open({})
+    db.execute(f"INSERT INTO {members} VALUES (1, 'ann', NULL)")
+    records = _drain(source, 1)
+    source.commit({records[0].position.partition: records[0].position})
+    db.execute(f"INSERT INTO {playback} VALUES (1, 'p', 't', 0, false, 0)")  # not published
+    (wal,) = db.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]
+    deadline = time.monotonic() + 10
+    while _confirmed(source) < lsn_from_str(wal) and time.monotonic() < deadline:
+        assert source.poll(10, 0.2) == []
+    assert _confirmed(source) >= lsn_from_str(wal)  # WAL is not pinned by an idle slot
+    source.close()
+
+
+def test_a_server_without_wal_level_logical_is_refused_with_the_fix() -> None:
+    script = Path(__file__).resolve().parents[3] / "deploy" / "postgres.sh"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    directory = tempfile.mkdtemp(prefix="hopcast-postgres-replica-")
+    env = {**os.environ, "PG_OPTS": "-c wal_level=replica"}
+    cmd = [str(script), "start", "--port", port, "--dir", directory]
+    started = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env)
+    assert started.returncode == 0, started.stderr
+    try:
+        dsn = started.stdout.strip().splitlines()[-1]
+        with pytest.raises(ConfigError, match=r"wal_level=replica.*needs wal_level=logical"):
+            PostgresCDCSource("m", dsn, tables=["x"]).open({})
+    finally:
+        cmd[1] = "stop"
+        subprocess.run(cmd, capture_output=True, timeout=60, check=True)
+        shutil.rmtree(directory, ignore_errors=True)
