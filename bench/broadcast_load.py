@@ -35,6 +35,7 @@ import struct
 import sys
 import time
 from array import array
+from collections import Counter
 from typing import Any
 
 import uvloop
@@ -59,7 +60,10 @@ CONNECT_CONCURRENCY = 200
 #: A device that is not ready this long after its TCP connect counts as failed.
 READY_TIMEOUT_S = 60.0
 #: Connection attempts per device (refused or reset handshakes are retried).
-ATTEMPTS = 3
+ATTEMPTS = 5
+
+#: Linux ``IP_BIND_ADDRESS_NO_PORT`` (not exported by the ``socket`` module).
+IP_BIND_ADDRESS_NO_PORT = 24
 
 _HANDSHAKE, _OPEN, _CLOSED = 0, 1, 2
 _MASK = os.urandom(4)
@@ -324,29 +328,39 @@ async def connect_all(fleet: Fleet, host: str, port: int, source: str) -> None:
     dialect = DIALECTS[fleet.system]
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     failed = 0
+    why: Counter[str] = Counter()  # why attempts failed
 
     async def one(i: int) -> None:
         nonlocal failed
         async with gate:
             for attempt in range(ATTEMPTS):
                 ready: asyncio.Future[bool] = loop.create_future()
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 try:
+                    # Pick the source port at connect(), not bind(): binding to port 0 scans
+                    # the ports in use, which grows with every connection of this address.
+                    sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                    sock.bind((source, 0))
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, (host, port))
                     _, dev = await loop.create_connection(
                         lambda r=ready: dialect(fleet, i, r),  # type: ignore[misc]
-                        host,
-                        port,
-                        local_addr=(source, 0),
+                        sock=sock,
                     )
-                except OSError:
-                    await asyncio.sleep(0.2 * (attempt + 1))
+                except OSError as exc:
+                    sock.close()
+                    why[f"connect: {exc.strerror or type(exc).__name__}"] += 1
+                    await asyncio.sleep(0.5 * (attempt + 1))
                     continue
                 try:
                     async with asyncio.timeout(READY_TIMEOUT_S):
                         if await ready:
                             return
+                    why["closed before ready"] += 1
                 except TimeoutError:
+                    why[f"not ready in {READY_TIMEOUT_S:.0f} s"] += 1
                     dev.reset()
-                await asyncio.sleep(0.2 * (attempt + 1))
+                await asyncio.sleep(0.5 * (attempt + 1))
             failed += 1
 
     start = time.perf_counter()
@@ -358,6 +372,7 @@ async def connect_all(fleet: Fleet, host: str, port: int, source: str) -> None:
         {
             "ready": fleet.open,
             "failed": failed,
+            "retried": dict(why),
             "errors": fleet.errors,
             "connect_s": round(elapsed, 3),
             "rss": rss,
