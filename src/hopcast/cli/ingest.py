@@ -3,7 +3,8 @@
 ::
 
     hopcast [--store DIR] [--schema FILE] ingest run --source NAME=SPEC [--source …]
-            [--mappings DIR] [--batch-records 5000] [--batch-ms 200] [--no-coalesce]
+            [--mappings DIR] [--batch-records 5000] [--batch-ms 200] [--linger-ms 20]
+            [--no-coalesce]
             [--until-idle] [--listen HOST:PORT] [--progress/--no-progress]
             [--log-format text|json] [--log-level info]
     hopcast deadletters list [--reason R] [--source S] [--limit N]
@@ -201,6 +202,13 @@ def ingest() -> None:
 @click.option("--mappings", metavar="DIR", help="Mapping files [default: the demo mappings].")
 @click.option("--batch-records", type=click.IntRange(1), default=5000, show_default=True)
 @click.option("--batch-ms", type=click.FloatRange(0), default=200.0, show_default=True)
+@click.option(
+    "--linger-ms",
+    type=click.FloatRange(0),
+    default=20.0,
+    show_default=True,
+    help="How long a batch keeps collecting after its first record.",
+)
 @click.option("--no-coalesce", is_flag=True, help="Write every mutation as produced.")
 @click.option("--until-idle", is_flag=True, help="Exit once a batch finds nothing to read.")
 @click.option("--listen", metavar="HOST:PORT", help="Serve /metrics and POST /v1/ingest/{source}.")
@@ -220,6 +228,7 @@ def run(
     mappings: str | None,
     batch_records: int,
     batch_ms: float,
+    linger_ms: float,
     no_coalesce: bool,
     until_idle: bool,
     listen: str | None,
@@ -243,6 +252,7 @@ def run(
                 maps,
                 batch_records=batch_records,
                 batch_ms=batch_ms,
+                linger_ms=linger_ms,
                 coalesce=not no_coalesce,
             )
         except ValueError as exc:

@@ -8,7 +8,10 @@
 
 One micro-batch, bounded by ``batch_records`` records and ``batch_ms`` milliseconds:
 
-1. **poll** every source (round robin, never more than the batch's remaining room);
+1. **poll** every source (round robin, never more than the batch's remaining room) until the
+   batch is full, ``linger_ms`` have passed since its first record, or ``batch_ms`` since it
+   started (so at low rates a record waits about ``linger_ms``, while a backlog is read in
+   full batches at once);
 2. **process** each record through its source's pipeline (pure; never raises): mutations go into
    a :class:`~hopcast.stream.dedup.Coalescer`, a rejected record becomes one dead letter;
 3. **write**: the batch's dead letters first (:class:`DeadLetterStore`, one write), then ONE
@@ -89,6 +92,7 @@ log = logging.getLogger("hopcast.ingest")
 #: freshness stays well under a second.
 DEFAULT_BATCH_RECORDS = 5_000
 DEFAULT_BATCH_MS = 200
+DEFAULT_LINGER_MS = 20
 #: Most freshness observations per batch (a histogram observation costs about a microsecond).
 FRESHNESS_SAMPLES = 256
 #: How often a failing store write is retried before the engine gives up (and stops unharmed:
@@ -241,7 +245,9 @@ class EmbeddedEngine:
         sources: ``(source, pipeline)`` pairs; source names must be unique.
         deadletters: where rejected records go; None keeps them on the same KV as the graph.
         batch_records: most records per batch.
-        batch_ms: longest time a batch collects records (a batch is written sooner when full).
+        batch_ms: longest time a batch collects records.
+        linger_ms: how long a batch keeps collecting after its first record (at low rates a
+            record waits about this long, not ``batch_ms``; under load batches fill up sooner).
         coalesce: merge overlapping updates within a batch before writing.
         metrics: Prometheus metrics; a fresh registry if None.
         clock: now in µs (the pipelines' ``now``, freshness).
@@ -255,6 +261,7 @@ class EmbeddedEngine:
         *,
         batch_records: int = DEFAULT_BATCH_RECORDS,
         batch_ms: float = DEFAULT_BATCH_MS,
+        linger_ms: float = DEFAULT_LINGER_MS,
         coalesce: bool = True,
         metrics: IngestMetrics | None = None,
         clock: Callable[[], int] = now_us,
@@ -273,6 +280,7 @@ class EmbeddedEngine:
         )
         self.batch_records = batch_records
         self.batch_s = batch_ms / 1000
+        self.linger_s = linger_ms / 1000
         self.coalesce = coalesce
         self.metrics = metrics if metrics is not None else IngestMetrics()
         self.clock = clock
@@ -423,27 +431,30 @@ class EmbeddedEngine:
         return BatchResult(n_records, len(mutations), len(letters), positions)
 
     def _poll(self) -> list[tuple[str, list[Record]]]:
-        """Up to ``batch_records`` records from the sources within ``batch_s``."""
+        """Up to ``batch_records`` records from the sources (see :class:`EmbeddedEngine`)."""
         out: dict[str, list[Record]] = {}
         room = self.batch_records
-        deadline = time.monotonic() + self.batch_s
+        close_at = time.monotonic() + self.batch_s
+        lingering = False
         n = len(self.sources)
         slice_s = min(0.05, self.batch_s / max(n, 1))
         while room > 0 and not self._stop.is_set():
-            got_any = False
+            got = False
             for i in range(n):
                 source, _ = self.sources[(self._next_source + i) % n]
-                remaining = deadline - time.monotonic()
-                timeout = 0.0 if remaining <= 0 else min(slice_s, remaining)
-                records = source.poll(room, timeout if not got_any else 0.0)
+                wait = 0.0 if got else max(0.0, min(slice_s, close_at - time.monotonic()))
+                records = source.poll(room, wait)
                 if records:
                     out.setdefault(source.name, []).extend(records)
                     room -= len(records)
-                    got_any = True
+                    got = True
+                    if not lingering:  # the first records: the batch closes a linger from now
+                        lingering = True
+                        close_at = min(close_at, time.monotonic() + self.linger_s)
                     if room <= 0:
                         break
             self._next_source = (self._next_source + 1) % max(n, 1)
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= close_at:
                 break
         return list(out.items())
 
