@@ -37,8 +37,11 @@ Why this is exactly-once in effect:
 * On start the engine reads the stored positions (:meth:`GraphStore.checkpoints`) and opens
   every source strictly after them.
 
-Side tables (enrichment) live in memory: after a restart they hold only what was read since.
-Mappings that enrich from a changelog need that changelog re-read (not done yet).
+* Side tables (enrichment state kept current from a changelog, e.g. the title catalogue) are
+  persisted in namespace :data:`SIDE_NS` of the graph's KV, the rows a batch changed written
+  before the graph write (like dead letters), and reloaded on start, so an enrichment sees after
+  a restart what it saw before. A crash in between replays the batch's changes, which set the
+  same rows again (side tables are last-write-wins on the change's time).
 
 Backpressure: one thread polls, processes and writes in turn, so a slow store slows polling and
 at most one batch is in memory (sources keep their own bounded buffers).
@@ -73,6 +76,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hopcast.durations import now_us
@@ -82,7 +86,7 @@ from hopcast.graph.store import GraphStore
 from hopcast.graphdb import Graph
 from hopcast.stream.deadletter import DeadLetter, DeadLetterStore, Reason
 from hopcast.stream.dedup import Coalescer
-from hopcast.stream.operators import Pipeline
+from hopcast.stream.operators import Pipeline, SideTable
 from hopcast.stream.record import Position, Record
 from hopcast.stream.sources.base import LagAware, Source
 
@@ -99,10 +103,41 @@ FRESHNESS_SAMPLES = 256
 #: nothing of the batch was stored, so a restart re-reads it).
 WRITE_RETRIES = 5
 
+#: Where side tables are persisted: record = table name, item key = row key.
+SIDE_NS = "st.sidetables"
+
 _FRESHNESS_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 60.0, 600.0, 3600.0, 86400.0
 )  # fmt: skip
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class TrackedSideTable(SideTable):
+    """A :class:`SideTable` that remembers the keys changed since :meth:`take_changes`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._changed: set[str] = set()
+
+    def _set(self, key: str, row: dict[str, Any] | None, version: int | None) -> bool:
+        applied = super()._set(key, row, version)
+        if applied:
+            self._changed.add(key)
+        return applied
+
+    def take_changes(self) -> dict[str, tuple[int | None, dict[str, Any] | None]]:
+        """The changed rows (``(version, row or None for a delete)``) since the last call."""
+        out = {k: self._rows[k] for k in self._changed}
+        self._changed.clear()
+        return out
+
+    def restore(self, key: str, version: int | None, row: dict[str, Any] | None) -> None:
+        """Set a row as persisted (not a change)."""
+        self._rows[key] = (version, row)
+
+
+_side_encode = msgspec.msgpack.Encoder().encode
+_side_decode = msgspec.msgpack.Decoder().decode
 
 
 class IngestMetrics:
@@ -251,6 +286,8 @@ class EmbeddedEngine:
         coalesce: merge overlapping updates within a batch before writing.
         metrics: Prometheus metrics; a fresh registry if None.
         clock: now in µs (the pipelines' ``now``, freshness).
+        tables: the pipelines' side tables to persist and reload (:func:`engine_for` passes
+            them); tables that are not given live in memory only.
     """
 
     def __init__(
@@ -265,6 +302,7 @@ class EmbeddedEngine:
         coalesce: bool = True,
         metrics: IngestMetrics | None = None,
         clock: Callable[[], int] = now_us,
+        tables: Mapping[str, TrackedSideTable] | None = None,
     ) -> None:
         if batch_records < 1:
             raise ValueError(f"batch_records must be >= 1, got {batch_records}")
@@ -288,6 +326,9 @@ class EmbeddedEngine:
         self._stop = threading.Event()
         self._opened = False
         self._pipelines = {s.name: p for s, p in sources}
+        self.tables = dict(tables or {})
+        if self.tables:
+            self.store.kv.configure(SIDE_NS, None)
         self._next_source = 0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -295,6 +336,12 @@ class EmbeddedEngine:
     def open(self) -> dict[str, dict[str, Position]]:
         """Open every source after its stored positions; returns those positions."""
         resume = stored_positions(self.store, list(self._pipelines))
+        if self.tables:
+            with self.store.kv.reader() as r:
+                for name, table in self.tables.items():
+                    for item in r.scan(SIDE_NS, name.encode(), 0):
+                        version, row = _side_decode(item.value)
+                        table.restore(item.key.decode(), version, row)
         for source, _ in self.sources:
             source.open(resume[source.name])
             log.info(
@@ -465,14 +512,24 @@ class EmbeddedEngine:
         letters: list[DeadLetter],
         checkpoints: dict[str, bytes],
     ) -> tuple[list[Mutation], list[DeadLetter]]:
-        """Dead letters, then mutations + checkpoints in one write; retried on storage errors.
+        """Changed side-table rows, dead letters, then mutations + checkpoints in one write;
+        retried on storage errors.
 
         A batch the store rejects as a whole (a mutation that fits the pipeline's schema but
         not the store's) is split: the records whose mutations do not fit become dead letters.
         """
         more: list[DeadLetter] = []
+        side = [
+            (name, key, _side_encode(change))
+            for name, table in self.tables.items()
+            for key, change in table.take_changes().items()
+        ]
         for attempt in range(WRITE_RETRIES + 1):
             try:
+                if side:
+                    with self.store.kv.writer() as w:
+                        for name, key, value in side:
+                            w.put(SIDE_NS, name.encode(), key.encode(), value, 0, 0)
                 if letters or more:
                     self.deadletters.put(*letters, *more)
                 try:
@@ -598,18 +655,22 @@ def engine_for(
     mappings: Mapping[str, Any],
     **options: Any,
 ) -> EmbeddedEngine:
-    """An engine whose sources run through their mappings (by source name), sharing side tables.
+    """An engine whose sources run through their mappings (by source name), sharing side
+    tables, which the engine persists.
 
     Raises:
         ValueError: if a source has no mapping.
     """
     store = graph.store if isinstance(graph, Graph) else graph
-    tables: dict[str, Any] = {}
+    tracked: dict[str, TrackedSideTable] = {}
     pairs: list[tuple[Source, Pipeline]] = []
     for source in sources:
         mapping = mappings.get(source.name)
         if mapping is None:
             known = ", ".join(sorted(mappings)) or "none"
             raise ValueError(f"no mapping for source {source.name!r} (mapped: {known})")
-        pairs.append((source, mapping.pipeline(store.schema, tables=tables)))
-    return EmbeddedEngine(store, pairs, **options)
+        for name in mapping.tables:
+            tracked.setdefault(name, TrackedSideTable(name))
+        shared: dict[str, SideTable] = dict(tracked)
+        pairs.append((source, mapping.pipeline(store.schema, tables=shared)))
+    return EmbeddedEngine(store, pairs, tables=tracked, **options)
