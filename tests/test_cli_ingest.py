@@ -152,3 +152,53 @@ def test_bad_sources_are_one_red_line_and_exit_2(tmp_path: Path, source: str, me
     )
     assert result.exit_code == 2
     assert message in result.output
+
+
+TITLES = """
+version: 1
+source: titles
+format: json
+time: {field: ts, format: us}
+changelog:
+  - {table: titles, key: "{title_id}"}
+rules:
+  - name: title
+    emit:
+      - node: "title:{title_id}"
+        props: {name: "{name}"}
+"""
+PLAYS = """
+version: 1
+source: plays
+format: json
+time: {field: ts, format: us}
+enrich:
+  - {table: titles, key: "{title_id}", as: title, required: true}
+rules:
+  - name: play
+    emit:
+      - edge: started_watching
+        from: "profile:{profile_id}"
+        to: "title:{title.title_id}"
+"""
+
+
+def test_replay_sees_the_side_tables_the_engine_persisted(tmp_path: Path) -> None:
+    maps = tmp_path / "mappings"
+    maps.mkdir()
+    (maps / "titles.yaml").write_text(TITLES)
+    (maps / "plays.yaml").write_text(PLAYS)
+    (tmp_path / "plays.log").write_bytes(lines({"profile_id": "p", "title_id": "5", "ts": T}))
+    (tmp_path / "titles.log").write_bytes(b"")
+    store = tmp_path / "g"
+    args = ["ingest", "run", "--mappings", str(maps), "--until-idle", "--batch-ms", "10"]
+    args += ["--source", f"plays=file:{tmp_path / 'plays.log'}"]
+    args += ["--source", f"titles=file:{tmp_path / 'titles.log'}", "--json"]
+    first = json.loads(invoke(store, *args).stdout)
+    assert first["dead_by_reason"] == {"enrichment_missing": 1}  # the title came later
+    (tmp_path / "titles.log").write_bytes(lines({"title_id": "5", "name": "Five", "ts": T}))
+    assert json.loads(invoke(store, *args).stdout)["events"] == 1
+    replayed = invoke(store, "deadletters", "replay", "--mappings", str(maps), "--json")
+    assert json.loads(replayed.stdout)["ingested"] == 1
+    with Graph.open(store) as g:
+        assert g.exists("profile:p", "started_watching", "title:5")

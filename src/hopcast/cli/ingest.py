@@ -24,7 +24,8 @@ positions when started again. SIGTERM or SIGINT (Ctrl-C) finish the current batc
 display on stderr shows events/s, lag, freshness p50/p99 and dead letters (``--progress``,
 default when stderr is a terminal); logs are one JSON object a line with ``--log-format json``.
 
-``deadletters replay`` runs each stored payload through the current mapping of its source;
+``deadletters replay`` runs each stored payload through the current mapping of its source (with
+the side tables as the engine persisted them);
 records that now map are written (without positions: a replay is outside the stream) and their
 dead letters deleted; records that fail again keep one dead letter with the new reason.
 """
@@ -51,8 +52,17 @@ from hopcast.durations import now_us
 from hopcast.errors import ConfigError, InvalidInput, NotFound
 from hopcast.graphdb import Graph
 from hopcast.stream.deadletter import DeadLetter, DeadLetterStore
-from hopcast.stream.engines.embedded import EmbeddedEngine, EngineStats, engine_for
+from hopcast.stream.engines.embedded import (
+    EmbeddedEngine,
+    EngineStats,
+    TrackedSideTable,
+    engine_for,
+    load_side_tables,
+    save_side_changes,
+    side_changes,
+)
 from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
+from hopcast.stream.operators import SideTable
 from hopcast.stream.record import Record
 from hopcast.stream.sources.base import Source, build_source
 
@@ -380,8 +390,10 @@ def replay(
     with Graph.open(settings.store, settings.schema) as graph:
         store = DeadLetterStore(graph.store.kv)
         maps = load_mappings(mappings, graph)
-        tables: dict[str, Any] = {}
-        pipelines = {name: m.pipeline(graph.schema, tables=tables) for name, m in maps.items()}
+        tables = {t: TrackedSideTable(t) for m in maps.values() for t in m.tables}
+        load_side_tables(graph.store.kv, tables)  # enrichments see what the engine saw
+        shared: dict[str, SideTable] = dict(tables)
+        pipelines = {name: m.pipeline(graph.schema, tables=shared) for name, m in maps.items()}
         if ids:
             letters = []
             for i in ids:
@@ -396,6 +408,9 @@ def replay(
                 if (reason is None or d.reason == reason) and (source is None or d.source == source)
             ]
         result = replay_letters(graph, store, pipelines, letters)
+        changes = side_changes(tables)
+        if changes:
+            save_side_changes(graph.store.kv, changes)
     if wants_json(settings, as_json):
         print_json(result)
     else:

@@ -84,6 +84,7 @@ from hopcast.errors import SchemaViolation, StorageError
 from hopcast.graph.mutations import Mutation
 from hopcast.graph.store import GraphStore
 from hopcast.graphdb import Graph
+from hopcast.kv.base import KVStore
 from hopcast.stream.deadletter import DeadLetter, DeadLetterStore, Reason
 from hopcast.stream.dedup import Coalescer
 from hopcast.stream.operators import Pipeline, SideTable
@@ -138,6 +139,35 @@ class TrackedSideTable(SideTable):
 
 _side_encode = msgspec.msgpack.Encoder().encode
 _side_decode = msgspec.msgpack.Decoder().decode
+
+
+def load_side_tables(kv: KVStore, tables: Mapping[str, TrackedSideTable]) -> None:
+    """Fill ``tables`` with their persisted rows."""
+    if not tables:
+        return
+    kv.configure(SIDE_NS, None)
+    with kv.reader() as r:
+        for name, table in tables.items():
+            for item in r.scan(SIDE_NS, name.encode(), 0):
+                version, row = _side_decode(item.value)
+                table.restore(item.key.decode(), version, row)
+
+
+def side_changes(tables: Mapping[str, TrackedSideTable]) -> list[tuple[str, str, bytes]]:
+    """The rows changed since the last call, encoded: ``(table, key, value)``."""
+    return [
+        (name, key, _side_encode(change))
+        for name, table in tables.items()
+        for key, change in table.take_changes().items()
+    ]
+
+
+def save_side_changes(kv: KVStore, changes: list[tuple[str, str, bytes]]) -> None:
+    """Persist :func:`side_changes` in one write."""
+    kv.configure(SIDE_NS, None)
+    with kv.writer() as w:
+        for name, key, value in changes:
+            w.put(SIDE_NS, name.encode(), key.encode(), value, 0, 0)
 
 
 class IngestMetrics:
@@ -327,8 +357,6 @@ class EmbeddedEngine:
         self._opened = False
         self._pipelines = {s.name: p for s, p in sources}
         self.tables = dict(tables or {})
-        if self.tables:
-            self.store.kv.configure(SIDE_NS, None)
         self._next_source = 0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -336,12 +364,7 @@ class EmbeddedEngine:
     def open(self) -> dict[str, dict[str, Position]]:
         """Open every source after its stored positions; returns those positions."""
         resume = stored_positions(self.store, list(self._pipelines))
-        if self.tables:
-            with self.store.kv.reader() as r:
-                for name, table in self.tables.items():
-                    for item in r.scan(SIDE_NS, name.encode(), 0):
-                        version, row = _side_decode(item.value)
-                        table.restore(item.key.decode(), version, row)
+        load_side_tables(self.store.kv, self.tables)
         for source, _ in self.sources:
             source.open(resume[source.name])
             log.info(
@@ -519,17 +542,11 @@ class EmbeddedEngine:
         not the store's) is split: the records whose mutations do not fit become dead letters.
         """
         more: list[DeadLetter] = []
-        side = [
-            (name, key, _side_encode(change))
-            for name, table in self.tables.items()
-            for key, change in table.take_changes().items()
-        ]
+        side = side_changes(self.tables)
         for attempt in range(WRITE_RETRIES + 1):
             try:
                 if side:
-                    with self.store.kv.writer() as w:
-                        for name, key, value in side:
-                            w.put(SIDE_NS, name.encode(), key.encode(), value, 0, 0)
+                    save_side_changes(self.store.kv, side)
                 if letters or more:
                     self.deadletters.put(*letters, *more)
                 try:
