@@ -179,20 +179,31 @@ def _listening(
         raise ConfigError(
             f"--listen needs the server extras: pip install 'hopcast[server]' ({exc})"
         ) from exc
-    from hopcast.stream.sources.journal import JournalSource
+    from hopcast.stream.sources.journal import Journal, JournalSource
 
-    journals = {s.name: s.journal for s in sources if isinstance(s, JournalSource)}
+    # The HTTP side owns its writers: they outlive the engine's sources until the server stops.
+    journals = {s.name: Journal(s.directory) for s in sources if isinstance(s, JournalSource)}
     app = ingest_app(journals, engine.metrics.registry)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=int(port), log_level="warning", access_log=False)
     )
     thread = threading.Thread(target=server.run, name="ingest-http", daemon=True)
     thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not server.started:
+        server.should_exit = True
+        for journal in journals.values():
+            journal.close()
+        raise ConfigError(f"--listen {address}: the HTTP server did not start (port in use?)")
     try:
         yield
     finally:
         server.should_exit = True
         thread.join(timeout=5)
+        for journal in journals.values():
+            journal.close()
 
 
 @click.group("ingest")
