@@ -101,8 +101,19 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is at the time of writing (the live display redirects it, so
+    log lines appear above the display instead of through it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.StreamHandler[Any] = logging.StreamHandler(_Stderr())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("hopcast")
     root.handlers[:] = [handler]
@@ -221,8 +232,20 @@ def ingest() -> None:
     help="A source: NAME (its mapping's source:) = KIND:ARGS, e.g. browse=file:/var/log/browse.",
 )
 @click.option("--mappings", metavar="DIR", help="Mapping files [default: the demo mappings].")
-@click.option("--batch-records", type=click.IntRange(1), default=5000, show_default=True)
-@click.option("--batch-ms", type=click.FloatRange(0), default=200.0, show_default=True)
+@click.option(
+    "--batch-records",
+    type=click.IntRange(1),
+    default=5000,
+    show_default=True,
+    help="Most records per atomic write.",
+)
+@click.option(
+    "--batch-ms",
+    type=click.FloatRange(0),
+    default=200.0,
+    show_default=True,
+    help="Longest a batch collects records.",
+)
 @click.option(
     "--linger-ms",
     type=click.FloatRange(0),
@@ -259,6 +282,10 @@ def run(
     as_json: bool,
 ) -> None:
     """Ingest from sources into the store until stopped (SIGTERM/SIGINT: finish, flush, exit 0).
+
+    SPEC is KIND:ARGS: file:PATH (JSON lines: a file, directory or glob), journal:DIR (what
+    POST /v1/ingest/NAME accepted), kafka:… and postgres:… (see their modules). Restarts
+    resume after the positions stored with the graph.
 
     JSON: {"events", "mutations", "dead_letters", "dead_by_reason", "batches", "seconds"}.
     """
