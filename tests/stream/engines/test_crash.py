@@ -78,12 +78,13 @@ def test_kill_9_at_random_points_and_restart_gives_the_graph_of_one_clean_run(
             killed_midway += 1
         proc.kill()
         proc.wait()
-    final = ingest(store, logs, "--until-idle", "--json")
+    final = ingest(store, logs, "--until-idle", "--json", "--batch-records", "5000")
     _, err = final.communicate(timeout=60)
     assert final.returncode == 0, err.decode()
     assert killed_midway >= 10
     clean_store = tmp_path / "clean"
-    clean = ingest(clean_store, logs, "--until-idle", "--json")
+    # One run, in batches of another size (so other records are coalesced together).
+    clean = ingest(clean_store, logs, "--until-idle", "--json", "--batch-records", "5000")
     out_clean, err = clean.communicate(timeout=60)
     assert clean.returncode == 0, err.decode()
     assert json.loads(out_clean)["dead_letters"] == 4
