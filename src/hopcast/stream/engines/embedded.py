@@ -61,7 +61,8 @@ of a written mutation → committed and queryable; sampled, at most 256 per batc
 ``hopcast_ingest_batch_records`` (histogram) and ``hopcast_ingest_batches_total``.
 
 Logs go to the ``hopcast.ingest`` logger with structured ``extra`` fields (``event``, counts,
-positions); per-batch lines at DEBUG.
+positions): start, stop, signals, sources opened (with their resume positions), dead letters
+(counts by reason, the first ids) and write retries; per-batch lines at DEBUG.
 """
 
 from __future__ import annotations
@@ -612,9 +613,21 @@ class EmbeddedEngine:
         for name, records in batches:
             m.events.labels(name).inc(len(records))
             n_records += len(records)
+        reasons: dict[str, int] = {}
         for letter in letters:
             m.dead_letters.labels(letter.source, letter.reason).inc()
             st.dead_by_reason[letter.reason] = st.dead_by_reason.get(letter.reason, 0) + 1
+            reasons[letter.reason] = reasons.get(letter.reason, 0) + 1
+        if letters:
+            log.info(
+                "dead letters written",
+                extra={
+                    "event": "dead_letters",
+                    "count": len(letters),
+                    "reasons": reasons,
+                    "ids": [d.id for d in letters[:5]],
+                },
+            )
         for name, count in by_source.items():
             m.mutations.labels(name).inc(count)
         m.written.inc(len(mutations))
