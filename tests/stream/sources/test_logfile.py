@@ -47,6 +47,7 @@ def test_a_directory_passes_the_source_contract(tmp_path: Path) -> None:
         write(tmp_path / name, values)
         expected += values
     (tmp_path / ".hidden").write_bytes(b'{"x": 1}\n')
+    (tmp_path / "a.log.2.gz").write_bytes(b"\x1f\x8b compressed\n")
     check_source_contract(
         lambda: LogFileSource("s", tmp_path, scan_interval_s=0.01), expected, max_records=3
     )

@@ -1,7 +1,8 @@
 """Tail JSON-lines log files (request/response logs): a file, a directory, or a glob.
 
 Spec: ``file:PATH`` where PATH is a file (``/var/log/browse/access.log``), a directory (every
-non-hidden regular file in it) or a glob (``/var/log/browse/*.jsonl``).
+regular file in it except hidden and compressed ones, ``.gz`` and the like) or a glob
+(``/var/log/browse/*.jsonl``).
 
 Positions:
 
@@ -47,6 +48,8 @@ from hopcast.stream.record import Position, Record
 
 #: Bytes read from a file per system call.
 READ_CHUNK = 1 << 20
+#: Files a directory source skips: rotated logs compressed by logrotate and friends.
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")
 #: Longest line kept whole (a longer one is cut into pieces of this size).
 DEFAULT_MAX_LINE_BYTES = 8 << 20
 
@@ -148,7 +151,11 @@ class LogFileSource:
         if any(c in p for c in "*?["):
             paths = glob.glob(p)
         elif os.path.isdir(p):
-            paths = [os.path.join(p, n) for n in os.listdir(p) if not n.startswith(".")]
+            paths = [
+                os.path.join(p, n)
+                for n in os.listdir(p)
+                if not n.startswith(".") and not n.endswith(COMPRESSED)
+            ]
         else:
             paths = [p]
         out: list[tuple[float, str]] = []
