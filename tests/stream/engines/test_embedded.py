@@ -112,7 +112,23 @@ def _graph_only(dump: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _playback(**after: Any) -> bytes:
+    """A playback change event with fields of its row replaced (None removes one)."""
+    doc = json.loads(RECORDS["playback"][0])
+    for k, v in after.items():
+        if v is None:
+            doc["after"].pop(k)
+        else:
+            doc["after"][k] = v
+    return json.dumps(doc).encode()
+
+
 BAD = {
+    Reason.BAD_VALUE: _playback(position_s="abc"),
+    Reason.MISSING_TIME: _playback(updated_at=None),
+    Reason.UNMATCHED: json.dumps(
+        {"op": "u", "before": None, "after": {"a": 1}, "source": {"table": "nope"}, "ts_ms": 1}
+    ).encode(),
     Reason.MALFORMED_JSON: b"{not json",
     Reason.BAD_ENVELOPE: json.dumps({"op": "u", "after": None, "source": {"table": "x"}}).encode(),
     Reason.MISSING_FIELD: json.dumps(
