@@ -88,7 +88,11 @@ def test_a_gateway_restart_with_many_devices_connected_converges_without_duplica
     None
 ):
     n = 400
-    run = run_once(SimConfig(devices=n, processes=2, window_s=2, restart=True, show_progress=False))
+    # every device a full DeviceClient: the SDK's own reconnection is what is under test
+    config = SimConfig(
+        devices=n, processes=2, window_s=2, restart=True, client="sdk", show_progress=False
+    )
+    run = run_once(config)
     report = run.report
     assert report["simulator"]["notes"] == []  # no wait timed out
     counts = report["counts"]
@@ -119,5 +123,7 @@ def test_impossible_parameters_are_refused_before_anything_starts() -> None:
         SimConfig(api="http://127.0.0.1:1", gateways=("ws://127.0.0.1:2",), restart=True).check()
     with pytest.raises(ConfigError, match="both"):
         SimConfig(api="http://127.0.0.1:1").check()
+    with pytest.raises(ConfigError, match="client"):
+        SimConfig(client="browser").check()
     with pytest.raises(ConfigError, match="spread"):
         SimConfig(spread="random").check()

@@ -93,6 +93,14 @@ def _seconds(option: str, text: str) -> float:
     show_default=True,
     help="How devices place their prefetch in the window.",
 )
+@click.option(
+    "--client",
+    type=click.Choice(["light", "sdk"]),
+    default="light",
+    show_default=True,
+    help="light: the SDK's protocol core over a minimal WebSocket connection (15k devices per "
+    "process); sdk: a full DeviceClient on websockets per device.",
+)
 @click.option("--segments", type=click.IntRange(1), default=DEFAULT_SEGMENTS, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
@@ -118,6 +126,7 @@ def simulate_command(
     connect_rate: float,
     fallback_window: str | None,
     spread: str,
+    client: str,
     segments: int,
     seed: int,
     out: Path,
@@ -149,6 +158,7 @@ def simulate_command(
         if fallback_window is None
         else _seconds("--fallback-window", fallback_window),
         spread=spread,
+        client=client,
         segments=segments,
         seed=seed,
         show_progress=not no_progress,

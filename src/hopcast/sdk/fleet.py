@@ -24,6 +24,7 @@ payload is in the cache.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import json
 import os
@@ -40,6 +41,7 @@ from urllib.parse import quote
 from hopcast.durations import HOUR, now_us
 from hopcast.live import tokens
 from hopcast.sdk.client import DeviceClient, payload_ref
+from hopcast.sdk.lightclient import LightClient
 from hopcast.sdk.origin import OriginError, OriginPool
 from hopcast.sdk.protocol import (
     DeviceEvent,
@@ -60,6 +62,10 @@ TOKEN_TTL_US = 6 * HOUR
 STOP_TIMEOUT_S = 30.0
 #: Connections started per pacing step (the launcher sleeps between steps).
 _LAUNCH_STEP_S = 0.01
+#: Cyclic-GC thresholds of a fleet process: collect young objects rarely (a trigger allocates
+#: a few objects per device) and the old generation almost never; the devices themselves are
+#: frozen once launched.
+GC_THRESHOLDS = (100_000, 50, 1_000)
 #: Tokens requested at once from a development token route (bounded by the origin pool anyway).
 _TOKEN_BATCH = 256
 
@@ -141,6 +147,9 @@ class FleetSpec:
         segments: device ``i`` belongs to ``segments[i % len(segments)]``.
         fallback_window_s: a missing payload is fetched after a delay uniform in this window.
         pool_size: origin connections of the process.
+        client: ``"light"`` (:class:`~hopcast.sdk.lightclient.LightClient`: the protocol core
+            over a minimal WebSocket connection) or ``"sdk"``
+            (:class:`~hopcast.sdk.client.DeviceClient` on ``websockets``).
         seed: seeds every device's RNG (with its index).
         channels: the channels every device follows.
     """
@@ -157,6 +166,7 @@ class FleetSpec:
     fallback_window_s: float
     pool_size: int
     seed: int
+    client: str = "light"
     channels: tuple[str, ...] = ("global",)
 
 
@@ -293,21 +303,34 @@ class _Device:
         self.payload_fetches: dict[str, int] = {}
         self.fetch_failures = 0
         self.own_fetches: set[str] = set()
-        options: dict[str, Any] = {}
-        if spec.local_host is not None:
-            options["local_addr"] = (spec.local_host, 0)
-        self.client = DeviceClient(
-            spec.gateways[self.gateway],
-            token,
-            spec.channels,
-            rng=self.rng,
-            cache=self.cache,
-            fetch=self.fetch_payload,
-            on_event=self.on_event,
-            refresh_token=self.refresh_token,
-            fallback_window_s=spec.fallback_window_s,
-            connect_options=options,
-        )
+        local = None if spec.local_host is None else (spec.local_host, 0)
+        self.client: DeviceClient | LightClient
+        if spec.client == "sdk":
+            self.client = DeviceClient(
+                spec.gateways[self.gateway],
+                token,
+                spec.channels,
+                rng=self.rng,
+                cache=self.cache,
+                fetch=self.fetch_payload,
+                on_event=self.on_event,
+                refresh_token=self.refresh_token,
+                fallback_window_s=spec.fallback_window_s,
+                connect_options={} if local is None else {"local_addr": local},
+            )
+        else:
+            self.client = LightClient(
+                spec.gateways[self.gateway],
+                token,
+                spec.channels,
+                rng=self.rng,
+                cache=self.cache,
+                fetch=self.fetch_payload,
+                on_event=self.on_event,
+                refresh_token=self.refresh_token,
+                fallback_window_s=spec.fallback_window_s,
+                local_addr=local,
+            )
 
     # -- SDK callbacks -----------------------------------------------------------------------
 
@@ -477,6 +500,7 @@ class _Fleet:
 
     async def run(self) -> None:
         spec = self.spec
+        gc.set_threshold(*GC_THRESHOLDS)
         self.pool = OriginPool(spec.api, local_host=spec.local_host, size=spec.pool_size)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -539,6 +563,10 @@ class _Fleet:
             if due > loop.time():
                 await asyncio.sleep(max(due - loop.time(), _LAUNCH_STEP_S))
             runs.append(asyncio.ensure_future(self._run_device(device, stop)))
+        # Everything alive now lives until the end: keep full collections from walking it
+        # (their pauses would be charged to the system's time to update).
+        gc.collect()
+        gc.freeze()
 
     async def _run_device(self, device: _Device, stop: asyncio.Event) -> None:
         try:

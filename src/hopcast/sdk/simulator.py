@@ -130,6 +130,10 @@ class SimConfig:
             index as a server-given rank: the even golden-ratio spread).
         segments: how many of the demo segments the devices are spread over.
         pool_size: origin connections per process.
+        client: ``"light"``: devices run the SDK's protocol core
+            (:class:`~hopcast.sdk.protocol.DeviceProtocol`) over a minimal WebSocket connection
+            (:mod:`hopcast.sdk.lightclient`), cheap enough for 15k per process; ``"sdk"``: each
+            device is a full :class:`~hopcast.sdk.client.DeviceClient` on ``websockets``.
         source_hosts: the source address of each process; ``None``: ``127.0.0.2`` … when the
             system is on loopback, the kernel's choice otherwise.
         timeout_s: slack of every wait.
@@ -150,6 +154,7 @@ class SimConfig:
     spread: str = "hash"
     segments: int = DEFAULT_SEGMENTS
     pool_size: int = DEFAULT_POOL_SIZE
+    client: str = "light"
     source_hosts: tuple[str, ...] | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     seed: int = 1
@@ -172,6 +177,8 @@ class SimConfig:
             raise ConfigError("the window must be positive")
         if self.connect_rate <= 0:
             raise ConfigError("the connect rate must be positive")
+        if self.client not in ("light", "sdk"):
+            raise ConfigError(f"client must be 'light' or 'sdk', got {self.client!r}")
         if self.spread not in ("hash", "rank"):
             raise ConfigError(f"spread must be 'hash' or 'rank', got {self.spread!r}")
         if (self.api is None) != (not self.gateways):
@@ -258,8 +265,12 @@ def run_once(config: SimConfig) -> SimRun:
         ConfigError, HopcastError: as :func:`simulate`.
     """
     config.check()
-    with _system(config) as system:
-        return _Run(config, system).execute()
+    with _sigterm_exits(), _system(config) as system:
+        run = _Run(config, system)
+        try:
+            return run.execute()
+        finally:
+            run.kill_processes()  # no-op after a clean stop
 
 
 # -- the system under test ---------------------------------------------------------------------
@@ -358,6 +369,24 @@ class _Target:
     gateways: tuple[str, ...]
     secret: bytes | None
     embedded: EmbeddedSystem | None = None
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """While running, SIGTERM raises SystemExit (in the main thread), so the embedded server and
+    the processes are stopped on the way out instead of being orphaned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -511,6 +540,7 @@ class _Run:
                 fallback_window_s=config.effective_fallback_window(),
                 pool_size=config.pool_size,
                 seed=config.seed,
+                client=config.client,
             )
             self._procs.append(_Worker.start(spec, self._out))
             first += count
@@ -555,6 +585,9 @@ class _Run:
         self._refresh_bars()
 
     def _abort(self) -> None:
+        self.kill_processes()
+
+    def kill_processes(self) -> None:
         for worker in self._procs:
             worker.kill()
 
