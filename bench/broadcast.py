@@ -28,6 +28,11 @@ over all rounds, server memory per idle connection (RSS of all server processes 
 minus before, / N), GC pauses in the servers (the gateway's ``GcMonitor``; the same monitor is
 installed in the peers), connection rate and delivery.
 
+Then the origin measure: the load harness (``hopcast live simulate --compare-prefetch``,
+:func:`hopcast.sdk.simulator.simulate`: real SDK devices against an embedded ``hopcast serve``)
+runs one live event with and without prefetch; rows give the origin's peak requests per second
+in the prefetch window and overall, and the share of devices that hit the origin at trigger.
+
 Writes ``bench/results/broadcast.jsonl`` (``broadcast-quick`` for ``--quick``; one JSON
 object per system and measure), prints a table with ratios and saves a chart beside it.
 
@@ -81,9 +86,15 @@ ROUND_TIMEOUT_PER_S = 2_000
 #: Pause between rounds, and after connecting before the memory is read.
 ROUND_GAP_S = 1.0
 SETTLE_S = 2.0
+#: ``--quick`` waits half as long (it has 60 s for everything).
+QUICK_PAUSES = 0.5
 #: Connecting may take this long plus 1 s per 250 devices before the case is given up.
 CONNECT_BASE_S = 60.0
 CONNECT_PER_S = 250.0
+#: The origin measure (``hopcast live simulate --compare-prefetch`` through its Python API):
+#: devices and prefetch window, full run and ``--quick``.
+PREFETCH_DEVICES, PREFETCH_WINDOW_S = 10_000, 30.0
+QUICK_PREFETCH_DEVICES, QUICK_PREFETCH_WINDOW_S = 1_000, 5.0
 SECRET = "bench-broadcast-secret-" + "0" * 32
 SECRET_ENV = "HOPCAST_BENCH_SECRET"
 
@@ -245,6 +256,7 @@ class Case:
     delivered_min: float | None = None
     gc: dict[str, float] = field(default_factory=dict)
     problems: int = 0
+    load_1m: float = 0.0
     note: str = ""
 
 
@@ -259,11 +271,17 @@ def split(n: int, parts: int) -> list[int]:
 
 
 def run_case(
-    system: str, n: int, rounds: int, case_no: int, redis: Redis | None, logs: Path
+    system: str,
+    n: int,
+    rounds: int,
+    case_no: int,
+    redis: Redis | None,
+    logs: Path,
+    pauses: float = 1.0,
 ) -> Case:
     servers = max(1, math.ceil(n / PER_SERVER))
     clients = max(MIN_CLIENTS, math.ceil(n / PER_CLIENT))
-    case = Case(system, n, servers, clients, topology_of(servers))
+    case = Case(system, n, servers, clients, topology_of(servers), load_1m=os.getloadavg()[0])
     env = os.environ | {SECRET_ENV: SECRET, "PYTHONUNBUFFERED": "1"}
     py = sys.executable
     port = free_port()
@@ -320,8 +338,22 @@ def run_case(
         started = time.perf_counter()
         deadline = started + CONNECT_BASE_S + n / CONNECT_PER_S
         ready = []
-        for proc in client_procs:
-            ready.append(proc.read(max(1.0, deadline - time.perf_counter())))
+        try:
+            for proc in client_procs:
+                ready.append(proc.read(max(1.0, deadline - time.perf_counter())))
+        except Dead:
+            if any(p.p.poll() is not None for p in procs):
+                raise
+            # Too slow: how far did it get?
+            opened = sum(r["ready"] for r in ready)
+            for proc in client_procs[len(ready) :]:
+                answer = proc.ask("status", 10)  # or its "ready" line, if it just finished
+                opened += answer.get("status", answer.get("ready", 0))
+            case.connected = opened
+            raise Dead(
+                f"connecting did not finish within {deadline - started:.0f} s "
+                f"({opened:,} of {n:,} devices connected)"
+            ) from None
         case.connect_s = time.perf_counter() - started
         case.connected = sum(r["ready"] for r in ready)
         failed = sum(r["failed"] for r in ready)
@@ -338,7 +370,7 @@ def run_case(
             )
         if not case.connected:
             raise RuntimeError("no device connected")
-        time.sleep(SETTLE_S)
+        time.sleep(SETTLE_S * pauses)
         rss_after = sum(rss(p.pid) for p in server_procs)
         case.mem_per_conn = (rss_after - rss_before) / case.connected
         gc_before = merge_gc([p.ask("stats")["gc"] for p in server_procs])
@@ -364,7 +396,7 @@ def run_case(
                 case.rounds_tta_ms.append((max(times) - t0) / 1e6)
             for proc in client_procs:
                 case.problems += proc.ask("check", 60)["problems"]
-            time.sleep(ROUND_GAP_S)
+            time.sleep(ROUND_GAP_S * pauses)
         case.delivered_min = min(delivered)
         if case.delivered_min < 1.0:
             missing = case.connected - round(case.delivered_min * case.connected)
@@ -404,6 +436,56 @@ def merge_gc(stats: Sequence[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+# -- origin load with and without prefetch --------------------------------------------------
+
+
+def prefetch_rows(devices: int, window_s: float, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Origin requests per second with and without prefetch, from the load harness (real SDK
+    devices against an embedded ``hopcast serve``; :func:`hopcast.sdk.simulator.simulate`)."""
+    base = {"n": devices, "window_s": window_s, "topology": "hopcast serve (embedded)"} | params
+    try:
+        from hopcast.sdk.simulator import SimConfig, simulate
+
+        config = SimConfig(devices=devices, window_s=window_s, show_progress=False)
+        result = simulate(config, compare_prefetch=True)
+    except Exception as exc:  # a failed side measure is reported, not fatal
+        console.print(f"[red]origin load: {exc!r}[/red]")
+        return [
+            {"system": "hopcast", "measure": "origin peak RPS, prefetch window", "unit": "req/s"}
+            | {"value": None, "note": f"failed: {exc!r}"}
+            | base
+        ]
+    rows = []
+    for run in result.runs:
+        origin, mode = run.report["origin"], run.report["mode"]
+        extra = {
+            "mode": mode,
+            "target_peak_rps": origin["target_peak_rps"],
+            "prefetch_window_s": origin["prefetch_window_s"],
+            "origin_requests": origin["requests"],
+        }
+        if mode == "prefetch":
+            rows.append(
+                {"system": "hopcast", "measure": "origin peak RPS, prefetch window"}
+                | {"unit": "req/s", "value": origin["peak_rps_in_window"]}
+                | extra
+                | base
+            )
+            rows.append(
+                {"system": "hopcast", "measure": "devices hitting the origin at trigger"}
+                | {"unit": "%", "value": origin["trigger_hit_pct"]}
+                | extra
+                | base
+            )
+        rows.append(
+            {"system": "hopcast", "measure": f"origin peak RPS, {mode.replace('_', ' ')}"}
+            | {"unit": "req/s", "value": origin["peak_rps"]}
+            | extra
+            | base
+        )
+    return rows
+
+
 # -- results ---------------------------------------------------------------------------------
 
 
@@ -419,6 +501,7 @@ def rows_of(case: Case, params: dict[str, Any]) -> list[dict[str, Any]]:
         "servers": case.servers,
         "client_processes": case.clients,
         "topology": case.topology,
+        "load_1m_before": round(case.load_1m, 2),
     } | params
     if case.note:
         base["note"] = case.note
@@ -536,6 +619,25 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, sizes: Sequence
     for r in rows:
         if r.get("note") and r["measure"] == "time to all devices":
             console.print(f"note — {r['system']} at N={r['n']:,}: {r['note']}")
+    origin = [r for r in rows if r["measure"].startswith(("origin", "devices hitting"))]
+    if origin:
+        t = Table(title="origin load during a live event (load harness, real SDK devices)")
+        for col in ("N", "window", "measure", "value", "target"):
+            t.add_column(col, justify="left" if col == "measure" else "right")
+        for r in origin:
+            target = ""
+            if r["measure"] == "origin peak RPS, prefetch window":
+                target = f"≤ {r.get('target_peak_rps', 0):,.0f} (1.2 × N / window)"
+            elif r["measure"] == "devices hitting the origin at trigger":
+                target = "≤ 1 %"
+            t.add_row(
+                f"{r['n']:,}",
+                f"{r['window_s']:.0f} s",
+                r["measure"],
+                f"{fmt(r['value'])} {r['unit']}" if r["value"] is not None else r.get("note", "—"),
+                target,
+            )
+        Console(width=max(console.width, 170)).print(t)
     for line in verdicts(rows, sizes):
         console.print(line)
     console.print(
@@ -561,6 +663,23 @@ def verdicts(rows: list[dict[str, Any]], sizes: Sequence[int]) -> list[str]:
             out.append(
                 f"hopcast vs python-socketio at N={n:,} (its largest complete N): "
                 f"{p['p50'] / h['p50']:.1f}× faster (target ≥ 5×)"
+            )
+    pre = next((r for r in rows if r["measure"] == "origin peak RPS, prefetch window"), None)
+    if pre and pre["value"] is not None:
+        out.append(
+            f"origin peak in the prefetch window: {pre['value']:,.0f} req/s for {pre['n']:,} "
+            f"devices (target ≤ {pre['target_peak_rps']:,.0f})"
+        )
+        hit = next(
+            (r for r in rows if r["measure"] == "devices hitting the origin at trigger"), None
+        )
+        naive = next((r for r in rows if r["measure"] == "origin peak RPS, no prefetch"), None)
+        if hit:
+            out.append(f"devices hitting the origin at trigger: {hit['value']} % (target ≤ 1 %)")
+        if naive and naive["value"]:
+            out.append(
+                f"origin peak without prefetch: {naive['value']:,.0f} req/s "
+                f"({naive['value'] / max(pre['value'], 1):.1f}× the peak with prefetch)"
             )
     for n in sizes:
         h = get(rows, "hopcast", "time to all devices", n)
@@ -625,11 +744,13 @@ def chart(rows: list[dict[str, Any]], path: Path, sizes: Sequence[int]) -> None:
     ax1.set_ylabel("trigger → 100% of devices (ms)")
     ax1.set_yscale("log")
     ax1.set_title("time to update the fleet (lower is better)")
-    ax1.legend(fontsize=7)
+    if ax1.get_legend_handles_labels()[0]:
+        ax1.legend(fontsize=7)
     ax2.set_xlabel("connected devices")
     ax2.set_ylabel("server RSS per idle connection (KB)")
     ax2.set_title("memory per connection")
-    ax2.legend(fontsize=7)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=7)
     for ax in (ax1, ax2):
         ax.set_xticks(list(sizes))
         ax.set_xticklabels([f"{n // 1000}k" for n in sizes])
@@ -646,6 +767,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     ap.add_argument("--rounds", type=int, help=f"triggers per case (default {ROUNDS})")
     ap.add_argument("--quick", action="store_true", help=f"N = {QUICK_SIZES[0]:,}, < 60 s")
+    ap.add_argument(
+        "--no-origin",
+        action="store_true",
+        help="skip the origin-load measure (load harness with and without prefetch)",
+    )
     ap.add_argument("--workdir", default=str(RESULTS / "tmp" / "broadcast"))
     args = ap.parse_args(argv)
     sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
@@ -668,7 +794,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"[bold]{LABEL[system]}[/bold] N={n:,} "
                     f"({free_gb:.1f} GiB available, {time.perf_counter() - started:.0f} s in)"
                 )
-                case = run_case(system, n, rounds, case_no, redis, logs)
+                pauses = QUICK_PAUSES if args.quick else 1.0
+                case = run_case(system, n, rounds, case_no, redis, logs, pauses)
                 rows += rows_of(case, params)
                 tta = case.rounds_tta_ms
                 console.print(
@@ -680,6 +807,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if redis is not None:
             redis.stop()
+    if not args.no_origin:
+        devices = QUICK_PREFETCH_DEVICES if args.quick else PREFETCH_DEVICES
+        window_s = QUICK_PREFETCH_WINDOW_S if args.quick else PREFETCH_WINDOW_S
+        console.print(
+            f"[bold]origin load[/bold]: {devices:,} devices, {window_s:.0f} s prefetch window, "
+            f"with and without prefetch ({time.perf_counter() - started:.0f} s in)"
+        )
+        rows += prefetch_rows(devices, window_s, params)
     report(rows, args, sizes)
     return 0
 

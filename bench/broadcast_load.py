@@ -17,6 +17,7 @@ store (plus keeping the frame); hopcast's frames are fed to each device's protoc
 Driven by the orchestrator through stdin/stdout, one JSON object per line::
 
     (start)          → {"ready": n, "failed": k, "connect_s": s, "rss": bytes, ...}
+    status           → {"status": open devices, ...}  (at once, even while connecting)
     arm <round> <timeout_s>  → {"armed": round}   then, when every open device has the round's
                                trigger or the timeout passed: {"round": r, "times": [...], ...}
     check            → {"checked": n, "applied": a, "problems": p}  (protocol-level validation)
@@ -439,13 +440,16 @@ async def run_round(fleet: Fleet, round_no: int, timeout_s: float) -> None:
 
 async def main_async(args: argparse.Namespace) -> None:
     fleet = Fleet(args.system, args.count, args.first_id)
-    await connect_all(fleet, args.host, args.port, args.source)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    connecting = loop.create_task(connect_all(fleet, args.host, args.port, args.source))
     while line := (await reader.readline()).decode().split():
         match line:
+            case ["status"]:  # answered at once, even while connecting
+                emit({"status": fleet.open, "lost": fleet.lost, "errors": fleet.errors})
             case ["arm", round_no, timeout_s]:
+                await connecting
                 await run_round(fleet, int(round_no), float(timeout_s))
             case ["check"]:
                 emit(check(fleet))
@@ -453,6 +457,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 break
             case _:
                 emit({"error": f"unknown command {line!r}"})
+    connecting.cancel()
     for dev in fleet.conns:
         if dev is not None:
             dev.reset()
