@@ -60,6 +60,9 @@ PROGRESS_EVERY_S = 0.25
 TOKEN_TTL_US = 6 * HOUR
 #: How long stopping may take: each device closes its WebSocket (close timeout 1 s).
 STOP_TIMEOUT_S = 30.0
+#: Handshakes a process keeps in flight at most while connecting its devices: enough to fill a
+#: gateway's accept loop, few enough that none waits out the 10 s open timeout.
+MAX_PENDING_CONNECTS = 256
 #: Connections started per pacing step (the launcher sleeps between steps).
 _LAUNCH_STEP_S = 0.01
 #: Cyclic-GC thresholds of a fleet process: collect young objects rarely (a trigger allocates
@@ -338,6 +341,8 @@ class _Device:
         now = now_us()
         match event:
             case Welcomed():
+                if not self.welcomes:
+                    self.fleet.first_welcomes += 1
                 self.welcomes.append(now)
             case TriggerApplied(_, name, stage, version, ts, payload):
                 self.applied(name, stage, version, ts, payload, now)
@@ -466,6 +471,7 @@ class _Fleet:
         self.devices: list[_Device] = []
         self.updated: dict[str, int] = {}
         self.prefetched = 0
+        self.first_welcomes = 0
         self.mark: int | None = None
         self.token_failures = 0
         self.errors: list[str] = []
@@ -555,13 +561,17 @@ class _Fleet:
         )
 
     async def _launch(self, stop: asyncio.Event, runs: list[asyncio.Task[None]]) -> None:
-        """Start the device loops at ``connect_rate`` per second."""
+        """Start the device loops at ``connect_rate`` per second, and never more than
+        :data:`MAX_PENDING_CONNECTS` ahead of the devices welcomed: a gateway slower than the
+        rate then sets the pace, instead of handshakes timing out and retrying."""
         loop = asyncio.get_running_loop()
         started_at = loop.time()
         for i, device in enumerate(self.devices):
             due = started_at + i / self.spec.connect_rate
             if due > loop.time():
                 await asyncio.sleep(max(due - loop.time(), _LAUNCH_STEP_S))
+            while i - self.first_welcomes >= MAX_PENDING_CONNECTS:
+                await asyncio.sleep(_LAUNCH_STEP_S)
             runs.append(asyncio.ensure_future(self._run_device(device, stop)))
         # Everything alive now lives until the end: keep full collections from walking it
         # (their pauses would be charged to the system's time to update).
