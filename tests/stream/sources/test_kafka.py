@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -146,13 +147,9 @@ def test_a_debezium_topic_fed_by_postgres_cdc_decodes_like_the_cdc_source(
     # Relay as a Debezium connector would: key per row, a tombstone after the delete, and one
     # event in the JSON converter's schema+payload form.
     sink.create_topic(topic, partitions=2)
-    for i, change in enumerate(changes):
-        value = change.value
-        if i == 1:
-            value = json.dumps(
-                {"schema": {"type": "struct"}, "payload": json.loads(value)}
-            ).encode()
-        sink.send(topic, value, key=change.key)
+    wrapped = {"schema": {"type": "struct"}, "payload": json.loads(changes[1].value)}
+    relay = [changes[0], replace(changes[1], value=json.dumps(wrapped).encode()), *changes[2:]]
+    assert sink.send_records(topic, relay) == 4
     sink.send(topic, None, key=changes[-1].key)
     sink.flush()
 

@@ -324,3 +324,21 @@ def test_a_server_without_wal_level_logical_is_refused_with_the_fix() -> None:
         cmd[1] = "stop"
         subprocess.run(cmd, capture_output=True, timeout=60, check=True)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_polls_with_a_zero_timeout_never_block_and_still_deliver(
+    db: psycopg.Connection[Any], tag: str, postgres_dsn: str
+) -> None:
+    members, _ = _tables(db, tag)
+    source = PostgresCDCSource("m", postgres_dsn, tables=[members], slot=f"hopcast_{tag}")
+    source.open({})
+    db.execute(f"INSERT INTO {members} VALUES (1, 'ann', NULL)")
+    got: list[Record] = []
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        began = time.monotonic()
+        got = source.poll(10, 0)
+        assert time.monotonic() - began < 0.1
+        time.sleep(0.01)
+    assert [json.loads(r.value)["after"]["name"] for r in got] == ["ann"]
+    source.close()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -32,6 +32,8 @@ from hopcast.errors import ConfigError, SourceError
 from hopcast.stream.record import Position, Record
 
 log = logging.getLogger(__name__)
+#: librdkafka's own log lines (connection drops, retries) go here instead of stderr.
+_client_log = logging.getLogger(f"{__name__}.client")
 
 _STARTS = ("earliest", "latest")
 
@@ -120,6 +122,7 @@ class KafkaSource:
             "auto.offset.reset": self.start,
             "enable.partition.eof": False,
             "error_cb": self._on_error,
+            "logger": _client_log,
             **self.config,
         }
         try:
@@ -291,6 +294,7 @@ class KafkaSink:
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,
             "linger.ms": 5,
+            "logger": _client_log,
             **(config or {}),
         }
         self._failures: list[str] = []
@@ -347,6 +351,23 @@ class KafkaSink:
             except kafka.KafkaException as exc:
                 raise SourceError(f"producing to {topic!r} failed: {exc}") from exc
         self._producer.poll(0)
+
+    def send_records(self, topic: str, records: Iterable[Record]) -> int:
+        """Queue ``records`` (value, key, headers, event time in ms) to ``topic``; their count.
+
+        Relays another source into Kafka: PostgreSQL CDC events become a Debezium topic.
+        """
+        count = 0
+        for record in records:
+            self.send(
+                topic,
+                record.value if record.value else None,
+                record.key,
+                headers=record.headers,
+                timestamp_ms=record.event_time // 1000 if record.event_time is not None else None,
+            )
+            count += 1
+        return count
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued message is acknowledged.

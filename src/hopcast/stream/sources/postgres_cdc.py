@@ -323,6 +323,9 @@ class PostgresCDCSource:
         while len(self._ready) < max_records:
             if self._read_one(conn):
                 continue
+            self._consume(conn)  # what the socket holds, without blocking
+            if self._read_one(conn):
+                continue
             if self._ready:
                 break
             remaining = deadline - time.monotonic()
