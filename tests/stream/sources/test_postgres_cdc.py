@@ -19,7 +19,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from hopcast.durations import now_us
 from hopcast.errors import ConfigError, SourceError
+from hopcast.graphdb import Graph
+from hopcast.stream.engines import EmbeddedEngine, engine_for, stored_positions
+from hopcast.stream.mapping import DEMO_MAPPINGS
+from hopcast.stream.mapping import Mapping as MappingFile
 from hopcast.stream.operators import decode_debezium
 from hopcast.stream.record import Position, Record
 from hopcast.stream.sources import build_source, check_source_contract
@@ -342,3 +347,62 @@ def test_polls_with_a_zero_timeout_never_block_and_still_deliver(
         time.sleep(0.01)
     assert [json.loads(r.value)["after"]["name"] for r in got] == ["ann"]
     source.close()
+
+
+def test_the_embedded_engine_maps_cdc_into_the_graph_and_resumes_from_its_checkpoint(
+    db: psycopg.Connection[Any], tag: str, postgres_dsn: str, tmp_path: Path
+) -> None:
+    # The demo's playback mapping (source 'playback', table 'playback') over real CDC.
+    schema = f"svc_{tag}"
+    db.execute(f"CREATE SCHEMA {schema}")
+    db.execute(
+        f"CREATE TABLE {schema}.playback (id bigint PRIMARY KEY, profile_id text, title_id text,"
+        " device_id text, position_s int, bitrate_kbps int, updated_at timestamp)"
+    )
+    slot = f"hopcast_{tag}"
+
+    def run_engine(graph: Graph) -> EmbeddedEngine:
+        source = PostgresCDCSource(
+            "playback", postgres_dsn, tables=[f"{schema}.playback"], slot=slot
+        )
+        maps = MappingFile.load_dir(DEMO_MAPPINGS, graph.schema)
+        engine = engine_for(graph, [source], {"playback": maps["playback"]}, batch_ms=50)
+        engine.open()
+        deadline = time.monotonic() + 10
+        while engine.stats.events < want and time.monotonic() < deadline:
+            engine.step()
+        engine.run(until_idle=True)
+        return engine
+
+    def watching(graph: Graph, profile: str) -> dict[str, Any]:
+        edges = graph.neighbours(f"profile:{profile}", "started_watching", now=now_us()).edges
+        return {e.other(f"profile:{profile}"): e.props.get("position_s") for e in edges}
+
+    def write(sql: str) -> None:
+        db.execute(sql.replace("playback", f"{schema}.playback"))
+
+    setup = PostgresCDCSource("playback", postgres_dsn, tables=[f"{schema}.playback"], slot=slot)
+    setup.open({})  # publication and slot exist from here on: changes made now are captured
+    setup.close()
+    write("INSERT INTO playback VALUES (1, 'p1', 't1', 'd1', 10, 3000, now())")
+    write("INSERT INTO playback VALUES (2, 'p1', 't2', 'd1', 0, 3000, now())")
+    write("UPDATE playback SET position_s = 95, updated_at = now() WHERE id = 1")
+    want = 3
+    with Graph.open(tmp_path / "g") as graph:
+        first = run_engine(graph)
+        assert (first.stats.events, first.stats.dead_letters) == (3, 0)
+        assert watching(graph, "p1") == {"title:t1": 95, "title:t2": 0}
+        stored = stored_positions(graph.store, ["playback"])["playback"][slot]
+
+    # The engine committed what it wrote: the slot is confirmed past the stored position.
+    state = PostgresCDCSource("playback", postgres_dsn, slot=slot).slot_state()
+    assert state["confirmed_flush_lsn"] > split_offset(stored.offset)[0]
+
+    write("UPDATE playback SET position_s = 40, updated_at = now() WHERE id = 2")
+    write("INSERT INTO playback VALUES (3, 'p2', 't1', 'd2', 5, 800, now())")
+    want = 2
+    with Graph.open(tmp_path / "g") as graph:
+        second = run_engine(graph)
+        assert (second.stats.events, second.stats.dead_letters) == (2, 0)  # only the new ones
+        assert watching(graph, "p1") == {"title:t1": 95, "title:t2": 40}
+        assert watching(graph, "p2") == {"title:t1": 5}
