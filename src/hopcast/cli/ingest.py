@@ -4,7 +4,7 @@
 
     hopcast [--store DIR] [--schema FILE] ingest run --source NAME=SPEC [--source …]
             [--mappings DIR] [--batch-records 5000] [--batch-ms 200] [--linger-ms 20]
-            [--no-coalesce]
+            [--coalesce]
             [--until-idle] [--listen HOST:PORT] [--progress/--no-progress]
             [--log-format text|json] [--log-level info]
     hopcast deadletters list [--reason R] [--source S] [--limit N]
@@ -253,7 +253,11 @@ def ingest() -> None:
     show_default=True,
     help="How long a batch keeps collecting after its first record.",
 )
-@click.option("--no-coalesce", is_flag=True, help="Write every mutation as produced.")
+@click.option(
+    "--coalesce",
+    is_flag=True,
+    help="Merge overlapping updates per node and edge within a batch before writing.",
+)
 @click.option("--until-idle", is_flag=True, help="Exit once a batch finds nothing to read.")
 @click.option("--listen", metavar="HOST:PORT", help="Serve /metrics and POST /v1/ingest/{source}.")
 @click.option("--progress/--no-progress", default=None, help="Live display on stderr.")
@@ -273,7 +277,7 @@ def run(
     batch_records: int,
     batch_ms: float,
     linger_ms: float,
-    no_coalesce: bool,
+    coalesce: bool,
     until_idle: bool,
     listen: str | None,
     progress: bool | None,
@@ -301,7 +305,7 @@ def run(
                 batch_records=batch_records,
                 batch_ms=batch_ms,
                 linger_ms=linger_ms,
-                coalesce=not no_coalesce,
+                coalesce=coalesce,
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc

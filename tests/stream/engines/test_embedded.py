@@ -62,8 +62,9 @@ def test_a_backlog_is_written_with_its_positions_and_a_restart_reads_nothing_aga
     assert graph_dump(graph) == before
 
 
+@pytest.mark.parametrize("coalesce", [False, True])
 def test_a_restart_in_the_middle_resumes_exactly_where_the_last_batch_ended(
-    tmp_path: Path,
+    tmp_path: Path, coalesce: bool
 ) -> None:
     with Graph.open(tmp_path / "clean") as clean:
         run_all(clean, lists(RECORDS))
@@ -71,7 +72,9 @@ def test_a_restart_in_the_middle_resumes_exactly_where_the_last_batch_ended(
     with Graph.open(tmp_path / "steps") as g:
         maps = Mapping.load_dir(DEMO_MAPPINGS, g.schema)
         for _ in range(7):  # a few batches per engine, then a new engine (a restart)
-            engine = engine_for(g, lists(RECORDS), maps, batch_records=137, batch_ms=10)
+            engine = engine_for(
+                g, lists(RECORDS), maps, batch_records=137, batch_ms=10, coalesce=coalesce
+            )
             engine.run(max_batches=3)
         run_all(g, lists(RECORDS))
         assert graph_dump(g) == want
@@ -79,7 +82,10 @@ def test_a_restart_in_the_middle_resumes_exactly_where_the_last_batch_ended(
         assert run_all(g, sources).stats.events == 0
 
 
-def test_shuffled_and_duplicated_input_converges_to_the_same_graph(tmp_path: Path) -> None:
+@pytest.mark.parametrize("coalesce", [False, True])
+def test_shuffled_and_duplicated_input_converges_to_the_same_graph(
+    tmp_path: Path, coalesce: bool
+) -> None:
     with Graph.open(tmp_path / "clean") as clean:
         run_all(clean, lists(RECORDS))
         want = graph_dump(clean)
@@ -92,7 +98,8 @@ def test_shuffled_and_duplicated_input_converges_to_the_same_graph(tmp_path: Pat
     # Several partitions per source, interleaved differently.
     parts = {n: {str(i): v[i::3] for i in range(3)} for n, v in messy.items()}
     with Graph.open(tmp_path / "messy") as g:
-        run_all(g, [ListSource(n, p) for n, p in parts.items()], batch_records=211)
+        sources = [ListSource(n, p) for n, p in parts.items()]
+        run_all(g, sources, batch_records=211, coalesce=coalesce)
         assert _graph_only(graph_dump(g)) == _graph_only(want)
 
 
