@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,7 +19,12 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
+from hopcast.durations import now_us
 from hopcast.errors import ConfigError, SourceError
+from hopcast.graphdb import Graph
+from hopcast.stream.engines import EmbeddedEngine, engine_for, stored_positions
+from hopcast.stream.mapping import DEMO_MAPPINGS
+from hopcast.stream.mapping import Mapping as MappingFile
 from hopcast.stream.operators import decode_debezium
 from hopcast.stream.record import Position, Record
 from hopcast.stream.sources import build_source, check_source_contract
@@ -233,3 +239,61 @@ def test_specs_build_sources() -> None:
     for bad in ("h:1", "h:1/t#colour=red", "h:1/t#start=middle", "h:1/t#commit=maybe"):
         with pytest.raises(ConfigError):
             from_spec("x", bad)
+
+
+def test_the_embedded_engine_maps_a_debezium_topic_and_resumes_from_its_checkpoints(
+    sink: KafkaSink, topic: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    sink.create_topic(topic, partitions=2)
+
+    def change(row_id: int, profile: str, title: str, position_s: int, op: str = "c") -> bytes:
+        at = now_us()
+        row = {
+            "id": row_id,
+            "profile_id": profile,
+            "title_id": title,
+            "device_id": "d1",
+            "position_s": position_s,
+            "bitrate_kbps": 3000,
+            "updated_at": at,
+        }
+        source = {"connector": "postgresql", "table": "playback", "ts_us": at}
+        return json.dumps({"before": None, "after": row, "op": op, "source": source}).encode()
+
+    def run_engine(graph: Graph, want: int) -> EmbeddedEngine:
+        source = KafkaSource("playback", kafka_bootstrap, [topic])
+        maps = MappingFile.load_dir(DEMO_MAPPINGS, graph.schema)
+        engine = engine_for(graph, [source], {"playback": maps["playback"]}, batch_ms=50)
+        engine.open()
+        deadline = time.monotonic() + 15
+        while engine.stats.events < want and time.monotonic() < deadline:
+            engine.step()
+        engine.run(until_idle=True)
+        return engine
+
+    def watching(graph: Graph, profile: str) -> dict[str, Any]:
+        edges = graph.neighbours(f"profile:{profile}", "started_watching", now=now_us()).edges
+        return {e.other(f"profile:{profile}"): e.props.get("position_s") for e in edges}
+
+    sink.send(topic, change(1, "p1", "t1", 10), key=b"1", partition=0)
+    sink.send(topic, change(2, "p2", "t1", 20), key=b"2", partition=1)
+    sink.send(topic, change(1, "p1", "t1", 95, "u"), key=b"1", partition=0)
+    sink.flush()
+    with Graph.open(tmp_path / "g") as graph:
+        first = run_engine(graph, 3)
+        assert (first.stats.events, first.stats.dead_letters) == (3, 0)
+        assert watching(graph, "p1") == {"title:t1": 95}
+        stored = stored_positions(graph.store, ["playback"])["playback"]
+        assert stored == {
+            f"{topic}:0": Position(f"{topic}:0", 1),
+            f"{topic}:1": Position(f"{topic}:1", 0),
+        }
+
+    sink.send(topic, change(2, "p2", "t1", 60, "u"), key=b"2", partition=1)
+    sink.send(topic, change(3, "p1", "t2", 1), key=b"3", partition=0)
+    sink.flush()
+    with Graph.open(tmp_path / "g") as graph:
+        second = run_engine(graph, 2)
+        assert (second.stats.events, second.stats.dead_letters) == (2, 0)  # only the new ones
+        assert watching(graph, "p1") == {"title:t1": 95, "title:t2": 1}
+        assert watching(graph, "p2") == {"title:t1": 60}
