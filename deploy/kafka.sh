@@ -40,10 +40,12 @@ while [[ $# -gt 0 ]]; do
     *) usage ;;
   esac
 done
+valid_port() {
+  [[ $1 =~ ^[0-9]+$ ]] && (($1 >= 1 && $1 <= 65535)) || { echo "bad port: $1" >&2; exit 2; }
+}
+valid_port "$port"
 cport=${cport:-$((port + 1))}
-for p in "$port" "$cport"; do
-  [[ $p =~ ^[0-9]+$ ]] && ((p >= 1 && p <= 65535)) || { echo "bad port: $p" >&2; exit 2; }
-done
+valid_port "$cport"
 dir=${dir:-${TMPDIR:-/tmp}/hopcast-kafka-$port}
 cache=${HOPCAST_CACHE:-$HOME/.cache/hopcast}/kafka-$KAFKA_SCALA-$KAFKA_VERSION
 libs=$cache/libs
@@ -226,7 +228,9 @@ LOG
     echo "kafka on 127.0.0.1:$port stopped"
     ;;
   status)
-    if up; then
+    # Without the dir (no pid file to check) an answering port is taken for the broker.
+    pid=$(pid_of)
+    if port_open "$port" && { [[ -z $pid ]] || alive "$pid"; }; then
       echo "kafka serving on 127.0.0.1:$port"
       exit 0
     fi
