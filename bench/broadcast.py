@@ -508,19 +508,15 @@ def rows_of(case: Case, params: dict[str, Any]) -> list[dict[str, Any]]:
     system = LABEL[case.system]
     rows = []
 
-    def latency(measure: str, values: list[float]) -> None:
+    def latency(measure: str, values: list[float], **extra: Any) -> None:
+        p50 = p99 = None
         if values:
-            p50, p99 = statistics.median(values), pct(values, 0.99)
-            rows.append(
-                {"system": system, "measure": measure, "unit": "ms"}
-                | {"p50": round(p50, 1), "p99": round(p99, 1)}
-                | base
-            )
-        else:
-            rows.append(
-                {"system": system, "measure": measure, "unit": "ms", "p50": None, "p99": None}
-                | base
-            )
+            p50, p99 = round(statistics.median(values), 1), round(pct(values, 0.99), 1)
+        rows.append(
+            {"system": system, "measure": measure, "unit": "ms", "p50": p50, "p99": p99}
+            | extra
+            | base
+        )
 
     def value(measure: str, v: float | None, unit: str, **extra: Any) -> None:
         rows.append(
@@ -530,7 +526,11 @@ def rows_of(case: Case, params: dict[str, Any]) -> list[dict[str, Any]]:
             | base
         )
 
-    latency("time to all devices", case.rounds_tta_ms)
+    latency(
+        "time to all devices",
+        case.rounds_tta_ms,
+        rounds_ms=[round(t, 1) for t in case.rounds_tta_ms],
+    )
     latency("device latency", case.latencies_ms)
     value("memory per idle connection", none_or(case.mem_per_conn, 1 / 1024), "KB")
     value(
