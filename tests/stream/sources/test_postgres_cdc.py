@@ -406,3 +406,42 @@ def test_the_embedded_engine_maps_cdc_into_the_graph_and_resumes_from_its_checkp
         assert (second.stats.events, second.stats.dead_letters) == (2, 0)  # only the new ones
         assert watching(graph, "p1") == {"title:t1": 95, "title:t2": 40}
         assert watching(graph, "p2") == {"title:t1": 5}
+
+
+def test_values_follow_debeziums_defaults(
+    db: psycopg.Connection[Any], tag: str, postgres_dsn: str
+) -> None:
+    table = f"kinds_{tag}"
+    db.execute(
+        f"CREATE TABLE {table} (id smallint PRIMARY KEY, big bigint, ok boolean, f4 real,"
+        " f8 float8, n numeric(10, 2), t text, ts timestamp, tz timestamptz, d date, tm time,"
+        " b bytea, j jsonb, u uuid, arr int[])"
+    )
+    source = PostgresCDCSource("k", postgres_dsn, tables=[table], slot=f"hopcast_{tag}")
+    source.open({})
+    db.execute(
+        f"INSERT INTO {table} VALUES (1, 9007199254740993, true, 0.1, 'NaN', 12.50, 'ünï',"
+        " '2026-03-04 05:06:07.089', '2026-03-04 07:06:07+02', '1970-01-11', '01:02:03.5',"
+        " '\\x00ff', '{\"a\": [1]}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{1,2}')"
+    )
+    db.execute(f"INSERT INTO {table} (id, ts, d) VALUES (2, 'infinity', '-infinity')")
+    first, second = (json.loads(r.value)["after"] for r in _drain(source, 2))
+    assert first == {
+        "id": 1,
+        "big": 9007199254740993,
+        "ok": True,
+        "f4": 0.1,
+        "f8": "NaN",
+        "n": "12.50",
+        "t": "ünï",
+        "ts": 1772600767089000,
+        "tz": "2026-03-04T05:06:07.000000Z",
+        "d": 10,
+        "tm": 3723500000,
+        "b": "AP8=",
+        "j": '{"a": [1]}',
+        "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "arr": "{1,2}",
+    }
+    assert (second["ts"], second["d"], second["ok"]) == ("infinity", "-infinity", None)
+    source.close()

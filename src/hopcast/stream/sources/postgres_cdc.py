@@ -50,17 +50,18 @@ before the resume position.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import select
 import struct
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
+
+import msgspec
 
 from hopcast.errors import ConfigError, SourceError
 from hopcast.stream.record import Position, Record
@@ -76,6 +77,9 @@ _LSN_LIMIT = 1 << (64 - _INDEX_BITS)
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since the Unix epoch
 _UNIX_EPOCH_DATE = date(1970, 1, 1)
 _OBJECT_IN_USE = "55006"  # SQLSTATE: the slot is active for another process
+_INT16 = struct.Struct("!h").unpack_from
+_INT32 = struct.Struct("!i").unpack_from
+_json = msgspec.json.Encoder().encode
 
 
 def lsn_to_str(lsn: int) -> str:
@@ -116,6 +120,7 @@ class _Column:
     name: str
     type_oid: int
     is_key: bool
+    convert: Callable[[bytes], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,18 +184,25 @@ class _Reader:
         self.pos = end + 1
         return value
 
-    def tuple_data(self) -> list[tuple[str, bytes | None]]:
-        """``[(kind, text)]`` per column: kind ``n`` null, ``u`` unchanged TOAST, ``t`` text."""
-        count = self.int16()
-        out: list[tuple[str, bytes | None]] = []
+    def tuple_data(self) -> list[tuple[int, bytes | None]]:
+        """``[(kind, text)]`` per column; kind ``n`` null or ``u`` unchanged TOAST come with
+        None, ``t`` with the value's text."""
+        buf, pos = self.buf, self.pos
+        (count,) = _INT16(buf, pos)
+        pos += 2
+        out: list[tuple[int, bytes | None]] = []
+        append = out.append
         for _ in range(count):
-            kind = chr(self.byte())
-            if kind in ("t", "b"):
-                length = self.int32()
-                out.append((kind, self.buf[self.pos : self.pos + length]))
-                self.pos += length
+            kind = buf[pos]
+            pos += 1
+            if kind in (_NULL, _UNCHANGED):
+                append((kind, None))
             else:
-                out.append((kind, None))
+                (length,) = _INT32(buf, pos)
+                pos += 4
+                append((kind, buf[pos : pos + length]))
+                pos += length
+        self.pos = pos
         return out
 
 
@@ -199,37 +211,63 @@ class _Reader:
 _BOOL, _BYTEA, _INT8, _INT2, _INT4, _OID = 16, 17, 20, 21, 23, 26
 _FLOAT4, _FLOAT8 = 700, 701
 _DATE, _TIME, _TIMESTAMP, _TIMESTAMPTZ = 1082, 1083, 1114, 1184
+_NULL, _UNCHANGED = ord("n"), ord("u")
 
 
-def _convert(type_oid: int, text: str) -> Any:
-    """A pgoutput text value → the JSON value Debezium's defaults give (see module docstring)."""
-    try:
-        if type_oid in (_INT2, _INT4, _INT8, _OID):
-            return int(text)
-        if type_oid == _BOOL:
-            return text == "t"
-        if type_oid in (_FLOAT4, _FLOAT8):
-            number = float(text)
-            return number if number == number and abs(number) != float("inf") else text
-        if type_oid == _TIMESTAMP:
-            moment = datetime.fromisoformat(text).replace(tzinfo=UTC)
-            return _micros(moment)
-        if type_oid == _TIMESTAMPTZ:
-            moment = datetime.fromisoformat(text).astimezone(UTC)
-            return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        if type_oid == _DATE:
-            return (date.fromisoformat(text) - _UNIX_EPOCH_DATE).days
-        if type_oid == _TIME:
-            hours, minutes, seconds = text.split(":")
-            whole, _, fraction = seconds.partition(".")
-            return (int(hours) * 3600 + int(minutes) * 60 + int(whole)) * 1_000_000 + int(
-                (fraction + "000000")[:6]
-            )
-        if type_oid == _BYTEA and text.startswith("\\x"):
-            return base64.b64encode(bytes.fromhex(text[2:])).decode()
-    except ValueError:
-        return text  # infinity, BC dates, …: the text form
-    return text
+def _text(raw: bytes) -> Any:
+    return raw.decode()
+
+
+def _bool(raw: bytes) -> Any:
+    return raw == b"t"
+
+
+def _float(raw: bytes) -> Any:
+    number = float(raw)
+    return number if number == number and abs(number) != float("inf") else raw.decode()
+
+
+def _timestamp(raw: bytes) -> Any:
+    return _micros(datetime.fromisoformat(raw.decode()).replace(tzinfo=UTC))
+
+
+def _timestamptz(raw: bytes) -> Any:
+    moment = datetime.fromisoformat(raw.decode()).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _date(raw: bytes) -> Any:
+    return (date.fromisoformat(raw.decode()) - _UNIX_EPOCH_DATE).days
+
+
+def _time(raw: bytes) -> Any:
+    hours, minutes, seconds = raw.decode().split(":")
+    whole, _, fraction = seconds.partition(".")
+    micros = int((fraction + "000000")[:6])
+    return (int(hours) * 3600 + int(minutes) * 60 + int(whole)) * 1_000_000 + micros
+
+
+def _bytea(raw: bytes) -> Any:
+    if raw.startswith(b"\\x"):
+        return base64.b64encode(bytes.fromhex(raw[2:].decode())).decode()
+    return raw.decode()
+
+
+#: pgoutput's text form → the JSON value Debezium's defaults give (see the module docstring).
+_CONVERTERS: dict[int, Callable[[bytes], Any]] = {
+    _INT2: int,
+    _INT4: int,
+    _INT8: int,
+    _OID: int,
+    _BOOL: _bool,
+    _FLOAT4: _float,
+    _FLOAT8: _float,
+    _TIMESTAMP: _timestamp,
+    _TIMESTAMPTZ: _timestamptz,
+    _DATE: _date,
+    _TIME: _time,
+    _BYTEA: _bytea,
+}
 
 
 def _micros(moment: datetime) -> int:
@@ -238,18 +276,19 @@ def _micros(moment: datetime) -> int:
 
 
 def _row(
-    relation: _Relation, data: list[tuple[str, bytes | None]], base: dict[str, Any] | None = None
+    relation: _Relation, data: list[tuple[int, bytes | None]], base: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for column, (kind, raw) in zip(relation.columns, data, strict=False):
-        if kind == "n":
+        if raw is not None:
+            try:
+                row[column.name] = column.convert(raw)
+            except ValueError:  # infinity, BC dates, …: the text form
+                row[column.name] = raw.decode()
+        elif kind == _NULL:
             row[column.name] = None
-        elif kind == "u":  # unchanged TOAST: only the old image may know it
-            if base is not None and base.get(column.name) is not None:
-                row[column.name] = base[column.name]
-        else:
-            assert raw is not None
-            row[column.name] = _convert(column.type_oid, raw.decode())
+        elif kind == _UNCHANGED and base is not None and base.get(column.name) is not None:
+            row[column.name] = base[column.name]  # unchanged TOAST: only the old image knows it
     return row
 
 
@@ -597,7 +636,8 @@ class PostgresCDCSource:
                 column = reader.string()
                 type_oid = reader.uint32()
                 reader.int32()  # typmod
-                columns.append(_Column(column, type_oid, bool(flags & 1)))
+                convert = _CONVERTERS.get(type_oid, _text)
+                columns.append(_Column(column, type_oid, bool(flags & 1), convert))
             self._relations[rel_id] = _Relation(schema or "public", table, tuple(columns))
         elif kind in ("I", "U", "D"):
             self._on_change(kind, lsn, reader)
@@ -662,8 +702,8 @@ class PostgresCDCSource:
             Record(
                 source=self.name,
                 position=Position(self.slot, position_offset(txn.commit_lsn, index)),
-                value=json.dumps(event, separators=(",", ":")).encode(),
-                key=json.dumps(key, separators=(",", ":")).encode() if key else None,
+                value=_json(event),
+                key=_json(key) if key else None,
                 event_time=txn.commit_us,
             )
         )
