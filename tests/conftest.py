@@ -126,11 +126,12 @@ class DeployedService:
 
 
 def _service_dir(prefix: str) -> Path:
-    # Under the system temp dir, not pytest's (0700, root's): as root, PostgreSQL runs as the
+    # Under /tmp, not pytest's temp dir (0700, root's): as root, PostgreSQL runs as the
     # 'postgres' user, who must reach its data directory.
     import tempfile
 
-    return Path(tempfile.mkdtemp(prefix=prefix))
+    base = "/tmp" if os.geteuid() == 0 and os.path.isdir("/tmp") else None
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
 @pytest.fixture(scope="session")
