@@ -15,7 +15,7 @@ from demo_records import demo_records, graph_dump
 from prometheus_client import generate_latest
 
 from hopcast.durations import HOUR, now_us
-from hopcast.errors import StorageError
+from hopcast.errors import SourceError, StorageError
 from hopcast.graphdb import Graph
 from hopcast.kv.base import HEADER_SIZE
 from hopcast.stream.deadletter import DeadLetterStore, Reason
@@ -331,3 +331,44 @@ def test_side_tables_survive_a_restart(graph: Graph) -> None:
         "name": "T0 (renamed)",
         "ts": t + 1,
     }
+
+
+class FlakySource(ListSource):
+    """Fails the polls numbered in ``fail_on`` (counting every poll) with a SourceError."""
+
+    def __init__(self, name: str, values: list[bytes], fail_on: set[int]) -> None:
+        super().__init__(name, values)
+        self.fail_on, self.polls = fail_on, 0
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Any]:
+        self.polls += 1
+        if self.polls in self.fail_on:
+            raise SourceError(f"{self.name}: broker away")
+        return super().poll(max_records, timeout_s)
+
+
+def test_a_failing_source_is_reopened_with_the_others_at_the_stored_positions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hopcast.stream.engines.embedded.SOURCE_BACKOFF_S", 0.001)
+    with Graph.open(tmp_path / "clean") as clean:
+        run_all(clean, lists(RECORDS))
+        want = graph_dump(clean)
+    with Graph.open(tmp_path / "g") as g:
+        maps = Mapping.load_dir(DEMO_MAPPINGS, g.schema)
+        sources = [FlakySource(n, v, {3, 4, 9}) for n, v in RECORDS.items()]
+        engine = engine_for(g, sources, maps, batch_records=97, batch_ms=5)
+        engine.run(until_idle=True)
+        assert graph_dump(g) == want  # nothing lost, nothing twice
+        assert all(s.opened >= 3 for s in sources)
+        reg = engine.metrics.registry
+        errors = [
+            reg.get_sample_value("hopcast_ingest_source_errors_total", {"source": n}) or 0
+            for n in RECORDS
+        ]
+        assert sum(errors) >= 3
+        # Past source_retries failures in a row, the error stops the engine.
+        always = FlakySource("browse", RECORDS["browse"], set(range(1, 100)))
+        stubborn = engine_for(g, [always], maps, source_retries=2)
+        with pytest.raises(SourceError, match="broker away"):
+            stubborn.run(until_idle=True)

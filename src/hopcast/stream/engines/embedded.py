@@ -59,7 +59,12 @@ store), ``hopcast_ingest_mutations_applied_total`` /
 that know it, in the source's unit), ``hopcast_ingest_freshness_seconds`` (histogram: event time
 of a written mutation → committed and queryable; sampled, at most 256 per batch),
 ``hopcast_ingest_stage_seconds{stage}`` (poll, process, write, commit, per batch),
-``hopcast_ingest_batch_records`` (histogram) and ``hopcast_ingest_batches_total``.
+``hopcast_ingest_batch_records`` (histogram), ``hopcast_ingest_batches_total`` and
+``hopcast_ingest_source_errors_total{source}``.
+
+A source that fails (:class:`~hopcast.errors.SourceError`: its broker or database is away) does
+not stop the engine: every source is closed and reopened at the stored positions after a
+back-off, up to ``source_retries`` times in a row.
 
 Logs go to the ``hopcast.ingest`` logger with structured ``extra`` fields (``event``, counts,
 positions): start, stop, signals, sources opened (with their resume positions), dead letters
@@ -82,7 +87,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hopcast.durations import now_us
-from hopcast.errors import SchemaViolation, StorageError
+from hopcast.errors import SchemaViolation, SourceError, StorageError
 from hopcast.graph.mutations import Mutation
 from hopcast.graph.store import GraphStore
 from hopcast.graphdb import Graph
@@ -100,6 +105,11 @@ log = logging.getLogger("hopcast.ingest")
 DEFAULT_BATCH_RECORDS = 5_000
 DEFAULT_BATCH_MS = 200
 DEFAULT_LINGER_MS = 20
+#: Consecutive source failures survived (about four minutes of backing off) before giving up.
+DEFAULT_SOURCE_RETRIES = 12
+#: The first back-off after a source failure (doubling per failure in a row, up to the max).
+SOURCE_BACKOFF_S = 0.5
+SOURCE_BACKOFF_MAX_S = 30.0
 #: Most freshness observations per batch (a histogram observation costs about a microsecond).
 FRESHNESS_SAMPLES = 256
 #: How often a failing store write is retried before the engine gives up (and stops unharmed:
@@ -232,6 +242,12 @@ class IngestMetrics:
             registry=r,
         )
         self.batches = Counter("hopcast_ingest_batches", "Batches written", registry=r)
+        self.source_errors = Counter(
+            "hopcast_ingest_source_errors",
+            "Source failures (every source reopened at the stored positions)",
+            ["source"],
+            registry=r,
+        )
 
 
 @dataclass
@@ -324,6 +340,9 @@ class EmbeddedEngine:
         clock: now in µs (the pipelines' ``now``, freshness).
         tables: the pipelines' side tables to persist and reload (:func:`engine_for` passes
             them); tables that are not given live in memory only.
+        source_retries: consecutive source failures (:class:`~hopcast.errors.SourceError`: a
+            broker or database away) survived by closing every source, backing off (0.5 s doubling
+            up to 30 s) and reopening them at the stored positions; one more is raised.
     """
 
     def __init__(
@@ -339,6 +358,7 @@ class EmbeddedEngine:
         metrics: IngestMetrics | None = None,
         clock: Callable[[], int] = now_us,
         tables: Mapping[str, TrackedSideTable] | None = None,
+        source_retries: int = DEFAULT_SOURCE_RETRIES,
     ) -> None:
         if batch_records < 1:
             raise ValueError(f"batch_records must be >= 1, got {batch_records}")
@@ -363,6 +383,7 @@ class EmbeddedEngine:
         self._opened = False
         self._pipelines = {s.name: p for s, p in sources}
         self.tables = dict(tables or {})
+        self.source_retries = source_retries
         self._next_source = 0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -426,13 +447,22 @@ class EmbeddedEngine:
             max_batches: also return after this many batches.
             on_batch: called after every batch (progress displays).
         """
-        if not self._opened:
-            self.open()
         log.info("engine started", extra={"event": "start", "sources": list(self._pipelines)})
         try:
             n = 0
+            failures = 0
             while not self._stop.is_set():
-                result = self.step()
+                try:
+                    if not self._opened:
+                        self.open()
+                    result = self.step()
+                except SourceError as exc:
+                    failures += 1
+                    if failures > self.source_retries:
+                        raise
+                    self._source_failed(exc, failures)
+                    continue
+                failures = 0
                 n += 1
                 if on_batch is not None:
                     on_batch(result)
@@ -452,6 +482,29 @@ class EmbeddedEngine:
                 },
             )
         return self.stats
+
+    def _source_failed(self, exc: SourceError, failures: int) -> None:
+        """Close every source, wait, and let :meth:`run` reopen them at the stored positions.
+
+        All of them: records already polled from the others in the failed batch were not
+        written, and reopening is what makes them be read again.
+        """
+        name = getattr(exc, "hopcast_source", None)
+        if name is not None:
+            self.metrics.source_errors.labels(name).inc()
+        delay = min(SOURCE_BACKOFF_S * 2 ** (failures - 1), SOURCE_BACKOFF_MAX_S)
+        log.warning(
+            "source failed; reopening the sources at the stored positions",
+            extra={
+                "event": "source_error",
+                "source": name,
+                "error": str(exc),
+                "attempt": failures,
+                "retry_in_s": delay,
+            },
+        )
+        self.close()
+        self._stop.wait(delay)
 
     # -- one batch --------------------------------------------------------------------------
 
@@ -519,7 +572,11 @@ class EmbeddedEngine:
             for i in range(n):
                 source, _ = self.sources[(self._next_source + i) % n]
                 wait = 0.0 if got else max(0.0, min(slice_s, close_at - time.monotonic()))
-                records = source.poll(room, wait)
+                try:
+                    records = source.poll(room, wait)
+                except SourceError as exc:
+                    exc.hopcast_source = source.name  # type: ignore[attr-defined]
+                    raise
                 if records:
                     out.setdefault(source.name, []).extend(records)
                     room -= len(records)
