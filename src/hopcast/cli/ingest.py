@@ -168,7 +168,9 @@ def _secs(s: float) -> str:
         return f"{s:.1f} s"
     if s < 7200:
         return f"{s / 60:.0f} min"
-    return f"{s / 3600:.0f} h"
+    if s < 172_800:
+        return f"{s / 3600:.0f} h"
+    return f"{s / 86_400:.0f} d"
 
 
 @contextmanager
