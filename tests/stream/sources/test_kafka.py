@@ -297,3 +297,19 @@ def test_the_embedded_engine_maps_a_debezium_topic_and_resumes_from_its_checkpoi
         assert (second.stats.events, second.stats.dead_letters) == (2, 0)  # only the new ones
         assert watching(graph, "p1") == {"title:t1": 95, "title:t2": 1}
         assert watching(graph, "p2") == {"title:t1": 60}
+
+
+def test_lag_counts_what_waits_beyond_the_last_polled_record(
+    sink: KafkaSink, topic: str, kafka_bootstrap: str
+) -> None:
+    sink.create_topic(topic, partitions=1)
+    _produce(sink, topic, [f"v{i}".encode() for i in range(10)], 1)
+    source = KafkaSource("s", kafka_bootstrap, [topic])
+    source.open({})
+    got: list[Record] = []
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        got = source.poll(3, 0.2)
+    assert [r.position.offset for r in got] == [0, 1, 2]
+    assert source.lag() == {f"{topic}:0": 7}
+    source.close()

@@ -210,17 +210,23 @@ class KafkaSource:
     # -- LagAware ---------------------------------------------------------------------------
 
     def lag(self) -> Mapping[str, int]:
-        """Per partition, records on the broker beyond the last one polled."""
+        """Per partition, records on the broker beyond the last one polled.
+
+        From the watermarks the consumer's fetches brought (no request to the broker, so the
+        engine may ask every batch); a partition not fetched from yet is left out.
+        """
         consumer = self._require_open()
         kafka = _driver()
         out: dict[str, int] = {}
         for topic, number in sorted(self._assigned):
             try:
                 low, high = consumer.get_watermark_offsets(
-                    kafka.TopicPartition(topic, number), timeout=self.timeout_s
+                    kafka.TopicPartition(topic, number), cached=True
                 )
             except kafka.KafkaException as exc:
                 raise self._error("reading watermarks", exc) from exc
+            if low < 0 or high < 0:
+                continue
             polled = self._last_polled.get((topic, number))
             next_offset = polled + 1 if polled is not None else self._resume.get((topic, number))
             if next_offset is None:
