@@ -23,6 +23,7 @@ def _record(index: int, **kw: object) -> DeviceRecord:
         "index": index,
         "gateway": 0,
         "stages": {},
+        "other_events": 0,
         "applied_twice": 0,
         "redelivered": 0,
         "stale": 0,

@@ -141,6 +141,8 @@ class FleetSpec:
 
     Attributes:
         worker: the process's number (0-based).
+        event: the id of the event the run creates; stages of other events (a running
+            system's earlier ones, in the state sent on connect) are counted, not measured.
         first, count: its devices are ``first … first + count - 1`` of the whole fleet.
         gateways: WebSocket URLs; device ``i`` uses ``gateways[i % len(gateways)]``.
         api: the origin's ``http://host:port``.
@@ -158,6 +160,7 @@ class FleetSpec:
     """
 
     worker: int
+    event: str
     first: int
     count: int
     gateways: tuple[str, ...]
@@ -222,6 +225,7 @@ class DeviceRecord:
     index: int
     gateway: int
     stages: dict[str, StageRecord]
+    other_events: int
     applied_twice: int
     redelivered: int
     stale: int
@@ -300,6 +304,7 @@ class _Device:
         self.waiting: dict[str, str] = {}  # payload ref -> stage waiting for it
         self.versions: set[tuple[str, int]] = set()
         self.applied_twice = 0
+        self.other_events = 0
         self.welcomes: list[int] = []
         self.prefetched_at: int | None = None
         self.prefetch_failures = 0
@@ -345,19 +350,24 @@ class _Device:
                     self.fleet.first_welcomes += 1
                 self.welcomes.append(now)
             case TriggerApplied(_, name, stage, version, ts, payload):
-                self.applied(name, stage, version, ts, payload, now)
+                if name == self.fleet.spec.event:
+                    self.applied(name, stage, version, ts, payload, now)
+                else:  # an older event on a running system: not part of this run
+                    self.other_events += 1
             case _:
                 pass
 
     async def fetch_payload(self, ref: str) -> bytes | None:
         """Fetch a stage payload by reference ``<event>/<stage>`` for this device's segment."""
         event, _, stage = ref.rpartition("/")
-        self.payload_fetches[stage] = self.payload_fetches.get(stage, 0) + 1
+        ours = event == self.fleet.spec.event
+        if ours:
+            self.payload_fetches[stage] = self.payload_fetches.get(stage, 0) + 1
         path = (
             f"/v1/live/events/{quote(event, safe='')}/payload"
             f"?stage={quote(stage, safe='')}&segment={quote(self.segment, safe='')}"
         )
-        answer = await self.fleet.pool.get(path, "payload")
+        answer = await self.fleet.pool.get(path, "payload" if ours else "other")
         if answer.status == 404:
             return None
         if answer.status != 200:
@@ -447,6 +457,7 @@ class _Device:
             index=self.index,
             gateway=self.gateway,
             stages=dict(self.stages),
+            other_events=self.other_events,
             applied_twice=self.applied_twice,
             redelivered=stats.duplicates,
             stale=stats.stale,

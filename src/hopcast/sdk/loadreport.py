@@ -14,7 +14,7 @@ Definitions used in the report (times in ms unless the key says otherwise):
 * **origin hits at trigger**: devices that requested the ``live`` stage's payload from the origin
   (they lacked it when the trigger came);
 * **origin series**: requests devices sent to the API, by second since the event was created,
-  by kind (``manifest``, ``payload``; tokens are counted apart).
+  by kind (``manifest``, ``payload``; tokens and payloads of other events are counted apart).
 """
 
 from __future__ import annotations
@@ -203,6 +203,7 @@ def run_report(
             "stages_not_applied": misses,
             "missing_payload": missing_payload,
             "redelivered_ignored": sum(r.redelivered for r in records),
+            "other_events_applied": sum(r.other_events for r in records),
             "stale_ignored": sum(r.stale for r in records),
             "prefetched": sum(1 for r in records if r.prefetched_at is not None),
             "prefetch_failures": sum(r.prefetch_failures for r in records),

@@ -19,7 +19,7 @@ The timeline of one run (:meth:`_Run.execute`):
    development token route);
 2. start the processes; each connects its devices at its share of ``connect_rate``; wait until
    every device is connected;
-3. create the event over HTTP: it starts ``window_s`` (plus a second of set-up) from now with
+3. create the event over HTTP: it starts ``window_s`` (plus :data:`SETUP_S`) from now with
    ``prefetch_lead = window_s``, and publish its payloads (``materialise``) for the devices'
    segments; the prefetch window is the schedule's (:func:`~hopcast.live.prefetch.window`);
 4. with prefetch, every device fetches its manifest at its point of the window; without, none
@@ -90,8 +90,9 @@ DEFAULT_CONNECT_RATE = 2_000.0
 #: real event's cardinality, without making ``materialise`` slow.
 DEFAULT_SEGMENTS = 8
 #: Set-up time between creating the event and opening its prefetch window: enough to publish
-#: the payloads and tell every process the plan before the first device's point.
-SETUP_S = 1.0
+#: the payloads and tell every process the plan before the first device's point, on a server
+#: busy with tens of thousands of connections (a late plan bunches the first points together).
+SETUP_S = 2.0
 #: Slack added to every wait beyond what the timeline itself needs.
 DEFAULT_TIMEOUT_S = 60.0
 #: How long the embedded server may take to start (imports, store) or to stop (goodbyes).
@@ -415,6 +416,7 @@ class _Run:
         self.timeline: dict[str, int] = {}
         self.server_counts: list[int] = []
         self.notes: list[str] = []
+        self.event = f"sim-{os.getpid()}-{now_us() % 10**9}"
         self._out: queue.Queue[tuple[str, int, Any]] = queue.Queue()
         self._procs: list[_Worker] = []
         self._bars: Progress | None = None
@@ -424,7 +426,7 @@ class _Run:
 
     def execute(self) -> SimRun:
         config, n = self.config, self.config.devices
-        event = f"sim-{os.getpid()}-{now_us() % 10**9}"
+        event = self.event
         with self._progress_bars():
             # 2. processes and connections
             self.timeline["connect_started_at"] = now_us()
@@ -458,6 +460,10 @@ class _Run:
             # 4. prefetch (or not) in the window
             plan = EventPlan(event, opens_at, closes_at, config.prefetch, config.spread)
             self._send(("plan", plan))
+            self.timeline["plan_sent_at"] = now_us()
+            if self.timeline["plan_sent_at"] > opens_at:
+                late = (self.timeline["plan_sent_at"] - opens_at) / SECOND
+                self.notes.append(f"the plan reached the devices {late:.3f} s into the window")
             # 5. the trigger
             live_budget = (starts_at - now_us()) / SECOND + self._fetch_budget()
             self._wait("live", lambda p: p["updated"].get("live", 0) >= n, live_budget)
@@ -529,6 +535,7 @@ class _Run:
             count = per + (1 if k < extra else 0)
             spec = FleetSpec(
                 worker=k,
+                event=self.event,
                 first=first,
                 count=count,
                 gateways=self.target.gateways,
