@@ -445,3 +445,23 @@ def test_values_follow_debeziums_defaults(
     }
     assert (second["ts"], second["d"], second["ok"]) == ("infinity", "-infinity", None)
     source.close()
+
+
+def test_tables_missing_from_an_existing_publication_are_added_or_refused(
+    db: psycopg.Connection[Any], tag: str, postgres_dsn: str
+) -> None:
+    members, playback = _tables(db, tag)
+    slot = f"hopcast_{tag}"
+    first = PostgresCDCSource("m", postgres_dsn, tables=[members], slot=slot)
+    first.open({})
+    first.close()
+    strict = PostgresCDCSource(
+        "m", postgres_dsn, tables=[members, playback], slot=slot, create=False
+    )
+    with pytest.raises(ConfigError, match=f"does not include public.{playback}"):
+        strict.open({})
+    grown = PostgresCDCSource("m", postgres_dsn, tables=[members, playback], slot=slot)
+    grown.open({})
+    db.execute(f"INSERT INTO {playback} VALUES (1, 'p', 't', 0, false, 0)")
+    assert _changes(_drain(grown, 1))[0][:2] == (playback, "c")
+    grown.close()

@@ -17,8 +17,9 @@ so a replayed change is the same bytes as the first delivery.
 The record key is the JSON of the row's replica-identity (primary key) columns.
 
 Set-up (``create=True``, the default): the publication (``FOR TABLE`` the given tables, publishing
-insert, update, delete) and the slot are created when missing; an existing publication is used
-as it is. ``wal_level`` must be ``logical``: :meth:`PostgresCDCSource.open` says so if not.
+insert, update, delete) and the slot are created when missing, and given tables an existing
+publication lacks are added to it (never removed; with ``create=False`` that is an error).
+``wal_level`` must be ``logical``: :meth:`PostgresCDCSource.open` says so if not.
 There is no initial snapshot (no ``op: r`` events): capture starts when the slot is created, and
 rows that existed before are not emitted.
 
@@ -466,8 +467,31 @@ class PostgresCDCSource:
                             )
                         )
                 exists = conn.execute(
-                    "SELECT 1 FROM pg_publication WHERE pubname = %s", (self.publication,)
+                    "SELECT puballtables FROM pg_publication WHERE pubname = %s",
+                    (self.publication,),
                 ).fetchone()
+                if exists is not None and not exists[0] and tables:
+                    published = set(
+                        conn.execute(
+                            "SELECT schemaname, tablename FROM pg_publication_tables"
+                            " WHERE pubname = %s",
+                            (self.publication,),
+                        ).fetchall()
+                    )
+                    missing = [t for t in tables if t not in published]
+                    if missing and not self.create:
+                        names = ", ".join(f"{s}.{t}" for s, t in missing)
+                        raise ConfigError(
+                            f"source {self.name!r}: publication {self.publication!r} does not "
+                            f"include {names} (ALTER PUBLICATION … ADD TABLE, or create=true)"
+                        )
+                    if missing:
+                        conn.execute(
+                            sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                                sql.Identifier(self.publication),
+                                sql.SQL(", ").join(sql.Identifier(s, t) for s, t in missing),
+                            )
+                        )
                 if exists is None:
                     if not self.create:
                         raise ConfigError(
