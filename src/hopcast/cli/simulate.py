@@ -212,6 +212,15 @@ def summary_table(result: SimResult) -> Table:
     )
     row("origin peak rps", lambda r: f"{r['origin']['peak_rps']:,}")
     row("origin hits at trigger", lambda r: f"{r['origin']['trigger_hit_pct']:.2f}%")
+    row(
+        "simulator lag p99/max ms",
+        lambda r: (
+            "-"
+            if not r["simulator"]["loop_lag_ms"]["count"]
+            else f"{r['simulator']['loop_lag_ms']['p99']:,.0f} / "
+            f"{r['simulator']['loop_lag_ms']['max']:,.0f}"
+        ),
+    )
     if any("restart" in r for r in reports):
         row(
             "reconnected (p10-p90 s)",

@@ -243,7 +243,8 @@ class DeviceRecord:
 
 @dataclass(slots=True)
 class FleetResult:
-    """What a process sends back when stopped."""
+    """What a process sends back when stopped (``loop_lags_ms``: how late each progress tick
+    woke, every :data:`PROGRESS_EVERY_S`)."""
 
     worker: int
     devices: list[DeviceRecord]
@@ -251,6 +252,7 @@ class FleetResult:
     request_failures: int
     token_failures: int = 0
     errors: list[str] = field(default_factory=list)
+    loop_lags_ms: list[float] = field(default_factory=list)
 
 
 def fleet_main(spec: FleetSpec, commands: Queue, out: Queue) -> None:
@@ -485,6 +487,7 @@ class _Fleet:
         self.first_welcomes = 0
         self.mark: int | None = None
         self.token_failures = 0
+        self.loop_lags_ms: list[float] = []
         self.errors: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.pool: OriginPool  # created in run(), on the loop
@@ -567,6 +570,7 @@ class _Fleet:
                     request_failures=self.pool.failures,
                     token_failures=self.token_failures,
                     errors=self.errors[:20],
+                    loop_lags_ms=self.loop_lags_ms,
                 ),
             )
         )
@@ -596,9 +600,14 @@ class _Fleet:
             self.errors.append(f"{device.id}: {exc!r}")
 
     async def _report(self) -> None:
+        """Send the progress; and time how late each wake-up is: the event loop's lag, i.e.
+        how far behind the devices of this process run (a busy simulator, not the system)."""
+        loop = asyncio.get_running_loop()
         while True:
             self.out.put(("progress", self.spec.worker, self.progress()))
+            due = loop.time() + PROGRESS_EVERY_S
             await asyncio.sleep(PROGRESS_EVERY_S)
+            self.loop_lags_ms.append(round((loop.time() - due) * 1000, 1))
 
     def progress(self) -> FleetProgress:
         mark = self.mark

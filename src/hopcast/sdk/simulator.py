@@ -75,7 +75,7 @@ from hopcast.sdk.fleet import (
     FramePipe,
     read_frame,
 )
-from hopcast.sdk.loadreport import run_report, ttu_values, write_charts, write_report
+from hopcast.sdk.loadreport import percentiles, run_report, ttu_values, write_charts, write_report
 from hopcast.sdk.origin import DEFAULT_POOL_SIZE
 from hopcast.sdk.protocol import FALLBACK_WINDOW_S
 
@@ -507,6 +507,9 @@ class _Run:
                     "request_failures": sum(r.request_failures for r in self.results.values()),
                     "token_failures": sum(r.token_failures for r in self.results.values()),
                     "errors": [e for r in self.results.values() for e in r.errors][:20],
+                    "loop_lag_ms": percentiles(
+                        [lag for r in self.results.values() for lag in r.loop_lags_ms]
+                    ),
                     "notes": self.notes,
                 }
             },
