@@ -20,8 +20,19 @@ Set-up (``create=True``, the default): the publication (``FOR TABLE`` the given 
 insert, update, delete) and the slot are created when missing, and given tables an existing
 publication lacks are added to it (never removed; with ``create=False`` that is an error).
 ``wal_level`` must be ``logical``: :meth:`PostgresCDCSource.open` says so if not.
-There is no initial snapshot (no ``op: r`` events): capture starts when the slot is created, and
-rows that existed before are not emitted.
+
+Initial snapshot (``snapshot=True``; off by default, when capture starts at the slot's creation
+and rows that existed before are not emitted): before streaming, every table of the publication
+is read in one REPEATABLE READ transaction and each row becomes an ``op: r`` event (``before``
+null, ``source.snapshot`` ``"true"``, ``"last"`` on the final one, ``source.ts_us`` the time of
+the snapshot), in partition ``<slot>/snapshot`` with offsets 0, 1, …; the last record's offset
+also has bit 62 set, which marks the snapshot complete. When the source creates the slot it
+reads the snapshot the slot exported, so the stream continues exactly where the rows leave
+off. Later, a snapshot is taken only when no position is stored for the slot's partition and
+no complete snapshot is: an interrupted snapshot (or one of an existing slot) is taken again,
+of the tables as they are then, with offsets after the stored one. The stream then replays
+from the slot's confirmed LSN changes that the rows may already show: the same facts once more,
+which last-write-wins writes absorb, since a snapshot row's time is the snapshot's.
 
 ``before``: with ``REPLICA IDENTITY FULL`` (``replica_identity_full=True`` sets it on the tables)
 updates and deletes carry the whole old row. With the ``DEFAULT`` identity, an update's
@@ -81,6 +92,9 @@ _OBJECT_IN_USE = "55006"  # SQLSTATE: the slot is active for another process
 _INT16 = struct.Struct("!h").unpack_from
 _INT32 = struct.Struct("!i").unpack_from
 _json = msgspec.json.Encoder().encode
+_SESSION_OPTIONS = "-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3"
+#: Set in the offset of the initial snapshot's last record: the snapshot is complete.
+_SNAPSHOT_DONE = 1 << 62
 
 
 def lsn_to_str(lsn: int) -> str:
@@ -310,6 +324,8 @@ class PostgresCDCSource:
         create: create the publication and slot when missing (else a missing one is an error).
         replica_identity_full: ``ALTER TABLE … REPLICA IDENTITY FULL`` on ``tables`` at open,
             so ``before`` holds whole old rows.
+        snapshot: read the publication's tables first (``op: r``) when no position is stored
+            (see the module docstring).
         status_interval_s: how often a standby status update is sent while polling.
     """
 
@@ -323,6 +339,7 @@ class PostgresCDCSource:
         publication: str | None = None,
         create: bool = True,
         replica_identity_full: bool = False,
+        snapshot: bool = False,
         status_interval_s: float = 10.0,
     ) -> None:
         self.name = name
@@ -332,8 +349,13 @@ class PostgresCDCSource:
         self.publication = publication or self.slot
         self.create = create
         self.replica_identity_full = replica_identity_full
+        self.snapshot = snapshot
+        #: The partition of the initial snapshot's records (``op: r``).
+        self.snapshot_partition = f"{self.slot}/snapshot"
         self.status_interval_s = status_interval_s
         self._conn: PGconn | None = None
+        self._snap: _SnapshotReader | None = None
+        self._exporter: PGconn | None = None  # idle until the snapshot it exported is read
         self._database = ""
         self._relations: dict[int, _Relation] = {}
         self._ready: deque[Record] = deque()
@@ -353,13 +375,37 @@ class PostgresCDCSource:
         self.close()
         position = resume.get(self.slot)
         self._resume = split_offset(position.offset) if position is not None else None
-        self._prepare()
+        missing, confirmed = self._prepare()
+        if self.snapshot and missing:  # a new slot, and the snapshot of exactly its start
+            exporter = self._connect_replication()
+            try:
+                lsn, exported = self._create_slot_exporting(exporter)
+                self._snap = _SnapshotReader(self, exported, lsn, 0)
+            except BaseException:
+                exporter.finish()
+                raise
+            self._exporter = exporter
+            return
+        taken = resume.get(self.snapshot_partition)
+        if self.snapshot and position is None and not (taken and taken.offset & _SNAPSHOT_DONE):
+            # No change stored yet and no complete snapshot: read the tables as they are now.
+            first = taken.offset + 1 if taken is not None else 0
+            self._snap = _SnapshotReader(self, None, confirmed, first)
+            return
         self._conn = self._start_replication()
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         """Up to ``max_records`` change events; waits at most ``timeout_s`` for the first."""
-        conn = self._require_open()
         deadline = time.monotonic() + timeout_s
+        if self._snap is not None:
+            rows = self._snap.read(max_records)
+            if rows:
+                return rows
+            self._snap.close()  # read to its end: stream from the slot now
+            self._snap = None
+            exporter, self._exporter = self._exporter, None
+            self._conn = self._start_replication(exporter)
+        conn = self._require_open()
         while len(self._ready) < max_records:
             if self._read_one(conn):
                 continue
@@ -401,6 +447,12 @@ class PostgresCDCSource:
 
     def close(self) -> None:
         """End the replication stream (the slot stays, with what was confirmed)."""
+        snap, self._snap = self._snap, None
+        if snap is not None:
+            snap.close()
+        exporter, self._exporter = self._exporter, None
+        if exporter is not None:
+            exporter.finish()
         conn, self._conn = self._conn, None
         self._ready.clear()
         self._txn = None
@@ -445,7 +497,9 @@ class PostgresCDCSource:
 
     # -- set-up -----------------------------------------------------------------------------
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> tuple[bool, int]:
+        """Check the server, ensure the publication and (unless a snapshot is to be exported
+        with it) the slot. Returns whether the slot was missing, and its confirmed LSN."""
         psycopg = _driver()
         sql = psycopg.sql
         try:
@@ -510,7 +564,8 @@ class PostgresCDCSource:
                         ).format(sql.Identifier(self.publication), target)
                     )
                 slot = conn.execute(
-                    "SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s",
+                    "SELECT plugin, database, confirmed_flush_lsn::text FROM pg_replication_slots"
+                    " WHERE slot_name = %s",
                     (self.slot,),
                 ).fetchone()
                 if slot is None:
@@ -519,39 +574,64 @@ class PostgresCDCSource:
                             f"source {self.name!r}: replication slot {self.slot!r} does not "
                             "exist (create it, or let the source: create=true)"
                         )
-                    conn.execute(
-                        "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.slot,)
-                    )
-                elif slot[0] != "pgoutput" or slot[1] != self._database:
+                    if self.snapshot:
+                        return True, 0  # created with the snapshot it exports
+                    (created,) = conn.execute(
+                        "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
+                        (self.slot,),
+                    ).fetchone()
+                    return True, lsn_from_str(created)
+                if slot[0] != "pgoutput" or slot[1] != self._database:
                     raise ConfigError(
                         f"source {self.name!r}: slot {self.slot!r} belongs to plugin {slot[0]!r}"
                         f" on database {slot[1]!r}; this source needs a pgoutput slot on "
                         f"{self._database!r}"
                     )
+                return False, lsn_from_str(slot[2]) if slot[2] else 0
         except psycopg.Error as exc:
             raise self._error("setting up publication and slot", exc) from exc
 
-    def _start_replication(self) -> PGconn:
+    def _connect_replication(self) -> PGconn:
         psycopg = _driver()
         pq = psycopg.pq
         conninfo = psycopg.conninfo.make_conninfo(
-            self.dsn,
-            replication="database",
-            options="-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3",
+            self.dsn, replication="database", options=_SESSION_OPTIONS
         )
+        conn: PGconn = pq.PGconn.connect(conninfo.encode())
+        if conn.status != pq.ConnStatus.OK:
+            message = conn.get_error_message()
+            conn.finish()
+            raise SourceError(
+                f"source {self.name!r}: cannot open a replication connection: {message}"
+            )
+        return conn
+
+    def _create_slot_exporting(self, conn: PGconn) -> tuple[int, str]:
+        """Create the slot over ``conn``; its consistent LSN and the exported snapshot's name
+        (valid while ``conn`` stays open and idle)."""
+        pq = _driver().pq
+        command = f"CREATE_REPLICATION_SLOT {_quote_ident(self.slot)} LOGICAL pgoutput"
+        result = conn.exec_((command + " EXPORT_SNAPSHOT").encode())
+        if result.status != pq.ExecStatus.TUPLES_OK:
+            raise SourceError(
+                f"source {self.name!r}: creating slot {self.slot!r} failed: "
+                f"{conn.get_error_message()}"
+            )
+        lsn, exported = result.get_value(0, 1), result.get_value(0, 2)
+        assert lsn is not None and exported is not None
+        return lsn_from_str(lsn.decode()), exported.decode()
+
+    def _start_replication(self, conn: PGconn | None = None) -> PGconn:
+        """START_REPLICATION on ``conn`` (or a new replication connection)."""
+        pq = _driver().pq
         command = (
             f"START_REPLICATION SLOT {_quote_ident(self.slot)} LOGICAL 0/0 "
             f"(proto_version '1', publication_names {_quote_literal(self.publication)})"
         ).encode()
         deadline = time.monotonic() + 10.0
         while True:
-            conn: PGconn = pq.PGconn.connect(conninfo.encode())
-            if conn.status != pq.ConnStatus.OK:
-                message = conn.get_error_message()
-                conn.finish()
-                raise SourceError(
-                    f"source {self.name!r}: cannot open a replication connection: {message}"
-                )
+            if conn is None:
+                conn = self._connect_replication()
             conn.send_query(command)
             result = conn.get_result()
             if result is not None and result.status == pq.ExecStatus.COPY_BOTH:
@@ -561,6 +641,7 @@ class PostgresCDCSource:
             state = result.error_field(pq.DiagnosticField.SQLSTATE) if result else None
             message = conn.get_error_message()
             conn.finish()
+            conn = None
             # A slot stays active for a moment after the previous stream of it closed.
             if state == _OBJECT_IN_USE.encode() and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -762,6 +843,168 @@ class PostgresCDCSource:
         return SourceError(f"source {self.name!r}: {doing} failed: {exc}")
 
 
+class _SnapshotReader:
+    """The publication's tables read in one REPEATABLE READ transaction (``op: r`` events).
+
+    With ``exported`` (the snapshot a new slot exported) the rows are exactly the state the
+    slot's stream starts from; without, the tables as they are now. Records carry offsets
+    ``first``, ``first + 1``, … in the source's snapshot partition, and the last one has
+    :data:`_SNAPSHOT_DONE` set. Values are read as text and converted like the stream's.
+    """
+
+    def __init__(
+        self, source: PostgresCDCSource, exported: str | None, lsn: int, first: int
+    ) -> None:
+        psycopg = _driver()
+        self.source = source
+        self.lsn = lsn
+        self.offset = first
+        self.taken_us = time.time_ns() // 1000
+        self.done = False
+        self._tables: deque[tuple[str, str]] = deque()
+        self._cursor: Any = None
+        self._relation: _Relation | None = None
+        self._rows: deque[tuple[_Relation, Sequence[bytes | None]]] = deque()
+        self._pending: tuple[_Relation, Sequence[bytes | None]] | None = None
+        try:
+            self.conn = psycopg.connect(
+                psycopg.conninfo.make_conninfo(source.dsn, options=_SESSION_OPTIONS)
+            )
+        except psycopg.Error as exc:
+            raise source._error("connecting for the snapshot", exc) from exc
+        try:
+            self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            self.conn.read_only = True
+            if exported is not None:
+                self.conn.execute(
+                    psycopg.sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
+                        psycopg.sql.Literal(exported)
+                    )
+                )
+            self._tables.extend(
+                self.conn.execute(
+                    "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s"
+                    " ORDER BY 1, 2",
+                    (source.publication,),
+                ).fetchall()
+            )
+        except psycopg.Error as exc:
+            self.conn.close()
+            raise source._error("starting the snapshot", exc) from exc
+
+    def read(self, max_records: int) -> list[Record]:
+        """Up to ``max_records`` records; [] once every table is read."""
+        out: list[Record] = []
+        while len(out) < max_records and not self.done:
+            row = self._next_row()
+            if row is None:
+                self.done = True
+            if self._pending is not None:
+                out.append(self._record(*self._pending, last=row is None))
+            self._pending = row
+        return out
+
+    def close(self) -> None:
+        self.conn.close()  # rolls the read-only transaction back
+
+    def _next_row(self) -> tuple[_Relation, Sequence[bytes | None]] | None:
+        psycopg = _driver()
+        try:
+            while not self._rows:
+                if self._cursor is not None:
+                    batch = self._cursor.fetchmany(1000)
+                    if batch:
+                        assert self._relation is not None
+                        self._rows.extend((self._relation, values) for values in batch)
+                        continue
+                    self._cursor.close()
+                    self._cursor = None
+                if not self._tables:
+                    return None
+                self._open_table(*self._tables.popleft())
+        except psycopg.Error as exc:
+            raise self.source._error("reading the snapshot", exc) from exc
+        return self._rows.popleft()
+
+    def _open_table(self, schema: str, table: str) -> None:
+        psycopg = _driver()
+        sql = psycopg.sql
+        name = sql.Identifier(schema, table)
+        columns = self.conn.execute(
+            "SELECT a.attname, a.atttypid::int, coalesce(a.attnum = ANY(i.indkey), false)"
+            " FROM pg_attribute a LEFT JOIN pg_index i"
+            " ON i.indrelid = a.attrelid AND i.indisprimary"
+            " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped"
+            " AND a.attgenerated = '' ORDER BY a.attnum",
+            (name.as_string(self.conn),),
+        ).fetchall()
+        self._relation = _Relation(
+            schema,
+            table,
+            tuple(_Column(n, t, k, _CONVERTERS.get(t, _text)) for n, t, k in columns),
+        )
+        self._cursor = self.conn.cursor(name="hopcast_snapshot")
+        raw = _raw_text_loader(psycopg)
+        for _, type_oid, _ in columns:  # this cursor's values stay text, as pgoutput's are
+            self._cursor.adapters.register_loader(type_oid, raw)
+        self._cursor.execute(
+            sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(sql.Identifier(n) for n, _, _ in columns), name
+            )
+        )
+
+    def _record(self, relation: _Relation, values: Sequence[bytes | None], last: bool) -> Record:
+        row: dict[str, Any] = {}
+        for column, value in zip(relation.columns, values, strict=True):
+            if value is None:
+                row[column.name] = None
+                continue
+            try:
+                row[column.name] = column.convert(value)
+            except ValueError:
+                row[column.name] = value.decode()
+        source = self.source
+        event = {
+            "before": None,
+            "after": row,
+            "op": "r",
+            "source": {
+                "connector": "postgresql",
+                "name": source.name,
+                "db": source._database,
+                "schema": relation.schema,
+                "table": relation.table,
+                "lsn": self.lsn,
+                "txId": None,
+                "ts_ms": self.taken_us // 1000,
+                "ts_us": self.taken_us,
+                "snapshot": "last" if last else "true",
+            },
+            "ts_ms": self.taken_us // 1000,
+            "ts_us": self.taken_us,
+        }
+        key = {c.name: row.get(c.name) for c in relation.columns if c.is_key}
+        offset = self.offset | (_SNAPSHOT_DONE if last else 0)
+        self.offset += 1
+        return Record(
+            source=source.name,
+            position=Position(source.snapshot_partition, offset),
+            value=_json(event),
+            key=_json(key) if key else None,
+            event_time=self.taken_us,
+        )
+
+
+def _raw_text_loader(psycopg: Any) -> Any:
+    """A psycopg loader that keeps a column's text form as bytes (converted like pgoutput's)."""
+
+    class RawText(psycopg.adapt.Loader):  # type: ignore[misc]
+        def load(self, data: Any) -> bytes:
+            return bytes(data)
+
+    return RawText
+
+
 def _identifier(text: str) -> str:
     """A slot name from ``text``: lower case letters, digits and underscores."""
     cleaned = "".join(c if c.isalnum() else "_" for c in text.lower())
@@ -782,15 +1025,17 @@ def _quote_literal(text: str) -> str:
 
 
 def from_spec(name: str, args: str) -> PostgresCDCSource:
-    """``postgres:DSN[#tables=a,b&slot=S&publication=P&create=yes&replica_identity_full=no]``.
+    """``postgres:DSN[#OPTIONS]``, OPTIONS like ``tables=a,s.b&slot=S&snapshot=yes``.
 
-    The part after ``#`` holds the source's options (the DSN itself never has one).
+    The part after ``#`` holds the source's options (the DSN itself never has one), in URL query
+    form: ``tables``, ``slot``, ``publication``, ``create`` (default yes),
+    ``replica_identity_full`` (no), ``snapshot`` (no).
     """
     dsn, _, fragment = args.partition("#")
     if not dsn:
         raise ConfigError(f"source {name!r}: postgres spec needs a DSN: postgres:DSN[#options]")
     options = dict(parse_qsl(fragment, keep_blank_values=True))
-    known = {"tables", "slot", "publication", "create", "replica_identity_full"}
+    known = {"tables", "slot", "publication", "create", "replica_identity_full", "snapshot"}
     unknown = set(options) - known
     if unknown:
         raise ConfigError(
@@ -808,6 +1053,7 @@ def from_spec(name: str, args: str) -> PostgresCDCSource:
         replica_identity_full=_flag(
             name, "replica_identity_full", options.get("replica_identity_full", "no")
         ),
+        snapshot=_flag(name, "snapshot", options.get("snapshot", "no")),
     )
 
 
