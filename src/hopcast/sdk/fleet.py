@@ -4,11 +4,12 @@
 with its slice of the devices and its own loopback source address; commands come in and
 messages go out as length-prefixed pickles on stdin and stdout (:class:`FramePipe`). A process:
 
-1. starts its devices' :class:`~hopcast.sdk.client.DeviceClient` loops at ``connect_rate`` per
-   second, each bound to ``local_host`` (one destination address:port takes ~28k connections
-   from one source address) and round-robined over the gateway URLs;
+1. starts its devices' client loops (:class:`~hopcast.sdk.lightclient.LightClient` or
+   :class:`~hopcast.sdk.client.DeviceClient`) at ``connect_rate`` per second, each bound to
+   ``local_host`` (one destination address:port takes ~28k connections from one source
+   address) and round-robined over the gateway URLs;
 2. on ``("plan", EventPlan)``: with prefetch, every device prefetches the event's manifest at
-   its point of the prefetch window (:meth:`DeviceClient.prefetch`); without, it waits;
+   its point of the prefetch window (the client's ``prefetch``); without, it waits;
 3. applies triggers as they come (the SDK does); a device whose applied stage names a payload
    the cache lacks fetches it — the SDK's jittered fallback when the trigger names the payload,
    the same rule here when the gateway's triggers name none;
