@@ -124,6 +124,12 @@ class DeployedService:
             )
         return done.stdout
 
+    def discard(self) -> None:
+        """Stop whatever a failed start left running (errors ignored), remove the directory."""
+        cmd = [str(self.script), "stop", "--port", str(self.port), "--dir", str(self.dir)]
+        subprocess.run(cmd, capture_output=True, timeout=60, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
 
 def _service_dir(prefix: str) -> Path:
     # Under /tmp, not pytest's temp dir (0700, root's): as root, PostgreSQL runs as the
@@ -148,13 +154,19 @@ def postgres_dsn() -> Iterator[str]:
         )
     directory = _service_dir("hopcast-postgres-")
     server = DeployedService("postgres.sh", _free_port(), directory)
-    out = server.run("start", timeout=90)
+    try:
+        out = server.run("start", timeout=90)
+    except BaseException:
+        server.discard()
+        raise
     dsn = out.strip().splitlines()[-1]
     try:
         yield dsn
     finally:
-        server.run("stop", timeout=60)
-        shutil.rmtree(directory, ignore_errors=True)
+        try:
+            server.run("stop", timeout=60)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -171,9 +183,15 @@ def kafka_bootstrap() -> Iterator[str]:
     server = DeployedService(
         "kafka.sh", _free_port(), directory, "--controller-port", str(_free_port())
     )
-    server.run("start", timeout=600)
+    try:
+        server.run("start", timeout=600)
+    except BaseException:
+        server.discard()
+        raise
     try:
         yield f"127.0.0.1:{server.port}"
     finally:
-        server.run("stop", timeout=60)
-        shutil.rmtree(directory, ignore_errors=True)
+        try:
+            server.run("stop", timeout=60)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
