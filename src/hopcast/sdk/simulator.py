@@ -44,28 +44,24 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hopcast.config import LIVE_SECRET_ENV
 from hopcast.durations import SECOND, now_us
 from hopcast.errors import ConfigError, HopcastError
 from hopcast.live.fixtures import demo_segmenter
 from hopcast.live.prefetch import window
+from hopcast.sdk.embedded import EmbeddedSystem, http_call, is_loopback
 from hopcast.sdk.fleet import (
     DeviceRecord,
     EventPlan,
@@ -95,9 +91,6 @@ DEFAULT_SEGMENTS = 8
 SETUP_S = 2.0
 #: Slack added to every wait beyond what the timeline itself needs.
 DEFAULT_TIMEOUT_S = 60.0
-#: How long the embedded server may take to start (imports, store) or to stop (goodbyes).
-SERVER_START_TIMEOUT_S = 60.0
-SERVER_STOP_TIMEOUT_S = 30.0
 #: Time for a process to start (spawn re-imports hopcast) and sign its tokens.
 WORKER_START_TIMEOUT_S = 120.0
 #: Least time between the start and the end: the two triggers' origin loads (without prefetch)
@@ -277,93 +270,6 @@ def run_once(config: SimConfig) -> SimRun:
 # -- the system under test ---------------------------------------------------------------------
 
 
-class EmbeddedSystem:
-    """``hopcast serve --gateway-port`` in a subprocess, on a temporary store, restartable.
-
-    Args:
-        root: a directory for the store and the server's log.
-        secret: the device-token secret (``$HOPCAST_LIVE_SECRET`` of the server).
-    """
-
-    def __init__(self, root: Path, secret: bytes) -> None:
-        self.root = root
-        self.secret = secret
-        self.host = "127.0.0.1"
-        self.port = _free_port(self.host)
-        self.gateway_port = _free_port(self.host)
-        self.log = root / "server.log"
-        self.starts = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def api(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def gateway(self) -> str:
-        return f"ws://{self.host}:{self.gateway_port}"
-
-    def start(self) -> None:
-        """Start the server and wait until it answers ``/healthz`` (the gateway listens by
-        then: the app starts it before serving).
-
-        Raises:
-            HopcastError: the server exited or did not answer in time (its log's tail).
-        """
-        env = dict(os.environ, **{LIVE_SECRET_ENV: self.secret.hex()})
-        argv = [
-            sys.executable,
-            "-c",
-            "from hopcast.cli import main; main()",
-            "--store",
-            str(self.root / "store"),
-            "serve",
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--gateway-port",
-            str(self.gateway_port),
-        ]
-        with self.log.open("ab") as log:
-            self._proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.starts += 1
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise HopcastError(f"the server exited ({self._proc.returncode}): {self._tail()}")
-            with contextlib.suppress(OSError):
-                if _http("GET", self.api + "/healthz", timeout=1)[0] == 200:
-                    return
-            time.sleep(_POLL_S)
-        self.stop()
-        raise HopcastError(
-            f"the server did not start in {SERVER_START_TIMEOUT_S} s: {self._tail()}"
-        )
-
-    def stop(self) -> None:
-        """SIGTERM (the gateway says ``bye restart`` to every device), then wait; kill if slow."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(SERVER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def restart(self) -> None:
-        """Stop, then start on the same store and ports."""
-        self.stop()
-        self.start()
-
-    def _tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log.read_text(errors="replace")[-2000:]
-        return "(no log)"
-
-
 @dataclass
 class _Target:
     api: str
@@ -530,7 +436,7 @@ class _Run:
         config = self.config
         self._out = queue.Queue()
         hosts = config.source_hosts
-        if hosts is None and _is_loopback(self.target.api):
+        if hosts is None and is_loopback(self.target.api):
             hosts = tuple(f"127.0.0.{2 + k}" for k in range(config.processes))
         per, extra = divmod(config.devices, config.processes)
         first = 0
@@ -675,7 +581,7 @@ class _Run:
     # -- HTTP ----------------------------------------------------------------------------------
 
     def _api(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        status, data = _http(method, self.target.api + path, body)
+        status, data = http_call(method, self.target.api + path, body)
         if status >= 300:
             raise HopcastError(f"{method} {path}: HTTP {status}: {data[:300]!r}")
         doc: dict[str, Any] = json.loads(data)
@@ -687,7 +593,7 @@ class _Run:
     def _server_prefetch_count(self) -> int:
         """Prefetch responses the server counted so far (``/metrics``), all routes."""
         try:
-            status, data = _http("GET", self.target.api + "/metrics")
+            status, data = http_call("GET", self.target.api + "/metrics")
         except OSError:
             return 0
         if status != 200:
@@ -754,32 +660,6 @@ class _Worker:
             self.log.seek(0)
             return bytes(self.log.read()).decode(errors="replace")[-3000:]
         return "(no log)"
-
-
-# -- helpers -------------------------------------------------------------------------------------
-
-
-def _http(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data, method=method)
-    if data is not None:
-        request.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), bytes(exc.read())
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host == "localhost" or host.startswith("127.")
 
 
 __all__ = [
