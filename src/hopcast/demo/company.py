@@ -498,6 +498,7 @@ class Company:
             self._account_profiles.append(range(first_profile, first_profile + n_profiles))
             self._account_devices.append(range(first_device, first_device + n_devices))
         self._app_build = 0  # patch number of the latest app release pushed by activity()
+        self._profile_index: dict[str, int] | None = None  # built on first use
 
         heavy_end = self._account_profiles[cfg.heavy_accounts - 1].stop if cfg.heavy_accounts else 0
         self._heavy_profiles: list[range] = self._account_profiles[: cfg.heavy_accounts]
@@ -571,6 +572,12 @@ class Company:
     def live_event_starts(self) -> dict[str, int]:
         """Current ``starts_at`` of every live event (moves forward as activity passes it)."""
         return dict(zip(self._live_ids, self._live_starts, strict=True))
+
+    def usual_device_of(self, profile_id: str) -> str:
+        """Id of the device a profile uses most. Raises KeyError for an unknown profile."""
+        if self._profile_index is None:
+            self._profile_index = {pid: p for p, pid in enumerate(self._profile_ids)}
+        return self._device_ids[self._profile_devices[self._profile_index[profile_id]][0]]
 
     def _account_index(self, account_id: str) -> int:
         kind, _, key = account_id.partition(":")
