@@ -9,7 +9,8 @@ STAMP   := $(VENV)/.installed
 	bench-broadcast bench-broadcast-quick clean
 
 help:
-	@echo "make demo        run the whole system on the embedded default (LMDB), http://127.0.0.1:8321/docs"
+	@echo "make demo        run the whole system on the embedded default (hopcast run: the demo company's"
+	@echo "                 logs and CDC through the pipeline into LMDB), http://127.0.0.1:8321/docs"
 	@echo "make test        the full test suite"
 	@echo "make check       ruff format --check, ruff check, mypy on src/, fast tests"
 	@echo "make bench       every benchmark (make bench-graph: the graph store vs ladybug and sqlite3;"
@@ -25,7 +26,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PYTHON) -m hopcast.demo.run
+	$(BIN)/hopcast run
 
 test: $(STAMP)
 	$(BIN)/pytest -q

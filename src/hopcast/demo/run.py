@@ -1,51 +1,103 @@
-"""``make demo`` / ``hopcast demo``: the synthetic company, live, on the embedded default.
+"""``hopcast run`` / ``make demo``: the synthetic company, live, through the embedded pipeline.
 
-Steps:
+Steps (:func:`run_demo`):
 
-1. open (and by default reset) an LMDB graph under ``data/demo``;
-2. load the company's catalogue and members, then 30 days of member activity, in atomic
-   batches with a progress bar;
-3. keep generating activity in real time in a background thread (events stamped with the wall
-   clock, so "last 5 minutes" queries change while you watch) and show events/s, freshness
-   (event time → committed) and the graph's size;
-4. serve the HTTP API (OpenAPI docs at ``/docs``) and print example queries with real ids,
-   until Ctrl-C.
+1. open (and by default reset) the data directory (``data/demo``): the LMDB graph in
+   ``graph/``, the services' logs in ``logs/<source>/``;
+2. load 30 days of member activity straight into the graph, in atomic batches with a progress
+   bar. This history is a backfill, written directly: pushed through JSON lines and the
+   pipeline it would take about ten times as long (the decode and mapping cost per record) and
+   show nothing a live record does not;
+3. write the snapshot of the catalogue and member tables as Debezium snapshot reads
+   (``op: r``) into the ``catalogue`` and ``members`` logs and start the embedded engine
+   (:class:`~hopcast.stream.engines.embedded.EmbeddedEngine`) over the six logs with the demo
+   mappings: it ingests the snapshot (tens of thousands of rows, a second or two), which also
+   fills the ``titles`` side table, before the API opens;
+4. serve the API (graph, live, metrics — the engine's too, at ``/metrics``) and the live
+   WebSocket gateway on ``port + 1`` with development tokens, and print example queries with
+   real ids;
+5. generate the company's activity in real time (``rate`` interactions/s, stamped with the wall
+   clock) as records: request logs, Debezium change events, game and live events, with late,
+   redelivered and deliberately bad records (:mod:`hopcast.demo.records`), appended to rotated
+   logs (:mod:`hopcast.demo.logs`) that the engine tails;
+6. show events/s, mutations/s, lag, freshness p50/p99 (event time → queryable) and dead letters
+   live (a rich display on a terminal, a line every few seconds otherwise), until Ctrl-C,
+   SIGTERM or ``--duration``; then stop the generator, let the engine ingest what was written,
+   stop it (it finishes its batch and stores its positions), stop the server, close the graph.
 
-The ingest pipeline (sources, mapping, dead letters) replaces step 3's direct writes when it
-lands; until then the generator writes mutations straight into the graph store.
+With ``--keep`` an existing data directory is reused: no history, no snapshot; the engine
+resumes after its stored positions and the generator appends to the same logs.
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
+import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from hopcast.demo.company import Company, CompanyConfig
+from hopcast.demo.logs import DEFAULT_ROTATE_BYTES, LogWriter
+from hopcast.demo.records import DEFAULT_BAD_SHARE, SOURCES, CompanyRecords
 from hopcast.durations import DAY, now_us
 from hopcast.graph.mutations import Mutation
 from hopcast.graphdb import Graph
+from hopcast.stream.engines.embedded import EmbeddedEngine, IngestMetrics, engine_for
+from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
+from hopcast.stream.sources.logfile import LogFileSource
 
 #: Mutations per atomic write while bulk loading: large enough to amortise LMDB's fsync.
 LOAD_BATCH = 10_000
-#: How often the live generator commits; also the freshness floor of the demo.
-LIVE_TICK_S = 0.25
+#: How often the generator writes what happened since its last tick.
+TICK_S = 0.02
+#: How long a stop waits for the engine to ingest what the generator wrote.
+DRAIN_S = 15.0
+#: How long start-up waits for the engine to ingest the snapshot.
+SNAPSHOT_S = 300.0
+#: Seconds between progress lines when stderr is not a terminal.
+REPORT_S = 5.0
+#: The engine's micro-batch bounds in the demo (a record waits about LINGER_MS to be written).
+BATCH_RECORDS = 5_000
+LINGER_MS = 10.0
+BATCH_MS = 50.0
 
 
 @dataclass
-class LiveStats:
-    events: int = 0
-    batches: int = 0
-    last_freshness_ms: float = 0.0
-    rate: float = 0.0
+class DemoOptions:
+    """What ``hopcast run`` does (its options; see :mod:`hopcast.cli.run`)."""
+
+    data: Path = Path("data/demo")
+    keep: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8321
+    accounts: int = 5_000
+    history: int = 300_000
+    rate: int = 200
+    duration: float = 0.0
+    bad_share: float = DEFAULT_BAD_SHARE
+    seed: int = 7
+    progress: bool | None = None
+    rotate_bytes: int = DEFAULT_ROTATE_BYTES
+
+
+@dataclass
+class GeneratorStats:
+    """What the live generator has written (read by the display thread)."""
+
+    interactions: int = 0
+    records: int = 0
+    bad: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -55,8 +107,16 @@ def _batches(items: Iterable[Mutation], size: int) -> Iterator[list[Mutation]]:
         yield batch
 
 
-def load_history(graph: Graph, company: Company, events: int, now: int, console: Console) -> None:
-    """Load catalogue, members and ``events`` interactions over the 30 days before ``now``."""
+def load_history(
+    graph: Graph,
+    company: Company,
+    events: int,
+    now: int,
+    console: Console,
+    observe: Callable[[list[Mutation]], None] | None = None,
+) -> None:
+    """Write ``events`` interactions over the 30 days before ``now`` straight into the graph
+    (``observe`` sees every batch first: the services' tables follow the node changes)."""
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -65,135 +125,309 @@ def load_history(graph: Graph, company: Company, events: int, now: int, console:
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        static = list(company.catalogue()) + list(company.members())
-        task = progress.add_task("catalogue + members", total=len(static), rate="")
-        for batch in _batches(static, LOAD_BATCH):
-            graph.apply(batch)
-            progress.advance(task, len(batch))
         task = progress.add_task("30 days of activity", total=events, rate="")
         started = time.perf_counter()
         done = 0
-        edges = company.activity(events, now - 30 * DAY, now)
-        for batch in _batches(edges, LOAD_BATCH):
+        for batch in _batches(company.activity(events, now - 30 * DAY, now), LOAD_BATCH):
+            if observe is not None:
+                observe(batch)
             graph.apply(batch)
             done += len(batch)
             rate = done / max(time.perf_counter() - started, 1e-9)
             progress.update(task, completed=min(done, events), rate=f"{rate:,.0f} writes/s")
 
 
-def live_activity(
-    graph: Graph, company: Company, rate: int, stop: threading.Event, stats: LiveStats
+def generate(
+    records: CompanyRecords,
+    writer: LogWriter,
+    rate: int,
+    start_ts: int,
+    stop: threading.Event,
+    stats: GeneratorStats,
+    clock: Callable[[], int] = now_us,
 ) -> None:
-    """Generate ``rate`` events/s stamped with the wall clock until ``stop`` is set."""
-    last = now_us()
-    while not stop.wait(LIVE_TICK_S):
-        now = now_us()
-        n = max(1, int(rate * (now - last) / 1_000_000))
-        batch = list(company.activity(n, last, now))
-        graph.apply(batch)
-        committed = now_us()
-        newest = max(m.ts for m in batch)
-        stats.events += len(batch)
-        stats.batches += 1
-        stats.last_freshness_ms = (committed - newest) / 1000
-        stats.rate = stats.events / max(time.monotonic() - stats.started, 1e-9)
+    """Write ``rate`` interactions/s as records, stamped with the clock, until ``stop``."""
+    last = start_ts
+    carry = 0.0
+    while not stop.wait(TICK_S):
+        now = clock()
+        if now <= last:
+            continue
+        carry += rate * (now - last) / 1_000_000
+        n = int(carry)
+        if n == 0:
+            continue
+        carry -= n
+        out = list(records.activity(n, last, now))
+        writer.write(out)
+        stats.interactions += n
+        stats.records += len(out)
+        stats.bad += sum(1 for r in out if r.bad is not None)
         last = now
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hopcast demo",
-        description="Run a synthetic streaming company live on the embedded default (LMDB) "
-        "and serve the HTTP API until Ctrl-C.",
-    )
-    parser.add_argument("--store", default="data/demo", help="LMDB directory (reset unless --keep)")
-    parser.add_argument("--keep", action="store_true", help="keep an existing demo store")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8321)
-    parser.add_argument("--accounts", type=int, default=5_000)
-    parser.add_argument("--history", type=int, default=300_000, help="interactions to preload")
-    parser.add_argument("--rate", type=int, default=200, help="live events per second")
-    parser.add_argument(
-        "--duration", type=float, default=0, help="stop after N seconds (0 = until Ctrl-C)"
-    )
-    args = parser.parse_args(argv)
-    console = Console(stderr=True, soft_wrap=True)
+def _secs(s: float) -> str:
+    return f"{s * 1000:,.0f} ms" if s < 1 else f"{s:,.1f} s"
 
-    store = Path(args.store)
-    reuse = args.keep and store.exists()
-    if store.exists() and not reuse:
-        shutil.rmtree(store)
-    now = now_us()
-    company = Company(
-        CompanyConfig(accounts=args.accounts, heavy_accounts=3, heavy_share=0.05),
-        now - 30 * DAY,
-    )
-    graph = Graph.open(store, sync=True)
-    console.print(f"[bold]hopcast demo[/]: graph at {store.resolve()} (LMDB)")
-    if not reuse:
-        load_history(graph, company, args.history, now, console)
 
-    stop = threading.Event()
-    stats = LiveStats()
-    worker = threading.Thread(
-        target=live_activity, args=(graph, company, args.rate, stop, stats), daemon=True
+def status_table(engine: EmbeddedEngine, gen: GeneratorStats, writer: LogWriter) -> Table:
+    """The live display: the generator's side, then the engine's."""
+    st = engine.stats
+    events_s, mutations_s = st.rate()
+    elapsed = max(time.monotonic() - gen.started, 1e-9)
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row(
+        "generated",
+        f"{gen.interactions / elapsed:,.0f} interactions/s → {gen.records:,} records "
+        f"({gen.bad:,} bad), {sum(writer.rotations.values())} log rotations",
     )
-    worker.start()
+    table.add_row("events/s", f"{events_s:,.0f}   (ingested {st.events:,})")
+    table.add_row("mutations/s", f"{mutations_s:,.0f}   (total {st.mutations:,})")
+    lag = sum(st.lag.values())
+    table.add_row("lag", f"{lag:,} bytes")
+    q = st.freshness_quantiles()
+    table.add_row("freshness", "-" if q is None else f"p50 {_secs(q[0])}  p99 {_secs(q[1])}")
+    dead = ", ".join(f"{r} {n}" for r, n in sorted(st.dead_by_reason.items()))
+    table.add_row("dead letters", f"{st.dead_letters:,}" + (f"  ({dead})" if dead else ""))
+    return table
 
+
+def status_line(engine: EmbeddedEngine, gen: GeneratorStats) -> str:
+    st = engine.stats
+    events_s, mutations_s = st.rate()
+    q = st.freshness_quantiles()
+    fresh = "-" if q is None else f"p50 {_secs(q[0])} p99 {_secs(q[1])}"
+    return (
+        f"live: {gen.records:,} records written, {st.events:,} ingested "
+        f"({events_s:,.0f} events/s, {mutations_s:,.0f} mutations/s), "
+        f"lag {sum(st.lag.values()):,} B, freshness {fresh}, {st.dead_letters:,} dead letters"
+    )
+
+
+def _registry(server: Any) -> Any:
+    """The API app's Prometheus registry (the engine's metrics join the API's at /metrics)."""
+    app = server.config.app
+    return getattr(getattr(getattr(app, "state", None), "metrics", None), "registry", None)
+
+
+def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
+    """Run the demo (see the module docstring); returns the exit code."""
+    console = console or Console(stderr=True, soft_wrap=True)
     try:
         from hopcast.api.server import make_server
     except ImportError:
         console.print("[red]the HTTP API needs the server extra: pip install 'hopcast[server]'")
         return 1
-
-    server = make_server(
-        graph,
-        args.host,
-        args.port,
-        log_level="warning",
-        gateway_port=args.port + 1,
-        dev_tokens=True,
+    data = opts.data
+    reuse = opts.keep and (data / "graph").exists()
+    if data.exists() and not reuse:
+        shutil.rmtree(data)
+    data.mkdir(parents=True, exist_ok=True)
+    now = now_us()
+    company = Company(
+        CompanyConfig(accounts=opts.accounts, heavy_accounts=3, heavy_share=0.05, seed=opts.seed),
+        now - 30 * DAY,
     )
-    base = f"http://{args.host}:{args.port}"
+    records = CompanyRecords(company, bad_share=opts.bad_share)
+    store = data / "graph"
+    graph = Graph.open(store, sync=True)
+    console.print(
+        f"[bold]hopcast run[/]: graph at {store.resolve()} (LMDB), logs in {data / 'logs'}"
+    )
+    writer = LogWriter(data / "logs", SOURCES, rotate_bytes=opts.rotate_bytes)
+    try:
+        if not reuse:
+            load_history(graph, company, opts.history, now, console, records.observe)
+        snapshot_ts = max(now_us(), now + 1)
+        snapshot = 0 if reuse else writer.write(records.snapshot(snapshot_ts))
+        server = make_server(
+            graph,
+            opts.host,
+            opts.port,
+            log_level="warning",
+            gateway_port=opts.port + 1,
+            dev_tokens=True,
+        )
+        sources = [LogFileSource(name, writer.directory(name)) for name in SOURCES]
+        engine = engine_for(
+            graph,
+            sources,
+            Mapping.load_dir(DEMO_MAPPINGS, graph.schema),
+            batch_records=BATCH_RECORDS,
+            batch_ms=BATCH_MS,
+            linger_ms=LINGER_MS,
+            metrics=IngestMetrics(_registry(server)),
+        )
+        return _serve(opts, console, company, records, writer, graph, server, engine, snapshot)
+    finally:
+        writer.close()
+        graph.close()
+
+
+def _serve(
+    opts: DemoOptions,
+    console: Console,
+    company: Company,
+    records: CompanyRecords,
+    writer: LogWriter,
+    graph: Graph,
+    server: Any,
+    engine: EmbeddedEngine,
+    snapshot: int,
+) -> int:
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def guarded(target: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:  # reported by the main thread, which stops the rest
+                failures.append(exc)
+                stop.set()
+
+        return run
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        # A second Ctrl-C stops at once.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    engine_thread = threading.Thread(target=guarded(engine.run), name="engine")
+    server_thread = threading.Thread(target=guarded(server.run), name="api")
+    gen_stop = threading.Event()
+    gen = GeneratorStats()
+    gen_thread: threading.Thread | None = None
+    try:
+        engine_thread.start()
+        with console.status(f"ingesting the snapshot of {snapshot:,} rows through the pipeline"):
+            deadline = time.monotonic() + SNAPSHOT_S
+            while engine.stats.events < snapshot and time.monotonic() < deadline:
+                if stop.wait(0.05):
+                    break
+        if snapshot and not stop.is_set():
+            q = engine.stats.freshness_quantiles()
+            console.print(
+                f"snapshot: {engine.stats.events:,} rows → {engine.stats.mutations:,} mutations"
+                + ("" if q is None else f", freshness p99 {_secs(q[1])}")
+            )
+        server_thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started and server_thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not server.started:
+            stop.set()
+            if not failures:
+                failures.append(RuntimeError(f"the API did not start on port {opts.port}"))
+        if not stop.is_set():
+            gen_thread = threading.Thread(
+                target=guarded(
+                    lambda: generate(records, writer, opts.rate, now_us(), gen_stop, gen)
+                ),
+                name="generator",
+            )
+            gen.started = time.monotonic()
+            gen_thread.start()
+            _print_examples(console, opts, company)
+            _watch(opts, console, engine, gen, writer, stop)
+    finally:
+        gen_stop.set()
+        if gen_thread is not None:
+            gen_thread.join()
+        # Let the engine ingest what was written, then stop it: it finishes its batch.
+        deadline = time.monotonic() + DRAIN_S
+        while engine_thread.is_alive() and time.monotonic() < deadline:
+            if engine.stats.events >= writer.total and not sum(engine.stats.lag.values()):
+                break
+            time.sleep(0.05)
+        engine.stop()
+        engine_thread.join()
+        server.should_exit = True
+        if server_thread.is_alive():
+            server_thread.join()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for exc in failures:
+        if isinstance(exc, SystemExit):  # uvicorn's way of saying the app did not start
+            console.print(
+                f"[red]error:[/] the API did not start (is port {opts.port} or "
+                f"{opts.port + 1} in use?)"
+            )
+        else:
+            console.print(f"[red]error:[/] {type(exc).__name__}: {exc}")
+    st = engine.stats
+    q = st.freshness_quantiles()
+    fresh = "-" if q is None else f"p50 {_secs(q[0])}, p99 {_secs(q[1])}"
+    dead = ", ".join(f"{r} {n}" for r, n in sorted(st.dead_by_reason.items()))
+    console.print(
+        f"stopped: {gen.interactions:,} live interactions → {gen.records:,} records "
+        f"({gen.bad:,} deliberately bad); ingested {st.events:,} records → "
+        f"{st.mutations:,} mutations; freshness {fresh}; {st.dead_letters:,} dead letters"
+        + (f" ({dead})" if dead else "")
+    )
+    return 1 if failures else 0
+
+
+def _print_examples(console: Console, opts: DemoOptions, company: Company) -> None:
+    base = f"http://{opts.host}:{opts.port}"
     account = company.heavy_account_ids()[0]
     profile = company.profiles_of(account)[0]
     title = company.title_ids()[0]
+    store = opts.data / "graph"
     console.print(
         "\n".join(
             [
                 f"API docs     {base}/docs",
-                f"metrics      {base}/metrics",
+                f"metrics      {base}/metrics   (hopcast_ingest_* : the pipeline)",
                 f"neighbours   {base}/v1/nodes/{profile}/neighbours?edge=started_watching&limit=5",
                 f"journey      {base}/v1/nodes/{account}/journey?since=1h&limit=20",
                 f"count        {base}/v1/nodes/{profile}/count?edge=browsed&since=7d",
                 f"traverse     hopcast --store {store} query traverse {account} "
                 "--hop has_profile --hop started_watching --hop in_genre",
                 f"title        {base}/v1/nodes/{title}",
-                f"live gateway ws://{args.host}:{args.port + 1} (device tokens: "
+                f"live gateway ws://{opts.host}:{opts.port + 1} (device tokens: "
                 f"POST {base}/v1/live/tokens, live events: {base}/v1/live/events)",
+                f"logs         {opts.data / 'logs'}/<source>/  (what the pipeline tails)",
+                f"dead letters hopcast --store {store} deadletters list",
                 "Ctrl-C to stop.",
             ]
         )
     )
 
-    def report() -> None:
-        while not stop.wait(5):
-            console.print(
-                f"live: {stats.events:,} events ({stats.rate:,.0f}/s), "
-                f"freshness {stats.last_freshness_ms:,.0f} ms"
-            )
 
-    threading.Thread(target=report, daemon=True).start()
-    if args.duration:
-        threading.Timer(args.duration, lambda: setattr(server, "should_exit", True)).start()
-    try:
-        server.run()
-    finally:
-        stop.set()
-        worker.join(timeout=5)
-        graph.close()
-    console.print(f"stopped after {stats.events:,} live events")
-    return 0
+def _watch(
+    opts: DemoOptions,
+    console: Console,
+    engine: EmbeddedEngine,
+    gen: GeneratorStats,
+    writer: LogWriter,
+    stop: threading.Event,
+) -> None:
+    """Show progress until ``stop`` or the duration ends."""
+    end = time.monotonic() + opts.duration if opts.duration else None
+
+    def left() -> float:
+        return float("inf") if end is None else end - time.monotonic()
+
+    show = console.is_terminal if opts.progress is None else opts.progress
+    if show:
+        with Live(status_table(engine, gen, writer), console=console, refresh_per_second=4) as live:
+            while left() > 0 and not stop.wait(min(0.25, max(left(), 0))):
+                live.update(status_table(engine, gen, writer))
+        return
+    while left() > 0 and not stop.wait(min(REPORT_S, max(left(), 0))):
+        console.print(status_line(engine, gen))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hopcast.demo.run [OPTIONS]``: the options of ``hopcast run``."""
+    from hopcast.cli.run import run_command
+
+    code = run_command.main(args=argv, prog_name="hopcast run", standalone_mode=False)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""``hopcast run``: the whole system embedded — the demo company, the pipeline, the API.
+
+::
+
+    hopcast run [--data DIR] [--keep] [--rate N] [--host H] [--port 8321] [--accounts N]
+                [--history N] [--bad-share F] [--seed N] [--duration S]
+                [--rotate-bytes N] [--progress/--no-progress]
+
+What it runs is :mod:`hopcast.demo.run` (``make demo`` runs it with the defaults): a
+synthetic company's services write request logs and change events under ``DIR/logs``, the
+embedded engine ingests them through the demo mappings into the LMDB graph in ``DIR/graph``,
+and the API serves it on ``--port`` (the live WebSocket gateway on ``--port + 1``, with
+development tokens). Ctrl-C or SIGTERM stop everything cleanly (exit 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hopcast.demo.logs import DEFAULT_ROTATE_BYTES
+from hopcast.demo.records import DEFAULT_BAD_SHARE
+
+
+@click.command("run")
+@click.option(
+    "--data",
+    "--store",
+    "data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("data/demo"),
+    show_default=True,
+    help="Data directory: graph/ (LMDB) and logs/ (reset unless --keep).",
+)
+@click.option("--keep", is_flag=True, help="Reuse an existing data directory (resume).")
+@click.option(
+    "--rate",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="Member interactions per second.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65534),
+    default=8321,
+    show_default=True,
+    help="API port; the live gateway listens on PORT+1.",
+)
+@click.option("--accounts", type=click.IntRange(1), default=5_000, show_default=True)
+@click.option(
+    "--history",
+    type=click.IntRange(0),
+    default=300_000,
+    show_default=True,
+    help="Interactions of the last 30 days, loaded before the live part.",
+)
+@click.option(
+    "--bad-share",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_BAD_SHARE,
+    show_default=True,
+    help="Share of interactions followed by a bad record.",
+)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--duration",
+    type=click.FloatRange(0),
+    default=0.0,
+    help="Stop after this many seconds [default: until Ctrl-C].",
+)
+@click.option(
+    "--rotate-bytes",
+    type=click.IntRange(1024),
+    default=DEFAULT_ROTATE_BYTES,
+    show_default=True,
+    help="Rotate a service's log at this size.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Live display [default: when stderr is a terminal].",
+)
+def run_command(
+    data: Path,
+    keep: bool,
+    rate: int,
+    host: str,
+    port: int,
+    accounts: int,
+    history: int,
+    bad_share: float,
+    seed: int,
+    duration: float,
+    rotate_bytes: int,
+    progress: bool | None,
+) -> int:
+    """Run the demo company through the embedded pipeline and serve the API (make demo)."""
+    from hopcast.demo.run import DemoOptions, run_demo
+
+    code = run_demo(
+        DemoOptions(
+            data=data,
+            keep=keep,
+            host=host,
+            port=port,
+            accounts=accounts,
+            history=history,
+            rate=rate,
+            duration=duration,
+            bad_share=bad_share,
+            seed=seed,
+            progress=progress,
+            rotate_bytes=rotate_bytes,
+        )
+    )
+    if code:
+        raise click.exceptions.Exit(code)
+    return code
