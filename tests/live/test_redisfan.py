@@ -233,6 +233,9 @@ def test_a_device_resumes_by_replay_on_a_node_started_while_it_was_away(
             )
             task = asyncio.create_task(device.run(stop))
             try:
+                # Publish once the device follows the channel, or it may join after both
+                # triggers and get one state holding version 2 only.
+                await until(lambda: server.gateway.subscriber_count(GLOBAL_CHANNEL) == 1)
                 r.publish(trigger(1))
                 r.publish(trigger(2))
                 await until(lambda: len(applied(device)) == 2)
