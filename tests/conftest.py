@@ -7,7 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -94,12 +94,6 @@ def redis_prefix(request: pytest.FixtureRequest) -> str:
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class DeployedService:
     """A service started and stopped through ``deploy/<script> start|stop --port P --dir D``."""
 
@@ -108,7 +102,6 @@ class DeployedService:
         self.port = port
         self.dir = directory
         self.extra = list(extra)
-        self.output = ""
 
     def run(self, action: str, timeout: float) -> str:
         cmd = [str(self.script), action, "--port", str(self.port), "--dir", str(self.dir)]
@@ -124,11 +117,44 @@ class DeployedService:
             )
         return done.stdout
 
+    def stop(self) -> None:
+        """Stop the service and remove its directory (even if stopping failed)."""
+        try:
+            self.run("stop", timeout=60)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
     def discard(self) -> None:
         """Stop whatever a failed start left running (errors ignored), remove the directory."""
         cmd = [str(self.script), "stop", "--port", str(self.port), "--dir", str(self.dir)]
         subprocess.run(cmd, capture_output=True, timeout=60, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (held together while they are picked)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _start(make: Callable[[], DeployedService], timeout: float) -> tuple[DeployedService, str]:
+    """Start a service on fresh ports, three tries: a port picked free may be taken (by another
+    process's outgoing connection) before the server binds it."""
+    for attempt in range(3):
+        server = make()
+        try:
+            return server, server.run("start", timeout=timeout)
+        except (Exception, pytest.fail.Exception):
+            server.discard()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _service_dir(prefix: str) -> Path:
@@ -152,21 +178,14 @@ def postgres_dsn() -> Iterator[str]:
             "PostgreSQL server is not installed; the CDC tests need a real one: "
             "apt-get install -y postgresql"
         )
-    directory = _service_dir("hopcast-postgres-")
-    server = DeployedService("postgres.sh", _free_port(), directory)
-    try:
-        out = server.run("start", timeout=90)
-    except BaseException:
-        server.discard()
-        raise
+    server, out = _start(
+        lambda: DeployedService("postgres.sh", *_ports(1), _service_dir("hopcast-postgres-")), 90
+    )
     dsn = out.strip().splitlines()[-1]
     try:
         yield dsn
     finally:
-        try:
-            server.run("stop", timeout=60)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -179,19 +198,14 @@ def kafka_bootstrap() -> Iterator[str]:
         pytest.fail(
             "java is not installed; the Kafka tests need it: apt-get install -y default-jre"
         )
-    directory = _service_dir("hopcast-kafka-")
-    server = DeployedService(
-        "kafka.sh", _free_port(), directory, "--controller-port", str(_free_port())
-    )
-    try:
-        server.run("start", timeout=600)
-    except BaseException:
-        server.discard()
-        raise
+
+    def make() -> DeployedService:
+        port, controller = _ports(2)
+        directory = _service_dir("hopcast-kafka-")
+        return DeployedService("kafka.sh", port, directory, "--controller-port", str(controller))
+
+    server, _ = _start(make, 600)
     try:
         yield f"127.0.0.1:{server.port}"
     finally:
-        try:
-            server.run("stop", timeout=60)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
+        server.stop()

@@ -52,7 +52,7 @@ def _produce(sink: KafkaSink, topic: str, values: list[bytes], partitions: int) 
     sink.flush()
 
 
-def _drain(source: KafkaSource, want: int, timeout_s: float = 15.0) -> list[Record]:
+def _drain(source: KafkaSource, want: int, timeout_s: float = 30.0) -> list[Record]:
     got: list[Record] = []
     deadline = time.monotonic() + timeout_s
     while len(got) < want and time.monotonic() < deadline:

@@ -73,7 +73,7 @@ def _tables(db: psycopg.Connection[Any], tag: str) -> tuple[str, str]:
     return members, playback
 
 
-def _drain(source: PostgresCDCSource, want: int, timeout_s: float = 10.0) -> list[Record]:
+def _drain(source: PostgresCDCSource, want: int, timeout_s: float = 30.0) -> list[Record]:
     got: list[Record] = []
     deadline = time.monotonic() + timeout_s
     while len(got) < want and time.monotonic() < deadline:
