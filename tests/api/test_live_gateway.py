@@ -55,10 +55,20 @@ def test_a_device_gets_a_token_connects_and_sees_the_operators_commands(tmp_path
         issued = _post(base + "/v1/live/tokens", {"device": "tv-1", "channels": ["event:final"]})
         assert issued["url"] == f"ws://127.0.0.1:{gw_port}"
 
+        async def fetch(ref: str) -> bytes | None:  # the SDK's fallback, from the real origin
+            event, stage = ref.split("/")
+            url = f"{base}/v1/live/events/{event}/payload?stage={stage}&segment=adult.US.en.b0"
+            return await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())
+
         async def device() -> list[str]:
             stop = asyncio.Event()
             client = DeviceClient(
-                issued["url"], issued["token"], ("event:final",), rng=random.Random(1)
+                issued["url"],
+                issued["token"],
+                ("event:final",),
+                rng=random.Random(1),
+                fetch=fetch,
+                fallback_window_s=0.0,
             )
             task = asyncio.create_task(client.run(stop))
             # subscribed once the gateway has answered the subscribe with the channel's state
@@ -68,8 +78,12 @@ def test_a_device_gets_a_token_connects_and_sees_the_operators_commands(tmp_path
                 base + "/v1/live/events",
                 {"id": "final", "title": "The Final", "starts_at": "1h"},
             )
+            await asyncio.to_thread(_post, base + "/v1/live/events/final/materialise", {})
             await asyncio.to_thread(_post, base + "/v1/live/events/final/start", {})
             await asyncio.wait_for(_until(lambda: len(client.stats.applied) >= 1), WAIT_S)
+            # the trigger named the live payload; the device lacked it and fetched it once
+            await asyncio.wait_for(_until(lambda: "final/live" in client.cache), WAIT_S)
+            assert client.stats.fallback_fetches == 1 and client.stats.fallback_failures == 0
             stop.set()
             await asyncio.wait_for(task, WAIT_S)
             return [a.stage for a in client.stats.applied]

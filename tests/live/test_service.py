@@ -327,6 +327,19 @@ def test_materialise_publishes_every_stage_and_reports_the_cardinality() -> None
     assert card["cardinality"] < card["entries"]  # equal content shares one payload
 
 
+def test_a_trigger_names_its_stages_payload_only_once_one_is_published() -> None:
+    service, sink = make()
+    create(service)
+    service.command(StartNow(ID), T0 + SECOND)
+    live = sink.batches[-1][-1]
+    assert live.stage is State.LIVE
+    assert service.payload_for(live) is None  # nothing materialised: no device goes looking
+    service.materialise(ID, T0 + SECOND, ["adult.US.en.b0"])
+    assert service.payload_for(live) == "final/live"
+    opening = Trigger(ID, State.PREFETCHING, 1, OPENS)
+    assert service.payload_for(opening) is None  # the window's own spread, not a herd
+
+
 def test_materialise_needs_a_scheduled_event() -> None:
     service, _ = make()
     with pytest.raises(NotFound):

@@ -85,7 +85,7 @@ def make_server(
             from hopcast.live.redisfan import RedisTransport  # the redis extra, when asked for
 
             transport = redis = RedisTransport(redis_url)
-        router = Router(transport)
+        router = Router(transport, payload_for=service.payload_for)
         service.add_sink(router.publish_all)
     if service is not None and gateway_port is not None:
         secret = live_secret()

@@ -194,6 +194,15 @@ class EventStage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     payload: Name | None = None
 
 
+def payload_ref(event: str, stage: str) -> str:
+    """The payload reference a trigger names for ``stage`` of ``event``: ``<event>/<stage>``.
+
+    The same for every device; the device's segment picks the content when it fetches (the
+    prefetch manifest lists it per stage).
+    """
+    return f"{event}/{stage}"
+
+
 # -- client → server -----------------------------------------------------------------------------
 
 

@@ -381,6 +381,15 @@ class PayloadStore:
                     return _parse_entry(item)[3]
         return None
 
+    def has_stage(self, event_id: str, stage: str, now: int) -> bool:
+        """Whether any segment of ``event_id`` has a payload published for ``stage``."""
+        _check(event_id, stage)
+        prefix = _ENTRY + stage.encode() + _SEP
+        with self._kv.reader() as r:
+            for _ in r.scan(INDEX_NS, event_id.encode(), now, prefix, _successor(prefix)):
+                return True
+        return False
+
     def manifest(self, event_id: str, now: int) -> dict[str, dict[str, PayloadRef]]:
         """Every published entry of an event: ``{stage: {segment: ref}}`` (sorted keys)."""
         _check(event_id)

@@ -42,6 +42,7 @@ from hopcast.durations import SECOND, now_us, parse_duration, parse_iso
 from hopcast.errors import HopcastError, InvalidInput
 from hopcast.kv.base import KVStore
 from hopcast.live.fixtures import demo_segmenter, materialise_fixture
+from hopcast.live.messages import payload_ref
 from hopcast.live.payloads import DEFAULT_RETENTION_US, PayloadStore
 from hopcast.live.prefetch import (
     DEFAULT_POLICY,
@@ -150,6 +151,25 @@ class LiveService:
         self._rearm = False  # a tick failed: re-arm every timer from the store first
 
     # -- sinks and watchers ------------------------------------------------------------------------
+
+    def payload_for(self, trigger: Trigger) -> str | None:
+        """The payload reference a trigger names (``<event>/<stage>``), or ``None``.
+
+        A :class:`~hopcast.live.fanout.Router`'s ``payload_for``. A stage names its payload
+        only if one is published for it (any segment), so a device never goes looking for
+        one that does not exist; ``scheduled`` and ``prefetch`` never do, because naming a
+        payload makes devices that lack it fetch within seconds, which at the opening of the
+        prefetch window is the herd the window exists to avoid.
+        """
+        stage = trigger.stage
+        if stage in (State.SCHEDULED, State.PREFETCHING):
+            return None
+        try:
+            published = self.payloads.has_stage(trigger.event_id, stage.value, self.clock())
+        except HopcastError:
+            logger.exception("could not look up the payload of %s/%s", trigger.event_id, stage)
+            return None
+        return payload_ref(trigger.event_id, stage.value) if published else None
 
     def add_sink(self, sink: TriggerSink) -> Callable[[], None]:
         """Also hand every future trigger to ``sink``; returns a function that removes it."""

@@ -47,6 +47,7 @@ from hopcast.durations import SECOND, now_us
 from hopcast.errors import ConfigError, InvalidInput, TokenError
 from hopcast.live import messages as m
 from hopcast.live.messages import ErrorCode, ProtocolError
+from hopcast.live.messages import payload_ref as payload_ref  # re-exported: part of this API
 from hopcast.live.prefetch import Manifest, decode_manifest, ranked_spread_delay, spread_delay
 from hopcast.sdk.protocol import (
     FALLBACK_WINDOW_S,
@@ -80,14 +81,6 @@ OPEN_TIMEOUT_S = HELLO_TIMEOUT_US / SECOND
 CLOSE_TIMEOUT_S = 1.0
 
 logger = logging.getLogger("hopcast.sdk")
-
-
-def payload_ref(event: str, stage: str) -> str:
-    """The payload reference a trigger names for ``stage`` of ``event``: ``<event>/<stage>``.
-
-    The same for every device; the device's segment picks the content when it fetches.
-    """
-    return f"{event}/{stage}"
 
 
 @dataclass(frozen=True, slots=True)
