@@ -240,8 +240,6 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
     try:
         if not reuse:
             load_history(graph, company, opts.history, now, console, records.observe)
-        snapshot_ts = max(now_us(), now + 1)
-        snapshot = 0 if reuse else writer.write(records.snapshot(snapshot_ts))
         server = make_server(
             graph,
             opts.host,
@@ -260,6 +258,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
             linger_ms=LINGER_MS,
             metrics=IngestMetrics(_registry(server)),
         )
+        snapshot = 0 if reuse else writer.write(records.snapshot(max(now_us(), now + 1)))
         return _serve(opts, console, company, records, writer, graph, server, engine, snapshot)
     finally:
         writer.close()
@@ -312,8 +311,10 @@ def _serve(
             q = engine.stats.freshness_quantiles()
             console.print(
                 f"snapshot: {engine.stats.events:,} rows → {engine.stats.mutations:,} mutations"
-                + ("" if q is None else f", freshness p99 {_secs(q[1])}")
+                + ("" if q is None else f", freshness p50 {_secs(q[0])}, p99 {_secs(q[1])}")
             )
+            # From here on the display's freshness is the live records' (/metrics keeps all).
+            engine.stats.freshness.clear()
         server_thread.start()
         deadline = time.monotonic() + 30
         while not server.started and server_thread.is_alive() and time.monotonic() < deadline:
