@@ -146,7 +146,11 @@ class KafkaSource:
         """Up to ``max_records`` records; waits at most ``timeout_s`` when none are ready."""
         consumer = self._require_open()
         if time.monotonic() - self._refreshed >= self.refresh_s:
-            self._assign_new()
+            try:  # a broker that is away now must not stop the pipeline: look again later
+                self._assign_new(timeout_s=min(self.timeout_s, 0.5))
+            except SourceError as exc:
+                log.warning("source %s: looking for new partitions: %s", self.name, exc)
+                self._refreshed = time.monotonic()
         kafka = _driver()
         try:
             messages = consumer.consume(num_messages=max_records, timeout=max(timeout_s, 0))
@@ -240,13 +244,16 @@ class KafkaSource:
         """The assigned ``(topic, partition)`` pairs."""
         return sorted(self._assigned)
 
-    def _assign_new(self) -> None:
+    def _assign_new(self, timeout_s: float | None = None) -> None:
+        """Assign the topics' partitions that are not assigned yet (all of them at open)."""
         consumer = self._require_open()
         kafka = _driver()
         new = []
         for topic in self.topics:
             try:
-                metadata = consumer.list_topics(topic=topic, timeout=self.timeout_s)
+                metadata = consumer.list_topics(
+                    topic=topic, timeout=self.timeout_s if timeout_s is None else timeout_s
+                )
             except kafka.KafkaException as exc:
                 raise self._error(f"reading the metadata of topic {topic!r}", exc) from exc
             info = metadata.topics.get(topic)
