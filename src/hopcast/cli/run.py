@@ -4,13 +4,15 @@
 
     hopcast run [--data DIR] [--keep] [--rate N] [--host H] [--port 8321] [--accounts N]
                 [--history N] [--bad-share F] [--seed N] [--duration S]
-                [--rotate-bytes N] [--progress/--no-progress]
+                [--rotate-bytes N] [--postgres DSN] [--progress/--no-progress]
 
 What it runs is :mod:`hopcast.demo.run` (``make demo`` runs it with the defaults): a
 synthetic company's services write request logs and change events under ``DIR/logs``, the
 embedded engine ingests them through the demo mappings into the LMDB graph in ``DIR/graph``,
 and the API serves it on ``--port`` (the live WebSocket gateway on ``--port + 1``, with
-development tokens). Ctrl-C or SIGTERM stop everything cleanly (exit 0).
+development tokens). ``--postgres DSN`` keeps the playback service's table in that PostgreSQL
+and ingests it by logical replication (:mod:`hopcast.demo.postgres`) instead of from a log.
+Ctrl-C or SIGTERM stop everything cleanly (exit 0).
 """
 
 from __future__ import annotations
@@ -79,6 +81,12 @@ from hopcast.demo.records import DEFAULT_BAD_SHARE
     help="Rotate a service's log at this size.",
 )
 @click.option(
+    "--postgres",
+    metavar="DSN",
+    help="Keep the playback table in this PostgreSQL (wal_level=logical) and ingest it by CDC "
+    "(needs hopcast[postgres]) [default: a log of Debezium change events].",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="Live display [default: when stderr is a terminal].",
@@ -95,6 +103,7 @@ def run_command(
     seed: int,
     duration: float,
     rotate_bytes: int,
+    postgres: str | None,
     progress: bool | None,
 ) -> int:
     """Run the demo company through the embedded pipeline and serve the API (make demo)."""
@@ -114,6 +123,7 @@ def run_command(
             seed=seed,
             progress=progress,
             rotate_bytes=rotate_bytes,
+            postgres=postgres,
         )
     )
     if code:

@@ -25,6 +25,10 @@ Steps (:func:`run_demo`):
    SIGTERM or ``--duration``; then stop the generator, let the engine ingest what was written,
    stop it (it finishes its batch and stores its positions), stop the server, close the graph.
 
+With ``--postgres DSN`` the playback service keeps its table in that PostgreSQL
+(:mod:`hopcast.demo.postgres`) and the engine captures it by logical replication instead of
+tailing the ``playback`` log: the same change events, from a real server.
+
 With ``--keep`` an existing data directory is reused: no history, no snapshot; the engine
 resumes after its stored positions and the generator appends to the same logs.
 """
@@ -49,12 +53,14 @@ from rich.table import Table
 
 from hopcast.demo.company import Company, CompanyConfig
 from hopcast.demo.logs import DEFAULT_ROTATE_BYTES, LogWriter
-from hopcast.demo.records import DEFAULT_BAD_SHARE, SOURCES, CompanyRecords
+from hopcast.demo.postgres import TABLE, PlaybackTable
+from hopcast.demo.records import DEFAULT_BAD_SHARE, SOURCES, CompanyRecords, DemoRecord
 from hopcast.durations import DAY, now_us
 from hopcast.graph.mutations import Mutation
 from hopcast.graphdb import Graph
 from hopcast.stream.engines.embedded import EmbeddedEngine, IngestMetrics, engine_for
 from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
+from hopcast.stream.sources.base import Source
 from hopcast.stream.sources.logfile import LogFileSource
 
 #: Mutations per atomic write while bulk loading: large enough to amortise LMDB's fsync.
@@ -89,6 +95,8 @@ class DemoOptions:
     seed: int = 7
     progress: bool | None = None
     rotate_bytes: int = DEFAULT_ROTATE_BYTES
+    #: A PostgreSQL DSN: the playback table lives there, captured by CDC (else: a log).
+    postgres: str | None = None
 
 
 @dataclass
@@ -137,9 +145,35 @@ def load_history(
             progress.update(task, completed=min(done, events), rate=f"{rate:,.0f} writes/s")
 
 
+class Outputs:
+    """Where the services' records go: the logs, and with ``--postgres`` the playback changes
+    to the table in PostgreSQL."""
+
+    def __init__(self, writer: LogWriter, playback: PlaybackTable | None = None) -> None:
+        self.writer = writer
+        self.playback = playback
+
+    def write(self, records: list[DemoRecord]) -> None:
+        if self.playback is None:
+            self.writer.write(records)
+            return
+        self.writer.write([r for r in records if r.source != "playback"])
+        self.playback.write([r for r in records if r.source == "playback"])
+
+    @property
+    def bad_left_out(self) -> int:
+        """Bad records the table could not take (left out, not written)."""
+        return self.playback.bad_left_out if self.playback is not None else 0
+
+    @property
+    def total(self) -> int:
+        """Records written to logs and changes made to the table."""
+        return self.writer.total + (self.playback.changes if self.playback else 0)
+
+
 def generate(
     records: CompanyRecords,
-    writer: LogWriter,
+    outputs: Outputs,
     rate: int,
     start_ts: int,
     stop: threading.Event,
@@ -159,10 +193,11 @@ def generate(
             continue
         carry -= n
         out = list(records.activity(n, last, now))
-        writer.write(out)
+        left_out = outputs.bad_left_out
+        outputs.write(out)
         stats.interactions += n
-        stats.records += len(out)
-        stats.bad += sum(1 for r in out if r.bad is not None)
+        stats.records += len(out) - (outputs.bad_left_out - left_out)
+        stats.bad += sum(1 for r in out if r.bad is not None) - (outputs.bad_left_out - left_out)
         last = now
 
 
@@ -237,7 +272,11 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         f"[bold]hopcast run[/]: graph at {store.resolve()} (LMDB), logs in {data / 'logs'}"
     )
     writer = LogWriter(data / "logs", SOURCES, rotate_bytes=opts.rotate_bytes)
+    outputs = Outputs(writer)
     try:
+        if opts.postgres:
+            outputs.playback = PlaybackTable(opts.postgres, reset=not reuse)
+            console.print(f"playback table in PostgreSQL ({TABLE}), captured by CDC")
         if not reuse:
             load_history(graph, company, opts.history, now, console, records.observe)
         server = make_server(
@@ -248,7 +287,12 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
             gateway_port=opts.port + 1,
             dev_tokens=True,
         )
-        sources = [LogFileSource(name, writer.directory(name)) for name in SOURCES]
+        sources: list[Source] = [
+            outputs.playback.source()
+            if name == "playback" and outputs.playback is not None
+            else LogFileSource(name, writer.directory(name))
+            for name in SOURCES
+        ]
         engine = engine_for(
             graph,
             sources,
@@ -259,9 +303,11 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
             metrics=IngestMetrics(_registry(server)),
         )
         snapshot = 0 if reuse else writer.write(records.snapshot(max(now_us(), now + 1)))
-        return _serve(opts, console, company, records, writer, graph, server, engine, snapshot)
+        return _serve(opts, console, company, records, outputs, server, engine, snapshot)
     finally:
         writer.close()
+        if outputs.playback is not None:
+            outputs.playback.close()
         graph.close()
 
 
@@ -270,12 +316,12 @@ def _serve(
     console: Console,
     company: Company,
     records: CompanyRecords,
-    writer: LogWriter,
-    graph: Graph,
+    outputs: Outputs,
     server: Any,
     engine: EmbeddedEngine,
     snapshot: int,
 ) -> int:
+    writer = outputs.writer
     stop = threading.Event()
     failures: list[BaseException] = []
 
@@ -326,7 +372,7 @@ def _serve(
         if not stop.is_set():
             gen_thread = threading.Thread(
                 target=guarded(
-                    lambda: generate(records, writer, opts.rate, now_us(), gen_stop, gen)
+                    lambda: generate(records, outputs, opts.rate, now_us(), gen_stop, gen)
                 ),
                 name="generator",
             )
@@ -341,7 +387,7 @@ def _serve(
         # Let the engine ingest what was written, then stop it: it finishes its batch.
         deadline = time.monotonic() + DRAIN_S
         while engine_thread.is_alive() and time.monotonic() < deadline:
-            if engine.stats.events >= writer.total and not sum(engine.stats.lag.values()):
+            if engine.stats.events >= outputs.total and not sum(engine.stats.lag.values()):
                 break
             time.sleep(0.05)
         engine.stop()
