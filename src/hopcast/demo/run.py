@@ -261,10 +261,14 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         shutil.rmtree(data)
     data.mkdir(parents=True, exist_ok=True)
     now = now_us()
-    company = Company(
-        CompanyConfig(accounts=opts.accounts, heavy_accounts=3, heavy_share=0.05, seed=opts.seed),
-        now - 30 * DAY,
+    heavy = min(3, opts.accounts - 1)  # a few very active accounts, if there are others
+    config = CompanyConfig(
+        accounts=opts.accounts,
+        heavy_accounts=heavy,
+        heavy_share=0.05 if heavy else 0.0,
+        seed=opts.seed,
     )
+    company = Company(config, now - 30 * DAY)
     records = CompanyRecords(company, bad_share=opts.bad_share)
     store = data / "graph"
     graph = Graph.open(store, sync=True)
@@ -420,7 +424,7 @@ def _serve(
 
 def _print_examples(console: Console, opts: DemoOptions, company: Company) -> None:
     base = f"http://{opts.host}:{opts.port}"
-    account = company.heavy_account_ids()[0]
+    account = (company.heavy_account_ids() or company.account_ids())[0]
     profile = company.profiles_of(account)[0]
     title = company.title_ids()[0]
     store = opts.data / "graph"
