@@ -145,3 +145,23 @@ def test_the_demo_entry_point_stops_by_itself_after_its_duration(tmp_path: Path)
     assert {p.name for p in (data / "logs").iterdir()} == set(SOURCES)
     with Graph.open(data / "graph") as graph:
         assert graph.store.checkpoints()
+
+
+def test_sigterm_while_the_history_loads_stops_after_the_batch(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    args = [*HOPCAST, "run", "--data", str(data), "--port", str(_free_port_pair())]
+    args += ["--accounts", "100", "--history", "5000000", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (data / "graph" / "data.mdb").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert "stopped while loading" in err.decode()

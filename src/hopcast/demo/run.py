@@ -122,9 +122,11 @@ def load_history(
     now: int,
     console: Console,
     observe: Callable[[list[Mutation]], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
     """Write ``events`` interactions over the 30 days before ``now`` straight into the graph
-    (``observe`` sees every batch first: the services' tables follow the node changes)."""
+    (``observe`` sees every batch first: the services' tables follow the node changes; a set
+    ``stop`` ends the load after the batch)."""
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -143,6 +145,8 @@ def load_history(
             done += len(batch)
             rate = done / max(time.perf_counter() - started, 1e-9)
             progress.update(task, completed=min(done, events), rate=f"{rate:,.0f} writes/s")
+            if stop is not None and stop.is_set():
+                return
 
 
 class Outputs:
@@ -277,12 +281,23 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
     )
     writer = LogWriter(data / "logs", SOURCES, rotate_bytes=opts.rotate_bytes)
     outputs = Outputs(writer)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        # A second Ctrl-C stops at once.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if opts.postgres:
             outputs.playback = PlaybackTable(opts.postgres, reset=not reuse)
             console.print(f"playback table in PostgreSQL ({TABLE}), captured by CDC")
         if not reuse:
-            load_history(graph, company, opts.history, now, console, records.observe)
+            load_history(graph, company, opts.history, now, console, records.observe, stop)
+        if stop.is_set():
+            console.print("stopped while loading")
+            return 0
         server = make_server(
             graph,
             opts.host,
@@ -307,8 +322,10 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
             metrics=IngestMetrics(_registry(server)),
         )
         snapshot = 0 if reuse else writer.write(records.snapshot(max(now_us(), now + 1)))
-        return _serve(opts, console, company, records, outputs, server, engine, snapshot)
+        return _serve(opts, console, company, records, outputs, server, engine, snapshot, stop)
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         writer.close()
         if outputs.playback is not None:
             outputs.playback.close()
@@ -324,9 +341,9 @@ def _serve(
     server: Any,
     engine: EmbeddedEngine,
     snapshot: int,
+    stop: threading.Event,
 ) -> int:
     writer = outputs.writer
-    stop = threading.Event()
     failures: list[BaseException] = []
 
     def guarded(target: Callable[[], object]) -> Callable[[], None]:
@@ -339,12 +356,6 @@ def _serve(
 
         return run
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-        # A second Ctrl-C stops at once.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     engine_thread = threading.Thread(target=guarded(engine.run), name="engine")
     server_thread = threading.Thread(target=guarded(server.run), name="api")
     gen_stop = threading.Event()
@@ -399,8 +410,6 @@ def _serve(
         server.should_exit = True
         if server_thread.is_alive():
             server_thread.join()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     for exc in failures:
         if isinstance(exc, SystemExit):  # uvicorn's way of saying the app did not start
             console.print(
