@@ -270,3 +270,29 @@ def test_late_shuffled_and_duplicated_records_converge_to_the_same_graph() -> No
     assert letters_a == bad
     bad_values = {r.value for r in out if r.bad is not None}
     assert {d.payload for d in DeadLetterStore(b.store.kv)} == bad_values
+
+
+def test_some_device_clocks_are_off_and_the_events_they_report_carry_their_time(
+    sample: tuple[CompanyRecords, list[DemoRecord]],
+) -> None:
+    records, out = sample
+    ref = Company(CONFIG, START)  # the sample's company, its calls again
+    mutations = list(ref.activity(10_000, START + 1, START + DAY // 2))
+    mutations += ref.activity(10_000, START + DAY // 2, START + DAY)
+    joined = defaultdict(set)
+    for m in mutations:
+        if isinstance(m, EdgeUpsert) and m.type == "watched_live":
+            joined[(m.src, m.dst)].add(m.ts)
+    skews = [records._clock_skew(d.partition(":")[2]) for d in ref.device_ids()]
+    off = [s for s in skews if s]
+    assert 0.02 < len(off) / len(skews) < 0.1 and all(abs(s) <= 3_000_000 for s in off)
+    checked = skewed = 0
+    for r in out:
+        doc = msgspec.json.decode(r.value) if r.bad is None else {}
+        if r.source == "live" and doc.get("type") == "live_join":
+            skew = records._clock_skew(doc["device_id"])
+            key = (f"profile:{doc['profile_id']}", f"live_event:{doc['event_id']}")
+            assert doc["ts_us"] - skew in joined[key]
+            checked += 1
+            skewed += bool(skew)
+    assert checked > 100 and skewed > 0

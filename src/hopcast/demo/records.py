@@ -26,8 +26,10 @@ The activity comes from :meth:`Company.activity`, so it keeps the company's shap
 popularity, heavy-tailed members (and ``heavy_accounts``), sessions interleaving, late events
 and redeliveries — a redelivered interaction is the same record again, byte for byte. On top of
 that, ``LATE_SHARE`` of the interactions' records arrive up to ``LATE_MAX_US`` late (a phone
-uploading what it buffered offline), out of order in their log. The playback table writes the
-row once the stream runs, so a watch's record carries the time of its ``streamed_from`` step.
+uploading what it buffered offline), out of order in their log; and some devices' clocks are
+off by seconds (``SKEWED_CLOCK_SHARE``), which the game and live events they report show. The
+playback table writes the row once the stream runs, so a watch's record carries the time of
+its ``streamed_from`` step.
 
 A share ``bad_share`` of activity events is followed by one deliberately bad record (a cut line,
 a wrong type, a missing field, an invalid id, an unknown event type, a broken change event, a
@@ -76,6 +78,11 @@ PLAYBACK_DELETE_SHARE = 0.002
 LATE_SHARE = 0.005
 #: A late record arrives 1 µs..LATE_MAX_US after it happened (stream time).
 LATE_MAX_US = 120 * 1_000_000
+#: Share of devices whose clock is off, by up to CLOCK_SKEW_MAX_US either way: the game and live
+#: events they report carry their time (event-time skew between sources; request logs and
+#: change events carry the servers' time).
+SKEWED_CLOCK_SHARE = 0.05
+CLOCK_SKEW_MAX_US = 3_000_000
 #: Redeliveries of the company's stream re-emit records remembered for this many interactions.
 REMEMBERED = 1 << 13
 #: The connector version written in change events (cosmetic; the decoder does not read it).
@@ -168,6 +175,7 @@ class CompanyRecords:
         self._sent: dict[str, list[DemoRecord]] = {}
         self._recent_rows: deque[str] = deque(maxlen=1024)
         self._devices: dict[str, str] = {}  # profile → usual device (cache)
+        self._skews: dict[str, int] = {}  # device → clock skew (cache)
         #: records held back to arrive late: (arrival ts, sequence, records)
         self._late: list[tuple[int, int, list[DemoRecord]]] = []
         self._late_seq = 0
@@ -329,25 +337,39 @@ class CompanyRecords:
         if t == "plays":
             return self._game(m)
         if t == "watched_live":
+            device = _key(str(m.props["device"]))
+            ts = m.ts + self._clock_skew(device)
             doc: dict[str, Any] = {
                 "type": "live_join",
-                "ts_us": m.ts,
+                "ts_us": ts,
                 "profile_id": _key(m.src),
                 "event_id": _key(m.dst),
-                "device_id": _key(str(m.props["device"])),
+                "device_id": device,
                 "minutes": m.props["minutes"],
             }
-            return [DemoRecord("live", _encode(doc), m.ts)]
+            return [DemoRecord("live", _encode(doc), ts)]
         if t == "supports":
+            ts = m.ts + self._clock_skew(self._device_of(m.src))
             doc = {
                 "type": "team_follow",
-                "ts_us": m.ts,
+                "ts_us": ts,
                 "profile_id": _key(m.src),
                 "team_id": _key(m.dst),
                 "via": m.props["source"],
             }
-            return [DemoRecord("live", _encode(doc), m.ts)]
+            return [DemoRecord("live", _encode(doc), ts)]
         raise ValueError(f"the demo has no service that records {t!r}")
+
+    def _clock_skew(self, device: str) -> int:
+        """How far a device's clock is off (µs): events it reports carry its own time."""
+        skew = self._skews.get(device)
+        if skew is None:
+            rng = random.Random(f"{self.company.config.seed}:clock:{device}")
+            skew = 0
+            if rng.random() < SKEWED_CLOCK_SHARE:
+                skew = int((2 * rng.random() - 1) * CLOCK_SKEW_MAX_US)
+            self._skews[device] = skew
+        return skew
 
     def _device_of(self, profile_id: str) -> str:
         device = self._devices.get(profile_id)
@@ -423,12 +445,9 @@ class CompanyRecords:
     def _game(self, m: EdgeUpsert) -> list[DemoRecord]:
         minutes = m.props["minutes"]
         assert isinstance(minutes, int)
-        ms = m.ts // 1000
-        base = {
-            "profile_id": _key(m.src),
-            "game_id": _key(m.dst),
-            "device_id": _key(str(m.props["device"])),
-        }
+        device = _key(str(m.props["device"]))
+        ms = (m.ts + self._clock_skew(device)) // 1000
+        base = {"profile_id": _key(m.src), "game_id": _key(m.dst), "device_id": device}
         start = {"event": "game_session_start", "ts_ms": ms - minutes * 60_000, **base}
         end = {"event": "game_session_end", "ts_ms": ms, **base, "minutes": minutes}
         return [
