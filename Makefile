@@ -6,7 +6,7 @@ PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.installed
 
 .PHONY: help install demo test check fmt lint typecheck test-fast bench bench-graph bench-graph-quick \
-	bench-broadcast bench-broadcast-quick clean
+	bench-ingest bench-ingest-quick bench-broadcast bench-broadcast-quick clean
 
 help:
 	@echo "make demo        run the whole system on the embedded default (hopcast run: the demo company's"
@@ -14,6 +14,7 @@ help:
 	@echo "make test        the full test suite"
 	@echo "make check       ruff format --check, ruff check, mypy on src/, fast tests"
 	@echo "make bench       every benchmark (make bench-graph: the graph store vs ladybug and sqlite3;"
+	@echo "                 make bench-ingest: demo records through the engine into LMDB, one core;"
 	@echo "                 make bench-broadcast: live trigger to 10k-100k devices vs python-socketio)"
 
 $(STAMP): pyproject.toml
@@ -47,13 +48,19 @@ typecheck: $(STAMP)
 
 check: lint typecheck test-fast
 
-bench: bench-graph bench-broadcast
+bench: bench-graph bench-ingest bench-broadcast
 
 bench-graph: $(STAMP)
 	$(PYTHON) bench/graph.py
 
 bench-graph-quick: $(STAMP)
 	$(PYTHON) bench/graph.py --quick
+
+bench-ingest: $(STAMP)
+	$(PYTHON) bench/ingest.py
+
+bench-ingest-quick: $(STAMP)
+	$(PYTHON) bench/ingest.py --quick
 
 bench-broadcast: $(STAMP)
 	$(PYTHON) bench/broadcast.py
