@@ -8,10 +8,12 @@
 
 One micro-batch, bounded by ``batch_records`` records and ``batch_ms`` milliseconds:
 
-1. **poll** every source (round robin, never more than the batch's remaining room) until the
-   batch is full, ``linger_ms`` have passed since its first record, or ``batch_ms`` since it
-   started (so at low rates a record waits about ``linger_ms``, while a backlog is read in
-   full batches at once);
+1. **poll** every source (round robin, without waiting, never more than the batch's remaining
+   room) until the batch is full, a round finds nothing more (the sources are idle: the batch
+   closes at once), ``linger_ms`` have passed since its first record, or ``batch_ms`` since it
+   started; only while the batch is still empty does it wait, a few ms on one source at a time
+   (so at low rates a record waits a few ms before it is processed, while a backlog is read in
+   full batches at once, and a batch written while records arrive takes them all next);
 2. **process** each record through its source's pipeline (pure; never raises): its mutations
    join the batch (through a :class:`~hopcast.stream.dedup.Coalescer` with ``coalesce=True``),
    a rejected record becomes one dead letter;
@@ -105,6 +107,9 @@ log = logging.getLogger("hopcast.ingest")
 DEFAULT_BATCH_RECORDS = 5_000
 DEFAULT_BATCH_MS = 200
 DEFAULT_LINGER_MS = 20
+#: Longest wait on one idle source before the engine looks at all of them again (a record on
+#: any source waits at most about this long to be polled).
+IDLE_WAIT_S = 0.005
 #: Consecutive source failures survived (about four minutes of backing off) before giving up.
 DEFAULT_SOURCE_RETRIES = 12
 #: The first back-off after a source failure (doubling per failure in a row, up to the max).
@@ -329,8 +334,8 @@ class EmbeddedEngine:
         deadletters: where rejected records go; None keeps them on the same KV as the graph.
         batch_records: most records per batch.
         batch_ms: longest time a batch collects records.
-        linger_ms: how long a batch keeps collecting after its first record (at low rates a
-            record waits about this long, not ``batch_ms``; under load batches fill up sooner).
+        linger_ms: longest time a batch keeps collecting after its first record while records
+            keep arriving (a round of polls that finds nothing closes the batch sooner).
         coalesce: merge overlapping updates within a batch before writing (off by default:
             with the embedded LMDB store it costs more CPU than the writes it saves — on the
             demo mix 36% fewer writes with hot keys, yet 8% fewer events/s, because the store
@@ -560,36 +565,58 @@ class EmbeddedEngine:
         return BatchResult(n_records, len(mutations), len(letters), positions)
 
     def _poll(self) -> list[tuple[str, list[Record]]]:
-        """Up to ``batch_records`` records from the sources (see :class:`EmbeddedEngine`)."""
+        """Up to ``batch_records`` records from the sources (see :class:`EmbeddedEngine`).
+
+        Every round asks each source for what it has without waiting; only a round that found
+        nothing, before the batch's first record, waits (``IDLE_WAIT_S`` on one source, the
+        next in turn each time), so a record on any source is seen within about that long. A
+        round that finds nothing more after the first records closes the batch: records do not
+        wait for a linger when the sources are idle.
+        """
         out: dict[str, list[Record]] = {}
         room = self.batch_records
         close_at = time.monotonic() + self.batch_s
         lingering = False
         n = len(self.sources)
-        slice_s = min(0.05, self.batch_s / max(n, 1))
         while room > 0 and not self._stop.is_set():
             got = False
             for i in range(n):
-                source, _ = self.sources[(self._next_source + i) % n]
-                wait = 0.0 if got else max(0.0, min(slice_s, close_at - time.monotonic()))
-                try:
-                    records = source.poll(room, wait)
-                except SourceError as exc:
-                    exc.hopcast_source = source.name  # type: ignore[attr-defined]
-                    raise
+                source = self.sources[(self._next_source + i) % n][0]
+                records = self._poll_source(source, room, 0.0)
                 if records:
                     out.setdefault(source.name, []).extend(records)
                     room -= len(records)
                     got = True
-                    if not lingering:  # the first records: the batch closes a linger from now
-                        lingering = True
-                        close_at = min(close_at, time.monotonic() + self.linger_s)
                     if room <= 0:
                         break
             self._next_source = (self._next_source + 1) % max(n, 1)
-            if time.monotonic() >= close_at:
+            now = time.monotonic()
+            if got and not lingering:  # the first records: the batch closes a linger from now
+                lingering = True
+                close_at = min(close_at, now + self.linger_s)
+            if n == 0:
+                self._stop.wait(max(0.0, close_at - now))
                 break
+            if (lingering and not got) or now >= close_at or room <= 0:
+                break
+            if not got:
+                source = self.sources[self._next_source][0]
+                wait = max(0.0, min(IDLE_WAIT_S, close_at - now))
+                records = self._poll_source(source, room, wait)
+                if records:
+                    out.setdefault(source.name, []).extend(records)
+                    room -= len(records)
+                    lingering = True
+                    close_at = min(close_at, time.monotonic() + self.linger_s)
         return list(out.items())
+
+    @staticmethod
+    def _poll_source(source: Source, room: int, wait: float) -> list[Record]:
+        try:
+            return source.poll(room, wait)
+        except SourceError as exc:
+            exc.hopcast_source = source.name  # type: ignore[attr-defined]
+            raise
 
     def _write(
         self,
