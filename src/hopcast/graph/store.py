@@ -257,15 +257,25 @@ class GraphStore:
         return valid, rejected
 
     def apply(
-        self, mutations: Iterable[Mutation], checkpoints: Mapping[str, bytes] | None = None
+        self,
+        mutations: Iterable[Mutation],
+        checkpoints: Mapping[str, bytes] | None = None,
+        *,
+        validated: bool = False,
     ) -> ApplyResult:
         """Validate, then apply mutations and checkpoints in one atomic write.
+
+        ``validated=True`` skips the validation for a caller whose mutations are already the
+        canonical forms that :meth:`validate` returns for this store's schema (an ingest
+        pipeline that validated them against :attr:`schema`); anything else must not pass it.
 
         Raises:
             SchemaViolation: if any mutation does not fit the schema (nothing is written).
             StorageError: if the backend fails (nothing is written).
         """
-        batch = self.validate(mutations)
+        batch = mutations if validated and isinstance(mutations, list) else None
+        if batch is None:
+            batch = list(mutations) if validated else self.validate(mutations)
         applied = 0
         touched: set[str] = set()
         node_ops = [m for m in batch if type(m) is NodeUpsert or type(m) is NodeDelete]

@@ -387,6 +387,13 @@ class EmbeddedEngine:
         self._stop = threading.Event()
         self._opened = False
         self._pipelines = {s.name: p for s, p in sources}
+        #: every pipeline validates against the store's own schema (and no coalescer merges
+        #: their outputs): a GraphStore need not validate the batch again
+        self._validated = (
+            isinstance(self.store, GraphStore)
+            and not coalesce
+            and all(p.schema is self.store.schema for p in self._pipelines.values())
+        )
         self.tables = dict(tables or {})
         self.source_retries = source_retries
         self._next_source = 0
@@ -640,7 +647,10 @@ class EmbeddedEngine:
                 if letters or more:
                     self.deadletters.put(*letters, *more)
                 try:
-                    result = self.store.apply(mutations, checkpoints)
+                    if self._validated:
+                        result = self.store.apply(mutations, checkpoints, validated=True)
+                    else:
+                        result = self.store.apply(mutations, checkpoints)
                 except SchemaViolation:
                     mutations, more = self._isolate(per_record)
                     self.deadletters.put(*more)
