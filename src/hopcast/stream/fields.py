@@ -22,7 +22,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -56,6 +56,36 @@ def _missing(path: Path) -> RecordRejected:
     return RecordRejected(Reason.MISSING_FIELD, f"field {'.'.join(path)!r} is missing or null")
 
 
+def _get_one(head: str, event: Event) -> Any:
+    side = event.side
+    if side and head in side:
+        return side[head]
+    return event.data.get(head, MISSING)
+
+
+def _get_two(path: Path, head: str, second: str, event: Event) -> Any:
+    side = event.side
+    if not side or head not in side:
+        value = event.data.get(head)
+        if type(value) is dict:  # decoded JSON: the fast path
+            return value.get(second, MISSING)
+    return event.get(path)
+
+
+def _get_path(path: Path, event: Event) -> Any:
+    return event.get(path)
+
+
+def getter(path: Path) -> Callable[[Event], Any]:
+    """``event.get(path)`` specialised for the path's length (the common one- and two-part
+    paths skip the general loop); same results."""
+    if len(path) == 1:
+        return partial(_get_one, path[0])
+    if len(path) == 2:
+        return partial(_get_two, path, path[0], path[1])
+    return partial(_get_path, path)
+
+
 @dataclass(frozen=True, slots=True)
 class Template:
     """Text with ``{path}`` placeholders (see the module docstring)."""
@@ -63,6 +93,13 @@ class Template:
     text: str
     #: Literal text and paths, alternating: ``("profile:", ("after", "id"), "")``.
     parts: tuple[str | Path, ...]
+    #: For the common ``"prefix{path}suffix"`` shape: the getter of its one path.
+    _get: Callable[[Event], Any] | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        parts = self.parts
+        if len(parts) == 3 and type(parts[1]) is tuple:
+            object.__setattr__(self, "_get", getter(parts[1]))
 
     @classmethod
     def parse(cls, text: str) -> Template:
@@ -110,6 +147,14 @@ class Template:
             RecordRejected: ``missing_field`` if a placeholder's field is absent or null.
         """
         parts = self.parts
+        get = self._get
+        if get is not None and not parts[0] and not parts[2]:
+            got = get(event)
+            if got is MISSING or got is None:
+                path = parts[1]
+                assert type(path) is tuple
+                raise _missing(path)
+            return got
         if len(parts) == 3 and not parts[0] and not parts[2]:
             path = parts[1]
             assert type(path) is tuple
@@ -127,8 +172,9 @@ class Template:
                 is a map or a list (an id made of a whole object is a mapping mistake).
         """
         parts = self.parts
-        if len(parts) == 3:  # the common shape, "type:{path}", without a loop
-            got = event.get(parts[1])  # type: ignore[arg-type]
+        get = self._get
+        if get is not None:  # the common shape, "type:{path}", without a loop
+            got = get(event)
             if type(got) is str:
                 return parts[0] + got + parts[2]  # type: ignore[operator]
         out: list[str] = []
@@ -479,6 +525,14 @@ class Condition:
     """
 
     tests: tuple[tuple[Path, Test], ...] = ()
+    #: The tests with each path's :func:`getter`.
+    _compiled: tuple[tuple[Callable[[Event], Any], Test], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
+
+    def __post_init__(self) -> None:
+        compiled = tuple((getter(path), test) for path, test in self.tests)
+        object.__setattr__(self, "_compiled", compiled)
 
     @classmethod
     def parse(cls, spec: Any) -> Condition:
@@ -495,4 +549,7 @@ class Condition:
 
     def holds(self, event: Event) -> bool:
         """Whether every test holds for ``event``."""
-        return all(test(event.get(path)) for path, test in self.tests)
+        for get, test in self._compiled:  # noqa: SIM110 (no generator per call: hot path)
+            if not test(get(event)):
+                return False
+        return True
