@@ -65,10 +65,11 @@ def _get_one(head: str, event: Event) -> Any:
 
 def _get_two(path: Path, head: str, second: str, event: Event) -> Any:
     side = event.side
-    if not side or head not in side:
-        value = event.data.get(head)
-        if type(value) is dict:  # decoded JSON: the fast path
-            return value.get(second, MISSING)
+    value = side[head] if side and head in side else event.data.get(head, MISSING)
+    if type(value) is dict:  # decoded JSON: the fast path
+        return value.get(second, MISSING)
+    if value is MISSING:
+        return MISSING
     return event.get(path)
 
 
