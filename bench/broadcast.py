@@ -734,10 +734,12 @@ def chart(rows: list[dict[str, Any]], path: Path, sizes: Sequence[int]) -> None:
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, system in enumerate(dict.fromkeys(r["system"] for r in rows)):
-        pts = [
+        pts = [  # only sizes the system managed in full (all connected, every round complete)
             (r["n"], r["p50"], r["p99"])
             for r in rows
-            if r["system"] == system and r["measure"] == "time to all devices" and r["p50"]
+            if r["system"] == system
+            and r["measure"] == "time to all devices"
+            and managed(rows, system, r["n"])
         ]
         if pts:
             ns, p50, p99 = zip(*pts, strict=True)
