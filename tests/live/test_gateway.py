@@ -707,6 +707,37 @@ def test_the_freeze_policy_freezes_after_each_burst_and_thaws_once_half_have_lef
         FreezePolicy(step=0)
 
 
+def test_the_freeze_policy_refreezes_after_a_heartbeat_only_once_the_heap_is_frozen() -> None:
+    policy = FreezePolicy(step=3)
+    assert not policy.settled(2)  # a small node keeps collecting normally
+    assert policy.opened(3)
+    assert policy.settled(3) and policy.settled(5)
+    assert not policy.closed(3)  # settling at 5 raised the base: thaw at 2, not at 1
+    assert policy.closed(2)
+    assert not policy.settled(2)
+
+
+def test_a_heartbeat_round_freezes_what_the_pongs_allocated() -> None:
+    gc.unfreeze()
+
+    async def main() -> None:
+        async with running(freeze_step=3, heartbeat_s=0.2) as env:
+            devices = [Device(env.url, f"tv-{i}") for i in range(3)]
+            await asyncio.gather(*(d.start() for d in devices))
+            gc.unfreeze()  # as if the connect burst's freeze were long past
+            assert gc.get_freeze_count() == 0
+            deadline = asyncio.get_running_loop().time() + 5
+            while gc.get_freeze_count() == 0 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
+            assert gc.get_freeze_count() > 0
+            await asyncio.gather(*(d.stop() for d in devices))
+
+    try:
+        run(main)
+    finally:
+        gc.unfreeze()
+
+
 def test_devices_connecting_in_bursts_get_frozen_out_of_the_collectors_way() -> None:
     gc.unfreeze()
     assert gc.get_freeze_count() == 0

@@ -105,6 +105,9 @@ LISTEN_BACKLOG = 4096
 #: ``bye`` spreads ``retry_after_ms`` uniformly over [0, this]: 100k devices told to leave come
 #: back at ~10k/s at most, plus each device's own jittered backoff.
 RETRY_SPREAD_MS = 10_000
+#: Longest wait after a heartbeat's pings before the heap is frozen again (the pongs of 100k
+#: devices on one node arrive within a second or two).
+SETTLE_MAX_S = 5.0
 #: Distinct ``bye`` frames per reason, encoded once: 32 evenly spaced delays spread a fleet as
 #: well as per-device randomness without encoding a frame per device.
 RETRY_BUCKETS = 32
@@ -559,14 +562,20 @@ class Gateway:
         _write(conn, self._rng.choice(self._byes[reason]))
 
     async def _heartbeat(self) -> None:
+        # The pongs of a round are in well before the next ping: re-freeze the heap then
+        # (FreezePolicy.settled), so what they allocated is not walked by full collections.
+        settle_s = min(SETTLE_MAX_S, self._heartbeat_s / 4)
         while True:
-            await asyncio.sleep(self._heartbeat_s)
+            await asyncio.sleep(self._heartbeat_s - settle_s)
             self._beat()
             if self._registry is not None:
                 now = self._clock()
                 devices = [c.hc_claims.device for c in self._devices if c.hc_claims is not None]
                 await self._presence(self._registry.refresh(devices, self._node_id, now))
                 await self._presence(self._registry.expire(now))
+            await asyncio.sleep(settle_s)
+            if self._freeze.settled(len(self._devices)):
+                gc.freeze()
 
     def _beat(self) -> None:
         """One heartbeat: 1. one ``ping`` frame to every device; 2. evict the silent ones."""
