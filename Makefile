@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: help install demo test check fmt lint typecheck test-fast bench bench-graph bench-graph-quick \
+.PHONY: help install services demo test check fmt lint typecheck test-fast bench bench-graph bench-graph-quick \
 	bench-ingest bench-ingest-quick bench-broadcast bench-broadcast-quick clean
 
 help:
@@ -29,8 +29,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/hopcast run
 
-test: $(STAMP)
+test: $(STAMP) services
 	$(BIN)/pytest -q
+
+# Redis, PostgreSQL, Java/Maven and the Kafka broker's jars for the tests (apt as root; a
+# no-op once present). The tests start and stop the servers themselves.
+services:
+	deploy/install.sh
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"

@@ -73,3 +73,11 @@ def test_bad_usage_exits_2() -> None:
         assert script(name, "restart").returncode == 2
         assert script(name, "start", "--port", "http").returncode == 2
         assert script(name, "status", "--bogus").returncode == 2
+
+
+def test_install_check_finds_every_package_the_tests_need() -> None:
+    install = Path(__file__).resolve().parent.parent / "deploy" / "install.sh"
+    checked = subprocess.run([str(install), "--check"], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    bad = subprocess.run([str(install), "--bogus"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "usage" in bad.stderr
