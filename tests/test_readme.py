@@ -26,7 +26,18 @@ def test_the_readme_python_example_runs(tmp_path: Path) -> None:
 
 def test_the_make_targets_named_in_the_readme_exist() -> None:
     makefile = (README.parent / "Makefile").read_text()
-    for target in ("demo", "test", "check", "bench-graph", "bench-graph-quick"):
+    for target in (
+        "demo",
+        "test",
+        "check",
+        "bench",
+        "bench-graph",
+        "bench-graph-quick",
+        "bench-ingest",
+        "bench-ingest-quick",
+        "bench-broadcast",
+        "bench-broadcast-quick",
+    ):
         assert f"\n{target}:" in makefile
 
 
