@@ -34,8 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -44,34 +43,17 @@ from websockets.frames import CloseCode
 from websockets.uri import parse_uri
 
 from hopcast.durations import SECOND, now_us
-from hopcast.errors import ConfigError, InvalidInput, TokenError
+from hopcast.errors import ConfigError
 from hopcast.live import messages as m
-from hopcast.live.messages import ErrorCode, ProtocolError
+from hopcast.live.messages import ProtocolError
 from hopcast.live.messages import payload_ref as payload_ref  # re-exported: part of this API
-from hopcast.live.prefetch import Manifest, decode_manifest, ranked_spread_delay, spread_delay
-from hopcast.sdk.protocol import (
-    FALLBACK_WINDOW_S,
-    HELLO_TIMEOUT_US,
-    DeviceEvent,
-    DeviceProtocol,
-    NeedsPayload,
-    ResyncNeeded,
-    ServerBye,
-    ServerError,
-    StateSynced,
-    TriggerApplied,
-    Welcomed,
-    fallback_fetch_delay,
-    reconnect_delay,
-)
-
-#: Fetches a payload (or a manifest) by reference: its bytes, or ``None`` when the origin has
-#: nothing under it (404). Network failures raise.
-Fetch = Callable[[str], Awaitable[bytes | None]]
-#: Returns a fresh token after the gateway refused the current one.
-RefreshToken = Callable[[], Awaitable[str]]
-#: Waits the given number of seconds (``asyncio.sleep``; tests and the simulator inject others).
-Sleep = Callable[[float], Awaitable[None]]
+from hopcast.sdk.device import AppliedStage as AppliedStage  # re-exported: part of this API
+from hopcast.sdk.device import ClientStats as ClientStats
+from hopcast.sdk.device import DeviceCore
+from hopcast.sdk.device import Fetch as Fetch
+from hopcast.sdk.device import RefreshToken as RefreshToken
+from hopcast.sdk.device import Sleep as Sleep
+from hopcast.sdk.protocol import FALLBACK_WINDOW_S, HELLO_TIMEOUT_US, DeviceEvent
 
 #: How long to wait for the WebSocket handshake: the same budget as the wait for ``welcome``
 #: (a gateway busy for longer is better retried later, maybe on another node).
@@ -83,70 +65,7 @@ CLOSE_TIMEOUT_S = 1.0
 logger = logging.getLogger("hopcast.sdk")
 
 
-@dataclass(frozen=True, slots=True)
-class AppliedStage:
-    """One stage the device applied (at most once per ``(event, version)``).
-
-    Attributes:
-        channel, event, stage, version: as in the trigger or snapshot that brought it.
-        ts: when the stage took effect at the origin, µs (from the trigger).
-        applied_at: the client's clock when it applied the stage, µs; ``applied_at - ts`` is
-            the time to update (both clocks must agree, e.g. one host).
-    """
-
-    channel: str
-    event: str
-    stage: str
-    version: int
-    ts: int
-    applied_at: int
-
-
-@dataclass(slots=True)
-class ClientStats:
-    """What a :class:`DeviceClient` did; counters only grow.
-
-    Attributes:
-        connects: WebSocket connections opened (handshake done, ``hello`` sent).
-        reconnects: connection attempts after the first, successful or not.
-        connect_failures: attempts that failed before the WebSocket opened.
-        welcomes: connections the gateway accepted.
-        timeouts: connections dropped because nothing arrived before the deadline.
-        protocol_errors: connections closed because the gateway sent an invalid frame.
-        resyncs: connections dropped to resume after a sequence gap.
-        byes: ``bye`` messages received.
-        server_errors: ``error`` messages received (``forbidden`` included).
-        token_refreshes: calls to ``refresh_token``.
-        triggers_applied: stages applied (from triggers and snapshots).
-        duplicates, stale: triggers ignored as already applied / older than applied.
-        state_syncs: ``state`` snapshots taken in.
-        fallback_fetches: payload fetches started after a trigger found the cache lacking.
-        fallback_failures: those that raised or found nothing.
-        prefetches: manifests fetched and cached by :meth:`DeviceClient.prefetch`.
-        applied: every applied stage with its time, in order.
-    """
-
-    connects: int = 0
-    reconnects: int = 0
-    connect_failures: int = 0
-    welcomes: int = 0
-    timeouts: int = 0
-    protocol_errors: int = 0
-    resyncs: int = 0
-    byes: int = 0
-    server_errors: int = 0
-    token_refreshes: int = 0
-    triggers_applied: int = 0
-    duplicates: int = 0
-    stale: int = 0
-    state_syncs: int = 0
-    fallback_fetches: int = 0
-    fallback_failures: int = 0
-    prefetches: int = 0
-    applied: list[AppliedStage] = field(default_factory=list)
-
-
-class DeviceClient:
+class DeviceClient(DeviceCore):
     """One device: connects, follows channels, applies triggers and keeps its payload cache.
 
     Args:
@@ -195,19 +114,19 @@ class DeviceClient:
             parse_uri(url)
         except InvalidURI as exc:
             raise ConfigError(f"not a WebSocket URL: {url!r}") from exc
-        if fallback_window_s < 0:
-            raise ConfigError(f"fallback window must be >= 0 seconds, got {fallback_window_s}")
+        super().__init__(
+            token,
+            channels,
+            rng=rng,
+            cache=cache,
+            fetch=fetch,
+            clock=clock,
+            on_event=on_event,
+            refresh_token=refresh_token,
+            sleep=sleep,
+            fallback_window_s=fallback_window_s,
+        )
         self.url = url
-        self.cache: MutableMapping[str, bytes] = {} if cache is None else cache
-        self.stats = ClientStats()
-        self.protocol = DeviceProtocol(token, channels, cache=self.cache)
-        self._rng = rng
-        self._fetch = fetch
-        self._clock = clock
-        self._on_event = on_event
-        self._refresh_token = refresh_token
-        self._sleep = sleep
-        self._fallback_window_s = fallback_window_s
         self._connect_options: dict[str, Any] = {
             "compression": None,  # 3x the server's memory per connection for tiny messages
             "max_size": m.MAX_FRAME_BYTES,
@@ -218,54 +137,6 @@ class DeviceClient:
             "ping_interval": None,
             **(connect_options or {}),
         }
-        self._attempt = 0
-        self._refresh_needed = False
-        self._running = False
-        self._fetches: dict[str, asyncio.Task[None]] = {}
-
-    @property
-    def token(self) -> str:
-        """The token the next connection presents."""
-        return self.protocol.token
-
-    # -- the connection loop -------------------------------------------------------------------
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Stay connected until ``stop`` is set, reconnecting whenever a connection ends.
-
-        Returns once ``stop`` is set: the open connection is closed (code 1000) and pending
-        fallback fetches are cancelled. Counters stay readable in :attr:`stats`; positions and
-        applied stages in :attr:`protocol`, so a later ``run()`` resumes where this one ended.
-
-        Raises:
-            TokenError: the gateway refused the token and there is no ``refresh_token``.
-            ConfigError: the gateway does not speak this client's protocol version.
-            RuntimeError: ``run()`` is already running.
-            Exceptions from ``on_event`` and ``refresh_token``.
-        """
-        if self._running:
-            raise RuntimeError("DeviceClient.run() is already running")
-        self._running = True
-        stop_task = asyncio.ensure_future(stop.wait())
-        try:
-            while not stop.is_set():
-                await self._session(stop_task)
-                if stop.is_set():
-                    break
-                if self._refresh_needed:
-                    await self._refresh()
-                delay = reconnect_delay(self._attempt, self._rng, self.protocol.retry_after_ms)
-                self._attempt += 1
-                if await self._pause(delay, stop_task):
-                    break
-                self.stats.reconnects += 1
-        finally:
-            self._running = False
-            stop_task.cancel()
-            fetches = list(self._fetches.values())
-            for task in fetches:
-                task.cancel()
-            await asyncio.gather(*fetches, return_exceptions=True)
 
     async def _session(self, stop_task: asyncio.Future[Any]) -> None:
         """One connection, from opening the WebSocket to losing it (never raises on I/O)."""
@@ -339,148 +210,3 @@ class DeviceClient:
                 await ws.send(out, text=True)
             if not self._handle(events, now):
                 return CloseCode.NORMAL_CLOSURE
-
-    def _handle(self, events: list[DeviceEvent], now: int) -> bool:
-        """Act on the protocol's events; False when the connection should end."""
-        stats, keep = self.stats, True
-        stats.duplicates, stats.stale = self.protocol.duplicates, self.protocol.stale
-        for event in events:
-            match event:
-                case Welcomed():
-                    stats.welcomes += 1
-                    self._attempt = 0
-                case TriggerApplied(channel, name, stage, version, ts, _):
-                    stats.triggers_applied += 1
-                    stats.applied.append(AppliedStage(channel, name, stage, version, ts, now))
-                case NeedsPayload(payload=ref):
-                    self._start_fallback(ref)
-                case StateSynced():
-                    stats.state_syncs += 1
-                case ResyncNeeded():
-                    stats.resyncs += 1
-                    keep = False
-                case ServerError(code=code, reason=reason):
-                    stats.server_errors += 1
-                    keep = self._on_server_error(code, reason) and keep
-                case ServerBye():
-                    stats.byes += 1
-                    keep = False
-            if self._on_event is not None:
-                self._on_event(event)
-        return keep
-
-    def _on_server_error(self, code: str, reason: str) -> bool:
-        """Decide what an ``error`` means for the connection; False ends it."""
-        if code == ErrorCode.FORBIDDEN:
-            logger.warning("gateway refused a channel: %s", reason)
-            return True
-        if code == ErrorCode.UNAUTHORIZED:
-            if self._refresh_token is None:
-                raise TokenError(ErrorCode.UNAUTHORIZED, f"the gateway refused it: {reason}")
-            self._refresh_needed = True
-        elif code == ErrorCode.UNSUPPORTED_PROTOCOL:
-            raise ConfigError(f"the gateway does not speak protocol {m.PROTOCOL_VERSION}: {reason}")
-        return False  # malformed, unexpected and unknown codes: the gateway is closing
-
-    async def _refresh(self) -> None:
-        assert self._refresh_token is not None  # only flagged when there is one
-        self._refresh_needed = False
-        self.stats.token_refreshes += 1
-        self.protocol.token = await self._refresh_token()
-
-    async def _pause(self, seconds: float, stop_task: asyncio.Future[Any]) -> bool:
-        """Wait ``seconds`` through ``sleep``, or until stop; True if stopped."""
-        sleeper = asyncio.ensure_future(self._sleep(seconds))
-        try:
-            await asyncio.wait({sleeper, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-        return stop_task.done()
-
-    # -- payloads --------------------------------------------------------------------------------
-
-    def _start_fallback(self, ref: str) -> None:
-        if self._fetch is None or ref in self._fetches:
-            return
-        task = asyncio.ensure_future(self._fallback(ref, self._fetch))
-        self._fetches[ref] = task
-        task.add_done_callback(lambda _: self._fetches.pop(ref, None))
-
-    async def _fallback(self, ref: str, fetch: Fetch) -> None:
-        """Fetch a payload the cache lacked at trigger time, after a jittered delay."""
-        await self._sleep(fallback_fetch_delay(self._rng, self._fallback_window_s))
-        if ref in self.cache:
-            return  # a prefetch got it meanwhile
-        self.stats.fallback_fetches += 1
-        try:
-            body = await fetch(ref)
-        except Exception:
-            self.stats.fallback_failures += 1
-            logger.warning("fallback fetch of %s failed", ref, exc_info=True)
-            return
-        if body is None:
-            self.stats.fallback_failures += 1
-            logger.warning("fallback fetch of %s: the origin has no such payload", ref)
-            return
-        self.cache[ref] = body
-
-    async def prefetch(
-        self,
-        manifest: str,
-        *,
-        opens_at: int,
-        closes_at: int,
-        device_id: str | None = None,
-        rank: int | None = None,
-        fetch: Fetch | None = None,
-    ) -> Manifest | None:
-        """Prefetch an event's payloads at this device's point of the prefetch window.
-
-        Steps:
-            1. wait until the device's point: :func:`~hopcast.live.prefetch.spread_delay` of
-               ``device_id``, or :func:`~hopcast.live.prefetch.ranked_spread_delay` of
-               ``rank`` (no wait once the point has passed);
-            2. fetch the manifest once;
-            3. cache every stage's payload under :func:`payload_ref` ``(event, stage)``.
-
-        Args:
-            manifest: what ``fetch`` is called with (e.g. the manifest's URL for the device's
-                segment).
-            opens_at, closes_at: the prefetch window, µs.
-            device_id, rank: exactly one of them places the fetch in the window.
-            fetch: defaults to the client's ``fetch``.
-
-        Returns:
-            The manifest, or ``None`` when the origin has none (nothing is cached).
-
-        Raises:
-            InvalidInput: not exactly one of ``device_id`` and ``rank``, no fetch function, an
-                invalid window, or a malformed manifest.
-            Exceptions from ``fetch``.
-        """
-        fetcher = fetch or self._fetch
-        if fetcher is None:
-            raise InvalidInput("prefetch needs a fetch function")
-        if (device_id is None) == (rank is None):
-            raise InvalidInput("pass exactly one of device_id and rank")
-        # 1. wait for the device's point of the window
-        now = self._clock()
-        if device_id is not None:
-            wait_us = spread_delay(device_id, opens_at, closes_at, now)
-        else:
-            assert rank is not None
-            wait_us = ranked_spread_delay(rank, opens_at, closes_at, now)
-        await self._sleep(wait_us / SECOND)
-        # 2. one request
-        body = await fetcher(manifest)
-        if body is None:
-            return None
-        # 3. cache each stage's payload
-        decoded = decode_manifest(body)
-        for stage, payload_id in decoded.stages.items():
-            raw = decoded.payloads.get(payload_id)
-            if raw is None:
-                raise InvalidInput(f"manifest names payload {payload_id!r} but does not carry it")
-            self.cache[payload_ref(decoded.event, stage)] = bytes(raw)
-        self.stats.prefetches += 1
-        return decoded

@@ -42,6 +42,7 @@ from urllib.parse import quote
 from hopcast.durations import HOUR, now_us
 from hopcast.live import tokens
 from hopcast.sdk.client import DeviceClient, payload_ref
+from hopcast.sdk.device import DeviceCore
 from hopcast.sdk.lightclient import LightClient
 from hopcast.sdk.origin import OriginError, OriginPool
 from hopcast.sdk.protocol import (
@@ -315,33 +316,21 @@ class _Device:
         self.fetch_failures = 0
         self.own_fetches: set[str] = set()
         local = None if spec.local_host is None else (spec.local_host, 0)
-        self.client: DeviceClient | LightClient
+        common: dict[str, Any] = {
+            "rng": self.rng,
+            "cache": self.cache,
+            "fetch": self.fetch_payload,
+            "on_event": self.on_event,
+            "refresh_token": self.refresh_token,
+            "fallback_window_s": spec.fallback_window_s,
+        }
+        url = spec.gateways[self.gateway]
+        self.client: DeviceCore
         if spec.client == "sdk":
-            self.client = DeviceClient(
-                spec.gateways[self.gateway],
-                token,
-                spec.channels,
-                rng=self.rng,
-                cache=self.cache,
-                fetch=self.fetch_payload,
-                on_event=self.on_event,
-                refresh_token=self.refresh_token,
-                fallback_window_s=spec.fallback_window_s,
-                connect_options={} if local is None else {"local_addr": local},
-            )
+            options = {} if local is None else {"local_addr": local}
+            self.client = DeviceClient(url, token, spec.channels, connect_options=options, **common)
         else:
-            self.client = LightClient(
-                spec.gateways[self.gateway],
-                token,
-                spec.channels,
-                rng=self.rng,
-                cache=self.cache,
-                fetch=self.fetch_payload,
-                on_event=self.on_event,
-                refresh_token=self.refresh_token,
-                fallback_window_s=spec.fallback_window_s,
-                local_addr=local,
-            )
+            self.client = LightClient(url, token, spec.channels, local_addr=local, **common)
 
     # -- SDK callbacks -----------------------------------------------------------------------
 

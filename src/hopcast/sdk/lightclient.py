@@ -29,33 +29,12 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from hopcast.durations import SECOND, now_us
-from hopcast.errors import ConfigError, InvalidInput, TokenError
+from hopcast.errors import ConfigError
 from hopcast.live import messages as m
-from hopcast.live.messages import ErrorCode, ProtocolError
-from hopcast.live.prefetch import Manifest, decode_manifest, ranked_spread_delay, spread_delay
-from hopcast.sdk.client import (
-    CLOSE_TIMEOUT_S,
-    OPEN_TIMEOUT_S,
-    AppliedStage,
-    ClientStats,
-    Fetch,
-    RefreshToken,
-    payload_ref,
-)
-from hopcast.sdk.protocol import (
-    FALLBACK_WINDOW_S,
-    DeviceEvent,
-    DeviceProtocol,
-    NeedsPayload,
-    ResyncNeeded,
-    ServerBye,
-    ServerError,
-    StateSynced,
-    TriggerApplied,
-    Welcomed,
-    fallback_fetch_delay,
-    reconnect_delay,
-)
+from hopcast.live.messages import ProtocolError
+from hopcast.sdk.client import CLOSE_TIMEOUT_S, OPEN_TIMEOUT_S
+from hopcast.sdk.device import DeviceCore, Fetch, RefreshToken
+from hopcast.sdk.protocol import FALLBACK_WINDOW_S, DeviceEvent
 
 #: RFC 6455's GUID, hashed with the key to make ``Sec-WebSocket-Accept``.
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -212,7 +191,7 @@ class _Wire(asyncio.Protocol):
         self.abort()
 
 
-class LightClient:
+class LightClient(DeviceCore):
     """One device on :class:`_Wire`; the same contract as
     :class:`~hopcast.sdk.client.DeviceClient` for what the simulator uses: :meth:`run`,
     :meth:`prefetch`, :attr:`stats`, :attr:`protocol`, :attr:`cache`.
@@ -244,56 +223,24 @@ class LightClient:
         parts = urlsplit(url)
         if parts.scheme != "ws" or not parts.hostname:
             raise ConfigError(f"the light client speaks ws:// only, got {url!r}")
+        super().__init__(
+            token,
+            channels,
+            rng=rng,
+            cache=cache,
+            fetch=fetch,
+            clock=clock,
+            on_event=on_event,
+            refresh_token=refresh_token,
+            fallback_window_s=fallback_window_s,
+        )
         self.url = url
         self._host = parts.hostname
         self._port = parts.port or 80
         self._netloc = parts.netloc
         self._path = parts.path or "/"
-        self.cache: MutableMapping[str, bytes] = {} if cache is None else cache
-        self.stats = ClientStats()
-        self.protocol = DeviceProtocol(token, channels, cache=self.cache)
-        self._rng = rng
-        self._fetch = fetch
-        self._clock = clock
-        self._on_event = on_event
-        self._refresh_token = refresh_token
-        self._fallback_window_s = fallback_window_s
         self._local_addr = local_addr
-        self._attempt = 0
-        self._refresh_needed = False
         self._wire: _Wire | None = None
-        self._fetches: dict[str, asyncio.Task[None]] = {}
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Stay connected until ``stop`` is set, reconnecting after
-        :func:`~hopcast.sdk.protocol.reconnect_delay` whenever a connection ends.
-
-        Raises:
-            TokenError: the gateway refused the token and there is no ``refresh_token``.
-            ConfigError: the gateway does not speak this client's protocol version.
-        """
-        stop_task = asyncio.ensure_future(stop.wait())
-        try:
-            while not stop.is_set():
-                await self._session(stop_task)
-                if stop.is_set():
-                    break
-                if self._refresh_needed and self._refresh_token is not None:
-                    self._refresh_needed = False
-                    self.stats.token_refreshes += 1
-                    self.protocol.token = await self._refresh_token()
-                delay = reconnect_delay(self._attempt, self._rng, self.protocol.retry_after_ms)
-                self._attempt += 1
-                await asyncio.wait({stop_task}, timeout=delay)
-                if stop.is_set():
-                    break
-                self.stats.reconnects += 1
-        finally:
-            stop_task.cancel()
-            fetches = list(self._fetches.values())
-            for task in fetches:
-                task.cancel()
-            await asyncio.gather(*fetches, return_exceptions=True)
 
     async def _session(self, stop_task: asyncio.Future[Any]) -> None:
         loop = asyncio.get_running_loop()
@@ -351,104 +298,3 @@ class LightClient:
             wire.send(out)
         if not self._handle(events, now):
             wire.close()
-
-    def _handle(self, events: list[DeviceEvent], now: int) -> bool:
-        """Act on the protocol's events (as DeviceClient does); False to end the connection."""
-        stats, keep = self.stats, True
-        stats.duplicates, stats.stale = self.protocol.duplicates, self.protocol.stale
-        for event in events:
-            match event:
-                case Welcomed():
-                    stats.welcomes += 1
-                    self._attempt = 0
-                case TriggerApplied(channel, name, stage, version, ts, _):
-                    stats.triggers_applied += 1
-                    stats.applied.append(AppliedStage(channel, name, stage, version, ts, now))
-                case NeedsPayload(payload=ref):
-                    self._start_fallback(ref)
-                case StateSynced():
-                    stats.state_syncs += 1
-                case ResyncNeeded():
-                    stats.resyncs += 1
-                    keep = False
-                case ServerError(code=code, reason=reason):
-                    stats.server_errors += 1
-                    if code != ErrorCode.FORBIDDEN:  # forbidden: the connection goes on
-                        keep = False
-                    if code == ErrorCode.UNAUTHORIZED:
-                        if self._refresh_token is None:
-                            raise TokenError(ErrorCode.UNAUTHORIZED, f"refused: {reason}")
-                        self._refresh_needed = True
-                    elif code == ErrorCode.UNSUPPORTED_PROTOCOL:
-                        raise ConfigError(f"the gateway does not speak {m.PROTOCOL_VERSION}")
-                case ServerBye():
-                    stats.byes += 1
-                    keep = False
-            if self._on_event is not None:
-                self._on_event(event)
-        return keep
-
-    # -- payloads ------------------------------------------------------------------------------
-
-    def _start_fallback(self, ref: str) -> None:
-        if self._fetch is None or ref in self._fetches:
-            return
-        task = asyncio.ensure_future(self._fallback(ref, self._fetch))
-        self._fetches[ref] = task
-        task.add_done_callback(lambda _: self._fetches.pop(ref, None))
-
-    async def _fallback(self, ref: str, fetch: Fetch) -> None:
-        await asyncio.sleep(fallback_fetch_delay(self._rng, self._fallback_window_s))
-        if ref in self.cache:
-            return
-        self.stats.fallback_fetches += 1
-        try:
-            body = await fetch(ref)
-        except Exception:
-            self.stats.fallback_failures += 1
-            return
-        if body is None:
-            self.stats.fallback_failures += 1
-            return
-        self.cache[ref] = body
-
-    async def prefetch(
-        self,
-        manifest: str,
-        *,
-        opens_at: int,
-        closes_at: int,
-        device_id: str | None = None,
-        rank: int | None = None,
-        fetch: Fetch | None = None,
-    ) -> Manifest | None:
-        """As :meth:`hopcast.sdk.client.DeviceClient.prefetch`: wait for the device's point of
-        the window, fetch the manifest once, cache every stage's payload.
-
-        Raises:
-            InvalidInput: not exactly one of ``device_id`` and ``rank``, no fetch function, or
-                a malformed manifest.
-        """
-        fetcher = fetch or self._fetch
-        if fetcher is None:
-            raise InvalidInput("prefetch needs a fetch function")
-        if (device_id is None) == (rank is None):
-            raise InvalidInput("pass exactly one of device_id and rank")
-        now = self._clock()
-        if device_id is not None:
-            wait_us = spread_delay(device_id, opens_at, closes_at, now)
-        else:
-            assert rank is not None
-            wait_us = ranked_spread_delay(rank, opens_at, closes_at, now)
-        await asyncio.sleep(wait_us / SECOND)
-        body = await fetcher(manifest)
-        if body is None:
-            return None
-        decoded = decode_manifest(body)
-        for stage, payload_id in decoded.stages.items():
-            raw = decoded.payloads.get(payload_id)
-            if raw is None:
-                raise InvalidInput(f"manifest names payload {payload_id!r} but does not carry it")
-            self.cache[payload_ref(decoded.event, stage)] = bytes(raw)
-        self.stats.prefetches += 1
-        return decoded
