@@ -9,7 +9,9 @@ system:
   catalogue and member changes, late, duplicated and a few bad records — in their real mix;
 * hopcast — every source a :class:`ListSource`, through :func:`engine_for` with the demo
   mappings and the real :class:`EmbeddedEngine`: decode → operators → map → one fsync'd LMDB
-  write per micro-batch with the source positions as checkpoints; end-to-end events/s;
+  write per micro-batch with the source positions as checkpoints; end-to-end events/s, the best
+  of ``--repeat`` runs (2; each on a fresh store: other processes on the machine slow a run down,
+  never up), and events per CPU-second of the same run;
 * where the time goes — the engine's own per-stage timings (poll, process, write, commit) of
   the same run, and the same work repeated stage by stage on the same records (decode only;
   the pipelines; schema validation; the store's apply with and without its validation);
@@ -23,7 +25,7 @@ system:
 Writes ``bench/results/ingest.jsonl`` (``ingest-quick`` for ``--quick``), one JSON object per
 system and measure, and prints a table with ratios (> 1 means hopcast is faster).
 
-    python bench/ingest.py               # 300k activity events
+    python bench/ingest.py               # 300k interactions (about 270k records)
     python bench/ingest.py --quick       # small, < 60 s
 """
 
@@ -557,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--freshness-s", type=float, help="seconds of paced feed (default 20)")
     ap.add_argument("--batch-records", type=int, default=DEFAULT_BATCH_RECORDS)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="max-rate runs (fresh store each); the best counts"
+    )
     ap.add_argument("--cpu", type=int, default=0, help="the CPU to pin the process to")
     args = ap.parse_args(argv)
     events = args.events or (40_000 if args.quick else 300_000)
@@ -580,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             "records": len(activity),
             "snapshot": len(snapshot),
             "batch_records": args.batch_records,
+            "max_rate_runs": args.repeat,
             "cores": 1,
             "loadavg_1m": round(os.getloadavg()[0], 2),
             "cpus": os.cpu_count(),
@@ -587,7 +593,13 @@ def main(argv: list[str] | None = None) -> int:
         rec = Recorder(params)
 
         console.print("hopcast: maximum rate …")
-        h = run_hopcast(workdir, snapshot, activity, args.batch_records)
+        runs = [run_hopcast(workdir, snapshot, activity, args.batch_records)]
+        for _ in range(args.repeat - 1):
+            runs.append(run_hopcast(workdir, snapshot, activity, args.batch_records))
+        h = max(runs, key=lambda r: r["events"] / r["seconds"])
+        console.print(
+            "  events/s per run: " + ", ".join(f"{r['events'] / r['seconds']:,.0f}" for r in runs)
+        )
         rate = h["events"] / h["seconds"]
         per_event = h["mutations"] / max(1, h["events"])
         rec.rate("hopcast", "events/s (end to end, 1 core)", rate, "events/s")
@@ -626,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"freshness at {half:,.0f} events/s for {fresh_s:.0f} s …")
         f = run_freshness(workdir, snapshot, activity, half, fresh_s, args.batch_records)
         rec.latency("hopcast", f"freshness at {half:,.0f}/s (½ max)", f["p50"], f["p99"], "ms")
+        rec.rows[-1]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
 
         console.print(f"naive per-event loop on {naive_events:,} records …")
         nv = run_naive(workdir, snapshot, activity[:naive_events])
