@@ -22,8 +22,11 @@ The pipeline of one source, every part of it pure (values in, values out; time p
 * :mod:`~hopcast.stream.deadletter` — :class:`DeadLetter` (reason code, message, raw payload,
   source, position) and its KV-backed store.
 
-Not here yet: sources (Kafka, PostgreSQL CDC, log files, HTTP journal) and engines (embedded,
-Flink), which feed records in and write the coalesced mutations with their source positions.
+* :mod:`~hopcast.stream.sources` — where records come from (the :class:`Source` protocol and
+  its contract check; a list, JSON-lines log files, the HTTP ingest journal, PostgreSQL CDC,
+  Kafka), each with resumable positions;
+* :mod:`~hopcast.stream.engines` — what drives it: the embedded engine writes each batch's
+  mutations together with the positions they came from in one atomic write.
 """
 
 from __future__ import annotations
