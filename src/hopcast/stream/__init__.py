@@ -20,8 +20,7 @@ The pipeline of one source, every part of it pure (values in, values out; time p
 * :mod:`~hopcast.stream.dedup` — :class:`Coalescer`: overlapping updates per node and edge
   merged in a window with last-write-wins, so the store sees fewer writes and the same graph;
 * :mod:`~hopcast.stream.deadletter` — :class:`DeadLetter` (reason code, message, raw payload,
-  source, position) and its KV-backed store.
-
+  source, position) and its KV-backed store;
 * :mod:`~hopcast.stream.sources` — where records come from (the :class:`Source` protocol and
   its contract check; a list, JSON-lines log files, the HTTP ingest journal, PostgreSQL CDC,
   Kafka), each with resumable positions;
