@@ -16,20 +16,25 @@ from hopcast.kv import KVStore
 from hopcast.kv.lmdb import LmdbKV
 from hopcast.kv.memory import MemoryKV
 
-BACKENDS = ["memory", "lmdb"]
+BACKENDS = ["memory", "lmdb", "redis"]
 
 
-def make_kv(name: str, tmp_path: Path) -> KVStore:
+def make_kv(name: str, tmp_path: Path, request: pytest.FixtureRequest | None = None) -> KVStore:
     if name == "memory":
         return MemoryKV()
     if name == "lmdb":
         return LmdbKV(tmp_path / "lmdb", sync=False)
+    if name == "redis" and request is not None:
+        from hopcast.kv.redis import RedisKV
+
+        url = request.getfixturevalue("redis_url")
+        return RedisKV(url, prefix=request.getfixturevalue("redis_prefix"))
     raise ValueError(name)
 
 
 @pytest.fixture(params=BACKENDS)
 def kv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KVStore]:
-    store = make_kv(request.param, tmp_path)
+    store = make_kv(request.param, tmp_path, request)
     yield store
     store.close()
 

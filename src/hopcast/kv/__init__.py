@@ -1,6 +1,7 @@
-"""Key-value backends: ``memory`` (reference), ``lmdb`` (embedded default), more to come.
+"""Key-value backends: ``memory`` (reference), ``lmdb`` (embedded default), ``redis`` (scale-out).
 
-Open one by URL with :func:`open_kv`: ``memory://`` or ``lmdb:///path/to/dir`` (also a bare path).
+Open one by URL with :func:`open_kv`: ``memory://``, ``lmdb:///path/to/dir`` (also a bare path) or
+``redis://host:port/db``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ def open_kv(url: str, **options: object) -> KVStore:
     """Open a backend by URL.
 
     Args:
-        url: ``memory://``, ``lmdb:///abs/path``, ``lmdb://rel/path`` or a bare directory path
-            (LMDB).
-        options: backend keyword arguments (e.g. ``sync=False`` for LMDB).
+        url: ``memory://``, ``lmdb:///abs/path``, ``lmdb://rel/path``, a bare directory path
+            (LMDB), or ``redis://host:port/db`` (also ``rediss://`` and ``unix://``; Redis).
+        options: backend keyword arguments (e.g. ``sync=False`` for LMDB, ``prefix="app:"`` for
+            Redis).
 
     Raises:
         ConfigError: for an unknown scheme.
@@ -35,4 +37,10 @@ def open_kv(url: str, **options: object) -> KVStore:
         if not rest:
             raise ConfigError("lmdb:// needs a directory, e.g. lmdb:///var/lib/hopcast/graph")
         return LmdbKV(rest, **options)  # type: ignore[arg-type]
-    raise ConfigError(f"unknown store URL scheme {scheme!r} in {url!r} (use memory:// or lmdb://)")
+    if scheme in ("redis", "rediss", "unix"):
+        from hopcast.kv.redis import RedisKV
+
+        return RedisKV(url, **options)  # type: ignore[arg-type]
+    raise ConfigError(
+        f"unknown store URL scheme {scheme!r} in {url!r} (use memory://, lmdb:// or redis://)"
+    )

@@ -19,8 +19,9 @@ Shape (Netflix's KV data-abstraction layer)::
 * **Atomicity**: everything done in one :meth:`KVStore.writer` block, including
   :meth:`WriteTxn.set_checkpoint` (source positions), commits or aborts as one.
 
-Backends: :mod:`hopcast.kv.memory` (the reference, the spec in code) and :mod:`hopcast.kv.lmdb`
-(embedded default). Both pass ``tests/kv/test_contract.py``.
+Backends: :mod:`hopcast.kv.memory` (the reference, the spec in code), :mod:`hopcast.kv.lmdb`
+(embedded default) and :mod:`hopcast.kv.redis` (scale-out). All pass
+``tests/kv/test_contract.py``.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def page_bounds(
 
 
 class ReadTxn(ABC):
-    """A read view. On LMDB it is a consistent snapshot; on memory it reads committed data."""
+    """A read view. On LMDB it is a consistent snapshot; on memory and Redis it reads committed
+    data, each batch of a scan atomically but not one snapshot across batches."""
 
     @abstractmethod
     def get(self, ns: str, rid: bytes, key: bytes, now: int) -> Item | None:
