@@ -433,6 +433,34 @@ class FrameSource(Protocol):
         ...
 
 
+class Subscribers:
+    """The frame callbacks of a transport or frame source, in subscription order.
+
+    :meth:`deliver` calls each in turn; one that raises is logged and the others still run.
+    """
+
+    def __init__(self) -> None:
+        self._callbacks: list[FrameCallback] = []
+
+    def add(self, callback: FrameCallback) -> Unsubscribe:
+        """Start delivering to ``callback``; the returned function stops it."""
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def deliver(self, channel: str, frame: bytes) -> None:
+        """Hand ``(channel, frame)`` to every callback subscribed now."""
+        for callback in tuple(self._callbacks):
+            try:
+                callback(channel, frame)
+            except Exception:
+                logger.exception("a frame subscriber failed on channel %r", channel)
+
+
 class InProcessTransport:
     """The embedded transport: ``publish`` calls every subscriber synchronously, in order.
 
@@ -441,23 +469,13 @@ class InProcessTransport:
     """
 
     def __init__(self) -> None:
-        self._callbacks: list[FrameCallback] = []
+        self._subscribers = Subscribers()
 
     def publish(self, channel: str, frame: bytes) -> None:
-        for callback in tuple(self._callbacks):
-            try:
-                callback(channel, frame)
-            except Exception:
-                logger.exception("a frame subscriber failed on channel %r", channel)
+        self._subscribers.deliver(channel, frame)
 
     def subscribe(self, callback: FrameCallback) -> Unsubscribe:
-        self._callbacks.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._callbacks:
-                self._callbacks.remove(callback)
-
-        return unsubscribe
+        return self._subscribers.add(callback)
 
 
 class Router:

@@ -41,7 +41,6 @@ import logging
 import os
 import random
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +52,7 @@ from hopcast.live.fanout import (
     DEFAULT_HISTORY,
     FrameCallback,
     Router,
+    Subscribers,
     Unsubscribe,
 )
 
@@ -166,15 +166,6 @@ def as_text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def deliver(callbacks: Sequence[FrameCallback], channel: str, frame: bytes) -> None:
-    """Call every callback; one that raises is logged and the others still run."""
-    for callback in callbacks:
-        try:
-            callback(channel, frame)
-        except Exception:
-            logger.exception("a frame subscriber failed on channel %r", channel)
-
-
 @dataclass(frozen=True, slots=True)
 class _Pending:
     channel: str
@@ -226,7 +217,7 @@ class RedisTransport:
         self._batch = batch
         self._rng = rng or random.Random()
         self._router: Router | None = None
-        self._callbacks: list[FrameCallback] = []
+        self._subscribers = Subscribers()
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -262,13 +253,7 @@ class RedisTransport:
 
     def subscribe(self, callback: FrameCallback) -> Unsubscribe:
         """Receive every frame published through this transport in this process."""
-        self._callbacks.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._callbacks:
-                self._callbacks.remove(callback)
-
-        return unsubscribe
+        return self._subscribers.add(callback)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -315,7 +300,7 @@ class RedisTransport:
         msg = m.decode(frame)  # the router's own encoding: valid by construction
         if not isinstance(msg, m.Trigger | m.State):
             raise ConfigError(f"only trigger and state frames are fanned out, not {msg!r}")
-        deliver(tuple(self._callbacks), channel, frame)
+        self._subscribers.deliver(channel, frame)
         kind = "t" if isinstance(msg, m.Trigger) else "s"
         self._queue.append(_Pending(channel, frame, state, msg.epoch, msg.seq, kind))
         self._pending.set(len(self._queue))

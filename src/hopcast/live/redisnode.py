@@ -32,6 +32,7 @@ from hopcast.live.fanout import (
     FrameCallback,
     Ingest,
     Resume,
+    Subscribers,
     Unsubscribe,
     empty_resume,
 )
@@ -44,7 +45,6 @@ from hopcast.live.redisfan import (
     as_text,
     backoff,
     connect,
-    deliver,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class RedisMirror:
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
         self._logs: dict[str, ChannelLog] = {}
-        self._callbacks: list[FrameCallback] = []
+        self._subscribers = Subscribers()
         self._epoch = 0  # the router's, once known
         self._history = DEFAULT_HISTORY
         self._answered_epochs: set[int] = set()  # epochs told about unpublished channels
@@ -110,13 +110,7 @@ class RedisMirror:
     # -- FrameSource -------------------------------------------------------------------------
 
     def subscribe(self, callback: FrameCallback) -> Unsubscribe:
-        self._callbacks.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._callbacks:
-                self._callbacks.remove(callback)
-
-        return unsubscribe
+        return self._subscribers.add(callback)
 
     def resume(self, channel: str, position: Position | None) -> Resume:
         log = self._logs.get(channel)
@@ -227,7 +221,7 @@ class RedisMirror:
         result = log.ingest(frame, msg)
         self._frames.labels(result.value).inc()
         if result is Ingest.APPLIED:
-            deliver(tuple(self._callbacks), msg.channel, frame)
+            self._subscribers.deliver(msg.channel, frame)
         elif result is Ingest.GAP:
             await self._reload((msg.channel,), "gap")
 
@@ -289,7 +283,7 @@ class RedisMirror:
             frames = (fresh.state_frame(),)  # some heard another epoch: a snapshot moves them
         self._logs[channel] = fresh
         for frame in frames:
-            deliver(tuple(self._callbacks), channel, frame)
+            self._subscribers.deliver(channel, frame)
 
 
 class RedisPushRegistry:
