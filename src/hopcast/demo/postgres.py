@@ -16,22 +16,21 @@ written to a table (the server only makes well-formed change events); they are l
 A fresh start (``reset``) drops the schema, the slot and the publication of an earlier run, so
 the slot does not replay changes a wiped graph never stored.
 
-This module is the demo's PostgreSQL *client* (an application writing its table); psycopg is
-imported here lazily (``hopcast[postgres]``) and its errors become
-:class:`~hopcast.errors.SourceError`.
+This module is the demo's PostgreSQL *client* (an application writing its table); it gets
+psycopg through the CDC adapter's lazy loader (``postgres_cdc.driver``, the
+``hopcast[postgres]`` extra) and turns its errors into :class:`~hopcast.errors.SourceError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
 
 import msgspec
 
 from hopcast.demo.records import DemoRecord
-from hopcast.errors import ConfigError, SourceError
-from hopcast.stream.sources.postgres_cdc import PostgresCDCSource
+from hopcast.errors import SourceError
+from hopcast.stream.sources.postgres_cdc import PostgresCDCSource, driver
 
 SCHEMA = "hopcast_demo"
 TABLE = f"{SCHEMA}.playback"
@@ -47,22 +46,12 @@ _DELETE = f"DELETE FROM {TABLE} WHERE id = %s"
 _decode = msgspec.json.Decoder().decode
 
 
-def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError as exc:
-        raise ConfigError(
-            f"--postgres needs psycopg 3: pip install 'hopcast[postgres]' ({exc})"
-        ) from exc
-    return psycopg
-
-
 class PlaybackTable:
     """The playback table in PostgreSQL (see the module docstring)."""
 
     def __init__(self, dsn: str, *, reset: bool) -> None:
         self.dsn = dsn
-        psycopg = _psycopg()
+        psycopg = driver()
         self._error: type[Exception] = psycopg.Error
         try:
             self._conn = psycopg.connect(dsn, autocommit=True)

@@ -120,7 +120,12 @@ def split_offset(offset: int) -> tuple[int, int]:
     return offset >> _INDEX_BITS, offset & _INDEX_MAX
 
 
-def _driver() -> Any:
+def driver() -> Any:
+    """The ``psycopg`` module (imported on first use: the ``postgres`` extra).
+
+    Raises:
+        ConfigError: psycopg 3 is not installed.
+    """
     try:
         import psycopg
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -475,7 +480,7 @@ class PostgresCDCSource:
 
     def slot_state(self) -> dict[str, Any]:
         """The slot's row in ``pg_replication_slots`` (LSNs as ints), or {} if it is missing."""
-        psycopg = _driver()
+        psycopg = driver()
         try:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 row = conn.execute(
@@ -500,7 +505,7 @@ class PostgresCDCSource:
     def _prepare(self) -> tuple[bool, int]:
         """Check the server, ensure the publication and (unless a snapshot is to be exported
         with it) the slot. Returns whether the slot was missing, and its confirmed LSN."""
-        psycopg = _driver()
+        psycopg = driver()
         sql = psycopg.sql
         try:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -592,7 +597,7 @@ class PostgresCDCSource:
             raise self._error("setting up publication and slot", exc) from exc
 
     def _connect_replication(self) -> PGconn:
-        psycopg = _driver()
+        psycopg = driver()
         pq = psycopg.pq
         conninfo = psycopg.conninfo.make_conninfo(
             self.dsn, replication="database", options=_SESSION_OPTIONS
@@ -609,7 +614,7 @@ class PostgresCDCSource:
     def _create_slot_exporting(self, conn: PGconn) -> tuple[int, str]:
         """Create the slot over ``conn``; its consistent LSN and the exported snapshot's name
         (valid while ``conn`` stays open and idle)."""
-        pq = _driver().pq
+        pq = driver().pq
         command = f"CREATE_REPLICATION_SLOT {_quote_ident(self.slot)} LOGICAL pgoutput"
         result = conn.exec_((command + " EXPORT_SNAPSHOT").encode())
         if result.status != pq.ExecStatus.TUPLES_OK:
@@ -623,7 +628,7 @@ class PostgresCDCSource:
 
     def _start_replication(self, conn: PGconn | None = None) -> PGconn:
         """START_REPLICATION on ``conn`` (or a new replication connection)."""
-        pq = _driver().pq
+        pq = driver().pq
         command = (
             f"START_REPLICATION SLOT {_quote_ident(self.slot)} LOGICAL 0/0 "
             f"(proto_version '1', publication_names {_quote_literal(self.publication)})"
@@ -855,7 +860,7 @@ class _SnapshotReader:
     def __init__(
         self, source: PostgresCDCSource, exported: str | None, lsn: int, first: int
     ) -> None:
-        psycopg = _driver()
+        psycopg = driver()
         self.source = source
         self.lsn = lsn
         self.offset = first
@@ -908,7 +913,7 @@ class _SnapshotReader:
         self.conn.close()  # rolls the read-only transaction back
 
     def _next_row(self) -> tuple[_Relation, Sequence[bytes | None]] | None:
-        psycopg = _driver()
+        psycopg = driver()
         try:
             while not self._rows:
                 if self._cursor is not None:
@@ -927,7 +932,7 @@ class _SnapshotReader:
         return self._rows.popleft()
 
     def _open_table(self, schema: str, table: str) -> None:
-        psycopg = _driver()
+        psycopg = driver()
         sql = psycopg.sql
         name = sql.Identifier(schema, table)
         columns = self.conn.execute(
