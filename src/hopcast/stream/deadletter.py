@@ -187,6 +187,15 @@ def _index_key(d: DeadLetter) -> bytes:
     return max(d.time, 0).to_bytes(8, "big") + bytes.fromhex(d.id)
 
 
+def _index_rid(reason: str | None, source: str | None) -> bytes:
+    """The index a listing walks: by reason if given, else by source if given, else by time."""
+    if reason is not None:
+        return _reason_rid(reason)
+    if source is not None:
+        return _source_rid(source)
+    return _BY_TIME
+
+
 def _reason_rid(reason: str) -> bytes:
     return b"r/" + reason.encode()
 
@@ -256,13 +265,7 @@ class DeadLetterStore:
         """
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be 1..{MAX_PAGE}, got {limit}")
-        rid = (
-            _reason_rid(reason)
-            if reason is not None
-            else _source_rid(source)
-            if source is not None
-            else _BY_TIME
-        )
+        rid = _index_rid(reason, source)
         out: list[DeadLetter] = []
         next_cursor: bytes | None = None
         with self._kv.reader() as r:
@@ -298,13 +301,7 @@ class DeadLetterStore:
         """How many dead letters are stored (for one reason or one source, if given)."""
         if reason is not None and source is not None:
             return sum(1 for d in self._iter_filtered(reason) if d.source == source)
-        rid = (
-            _reason_rid(reason)
-            if reason is not None
-            else _source_rid(source)
-            if source is not None
-            else _BY_TIME
-        )
+        rid = _index_rid(reason, source)
         with self._kv.reader() as r:
             return r.count(DEADLETTER_NS, rid, _READ_NOW)
 
