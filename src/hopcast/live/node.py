@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import wait
 from types import FrameType
+from typing import TextIO
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -169,10 +170,9 @@ def run_worker(settings: NodeSettings, secret: bytes) -> int:
 
     def ready(server: GatewayServer) -> None:
         metrics = "" if settings.metrics_port is None else f", metrics on :{settings.metrics_port}"
-        print(
+        _say(
             f"gateway node {settings.name} on ws://{settings.host}:{server.port} "
-            f"(pid {os.getpid()}{metrics})",
-            flush=True,
+            f"(pid {os.getpid()}{metrics})"
         )
 
     async def main() -> None:
@@ -190,10 +190,18 @@ def run_worker(settings: NodeSettings, secret: bytes) -> int:
         else:
             asyncio.run(main())
     except (HopcastError, OSError) as exc:
-        print(f"error: gateway node {settings.name}: {exc}", file=sys.stderr, flush=True)
+        _say(f"error: gateway node {settings.name}: {exc}", sys.stderr)
         return EXIT_STARTUP
-    print(f"gateway node {settings.name} stopped", flush=True)
+    _say(f"gateway node {settings.name} stopped")
     return 0
+
+
+def _say(line: str, stream: TextIO | None = None) -> None:
+    """Write ``line`` and its newline in one write: the workers share one stdout, and
+    ``print`` writes the text and the newline separately, so two workers' lines could merge."""
+    out = stream or sys.stdout
+    out.write(line + "\n")
+    out.flush()
 
 
 def _worker_main(settings: NodeSettings, secret: bytes) -> None:
