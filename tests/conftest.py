@@ -214,3 +214,95 @@ def kafka_bootstrap() -> Iterator[str]:
         yield f"127.0.0.1:{server.port}"
     finally:
         server.stop()
+
+
+# -- Redis Cluster (the scale-out store's tests) -------------------------------------------------
+
+
+class RedisClusterService(DeployedService):
+    """A Redis Cluster of ``nodes`` masters on consecutive ports from ``port``, started and
+    stopped through ``deploy/redis.sh cluster-start|cluster-stop``."""
+
+    def __init__(self, port: int, directory: Path, nodes: int = 3) -> None:
+        super().__init__("redis.sh", port, directory, "--nodes", str(nodes))
+        self.nodes = nodes
+        self.ports = list(range(port, port + nodes))
+        self.url = f"redis://127.0.0.1:{port}"
+
+    def run(self, action: str, timeout: float) -> str:
+        return super().run(f"cluster-{action}", timeout)
+
+    def discard(self) -> None:
+        cmd = [str(self.script), "cluster-stop", "--port", str(self.port), "--dir", str(self.dir)]
+        subprocess.run(cmd + self.extra, capture_output=True, timeout=60, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _consecutive_ports(count: int, bus_offset: int = 10000) -> int:
+    """The first of ``count`` consecutive free loopback ports whose cluster bus ports (port +
+    ``bus_offset``) are free too; picked below the kernel's ephemeral range (32768-60999), where
+    outgoing connections do not take them."""
+    import random
+
+    for _ in range(100):
+        base = random.randrange(10000, 22000 - count)
+        wanted = [*range(base, base + count), *range(base + bus_offset, base + bus_offset + count)]
+        socks: list[socket.socket] = []
+        try:
+            for port in wanted:
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free loopback ports found")
+
+
+def start_redis_cluster(nodes: int = 3) -> RedisClusterService:
+    """A fresh Redis Cluster on free ports (the caller stops it with ``.stop()``)."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail(
+            "redis-server is not installed; the Redis Cluster tests need a real one: "
+            "apt-get install -y redis-server"
+        )
+
+    def make() -> RedisClusterService:
+        port = _consecutive_ports(nodes)
+        return RedisClusterService(port, _service_dir("hopcast-redis-cluster-"), nodes)
+
+    server, _ = _start(make, 60)
+    assert isinstance(server, RedisClusterService)
+    return server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterService]:
+    """A Redis Cluster (3 masters, no replicas) on free loopback ports for the session, started
+    on first use through ``deploy/redis.sh cluster-start``."""
+    server = start_redis_cluster()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_cluster: RedisClusterService) -> str:
+    """The URL of one node of the session's Redis Cluster (``redis://127.0.0.1:<port>``); a
+    cluster client discovers the others from it."""
+    return redis_cluster.url
+
+
+@pytest.fixture
+def fresh_redis_cluster() -> Iterator[RedisClusterService]:
+    """A Redis Cluster of this test's own (3 masters), for tests that take nodes down; stopped
+    after the test."""
+    server = start_redis_cluster()
+    try:
+        yield server
+    finally:
+        server.stop()
