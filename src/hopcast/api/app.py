@@ -25,12 +25,14 @@ Why the handlers look the way they do:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from fastapi import FastAPI, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
+from starlette.staticfiles import StaticFiles
 
 from hopcast.api import errors, openapi
 from hopcast.api.bodies import (
@@ -64,6 +66,9 @@ MAX_MUTATIONS = q.MAX_RESULT
 API_VERSION = "1.0.0"
 
 _decode_json = msgspec.json.Decoder().decode
+
+#: The static device page and operator console (``/web/device.html``, ``/web/console.html``).
+WEB_DIR = FsPath(__file__).resolve().parent.parent / "web"
 
 # -- parameters, documented once ----------------------------------------------------------------
 
@@ -445,4 +450,11 @@ def create_app(
         from hopcast.api.ingest import ingest_router
 
         app.include_router(ingest_router(journals, metrics.registry))
+    if WEB_DIR.is_dir():
+        app.mount("/web", StaticFiles(directory=WEB_DIR, html=True), name="web")
+
+        @app.get("/", include_in_schema=False)
+        async def home() -> Response:
+            return RedirectResponse("/web/")
+
     return app
