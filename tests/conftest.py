@@ -306,3 +306,10 @@ def fresh_redis_cluster() -> Iterator[RedisClusterService]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def free_cluster_port() -> int:
+    """The first of three consecutive free loopback ports whose cluster bus ports are free too,
+    for a test that starts a Redis Cluster itself."""
+    return _consecutive_ports(3)

@@ -46,6 +46,7 @@ from hopcast.cli.ingest import deadletters, ingest
 from hopcast.cli.live import live
 from hopcast.cli.query import query
 from hopcast.cli.run import run_command
+from hopcast.cli.services import services
 from hopcast.cli.store import apply, info, sweep
 from hopcast.errors import HopcastError
 from hopcast.graph.schema import Schema
@@ -174,6 +175,7 @@ cli.add_command(live)
 cli.add_command(ingest)
 cli.add_command(deadletters)
 cli.add_command(run_command)
+cli.add_command(services)
 
 
 def main() -> None:
