@@ -36,14 +36,19 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from hopcast.durations import SECOND, now_us, parse_duration, parse_iso
 from hopcast.errors import HopcastError, InvalidInput
 from hopcast.kv.base import KVStore
 from hopcast.live.fixtures import demo_segmenter, materialise_fixture
 from hopcast.live.messages import payload_ref
-from hopcast.live.payloads import DEFAULT_RETENTION_US, PayloadStore
+from hopcast.live.payloads import (
+    DEFAULT_RETENTION_US,
+    DEFAULT_SEGMENT,
+    PayloadStore,
+    validate_name,
+)
 from hopcast.live.prefetch import (
     DEFAULT_POLICY,
     PrefetchPolicy,
@@ -65,6 +70,10 @@ from hopcast.live.schedule import (
     next_timer,
 )
 from hopcast.live.schedule_store import ScheduleStore
+
+if TYPE_CHECKING:
+    from hopcast.graphdb import Graph
+    from hopcast.live.materialise import Materialiser, Report
 
 logger = logging.getLogger("hopcast.live")
 
@@ -141,6 +150,9 @@ class LiveService:
     ) -> None:
         self.schedule = ScheduleStore(kv)
         self.payloads = PayloadStore(kv, payload_retention_us)
+        self._kv = kv
+        #: Computes recommendation rows from the graph (:meth:`use_graph`); None: fixtures only.
+        self.materialiser: Materialiser | None = None
         self.producer = Producer()
         self.clock = clock
         self.policy = policy
@@ -348,6 +360,76 @@ class LiveService:
             "cardinality": self.payloads.cardinality(event_id, now),
         }
 
+    def use_graph(self, graph: Graph, **options: Any) -> Materialiser:
+        """Compute recommendation rows from ``graph`` (:mod:`hopcast.live.materialise`): enables
+        :meth:`materialise_graph`, :meth:`refresh_recommendations` and the member lookup of
+        :meth:`segment_for`. ``options`` go to :class:`~hopcast.live.materialise.Materialiser`.
+
+        Raises:
+            ConfigError: for bad options.
+        """
+        from hopcast.live.materialise import Materialiser
+
+        self.materialiser = Materialiser(graph, self.payloads, self._kv, **options)
+        return self.materialiser
+
+    def materialise_graph(
+        self,
+        event_id: str,
+        now: int,
+        *,
+        node: str | None = None,
+        max_segments: int | None = None,
+    ) -> Report:
+        """Materialise an event's recommendation rows from the graph, for every stage and
+        segment (:meth:`Materialiser.materialise <hopcast.live.materialise.Materialiser.
+        materialise>`), and publish them.
+
+        Raises:
+            NotFound: no such event, or its graph node does not exist.
+            InvalidInput: no graph attached (:meth:`use_graph`), no graph node for the event, or
+                a bad ``max_segments``.
+        """
+        self.schedule.load(event_id)
+        if self.materialiser is None:
+            raise InvalidInput("this live service has no graph to materialise from")
+        return self.materialiser.materialise(event_id, now, node=node, max_segments=max_segments)
+
+    def refresh_recommendations(self, now: int) -> list[Report]:
+        """Re-materialise every event that is materialised from the graph and not over, if the
+        graph changed materially since its last run. Call it periodically.
+
+        Returns:
+            One report per event looked at (``changed`` says whether it republished).
+        """
+        if self.materialiser is None:
+            return []
+        reports = []
+        for event in self.schedule.events():
+            if event.terminal:
+                continue
+            report = self.materialiser.refresh_if_changed(event.id, now)
+            if report is not None:
+                reports.append(report)
+        return reports
+
+    def segment_for(self, event_id: str, segment: str, now: int) -> str:
+        """The segment a prefetch asks for: ``segment`` itself, unless it is a member's node id
+        (``profile:12-0``, it has a ``:``): then the member's segment for the event from the
+        graph materialisation (one KV get), or :data:`~hopcast.live.payloads.DEFAULT_SEGMENT`
+        when the member was not placed.
+
+        Raises:
+            InvalidInput: a malformed segment.
+        """
+        if ":" not in segment:
+            return segment
+        validate_name("segment", segment)
+        found = None
+        if self.materialiser is not None:
+            found = self.materialiser.segment_of(event_id, segment, now)
+        return found or DEFAULT_SEGMENT
+
     def cardinality(self, event_id: str, now: int) -> Doc:
         """How many distinct payloads the origin serves for an event, overall and per stage,
         against the number of ``(stage, segment)`` entries that point at them.
@@ -379,6 +461,7 @@ class LiveService:
         span = None
         if event is not None:
             span = window(event.starts_at, event.prefetch_lead_us, event.prefetch_opens_at)
+        segment = self.segment_for(event_id, segment, now)
         return serve_manifest(
             self.payloads, event_id, segment, if_none_match, now, self._rng, span, self.policy
         )
@@ -404,6 +487,7 @@ class LiveService:
         """
         if stage is None:
             stage = self.schedule.load(event_id).state.value
+        segment = self.segment_for(event_id, segment, now)
         return prefetch(
             self.payloads, event_id, segment, stage, if_none_match, now, self._rng, self.policy
         )
