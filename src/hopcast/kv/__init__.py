@@ -1,7 +1,7 @@
 """Key-value backends: ``memory`` (reference), ``lmdb`` (embedded default), ``redis`` (scale-out).
 
 Open one by URL with :func:`open_kv`: ``memory://``, ``lmdb:///path/to/dir`` (also a bare path) or
-``redis://host:port/db``.
+``redis://host:port/db`` (one Redis server) or ``redis+cluster://host:port`` (a Redis Cluster).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ def open_kv(url: str, **options: object) -> KVStore:
 
     Args:
         url: ``memory://``, ``lmdb:///abs/path``, ``lmdb://rel/path``, a bare directory path
-            (LMDB), or ``redis://host:port/db`` (also ``rediss://`` and ``unix://``; Redis).
+            (LMDB), ``redis://host:port/db`` (also ``rediss://`` and ``unix://``; one Redis
+            server), or ``redis+cluster://host:port`` (also ``rediss+cluster://``; a Redis
+            Cluster, named by any one of its nodes).
         options: backend keyword arguments (e.g. ``sync=False`` for LMDB, ``prefix="app:"`` for
             Redis).
 
@@ -37,10 +39,11 @@ def open_kv(url: str, **options: object) -> KVStore:
         if not rest:
             raise ConfigError("lmdb:// needs a directory, e.g. lmdb:///var/lib/hopcast/graph")
         return LmdbKV(rest, **options)  # type: ignore[arg-type]
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         from hopcast.kv.redis import RedisKV
 
         return RedisKV(url, **options)  # type: ignore[arg-type]
     raise ConfigError(
-        f"unknown store URL scheme {scheme!r} in {url!r} (use memory://, lmdb:// or redis://)"
+        f"unknown store URL scheme {scheme!r} in {url!r} "
+        "(use memory://, lmdb://, redis:// or redis+cluster://)"
     )

@@ -1,52 +1,102 @@
-"""The scale-out KV backend, on Redis (redis-py, synchronous, hiredis parser when installed).
+"""The scale-out KV backend, on Redis (redis-py, synchronous, hiredis parser when installed):
+one Redis server (``redis://``) or a Redis Cluster (``redis+cluster://``).
+
+URLs::
+
+    redis://host:port/db           one server (also rediss:// for TLS, unix:///path.sock)
+    redis+cluster://host:port      a Redis Cluster, any one of its nodes (rediss+cluster:// TLS);
+                                   the others are discovered from it
 
 Layout (every key starts with the store's ``prefix``)::
 
     <prefix>z{<ns hex>:<rid hex>}   sorted set: the record's item keys, score 0 (lexicographic)
     <prefix>h{<ns hex>:<rid hex>}   hash: item key -> header (base.HEADER) + value
-    <prefix>meta                    hash: namespace -> TTL in µs ("" = none)
-    <prefix>cp                      hash: source -> position (checkpoints)
-    <prefix>exp                     sorted set: expiring items, score = expires_at (µs)
+
+    one server                      Redis Cluster
+    <prefix>meta                    <prefix>{<prefix>g}meta   hash: namespace -> TTL in µs
+    <prefix>cp                      <prefix>{<prefix>g}cp     hash: source -> position
+    <prefix>exp                     <prefix>x{<slot tag>}     sorted set: expiring items,
+                                                              score = expires_at (µs)
+                                    <prefix>{<prefix>g}jnl    hash: batch id -> journal
+                                    <prefix>{<prefix>g}jage   sorted set: batch id -> server ms
 
 The ``{...}`` hash tag holds the namespace and record id in hex, so both keys of one record
-live in one Redis Cluster slot and a record read is one single-slot script. Scans are
-ZRANGEBYLEX / ZREVRANGEBYLEX pages of :data:`~hopcast.kv.base.SCAN_BATCH` keys plus an HMGET,
-done in one Lua script so a page is atomic.
+live in one Cluster slot and a record read is one single-slot script. On a Cluster the global
+keys share one slot (tag = the prefix), and the expiry index is split per slot: the index of a
+record's items lives in the record's own slot (``<slot tag>`` is a short string that hashes to
+that slot), so a record's data and its index entries change in one single-slot script. Scans
+are ZRANGEBYLEX / ZREVRANGEBYLEX pages of :data:`~hopcast.kv.base.SCAN_BATCH` keys plus an
+HMGET, done in one Lua script so a page is atomic.
 
 Writes: a :meth:`RedisKV.writer` block buffers its operations (reads inside it see them) and
-sends them at exit as **one Lua script**, which Redis runs atomically: data, deletes, the expiry
-index and checkpoints commit together or not at all; an exception in the block sends nothing.
-``put_lww`` decides its return value from what the transaction sees (stored data plus its own
-writes) and is *also* re-checked inside the script against the stored version, so a concurrent
-writer in another process can never be overwritten by an older version: LWW holds on the
-server, and the final state is the same in whatever order writers commit. Writers in one process
-are serialised by a lock, as on the other backends.
+sends them at exit; an exception in the block sends nothing. ``put_lww`` decides its return
+value from what the transaction sees (stored data plus its own writes) and is *also* re-checked
+in the script against the stored version, so a concurrent writer in another process can never
+be overwritten by an older version: LWW holds on the server. Writers in one process are
+serialised by a lock, as on the other backends.
 
-Reads are not a snapshot across pages (like :mod:`hopcast.kv.memory`; unlike LMDB): each page
-sees only committed batches, which is what the contract requires.
+*One server*: the whole batch -- data, deletes, the expiry index, namespace declarations and
+checkpoints -- is **one Lua script**, which Redis runs atomically.
+
+*Redis Cluster*: a batch spans slots and no script or MULTI can cover several slots, so:
+
+1. the batch's writes are grouped by hash slot; each group is the same LWW script as above
+   restricted to one slot (its records plus that slot's expiry index), so every record changes
+   atomically;
+2. the groups are sent in one cluster pipeline: written to every primary before any reply is
+   read, so the nodes apply their groups concurrently;
+3. the checkpoint (source positions) is written **only after every group succeeded**, in its
+   own slot. A batch whose groups fail leaves the checkpoint where it was.
+
+A crash between groups leaves some groups applied and the checkpoint old. Replaying the
+*mutations* from the old checkpoint over that half-applied state is not enough on its own:
+:class:`~hopcast.graph.store.GraphStore` decides what to write from what it reads (an edge
+upsert finds the edge's previous time position in its ``key`` record and deletes it from the
+``out``/``in`` lists), and a replay that finds the ``key`` record already updated would skip
+the lists that were not. So a batch of more than one group is first written as a **journal**
+(its exact per-slot scripts' arguments, one HSET in the checkpoint's slot), then applied, and
+the journal entry is removed in the same script that advances the checkpoint. A journal left
+behind (crash, network failure, node restart) is *rolled forward*: by the same store before its
+next write, and by every :class:`RedisKV` opened on the Cluster (the restarted engine, API
+workers) once the entry is older than :data:`JOURNAL_GRACE_MS`. Re-applying a group is
+idempotent -- the same puts of the same bytes, deletes, and LWW puts that find their version
+already stored -- so applying the remaining groups and then the checkpoint gives exactly the
+state of a clean run: exactly-once *effect*, at-least-once application. Only the first store to
+finish a journal advances the checkpoint (the removal of the entry is checked in the same
+script), so a late roll-forward can never move a checkpoint back.
+
+What Redis Cluster does not give: readers may see a batch half-applied until it is finished or
+rolled forward (each record is always whole); a writer in another process that writes the same
+items with unconditional puts while a journal waits to be rolled forward can be overwritten by
+it (LWW puts cannot). Namespace declarations go with the journal (or just before a one-group
+batch); they are idempotent.
+
+Connection failures, timeouts, cluster-down and MOVED/ASK redirections are retried by redis-py
+with exponential backoff (:data:`CLUSTER_RETRIES` attempts, up to :data:`CLUSTER_BACKOFF_CAP_S`
+between them); what still fails becomes a :class:`StorageError` naming the cluster.
 
 TTL: expiry is decided at read time from ``expires_at`` and the ``now`` passed in, exactly as
-the reference does, and :meth:`RedisKV.sweep` removes expired items through the ``exp`` index.
-Redis's own key expiry is not used: ``now`` is the caller's clock (tests and replays use
-generation times far from the wall clock) and a record's keys hold items with different expiry
-times, so a Redis EXPIRE could drop items a reader at an earlier ``now`` must still see.
-
-Redis Cluster: per-record reads (``get``, ``scan``, ``fetch``, each ``fetch_many`` entry) are
-single-slot. The batch script and ``sweep`` touch many records plus the global ``meta``/``cp``/
-``exp`` keys, so today they need one Redis primary (replicas may serve nothing here yet); an
-atomic batch across Cluster slots is not something Redis offers, and is left open.
-Expiry-index scores are doubles: exact for ``expires_at`` below 2**53 µs (the year 2255).
+the reference does, and :meth:`RedisKV.sweep` removes expired items through the expiry index
+(on a Cluster: the per-slot indexes found by SCAN on every primary). Redis's own key expiry is
+not used: ``now`` is the caller's clock (tests and replays use generation times far from the
+wall clock) and a record's keys hold items with different expiry times, so a Redis EXPIRE could
+drop items a reader at an earlier ``now`` must still see. Expiry-index scores are doubles:
+exact for ``expires_at`` below 2**53 µs (the year 2255).
 
 Only this module imports ``redis``; its errors are translated to :class:`StorageError` here.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
+
+import msgspec
 
 from hopcast.errors import ConfigError, StorageError, StoreClosed
 from hopcast.kv.base import (
@@ -67,6 +117,11 @@ from hopcast.kv.base import (
 
 try:
     import redis as _redis
+    from redis.backoff import ExponentialBackoff
+    from redis.cluster import RedisCluster
+    from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+    from redis.exceptions import RedisClusterException
+    from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ConfigError("the Redis backend needs redis-py: pip install 'hopcast[redis]'") from exc
 
@@ -74,11 +129,28 @@ _header_unpack = HEADER.unpack_from
 _header_pack = HEADER.pack
 _LEN = struct.Struct(">H")
 
+#: What a redis-py call may raise (cluster routing errors are not RedisErrors).
+_ERRORS = (_redis.RedisError, RedisClusterException)
+
 #: Keys read per round trip by ``count`` (it reads everything in range anyway).
 COUNT_BATCH = 1000
 
 #: Expired items removed per sweep script.
 SWEEP_CHUNK = 1000
+
+#: URL schemes of a Redis Cluster (the ``+cluster`` is removed before redis-py sees the URL).
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+#: Retries of a Cluster command after a connection error, timeout, CLUSTERDOWN or redirection,
+#: with exponential backoff from :data:`CLUSTER_BACKOFF_BASE_S` up to the cap.
+CLUSTER_RETRIES = 6
+CLUSTER_BACKOFF_BASE_S = 0.05
+CLUSTER_BACKOFF_CAP_S = 2.0
+
+#: A journal entry older than this (server time) belongs to a writer that stopped before
+#: finishing it: any store opened on the Cluster rolls it forward. A live writer finishes its
+#: batch in milliseconds; younger entries are waited for (up to this long) instead.
+JOURNAL_GRACE_MS = 5_000
 
 #: One page of a record: keys in lexicographic range (forward or reverse) and their values.
 _PAGE = """
@@ -92,11 +164,12 @@ if #ks == 0 then return {ks, {}} end
 return {ks, redis.call('HMGET', KEYS[2], unpack(ks))}
 """
 
-#: One atomic write batch. KEYS[1..3] = exp, cp, meta; then (zset, hash) pairs. ARGV holds
+#: The write loop shared by the one-server batch and the Cluster's per-slot groups. ARGV holds
 #: operations of 6 fields each: op, key index, item key, blob, expires_at, index member.
 #: 'P' put, 'L' put if newer (LWW on the header's (ts, token)), 'D' delete, 'C' checkpoint
 #: (fields 2-3: source, position), 'N' declare a namespace if absent (fields 2-3: ns, ttl).
-_COMMIT = """
+#: The key index points at the record's sorted set; its hash follows it in KEYS.
+_APPLY = """
 local function newer(new, old)
   for i = 1, 16 do
     local a, b = string.byte(new, i), string.byte(old, i)
@@ -105,43 +178,86 @@ local function newer(new, old)
   end
   return false
 end
-local exp, cp, meta = KEYS[1], KEYS[2], KEYS[3]
-local i = 1
-while i <= #ARGV do
-  local op = ARGV[i]
-  if op == 'C' then
-    redis.call('HSET', cp, ARGV[i + 1], ARGV[i + 2])
-  elseif op == 'N' then
-    redis.call('HSETNX', meta, ARGV[i + 1], ARGV[i + 2])
-  else
-    local k = tonumber(ARGV[i + 1])
-    local z, h, key, m = KEYS[k], KEYS[k + 1], ARGV[i + 2], ARGV[i + 5]
-    if op == 'D' then
-      if redis.call('HDEL', h, key) == 1 then
-        redis.call('ZREM', z, key)
-        redis.call('ZREM', exp, m)
-      end
+local function apply(exp, cp, meta)
+  local i = 1
+  while i <= #ARGV do
+    local op = ARGV[i]
+    if op == 'C' then
+      redis.call('HSET', cp, ARGV[i + 1], ARGV[i + 2])
+    elseif op == 'N' then
+      redis.call('HSETNX', meta, ARGV[i + 1], ARGV[i + 2])
     else
-      local blob = ARGV[i + 3]
-      local write = true
-      if op == 'L' then
-        local old = redis.call('HGET', h, key)
-        if old and not newer(blob, old) then write = false end
-      end
-      if write then
-        redis.call('HSET', h, key, blob)
-        redis.call('ZADD', z, 0, key)
-        if ARGV[i + 4] == '0' then
+      local k = tonumber(ARGV[i + 1])
+      local z, h, key, m = KEYS[k], KEYS[k + 1], ARGV[i + 2], ARGV[i + 5]
+      if op == 'D' then
+        if redis.call('HDEL', h, key) == 1 then
+          redis.call('ZREM', z, key)
           redis.call('ZREM', exp, m)
-        else
-          redis.call('ZADD', exp, ARGV[i + 4], m)
+        end
+      else
+        local blob = ARGV[i + 3]
+        local write = true
+        if op == 'L' then
+          local old = redis.call('HGET', h, key)
+          if old and not newer(blob, old) then write = false end
+        end
+        if write then
+          redis.call('HSET', h, key, blob)
+          redis.call('ZADD', z, 0, key)
+          if ARGV[i + 4] == '0' then
+            redis.call('ZREM', exp, m)
+          else
+            redis.call('ZADD', exp, ARGV[i + 4], m)
+          end
         end
       end
     end
+    i = i + 6
   end
-  i = i + 6
+  return 1
 end
+"""
+
+#: One atomic write batch on one server. KEYS[1..3] = exp, cp, meta; then (zset, hash) pairs.
+_COMMIT = _APPLY + "return apply(KEYS[1], KEYS[2], KEYS[3])\n"
+
+#: One slot's share of a batch on a Cluster. KEYS[1] = the slot's expiry index, then
+#: (zset, hash) pairs of that slot; no 'C' or 'N' operations.
+_GROUP = _APPLY + "return apply(KEYS[1], nil, nil)\n"
+
+#: Open a journal entry (Cluster). KEYS = jnl, jage, meta; ARGV = batch id, journal, then the
+#: namespaces the batch declares.
+_BEGIN = """
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[1])
+for i = 3, #ARGV do redis.call('HSETNX', KEYS[3], ARGV[i], '') end
 return 1
+"""
+
+#: Advance the checkpoints (Cluster), closing the batch's journal entry first when it has one.
+#: KEYS = cp, jnl, jage; ARGV = batch id ('' = no journal), then (source, position) pairs.
+#: Returns 0 if the entry was already closed (another store finished the batch).
+_FINISH = """
+if ARGV[1] ~= '' then
+  if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+#: The journal's entries with their age in ms (server clock). KEYS = jage.
+_AGES = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  out[#out + 1] = entries[i]
+  out[#out + 1] = tostring(now - tonumber(entries[i + 1]))
+end
+return out
 """
 
 #: Remove expired items. KEYS[1] = exp, then (zset, hash) pairs; ARGV[1] = now, then
@@ -161,6 +277,32 @@ for j = 2, #KEYS, 2 do
 end
 return removed
 """
+
+# A journal: the checkpoints and every slot group's (keys, args) of one Cluster batch.
+_Journal = tuple[list[tuple[str, bytes]], list[tuple[list[bytes], list[bytes | int]]]]
+_journal_encode = msgspec.msgpack.Encoder().encode
+_journal_decode = msgspec.msgpack.Decoder(_Journal).decode
+
+_slot_tags: list[bytes] = []
+_slot_tags_lock = threading.Lock()
+
+
+def slot_tag(slot: int) -> bytes:
+    """A short string whose Cluster hash slot is ``slot`` (the table is built on first use)."""
+    if not _slot_tags:
+        with _slot_tags_lock:
+            if not _slot_tags:
+                table: list[bytes | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+                missing, i = REDIS_CLUSTER_HASH_SLOTS, 0
+                while missing:
+                    tag = b"%x" % i
+                    s = key_slot(tag)
+                    if table[s] is None:
+                        table[s] = tag
+                        missing -= 1
+                    i += 1
+                _slot_tags.extend(t for t in table if t is not None)
+    return _slot_tags[slot]
 
 
 def _decode(key: bytes, blob: bytes) -> Item:
@@ -202,39 +344,94 @@ def _lex_bounds(
     return lo, hi
 
 
+def _glob_escape(raw: bytes) -> bytes:
+    """``raw`` as a literal in a SCAN MATCH pattern."""
+    out = bytearray()
+    for c in raw:
+        if c in b"*?[]\\":
+            out += b"\\"
+        out.append(c)
+    return bytes(out)
+
+
+def cluster_url(url: str) -> str | None:
+    """The redis-py URL of a ``redis+cluster://`` (or ``rediss+cluster://``) URL, else None."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme)
+    return None if plain is None or not sep else f"{plain}://{rest}"
+
+
 class RedisKV(KVStore):
-    """Redis-backed store.
+    """Redis-backed store, on one server or a Redis Cluster (see the module docstring).
 
     Args:
-        url: ``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a socket).
+        url: ``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a socket), or
+            ``redis+cluster://host:port`` (``rediss+cluster://``) for a Redis Cluster.
         prefix: prefix of every key, so several stores (or tests) share one Redis. It must not
             contain ``{`` or ``}`` (they would change the Cluster hash tag).
-        options: further keyword arguments for ``redis.Redis.from_url``.
+        sync: accepted for symmetry with LMDB (``Graph.open`` passes it); durability on Redis
+            is the server's own setting (``appendfsync``).
+        options: further keyword arguments for ``redis.Redis.from_url`` (or
+            ``redis.cluster.RedisCluster.from_url``).
     """
 
     name = "redis"
 
-    def __init__(self, url: str, prefix: str = "hopcast:", **options: Any) -> None:
+    def __init__(
+        self, url: str, prefix: str = "hopcast:", *, sync: bool = True, **options: Any
+    ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ConfigError(f"Redis key prefix {prefix!r} must not contain '{{' or '}}'")
         self.url = url
         self._p = prefix.encode()
         self._closed = False
         self._lock = threading.RLock()
+        plain = cluster_url(url)
+        self.cluster = plain is not None
+        #: Journal entries this store opened and could not finish (rolled forward first).
+        self._pending: list[bytes] = []
+        if self.cluster:
+            g = self._p + b"{" + self._p + b"g}"  # never an empty tag, even with no prefix
+            self._meta, self._cp, self._exp = g + b"meta", g + b"cp", b""
+            self._jnl, self._jage = g + b"jnl", g + b"jage"
+        else:
+            self._meta, self._cp, self._exp = self._p + b"meta", self._p + b"cp", self._p + b"exp"
+            self._jnl = self._jage = b""
         try:
-            client: Any = _redis.Redis.from_url(url, **options)
+            client: Any
+            if plain is not None:
+                options.setdefault(
+                    "retry",
+                    Retry(
+                        ExponentialBackoff(CLUSTER_BACKOFF_CAP_S, CLUSTER_BACKOFF_BASE_S),
+                        CLUSTER_RETRIES,
+                    ),
+                )
+                options.setdefault("cluster_error_retry_attempts", CLUSTER_RETRIES)
+                client = RedisCluster.from_url(plain, **options)
+            else:
+                client = _redis.Redis.from_url(url, **options)
             self._r: Any = client
-            self._page: Any = self._r.register_script(_PAGE)
-            self._commit: Any = self._r.register_script(_COMMIT)
-            self._sweep: Any = self._r.register_script(_SWEEP)
-            raw: dict[bytes, bytes] = client.hgetall(self._p + b"meta")
+            self._page: Any = client.register_script(_PAGE)
+            self._commit: Any = client.register_script(_COMMIT)
+            self._group: Any = client.register_script(_GROUP)
+            self._begin: Any = client.register_script(_BEGIN)
+            self._finish: Any = client.register_script(_FINISH)
+            self._ages: Any = client.register_script(_AGES)
+            self._sweep: Any = client.register_script(_SWEEP)
+            if self.cluster:
+                # Pipelined EVALSHAs do not load a missing script; load them on every primary.
+                self._load_scripts()
+            raw: dict[bytes, bytes] = client.hgetall(self._meta)
         except ValueError as exc:
             raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from exc
-        except _redis.RedisError as exc:
+        except _ERRORS as exc:
             raise StorageError(f"cannot open Redis at {url}: {exc}") from exc
         self._ttls: dict[str, int | None] = {
             k.decode(): (int(v) if v else None) for k, v in raw.items()
         }
+        if self.cluster:
+            self.recover()
 
     # keys ----------------------------------------------------------------------------------
 
@@ -242,9 +439,46 @@ class RedisKV(KVStore):
         tag = b"{" + ns.encode().hex().encode() + b":" + rid.hex().encode() + b"}"
         return self._p + b"z" + tag, self._p + b"h" + tag
 
+    def _exp_of(self, slot: int) -> bytes:
+        """The Cluster expiry index of ``slot``."""
+        return self._p + b"x{" + slot_tag(slot) + b"}"
+
     def _check(self) -> None:
         if self._closed:
             raise StoreClosed(f"Redis store at {self.url} is closed")
+
+    def _fail(self, what: str, exc: BaseException) -> StorageError:
+        where = f"Redis Cluster at {self.url}" if self.cluster else f"Redis at {self.url}"
+        return StorageError(f"{what} ({where}): {exc}")
+
+    def _load_scripts(self) -> None:
+        scripts = (self._page, self._group, self._begin, self._finish, self._ages, self._sweep)
+        for script in scripts:
+            script.sha = self._r.script_load(script.script)
+
+    def _queue(self, pipe: Any, script: Any, keys: list[bytes], args: list[Any]) -> None:
+        """Queue a script call in ``pipe`` (a Cluster pipeline refuses ``evalsha()``, not the
+        command; the scripts are loaded on every primary when the store opens)."""
+        if self.cluster:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        else:
+            script(keys=keys, args=args, client=pipe)
+
+    def _pipeline(self, fill: Callable[[Any], object]) -> list[Any]:
+        """Run the commands ``fill`` queues in one pipeline; results (or errors) in order.
+
+        On a Cluster a script missing on a node (restarted, or failed over to a replica that
+        never loaded it) is loaded everywhere and the pipeline retried once.
+        """
+        for attempt in range(2):
+            pipe = self._r.pipeline(transaction=False)
+            fill(pipe)
+            results: list[Any] = pipe.execute(raise_on_error=False)
+            missing = any(isinstance(r, _redis.exceptions.NoScriptError) for r in results)
+            if not (missing and self.cluster and attempt == 0):
+                return results
+            self._load_scripts()
+        raise AssertionError("unreachable")
 
     # namespaces ----------------------------------------------------------------------------
 
@@ -257,9 +491,9 @@ class RedisKV(KVStore):
             return
         mapping = {ns: ("" if ttl is None else str(ttl)) for ns, ttl in ttls.items()}
         try:
-            self._r.hset(self._p + b"meta", mapping=mapping)
-        except _redis.RedisError as exc:
-            raise StorageError(f"cannot configure namespaces: {exc}") from exc
+            self._r.hset(self._meta, mapping=mapping)
+        except _ERRORS as exc:
+            raise self._fail("cannot configure namespaces", exc) from exc
         self._ttls.update(ttls)
 
     def _ns_ttl(self, ns: str) -> tuple[bool, int | None]:
@@ -267,9 +501,9 @@ class RedisKV(KVStore):
         if ns in self._ttls:
             return True, self._ttls[ns]
         try:
-            raw = self._r.hget(self._p + b"meta", ns)
-        except _redis.RedisError as exc:
-            raise StorageError(f"cannot read namespace {ns!r}: {exc}") from exc
+            raw = self._r.hget(self._meta, ns)
+        except _ERRORS as exc:
+            raise self._fail(f"cannot read namespace {ns!r}", exc) from exc
         if raw is None:
             return False, None
         ttl = int(raw) if raw else None
@@ -282,9 +516,9 @@ class RedisKV(KVStore):
     def namespaces(self) -> list[str]:
         self._check()
         try:
-            raw: list[bytes] = self._r.hkeys(self._p + b"meta")
-        except _redis.RedisError as exc:
-            raise StorageError(f"cannot list namespaces: {exc}") from exc
+            raw: list[bytes] = self._r.hkeys(self._meta)
+        except _ERRORS as exc:
+            raise self._fail("cannot list namespaces", exc) from exc
         names = {k.decode() for k in raw}
         return sorted(names - {CHECKPOINT_NS, META_NS})
 
@@ -299,9 +533,137 @@ class RedisKV(KVStore):
     def writer(self) -> Iterator[WriteTxn]:
         self._check()
         with self._lock:
+            if self._pending:
+                # A batch of ours failed half-way: finish it before this block reads anything,
+                # or it would decide its writes from a half-applied state.
+                self._roll_forward(list(self._pending))
             txn = _RedisWrite(self)
             yield txn
             txn.commit()
+
+    # Cluster batches -----------------------------------------------------------------------
+
+    def _apply_groups(self, groups: list[tuple[list[bytes], list[bytes | int]]]) -> None:
+        """Send every slot group in one cluster pipeline (all primaries at once).
+
+        Raises:
+            StorageError: if any group failed (the others may have been applied).
+        """
+        if len(groups) == 1:
+            keys, args = groups[0]
+            try:
+                self._group(keys=keys, args=args)
+            except _ERRORS as exc:
+                raise self._fail("commit failed", exc) from exc
+            return
+
+        def fill(pipe: Any) -> None:
+            for keys, args in groups:
+                self._queue(pipe, self._group, keys, args)
+
+        try:
+            results = self._pipeline(fill)
+        except _ERRORS as exc:
+            raise self._fail("commit failed", exc) from exc
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise self._fail(
+                f"commit failed: {len(failed)} of {len(groups)} slot groups not applied",
+                failed[0],
+            )
+
+    def _commit_cluster(
+        self,
+        groups: list[tuple[list[bytes], list[bytes | int]]],
+        checkpoints: list[tuple[str, bytes]],
+        declared: list[str],
+    ) -> None:
+        """Apply a batch on a Cluster (see the module docstring): journal when it spans slots,
+        the slot groups, then the checkpoints."""
+        try:
+            if len(groups) <= 1:
+                # One slot: the group is atomic by itself, so a crash before the checkpoint
+                # leaves the whole batch applied and the replay of it a plain LWW replay.
+                if declared:
+                    self._pipeline(
+                        lambda pipe: [pipe.hsetnx(self._meta, ns, "") for ns in declared]
+                    )
+                if groups:
+                    self._apply_groups(groups)
+                if checkpoints:
+                    keys = [self._cp, self._jnl, self._jage]
+                    self._finish(keys=keys, args=[b"", *_flat(checkpoints)])
+                return
+            batch = os.urandom(12).hex().encode()
+            journal = _journal_encode((checkpoints, groups))
+            self._begin(keys=[self._jnl, self._jage, self._meta], args=[batch, journal, *declared])
+        except _ERRORS as exc:
+            raise self._fail("commit failed", exc) from exc
+        self._pending.append(batch)
+        self._run_journal(batch, checkpoints, groups)
+
+    def _run_journal(
+        self,
+        batch: bytes,
+        checkpoints: list[tuple[str, bytes]],
+        groups: list[tuple[list[bytes], list[bytes | int]]],
+    ) -> None:
+        """Apply a journaled batch's groups, then close its entry and advance its checkpoints.
+        On failure the batch stays in ``_pending`` (and in the journal)."""
+        self._apply_groups(groups)
+        try:
+            self._finish(keys=[self._cp, self._jnl, self._jage], args=[batch, *_flat(checkpoints)])
+        except _ERRORS as exc:
+            raise self._fail("commit failed after its data was written (checkpoint)", exc) from exc
+        with suppress(ValueError):
+            self._pending.remove(batch)
+
+    def _roll_forward(self, batches: list[bytes]) -> int:
+        """Finish the journaled ``batches`` still open; returns how many were."""
+        try:
+            raws: list[bytes | None] = self._r.hmget(self._jnl, batches) if batches else []
+        except _ERRORS as exc:
+            raise self._fail("cannot read the write journal", exc) from exc
+        done = 0
+        for batch, raw in zip(batches, raws, strict=True):
+            if raw is None:  # finished meanwhile (by us before a lost reply, or by another)
+                with suppress(ValueError):
+                    self._pending.remove(batch)
+                continue
+            checkpoints, groups = _journal_decode(raw)
+            if batch not in self._pending:
+                self._pending.append(batch)
+            self._run_journal(batch, checkpoints, groups)
+            done += 1
+        return done
+
+    def recover(self, grace_ms: int = JOURNAL_GRACE_MS) -> int:
+        """Roll forward every batch a writer journaled but did not finish (Cluster only; called
+        when the store opens). Entries younger than ``grace_ms`` may belong to a live writer
+        and are waited for until they are finished or that old.
+
+        Returns:
+            How many batches were rolled forward.
+        """
+        self._check()
+        if not self.cluster:
+            return 0
+        rolled = 0
+        while True:
+            try:
+                raw: list[bytes] = self._ages(keys=[self._jage])
+            except _ERRORS as exc:
+                raise self._fail("cannot read the write journal", exc) from exc
+            ages = {raw[i]: int(raw[i + 1]) for i in range(0, len(raw), 2)}
+            stale = [b for b, age in ages.items() if age >= grace_ms]
+            if stale:
+                with self._lock:
+                    rolled += self._roll_forward(stale)
+            if len(stale) == len(ages):
+                return rolled
+            time.sleep(0.05)
+
+    # reads ---------------------------------------------------------------------------------
 
     def _page_of(
         self,
@@ -318,8 +680,8 @@ class RedisKV(KVStore):
         lo, hi = _lex_bounds(start, stop, after, reverse)
         try:
             ks, vs = self._page(keys=[z, h], args=[lo, hi, n, 1 if reverse else 0])
-        except _redis.RedisError as exc:
-            raise StorageError(f"cannot read {ns!r}: {exc}") from exc
+        except _ERRORS as exc:
+            raise self._fail(f"cannot read {ns!r}", exc) from exc
         return [_decode(k, v) for k, v in zip(ks, vs, strict=True) if v is not None]
 
     def _stream(
@@ -340,33 +702,64 @@ class RedisKV(KVStore):
                 return
             after = items[-1].key
 
+    # expiry --------------------------------------------------------------------------------
+
+    def _exp_keys(self) -> list[bytes]:
+        """Every expiry index: the one key on one server, the per-slot keys of a Cluster (SCAN
+        on every primary)."""
+        if not self.cluster:
+            return [self._exp]
+        pattern = _glob_escape(self._p) + b"x{*}"
+        found: set[bytes] = set()
+        for node in self._r.get_primaries():
+            cursor = 0
+            while True:
+                got, keys = self._r.execute_command(
+                    "SCAN", cursor, "MATCH", pattern, "COUNT", 1000, target_nodes=node
+                )
+                # redis-py answers a node-targeted SCAN with {node name: cursor}
+                cursor = int(next(iter(got.values())) if isinstance(got, dict) else got)
+                found.update(keys)
+                if not cursor:
+                    break
+        return sorted(found)
+
     def sweep(self, now: int, limit: int | None = None) -> int:
         self._check()
         removed = 0
-        exp = self._p + b"exp"
-        while limit is None or removed < limit:
-            n = SWEEP_CHUNK if limit is None else min(SWEEP_CHUNK, limit - removed)
-            try:
-                members = self._r.zrangebyscore(exp, "-inf", now, start=0, num=n)
-                if not members:
+        try:
+            for exp in self._exp_keys():
+                while limit is None or removed < limit:
+                    n = SWEEP_CHUNK if limit is None else min(SWEEP_CHUNK, limit - removed)
+                    members = self._r.zrangebyscore(exp, "-inf", now, start=0, num=n)
+                    if not members:
+                        break
+                    keys: list[bytes] = [exp]
+                    args: list[bytes | int] = [now]
+                    for m in members:
+                        ns, rid, key = _unmember(m)
+                        keys += self._keys(ns, rid)
+                        args += [m, key]
+                    removed += int(self._sweep(keys=keys, args=args))
+                if limit is not None and removed >= limit:
                     break
-                keys: list[bytes] = [exp]
-                args: list[bytes | int] = [now]
-                for m in members:
-                    ns, rid, key = _unmember(m)
-                    keys += self._keys(ns, rid)
-                    args += [m, key]
-                removed += int(self._sweep(keys=keys, args=args))
-            except _redis.RedisError as exc:
-                raise StorageError(f"sweep failed: {exc}") from exc
+        except _ERRORS as exc:
+            raise self._fail("sweep failed", exc) from exc
         return removed
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        with suppress(_redis.RedisError):
+        with suppress(*_ERRORS):
             self._r.close()
+
+
+def _flat(pairs: list[tuple[str, bytes]]) -> list[bytes | str]:
+    out: list[bytes | str] = []
+    for source, position in pairs:
+        out += [source, position]
+    return out
 
 
 class _RedisRead(ReadTxn):
@@ -380,8 +773,8 @@ class _RedisRead(ReadTxn):
         kv._check()
         try:
             blob = kv._r.hget(kv._keys(ns, rid)[1], key)
-        except _redis.RedisError as exc:
-            raise StorageError(f"cannot read {ns!r}: {exc}") from exc
+        except _ERRORS as exc:
+            raise kv._fail(f"cannot read {ns!r}", exc) from exc
         if blob is None:
             return None
         item = _decode(key, blob)
@@ -434,13 +827,18 @@ class _RedisRead(ReadTxn):
         if limit <= 0 or not rids:
             return [[] for _ in rids]
         lo, hi = _lex_bounds(start, stop, None, False)
-        try:
-            pipe = kv._r.pipeline(transaction=False)
+
+        def fill(pipe: Any) -> None:
             for rid in rids:
-                kv._page(keys=list(kv._keys(ns, rid)), args=[lo, hi, limit, 0], client=pipe)
-            pages = pipe.execute()
-        except _redis.RedisError as exc:
-            raise StorageError(f"cannot read {ns!r}: {exc}") from exc
+                kv._queue(pipe, kv._page, list(kv._keys(ns, rid)), [lo, hi, limit, 0])
+
+        try:
+            pages = kv._pipeline(fill)
+        except _ERRORS as exc:
+            raise kv._fail(f"cannot read {ns!r}", exc) from exc
+        for page in pages:
+            if isinstance(page, BaseException):
+                raise kv._fail(f"cannot read {ns!r}", page)
         out: list[list[T]] = []
         for i, (rid, (ks, vs)) in enumerate(zip(rids, pages, strict=True)):
             first = [_decode(k, v) for k, v in zip(ks, vs, strict=True) if v is not None]
@@ -462,9 +860,9 @@ class _RedisRead(ReadTxn):
         kv = self._kv
         kv._check()
         try:
-            raw = kv._r.hgetall(kv._p + b"cp")
-        except _redis.RedisError as exc:
-            raise StorageError(f"cannot read checkpoints: {exc}") from exc
+            raw = kv._r.hgetall(kv._cp)
+        except _ERRORS as exc:
+            raise kv._fail("cannot read checkpoints", exc) from exc
         return {k.decode(): bytes(v) for k, v in raw.items()}
 
 
@@ -491,30 +889,33 @@ def _finish(
 #: A buffered change: the item written, or None for a delete.
 _Change = Item | None
 
+#: A buffered operation: (op, record index, item key, blob, expires_at, index member).
+_Op = tuple[bytes, int, bytes, bytes, int | bytes, bytes]
+
 
 class _RedisWrite(WriteTxn):
     def __init__(self, kv: RedisKV) -> None:
         self._kv = kv
         self._changes: dict[tuple[str, bytes, bytes], _Change] = {}
-        self._slots: dict[tuple[str, bytes], int] = {}
-        self._keys: list[bytes] = [kv._p + b"exp", kv._p + b"cp", kv._p + b"meta"]
-        self._args: list[bytes | str | int] = []
-        self._declared: set[str] = set()
+        self._records: dict[tuple[str, bytes], int] = {}
+        self._record_keys: list[tuple[bytes, bytes]] = []
+        self._ops: list[_Op] = []
+        self._checkpoints: dict[str, bytes] = {}
+        self._declared: list[str] = []
 
-    def _slot(self, ns: str, rid: bytes) -> int:
-        k = self._slots.get((ns, rid))
-        if k is None:
-            k = len(self._keys) + 1  # Lua indices start at 1
-            self._keys += self._kv._keys(ns, rid)
-            self._slots[(ns, rid)] = k
-        return k
+    def _record(self, ns: str, rid: bytes) -> int:
+        r = self._records.get((ns, rid))
+        if r is None:
+            r = self._records[(ns, rid)] = len(self._record_keys)
+            self._record_keys.append(self._kv._keys(ns, rid))
+        return r
 
     def _stored(self, ns: str, rid: bytes, key: bytes) -> Item | None:
         kv = self._kv
         try:
             blob = kv._r.hget(kv._keys(ns, rid)[1], key)
-        except _redis.RedisError as exc:
-            raise StorageError(f"cannot read {ns!r}: {exc}") from exc
+        except _ERRORS as exc:
+            raise kv._fail(f"cannot read {ns!r}", exc) from exc
         return None if blob is None else _decode(key, blob)
 
     def get(self, ns: str, rid: bytes, key: bytes) -> Item | None:
@@ -528,8 +929,7 @@ class _RedisWrite(WriteTxn):
             return None
         known, ttl = self._kv._ns_ttl(ns)
         if not known:
-            self._declared.add(ns)
-            self._args += [b"N", ns, b"", b"", b"", b""]
+            self._declared.append(ns)
         return ttl
 
     def _write(
@@ -549,14 +949,7 @@ class _RedisWrite(WriteTxn):
         expires_at = expiry(ts, ttl, tombstone)
         value = bytes(value)
         blob = _encode(value, ts, token, expires_at, tombstone)
-        self._args += [
-            op,
-            self._slot(ns, rid),
-            key,
-            blob,
-            expires_at,
-            _member(ns, rid, key),
-        ]
+        self._ops.append((op, self._record(ns, rid), key, blob, expires_at, _member(ns, rid, key)))
         self._changes[(ns, rid, key)] = Item(key, value, ts, token, expires_at, tombstone)
 
     def put(
@@ -597,7 +990,7 @@ class _RedisWrite(WriteTxn):
     def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
         existed = self.get(ns, rid, key) is not None
         if existed:
-            self._args += [b"D", self._slot(ns, rid), key, b"", b"", _member(ns, rid, key)]
+            self._ops.append((b"D", self._record(ns, rid), key, b"", b"", _member(ns, rid, key)))
             self._changes[(ns, rid, key)] = None
         return existed
 
@@ -622,16 +1015,58 @@ class _RedisWrite(WriteTxn):
         return iter([merged[k] for k in sorted(merged, reverse=reverse)])
 
     def set_checkpoint(self, source: str, position: bytes) -> None:
-        self._args += [b"C", source, bytes(position), b"", b"", b""]
+        self._checkpoints[source] = bytes(position)
 
     def commit(self) -> None:
-        if not self._args:
+        if not (self._ops or self._checkpoints or self._declared):
             return
-        try:
-            self._kv._commit(keys=self._keys, args=self._args)
-        except _redis.RedisError as exc:
-            raise StorageError(f"commit failed: {exc}") from exc
-        self._kv._ttls.update(dict.fromkeys(self._declared - self._kv._ttls.keys()))
+        kv = self._kv
+        if kv.cluster:
+            kv._commit_cluster(
+                self._groups(), list(self._checkpoints.items()), list(self._declared)
+            )
+        else:
+            keys, args = self._single()
+            try:
+                kv._commit(keys=keys, args=args)
+            except _ERRORS as exc:
+                raise kv._fail("commit failed", exc) from exc
+        kv._ttls.update(dict.fromkeys(set(self._declared) - kv._ttls.keys()))
+
+    def _single(self) -> tuple[list[bytes], list[bytes | str | int]]:
+        """KEYS and ARGV of the one-server batch script."""
+        kv = self._kv
+        keys: list[bytes] = [kv._exp, kv._cp, kv._meta]
+        for z, h in self._record_keys:
+            keys += (z, h)
+        args: list[bytes | str | int] = []
+        for ns in self._declared:
+            args += [b"N", ns, b"", b"", b"", b""]
+        for op, r, key, blob, expires_at, member in self._ops:
+            args += [op, 4 + 2 * r, key, blob, expires_at, member]
+        for source, position in self._checkpoints.items():
+            args += [b"C", source, position, b"", b"", b""]
+        return keys, args
+
+    def _groups(self) -> list[tuple[list[bytes], list[bytes | int]]]:
+        """The batch as one (KEYS, ARGV) per hash slot, each for the group script."""
+        kv = self._kv
+        by_slot: dict[int, tuple[list[bytes], list[bytes | int]]] = {}
+        # record index -> (its group, its zset's index in the group's KEYS)
+        local: dict[int, tuple[tuple[list[bytes], list[bytes | int]], int]] = {}
+        for op, r, key, blob, expires_at, member in self._ops:
+            where = local.get(r)
+            if where is None:
+                z, h = self._record_keys[r]
+                slot = key_slot(z)
+                group = by_slot.get(slot)
+                if group is None:
+                    group = by_slot[slot] = ([kv._exp_of(slot)], [])
+                where = local[r] = (group, len(group[0]) + 1)  # Lua indices start at 1
+                group[0].extend((z, h))
+            group, k = where
+            group[1].extend((op, k, key, blob, expires_at, member))
+        return list(by_slot.values())
 
 
-__all__ = ["RedisKV"]
+__all__ = ["RedisKV", "cluster_url", "slot_tag"]
