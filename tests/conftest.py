@@ -16,7 +16,7 @@ from hopcast.kv import KVStore
 from hopcast.kv.lmdb import LmdbKV
 from hopcast.kv.memory import MemoryKV
 
-BACKENDS = ["memory", "lmdb", "redis"]
+BACKENDS = ["memory", "lmdb", "redis", "redis-cluster"]
 
 
 def make_kv(name: str, tmp_path: Path, request: pytest.FixtureRequest | None = None) -> KVStore:
@@ -29,6 +29,11 @@ def make_kv(name: str, tmp_path: Path, request: pytest.FixtureRequest | None = N
 
         url = request.getfixturevalue("redis_url")
         return RedisKV(url, prefix=request.getfixturevalue("redis_prefix"))
+    if name == "redis-cluster" and request is not None:
+        from hopcast.kv.redis import RedisKV
+
+        node = request.getfixturevalue("redis_cluster_url").partition("://")[2]
+        return RedisKV(f"redis+cluster://{node}", prefix=request.getfixturevalue("redis_prefix"))
     raise ValueError(name)
 
 

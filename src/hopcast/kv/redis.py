@@ -371,6 +371,8 @@ class RedisKV(KVStore):
             contain ``{`` or ``}`` (they would change the Cluster hash tag).
         sync: accepted for symmetry with LMDB (``Graph.open`` passes it); durability on Redis
             is the server's own setting (``appendfsync``).
+        journal_grace_ms: on a Cluster, how old an unfinished journal entry must be before
+            this store, when it opens, rolls it forward (see :meth:`recover`).
         options: further keyword arguments for ``redis.Redis.from_url`` (or
             ``redis.cluster.RedisCluster.from_url``).
     """
@@ -378,7 +380,13 @@ class RedisKV(KVStore):
     name = "redis"
 
     def __init__(
-        self, url: str, prefix: str = "hopcast:", *, sync: bool = True, **options: Any
+        self,
+        url: str,
+        prefix: str = "hopcast:",
+        *,
+        sync: bool = True,
+        journal_grace_ms: int = JOURNAL_GRACE_MS,
+        **options: Any,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ConfigError(f"Redis key prefix {prefix!r} must not contain '{{' or '}}'")
@@ -431,7 +439,7 @@ class RedisKV(KVStore):
             k.decode(): (int(v) if v else None) for k, v in raw.items()
         }
         if self.cluster:
-            self.recover()
+            self.recover(journal_grace_ms)
 
     # keys ----------------------------------------------------------------------------------
 
