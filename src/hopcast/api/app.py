@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from hopcast.api import errors, openapi
+from hopcast.api import console, errors, openapi
 from hopcast.api.bodies import (
     MutationsRequest,
     TraverseRequest,
@@ -53,6 +53,7 @@ from hopcast.live.service import LiveService
 from hopcast.query import spec as q
 
 if TYPE_CHECKING:
+    from hopcast.api.console import IngestStats
     from hopcast.stream.sources.journal import Journal
 
 #: Largest request body accepted (1 MiB). Roughly 5-10k mutations in their JSON form — a batch
@@ -174,6 +175,8 @@ def create_app(
     live: LiveService | None = None,
     gateway: GatewayBinding | None = None,
     journals: Mapping[str, Journal] | None = None,
+    ingest: IngestStats | None = None,
+    console_routes: bool | None = None,
 ) -> FastAPI:
     """Build the API app over ``graph``.
 
@@ -189,6 +192,10 @@ def create_app(
         gateway: a WebSocket gateway to run beside the live routes (needs ``live``).
         journals: ingest journals by source name: adds ``POST /v1/ingest/{source}``
             (:mod:`hopcast.api.ingest`). Not owned by the app.
+        ingest: the stats of a pipeline running in this process, for the console's ingest
+            status (:mod:`hopcast.api.console`; settable later as ``app.state.ingest``).
+        console_routes: serve the operator console's ``/v1/console`` routes; default: when
+            there is a live service or ingest stats.
 
     Raises:
         ValueError: for a negative ``max_body_bytes`` or ``max_mutations < 1``.
@@ -446,6 +453,18 @@ def create_app(
     if live is not None:
         app.state.live = live
         app.include_router(live_router(live, metrics.registry, binding=gateway))
+        if live.materialiser is None:
+            live.use_graph(graph)
+    wanted = live is not None or ingest is not None
+    if console_routes or (console_routes is None and wanted):
+        console.install(
+            app,
+            graph,
+            metrics.registry,
+            live=live,
+            gateway=None if gateway is None else gateway.gateway,
+            ingest=ingest,
+        )
     if journals:
         from hopcast.api.ingest import ingest_router
 

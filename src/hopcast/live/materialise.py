@@ -736,7 +736,9 @@ class Materialiser:
         with self._lock:
             previous = self.state(event_id, now)
             target = self._node(event_id, node, previous, now)  # 1
-            bound = max_segments or (previous.max_segments if previous else self.max_segments)
+            bound = max_segments
+            if bound is None:
+                bound = previous.max_segments if previous else self.max_segments
             if not 1 <= bound <= MAX_SEGMENTS:
                 raise InvalidInput(
                     f"max_segments must be between 1 and {MAX_SEGMENTS}, got {bound}"
