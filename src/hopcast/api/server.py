@@ -1,8 +1,11 @@
 """Run the API with uvicorn: uvloop event loop, httptools HTTP parser, no access log.
 
 ``serve(graph)`` is the one call a user needs. With ``workers > 1`` uvicorn starts that many
-processes; each re-opens the same LMDB directory (many readers and one writer across processes
-are what LMDB is built for), so the graph must live in LMDB and its schema in a file.
+processes and each opens the same store on its own: an LMDB directory (many readers and one
+writer across processes are what LMDB is built for) or a Redis server or Cluster (the workers
+are then stateless replicas: any number of them, on any hosts, over one shared store). The
+schema must come from a file. Each worker names itself in the ``X-Hopcast-Worker`` response
+header (its process id), so a client or a load balancer can see which replica answered.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from hopcast.config import LIVE_SECRET_ENV as LIVE_SECRET_ENV
 from hopcast.config import live_secret as live_secret
 from hopcast.errors import ConfigError
 from hopcast.graphdb import Graph
+from hopcast.kv import open_kv
 from hopcast.live.fanout import InProcessTransport, Router, Transport
 from hopcast.live.gateway import Gateway
 from hopcast.live.service import LiveService
@@ -40,6 +44,10 @@ DEFAULT_PORT = 8321
 _ENV_STORE = "HOPCAST_API_STORE"
 _ENV_SCHEMA = "HOPCAST_API_SCHEMA"
 _ENV_MAX_BODY = "HOPCAST_API_MAX_BODY_BYTES"
+_ENV_REDIS_PREFIX = "HOPCAST_API_REDIS_PREFIX"
+
+#: The response header in which a worker of a multi-worker server names itself (its pid).
+WORKER_HEADER = "x-hopcast-worker"
 
 # uvloop and httptools are in the ``server`` extra except where they do not build (uvloop on
 # Windows); fall back to asyncio / h11 there rather than refuse to start.
@@ -171,12 +179,13 @@ def serve(
     only) the live triggers are also published into that Redis for ``hopcast live gateway``.
 
     Args:
-        graph: the graph. With ``workers > 1`` only its LMDB directory and schema file are used:
-            every worker opens its own :class:`Graph` on them.
+        graph: the graph. With ``workers > 1`` only its store (LMDB directory, or Redis URL and
+            key prefix) and schema file are used: every worker opens its own :class:`Graph` on
+            them.
         workers: server processes.
 
     Raises:
-        ConfigError: ``workers < 1``, or ``workers > 1`` with a graph not in LMDB or a schema
+        ConfigError: ``workers < 1``, or ``workers > 1`` with a graph in memory or a schema
             not loaded from a file.
     """
     if workers < 1:
@@ -200,9 +209,21 @@ def serve(
         print(f"hopcast API on {address} (docs: {address}/docs)", flush=True)
         server.run()
         return
-    store = getattr(graph.store.kv, "path", None)
-    if graph.store.kv.name != "lmdb" or not isinstance(store, str):
-        raise ConfigError("workers > 1 needs a graph stored in LMDB (Graph.open('<directory>'))")
+    kv = graph.store.kv
+    os.environ.pop(_ENV_REDIS_PREFIX, None)
+    if kv.name == "lmdb":
+        store = getattr(kv, "path", None)
+    elif kv.name == "redis":
+        store = getattr(kv, "url", None)
+        os.environ[_ENV_REDIS_PREFIX] = str(getattr(kv, "prefix", ""))
+    else:
+        store = None
+    if not isinstance(store, str):
+        raise ConfigError(
+            "workers > 1 needs a graph stored in LMDB (Graph.open('<directory>')) or Redis "
+            "(Graph.open('redis://host:port'), 'redis+cluster://host:port'), which every "
+            "worker opens on its own"
+        )
     schema = Path(graph.schema.source)
     if not schema.is_file():
         raise ConfigError(
@@ -231,7 +252,9 @@ def serve(
 def worker_app() -> FastAPI:
     """The app of one worker process (uvicorn's factory when ``workers > 1``).
 
-    Opens the graph named by the environment :func:`serve` set; the process exit releases it.
+    Opens the graph named by the environment :func:`serve` set (an LMDB directory or a Redis
+    URL, with ``HOPCAST_API_REDIS_PREFIX`` as the Redis key prefix); the process exit releases
+    it. Its responses carry the ``X-Hopcast-Worker`` header (this process's id).
 
     Raises:
         ConfigError: if that environment is missing.
@@ -239,8 +262,38 @@ def worker_app() -> FastAPI:
     store = os.environ.get(_ENV_STORE)
     schema = os.environ.get(_ENV_SCHEMA)
     if not store or not schema:
-        raise ConfigError(f"{_ENV_STORE} and {_ENV_SCHEMA} must name the LMDB store and schema")
+        raise ConfigError(f"{_ENV_STORE} and {_ENV_SCHEMA} must name the store and schema")
     max_body = int(os.environ.get(_ENV_MAX_BODY, MAX_BODY_BYTES))
-    app = create_app(Graph.open(store, schema), max_body_bytes=max_body)
+    prefix = os.environ.get(_ENV_REDIS_PREFIX)
+    if prefix is not None and store.partition("://")[0] in REDIS_SCHEMES:
+        graph = Graph.open(schema=schema, kv=open_kv(store, prefix=prefix))
+    else:
+        graph = Graph.open(store, schema)
+    app = create_app(graph, max_body_bytes=max_body)
+    app.add_middleware(_WorkerHeader)
     _freeze_heap()
     return app
+
+
+#: Store URL schemes of the Redis backend (see :func:`hopcast.kv.open_kv`).
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+class _WorkerHeader:
+    """Adds ``X-Hopcast-Worker: <pid>`` to every response of a worker process."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.header = (WORKER_HEADER.encode(), str(os.getpid()).encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, named)

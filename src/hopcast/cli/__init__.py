@@ -113,7 +113,15 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8321, show_default=True)
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Server processes, each opening the store itself: an LMDB directory, or Redis "
+    "(redis://, redis+cluster://) for stateless replicas over a shared store. Graph routes "
+    "only when > 1.",
+)
 @click.option(
     "--gateway-port",
     type=click.IntRange(1, 65535),
@@ -138,7 +146,12 @@ def serve(
     gateway_port: int | None,
     redis_url: str | None,
 ) -> None:
-    """Run the HTTP API on the store (needs the server extras: hopcast[server])."""
+    """Run the HTTP API on the store (needs the server extras: hopcast[server]).
+
+    With --workers N every worker opens --store and --schema on its own (responses name the
+    worker in the X-Hopcast-Worker header); e.g. `hopcast --store redis://10.0.0.5:6379/0
+    serve --workers 4` on several hosts behind a load balancer.
+    """
     try:
         api = importlib.import_module("hopcast.api")
     except ImportError as exc:

@@ -391,6 +391,7 @@ class RedisKV(KVStore):
         if "{" in prefix or "}" in prefix:
             raise ConfigError(f"Redis key prefix {prefix!r} must not contain '{{' or '}}'")
         self.url = url
+        self.prefix = prefix
         self._p = prefix.encode()
         self._closed = False
         self._lock = threading.RLock()
