@@ -78,3 +78,76 @@ def test_the_trigger_shows_the_live_badge_and_new_artwork_with_no_request(
     )
     assert requests[0] == f"POST {hopcast.base}/v1/console/reports", requests
     assert page.errors == []
+
+
+def test_a_member_on_the_events_title_page_is_moved_into_the_player_at_go_live(
+    context: Any, hopcast: Hopcast, artifacts: Path
+) -> None:
+    hopcast.create_event("derby", "The Derby", starts_at="10m")
+    page = open_device(context, hopcast, "derby", hash="#/title/live:derby")
+    page.wait_for_selector("#detail[data-id='live:derby']")
+    assert page.locator("#player").count() == 0
+    page.screenshot(path=str(artifacts / "detail-before.png"))
+
+    hopcast.command("derby", "start")
+    page.wait_for_selector("#player[data-id='live:derby'] #live-badge", state="visible")
+    assert page.evaluate("location.hash") == "#/play/live:derby"
+    assert [a["event"] for a in _state(page, "d.autoPlayed")] == ["derby"]
+    assert _state(page, "d.view") == "player"
+    page.screenshot(path=str(artifacts / "player.png"))
+
+    # an early end reaches the player too
+    hopcast.command("derby", "end")
+    page.wait_for_selector("#player-ended", state="visible")
+    page.click("text=← Back")
+    page.wait_for_selector("#hero[data-stage=ended] #ended-badge")
+    assert page.locator("#live-badge").count() == 0
+    assert page.locator(".row h2", has_text="Highlights").count() == 1
+    assert page.errors == []
+
+
+def test_an_early_end_removes_the_badge_on_the_home_screen(
+    context: Any, hopcast: Hopcast, artifacts: Path
+) -> None:
+    hopcast.create_event("gala", "The Gala", starts_at="10m")
+    page = open_device(context, hopcast, "gala")
+    hopcast.command("gala", "start")
+    page.wait_for_selector("#hero[data-stage=live] #live-badge")
+    hopcast.command("gala", "end")
+    page.wait_for_selector("#hero[data-stage=ended] #ended-badge")
+    assert page.locator("#live-badge").count() == 0
+    assert page.text_content("#countdown") == "Ended"
+    assert page.get_attribute("#hero", "data-art") == "art/live/gala/ended.jpg"
+    page.screenshot(path=str(artifacts / "ended.png"))
+    assert page.errors == []
+
+
+def test_the_page_recovers_after_the_network_drops_and_gets_the_next_stage(
+    context: Any, hopcast: Hopcast, artifacts: Path
+) -> None:
+    hopcast.create_event("cup", "The Cup", starts_at="10m")
+    page = open_device(context, hopcast, "cup")
+    page.wait_for_selector("#hero[data-stage=prefetch]")
+    welcomes = _state(page, "d.welcomes")
+    reconnects = _state(page, "d.reconnects")
+
+    context.set_offline(True)
+    # nothing arrives any more: after 2.5 heartbeats the page declares the connection dead
+    page.wait_for_function("() => window.hopcastDevice.status !== 'open'")
+    hopcast.command("cup", "start")  # broadcast while the device cannot hear it
+    page.wait_for_timeout(1000)
+    assert _state(page, "d.stage") == "prefetch"
+    page.screenshot(path=str(artifacts / "offline.png"))
+
+    context.set_offline(False)
+    page.wait_for_selector("#hero[data-stage=live] #live-badge")
+    assert _state(page, "d.welcomes") > welcomes
+    assert _state(page, "d.reconnects") > reconnects
+    applied = _state(page, "d.triggers[d.triggers.length - 1]")
+    # the gateway replayed the missed trigger from the position the page resumed from
+    assert applied["stage"] == "live" and applied["source"] == "trigger"
+    assert applied["fromCache"] is True
+    # and the next stage arrives over the new connection
+    hopcast.command("cup", "end")
+    page.wait_for_selector("#hero[data-stage=ended]")
+    assert page.errors == []

@@ -1,0 +1,354 @@
+// The operator console: schedule and steer live events (the /v1/live routes), watch the fleet
+// (GET /v1/console/dashboard), explore the graph (search, neighbourhood, journey) and the
+// ingest pipeline (GET /v1/console/ingest). Contract: docs/console-api.md. A panel whose
+// endpoint is missing or failing says so in place and keeps polling; the rest carry on.
+
+import { drawCdf, drawJourney, drawNeighbourhood, drawSpark, VERTICAL_COLOURS } from "./graph.js";
+
+const POLL_MS = 2000;
+const enc = encodeURIComponent;
+const $ = (sel) => document.querySelector(sel);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+const state = { events: [], dashboard: null, ingest: null, hood: null, journey: null, failures: {}, commands: [] };
+window.hopcastConsole = state;
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(method, path, body) {
+  const init = { method, cache: "no-store", headers: {} };
+  if (body !== undefined) {
+    init.headers["content-type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let r;
+  try {
+    r = await fetch(path, init);
+  } catch (exc) {
+    throw new ApiError(0, `${method} ${path}: the API did not answer (${exc.message})`);
+  }
+  const text = await r.text();
+  let doc = null;
+  try {
+    doc = text ? JSON.parse(text) : null;
+  } catch (_) {
+    doc = null;
+  }
+  if (!r.ok) {
+    const what = doc && doc.message ? doc.message : text.slice(0, 200) || r.statusText;
+    if (r.status === 404 && !(doc && doc.error === "not_found" && doc.message)) {
+      throw new ApiError(404, `${path.split("?")[0]} is not available on this server (404)`);
+    }
+    throw new ApiError(r.status, `${method} ${path.split("?")[0]}: ${r.status} ${what}`);
+  }
+  return doc;
+}
+
+function show(id, message, kind = "warn") {
+  const box = $(id);
+  if (!message) {
+    box.hidden = true;
+    box.textContent = "";
+    return;
+  }
+  box.hidden = false;
+  box.className = `message${kind === "error" ? " error" : ""}`;
+  box.textContent = message;
+}
+
+// -- time formatting -------------------------------------------------------------------------
+
+const nowUs = () => Date.now() * 1000;
+
+function fmtIn(us) {
+  const sign = us < 0 ? "-" : "";
+  let s = Math.round(Math.abs(us) / 1e6);
+  const h = Math.floor(s / 3600);
+  s -= h * 3600;
+  const m = Math.floor(s / 60);
+  const ss = String(s % 60).padStart(2, "0");
+  return `${sign}${h ? `${h}:${String(m).padStart(2, "0")}` : m}:${ss}`;
+}
+
+function fmtClock(us) {
+  return new Date(us / 1000).toLocaleTimeString();
+}
+
+function fmtNum(n, digits = 0) {
+  if (n === null || n === undefined || Number.isNaN(n)) return "–";
+  return Number(n).toLocaleString(undefined, { maximumFractionDigits: digits, minimumFractionDigits: digits });
+}
+
+function fmtBytes(n) {
+  if (n === null || n === undefined) return "–";
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+// -- events -------------------------------------------------------------------------------------
+
+async function loadEvents() {
+  try {
+    const doc = await api("GET", "/v1/live/events");
+    state.events = doc.events;
+    if (state.failures.events) show("#events-message", null);
+    state.failures.events = null;
+    renderEvents();
+  } catch (exc) {
+    state.failures.events = exc.message;
+    show("#events-message", exc.message, "error");
+  }
+}
+
+async function command(eventId, verb, body = {}) {
+  const row = document.querySelector(`tr[data-event="${CSS.escape(eventId)}"]`);
+  if (row) for (const b of row.querySelectorAll("button")) b.disabled = true;
+  try {
+    const doc = await api("POST", `/v1/live/events/${enc(eventId)}/${verb}`, body);
+    state.commands.push({ event: eventId, verb, body, at: Date.now(), version: doc && doc.version });
+    show("#events-message", null);
+  } catch (exc) {
+    show("#events-message", exc.message, "error");
+  }
+  await loadEvents();
+  pollDashboard();
+}
+
+function renderEvents() {
+  const rows = [...state.events].sort((a, b) => a.terminal - b.terminal || a.starts_at - b.starts_at);
+  const body = $("#event-rows");
+  const now = nowUs();
+  // Keep the delay inputs the operator is typing in.
+  const typed = {};
+  for (const input of body.querySelectorAll("input.delay")) typed[input.dataset.event] = input.value;
+  body.replaceChildren(
+    ...rows.map((ev) => {
+      const accepts = new Set(ev.accepts);
+      const delayInput = el("input", { class: "delay", value: typed[ev.id] ?? "2m", "data-event": ev.id, title: "delay: 2m, 30s, -1m" });
+      const started = ev.state === "live" || ev.state === "interrupted";
+      return el("tr", { dataset: { event: ev.id, state: ev.state } },
+        el("td", {}, el("strong", {}, ev.title), el("br"), el("small", {}, ev.id)),
+        el("td", {}, el("span", { class: `state ${ev.state}` }, ev.state)),
+        el("td", { class: "starts", dataset: { startsAt: ev.starts_at } },
+          started ? `live since ${fmtClock(ev.went_live_at || ev.stage_changed_at)}` : ev.terminal ? fmtClock(ev.ended_at || ev.cancelled_at || ev.starts_at) : `in ${fmtIn(ev.starts_at - now)}`,
+          el("br"), el("small", {}, fmtClock(ev.starts_at))),
+        el("td", { class: "delay-cell" }, ev.delay_us ? `+${fmtIn(ev.delay_us)}` : "–"),
+        el("td", { class: "actions" },
+          delayInput,
+          el("button", { class: "delay-btn", disabled: !accepts.has("reschedule"), onclick: () => command(ev.id, "reschedule", { delay: delayInput.value.trim() || "2m" }) }, "Delay"),
+          el("button", { class: "go start-btn", disabled: !accepts.has("start_now"), onclick: () => command(ev.id, "start") }, "Start"),
+          el("button", { class: "danger end-btn", disabled: !accepts.has("end_now"), onclick: () => command(ev.id, "end") }, "End"),
+          el("button", { class: "danger cancel-btn", disabled: !accepts.has("cancel"), onclick: () => command(ev.id, "cancel") }, "Cancel"),
+          el("button", { class: "recs-btn", disabled: ev.terminal, title: "recommendation rows from the graph", onclick: () => materialiseFromGraph(ev.id) }, "Recs from graph")));
+    }),
+  );
+  if (!rows.length) body.append(el("tr", {}, el("td", { colspan: 5, class: "dim" }, "No events yet: create one above.")));
+}
+
+async function materialiseFromGraph(eventId) {
+  try {
+    const doc = await api("POST", `/v1/console/events/${enc(eventId)}/materialise`, {});
+    show("#events-message", `${eventId}: ${doc.segments.length} segments, ${doc.members} members placed, cardinality ${doc.cardinality}${doc.changed ? "" : " (unchanged)"}`);
+  } catch (exc) {
+    show("#events-message", exc.message, "error");
+  }
+}
+
+$("#create").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const form = new FormData(e.target);
+  const id = form.get("id").trim();
+  const body = { id, title: form.get("title").trim(), starts_at: form.get("starts_at").trim() || "5m" };
+  const after = form.get("ends_after").trim();
+  try {
+    const created = await api("POST", "/v1/live/events", body);
+    if (after) {
+      const m = /^(\d+)\s*(s|m|h)$/.exec(after);
+      if (m) {
+        const unit = { s: 1e6, m: 60e6, h: 3600e6 }[m[2]];
+        await api("POST", `/v1/live/events/${enc(id)}/reschedule`, { ends_at: created.starts_at + Number(m[1]) * unit });
+      }
+    }
+    if (form.get("materialise")) {
+      // rows from the graph when it has the event; otherwise the fixture rows
+      try {
+        await api("POST", `/v1/console/events/${enc(id)}/materialise`, {});
+      } catch (_) {
+        await api("POST", `/v1/live/events/${enc(id)}/materialise`, { segments: [] });
+      }
+    }
+    show("#events-message", `created ${id}`);
+    e.target.reset();
+  } catch (exc) {
+    show("#events-message", exc.message, "error");
+  }
+  await loadEvents();
+});
+
+// -- dashboard ----------------------------------------------------------------------------------
+
+async function pollDashboard() {
+  try {
+    const doc = await api("GET", "/v1/console/dashboard?window=10");
+    state.dashboard = doc;
+    show("#dashboard-message", null);
+    renderDashboard(doc);
+  } catch (exc) {
+    state.failures.dashboard = exc.message;
+    show("#dashboard-message", `Dashboard unavailable: ${exc.message}`, exc.status === 404 ? "warn" : "error");
+  }
+}
+
+function renderDashboard(doc) {
+  $("#dash-event").textContent = doc.event ? `${doc.event.title} · ${doc.event.state}` : "no event";
+  $("#m-connected").textContent = doc.devices && doc.devices.gateway ? fmtNum(doc.devices.connected) : "no gateway";
+  const pf = doc.prefetch || {};
+  $("#m-coverage").textContent = pf.coverage_pct === null || pf.coverage_pct === undefined ? "–" : `${fmtNum(pf.coverage_pct, 1)}%`;
+  $("#m-coverage-bar").style.width = `${Math.min(100, pf.coverage_pct || 0)}%`;
+  $("#m-coverage-sub").textContent = pf.stage ? `${fmtNum(pf.devices)} of ${fmtNum(pf.connected)} hold “${pf.stage}”` : "";
+  const ttu = doc.time_to_update;
+  $("#m-ttu").textContent = ttu ? `${fmtNum(ttu.p50_ms, 0)} / ${fmtNum(ttu.p99_ms, 0)} ms` : "–";
+  $("#m-ttu-sub").textContent = ttu ? `${fmtNum(ttu.devices)} of ${fmtNum(ttu.connected)} devices updated to “${ttu.stage}”` : "no trigger yet";
+  $("#cdf-caption").textContent = ttu ? `${ttu.event} → ${ttu.stage} (v${ttu.version}) at ${fmtClock(ttu.trigger_ts)}` : "";
+  drawCdf($("#cdf"), ttu);
+  const origin = doc.origin || {};
+  $("#m-rps").textContent = fmtNum(origin.rps, 1);
+  drawSpark($("#m-rps-spark"), origin.series);
+}
+
+// -- ingest -------------------------------------------------------------------------------------
+
+async function pollIngest() {
+  try {
+    const doc = await api("GET", "/v1/console/ingest");
+    state.ingest = doc;
+    show("#ingest-message", doc.engine ? null : "No pipeline runs in this server process: rates, lag and freshness are empty; dead letters are counted from the store.");
+    $("#i-eps").textContent = fmtNum(doc.events_per_s, 0);
+    $("#i-events").textContent = `${fmtNum(doc.events)} events`;
+    $("#i-mps").textContent = fmtNum(doc.mutations_per_s, 0);
+    $("#i-mutations").textContent = `${fmtNum(doc.mutations)} mutations`;
+    $("#i-lag").textContent = fmtBytes(doc.lag_total_bytes);
+    $("#i-lag-sub").textContent = Object.entries(doc.lag_bytes || {}).map(([k, v]) => `${k} ${fmtBytes(v)}`).join(" · ");
+    const fresh = doc.freshness_ms;
+    $("#i-fresh").textContent = fresh && fresh.p50 !== null && fresh.p50 !== undefined ? `${fmtNum(fresh.p50, 0)} / ${fmtNum(fresh.p99, 0)} ms` : "–";
+    $("#i-dead").textContent = fmtNum(doc.dead_letters);
+    $("#i-dead-sub").textContent = Object.entries(doc.dead_by_reason || {}).map(([k, v]) => `${k} ${v}`).join(" · ");
+  } catch (exc) {
+    state.failures.ingest = exc.message;
+    show("#ingest-message", `Ingest status unavailable: ${exc.message}`, exc.status === 404 ? "warn" : "error");
+  }
+}
+
+// -- graph explorer -----------------------------------------------------------------------------
+
+async function search(q, depth) {
+  const results = $("#results");
+  results.replaceChildren();
+  show("#graph-message", null);
+  if (!q) return;
+  try {
+    const doc = await api("GET", `/v1/console/graph/search?q=${enc(q)}&limit=20`);
+    if (!doc.nodes.length) {
+      show("#graph-message", `No node starts with “${q}”.`);
+      return;
+    }
+    results.append(...doc.nodes.map((n) =>
+      el("li", {}, el("button", { onclick: () => explore(n.id, depth()), title: JSON.stringify(n.props) }, n.props && n.props.name ? `${n.id} · ${n.props.name}` : n.id))));
+    if (doc.nodes.length === 1 || doc.nodes[0].id === q) explore(doc.nodes[0].id, depth());
+  } catch (exc) {
+    if (exc.status === 404 && /is not available/.test(exc.message)) {
+      show("#graph-message", `Search unavailable (${exc.message}); drawing ${q} as an exact id.`);
+      explore(q, depth());
+    } else {
+      show("#graph-message", exc.message, "error");
+    }
+  }
+}
+
+async function explore(nodeId, depth = 1) {
+  try {
+    const hood = await api("GET", `/v1/console/graph/neighbourhood/${enc(nodeId)}?depth=${depth}&limit=40`);
+    state.hood = hood;
+    show("#graph-message", hood.truncated ? "Neighbourhood truncated at the limit." : null);
+    drawNeighbourhood($("#graph-svg"), hood, (id) => explore(id, depth));
+    showNode(hood.nodes.find((n) => n.id === hood.center) || { id: nodeId }, hood);
+  } catch (exc) {
+    show("#graph-message", exc.message, exc.status === 404 ? "warn" : "error");
+  }
+  const type = nodeId.split(":")[0];
+  if (type === "account" || type === "profile" || type === "device") loadJourney(nodeId);
+}
+
+function showNode(node, hood) {
+  const degree = hood.edges.filter((e) => e.src === node.id || e.dst === node.id).length;
+  const props = Object.entries(node.props || {});
+  $("#node-info").replaceChildren(
+    el("h3", {}, node.id),
+    el("div", { class: "dim" }, `${node.type || node.id.split(":")[0]} · ${degree} edges shown · ${hood.nodes.length} nodes`),
+    el("dl", {}, ...props.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])),
+    el("h3", {}, "Edges"),
+    el("ul", {}, ...hood.edges.slice(0, 30).map((e) => el("li", {}, `${e.src} —${e.type}→ ${e.dst}`))),
+  );
+}
+
+async function loadJourney(nodeId) {
+  try {
+    const doc = await api("GET", `/v1/console/graph/journey/${enc(nodeId)}?since=100d&limit=200`);
+    state.journey = doc;
+    show("#journey-message", null);
+    $("#journey-caption").textContent = `${doc.account}: ${doc.entries.length} interactions on ${doc.devices.length} devices · ${doc.verticals.join(", ")}`;
+    drawJourney($("#journey-svg"), doc);
+    $("#journey-legend").replaceChildren(
+      ...Object.entries(VERTICAL_COLOURS).map(([v, c]) => el("span", { style: `--c:${c}` }, v)));
+  } catch (exc) {
+    show("#journey-message", exc.message, exc.status === 404 ? "warn" : "error");
+  }
+}
+
+$("#search").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const form = new FormData(e.target);
+  search(form.get("q").trim(), () => Number(form.get("depth")) || 1);
+});
+
+// -- start ----------------------------------------------------------------------------------------
+
+function tick() {
+  $("#clock").textContent = new Date().toLocaleTimeString();
+  const now = nowUs();
+  for (const cell of document.querySelectorAll("td.starts")) {
+    const ev = state.events.find((x) => x.id === cell.parentElement.dataset.event);
+    if (ev && !ev.terminal && ev.state !== "live" && ev.state !== "interrupted") cell.firstChild.textContent = `in ${fmtIn(ev.starts_at - now)}`;
+  }
+}
+
+setInterval(tick, 500);
+loadEvents();
+pollDashboard();
+pollIngest();
+setInterval(loadEvents, POLL_MS);
+setInterval(pollDashboard, POLL_MS);
+setInterval(pollIngest, POLL_MS * 2);
+const first = new URLSearchParams(location.search).get("node");
+if (first) {
+  $("#search input[name=q]").value = first;
+  search(first, () => 1);
+}

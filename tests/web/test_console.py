@@ -1,0 +1,165 @@
+"""The operator console in Chromium: a delay clicked in the console reaches an open device page;
+the dashboard, graph explorer and ingest panels draw what the console API answers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from test_device_page import open_device
+
+from web.conftest import Hopcast
+
+DELAY_US = 2 * 60 * 1_000_000
+
+
+def open_console(context: Any, hopcast: Hopcast) -> Any:
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors
+    page.goto(f"{hopcast.base}/web/console.html")
+    return page
+
+
+def test_a_delay_made_in_the_console_reaches_the_open_device_page(
+    context: Any, hopcast: Hopcast, artifacts: Path
+) -> None:
+    created = hopcast.create_event("final", "The Final", starts_at="10m")
+    device = open_device(context, hopcast, "final")
+    countdown = device.locator("#hero #countdown")
+    assert int(countdown.get_attribute("data-starts-at")) == created["starts_at"]
+    assert device.locator("#delay").count() == 0
+    before = countdown.text_content()
+
+    console = open_console(context, hopcast)
+    row = console.locator("tr[data-event=final]")
+    row.locator("input.delay").fill("2m")
+    row.locator("button.delay-btn").click()
+    console.wait_for_selector("tr[data-event=final] td.delay-cell:has-text('+2:00')")
+    assert hopcast.event("final")["starts_at"] == created["starts_at"] + DELAY_US
+
+    # the device page learns the new start time at its next schedule refresh (~10 s)
+    device.wait_for_selector("#hero #delay", state="visible")
+    moved = int(countdown.get_attribute("data-starts-at"))
+    assert moved == created["starts_at"] + DELAY_US
+    assert device.text_content("#delay") == "delayed 2:00"
+    assert countdown.text_content() != before
+    device.screenshot(path=str(artifacts / "device-delayed.png"))
+    console.screenshot(path=str(artifacts / "console-delayed.png"), full_page=True)
+
+    # the event then starts from the console; the device shows it live
+    console.locator("tr[data-event=final] button.start-btn").click()
+    device.wait_for_selector("#hero[data-stage=live] #live-badge")
+    console.wait_for_selector("tr[data-event=final][data-state=live]")
+    assert device.errors == [] and console.errors == []
+
+
+def test_the_console_creates_an_event_and_its_dashboard_counts_the_device(
+    context: Any, hopcast: Hopcast, artifacts: Path
+) -> None:
+    console = open_console(context, hopcast)
+    console.fill("#create input[name=id]", "opener")
+    console.fill("#create input[name=title]", "The Opener")
+    console.fill("#create input[name=starts_at]", "10m")
+    console.click("#create button[type=submit]")
+    console.wait_for_selector("tr[data-event=opener][data-state=prefetch]")
+    assert hopcast.event("opener")["title"] == "The Opener"
+
+    device = open_device(context, hopcast, "opener")
+    # the device's reports reach the dashboard: connected, prefetched
+    console.wait_for_function(
+        """() => {
+            const d = window.hopcastConsole.dashboard;
+            return d && d.devices.connected >= 1 && d.prefetch.devices >= 1;
+        }""",
+    )
+    console.wait_for_selector("#m-coverage:has-text('100.0%')")
+    console.locator("tr[data-event=opener] button.start-btn").click()
+    device.wait_for_selector("#hero[data-stage=live] #live-badge")
+    # the device reports its update a few seconds later; the CDF has its point
+    console.wait_for_function(
+        """() => {
+            const d = window.hopcastConsole.dashboard;
+            const t = d && d.time_to_update;
+            return t && t.stage === "live" && t.devices >= 1;
+        }""",
+    )
+    console.wait_for_selector("#m-ttu-sub:has-text('1 of 1 devices')")
+    console.screenshot(path=str(artifacts / "console.png"), full_page=True)
+    assert device.errors == [] and console.errors == []
+
+
+def test_a_missing_console_endpoint_is_shown_in_its_panel(
+    context: Any, hopcast: Hopcast, artifacts: Path
+) -> None:
+    page = context.new_page()
+    page.route("**/v1/console/ingest", lambda route: route.fulfill(status=404, body="Not Found"))
+    page.goto(f"{hopcast.base}/web/console.html")
+    page.wait_for_selector("#ingest-message:has-text('is not available on this server')")
+    # the other panels carry on
+    page.wait_for_selector("#dashboard-message", state="hidden")
+    assert page.locator("#events-message").is_hidden()
+
+
+def test_the_graph_explorer_draws_a_neighbourhood_and_a_journey(
+    context: Any, hopcast: Hopcast, artifacts: Path
+) -> None:
+    hopcast.request("POST", "/v1/mutations", {"mutations": journey_mutations()})
+    page = open_console(context, hopcast)
+    page.fill("#search input[name=q]", "profile:0-0")
+    page.click("#search button[type=submit]")
+    page.wait_for_selector("#graph-svg .node.center[data-id='profile:0-0']")
+    drawn = page.eval_on_selector_all("#graph-svg .node", "ns => ns.map(n => n.dataset.id)")
+    assert {"profile:0-0", "account:0", "title:1", "title:2", "game:5"} <= set(drawn)
+    assert page.locator("#graph-svg line.edge").count() >= 4
+    # a profile's journey: its account's interactions, one lane per device, one colour a vertical
+    page.wait_for_selector("#journey-svg circle.entry")
+    verticals = page.eval_on_selector_all(
+        "#journey-svg circle.entry", "cs => cs.map(c => c.dataset.vertical)"
+    )
+    assert {"streaming", "games"} <= set(verticals)
+    # clicking a node moves the explorer there
+    page.click("#graph-svg .node[data-id='title:1'] circle")
+    page.wait_for_selector("#graph-svg .node.center[data-id='title:1']")
+    page.screenshot(path=str(artifacts / "graph.png"), full_page=True)
+    assert page.errors == []
+
+
+def journey_mutations() -> list[dict[str, Any]]:
+    """An account with a profile on a TV that watched two titles and played a game (times
+    within the schema's 100-day retention)."""
+    t = int(time.time() * 1_000_000) - 3_600_000_000
+    nodes = {
+        "account:0": {"country": "US", "plan": "premium"},
+        "profile:0-0": {"name": "Ana", "language": "en"},
+        "device:0-1": {"device_type": "tv"},
+        "title:1": {"name": "Harbour Lights"},
+        "title:2": {"name": "Glass Kingdom"},
+        "game:5": {"name": "Tiny Planet"},
+    }
+    edges = [
+        ("account:0", "has_profile", "profile:0-0", 0, {}),
+        ("account:0", "logged_in_from", "device:0-1", 0, {}),
+        ("profile:0-0", "started_watching", "title:1", 60, {"device": "device:0-1"}),
+        ("profile:0-0", "started_watching", "title:2", 600, {"device": "device:0-1"}),
+        ("profile:0-0", "plays", "game:5", 900, {}),
+    ]
+    out: list[dict[str, Any]] = [
+        {"kind": "node_upsert", "node": n, "ts": t, "id": f"n-{n}", "props": p}
+        for n, p in nodes.items()
+    ]
+    out += [
+        {
+            "kind": "edge_upsert",
+            "src": src,
+            "type": type_,
+            "dst": dst,
+            "ts": t + dt * 1_000_000,
+            "id": f"e-{src}-{dst}",
+            "props": props,
+        }
+        for src, type_, dst, dt, props in edges
+    ]
+    return out
