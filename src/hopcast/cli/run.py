@@ -5,6 +5,7 @@
     hopcast run [--data DIR] [--keep] [--rate N] [--host H] [--port 8321] [--accounts N]
                 [--history N] [--bad-share F] [--seed N] [--duration S]
                 [--rotate-bytes N] [--postgres DSN] [--progress/--no-progress]
+                [--event-in S] [--devices N] [--max-segments N]
 
 What it runs is :mod:`hopcast.demo.run` (``make demo`` runs it with the defaults): a
 synthetic company's services write request logs and change events under ``DIR/logs``, the
@@ -12,6 +13,10 @@ embedded engine ingests them through the demo mappings into the LMDB graph in ``
 and the API serves it on ``--port`` (the live WebSocket gateway on ``--port + 1``, with
 development tokens). ``--postgres DSN`` keeps the playback service's table in that PostgreSQL
 and ingests it by logical replication (:mod:`hopcast.demo.postgres`) instead of from a log.
+A live event is scheduled ``--event-in`` seconds out with recommendation rows materialised from
+the graph (at most ``--max-segments`` segments); ``--devices`` simulated devices prefetch it and
+take its triggers, and the device page and operator console are served at ``/web/``
+(:mod:`hopcast.demo.scenario`).
 Ctrl-C or SIGTERM stop everything cleanly (exit 0).
 """
 
@@ -91,6 +96,27 @@ from hopcast.demo.records import DEFAULT_BAD_SHARE
     default=None,
     help="Live display [default: when stderr is a terminal].",
 )
+@click.option(
+    "--event-in",
+    type=click.FloatRange(0),
+    default=180.0,
+    show_default=True,
+    help="Seconds until the scripted live event starts (0: no scripted event).",
+)
+@click.option(
+    "--devices",
+    type=click.IntRange(0, 5_000),
+    default=200,
+    show_default=True,
+    help="Simulated devices that prefetch the live event and take its triggers.",
+)
+@click.option(
+    "--max-segments",
+    type=click.IntRange(1, 1024),
+    default=8,
+    show_default=True,
+    help="Most recommendation segments of the live event.",
+)
 def run_command(
     data: Path,
     keep: bool,
@@ -105,6 +131,9 @@ def run_command(
     rotate_bytes: int,
     postgres: str | None,
     progress: bool | None,
+    event_in: float,
+    devices: int,
+    max_segments: int,
 ) -> int:
     """Run the demo company through the embedded pipeline and serve the API (make demo)."""
     from hopcast.demo.run import DemoOptions, run_demo
@@ -124,6 +153,9 @@ def run_command(
             progress=progress,
             rotate_bytes=rotate_bytes,
             postgres=postgres,
+            event_in=event_in,
+            devices=devices,
+            max_segments=max_segments,
         )
     )
     if code:

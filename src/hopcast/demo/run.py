@@ -20,10 +20,16 @@ Steps (:func:`run_demo`):
    clock) as records: request logs, Debezium change events, game and live events, with late,
    redelivered and deliberately bad records (:mod:`hopcast.demo.records`), appended to rotated
    logs (:mod:`hopcast.demo.logs`) that the engine tails;
-6. show events/s, mutations/s, lag, freshness p50/p99 (event time → queryable) and dead letters
-   live (a rich display on a terminal, a line every few seconds otherwise), until Ctrl-C,
-   SIGTERM or ``--duration``; then stop the generator, let the engine ingest what was written,
-   stop it (it finishes its batch and stores its positions), stop the server, close the graph.
+6. schedule a live event ``event_in`` seconds out, materialise its recommendation rows from
+   the graph, and run ``devices`` simulated devices that prefetch it and take its triggers
+   (:mod:`hopcast.demo.scenario`); the live service takes it live on schedule and refreshes
+   its rows as the graph changes; the device page and the operator console are served at
+   ``/web/``;
+7. show events/s, mutations/s, lag, freshness p50/p99 (event time → queryable), dead letters and
+   the live event's progress live (a rich display on a terminal, a line every few seconds
+   otherwise), until Ctrl-C, SIGTERM or ``--duration``; then stop the devices and the generator,
+   let the engine ingest what was written, stop it (it finishes its batch and stores its
+   positions), stop the server, close the graph.
 
 With ``--postgres DSN`` the playback service keeps its table in that PostgreSQL
 (:mod:`hopcast.demo.postgres`) and the engine captures it by logical replication instead of
@@ -44,7 +50,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
@@ -62,6 +68,9 @@ from hopcast.stream.engines.embedded import EmbeddedEngine, IngestMetrics, engin
 from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
 from hopcast.stream.sources.base import Source
 from hopcast.stream.sources.logfile import LogFileSource
+
+if TYPE_CHECKING:
+    from hopcast.demo.scenario import Scenario
 
 #: Mutations per atomic write while bulk loading: large enough to amortise LMDB's fsync.
 LOAD_BATCH = 10_000
@@ -97,6 +106,12 @@ class DemoOptions:
     rotate_bytes: int = DEFAULT_ROTATE_BYTES
     #: A PostgreSQL DSN: the playback table lives there, captured by CDC (else: a log).
     postgres: str | None = None
+    #: Seconds until the scripted live event starts (0: no scripted event).
+    event_in: float = 180.0
+    #: Simulated devices that prefetch it and take its triggers.
+    devices: int = 200
+    #: Bound on the event's recommendation segments.
+    max_segments: int = 8
 
 
 @dataclass
@@ -209,8 +224,13 @@ def _secs(s: float) -> str:
     return f"{s * 1000:,.0f} ms" if s < 1 else f"{s:,.1f} s"
 
 
-def status_table(engine: EmbeddedEngine, gen: GeneratorStats, writer: LogWriter) -> Table:
-    """The live display: the generator's side, then the engine's."""
+def status_table(
+    engine: EmbeddedEngine,
+    gen: GeneratorStats,
+    writer: LogWriter,
+    scenario: Scenario | None = None,
+) -> Table:
+    """The live display: the generator's side, then the engine's, then the live event's."""
     st = engine.stats
     events_s, mutations_s = st.rate()
     elapsed = max(time.monotonic() - gen.started, 1e-9)
@@ -230,10 +250,14 @@ def status_table(engine: EmbeddedEngine, gen: GeneratorStats, writer: LogWriter)
     table.add_row("freshness", "-" if q is None else f"p50 {_secs(q[0])}  p99 {_secs(q[1])}")
     dead = ", ".join(f"{r} {n}" for r, n in sorted(st.dead_by_reason.items()))
     table.add_row("dead letters", f"{st.dead_letters:,}" + (f"  ({dead})" if dead else ""))
+    if scenario is not None:
+        table.add_row("live event", scenario.status())
     return table
 
 
-def status_line(engine: EmbeddedEngine, gen: GeneratorStats) -> str:
+def status_line(
+    engine: EmbeddedEngine, gen: GeneratorStats, scenario: Scenario | None = None
+) -> str:
     st = engine.stats
     events_s, mutations_s = st.rate()
     q = st.freshness_quantiles()
@@ -242,6 +266,7 @@ def status_line(engine: EmbeddedEngine, gen: GeneratorStats) -> str:
         f"live: {gen.records:,} records written, {st.events:,} ingested "
         f"({events_s:,.0f} events/s, {mutations_s:,.0f} mutations/s), "
         f"lag {sum(st.lag.values()):,} B, freshness {fresh}, {st.dead_letters:,} dead letters"
+        + ("" if scenario is None else f"; live event {scenario.status()}")
     )
 
 
@@ -321,8 +346,11 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
             linger_ms=LINGER_MS,
             metrics=IngestMetrics(_registry(server)),
         )
+        _attach_console(server, engine, company)
         snapshot = 0 if reuse else writer.write(records.snapshot(max(now_us(), now + 1)))
-        return _serve(opts, console, company, records, outputs, server, engine, snapshot, stop)
+        return _serve(
+            opts, console, company, records, outputs, server, engine, snapshot, stop, graph
+        )
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -330,6 +358,63 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         if outputs.playback is not None:
             outputs.playback.close()
         graph.close()
+
+
+def _app(server: Any) -> Any:
+    """The API app inside the uvicorn server."""
+    return server.config.app
+
+
+def _attach_console(server: Any, engine: EmbeddedEngine, company: Company) -> None:
+    """The console's ingest status reads the engine's stats; its search knows the company."""
+    state = getattr(_app(server), "state", None)
+    if state is None:
+        return
+    state.ingest = engine.stats
+    directory = getattr(getattr(state, "console", None), "directory", None)
+    if directory is not None:
+        directory.add(
+            [
+                *company.account_ids(),
+                *company.profile_ids(),
+                *company.device_ids(),
+                *company.title_ids(),
+                *company.genre_ids(),
+                *company.game_ids(),
+                *company.team_ids(),
+                *company.live_event_ids(),
+            ]
+        )
+
+
+def _scenario(
+    opts: DemoOptions, console: Console, server: Any, graph: Graph, company: Company
+) -> Scenario | None:
+    """Schedule the scripted live event and start its devices (None: ``--event-in 0``)."""
+    if opts.event_in <= 0:
+        return None
+    from hopcast.api.server import url
+    from hopcast.demo.scenario import Scenario, ScenarioOptions
+
+    state = _app(server).state
+    scenario = Scenario(
+        ScenarioOptions(
+            event_in_s=opts.event_in,
+            devices=opts.devices,
+            max_segments=opts.max_segments,
+            seed=opts.seed,
+        ),
+        graph,
+        state.live,
+        state.console.reports,
+        company,
+        url(opts.host, opts.port),
+        f"ws://{opts.host}:{opts.port + 1}",
+        console.print,
+    )
+    scenario.schedule(now_us())
+    scenario.start()
+    return scenario
 
 
 def _serve(
@@ -342,6 +427,7 @@ def _serve(
     engine: EmbeddedEngine,
     snapshot: int,
     stop: threading.Event,
+    graph: Graph,
 ) -> int:
     writer = outputs.writer
     failures: list[BaseException] = []
@@ -361,6 +447,7 @@ def _serve(
     gen_stop = threading.Event()
     gen = GeneratorStats()
     gen_thread: threading.Thread | None = None
+    scenario: Scenario | None = None
     try:
         engine_thread.start()
         with console.status(f"ingesting the snapshot of {snapshot:,} rows through the pipeline"):
@@ -394,8 +481,11 @@ def _serve(
             gen.started = time.monotonic()
             gen_thread.start()
             _print_examples(console, opts, company)
-            _watch(opts, console, engine, gen, writer, stop)
+            scenario = _scenario(opts, console, server, graph, company)
+            _watch(opts, console, engine, gen, writer, stop, scenario)
     finally:
+        if scenario is not None:
+            scenario.stop()
         gen_stop.set()
         if gen_thread is not None:
             gen_thread.join()
@@ -440,6 +530,8 @@ def _print_examples(console: Console, opts: DemoOptions, company: Company) -> No
     console.print(
         "\n".join(
             [
+                f"device page  {base}/web/device.html",
+                f"console      {base}/web/console.html",
                 f"API docs     {base}/docs",
                 f"metrics      {base}/metrics   (hopcast_ingest_* : the pipeline)",
                 f"neighbours   {base}/v1/nodes/{profile}/neighbours?edge=started_watching&limit=5",
@@ -465,6 +557,7 @@ def _watch(
     gen: GeneratorStats,
     writer: LogWriter,
     stop: threading.Event,
+    scenario: Scenario | None = None,
 ) -> None:
     """Show progress until ``stop`` or the duration ends."""
     end = time.monotonic() + opts.duration if opts.duration else None
@@ -474,12 +567,13 @@ def _watch(
 
     show = console.is_terminal if opts.progress is None else opts.progress
     if show:
-        with Live(status_table(engine, gen, writer), console=console, refresh_per_second=4) as live:
+        table = status_table(engine, gen, writer, scenario)
+        with Live(table, console=console, refresh_per_second=4) as live:
             while left() > 0 and not stop.wait(min(0.25, max(left(), 0))):
-                live.update(status_table(engine, gen, writer))
+                live.update(status_table(engine, gen, writer, scenario))
         return
     while left() > 0 and not stop.wait(min(REPORT_S, max(left(), 0))):
-        console.print(status_line(engine, gen))
+        console.print(status_line(engine, gen, scenario))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,7 +62,7 @@ from hopcast.durations import DAY
 from hopcast.errors import ConfigError, InvalidInput, NotFound
 from hopcast.graph.store import Edge, GraphReader
 from hopcast.graphdb import Graph
-from hopcast.kv.base import KVStore
+from hopcast.kv.base import Item, KVStore
 from hopcast.live.fixtures import STAGE_KINDS
 from hopcast.live.payloads import (
     DEFAULT_SEGMENT,
@@ -707,6 +707,13 @@ class Materialiser:
         :data:`~hopcast.live.payloads.DEFAULT_SEGMENT`)."""
         item = self.kv.get(SEGMENTS_NS, event_id.encode(), member.encode(), now)
         return None if item is None else item.value.decode()
+
+    def assignments(self, event_id: str, now: int, limit: int = 1000) -> dict[str, str]:
+        """Up to ``limit`` entries of the event's member → segment map, by member id."""
+        validate_name("event id", event_id)
+        with self.kv.reader() as r:
+            items: list[Item] = r.fetch(SEGMENTS_NS, event_id.encode(), now, limit)
+        return {item.key.decode(): item.value.decode() for item in items}
 
     # -- writes ------------------------------------------------------------------------------------
 
