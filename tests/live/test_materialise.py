@@ -362,3 +362,31 @@ def test_segment_lookup_takes_microseconds(backend: str, tmp_path: Path) -> None
     assert m.segment_of(EVENT, "profile:5000", NOW) == "team.a"
     assert best < 200e-6  # microseconds, with a wide margin for a loaded machine
     graph.close()
+
+
+def test_lift_brings_a_segments_own_tastes_forward() -> None:
+    """Three fans all watch the hit that everyone watches; two of them watch a niche title
+    nobody else does. By co-watching alone the hit leads their row; lifted, the niche does."""
+    fans = [f"f{i}" for i in range(3)]
+    others = [f"o{i}" for i in range(6)]
+    facets = {
+        "team.a": Facet("team.a", "team:a", "fans of A"),
+        VIEWERS: Facet(VIEWERS, NODE, "viewers"),
+    }
+    touches = tuple(Touch(m, "team.a", 2.0, NOW) for m in fans) + tuple(
+        Touch(m, VIEWERS, 3.0, NOW) for m in others
+    )
+    watches = (
+        *(Watch(m, "t:hit", NOW) for m in fans + others),
+        Watch("f0", "t:niche", NOW),
+        Watch("f1", "t:niche", NOW),
+    )
+    inputs = Inputs(EventInfo(NODE, "The Final"), facets, touches, watches)
+    plain = plan(inputs, 8, NOW, RankParams(lift=0))
+    assert plain.segments[0].key == VIEWERS  # six members
+    assert {s.key: s.picks for s in plain.segments}["team.a"] == ("t:hit", "t:niche")
+    lifted = {s.key: s.picks for s in plan(inputs, 8, NOW).segments}
+    assert lifted["team.a"] == ("t:niche", "t:hit")
+    assert lifted[DEFAULT_SEGMENT] == ("t:hit", "t:niche")  # everyone: by co-watching
+    with pytest.raises(ConfigError):
+        RankParams(lift=-1)

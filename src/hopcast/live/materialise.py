@@ -37,8 +37,10 @@ facet with the highest affinity; the ``max_segments - 1`` facets with the most m
 segments and everyone else falls back to :data:`~hopcast.live.payloads.DEFAULT_SEGMENT`
 (``all``), so at most ``max_segments`` segments exist. A segment's row is **co-watching**: the
 titles its members watched recently, each scored by the sum over members of the member's most
-recent watch of it, decayed — "titles watched by members who watched what the event is about".
-``all`` gets the same ranking over the whole audience.
+recent watch of it, decayed — "titles watched by members who watched what the event is about" —
+and weighted by the square root of the segment's **lift** for the title (its members' share of
+watches over the whole audience's), so that each segment's row shows what sets it apart rather
+than the catalogue's hits alone. ``all`` gets the plain ranking over the whole audience.
 
 KV layout::
 
@@ -93,6 +95,10 @@ ROW_LENGTH = 10
 HALF_LIFE_US = 7 * DAY
 #: How far back the materialiser reads interactions.
 LOOKBACK_US = 30 * DAY
+#: Exponent of a segment's lift (how much more its members watch a title than the whole
+#: audience does) in its row's ranking: 0.5 lets a segment's own tastes through while a title
+#: few of its members watched cannot outrank one most of them did.
+LIFT = 0.5
 #: Changed (member, facet) and (member, title) pairs that make a refresh worth it: fewer is
 #: noise that would churn payload ids (and device caches) without changing what members see.
 DEFAULT_MIN_CHANGES = 20
@@ -179,18 +185,27 @@ class Inputs:
 class RankParams:
     """Knobs of :func:`plan`.
 
+    Attributes:
+        half_life_us: recency half-life of touches and watches.
+        row_length: titles per ranked row.
+        lift: exponent of a segment's lift in its ranking (:func:`lifted`); 0 ranks by
+            co-watching alone, so every segment's row leans to what everyone watches.
+
     Raises:
-        ConfigError: a non-positive half-life or row length.
+        ConfigError: a non-positive half-life or row length, or a negative lift.
     """
 
     half_life_us: int = HALF_LIFE_US
     row_length: int = ROW_LENGTH
+    lift: float = LIFT
 
     def __post_init__(self) -> None:
         if self.half_life_us <= 0:
             raise ConfigError(f"half_life_us must be positive, got {self.half_life_us}")
         if self.row_length < 1:
             raise ConfigError(f"row_length must be at least 1, got {self.row_length}")
+        if self.lift < 0:
+            raise ConfigError(f"lift must be >= 0, got {self.lift}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +300,29 @@ def co_watch(
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
+def lifted(
+    ranking: Sequence[tuple[str, float]],
+    overall: Mapping[str, float],
+    members: int,
+    audience: int,
+    exponent: float,
+) -> list[tuple[str, float]]:
+    """Re-rank a segment's co-watching by lift: ``score x (share in the segment / share in
+    the audience) ** exponent``, where a share is a title's score over the member count.
+
+    Returns:
+        ``(title, lifted score)`` best first; ties by title id.
+    """
+    if exponent == 0 or members == 0 or audience == 0:
+        return list(ranking)
+    out = []
+    for title, score in ranking:
+        base = overall.get(title, 0.0)
+        ratio = (score / members) / (base / audience) if base > 0 else 1.0
+        out.append((title, score * ratio**exponent))
+    return sorted(out, key=lambda kv: (-kv[1], kv[0]))
+
+
 def _picks(
     ranked: Sequence[tuple[str, float]], fill: Sequence[str], length: int
 ) -> tuple[str, ...]:
@@ -308,7 +346,8 @@ def plan(inputs: Inputs, max_segments: int, now: int, params: RankParams = RankP
         2. each member's best facet; facets ranked by members (ties: key);
         3. the first ``max_segments - 1`` facets become segments; a member whose best facet did
            not make it joins the kept facet they have most affinity for, else ``all``;
-        4. each segment's picks: co-watching among its members, topped up from the whole
+        4. each segment's picks: co-watching among its members, lifted by how much more they
+           watch each title than the whole audience (:func:`lifted`), topped up from the whole
            audience's ranking; ``all`` gets the whole audience's ranking.
 
     Raises:
@@ -328,6 +367,7 @@ def plan(inputs: Inputs, max_segments: int, now: int, params: RankParams = RankP
         if choice is not None:
             assignments[member] = choice
     overall = co_watch(inputs.watches, None, now, half)  # 4
+    overall_scores = dict(overall)
     fill = [t for t, _ in overall]
     by_segment: dict[str, list[str]] = defaultdict(list)
     for member, key in assignments.items():
@@ -337,7 +377,13 @@ def plan(inputs: Inputs, max_segments: int, now: int, params: RankParams = RankP
         members = by_segment.get(key, [])
         if not members:
             continue
-        ranking = co_watch(inputs.watches, members, now, half)
+        ranking = lifted(
+            co_watch(inputs.watches, members, now, half),
+            overall_scores,
+            len(members),
+            len(scores),
+            params.lift,
+        )
         facet = inputs.facets.get(key)
         label = facet.label if facet is not None else key
         segments.append(
