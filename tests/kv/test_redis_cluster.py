@@ -9,6 +9,8 @@ a clean run -- also through the graph store, where replaying the mutations alone
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -310,3 +312,40 @@ def test_without_the_journal_replaying_the_mutations_would_not_converge(
         assert dump(client, prefix) != dump(client, clean_prefix)
     finally:
         graph.close()
+
+
+# -- a node going away ----------------------------------------------------------------------------
+
+
+def test_a_node_down_is_a_storage_error_and_the_next_batch_finishes_the_cut_one(
+    fresh_redis_cluster: Any,
+) -> None:
+    cluster = fresh_redis_cluster
+    prefix = fresh_prefix()
+    kv = RedisKV(f"redis+cluster://127.0.0.1:{cluster.port}", prefix=prefix)
+    client = RedisCluster(host="127.0.0.1", port=cluster.port)
+    try:
+        kv.configure("ns", None)
+        # A node that does not hold the journal and checkpoints (their slot stays up).
+        keeper = client.get_node_from_key(f"{prefix}{{{prefix}g}}cp").port
+        down = next(p for p in cluster.ports if p != keeper)
+        subprocess.run(["redis-cli", "-p", str(down), "shutdown", "nosave"], check=True)
+        started = time.monotonic()
+        cut = pytest.raises(StorageError, match=r"Redis Cluster at redis\+cluster://")
+        with cut as err, kv.writer() as w:
+            for i in range(60):
+                w.put("ns", b"r%d" % i, b"k", b"v", NOW, 1)
+            w.set_checkpoint("src", b"1")
+        # Retried with backoff (seconds, not minutes), then a clear error naming the node.
+        assert 1 < time.monotonic() - started < 30
+        assert f"127.0.0.1:{down}" in str(err.value)
+
+        cluster.run("start", 60)  # the lost node is restarted into the cluster (empty)
+        assert kv.checkpoints() == {}  # (the whole cluster was down meanwhile: full coverage)
+        with kv.writer() as w:  # finishes the cut batch first, then writes this one
+            w.set_checkpoint("src", b"2")
+        assert kv.checkpoints() == {"src": b"2"}
+        assert all(kv.get("ns", b"r%d" % i, b"k", NOW) is not None for i in range(60))
+    finally:
+        client.close()
+        kv.close()

@@ -71,9 +71,13 @@ items with unconditional puts while a journal waits to be rolled forward can be 
 it (LWW puts cannot). Namespace declarations go with the journal (or just before a one-group
 batch); they are idempotent.
 
-Connection failures, timeouts, cluster-down and MOVED/ASK redirections are retried by redis-py
-with exponential backoff (:data:`CLUSTER_RETRIES` attempts, up to :data:`CLUSTER_BACKOFF_CAP_S`
-between them); what still fails becomes a :class:`StorageError` naming the cluster.
+Connection failures, timeouts, CLUSTERDOWN, TRYAGAIN and redirections that redis-py could not
+settle (a MOVED storm while slots move) are retried: every step of a Cluster batch (all are
+idempotent) with exponential backoff (:data:`CLUSTER_RETRIES` retries, up to
+:data:`CLUSTER_BACKOFF_CAP_S` between them, about 7 s in all: a node restart), reads by
+redis-py itself (it refreshes the slot map and retries). What still fails becomes a
+:class:`StorageError` naming the Cluster; a batch cut that way is finished before the same
+store's next batch. One Redis server: no retries (as before), errors translated the same way.
 
 TTL: expiry is decided at read time from ``expires_at`` and the ``now`` passed in, exactly as
 the reference does, and :meth:`RedisKV.sweep` removes expired items through the expiry index
@@ -120,7 +124,14 @@ try:
     from redis.backoff import ExponentialBackoff
     from redis.cluster import RedisCluster
     from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-    from redis.exceptions import RedisClusterException
+    from redis.exceptions import (
+        AskError,
+        ClusterDownError,
+        ClusterError,
+        RedisClusterException,
+        SlotNotCoveredError,
+        TryAgainError,
+    )
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ConfigError("the Redis backend needs redis-py: pip install 'hopcast[redis]'") from exc
@@ -131,6 +142,22 @@ _LEN = struct.Struct(">H")
 
 #: What a redis-py call may raise (cluster routing errors are not RedisErrors).
 _ERRORS = (_redis.RedisError, RedisClusterException)
+#: Errors a Cluster recovers from by itself (a node restarting or failing over, slots moving):
+#: worth retrying with backoff.
+_TRANSIENT = (
+    _redis.ConnectionError,
+    _redis.TimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    AskError,  # MovedError too
+    ClusterError,  # "TTL exhausted": redirections without end while slots move
+    SlotNotCoveredError,
+)
+
+
+def _is_error(result: object) -> bool:
+    return isinstance(result, BaseException)
+
 
 #: Keys read per round trip by ``count`` (it reads everything in range anyway).
 COUNT_BATCH = 1000
@@ -141,9 +168,11 @@ SWEEP_CHUNK = 1000
 #: URL schemes of a Redis Cluster (the ``+cluster`` is removed before redis-py sees the URL).
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
-#: Retries of a Cluster command after a connection error, timeout, CLUSTERDOWN or redirection,
-#: with exponential backoff from :data:`CLUSTER_BACKOFF_BASE_S` up to the cap.
-CLUSTER_RETRIES = 6
+#: Retries of a step of a Cluster batch (and redis-py's own, per command) after a connection
+#: error, timeout, CLUSTERDOWN or redirection, with exponential backoff from
+#: :data:`CLUSTER_BACKOFF_BASE_S` up to the cap: about 7 s in all, which rides out a node
+#: restart; a longer outage is a StorageError and the writer's next batch finishes this one.
+CLUSTER_RETRIES = 8
 CLUSTER_BACKOFF_BASE_S = 0.05
 CLUSTER_BACKOFF_CAP_S = 2.0
 
@@ -552,34 +581,56 @@ class RedisKV(KVStore):
 
     # Cluster batches -----------------------------------------------------------------------
 
-    def _apply_groups(self, groups: list[tuple[list[bytes], list[bytes | int]]]) -> None:
-        """Send every slot group in one cluster pipeline (all primaries at once).
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, retried with exponential backoff on a Cluster's transient errors
+        (connection lost, timeout, CLUSTERDOWN, TRYAGAIN, redirections left after redis-py's
+        own handling): :data:`CLUSTER_RETRIES` retries, sleeping from
+        :data:`CLUSTER_BACKOFF_BASE_S` up to :data:`CLUSTER_BACKOFF_CAP_S`. Only for idempotent
+        steps (every step of a Cluster batch is).
 
         Raises:
-            StorageError: if any group failed (the others may have been applied).
+            StorageError: when the retries are exhausted, or at once for any other error.
         """
-        if len(groups) == 1:
-            keys, args = groups[0]
+        delay = CLUSTER_BACKOFF_BASE_S
+        for attempt in range(CLUSTER_RETRIES + 1):
             try:
-                self._group(keys=keys, args=args)
+                return call()
+            except _TRANSIENT as exc:
+                if attempt == CLUSTER_RETRIES:
+                    raise self._fail(f"{what} after {attempt + 1} attempts", exc) from exc
             except _ERRORS as exc:
-                raise self._fail("commit failed", exc) from exc
-            return
+                raise self._fail(what, exc) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, CLUSTER_BACKOFF_CAP_S)
+        raise AssertionError("unreachable")
 
-        def fill(pipe: Any) -> None:
-            for keys, args in groups:
-                self._queue(pipe, self._group, keys, args)
+    def _apply_groups(self, groups: list[tuple[list[bytes], list[bytes | int]]]) -> None:
+        """Send every slot group in one cluster pipeline (all primaries at once); groups that
+        failed on a transient error are sent again (with backoff, see :meth:`_retrying`).
 
-        try:
+        Raises:
+            StorageError: if a group could not be applied (the others may have been).
+        """
+        todo = list(groups)
+
+        def attempt() -> None:
+            def fill(pipe: Any) -> None:
+                for keys, args in todo:
+                    self._queue(pipe, self._group, keys, args)
+
             results = self._pipeline(fill)
-        except _ERRORS as exc:
-            raise self._fail("commit failed", exc) from exc
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            raise self._fail(
-                f"commit failed: {len(failed)} of {len(groups)} slot groups not applied",
-                failed[0],
-            )
+            failed = [(g, r) for g, r in zip(todo, results, strict=True) if _is_error(r)]
+            if not failed:
+                todo.clear()
+                return
+            todo[:] = [g for g, _ in failed]
+            first = failed[0][1]
+            if len(failed) < len(results):
+                # Keep the exception's type (transient or not) but say how much is missing.
+                first.args = (f"{len(failed)} of {len(groups)} slot groups not applied: {first}",)
+            raise first
+
+        self._retrying("commit failed", attempt)
 
     def _commit_cluster(
         self,
@@ -589,25 +640,29 @@ class RedisKV(KVStore):
     ) -> None:
         """Apply a batch on a Cluster (see the module docstring): journal when it spans slots,
         the slot groups, then the checkpoints."""
-        try:
-            if len(groups) <= 1:
-                # One slot: the group is atomic by itself, so a crash before the checkpoint
-                # leaves the whole batch applied and the replay of it a plain LWW replay.
-                if declared:
-                    self._pipeline(
+        if len(groups) <= 1:
+            # One slot: the group is atomic by itself, so a crash before the checkpoint leaves
+            # the whole batch applied and the replay of it a plain LWW replay.
+            if declared:
+                self._retrying(
+                    "cannot declare namespaces",
+                    lambda: self._pipeline(
                         lambda pipe: [pipe.hsetnx(self._meta, ns, "") for ns in declared]
-                    )
-                if groups:
-                    self._apply_groups(groups)
-                if checkpoints:
-                    keys = [self._cp, self._jnl, self._jage]
-                    self._finish(keys=keys, args=[b"", *_flat(checkpoints)])
-                return
-            batch = os.urandom(12).hex().encode()
-            journal = _journal_encode((checkpoints, groups))
-            self._begin(keys=[self._jnl, self._jage, self._meta], args=[batch, journal, *declared])
-        except _ERRORS as exc:
-            raise self._fail("commit failed", exc) from exc
+                    ),
+                )
+            if groups:
+                self._apply_groups(groups)
+            if checkpoints:
+                keys, args = [self._cp, self._jnl, self._jage], [b"", *_flat(checkpoints)]
+                self._retrying(
+                    "commit failed after its data was written (checkpoint)",
+                    lambda: self._finish(keys=keys, args=args),
+                )
+            return
+        batch = os.urandom(12).hex().encode()
+        journal = _journal_encode((checkpoints, groups))
+        begin = [self._jnl, self._jage, self._meta], [batch, journal, *declared]
+        self._retrying("commit failed", lambda: self._begin(keys=begin[0], args=begin[1]))
         self._pending.append(batch)
         self._run_journal(batch, checkpoints, groups)
 
@@ -620,19 +675,21 @@ class RedisKV(KVStore):
         """Apply a journaled batch's groups, then close its entry and advance its checkpoints.
         On failure the batch stays in ``_pending`` (and in the journal)."""
         self._apply_groups(groups)
-        try:
-            self._finish(keys=[self._cp, self._jnl, self._jage], args=[batch, *_flat(checkpoints)])
-        except _ERRORS as exc:
-            raise self._fail("commit failed after its data was written (checkpoint)", exc) from exc
+        keys, args = [self._cp, self._jnl, self._jage], [batch, *_flat(checkpoints)]
+        self._retrying(
+            "commit failed after its data was written (checkpoint)",
+            lambda: self._finish(keys=keys, args=args),
+        )
         with suppress(ValueError):
             self._pending.remove(batch)
 
     def _roll_forward(self, batches: list[bytes]) -> int:
         """Finish the journaled ``batches`` still open; returns how many were."""
-        try:
-            raws: list[bytes | None] = self._r.hmget(self._jnl, batches) if batches else []
-        except _ERRORS as exc:
-            raise self._fail("cannot read the write journal", exc) from exc
+        if not batches:
+            return 0
+        raws: list[bytes | None] = self._retrying(
+            "cannot read the write journal", lambda: self._r.hmget(self._jnl, batches)
+        )
         done = 0
         for batch, raw in zip(batches, raws, strict=True):
             if raw is None:  # finished meanwhile (by us before a lost reply, or by another)
@@ -659,10 +716,9 @@ class RedisKV(KVStore):
             return 0
         rolled = 0
         while True:
-            try:
-                raw: list[bytes] = self._ages(keys=[self._jage])
-            except _ERRORS as exc:
-                raise self._fail("cannot read the write journal", exc) from exc
+            raw: list[bytes] = self._retrying(
+                "cannot read the write journal", lambda: self._ages(keys=[self._jage])
+            )
             ages = {raw[i]: int(raw[i + 1]) for i in range(0, len(raw), 2)}
             stale = [b for b, age in ages.items() if age >= grace_ms]
             if stale:
