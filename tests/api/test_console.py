@@ -428,3 +428,20 @@ def test_the_web_directory_is_served_and_home_redirects(
     g = Graph.open(clock=lambda: NOW)
     assert TestClient(create_app(g)).get("/web/device.html").status_code == 404
     g.close()
+
+
+def test_materialise_guesses_the_node_of_an_event_created_without_one(stack: Stack) -> None:
+    c = stack.client
+    stack.graph.upsert_node("live_event:2", {"name": "Quiz Night", "sport": "quiz"}, ts=NOW)
+    stack.create("final")  # titled "The Final", like live_event:1
+    stack.service.command(Create("quiz", "QUIZ NIGHT ", NOW + HOUR, None, 5 * MINUTE), NOW)
+    stack.service.command(Create("other", "Something else", NOW + HOUR, None, 5 * MINUTE), NOW)
+    err(c.post(f"{C}/events/final/materialise"), 400, "invalid_input")  # nothing known yet
+    stack.app.state.console.directory.add(["live_event:1", "live_event:2"])
+    assert ok(c.post(f"{C}/events/final/materialise"))["node"] == "live_event:1"
+    assert ok(c.post(f"{C}/events/quiz/materialise"))["node"] == "live_event:2"  # by name
+    # no name matches: the largest audience (live_event:1 has a watcher, live_event:2 none)
+    assert ok(c.post(f"{C}/events/other/materialise"))["node"] == "live_event:1"
+    # once materialised, the node stays
+    stack.app.state.console.directory.add(["live_event:3"])
+    assert ok(c.post(f"{C}/events/quiz/materialise", json={}))["node"] == "live_event:2"

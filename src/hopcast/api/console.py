@@ -664,8 +664,9 @@ def _router(
         "members by affinity to the event, its teams and genres; rows ranked by co-watching and "
         "recency), publishes a content-addressed payload per stage and segment and stores the "
         "member → segment map that prefetch uses (`segment=<profile id>`). `node`: the event's "
-        "graph node (default `live_event:<id>`, or the previous run's); `max_segments` bounds "
-        "the segments (default 8). `changed: false` when nothing was republished.",
+        "graph node (default: the previous run's, else `live_event:<id>`, else the known "
+        "`live_event` node named like the event's title, else the one with the largest "
+        "audience); `max_segments` bounds the segments (default 8).",
         responses=_ok(
             {
                 "event": "final",
@@ -696,12 +697,16 @@ def _router(
         service = need_live()
         raw = await request.body()
         body = decode(raw, MaterialiseGraphRequest) if raw.strip() else MaterialiseGraphRequest()
-        report = await run_in_threadpool(
-            lambda: service.materialise_graph(
-                event_id, service.clock(), node=body.node, max_segments=body.max_segments
+
+        def run() -> dict[str, Any]:
+            now = service.clock()
+            node = body.node or _guess_node(graph, service, console.directory, event_id, now)
+            report = service.materialise_graph(
+                event_id, now, node=node, max_segments=body.max_segments
             )
-        )
-        return JSON(report.to_dict())
+            return report.to_dict()
+
+        return JSON(await run_in_threadpool(run))
 
     @router.get(
         "/events/{event_id}/segments",
@@ -999,6 +1004,44 @@ def _router(
         return JSON(ingest_doc(stats, stored))
 
     return router
+
+
+#: Live-event nodes of the directory compared when guessing an event's node.
+GUESS_CANDIDATES = 200
+
+
+def _guess_node(
+    graph: Graph, live: LiveService, directory: NodeDirectory, event_id: str, now: int
+) -> str | None:
+    """The graph node of an event created without one (e.g. from the console), when neither a
+    previous materialisation nor ``live_event:<id>`` names it: among the ``live_event`` nodes
+    of the directory, the one whose name is the event's title, else the one with the largest
+    recent audience. None (the materialiser then asks for a node) when there is none."""
+    m = live.materialiser
+    if m is None or m.state(event_id, now) is not None:
+        return None
+    if graph.node(f"live_event:{event_id}", now) is not None:
+        return None
+    event = live.schedule.get(event_id)
+    if event is None or "live_event" not in graph.schema.nodes:
+        return None
+    candidates, _ = directory.search("", "live_event", GUESS_CANDIDATES)
+    nodes = [n for n in graph.nodes(candidates, now) if n is not None] if candidates else []
+    if not nodes:
+        return None
+    title = event.title.strip().casefold()
+    for node in nodes:
+        name = node.props.get("name")
+        if isinstance(name, str) and name.strip().casefold() == title:
+            return node.id
+    if "watched_live" not in graph.schema.edges:
+        return None
+
+    def audience(node_id: str) -> int:
+        found = graph.count(node_id, "watched_live", direction="in", since="30d", now=now)
+        return found.count
+
+    return max((n.id for n in nodes), key=lambda n: (audience(n), n))
 
 
 def _account_of(graph: Graph, node_id: str, now: int) -> str:
