@@ -390,3 +390,23 @@ def test_lift_brings_a_segments_own_tastes_forward() -> None:
     assert lifted[DEFAULT_SEGMENT] == ("t:hit", "t:niche")  # everyone: by co-watching
     with pytest.raises(ConfigError):
         RankParams(lift=-1)
+
+
+def test_an_ended_event_s_map_expires_with_its_payloads(service: LiveService) -> None:
+    from hopcast.live.schedule import EndNow, StartNow
+
+    service.materialise_graph(EVENT, NOW, node=NODE)
+    m = service.materialiser
+    assert m is not None
+    service.command(StartNow(EVENT), NOW + 1)
+    service.command(EndNow(EVENT), NOW + 2)
+    retention = service.payloads.retention_us
+    later = NOW + 2 + retention
+    assert m.segment_of(EVENT, "profile:1", later - 1) == "team.a"
+    assert m.state(EVENT, later - 1) is not None
+    assert m.segment_of(EVENT, "profile:1", later + 1) is None
+    assert m.state(EVENT, later + 1) is None
+    assert service.refresh_recommendations(NOW + 3) == []  # ended: not refreshed
+    # materialising again pins everything again
+    service.materialise_graph(EVENT, NOW + 4, node=NODE)
+    assert m.segment_of(EVENT, "profile:1", later + 1) == "team.a"

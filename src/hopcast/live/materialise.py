@@ -46,6 +46,9 @@ KV layout::
 
     live.segments      rid = event id  key = member id       value = segment key
     live.materialised  rid = event id  key = b"state"        value = JSON (MaterialState)
+
+Both live as long as the event: when it ends (:meth:`Materialiser.retire`) they expire with its
+payloads, after the payload store's retention.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from hopcast.durations import DAY
 from hopcast.errors import ConfigError, InvalidInput, NotFound
 from hopcast.graph.store import Edge, GraphReader
 from hopcast.graphdb import Graph
-from hopcast.kv.base import Item, KVStore
+from hopcast.kv.base import Item, KVStore, visible
 from hopcast.live.fixtures import STAGE_KINDS
 from hopcast.live.payloads import (
     DEFAULT_SEGMENT,
@@ -830,6 +833,24 @@ class Materialiser:
             return None
         return self.materialise(event_id, now, force=False)
 
+    def retire(self, event_id: str, now: int) -> int:
+        """The event ended: let its member map and state expire with its payloads (after the
+        payload store's retention). Materialising it again pins them again.
+
+        Returns:
+            How many items received an expiry.
+        """
+        validate_name("event id", event_id)
+        erid = event_id.encode()
+        ttl = self.payloads.retention_us
+        with self._lock, self.kv.writer() as w:
+            items = [(SEGMENTS_NS, i) for i in w.scan(SEGMENTS_NS, erid) if visible(i, now)]
+            items += [(STATE_NS, i) for i in w.scan(STATE_NS, erid) if visible(i, now)]
+            for ns, item in items:
+                w.put(ns, erid, item.key, item.value, now, 0, ttl_us=ttl)
+        self._baselines.pop(event_id, None)
+        return len(items)
+
     def _node(
         self, event_id: str, node: str | None, previous: MaterialState | None, now: int
     ) -> str:
@@ -902,7 +923,7 @@ class Materialiser:
             ]
             for key in stale:
                 w.delete(SEGMENTS_NS, erid, key)
-            present = {item.key for item in w.scan(SEGMENTS_NS, erid)}
+            present = {i.key for i in w.scan(SEGMENTS_NS, erid) if i.expires_at == 0}
             for key, value in wanted.items():
                 if key not in present:
                     w.put(SEGMENTS_NS, erid, key, value, now, 0)

@@ -519,6 +519,8 @@ class LiveService:
             if retire and trigger.stage in TERMINAL:
                 try:
                     self.payloads.retire(trigger.event_id, now)
+                    if self.materialiser is not None:
+                        self.materialiser.retire(trigger.event_id, now)
                 except HopcastError:
                     logger.exception("could not retire the payloads of %s", trigger.event_id)
 
