@@ -7,20 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from test_device_page import open_device
-
-from web.conftest import Hopcast
+from web.pages import Hopcast, open_console, open_device
 
 DELAY_US = 2 * 60 * 1_000_000
-
-
-def open_console(context: Any, hopcast: Hopcast) -> Any:
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.errors = errors
-    page.goto(f"{hopcast.base}/web/console.html")
-    return page
 
 
 def test_a_delay_made_in_the_console_reaches_the_open_device_page(

@@ -8,33 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from web.conftest import WAIT_MS, Hopcast
-
-MEMBER = "profile:0-0"
-
-
-def _state(page: Any, expr: str) -> Any:
-    return page.evaluate(f"() => {{ const d = window.hopcastDevice; return d && ({expr}); }}")
-
-
-def open_device(context: Any, hopcast: Hopcast, event: str, *, hash: str = "") -> Any:
-    """Open the device page and wait until it is connected and holds ``event``'s payloads."""
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.errors = errors
-    page.goto(f"{hopcast.base}/web/device.html?member={MEMBER}{hash}")
-    page.wait_for_function(
-        f"""() => {{
-            const d = window.hopcastDevice;
-            return d && d.status === "open"
-                && (d.prefetched[{event!r}] || []).includes("live")
-                && d.cacheKeys.includes({event + "/live"!r})
-                && d.artworkKeys.includes("art/live/{event}/live.jpg");
-        }}""",
-        timeout=WAIT_MS,
-    )
-    return page
+from web.pages import WAIT_MS, Hopcast, device_state, open_device
 
 
 def test_the_trigger_shows_the_live_badge_and_new_artwork_with_no_request(
@@ -47,11 +21,15 @@ def test_the_trigger_shows_the_live_badge_and_new_artwork_with_no_request(
     assert page.get_attribute("#hero", "data-art") == "art/live/final/upcoming.jpg"
     page.screenshot(path=str(artifacts / "device-before.png"))
 
-    # The page refreshes the schedule every ~10 s (a delay is not broadcast); start right after
-    # a refresh so the window below is the trigger's alone.
-    refreshes = _state(page, "d.refreshes")
+    # The page refreshes the schedule every ~10 s (a delay is not broadcast) and reports its
+    # prefetch a few seconds after the fact; start once the report is out and right after a
+    # refresh, so the window below is the trigger's alone.
+    page.wait_for_function(
+        "() => window.hopcastDevice.reports.sent + window.hopcastDevice.reports.failed > 0"
+    )
+    refreshes = device_state(page, "d.refreshes")
     page.wait_for_function(f"() => window.hopcastDevice.refreshes > {refreshes}", timeout=WAIT_MS)
-    reported = _state(page, "d.reports.sent + d.reports.failed")
+    reported = device_state(page, "d.reports.sent + d.reports.failed")
     requests: list[str] = []
     page.on("request", lambda r: requests.append(f"{r.method} {r.url}"))
     started = time.monotonic()
@@ -63,10 +41,10 @@ def test_the_trigger_shows_the_live_badge_and_new_artwork_with_no_request(
     assert requests == [], f"requests while showing the trigger: {requests}"
     assert window_s < 8, "the window must end before the next schedule refresh could start"
 
-    applied = _state(page, "d.triggers[d.triggers.length - 1]")
+    applied = device_state(page, "d.triggers[d.triggers.length - 1]")
     assert applied["event"] == "final" and applied["stage"] == "live"
     assert applied["source"] == "trigger" and applied["fromCache"] is True
-    assert _state(page, "d.client.fallbackFetches") == 0
+    assert device_state(page, "d.client.fallbackFetches") == 0
     # the rows now come from the live payload: the event's tile carries the Live badge
     assert page.locator(".row .tile[data-id='live:final'] .badge.live").count() == 1
     page.wait_for_timeout(1000)  # the artwork transition settles
@@ -92,8 +70,8 @@ def test_a_member_on_the_events_title_page_is_moved_into_the_player_at_go_live(
     hopcast.command("derby", "start")
     page.wait_for_selector("#player[data-id='live:derby'] #live-badge", state="visible")
     assert page.evaluate("location.hash") == "#/play/live:derby"
-    assert [a["event"] for a in _state(page, "d.autoPlayed")] == ["derby"]
-    assert _state(page, "d.view") == "player"
+    assert [a["event"] for a in device_state(page, "d.autoPlayed")] == ["derby"]
+    assert device_state(page, "d.view") == "player"
     page.screenshot(path=str(artifacts / "player.png"))
 
     # an early end reaches the player too
@@ -128,22 +106,22 @@ def test_the_page_recovers_after_the_network_drops_and_gets_the_next_stage(
     hopcast.create_event("cup", "The Cup", starts_at="10m")
     page = open_device(context, hopcast, "cup")
     page.wait_for_selector("#hero[data-stage=prefetch]")
-    welcomes = _state(page, "d.welcomes")
-    reconnects = _state(page, "d.reconnects")
+    welcomes = device_state(page, "d.welcomes")
+    reconnects = device_state(page, "d.reconnects")
 
     context.set_offline(True)
     # nothing arrives any more: after 2.5 heartbeats the page declares the connection dead
     page.wait_for_function("() => window.hopcastDevice.status !== 'open'")
     hopcast.command("cup", "start")  # broadcast while the device cannot hear it
     page.wait_for_timeout(1000)
-    assert _state(page, "d.stage") == "prefetch"
+    assert device_state(page, "d.stage") == "prefetch"
     page.screenshot(path=str(artifacts / "offline.png"))
 
     context.set_offline(False)
     page.wait_for_selector("#hero[data-stage=live] #live-badge")
-    assert _state(page, "d.welcomes") > welcomes
-    assert _state(page, "d.reconnects") > reconnects
-    applied = _state(page, "d.triggers[d.triggers.length - 1]")
+    assert device_state(page, "d.welcomes") > welcomes
+    assert device_state(page, "d.reconnects") > reconnects
+    applied = device_state(page, "d.triggers[d.triggers.length - 1]")
     # the gateway replayed the missed trigger from the position the page resumed from
     assert applied["stage"] == "live" and applied["source"] == "trigger"
     assert applied["fromCache"] is True

@@ -14,7 +14,7 @@ import pytest
 from hopcast.errors import ProtocolError
 from hopcast.live.prefetch import spread_delay, window
 from hopcast.sdk.protocol import DeviceProtocol
-from web.conftest import Hopcast
+from web.pages import Hopcast
 
 EPOCH = 2**53 - 1  # the largest epoch the gateway draws: still exact in a JavaScript number
 TS = 1_764_150_000_000_000

@@ -36,11 +36,16 @@ function esc(s) {
   return String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
-/** What an artwork reference shows: `live`, `upcoming`, `ended`, `clip` or `box`. */
+const KINDS = new Set(["live", "upcoming", "ended", "crest"]);
+
+/**
+ * What an artwork reference shows, from its file name: `art/<id>/live.jpg` → `live` (also
+ * `upcoming`, `ended`, `crest`), `art/clip…` → `clip`, anything else → `box`.
+ */
 export function artKind(ref) {
-  const m = /^art\/live\/[^/]+\/([a-z]+)\./.exec(ref);
-  if (m) return m[1];
-  if (ref.startsWith("art/clip/")) return "clip";
+  const m = /\/([A-Za-z]+)\.[A-Za-z0-9]+$/.exec(ref);
+  if (m && KINDS.has(m[1])) return m[1];
+  if (ref.startsWith("art/clip")) return "clip";
   return "box";
 }
 
@@ -114,6 +119,12 @@ export function drawArtwork(ref, title) {
       parts.push(`<rect x="${x}" y="108" width="12" height="8" rx="2" fill="hsl(0 0% 100% / 0.5)"/>`);
     }
     parts.push(`<polygon points="150,76 150,104 176,90" fill="white" opacity="0.85"/>`);
+  } else if (kind === "crest") {
+    // a team's crest: a shield with a band
+    parts.push(
+      `<path d="M160 22 L214 38 L210 104 Q200 140 160 158 Q120 140 110 104 L106 38 Z" fill="hsl(${hue2} 70% 45%)" stroke="white" stroke-width="4"/>`,
+      `<path d="M110 70 L210 70 L208 92 L112 92 Z" fill="hsl(${hue} 80% 85% / 0.85)"/>`,
+    );
   } else {
     // box art: a few shapes
     for (let i = 0; i < 6; i += 1) {

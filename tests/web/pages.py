@@ -1,0 +1,160 @@
+"""What the browser tests share: a real hopcast API + live gateway on free ports, and helpers
+to open the device page and the console in it.
+
+The server is the production wiring of ``hopcast serve --gateway-port P --dev-tokens``
+(``api/server.py`` ``make_server``): a :class:`LiveService` whose triggers go through a
+:class:`Router` to a :class:`Gateway` in the same event loop, the app from :func:`create_app`
+serving the pages at ``/web/`` and the console routes — built here piece by piece only to give
+the gateway a one-second heartbeat, so a dropped connection is noticed in 2.5 s instead of 75 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from hopcast.api.app import create_app
+from hopcast.api.live import GatewayBinding
+from hopcast.graphdb import Graph
+from hopcast.live.fanout import InProcessTransport, Router
+from hopcast.live.gateway import Gateway
+from hopcast.live.service import LiveService
+
+CHROMIUM = os.environ.get("HOPCAST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: Gateway heartbeat in these tests: a device declares a silent connection dead after 2.5 of them.
+HEARTBEAT_S = 1.0
+#: Upper bound on a wait for the page; a healthy run needs a fraction of it.
+WAIT_MS = 30_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Hopcast:
+    """A running API + gateway, with small helpers for the live routes."""
+
+    base: str
+    gateway_port: int
+    service: LiveService
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.base + path, data, {"content-type": "application/json"}, method=method
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                raw = r.read()
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{method} {path}: {exc.code} {exc.read()!r}") from None
+        return json.loads(raw) if raw else None
+
+    def create_event(self, event: str, title: str, starts_at: str = "10m") -> dict[str, Any]:
+        """Schedule an event and publish its payloads (the fixture rows, segment ``all``)."""
+        doc = self.request(
+            "POST", "/v1/live/events", {"id": event, "title": title, "starts_at": starts_at}
+        )
+        self.request("POST", f"/v1/live/events/{event}/materialise", {"segments": []})
+        return doc  # type: ignore[no-any-return]
+
+    def command(self, event: str, verb: str, body: Any = None) -> dict[str, Any]:
+        return self.request("POST", f"/v1/live/events/{event}/{verb}", body or {})  # type: ignore[no-any-return]
+
+    def event(self, event: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/live/events/{event}")  # type: ignore[no-any-return]
+
+
+@contextmanager
+def running_hopcast(store: Path) -> Iterator[Hopcast]:
+    """Start the API and gateway on free loopback ports; stop them on exit."""
+    graph = Graph.open(store, sync=False)
+    port, gateway_port = _free_port(), _free_port()
+    service = LiveService(graph.store.kv)
+    router = Router(InProcessTransport(), payload_for=service.payload_for)
+    service.add_sink(router.publish_all)
+    secret = secrets.token_bytes(32)
+    gateway = Gateway(router, secret, node_id="web-test", heartbeat_s=HEARTBEAT_S)
+    binding = GatewayBinding(gateway, "127.0.0.1", gateway_port, secret, dev_tokens=True)
+    app = create_app(graph, live=service, gateway=binding)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the API did not start"
+    try:
+        yield Hopcast(f"http://127.0.0.1:{port}", gateway_port, service)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        graph.close()
+
+
+#: The member the device page plays (a profile id of the demo company).
+MEMBER = "profile:0-0"
+
+
+def device_state(page: Any, expr: str) -> Any:
+    """Evaluate ``expr`` over the device page's ``window.hopcastDevice`` (as ``d``)."""
+    return page.evaluate(f"() => {{ const d = window.hopcastDevice; return d && ({expr}); }}")
+
+
+def open_device(context: Any, hopcast: Hopcast, event: str, *, hash: str = "") -> Any:
+    """Open the device page and wait until it is connected and holds ``event``'s payloads."""
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors
+    page.goto(f"{hopcast.base}/web/device.html?member={MEMBER}{hash}")
+    page.wait_for_function(
+        f"""() => {{
+            const d = window.hopcastDevice;
+            return d && d.status === "open"
+                && (d.prefetched[{event!r}] || []).includes("live")
+                && d.cacheKeys.includes({event + "/live"!r})
+                && d.artworkKeys.includes("art/live/{event}/live.jpg");
+        }}""",
+        timeout=WAIT_MS,
+    )
+    return page
+
+
+def open_console(context: Any, hopcast: Hopcast) -> Any:
+    """Open the operator console (its uncaught errors collect in ``page.errors``)."""
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors
+    page.goto(f"{hopcast.base}/web/console.html")
+    return page
