@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -220,6 +221,38 @@ def test_a_late_roll_forward_never_moves_a_checkpoint_back(url: str, client: Any
             other.close()
         assert kv.checkpoints() == {"src": b"3"}
     finally:
+        kv.close()
+
+
+def test_opening_the_store_beside_a_busy_writer_does_not_wait_for_its_new_batches(url: str) -> None:
+    """A store that opens waits for the journal entries it found (a live writer finishes them
+    in milliseconds), not for the ones the writer keeps opening."""
+    prefix = fresh_prefix()
+    kv = RedisKV(url, prefix=prefix)
+    kv.configure("ns", None)
+    stop = threading.Event()
+    written = [0]
+
+    def write() -> None:
+        while not stop.is_set():
+            with kv.writer() as w:
+                for i in range(30):
+                    w.put("ns", b"r%d" % i, b"k", b"%d" % written[0], NOW, 1)
+                w.set_checkpoint("src", b"%d" % written[0])
+            written[0] += 1
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        while written[0] < 3:
+            time.sleep(0.01)
+        started = time.monotonic()
+        RedisKV(url, prefix=prefix).close()  # default grace: 5 s
+        assert time.monotonic() - started < 2.5
+        assert written[0] > 3
+    finally:
+        stop.set()
+        thread.join()
         kv.close()
 
 

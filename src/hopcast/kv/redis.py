@@ -706,7 +706,8 @@ class RedisKV(KVStore):
     def recover(self, grace_ms: int = JOURNAL_GRACE_MS) -> int:
         """Roll forward every batch a writer journaled but did not finish (Cluster only; called
         when the store opens). Entries younger than ``grace_ms`` may belong to a live writer
-        and are waited for until they are finished or that old.
+        and are waited for until they are finished or that old; entries that appear meanwhile
+        (live writers keep opening them) are not waited for.
 
         Returns:
             How many batches were rolled forward.
@@ -715,16 +716,21 @@ class RedisKV(KVStore):
         if not self.cluster:
             return 0
         rolled = 0
+        waiting: set[bytes] | None = None
         while True:
             raw: list[bytes] = self._retrying(
                 "cannot read the write journal", lambda: self._ages(keys=[self._jage])
             )
             ages = {raw[i]: int(raw[i + 1]) for i in range(0, len(raw), 2)}
-            stale = [b for b, age in ages.items() if age >= grace_ms]
+            if waiting is None:
+                waiting = set(ages)
+            waiting &= ages.keys()  # the others were finished
+            stale = [b for b in waiting if ages[b] >= grace_ms]
             if stale:
                 with self._lock:
                     rolled += self._roll_forward(stale)
-            if len(stale) == len(ages):
+                waiting.difference_update(stale)
+            if not waiting:
                 return rolled
             time.sleep(0.05)
 
