@@ -29,9 +29,10 @@ import pytest
 from api.seed import TestClient
 from hopcast import EdgeUpsert, Graph, NodeUpsert
 from hopcast.api import create_app
-from hopcast.api.server import WORKER_HEADER
+from hopcast.api.server import WORKER_HEADER, worker_app
 from hopcast.durations import HOUR, now_us
 from hopcast.graph.mutations import Mutation
+from hopcast.kv.redis import RedisKV
 
 #: Bound on the server's start-up (two workers importing the app on a loaded machine) and stop.
 START_TIMEOUT_S = 90
@@ -223,3 +224,26 @@ def test_serve_refuses_workers_for_a_graph_in_memory() -> None:
     )
     assert done.returncode == 2
     assert "needs a graph stored in LMDB" in done.stderr and "Redis" in done.stderr
+
+
+def test_a_worker_opens_the_redis_store_and_prefix_named_by_its_environment(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = now_us()
+    kv = RedisKV(redis_url, prefix=redis_prefix)
+    with Graph.open(kv=kv) as graph:
+        graph.apply(company(now))
+        schema = graph.schema.source
+    monkeypatch.setenv("HOPCAST_API_STORE", redis_url)
+    monkeypatch.setenv("HOPCAST_API_SCHEMA", schema)
+    monkeypatch.setenv("HOPCAST_API_REDIS_PREFIX", redis_prefix)
+    app = worker_app()
+    try:
+        kv_seen = app.state.graph.store.kv
+        assert (kv_seen.name, kv_seen.prefix) == ("redis", redis_prefix)
+        with TestClient(app) as http:
+            r = http.get("/v1/nodes/profile:0-0/neighbours", params={"edge": "browsed"})
+        assert r.status_code == 200 and r.json()["edges"]
+        assert r.headers[WORKER_HEADER] == str(os.getpid())
+    finally:
+        app.state.graph.close()
