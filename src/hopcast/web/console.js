@@ -22,7 +22,16 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-const state = { events: [], dashboard: null, ingest: null, hood: null, journey: null, failures: {}, commands: [] };
+const state = {
+  events: [],
+  dashEvent: null, // the event the dashboard follows; null: the API's default (live, else next)
+  dashboard: null,
+  ingest: null,
+  hood: null,
+  journey: null,
+  failures: {},
+  commands: [],
+};
 window.hopcastConsole = state;
 
 class ApiError extends Error {
@@ -145,7 +154,8 @@ function renderEvents() {
       const delayInput = el("input", { class: "delay", value: typed[ev.id] ?? "2m", "data-event": ev.id, title: "delay: 2m, 30s, -1m" });
       const started = ev.state === "live" || ev.state === "interrupted";
       return el("tr", { dataset: { event: ev.id, state: ev.state } },
-        el("td", {}, el("strong", {}, ev.title), el("br"), el("small", {}, ev.id)),
+        el("td", { class: "pick", title: "follow this event on the dashboard", onclick: () => follow(ev.id) },
+          el("strong", {}, ev.title), state.dashEvent === ev.id ? " ◉" : "", el("br"), el("small", {}, ev.id)),
         el("td", {}, el("span", { class: `state ${ev.state}` }, ev.state)),
         el("td", { class: "starts", dataset: { startsAt: ev.starts_at } },
           started ? `live since ${fmtClock(ev.went_live_at || ev.stage_changed_at)}` : ev.terminal ? fmtClock(ev.ended_at || ev.cancelled_at || ev.starts_at) : `in ${fmtIn(ev.starts_at - now)}`,
@@ -161,6 +171,12 @@ function renderEvents() {
     }),
   );
   if (!rows.length) body.append(el("tr", {}, el("td", { colspan: 5, class: "dim" }, "No events yet: create one above.")));
+}
+
+function follow(eventId) {
+  state.dashEvent = state.dashEvent === eventId ? null : eventId;
+  renderEvents();
+  pollDashboard();
 }
 
 async function materialiseFromGraph(eventId) {
@@ -207,7 +223,8 @@ $("#create").addEventListener("submit", async (e) => {
 
 async function pollDashboard() {
   try {
-    const doc = await api("GET", "/v1/console/dashboard?window=10");
+    const which = state.dashEvent ? `&event=${enc(state.dashEvent)}` : "";
+    const doc = await api("GET", `/v1/console/dashboard?window=10${which}`);
     state.dashboard = doc;
     show("#dashboard-message", null);
     renderDashboard(doc);
