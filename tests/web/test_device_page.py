@@ -129,3 +129,31 @@ def test_the_page_recovers_after_the_network_drops_and_gets_the_next_stage(
     hopcast.command("cup", "end")
     page.wait_for_selector("#hero[data-stage=ended]")
     assert page.errors == []
+
+
+def test_a_device_that_missed_the_prefetch_fetches_the_stage_once_after_a_jittered_delay(
+    context: Any, hopcast: Hopcast
+) -> None:
+    hopcast.request(
+        "POST", "/v1/live/events", {"id": "late", "title": "The Late One", "starts_at": "10m"}
+    )
+    page = context.new_page()
+    page.goto(f"{hopcast.base}/web/device.html?member=profile:0-0")
+    # nothing is published yet: the manifest answers 404 and the page has nothing cached
+    page.wait_for_function("() => window.hopcastDevice && window.hopcastDevice.status === 'open'")
+    page.wait_for_selector("#rows-empty")
+    hopcast.request("POST", "/v1/live/events/late/materialise", {"segments": []})
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    hopcast.command("late", "start")
+    # the stage shows at once; its rows follow the fallback fetch (within the 10 s window)
+    page.wait_for_selector("#hero[data-stage=live] #live-badge")
+    applied = device_state(page, "d.triggers[d.triggers.length - 1]")
+    assert applied["stage"] == "live" and applied["fromCache"] is False
+    page.wait_for_selector(".row h2:has-text('Watch now')", timeout=WAIT_MS)
+    assert device_state(page, "d.client.fallbackFetches") == 1
+    assert device_state(page, "d.cacheKeys").count("late/live") == 1
+    fetched = [u for u in requests if "/v1/live/events/late/payload" in u]
+    assert (
+        len(fetched) == 1 and "stage=live" in fetched[0] and "segment=profile%3A0-0" in fetched[0]
+    )
