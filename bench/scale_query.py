@@ -9,15 +9,20 @@ same, then times each query kind of ``bench/graph.py`` on both:
   3-hop bounded traversal, journey (last 100 in 30 days) and count (30 days);
 * over HTTP (``make_server`` in a subprocess, one keep-alive connection, sequential requests).
 
+With ``--cluster`` (``run(..., cluster=True)``) a 3-node Redis Cluster (``deploy/redis.sh
+cluster-start``) is a third store.
+
 Rows follow the benchmark contract: one per (system, measure) with ``system``
-``hopcast-lmdb`` / ``hopcast-redis``, ``unit`` ``us``, ``p50``, ``p99`` and the run's parameters;
-plus a ``redis/lmdb`` row per measure with the ratios (unit ``x``: > 1 means Redis is slower),
-and the load rate of each store. :func:`run` returns them (``bench/scale.py`` calls it);
+``hopcast-lmdb`` / ``hopcast-redis`` (/ ``hopcast-redis-cluster``), ``unit`` ``us``, ``p50``,
+``p99`` and the run's parameters; plus a ``redis/lmdb`` (``redis-cluster/lmdb``) row per
+measure with the ratios (unit ``x``: > 1 means Redis is slower), and the load rate of each
+store. :func:`run` returns them (``bench/scale.py`` calls it);
 running this file prints the table and writes ``bench/results/scale_query.jsonl``
 (``scale_query-quick.jsonl`` with ``--quick``).
 
     python bench/scale_query.py             # 1M edges
     python bench/scale_query.py --quick     # small, < 60 s
+    python bench/scale_query.py --quick --cluster
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ import http.client
 import json
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +74,6 @@ from hopcast.query import spec as q
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 REDIS_SCRIPT = ROOT / "deploy" / "redis.sh"
-SYSTEMS = ("hopcast-lmdb", "hopcast-redis")
 #: Edges and timed calls per query kind of a quick run (bench/graph.py's quick sizes; the
 #: whole run stays under 60 s).
 QUICK_EDGES, QUICK_QUERIES = 100_000, 300
@@ -99,6 +104,42 @@ def redis_server() -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         cmd[1] = "stop"
+        subprocess.run(cmd, check=False, capture_output=True, timeout=60)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def cluster_ports(nodes: int) -> int:
+    """The first of ``nodes`` consecutive free loopback ports whose cluster bus ports (+10000)
+    are free too, below the ephemeral range."""
+    for _ in range(100):
+        base = random.randrange(10_000, 22_000 - nodes)
+        socks: list[socket.socket] = []
+        try:
+            for port in [*range(base, base + nodes), *range(base + 10_000, base + 10_000 + nodes)]:
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no free consecutive ports for a Redis Cluster")
+
+
+@contextmanager
+def redis_cluster(nodes: int = 3) -> Iterator[str]:
+    """A Redis Cluster of ``nodes`` masters for the run (deploy/redis.sh cluster-start)."""
+    port = cluster_ports(nodes)
+    directory = tempfile.mkdtemp(prefix="hopcast-bench-redis-cluster-")
+    cmd = [str(REDIS_SCRIPT), "cluster-start", "--port", str(port), "--nodes", str(nodes)]
+    cmd += ["--dir", directory]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    try:
+        yield f"redis+cluster://127.0.0.1:{port}"
+    finally:
+        cmd[1] = "cluster-stop"
         subprocess.run(cmd, check=False, capture_output=True, timeout=60)
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -202,8 +243,11 @@ def time_http(
         conn.close()
 
 
-def run(edges: int, quick: bool, *, http: bool = True, seed: int = 7) -> list[dict[str, Any]]:
-    """Load the graph into LMDB and into a fresh Redis, time every query kind on both.
+def run(
+    edges: int, quick: bool, *, http: bool = True, cluster: bool = False, seed: int = 7
+) -> list[dict[str, Any]]:
+    """Load the graph into LMDB and into a fresh Redis (and a fresh 3-node Redis Cluster with
+    ``cluster``), time every query kind on each.
 
     Returns:
         The result rows (see the module docstring).
@@ -213,15 +257,14 @@ def run(edges: int, quick: bool, *, http: bool = True, seed: int = 7) -> list[di
     calls = query_calls(edges, seed, queries)
     work = Path(tempfile.mkdtemp(prefix="hopcast-bench-scale-query-"))
     stores: dict[str, GraphStore] = {}
-    where: dict[str, str] = {}
     try:
-        with redis_server() as redis_url:
-            kvs: dict[str, KVStore] = {
-                "hopcast-lmdb": LmdbKV(work / "graph.lmdb", sync=False),
-                "hopcast-redis": RedisKV(redis_url),
-            }
-            where = {"hopcast-lmdb": str(work / "graph.lmdb"), "hopcast-redis": redis_url}
-            for system, kv in kvs.items():
+        with ExitStack() as services:
+            where = {"hopcast-lmdb": str(work / "graph.lmdb")}
+            where["hopcast-redis"] = services.enter_context(redis_server())
+            if cluster:
+                where["hopcast-redis-cluster"] = services.enter_context(redis_cluster())
+            for system, url in where.items():
+                kv = LmdbKV(url, sync=False) if system == "hopcast-lmdb" else RedisKV(url)
                 with console.status(f"loading {edges:,} edges into {system}"):
                     stores[system], seconds, written = load(kv, edges, seed)
                 rec.rate(system, "load, batches of 5k", written / seconds, "writes/s")
@@ -231,30 +274,30 @@ def run(edges: int, quick: bool, *, http: bool = True, seed: int = 7) -> list[di
             for measure, method in MEASURES.items():
                 for args in calls[measure][:25]:
                     want = getattr(engines["hopcast-lmdb"], method)(*args)
-                    got = getattr(engines["hopcast-redis"], method)(*args)
-                    if got != want:
-                        raise AssertionError(f"Redis and LMDB disagree on {measure} {args[:1]}")
-            console.print("Redis and LMDB answer the sampled queries alike")
+                    for system, engine in engines.items():
+                        if getattr(engine, method)(*args) != want:
+                            raise AssertionError(f"{system} disagrees on {measure} {args[:1]}")
+            console.print("every store answers the sampled queries alike")
 
             gc.collect()
             gc.freeze()
-            gc.set_threshold(*GC_THRESHOLDS)  # the API server's setting, for both alike
+            gc.set_threshold(*GC_THRESHOLDS)  # the API server's setting, for all alike
             for measure, method in MEASURES.items():
                 for system, engine in engines.items():
                     p50, p99 = time_calls(getattr(engine, method), calls[measure])
                     rec.latency(system, measure, p50, p99)
-                    console.print(f"{measure:32} {system:14} p50 {p50:8.1f} µs  p99 {p99:8.1f} µs")
+                    console.print(f"{measure:32} {system:21} p50 {p50:8.1f} µs  p99 {p99:8.1f} µs")
 
             if http:
                 requests = http_requests(calls)
-                for system in SYSTEMS:
+                for system, store_url in where.items():
                     # start_server hands str(store) to Graph.open, which takes a URL as well
-                    proc, url = start_server(where[system], NOW)  # type: ignore[arg-type]
+                    proc, url = start_server(store_url, NOW)  # type: ignore[arg-type]
                     try:
                         for measure, (p50, p99) in time_http(url, requests).items():
                             rec.latency(system, measure, p50, p99)
                             console.print(
-                                f"{measure:32} {system:14} p50 {p50:8.1f} µs  p99 {p99:8.1f} µs"
+                                f"{measure:32} {system:21} p50 {p50:8.1f} µs  p99 {p99:8.1f} µs"
                             )
                     finally:
                         proc.terminate()
@@ -267,40 +310,44 @@ def run(edges: int, quick: bool, *, http: bool = True, seed: int = 7) -> list[di
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One ``redis/lmdb`` row per latency measure: p50 and p99 of Redis over those of LMDB."""
+    """Per latency measure, one ``redis/lmdb`` row (and ``redis-cluster/lmdb``): p50 and p99
+    of the Redis store over those of LMDB."""
     by = {(r["system"], r["measure"]): r for r in rows if r["unit"] == "us"}
     out = []
-    for (system, measure), lmdb in by.items():
-        redis = by.get(("hopcast-redis", measure))
-        if system != "hopcast-lmdb" or redis is None:
+    for (system, measure), redis in by.items():
+        lmdb = by.get(("hopcast-lmdb", measure))
+        if system == "hopcast-lmdb" or lmdb is None:
             continue
         params = {k: v for k, v in lmdb.items() if k not in ("system", "measure", "unit")}
         params |= {
             "p50": round(redis["p50"] / lmdb["p50"], 2),
             "p99": round(redis["p99"] / lmdb["p99"], 2),
         }
-        out.append({"system": "redis/lmdb", "measure": measure, "unit": "x"} | params)
+        name = system.removeprefix("hopcast-") + "/lmdb"
+        out.append({"system": name, "measure": measure, "unit": "x"} | params)
     return out
 
 
 def table(rows: list[dict[str, Any]]) -> Table:
     """The printed table, made from the result rows."""
+    systems = list(dict.fromkeys(r["system"] for r in rows if r["unit"] == "us"))
+    others = [s for s in systems if s != "hopcast-lmdb"]
     t = Table(title="query latency, Redis vs LMDB (µs; ratio > 1: Redis slower)")
-    for col in ("measure", "LMDB p50", "LMDB p99", "Redis p50", "Redis p99", "ratio p50/p99"):
-        t.add_column(col, justify="left" if col == "measure" else "right")
+    t.add_column("measure")
+    for system in systems:
+        t.add_column(f"{system.removeprefix('hopcast-')} p50 / p99", justify="right")
+    for system in others:
+        t.add_column(f"{system.removeprefix('hopcast-')}/lmdb", justify="right")
     by = {(r["system"], r["measure"]): r for r in rows}
     for measure in dict.fromkeys(r["measure"] for r in rows if r["unit"] == "us"):
-        lmdb, redis, ratio = (by.get((s, measure)) for s in (*SYSTEMS, "redis/lmdb"))
-        if lmdb is None or redis is None or ratio is None:
-            continue
-        t.add_row(
-            measure,
-            f"{lmdb['p50']:,.1f}",
-            f"{lmdb['p99']:,.1f}",
-            f"{redis['p50']:,.1f}",
-            f"{redis['p99']:,.1f}",
-            f"{ratio['p50']:.2f} / {ratio['p99']:.2f}",
-        )
+        cells = [measure]
+        for system in systems:
+            r = by.get((system, measure))
+            cells.append("" if r is None else f"{r['p50']:,.1f} / {r['p99']:,.1f}")
+        for system in others:
+            r = by.get((system.removeprefix("hopcast-") + "/lmdb", measure))
+            cells.append("" if r is None else f"{r['p50']:.2f}x / {r['p99']:.2f}x")
+        t.add_row(*cells)
     for r in rows:
         if r["unit"] == "writes/s":
             t.add_row(f"{r['measure']} ({r['system']})", f"{r['value']:,.0f} writes/s")
@@ -312,11 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--edges", type=int, default=1_000_000, help="interaction edges to generate")
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_EDGES:,} edges (< 60 s)")
     ap.add_argument("--no-http", action="store_true", help="skip the HTTP measurements")
+    ap.add_argument("--cluster", action="store_true", help="also a 3-node Redis Cluster")
     args = ap.parse_args(argv)
     edges = QUICK_EDGES if args.quick else args.edges
     t0 = time.perf_counter()
-    rows = run(edges, args.quick, http=not args.no_http)
-    Console(width=120).print(table(rows))
+    rows = run(edges, args.quick, http=not args.no_http, cluster=args.cluster)
+    Console(width=160).print(table(rows))
     RESULTS.mkdir(parents=True, exist_ok=True)
     # A quick run does not overwrite the recorded full run (bench/graph.py's convention).
     path = RESULTS / ("scale_query-quick.jsonl" if args.quick else "scale_query.jsonl")
