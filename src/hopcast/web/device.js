@@ -301,7 +301,23 @@ async function fetchPayload(ref) {
 let client = null;
 
 async function issueToken() {
-  return postJSON("/v1/live/tokens", { device: DEVICE, channels: CHANNELS, ttl: TOKEN_TTL });
+  const issued = await postJSON("/v1/live/tokens", { device: DEVICE, channels: CHANNELS, ttl: TOKEN_TTL });
+  if (issued.url) issued.url = reachable(issued.url);
+  return issued;
+}
+
+const WILDCARD = new Set(["0.0.0.0", "[::]", "::"]);
+const LOOPBACK = new Set(["127.0.0.1", "localhost", "[::1]"]);
+
+/** The gateway's URL as this browser can reach it: the API names the address the gateway is
+ * bound to, which is a wildcard (0.0.0.0) or loopback when the server listens everywhere or
+ * locally; then the page's own host name is the one that works. */
+function reachable(url) {
+  const u = new URL(url);
+  if (WILDCARD.has(u.hostname) || (LOOPBACK.has(u.hostname) && !LOOPBACK.has(location.hostname))) {
+    u.hostname = location.hostname;
+  }
+  return u.toString().replace(/\/$/, "");
 }
 
 async function startLive() {
