@@ -5,7 +5,8 @@
 #   deploy/install.sh --check  only check the packages; exit 1 naming what is missing
 #
 # Redis (the live fan-out), PostgreSQL with logical replication (the CDC source), Java + Maven
-# and the pinned Apache Kafka broker jars from Maven Central (the Kafka source). The tests start
+# and the pinned Apache Kafka broker jars from Maven Central (the Kafka source), and the Flink
+# Kafka connector jar (the Flink engine). The tests start
 # and stop the servers themselves (tests/conftest.py, through deploy/{redis,postgres,kafka}.sh on
 # free loopback ports); `make test` runs this first, and so does CI on a fresh machine.
 set -euo pipefail
@@ -36,4 +37,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-((check_only)) || ./kafka.sh fetch # cached in ~/.cache/hopcast, checked against kafka-jars.sha256
+if ((!check_only)); then
+  ./kafka.sh fetch # cached in ~/.cache/hopcast, checked against kafka-jars.sha256
+  ./flink.sh fetch # the Flink Kafka connector jar, checked against flink-jars.sha256
+fi

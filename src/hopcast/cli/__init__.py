@@ -42,6 +42,7 @@ from hopcast.cli.common import (
     print_json,
     wants_json,
 )
+from hopcast.cli.flink import flink
 from hopcast.cli.ingest import deadletters, ingest
 from hopcast.cli.live import live
 from hopcast.cli.query import query
@@ -189,6 +190,7 @@ cli.add_command(ingest)
 cli.add_command(deadletters)
 cli.add_command(run_command)
 cli.add_command(services)
+cli.add_command(flink)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+../src/hopcast/deploy/flink.sh

@@ -1,0 +1,743 @@
+"""The Flink engine: one PyFlink DataStream job per source topic, running the operators the
+embedded engine runs, with Flink's state, timers and checkpoints.
+
+The only module that imports ``pyflink`` (``pip install 'hopcast[flink]'``); the logic it wires
+lives in :mod:`hopcast.stream.engines.buckets`. Topology of the job ``hopcast-<source>``::
+
+    Kafka topic(s) ── Flink's Kafka connector (raw key and value, partition, offset,
+    │                  timestamp, headers; offsets kept in Flink's checkpoints)
+    ▼
+    pipeline        the source's mapping (decode, filter/project, changelog, map, validate),
+    │               exactly the embedded engine's Pipeline.process; a bad record becomes ONE
+    │               dead letter with its raw payload and its Kafka position
+    ▼  key_by(bucket of the mutation's node or edge)
+    window-writer   keyed state per bucket: outputs are appended to a ListState; a
+    │               processing-time timer at the end of the window (``window_ms``, or earlier
+    │               when ``max_batch`` entries wait) coalesces the window with the dedup
+    │               operator and writes it: dead letters, then ONE idempotent last-write-wins
+    │               batch into the graph store (with the bucket's running totals)
+    ▼
+    discard         (a sink is required; progress is read from the store)
+
+Delivery: checkpoints (on by default, every ``checkpoint_interval_ms``) hold the Kafka offsets
+and the windows not written yet, so a crash replays from the last checkpoint and re-writes at
+worst what was written since: at-least-once application, exactly-once *effect*, because every
+write is idempotent under last-write-wins. Checkpoints are retained on cancellation and after a
+crash; :meth:`FlinkJob.execute` restores from the newest complete one in ``checkpoint_dir``
+(or the path given), so stopping and starting a job resumes it. A store that goes away makes
+the writer back off and retry (the job waits; backpressure stops the reading); only after
+``patience_s`` does the task fail, and Flink restarts it from the last checkpoint
+(exponential-delay restart strategy).
+
+Bounded runs (``bounded=True``: read up to the offsets that are the latest at start, then
+finish) flush every window at the end of input: each bucket also holds an event-time timer at
+the end of time, which the final watermark fires.
+
+Execution: the Python functions run in Flink's *thread* mode (embedded CPython through pemja;
+about 18x faster than process mode for keyed state here). Locally the job runs on a MiniCluster
+in a JVM started by PyFlink; ``jobmanager="host:port"`` submits it to a running Flink cluster
+instead (its TaskManagers need the same Python environment: ``pip install 'hopcast[flink]'``).
+
+Side tables: a mapping may keep side tables current (``changelog``), which live in the pipeline
+task's memory; a mapping that *reads* side tables (``enrich``) is refused, because with one job
+per source and several parallel tasks no task sees every change of a table kept by another
+source (run such sources with the embedded engine).
+
+Metrics: Flink's own (Kafka lag ``pendingRecords``, checkpoint durations, backpressure) plus, per
+task, ``hopcast_records``, ``hopcast_mutations``, ``hopcast_dead_letters``,
+``hopcast_mutations_written``, ``hopcast_windows``, ``hopcast_write_retries`` and the gauge
+``hopcast_freshness_ms`` (write time minus the oldest generation time of the last window);
+``metrics_port`` exposes them all for Prometheus through the reporter PyFlink ships.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import site
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from hopcast.errors import ConfigError, HopcastError, SourceError
+from hopcast.graphdb import Graph
+from hopcast.stream.deadletter import DeadLetter
+from hopcast.stream.engines.buckets import (
+    BucketWriter,
+    Totals,
+    kafka_record,
+    read_totals,
+    route,
+)
+from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
+
+try:
+    from pyflink.common import Configuration, Types
+    from pyflink.common.job_client import JobClient
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.datastream.connectors.base import Sink
+    from pyflink.datastream.functions import (
+        KeyedProcessFunction,
+        ProcessFunction,
+        RuntimeContext,
+    )
+    from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+    from pyflink.java_gateway import get_gateway
+    from pyflink.table import StreamTableEnvironment
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ConfigError("the Flink engine needs PyFlink: pip install 'hopcast[flink]'") from exc
+
+log = logging.getLogger("hopcast.flink")
+
+#: The Flink release inside the pinned apache-flink wheel, and the Kafka connector built for it
+#: (fetched from Maven Central by ``deploy/flink.sh fetch``, checked against its sha256).
+FLINK_VERSION = "2.2.1"
+CONNECTOR = "flink-sql-connector-kafka-5.0.0-2.2.jar"
+#: Where ``deploy/flink.sh fetch`` puts the connector (``$HOPCAST_CACHE`` overrides the root).
+JARS_ENV = "HOPCAST_FLINK_JARS"
+
+DEFAULT_WINDOW_MS = 200
+DEFAULT_MAX_BATCH = 5_000
+DEFAULT_CHECKPOINT_MS = 2_000
+#: Buckets per unit of parallelism: enough that the writer's keys spread evenly over tasks.
+BUCKETS_PER_TASK = 8
+#: The end of time for the end-of-input timer (one below Long.MAX_VALUE, the final watermark).
+_END_OF_TIME = (1 << 63) - 2
+
+
+def connector_jar() -> Path:
+    """The Kafka connector jar ``deploy/flink.sh fetch`` provides.
+
+    Raises:
+        ConfigError: if it is not there, saying how to fetch it.
+    """
+    explicit = os.environ.get(JARS_ENV)
+    if explicit:
+        directory = Path(explicit)
+    else:
+        root = os.environ.get("HOPCAST_CACHE") or str(Path.home() / ".cache" / "hopcast")
+        directory = Path(root) / f"flink-{FLINK_VERSION}"
+    jar = directory / CONNECTOR
+    if not jar.is_file():
+        raise ConfigError(
+            f"the Flink Kafka connector is missing ({jar}): fetch it with "
+            "'deploy/flink.sh fetch' (or 'hopcast services fetch'), or point "
+            f"${JARS_ENV} at a directory holding {CONNECTOR}"
+        )
+    return jar
+
+
+@dataclass(frozen=True)
+class KafkaInput:
+    """The topics one job reads: ``kafka:BOOTSTRAP/TOPIC[,TOPIC…][#group=G&start=earliest]``
+    (the embedded engine's spec; options with a dot go to the Kafka client as they are)."""
+
+    bootstrap: str
+    topics: tuple[str, ...]
+    group: str | None = None
+    start: str = "earliest"
+    client: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, name: str, spec: str) -> KafkaInput:
+        """Parse ``spec`` (with or without the ``kafka:`` prefix).
+
+        Raises:
+            ConfigError: for anything but a Kafka spec.
+        """
+        kind, sep, args = spec.partition(":")
+        if sep and kind == "kafka":
+            spec = args
+        elif sep and kind in ("file", "journal", "postgres", "list"):
+            raise ConfigError(
+                f"source {name!r}: the Flink engine reads Kafka topics, not {kind!r} sources "
+                "(put them on Kafka, or run them with 'hopcast ingest run')"
+            )
+        target, _, fragment = spec.partition("#")
+        bootstrap, _, topics_text = target.partition("/")
+        topics = tuple(t for t in topics_text.split(",") if t)
+        if not bootstrap or not topics:
+            raise ConfigError(
+                f"source {name!r}: a Flink source is kafka:HOST:PORT/TOPIC[,TOPIC…], got {spec!r}"
+            )
+        options = dict(parse_qsl(fragment, keep_blank_values=True))
+        client = tuple(sorted((k, v) for k, v in options.items() if "." in k))
+        plain = {k: v for k, v in options.items() if "." not in k}
+        unknown = set(plain) - {"group", "start", "commit"}
+        if unknown:
+            raise ConfigError(
+                f"source {name!r}: unknown kafka option(s) {sorted(unknown)} "
+                "(known: group, start, and Kafka client settings with a dot)"
+            )
+        start = plain.get("start", "earliest")
+        if start not in ("earliest", "latest", "group"):
+            raise ConfigError(f"source {name!r}: start={start!r} is not earliest, latest or group")
+        return cls(bootstrap, topics, plain.get("group") or None, start, client)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a task needs (pickled into the job: plain values only)."""
+
+    source: str
+    store: str
+    schema: str | None
+    mappings: str
+    buckets: int
+    window_ms: int
+    max_batch: int
+    patience_s: float
+
+    @property
+    def job(self) -> str:
+        return f"hopcast-{self.source}"
+
+
+#: Graphs open in this process, shared by its tasks (an LMDB environment must be opened once per
+#: process), with the number of tasks using each.
+_GRAPHS: dict[tuple[str, str | None], list[Any]] = {}
+_GRAPHS_LOCK = threading.Lock()
+
+
+def _open_graph(spec: JobSpec) -> Graph:
+    """The task's graph: one per store and schema in a process, closed with its last task."""
+    key = (spec.store, spec.schema)
+    with _GRAPHS_LOCK:
+        entry = _GRAPHS.get(key)
+        if entry is None:
+            entry = _GRAPHS[key] = [Graph.open(spec.store, spec.schema), 0]
+        entry[1] += 1
+        graph: Graph = entry[0]
+        return graph
+
+
+def _release_graph(spec: JobSpec) -> None:
+    key = (spec.store, spec.schema)
+    with _GRAPHS_LOCK:
+        entry = _GRAPHS.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _GRAPHS[key]
+            entry[0].close()
+
+
+def load_mapping(spec: JobSpec, graph: Graph) -> Mapping:
+    """The source's mapping, checked for what the Flink engine runs.
+
+    Raises:
+        ConfigError: if there is none, or it reads side tables.
+    """
+    maps = Mapping.load_dir(spec.mappings, graph.schema)
+    mapping = maps.get(spec.source)
+    if mapping is None:
+        known = ", ".join(sorted(maps)) or "none"
+        raise ConfigError(
+            f"no mapping for source {spec.source!r} in {spec.mappings} (mapped: {known})"
+        )
+    if mapping.enrich:
+        tables = ", ".join(sorted({e.table for e in mapping.enrich}))
+        raise ConfigError(
+            f"source {spec.source!r}: its mapping enriches from side tables ({tables}); the "
+            "Flink engine runs one job per source and cannot share side tables between jobs: "
+            "run this source with 'hopcast ingest run'"
+        )
+    return mapping
+
+
+class PipelineFunction(ProcessFunction):  # type: ignore[misc]
+    """Kafka row → record → the mapping's pipeline → ``(bucket, mutation | dead letter)``."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.graph = _open_graph(self.spec)
+        self._open = True
+        self.pipeline = load_mapping(self.spec, self.graph).pipeline(self.graph.schema)
+        group = runtime_context.get_metrics_group()
+        self.records = group.counter("hopcast_records")
+        self.mutations = group.counter("hopcast_mutations")
+        self.letters = group.counter("hopcast_dead_letters")
+        from hopcast.durations import now_us
+
+        self.now = now_us
+
+    def process_element(self, value: Any, ctx: Any) -> Iterator[tuple[int, Any]]:
+        topic, partition, offset, key, raw, ts, headers = value
+        record = kafka_record(
+            self.spec.source,
+            topic,
+            partition,
+            offset,
+            key,
+            raw,
+            _millis(ts),
+            _headers(headers),
+        )
+        outputs = self.pipeline.process(record, self.now())
+        self.records.inc()
+        if len(outputs) == 1 and isinstance(outputs[0], DeadLetter):
+            self.letters.inc()
+        else:
+            self.mutations.inc(len(outputs))
+        yield from route(outputs, self.spec.buckets)
+
+    def close(self) -> None:
+        if getattr(self, "_open", False):
+            self._open = False
+            _release_graph(self.spec)
+
+
+class WindowWriter(KeyedProcessFunction):  # type: ignore[misc]
+    """Per bucket: buffer in keyed state, write a coalesced window when its timer fires."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.graph = _open_graph(self.spec)
+        self._open = True
+        self.writer = BucketWriter(self.graph.store, self.spec.job, patience_s=self.spec.patience_s)
+        self.buffer = runtime_context.get_list_state(
+            ListStateDescriptor("window", Types.PICKLED_BYTE_ARRAY())
+        )
+        self.totals = runtime_context.get_state(
+            ValueStateDescriptor("totals", Types.PICKLED_BYTE_ARRAY())
+        )
+        #: entries waiting per bucket since its timers were set (this task's memory only: after
+        #: a restore it is empty, and the first entry of a bucket sets its timers again)
+        self.waiting: dict[int, int] = {}
+        group = runtime_context.get_metrics_group()
+        self.written = group.counter("hopcast_mutations_written")
+        self.windows = group.counter("hopcast_windows")
+        self.retries = group.counter("hopcast_write_retries")
+        self.last_freshness_ms = 0
+        group.gauge("hopcast_freshness_ms", lambda: int(self.last_freshness_ms))
+
+    def process_element(self, value: Any, ctx: Any) -> Iterator[tuple[int, int]]:
+        bucket, entry = value
+        self.buffer.add(entry)
+        n = self.waiting.get(bucket)
+        if n is None:
+            timers = ctx.timer_service()
+            timers.register_processing_time_timer(
+                timers.current_processing_time() + self.spec.window_ms
+            )
+            timers.register_event_time_timer(_END_OF_TIME)
+            n = 0
+        self.waiting[bucket] = n + 1
+        if n + 1 >= self.spec.max_batch:
+            yield from self._write(bucket)
+
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[tuple[int, int]]:
+        yield from self._write(ctx.get_current_key())
+
+    def _write(self, bucket: int) -> Iterator[tuple[int, int]]:
+        self.waiting.pop(bucket, None)
+        entries = list(self.buffer.get() or ())
+        if not entries:
+            return
+        totals = self.totals.value() or Totals()
+        result = self.writer.write(bucket, entries, totals)
+        self.totals.update(totals)
+        self.buffer.clear()
+        self.written.inc(result.written)
+        self.windows.inc()
+        if result.attempts > 1:
+            self.retries.inc(result.attempts - 1)
+        if result.freshness_us is not None:
+            self.last_freshness_ms = result.freshness_us // 1000
+        yield (result.written, result.dead_letters)
+
+    def close(self) -> None:
+        if getattr(self, "_open", False):
+            self._open = False
+            _release_graph(self.spec)
+
+
+def _millis(ts: Any) -> int | None:
+    """A TIMESTAMP_LTZ(3) as PyFlink hands it over, in ms since the epoch: a ``java.time.Instant``
+    in thread mode, a ``datetime`` in process mode."""
+    if ts is None:
+        return None
+    if isinstance(ts, int):
+        return ts
+    if hasattr(ts, "toEpochMilli"):
+        return int(ts.toEpochMilli())
+    return round(float(ts.timestamp()) * 1000)
+
+
+def _headers(raw: Any) -> dict[str, bytes | None] | None:
+    """The headers MAP as a dict (a Python dict, or a ``java.util.Map`` in thread mode)."""
+    if raw is None or isinstance(raw, dict):
+        return raw
+    out: dict[str, bytes | None] = {}
+    for entry in raw.entrySet().toArray():
+        value = entry.getValue()
+        out[str(entry.getKey())] = None if value is None else bytes(value)
+    return out
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def kafka_ddl(table: str, kafka: KafkaInput, *, group: str, bounded: bool) -> str:
+    """The CREATE TABLE of the job's Kafka input: raw bytes and the message's metadata."""
+    options = {
+        "connector": "kafka",
+        "topic": ";".join(kafka.topics),
+        "properties.bootstrap.servers": kafka.bootstrap,
+        "properties.group.id": kafka.group or group,
+        "scan.startup.mode": {
+            "earliest": "earliest-offset",
+            "latest": "latest-offset",
+            "group": "group-offsets",
+        }[kafka.start],
+        "key.format": "raw",
+        "key.fields": "k",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+        # partitions created while the job runs are picked up (checked every 30 s)
+        "scan.topic-partition-discovery.interval": "30 s",
+    }
+    if kafka.start == "group":
+        options["properties.auto.offset.reset"] = "earliest"
+    if bounded:
+        options["scan.bounded.mode"] = "latest-offset"
+    for k, v in kafka.client:
+        options[f"properties.{k}"] = v
+    with_ = ",\n  ".join(f"{_quote(k)} = {_quote(v)}" for k, v in options.items())
+    return (
+        f"CREATE TABLE `{table}` (\n"
+        "  `k` BYTES,\n"
+        "  `v` BYTES,\n"
+        "  `tp` STRING METADATA FROM 'topic' VIRTUAL,\n"
+        "  `part` INT METADATA FROM 'partition' VIRTUAL,\n"
+        "  `off` BIGINT METADATA FROM 'offset' VIRTUAL,\n"
+        "  `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,\n"
+        "  `hdr` MAP<STRING, BYTES> METADATA FROM 'headers' VIRTUAL\n"
+        f") WITH (\n  {with_}\n)"
+    )
+
+
+def python_path() -> str:
+    """What the embedded interpreter (thread mode) needs on ``PYTHONPATH``: hopcast's own
+    directory and this interpreter's site-packages (pemja and the dependencies live there; a
+    ``PYTHONPATH`` entry does not read ``.pth`` files, so an editable install needs both)."""
+    import hopcast
+
+    entries = [str(Path(hopcast.__file__).resolve().parent.parent)]
+    entries += [p for p in site.getsitepackages() if Path(p).is_dir()]
+    user = site.getusersitepackages()
+    if isinstance(user, str) and Path(user).is_dir():
+        entries.append(user)
+    current = os.environ.get("PYTHONPATH")
+    if current:
+        entries += [p for p in current.split(os.pathsep) if p]
+    seen: list[str] = []
+    for e in entries:
+        if e not in seen:
+            seen.append(e)
+    return os.pathsep.join(seen)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint or savepoint under ``directory`` (one with ``_metadata``),
+    or None."""
+    if not directory.is_dir():
+        return None
+    found = [m.parent for m in directory.glob("*/chk-*/_metadata")]
+    found += [m.parent for m in directory.glob("savepoint-*/_metadata")]
+    if not found:
+        return None
+    return max(found, key=lambda p: (p / "_metadata").stat().st_mtime)
+
+
+@dataclass
+class FlinkJob:
+    """One source's job. See the module docstring.
+
+    Args:
+        source: the source name (its mapping is the file whose ``source:`` is this name).
+        kafka: the topics to read.
+        store: the graph store URL or path every task opens (``redis://…``, an LMDB directory).
+        schema: the graph schema file, if the store does not hold one.
+        mappings: the mapping directory (default: the demo company's).
+        parallelism: tasks per operator (Kafka partitions are spread over them).
+        window_ms: how long a bucket collects before it is written.
+        max_batch: entries that make a bucket write before its window ends.
+        buckets: writer keys (default ``8 x parallelism``).
+        checkpoint_dir: where checkpoints are kept (and restored from).
+        checkpoint_interval_ms: how often (0 turns checkpointing off).
+        restore: ``"latest"`` (the newest checkpoint in ``checkpoint_dir``, if any), a
+            checkpoint/savepoint path, or None for a fresh start.
+        bounded: stop at the offsets that are the latest when the job starts.
+        jobmanager: ``host:port`` of a Flink cluster's REST endpoint; None runs a local
+            MiniCluster.
+        metrics_port: serve Flink's and hopcast's metrics for Prometheus on this port.
+        patience_s: how long a window retries a failing store before its task fails.
+    """
+
+    source: str
+    kafka: KafkaInput
+    store: str
+    schema: str | None = None
+    mappings: Path = DEMO_MAPPINGS
+    parallelism: int = 1
+    window_ms: int = DEFAULT_WINDOW_MS
+    max_batch: int = DEFAULT_MAX_BATCH
+    buckets: int | None = None
+    checkpoint_dir: Path | None = None
+    checkpoint_interval_ms: int = DEFAULT_CHECKPOINT_MS
+    restore: str | None = "latest"
+    bounded: bool = False
+    jobmanager: str | None = None
+    metrics_port: int | None = None
+    patience_s: float = 600.0
+    extra_config: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.parallelism < 1:
+            raise ConfigError(f"parallelism must be >= 1, got {self.parallelism}")
+        if self.window_ms < 1:
+            raise ConfigError(f"window_ms must be >= 1, got {self.window_ms}")
+        if self.max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.buckets is not None and self.buckets < 1:
+            raise ConfigError(f"buckets must be >= 1, got {self.buckets}")
+        if self.jobmanager is not None:
+            host, sep, port = self.jobmanager.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"jobmanager must be host:port, got {self.jobmanager!r}")
+
+    @property
+    def name(self) -> str:
+        return f"hopcast-{self.source}"
+
+    def spec(self) -> JobSpec:
+        return JobSpec(
+            source=self.source,
+            store=self.store,
+            schema=self.schema,
+            mappings=str(self.mappings),
+            buckets=self.buckets or BUCKETS_PER_TASK * self.parallelism,
+            window_ms=self.window_ms,
+            max_batch=self.max_batch,
+            patience_s=self.patience_s,
+        )
+
+    def check(self) -> None:
+        """Fail fast, in this process, on what every task would fail on: the store, the schema
+        and the mapping.
+
+        Raises:
+            HopcastError: what is wrong.
+        """
+        spec = self.spec()
+        with Graph.open(spec.store, spec.schema) as graph:
+            load_mapping(spec, graph)
+
+    def restore_path(self) -> str | None:
+        """The checkpoint this run starts from (see ``restore``)."""
+        if self.restore is None:
+            return None
+        if self.restore != "latest":
+            path = Path(self.restore.removeprefix("file://"))
+            if not (path / "_metadata").is_file():
+                raise ConfigError(f"no checkpoint at {self.restore} (no _metadata in it)")
+            return str(path)
+        if self.checkpoint_dir is None:
+            return None
+        found = latest_checkpoint(self.checkpoint_dir)
+        return None if found is None else str(found)
+
+    def configuration(self, restore: str | None) -> Configuration:
+        conf = Configuration()
+        settings = {
+            "pipeline.name": self.name,
+            "pipeline.jars": connector_jar().resolve().as_uri(),
+            "python.execution-mode": "thread",
+            "python.executable": sys.executable,
+            "python.client.executable": sys.executable,
+            "parallelism.default": str(self.parallelism),
+            "restart-strategy.type": "exponential-delay",
+            "restart-strategy.exponential-delay.initial-backoff": "1 s",
+            "restart-strategy.exponential-delay.max-backoff": "30 s",
+        }
+        if self.checkpoint_interval_ms > 0:
+            settings["execution.checkpointing.interval"] = f"{self.checkpoint_interval_ms} ms"
+            settings["execution.checkpointing.mode"] = "EXACTLY_ONCE"
+            settings["execution.checkpointing.externalized-checkpoint-retention"] = (
+                "RETAIN_ON_CANCELLATION"
+            )
+            settings["execution.checkpointing.num-retained"] = "2"
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            settings["execution.checkpointing.dir"] = self.checkpoint_dir.resolve().as_uri()
+            settings["execution.checkpointing.savepoint-dir"] = (
+                self.checkpoint_dir.resolve().as_uri()
+            )
+        if restore is not None:
+            settings["execution.state-recovery.path"] = Path(restore).resolve().as_uri()
+        if self.jobmanager is not None:
+            host, _, port = self.jobmanager.rpartition(":")
+            settings["execution.target"] = "remote"
+            settings["rest.address"] = host
+            settings["rest.port"] = port
+        if self.metrics_port is not None:
+            settings["metrics.reporter.prom.factory.class"] = (
+                "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+            )
+            settings["metrics.reporter.prom.port"] = str(self.metrics_port)
+        settings.update(self.extra_config)
+        for k, v in settings.items():
+            conf.set_string(k, v)
+        return conf
+
+    def build(self, restore: str | None) -> StreamExecutionEnvironment:
+        """The job's environment with its topology (see the module docstring)."""
+        os.environ["PYTHONPATH"] = python_path()  # read when PyFlink starts its JVM
+        env = StreamExecutionEnvironment.get_execution_environment(self.configuration(restore))
+        env.set_parallelism(self.parallelism)
+        t_env = StreamTableEnvironment.create(env)
+        table = f"kafka_{self.source}".replace("-", "_")
+        t_env.execute_sql(kafka_ddl(table, self.kafka, group=self.name, bounded=self.bounded))
+        rows = t_env.to_data_stream(
+            t_env.sql_query(f"SELECT tp, part, off, k, v, ts, hdr FROM `{table}`")
+        )
+        spec = self.spec()
+        entry = Types.TUPLE([Types.INT(), Types.PICKLED_BYTE_ARRAY()])
+        routed = (
+            rows.process(PipelineFunction(spec), output_type=entry)
+            .name("pipeline")
+            .uid("hopcast-pipeline")
+        )
+        written = (
+            routed.key_by(lambda e: e[0], key_type=Types.INT())
+            .process(WindowWriter(spec), output_type=Types.TUPLE([Types.INT(), Types.INT()]))
+            .name("window-writer")
+            .uid("hopcast-window-writer")
+        )
+        discard = get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2
+        written.sink_to(Sink(discard.DiscardingSink())).name("discard").uid("hopcast-discard")
+        return env
+
+    def execute(
+        self,
+        *,
+        on_progress: Callable[[str, Totals], None] | None = None,
+        progress_every_s: float = 1.0,
+        stop: threading.Event | None = None,
+    ) -> str:
+        """Run the job until it finishes (bounded) or ``stop`` is set (then it is stopped with a
+        savepoint in ``checkpoint_dir``, or cancelled if there is none). Returns the final
+        status (``FINISHED``, ``CANCELED``, …).
+
+        Raises:
+            HopcastError: on a bad configuration or store, before anything runs;
+            SourceError: if the job failed.
+        """
+        self.check()
+        restore = self.restore_path()
+        if restore:
+            log.info("restoring", extra={"event": "restore", "path": restore})
+        env = self.build(restore)
+        client: JobClient = env.execute_async(self.name)
+        job_id = str(client.get_job_id())
+        log.info("submitted", extra={"event": "submitted", "job": job_id, "name": self.name})
+        stop = stop or threading.Event()
+        spec = self.spec()
+        graph = Graph.open(spec.store, spec.schema) if on_progress is not None else None
+        try:
+            outcome = client.get_job_execution_result()
+            status = "RUNNING"
+            while not outcome.done():
+                if stop.is_set():
+                    status = self._stop(client)
+                    break
+                try:
+                    status = client.get_job_status().result().name
+                except Exception:  # the local cluster shuts down as the job ends
+                    if outcome.done():
+                        break
+                    raise
+                if graph is not None and on_progress is not None:
+                    on_progress(status, read_totals(graph.store, spec.job))
+                stop.wait(progress_every_s)
+            try:
+                outcome.result()
+                status = "FINISHED" if status != "CANCELED" else status
+            except Exception as exc:  # py4j errors carry Flink's cause
+                if status != "CANCELED":
+                    raise SourceError(f"Flink job {self.name} failed: {_cause(exc)}") from exc
+            if graph is not None and on_progress is not None:
+                on_progress(status, read_totals(graph.store, spec.job))
+            return status
+        finally:
+            if graph is not None:
+                graph.close()
+
+    def _stop(self, client: JobClient) -> str:
+        if self.checkpoint_dir is not None and self.checkpoint_interval_ms > 0:
+            try:
+                path = client.stop_with_savepoint(
+                    False, self.checkpoint_dir.resolve().as_uri()
+                ).result()
+                log.info("stopped with a savepoint", extra={"event": "stopped", "path": path})
+                return "FINISHED"
+            except Exception as exc:  # fall back to a cancel
+                log.warning("savepoint failed, cancelling", extra={"error": _cause(exc)})
+        client.cancel().result()
+        return "CANCELED"
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc)
+    causes = [line for line in text.splitlines() if "Caused by:" in line]
+    return causes[-1].strip() if causes else text.splitlines()[0] if text else repr(exc)
+
+
+def run_source(
+    source: str,
+    spec: str,
+    store: str,
+    **options: Any,
+) -> str:
+    """Run one source's job to its end (see :class:`FlinkJob`); returns the final status."""
+    return FlinkJob(source, KafkaInput.parse(source, spec), store, **options).execute()
+
+
+def sources_of(names: Sequence[str]) -> list[str]:  # pragma: no cover - convenience
+    return list(names)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout_s`` passed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+__all__ = [
+    "CONNECTOR",
+    "FLINK_VERSION",
+    "FlinkJob",
+    "HopcastError",
+    "JobSpec",
+    "KafkaInput",
+    "connector_jar",
+    "kafka_ddl",
+    "latest_checkpoint",
+    "run_source",
+]
