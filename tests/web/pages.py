@@ -46,6 +46,8 @@ CHROMIUM_ARGS = [
 ]
 #: Gateway heartbeat in these tests: a device declares a silent connection dead after 2.5 of them.
 HEARTBEAT_S = 1.0
+#: A restarting gateway spreads its devices' returns over this (the default is 10 s, for a fleet).
+RETRY_SPREAD_MS = 2_000
 #: Upper bound on a wait for the page; a healthy run needs a fraction of it.
 WAIT_MS = 30_000
 
@@ -61,6 +63,7 @@ class Hopcast:
     """A running API + gateway, with small helpers for the live routes."""
 
     base: str
+    port: int
     gateway_port: int
     service: LiveService
 
@@ -92,15 +95,26 @@ class Hopcast:
 
 
 @contextmanager
-def running_hopcast(store: Path) -> Iterator[Hopcast]:
-    """Start the API and gateway on free loopback ports; stop them on exit."""
+def running_hopcast(
+    store: Path, port: int | None = None, gateway_port: int | None = None
+) -> Iterator[Hopcast]:
+    """Start the API and gateway on loopback (free ports unless given) over the LMDB graph in
+    ``store``; stop them on exit. Every start draws a new token secret and the router a new
+    epoch, as a restarted ``hopcast serve`` does."""
     graph = Graph.open(store, sync=False)
-    port, gateway_port = _free_port(), _free_port()
+    port = port or _free_port()
+    gateway_port = gateway_port or _free_port()
     service = LiveService(graph.store.kv)
     router = Router(InProcessTransport(), payload_for=service.payload_for)
     service.add_sink(router.publish_all)
     secret = secrets.token_bytes(32)
-    gateway = Gateway(router, secret, node_id="web-test", heartbeat_s=HEARTBEAT_S)
+    gateway = Gateway(
+        router,
+        secret,
+        node_id="web-test",
+        heartbeat_s=HEARTBEAT_S,
+        retry_spread_ms=RETRY_SPREAD_MS,
+    )
     binding = GatewayBinding(gateway, "127.0.0.1", gateway_port, secret, dev_tokens=True)
     app = create_app(graph, live=service, gateway=binding)
     config = uvicorn.Config(
@@ -114,7 +128,7 @@ def running_hopcast(store: Path) -> Iterator[Hopcast]:
         time.sleep(0.02)
     assert server.started, "the API did not start"
     try:
-        yield Hopcast(f"http://127.0.0.1:{port}", gateway_port, service)
+        yield Hopcast(f"http://127.0.0.1:{port}", port, gateway_port, service)
     finally:
         server.should_exit = True
         thread.join(20)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from web.pages import WAIT_MS, Hopcast, device_state, open_device
+from web.pages import WAIT_MS, Hopcast, device_state, open_device, running_hopcast
 
 
 def test_the_trigger_shows_the_live_badge_and_new_artwork_with_no_request(
@@ -157,3 +157,33 @@ def test_a_device_that_missed_the_prefetch_fetches_the_stage_once_after_a_jitter
     assert (
         len(fetched) == 1 and "stage=live" in fetched[0] and "segment=profile%3A0-0" in fetched[0]
     )
+
+
+def test_the_page_comes_back_after_a_server_restart_with_a_new_secret_and_epoch(
+    context: Any, tmp_path: Path, artifacts: Path
+) -> None:
+    store = tmp_path / "restart-store"
+    with running_hopcast(store) as first:
+        first.create_event("final", "The Final", starts_at="10m")
+        page = open_device(context, first, "final")
+        ports = (first.port, first.gateway_port)
+        token = device_state(page, "d.client.tokenRefreshes")
+    # the server stops: the gateway says bye (restart) to the page, which waits and retries
+    page.wait_for_function("() => window.hopcastDevice.status !== 'open'")
+    with running_hopcast(store, *ports) as second:
+        # the schedule survived in the store; the event starts while the page is away
+        second.command("final", "start")
+        # back: the old token is refused (new secret) and replaced, the channel's history is
+        # new (new epoch), so the page catches up from the gateway's state snapshot
+        page.wait_for_selector("#hero[data-stage=live] #live-badge")
+        assert device_state(page, "d.client.byes") >= 1
+        assert device_state(page, "d.client.tokenRefreshes") > token
+        applied = device_state(page, "d.triggers[d.triggers.length - 1]")
+        assert applied["stage"] == "live" and applied["source"] == "state"
+        assert applied["fromCache"] is True
+        page.screenshot(path=str(artifacts / "after-restart.png"))
+        # and the next trigger arrives live on the new connection
+        second.command("final", "end")
+        page.wait_for_selector("#hero[data-stage=ended]")
+        assert device_state(page, "d.triggers[d.triggers.length - 1]")["source"] == "trigger"
+    assert page.errors == []
