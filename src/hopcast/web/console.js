@@ -160,7 +160,7 @@ function renderEvents() {
         el("td", { class: "starts", dataset: { startsAt: ev.starts_at } },
           started ? `live since ${fmtClock(ev.went_live_at || ev.stage_changed_at)}` : ev.terminal ? fmtClock(ev.ended_at || ev.cancelled_at || ev.starts_at) : `in ${fmtIn(ev.starts_at - now)}`,
           el("br"), el("small", {}, fmtClock(ev.starts_at))),
-        el("td", { class: "delay-cell" }, ev.delay_us ? `+${fmtIn(ev.delay_us)}` : "–"),
+        el("td", { class: "delay-cell" }, ev.delay_us > 0 ? `+${fmtIn(ev.delay_us)}` : ev.delay_us < 0 ? `${fmtIn(-ev.delay_us)} early` : "–"),
         el("td", { class: "actions" },
           delayInput,
           el("button", { class: "delay-btn", disabled: !accepts.has("reschedule"), onclick: () => command(ev.id, "reschedule", { delay: delayInput.value.trim() || "2m" }) }, "Delay"),
@@ -242,7 +242,8 @@ function renderDashboard(doc) {
   $("#m-coverage-bar").style.width = `${Math.min(100, pf.coverage_pct || 0)}%`;
   $("#m-coverage-sub").textContent = pf.stage ? `${fmtNum(pf.devices)} of ${fmtNum(pf.connected)} hold “${pf.stage}”` : "";
   const ttu = doc.time_to_update;
-  $("#m-ttu").textContent = ttu ? `${fmtNum(ttu.p50_ms, 0)} / ${fmtNum(ttu.p99_ms, 0)} ms` : "–";
+  const ms = (v) => fmtNum(v, v !== null && v < 10 ? 1 : 0);
+  $("#m-ttu").textContent = ttu ? `${ms(ttu.p50_ms)} / ${ms(ttu.p99_ms)} ms` : "–";
   $("#m-ttu-sub").textContent = ttu ? `${fmtNum(ttu.devices)} of ${fmtNum(ttu.connected)} devices updated to “${ttu.stage}”` : "no trigger yet";
   $("#cdf-caption").textContent = ttu ? `${ttu.event} → ${ttu.stage} (v${ttu.version}) at ${fmtClock(ttu.trigger_ts)}` : "";
   drawCdf($("#cdf"), ttu);

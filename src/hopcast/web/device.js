@@ -493,8 +493,10 @@ function renderHero(ev, payload) {
   const key = JSON.stringify([ev.state, title, ev.delay_us, ev.starts_at, payload ? payload.title.id : null]);
   if (info.dataset.key === key) return hero;
   info.dataset.key = key;
-  const delay = ev.delay_us && !TERMINAL.has(ev.state) && !LIVE.has(ev.state)
-    ? el("span", { class: "delay", id: "delay" }, `delayed ${fmtDuration(ev.delay_us)}`)
+  const moved = ev.delay_us && !TERMINAL.has(ev.state) && !LIVE.has(ev.state);
+  const delay = moved
+    ? el("span", { class: "delay", id: "delay" },
+      ev.delay_us > 0 ? `delayed ${fmtDuration(ev.delay_us)}` : `${fmtDuration(-ev.delay_us)} earlier`)
     : null;
   info.replaceChildren(
     badgeFor(ev.state),

@@ -208,7 +208,8 @@ export function drawJourney(root, journey) {
   const axisY = top + lanes.length * laneH + 8;
   for (let i = 0; i <= 4; i += 1) {
     const t = t0 + (span * i) / 4;
-    root.append(svg("text", { class: "tick", x: x(t), y: axisY + 14, "text-anchor": "middle" }, fmtTime(t)));
+    const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+    root.append(svg("text", { class: "tick", x: x(t), y: axisY + 14, "text-anchor": anchor }, fmtTime(t)));
   }
   for (const e of [...entries].reverse()) {
     const y = top + laneOf(e) * laneH + laneH / 2;
@@ -267,8 +268,9 @@ export function drawCdf(canvas, ttu) {
     prev = p.fraction;
   }
   ctx.stroke();
-  for (const [name, value, colour] of [["p50", ttu.p50_ms, "#3ddc97"], ["p90", ttu.p90_ms, "#f5b041"], ["p99", ttu.p99_ms, "#ff2d55"]]) {
-    if (value === null || value === undefined) continue;
+  const marks = [["p50", ttu.p50_ms, "#3ddc97"], ["p90", ttu.p90_ms, "#f5b041"], ["p99", ttu.p99_ms, "#ff2d55"]];
+  marks.forEach(([name, value, colour], i) => {
+    if (value === null || value === undefined) return;
     ctx.strokeStyle = colour;
     ctx.setLineDash([4, 4]);
     ctx.lineWidth = 1;
@@ -277,9 +279,10 @@ export function drawCdf(canvas, ttu) {
     ctx.lineTo(X(value), H - pad.b);
     ctx.stroke();
     ctx.setLineDash([]);
+    // the legend sits top left, clear of the curve, which rises on the right
     ctx.fillStyle = colour;
-    ctx.fillText(`${name} ${value.toFixed(1)} ms`, Math.min(X(value) + 4, W - 100), pad.t + 12 + (name === "p90" ? 14 : name === "p99" ? 28 : 0));
-  }
+    ctx.fillText(`${name} ${value.toFixed(1)} ms`, pad.l + 10, pad.t + 14 + i * 16);
+  });
 }
 
 /** A sparkline of [{t, rps}] into an <svg viewBox="0 0 200 40">. */
