@@ -74,6 +74,11 @@ def test_a_member_on_the_events_title_page_is_moved_into_the_player_at_go_live(
     assert device_state(page, "d.view") == "player"
     page.screenshot(path=str(artifacts / "player.png"))
 
+    # an interruption and its resumption show in the player
+    hopcast.command("derby", "interrupt")
+    page.wait_for_selector("#player-interrupted", state="visible")
+    hopcast.command("derby", "resume")
+    page.wait_for_selector("#player-interrupted", state="detached")
     # an early end reaches the player too
     hopcast.command("derby", "end")
     page.wait_for_selector("#player-ended", state="visible")

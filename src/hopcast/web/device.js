@@ -560,9 +560,12 @@ function renderPlayer(id) {
   const item = findItem(id);
   const name = ev && ev.title ? ev.title : item ? item.name : id;
   const canvas = el("canvas", { width: 1280, height: 720, id: "player-canvas" });
-  const notice = ev && TERMINAL.has(ev.state)
-    ? el("div", { class: "notice", id: "player-ended" }, "The event has ended", el("br"), el("small", {}, "Highlights are on the home screen"))
-    : null;
+  let notice = null;
+  if (ev && TERMINAL.has(ev.state)) {
+    notice = el("div", { class: "notice", id: "player-ended" }, "The event has ended", el("br"), el("small", {}, "Highlights are on the home screen"));
+  } else if (ev && ev.state === "interrupted") {
+    notice = el("div", { class: "notice", id: "player-interrupted" }, "Interrupted", el("br"), el("small", {}, "We'll be right back"));
+  }
   const node = el("section", { class: "player", id: "player", dataset: { id } },
     canvas,
     el("button", { class: "secondary back", onclick: () => go("#/") }, "← Back"),
