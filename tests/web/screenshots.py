@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,7 +30,12 @@ def main(base: str, out: Path) -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         device = context.new_page()
-        device.goto(f"{base}/web/device.html?member={MEMBER}")
+        for _ in range(120):  # the demo serves once its history is loaded
+            try:
+                device.goto(f"{base}/web/device.html?member={MEMBER}")
+                break
+            except PlaywrightError:
+                time.sleep(1)
         console = context.new_page()
         console.set_viewport_size({"width": 1280, "height": 1500})
         console.goto(f"{base}/web/console.html?node={MEMBER}")
