@@ -7,7 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from web.pages import Hopcast, open_console, open_device
+
+#: A real browser and server per test, a few seconds each: kept out of `make check`.
+pytestmark = pytest.mark.slow
 
 DELAY_US = 2 * 60 * 1_000_000
 

@@ -8,7 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from web.pages import WAIT_MS, Hopcast, device_state, open_device, running_hopcast
+
+#: A real browser and server per test, a few seconds each: kept out of `make check`.
+pytestmark = pytest.mark.slow
 
 
 def test_the_trigger_shows_the_live_badge_and_new_artwork_with_no_request(
