@@ -107,6 +107,15 @@ def test_an_early_end_removes_the_badge_on_the_home_screen(
     assert page.text_content("#countdown") == "Ended"
     assert page.get_attribute("#hero", "data-art") == "art/live/gala/ended.jpg"
     page.screenshot(path=str(artifacts / "ended.png"))
+    # browsing on: a tile opens its title page, Play opens the player, Back returns home
+    tile = page.locator(".row .tile").last
+    title_id = tile.get_attribute("data-id")
+    tile.click()
+    page.wait_for_selector(f"#detail[data-id='{title_id}']")
+    page.click("#play")
+    page.wait_for_selector(f"#player[data-id='{title_id}']")
+    page.click("text=← Back")
+    page.wait_for_selector("#hero[data-stage=ended]")
     assert page.errors == []
 
 
