@@ -157,3 +157,45 @@ def journey_mutations() -> list[dict[str, Any]]:
         for src, type_, dst, dt, props in edges
     ]
     return out
+
+
+def test_recommendations_from_the_graph_are_computed_and_listed_by_segment(
+    context: Any, hopcast: Hopcast, artifacts: Path
+) -> None:
+    hopcast.request("POST", "/v1/mutations", {"mutations": journey_mutations()})
+    t = int(time.time() * 1_000_000) - 60_000_000
+    hopcast.request(
+        "POST",
+        "/v1/mutations",
+        {
+            "mutations": [
+                {
+                    "kind": "node_upsert",
+                    "node": "live_event:final",
+                    "ts": t,
+                    "id": "n-final",
+                    "props": {"name": "The Final", "sport": "football"},
+                },
+                {
+                    "kind": "edge_upsert",
+                    "src": "profile:0-0",
+                    "type": "browsed",
+                    "dst": "live_event:final",
+                    "ts": t,
+                    "id": "e-browse-final",
+                    "props": {"row": "live", "page": "home"},
+                },
+            ]
+        },
+    )
+    hopcast.create_event("final", "The Final", starts_at="10m")
+    page = open_console(context, hopcast)
+    page.wait_for_selector("#recs-message:has-text('no recommendations from the graph yet')")
+    page.locator("tr[data-event=final] button.recs-btn").click()
+    page.wait_for_selector("#recs .segment")
+    doc = hopcast.request("GET", "/v1/console/events/final/segments?member=profile:0-0")
+    keys = page.eval_on_selector_all("#recs .segment", "s => s.map(x => x.dataset.segment)")
+    assert keys == [s["key"] for s in doc["segments"]]
+    assert page.locator("#recs-message").is_hidden()
+    page.screenshot(path=str(artifacts / "recommendations.png"), full_page=True)
+    assert page.errors == []

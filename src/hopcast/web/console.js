@@ -78,7 +78,7 @@ function show(id, message, kind = "warn") {
     return;
   }
   box.hidden = false;
-  box.className = `message${kind === "error" ? " error" : ""}`;
+  box.className = `message ${kind}`;
   box.textContent = message;
 }
 
@@ -177,12 +177,40 @@ function follow(eventId) {
   state.dashEvent = state.dashEvent === eventId ? null : eventId;
   renderEvents();
   pollDashboard();
+  loadSegments();
+}
+
+// The recommendation rows the graph materialiser computed for the followed event (else the
+// dashboard's): one box per segment, its members and rows.
+async function loadSegments() {
+  const eventId = state.dashEvent || (state.dashboard && state.dashboard.event && state.dashboard.event.id);
+  if (!eventId) return;
+  try {
+    const doc = await api("GET", `/v1/console/events/${enc(eventId)}/segments`);
+    state.segments = doc;
+    show("#recs-message", null);
+    $("#recs-caption").textContent = `${eventId}: ${doc.segments.length} segments (max ${doc.max_segments}), ${doc.members} members placed, ${doc.cardinality} payloads`;
+    $("#recs").replaceChildren(...doc.segments.map((seg) =>
+      el("div", { class: "segment", dataset: { segment: seg.key } },
+        el("h4", {}, `${seg.label} `, el("small", {}, `${seg.key} · ${fmtNum(seg.members)} members`)),
+        el("ol", {}, ...seg.rows.map((row) =>
+          el("li", {}, `${row.title}: `, row.items.slice(0, 4).map((i) => i.name).join(", "), row.items.length > 4 ? " …" : ""))))));
+  } catch (exc) {
+    state.segments = null;
+    $("#recs").replaceChildren();
+    $("#recs-caption").textContent = eventId;
+    const missing = exc.status === 404 && !/is not available/.test(exc.message);
+    show("#recs-message", missing ? `${eventId} has no recommendations from the graph yet (Recs from graph computes them).` : exc.message, missing ? "warn" : "error");
+  }
 }
 
 async function materialiseFromGraph(eventId) {
   try {
     const doc = await api("POST", `/v1/console/events/${enc(eventId)}/materialise`, {});
-    show("#events-message", `${eventId}: ${doc.segments.length} segments, ${doc.members} members placed, cardinality ${doc.cardinality}${doc.changed ? "" : " (unchanged)"}`);
+    show("#events-message", `${eventId}: ${doc.segments.length} segments, ${doc.members} members placed, cardinality ${doc.cardinality}${doc.changed ? "" : " (unchanged)"}`, "ok");
+    state.dashEvent = eventId;
+    renderEvents();
+    loadSegments();
   } catch (exc) {
     show("#events-message", exc.message, "error");
   }
@@ -211,7 +239,7 @@ $("#create").addEventListener("submit", async (e) => {
         await api("POST", `/v1/live/events/${enc(id)}/materialise`, { segments: [] });
       }
     }
-    show("#events-message", `created ${id}`);
+    show("#events-message", `created ${id}`, "ok");
     e.target.reset();
   } catch (exc) {
     show("#events-message", exc.message, "error");
@@ -365,6 +393,8 @@ pollIngest();
 setInterval(loadEvents, POLL_MS);
 setInterval(pollDashboard, POLL_MS);
 setInterval(pollIngest, POLL_MS * 2);
+setTimeout(loadSegments, 1000); // once the dashboard has named its event
+setInterval(loadSegments, POLL_MS * 5);
 const first = new URLSearchParams(location.search).get("node");
 if (first) {
   $("#search input[name=q]").value = first;
