@@ -298,6 +298,45 @@ end
 return out
 """
 
+#: Count the visible items of a record in a key range, on the server (no item leaves Redis):
+#: not a tombstone (flags, header byte 25) and not expired (expires_at, bytes 17-24, is 0 or
+#: later than now). KEYS = zset, hash; ARGV = lex min, lex max, now (8 bytes big-endian, sign
+#: bit flipped), page size, pages per call. Returns {count, last key seen or false when the
+#: range is exhausted}: a call reads at most pages x page size items, so a huge record does
+#: not block the server for long; the caller continues after the last key.
+_COUNT = """
+local function later(blob, now)
+  for i = 1, 8 do
+    local a, b = string.byte(blob, 16 + i), string.byte(now, i)
+    if i == 1 then a = bit.bxor(a, 128) end
+    if a ~= b then return a > b end
+  end
+  return false
+end
+local never = string.rep('\0', 8)
+local lo, n, count = ARGV[1], tonumber(ARGV[4]), 0
+for _ = 1, tonumber(ARGV[5]) do
+  local ks = redis.call('ZRANGEBYLEX', KEYS[1], lo, ARGV[2], 'LIMIT', 0, n)
+  if #ks == 0 then return {count, false} end
+  local vs = redis.call('HMGET', KEYS[2], unpack(ks))
+  for i = 1, #ks do
+    local v = vs[i]
+    if v and string.byte(v, 25) % 2 == 0 then
+      if string.sub(v, 17, 24) == never or later(v, ARGV[3]) then count = count + 1 end
+    end
+  end
+  if #ks < n then return {count, false} end
+  lo = '(' .. ks[#ks]
+end
+return {count, string.sub(lo, 2)}
+"""
+
+#: Pages of :data:`COUNT_BATCH` items a count script reads per call (~1.3 µs of server time
+#: per item measured here: a call holds the server a few ms at most).
+COUNT_PAGES = 2
+
+_NOW = struct.Struct(">Q")
+
 #: Remove expired items. KEYS[1] = exp, then (zset, hash) pairs; ARGV[1] = now, then
 #: (index member, item key) per pair. Re-checks the index score so a rewrite is not removed.
 _SWEEP = """
@@ -464,6 +503,7 @@ class RedisKV(KVStore):
             self._finish: Any = client.register_script(_FINISH)
             self._ages: Any = client.register_script(_AGES)
             self._sweep: Any = client.register_script(_SWEEP)
+            self._count: Any = client.register_script(_COUNT)
             if self.cluster:
                 # Pipelined EVALSHAs do not load a missing script; load them on every primary.
                 self._load_scripts()
@@ -497,7 +537,8 @@ class RedisKV(KVStore):
         return StorageError(f"{what} ({where}): {exc}")
 
     def _load_scripts(self) -> None:
-        scripts = (self._page, self._group, self._begin, self._finish, self._ages, self._sweep)
+        scripts = [self._page, self._group, self._begin, self._finish, self._ages, self._sweep]
+        scripts.append(self._count)
         for script in scripts:
             script.sha = self._r.script_load(script.script)
 
@@ -937,9 +978,23 @@ class _RedisRead(ReadTxn):
     def count(
         self, ns: str, rid: bytes, now: int, start: bytes | None = None, stop: bytes | None = None
     ) -> int:
-        self._kv._check()
-        stream = self._kv._stream(ns, rid, start, stop, False, COUNT_BATCH)
-        return sum(1 for i in stream if visible(i, now))
+        kv = self._kv
+        kv._check()
+        keys = list(kv._keys(ns, rid))
+        # now as the script compares it: 8 bytes big-endian with the sign bit flipped
+        when = _NOW.pack((now + (1 << 63)) & 0xFFFF_FFFF_FFFF_FFFF)
+        total, after = 0, None
+        while True:
+            lo, hi = _lex_bounds(start, stop, after, False)
+            try:
+                n, last = kv._count(keys=keys, args=[lo, hi, when, COUNT_BATCH, COUNT_PAGES])
+            except _ERRORS as exc:
+                raise kv._fail(f"cannot read {ns!r}", exc) from exc
+            total += int(n)
+            if not last:
+                return total
+            after = last
+            kv._check()
 
     def checkpoints(self) -> dict[str, bytes]:
         kv = self._kv

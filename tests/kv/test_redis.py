@@ -1,0 +1,69 @@
+"""The Redis backend beyond the contract suite, on one server and on a Redis Cluster."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from hopcast.kv import KVStore
+from hopcast.kv import redis as redis_kv
+from hopcast.kv.base import visible
+from hopcast.kv.redis import RedisKV
+
+NOW = 1_000_000_000_000
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def store(request: pytest.FixtureRequest, redis_prefix: str) -> RedisKV:
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+    else:
+        url = "redis+cluster://" + request.getfixturevalue("redis_cluster_url").partition("://")[2]
+    kv = RedisKV(url, prefix=redis_prefix)
+    request.addfinalizer(kv.close)
+    return kv
+
+
+def reference_count(
+    kv: KVStore, ns: str, rid: bytes, now: int, start: bytes | None, stop: bytes | None
+) -> int:
+    with kv.writer() as w:  # every stored item, tombstones and expired included
+        items = list(w.scan(ns, rid, start, stop))
+    return sum(1 for i in items if visible(i, now))
+
+
+def test_count_runs_on_the_server_across_calls_and_matches_the_items(
+    store: RedisKV, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting decides tombstones and expiry on the server; a record bigger than one call's
+    share (pages x page size) is counted over several calls."""
+    monkeypatch.setattr(redis_kv, "COUNT_BATCH", 7)
+    monkeypatch.setattr(redis_kv, "COUNT_PAGES", 3)
+    store.configure("ns", 1_000)
+    rng = random.Random(5)
+    with store.writer() as w:
+        for i in range(400):
+            key = i.to_bytes(2, "big")
+            ts = rng.choice([NOW - 2_000, NOW - 1_000, NOW - 999, NOW, NOW + 5])
+            ttl = rng.choice([None, None, 10**9, 1])
+            w.put("ns", b"r", key, b"x" * rng.randrange(4), ts, i, ttl, tombstone=i % 11 == 0)
+    ranges = [(None, None), (b"\x00\x10", None), (None, b"\x01\x00"), (b"\x00\x05", b"\x00\x06")]
+    for now in (NOW - 5_000, NOW - 1, NOW, NOW + 1, NOW + 10**10):
+        for start, stop in ranges:
+            want = reference_count(store, "ns", b"r", now, start, stop)
+            with store.reader() as r:
+                assert r.count("ns", b"r", now, start, stop) == want, (now, start, stop)
+    with store.reader() as r:
+        assert r.count("ns", b"nobody", NOW) == 0
+
+
+def test_an_item_expiring_at_now_is_not_counted(store: RedisKV) -> None:
+    store.configure("ns", None)
+    with store.writer() as w:
+        w.put("ns", b"r", b"a", b"", 100, 0, ttl_us=50)  # expires at 150
+        w.put("ns", b"r", b"b", b"", -(10**12), 0, ttl_us=10)  # a negative expiry
+    with store.reader() as r:
+        assert r.count("ns", b"r", 149) == 1
+        assert r.count("ns", b"r", 150) == 0
+        assert r.count("ns", b"r", -(10**13)) == 2
