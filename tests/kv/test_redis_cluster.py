@@ -382,3 +382,83 @@ def test_a_node_down_is_a_storage_error_and_the_next_batch_finishes_the_cut_one(
     finally:
         client.close()
         kv.close()
+
+
+def owned(client: Any, port: int) -> int:
+    """How many hash slots the node on ``port`` serves."""
+    ranges = client.cluster_nodes()[f"127.0.0.1:{port}"]["slots"]
+    return sum(int(hi) - int(lo) + 1 for lo, hi in ranges)
+
+
+def test_batches_and_reads_go_on_while_slots_move(fresh_redis_cluster: Any) -> None:
+    """`redis-cli --cluster reshard` moves 2,000 slots (MIGRATING/IMPORTING, ASK, TRYAGAIN)
+    while a writer commits batches over 200 records and a reader reads them: no error reaches
+    either, and the last batch and its checkpoint are whole at the end."""
+    cluster = fresh_redis_cluster
+    kv = RedisKV(f"redis+cluster://127.0.0.1:{cluster.port}", prefix=fresh_prefix())
+    client = RedisCluster(host="127.0.0.1", port=cluster.port)
+    ids = {n.port: client.cluster_myid(n) for n in client.get_primaries()}
+    kv.configure("ns", None)
+    stop = threading.Event()
+    errors: list[str] = []
+    batches_done = [0]
+    rids = [b"r%d" % i for i in range(200)]
+
+    def write() -> None:
+        while not stop.is_set():
+            n = batches_done[0]
+            try:
+                with kv.writer() as w:
+                    for rid in rids:
+                        w.put_lww("ns", rid, b"k", b"%d" % n, n + 1, 1)
+                    w.set_checkpoint("src", b"%d" % n)
+                batches_done[0] += 1
+            except Exception as exc:  # any error is the finding
+                errors.append(f"write: {exc!r}")
+                return
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                with kv.reader() as r:
+                    pages = r.fetch_many("ns", rids[::7], NOW, 5)
+                # a reader may see two consecutive batches at once, never more
+                assert len({p[0].value for p in pages if p}) <= 2
+            except Exception as exc:
+                errors.append(f"read: {exc!r}")
+                return
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    try:
+        while batches_done[0] < 3 and not errors:
+            time.sleep(0.01)
+        src, dst = ids[cluster.ports[0]], ids[cluster.ports[1]]
+        slots_before = owned(client, cluster.ports[1])
+        reshard = ["redis-cli", "--cluster", "reshard", f"127.0.0.1:{cluster.port}"]
+        reshard += ["--cluster-from", src.decode(), "--cluster-to", dst.decode()]
+        moved = subprocess.run(
+            [*reshard, "--cluster-slots", "2000", "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert moved.returncode == 0, moved.stderr
+        before = batches_done[0]
+        while batches_done[0] < before + 3 and not errors:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    try:
+        assert errors == []
+        assert owned(client, cluster.ports[1]) == slots_before + 2000  # the slots did move
+        last = batches_done[0] - 1
+        assert kv.checkpoints() == {"src": b"%d" % last}
+        values = {kv.get("ns", rid, b"k", NOW).value for rid in rids}  # type: ignore[union-attr]
+        assert values == {b"%d" % last}
+    finally:
+        client.close()
+        kv.close()
