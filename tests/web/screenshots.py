@@ -37,7 +37,7 @@ def main(base: str, out: Path) -> None:
             except PlaywrightError:
                 time.sleep(1)
         console = context.new_page()
-        console.set_viewport_size({"width": 1280, "height": 1500})
+        console.set_viewport_size({"width": 1280, "height": 1700})
         console.goto(f"{base}/web/console.html?node={MEMBER}")
         print("waiting for the live event to go live …", flush=True)
         device.wait_for_selector("#hero[data-stage=live] #live-badge", timeout=LIVE_WAIT_MS)
