@@ -25,12 +25,12 @@ import {
   FALLBACK_WINDOW_S,
   HELLO_TIMEOUT_US,
   ProtocolError,
-  SECOND,
   fallbackFetchDelay,
   reconnectDelay,
 } from "./protocol.js";
 
-export const nowUs = () => Math.round((performance.timeOrigin + performance.now()) * 1000);
+/** The wall clock in µs since the epoch, like the SDK's now_us (and the gateway's trigger ts). */
+export const nowUs = () => Date.now() * 1000;
 
 export function newStats() {
   return {
@@ -328,4 +328,3 @@ export class DeviceClient {
   }
 }
 
-export { SECOND };
