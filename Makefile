@@ -6,7 +6,7 @@ PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.installed
 
 .PHONY: help install services demo test check fmt lint typecheck test-fast bench bench-graph bench-graph-quick \
-	bench-ingest bench-ingest-quick bench-broadcast bench-broadcast-quick clean
+	bench-ingest bench-ingest-quick bench-broadcast bench-broadcast-quick bench-scale bench-scale-quick clean
 
 help:
 	@echo "make demo        run the whole system on the embedded default (hopcast run: the demo company's"
@@ -15,7 +15,8 @@ help:
 	@echo "make check       ruff format --check, ruff check, mypy on src/, fast tests"
 	@echo "make bench       every benchmark (make bench-graph: the graph store vs ladybug and sqlite3;"
 	@echo "                 make bench-ingest: demo records through the engine into LMDB, one core;"
-	@echo "                 make bench-broadcast: live trigger to 10k-100k devices vs python-socketio)"
+	@echo "                 make bench-broadcast: live trigger to 10k-100k devices vs python-socketio;"
+	@echo "                 make bench-scale: the Flink job vs the embedded engine, queries on Redis vs LMDB)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11+)"; exit 1; }
@@ -53,7 +54,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck test-fast
 
-bench: bench-graph bench-ingest bench-broadcast
+bench: bench-graph bench-ingest bench-broadcast bench-scale
 
 bench-graph: $(STAMP)
 	$(PYTHON) bench/graph.py
@@ -72,6 +73,13 @@ bench-broadcast: $(STAMP)
 
 bench-broadcast-quick: $(STAMP)
 	$(PYTHON) bench/broadcast.py --quick
+
+# Starts its own Kafka and Redis on free loopback ports (deploy/), stops them after.
+bench-scale: $(STAMP) services
+	$(PYTHON) bench/scale.py
+
+bench-scale-quick: $(STAMP) services
+	$(PYTHON) bench/scale.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data bench/results/tmp

@@ -151,6 +151,12 @@ def run(
                 f"{totals.windows:,} windows ({time.monotonic() - started:.0f} s)"
             )
 
+    resume = job.restore_path()
+    err.print(
+        f"{job.name}: resuming from checkpoint {resume}"
+        if resume
+        else f"{job.name}: starting fresh (no checkpoint in {job.checkpoint_dir})"
+    )
     status = job.execute(on_progress=on_progress, stop=stop, progress_every_s=2.0)
     totals = last[0]
     doc = {

@@ -42,7 +42,7 @@ import os
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -153,7 +153,8 @@ Client = aioredis.Redis
 def connect(url: str, **options: Any) -> Client:
     """A client for ``url`` (``redis://host:port/db``) whose failures surface at once: the
     callers here retry with their own backoff and must see a reconnect to reload."""
-    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+    client: Client = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+    return client
 
 
 def backoff(attempt: int, rng: random.Random) -> float:
@@ -404,7 +405,7 @@ class RedisTransport:
                 await pipe.execute()
         # The marker last: a seed cut short is redone.
         mapping = {"epoch": router.epoch, "history": router.history, "token": self._token}
-        pipe.hset(keys.router, mapping=mapping)  # type: ignore[arg-type]
+        pipe.hset(keys.router, mapping=cast(Any, mapping))  # the stubs' value type varies
         await pipe.execute()
         self._indexed.update(channel for channel, *_ in logs)
         self._need_seed = False

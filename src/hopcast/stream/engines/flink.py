@@ -52,6 +52,7 @@ task, ``hopcast_records``, ``hopcast_mutations``, ``hopcast_dead_letters``,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import site
@@ -64,7 +65,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from hopcast.errors import ConfigError, HopcastError, SourceError
+from hopcast.errors import ConfigError, HopcastError, SourceError, StorageError
 from hopcast.graphdb import Graph
 from hopcast.stream.deadletter import DeadLetter
 from hopcast.stream.engines.buckets import (
@@ -449,6 +450,20 @@ def python_path() -> str:
     return os.pathsep.join(seen)
 
 
+def _reporter_on_classpath() -> None:
+    """Put the Prometheus reporter PyFlink ships (under ``plugins/``) on the local JVM's class
+    path: a MiniCluster finds reporters there, not in the plugins directory. PyFlink adds
+    ``HADOOP_CLASSPATH`` to the class path of the JVM it starts."""
+    import pyflink
+
+    jars = sorted(Path(pyflink.__file__).parent.glob("plugins/metrics-prometheus/*.jar"))
+    if not jars:
+        raise ConfigError("this PyFlink has no Prometheus reporter (plugins/metrics-prometheus)")
+    current = [p for p in os.environ.get("HADOOP_CLASSPATH", "").split(os.pathsep) if p]
+    if str(jars[0]) not in current:
+        os.environ["HADOOP_CLASSPATH"] = os.pathsep.join([*current, str(jars[0])])
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
     """The newest complete checkpoint or savepoint under ``directory`` (one with ``_metadata``),
     or None."""
@@ -605,6 +620,8 @@ class FlinkJob:
     def build(self, restore: str | None) -> StreamExecutionEnvironment:
         """The job's environment with its topology (see the module docstring)."""
         os.environ["PYTHONPATH"] = python_path()  # read when PyFlink starts its JVM
+        if self.metrics_port is not None:
+            _reporter_on_classpath()
         env = StreamExecutionEnvironment.get_execution_environment(self.configuration(restore))
         env.set_parallelism(self.parallelism)
         t_env = StreamTableEnvironment.create(env)
@@ -670,7 +687,10 @@ class FlinkJob:
                         break
                     raise
                 if graph is not None and on_progress is not None:
-                    on_progress(status, read_totals(graph.store, spec.job))
+                    try:
+                        on_progress(status, read_totals(graph.store, spec.job))
+                    except StorageError as exc:  # the store is away: the job waits, so do we
+                        log.warning("cannot read progress", extra={"error": str(exc)})
                 stop.wait(progress_every_s)
             try:
                 outcome.result()
@@ -679,7 +699,8 @@ class FlinkJob:
                 if status != "CANCELED":
                     raise SourceError(f"Flink job {self.name} failed: {_cause(exc)}") from exc
             if graph is not None and on_progress is not None:
-                on_progress(status, read_totals(graph.store, spec.job))
+                with contextlib.suppress(StorageError):
+                    on_progress(status, read_totals(graph.store, spec.job))
             return status
         finally:
             if graph is not None:

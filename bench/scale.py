@@ -1,0 +1,277 @@
+"""Scale-out in one run: the Flink engine's throughput against the embedded engine's on the same
+input and machine, and query latency over Redis against LMDB (``bench/scale_query.py``).
+
+Ingest: the demo company's records (snapshot + ``--events`` interactions, with its late,
+duplicated and bad records) are put on a Kafka broker started for the run (``deploy/kafka.sh``,
+free loopback port, 3 partitions a topic). The largest source topic (the browse log) is then
+read to its end, from the same topic, by:
+
+* ``embedded-lmdb``   the embedded engine (one thread) into LMDB, the default;
+* ``embedded-redis``  the embedded engine into Redis (the store's cost, apart from the engine);
+* ``flink-redis-p1``  the Flink job (``hopcast flink run --bounded``, MiniCluster, thread
+  mode) with parallelism 1 into Redis, and ``flink-redis-p2`` with parallelism 2.
+
+Each is timed twice: ``wall`` from start to the last write (Flink's includes starting its JVM
+and MiniCluster, ~10 s), and ``steady`` from the first write to the last (what a long-running
+job sustains). Rates are events/s; a ratio row per Flink system divides by ``embedded-lmdb``.
+Every run's graph is checked against ``embedded-lmdb``'s (equal, or the run fails).
+
+Rows follow the benchmark contract (``system``, ``measure``, ``unit``, ``value`` or
+``p50``/``p99``, the parameters); the table is printed from them and they are written to
+``bench/results/scale.jsonl`` (``scale-quick.jsonl`` with ``--quick``).
+
+    python bench/scale.py            # 30k events, 1M-edge query graph
+    python bench/scale.py --quick    # small, < 60 s of work after start-up
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import scale_query
+from graph import free_port
+from hopcast.demo.kafka import demo_input, publish, topic_name
+from hopcast.graphdb import Graph
+from hopcast.stream.engines import engine_for
+from hopcast.stream.engines.buckets import Totals
+from hopcast.stream.engines.flink import FlinkJob, KafkaInput
+from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
+from hopcast.stream.sources.kafka import KafkaSource
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+KAFKA_SCRIPT = ROOT / "deploy" / "kafka.sh"
+SOURCE = "browse"
+QUICK_EVENTS = 6_000
+FULL_EVENTS = 30_000
+
+console = Console(stderr=True)
+
+
+@contextmanager
+def kafka_broker() -> Iterator[str]:
+    """A Kafka broker for the run (deploy/kafka.sh on free loopback ports), stopped after."""
+    port = free_port()
+    directory = tempfile.mkdtemp(prefix="hopcast-bench-kafka-")
+    ctl = free_port()
+    cmd = [str(KAFKA_SCRIPT), "start", "--port", str(port), "--controller-port", str(ctl)]
+    cmd += ["--dir", directory]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=180)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            [str(KAFKA_SCRIPT), "stop", "--port", str(port), "--dir", directory],
+            check=False,
+            capture_output=True,
+            timeout=120,
+        )
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def flush_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
+def run_embedded(bootstrap: str, topic: str, store: str, records: int) -> dict[str, float]:
+    """The embedded engine on the topic until every record is in; wall and steady seconds."""
+    with Graph.open(store) as graph:
+        source = KafkaSource(SOURCE, bootstrap, [topic], group_id=f"bench-{time.time_ns()}")
+        maps = Mapping.load_dir(DEMO_MAPPINGS, graph.schema)
+        engine = engine_for(graph, [source], {SOURCE: maps[SOURCE]})
+        t0 = time.perf_counter()
+        engine.open()
+        first = None
+        while engine.stats.events < records:
+            result = engine.step()
+            if first is None and result.records:
+                first = time.perf_counter()
+            if time.perf_counter() - t0 > 600:
+                raise RuntimeError(f"embedded engine stalled at {engine.stats.events:,}")
+        end = time.perf_counter()
+        engine.close()
+    return {"wall": end - t0, "steady": end - (first or t0)}
+
+
+def run_flink(
+    bootstrap: str, topic: str, store: str, parallelism: int, work: Path
+) -> dict[str, float]:
+    """The Flink job on the topic, bounded, into ``store``; wall and steady seconds (steady from
+    the first write the store shows to the last)."""
+    seen: list[float] = []
+
+    def progress(status: str, totals: Totals) -> None:
+        if totals.windows and not seen:
+            seen.append(time.perf_counter())
+
+    job = FlinkJob(
+        SOURCE,
+        KafkaInput.parse(SOURCE, f"kafka:{bootstrap}/{topic}#group=bench-{time.time_ns()}"),
+        store,
+        parallelism=parallelism,
+        bounded=True,
+        checkpoint_dir=work / f"chk-p{parallelism}",
+        restore=None,
+    )
+    t0 = time.perf_counter()
+    status = job.execute(on_progress=progress, progress_every_s=0.2)
+    end = time.perf_counter()
+    if status != "FINISHED":
+        raise RuntimeError(f"the Flink job ended {status}")
+    return {"wall": end - t0, "steady": end - (seen[0] if seen else t0)}
+
+
+def sample_nodes(values: list[bytes], n: int = 60) -> list[str]:
+    """Profiles and accounts the browse records name (the nodes the graphs are compared on)."""
+    out: set[str] = set()
+    for v in values:
+        try:
+            request = json.loads(v)["request"]
+            out.add(f"profile:{request['profile_id']}")
+            out.add(f"account:{request['account_id']}")
+        except (ValueError, KeyError, TypeError):
+            continue  # a deliberately bad record
+    return sorted(out)[:n]
+
+
+def graph_of(store: str, nodes: list[str]) -> dict[tuple[str, str], Any]:
+    """The browse mapping's edges of ``nodes`` with their times and properties: every engine
+    must have built the same (a lost or doubled window shows here)."""
+    out: dict[tuple[str, str], Any] = {}
+    with Graph.open(store) as graph:
+        for node in nodes:
+            edge = "browsed" if node.startswith("profile:") else "logged_in_from"
+            page = graph.neighbours(node, edge, limit=1000)
+            out[(node, edge)] = sorted(
+                (e.other(node), e.ts, sorted(e.props.items())) for e in page.edges
+            )
+    return out
+
+
+def run_ingest(events: int, quick: bool, work: Path) -> list[dict[str, Any]]:
+    params = {"events": events, "mode": "quick" if quick else "full", "source": SOURCE}
+    rows: list[dict[str, Any]] = []
+    data = demo_input(events, accounts=2000 if not quick else 400)
+    records = [r for r in data.records() if r.source == SOURCE]
+    nodes = sample_nodes([r.value for r in records])
+    with kafka_broker() as bootstrap, scale_query.redis_server() as redis_url:
+        console.print(f"kafka {bootstrap}, redis {redis_url}: publishing {len(data.records()):,}")
+        publish(bootstrap, data.records(), prefix="bench.", partitions=3)
+        topic = topic_name("bench.", SOURCE)
+        n = len(records)
+        runs: dict[str, dict[str, float]] = {}
+        graphs: dict[str, Any] = {}
+        lmdb = work / "lmdb"
+        runs["embedded-lmdb"] = run_embedded(bootstrap, topic, str(lmdb), n)
+        graphs["embedded-lmdb"] = graph_of(str(lmdb), nodes)
+        flush_redis(redis_url)
+        runs["embedded-redis"] = run_embedded(bootstrap, topic, redis_url, n)
+        graphs["embedded-redis"] = graph_of(redis_url, nodes)
+        for p in (1, 2):
+            flush_redis(redis_url)
+            runs[f"flink-redis-p{p}"] = run_flink(bootstrap, topic, redis_url, p, work)
+            graphs[f"flink-redis-p{p}"] = graph_of(redis_url, nodes)
+        if not any(graphs["embedded-lmdb"].values()):
+            raise RuntimeError("the comparison sample is empty")
+        for name, g in graphs.items():
+            if g != graphs["embedded-lmdb"]:
+                raise RuntimeError(f"{name} built a different graph than embedded-lmdb")
+        for name, times in runs.items():
+            for measure, seconds in times.items():
+                rows.append(
+                    {
+                        "system": f"hopcast-{name}",
+                        "measure": f"ingest {measure}",
+                        "unit": "events/s",
+                        "value": round(n / seconds, 1),
+                        "seconds": round(seconds, 3),
+                        "records": n,
+                    }
+                    | params
+                )
+                console.print(
+                    f"{name:16} {measure:6} {n / seconds:10,.0f} events/s ({seconds:.1f} s)"
+                )
+    base = {r["measure"]: r["value"] for r in rows if r["system"] == "hopcast-embedded-lmdb"}
+    for r in list(rows):
+        if r["system"] != "hopcast-embedded-lmdb":
+            rows.append(
+                {
+                    "system": r["system"].removeprefix("hopcast-") + "/embedded-lmdb",
+                    "measure": r["measure"],
+                    "unit": "x",
+                    "value": round(r["value"] / base[r["measure"]], 3),
+                }
+                | params
+            )
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(
+        title=f"ingest: the {SOURCE} topic through each engine (events/s; ratio vs embedded-lmdb)"
+    )
+    t.add_column("system")
+    for m in ("ingest wall", "ingest steady"):
+        t.add_column(m, justify="right")
+        t.add_column("ratio", justify="right")
+    by = {(r["system"], r["measure"]): r for r in rows}
+    for system in dict.fromkeys(r["system"] for r in rows if r["unit"] == "events/s"):
+        cells = [system.removeprefix("hopcast-")]
+        for m in ("ingest wall", "ingest steady"):
+            r = by[(system, m)]
+            ratio = by.get((system.removeprefix("hopcast-") + "/embedded-lmdb", m))
+            cells += [
+                f"{r['value']:,.0f} ({r['seconds']:.1f} s)",
+                "" if ratio is None else f"{ratio['value']:.2f}x",
+            ]
+        t.add_row(*cells)
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes")
+    ap.add_argument("--events", type=int, help="interactions to generate")
+    ap.add_argument("--edges", type=int, help="edges of the query graph")
+    args = ap.parse_args(argv)
+    events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
+    edges = args.edges or (scale_query.QUICK_EDGES if args.quick else 1_000_000)
+    t0 = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="hopcast-bench-scale-"))
+    try:
+        rows = run_ingest(events, args.quick, work)
+        rows += scale_query.run(edges, args.quick, http=not args.quick)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = Console(width=160)
+    out.print(table(rows))
+    out.print(scale_query.table([r for r in rows if "ingest" not in r["measure"]]))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / ("scale-quick.jsonl" if args.quick else "scale.jsonl")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    console.print(f"wrote {path} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""The Flink engine against a real Kafka broker, real Redis and Flink's MiniCluster (PyFlink,
+thread mode): parity with the embedded engine, a killed job restored from its checkpoint, and a
+Redis restart mid-stream."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flinkkit import dead_letters, differences, dump, embedded_reference, seed, spec
+
+from hopcast.demo.records import SOURCES
+from hopcast.errors import ConfigError
+from hopcast.graphdb import Graph
+from hopcast.stream.engines.buckets import read_totals
+from hopcast.stream.engines.flink import FlinkJob, KafkaInput, latest_checkpoint
+
+pytestmark = pytest.mark.slow
+
+HOPCAST = str(Path(sys.executable).with_name("hopcast"))
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"f{uuid.uuid4().hex[:8]}."
+
+
+@pytest.fixture
+def redis_store(redis_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A Redis database of the test's own (flushed before and after)."""
+    import redis
+
+    db = 8 + (abs(hash(request.node.name)) % 8)
+    url = f"{redis_url.rstrip('/')}/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def test_flink_on_redis_and_the_embedded_engine_on_lmdb_build_identical_graphs(
+    kafka_bootstrap: str, redis_store: str, prefix: str, tmp_path: Path
+) -> None:
+    data = seed(kafka_bootstrap, prefix, 2500)
+    reference = embedded_reference(kafka_bootstrap, prefix, data, tmp_path / "lmdb")
+    try:
+        for source in SOURCES:  # one job per source topic, as in production
+            job = FlinkJob(
+                source,
+                KafkaInput.parse(source, spec(kafka_bootstrap, prefix, source)),
+                redis_store,
+                parallelism=2,
+                bounded=True,
+                checkpoint_dir=tmp_path / "chk" / source,
+                checkpoint_interval_ms=1000,
+            )
+            assert job.execute() == "FINISHED"
+        with Graph.open(redis_store) as flink_graph:
+            want, got = dump(reference), dump(flink_graph)
+            assert len(want) > 5000
+            assert got == want, differences(want, got)
+            letters = dead_letters(flink_graph)
+            assert letters == dead_letters(reference)
+            assert len(letters) == sum(1 for r in data.records() if r.bad is not None) > 10
+            totals = sum(read_totals(flink_graph.store, f"hopcast-{s}").mutations for s in SOURCES)
+            assert totals > 0
+    finally:
+        reference.close()
+
+
+def _start_job(
+    store: str, source_spec: str, checkpoints: Path, log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    return subprocess.Popen(
+        [
+            HOPCAST,
+            "--store",
+            store,
+            "flink",
+            "run",
+            "--source",
+            source_spec,
+            "--checkpoint-dir",
+            str(checkpoints),
+            "--checkpoint-interval-ms",
+            "500",
+            "--progress",
+            *extra,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # the JVM is a child: kill the whole group
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM to the command (not its JVM): it stops the job with a savepoint, exits 0."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert code == 0, log.read_text()[-3000:]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # the JVM dies with its group
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+
+
+def test_a_job_killed_mid_stream_restores_its_checkpoint_and_ends_equal_to_a_clean_run(
+    kafka_bootstrap: str, redis_store: str, prefix: str, tmp_path: Path
+) -> None:
+    source = "browse"
+    data = seed(kafka_bootstrap, prefix, 6000)
+    reference = embedded_reference(kafka_bootstrap, prefix, data, tmp_path / "lmdb", (source,))
+    source_spec = f"{source}={spec(kafka_bootstrap, prefix, source)}"
+    checkpoints = tmp_path / "chk"
+    log = tmp_path / "job.log"
+    want = dump(reference)
+    reference.close()
+    # one entry per write keeps the job busy long enough to be killed mid-stream
+    proc = _start_job(redis_store, source_spec, checkpoints, log, "--max-batch", "1")
+    try:
+        with Graph.open(redis_store) as graph:
+
+            def progressed() -> bool:
+                return (
+                    latest_checkpoint(checkpoints) is not None
+                    and read_totals(graph.store, f"hopcast-{source}").written > 200
+                )
+
+            wait_until(progressed, 120, "a checkpoint and some writes")
+            _kill_group(proc)
+            partial = dump(graph)
+            assert 0 < len(partial) < len(want)  # killed mid-stream
+            assert latest_checkpoint(checkpoints) is not None
+            proc = _start_job(redis_store, source_spec, checkpoints, log)
+            wait_until(lambda: dump(graph) == want, 180, "the restored job to catch up")
+            _stop(proc, log)
+            assert dump(graph) == want, differences(want, dump(graph))
+        assert "resuming from checkpoint" in log.read_text()  # the second run restored
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+
+
+def test_a_mapping_that_reads_side_tables_is_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "x.yaml").write_text(
+        "version: 1\nsource: x\nformat: json\n"
+        "enrich:\n  - {table: titles, key: '{title_id}', as: title}\n"
+        "rules:\n  - name: n\n    emit:\n      - node: 'title:{title_id}'\n"
+    )
+    job = FlinkJob(
+        "x", KafkaInput.parse("x", "kafka:127.0.0.1:1/x"), str(tmp_path / "g"), mappings=maps
+    )
+    with pytest.raises(ConfigError, match="side tables"):
+        job.check()
+
+
+def test_specs_other_than_kafka_are_refused_with_a_hint() -> None:
+    with pytest.raises(ConfigError, match="ingest run"):
+        KafkaInput.parse("logs", "file:/var/log/x")
+    with pytest.raises(ConfigError, match="HOST:PORT/TOPIC"):
+        KafkaInput.parse("x", "kafka:localhost:9092")
+    parsed = KafkaInput.parse("x", "kafka:h:1/a,b#group=g&security.protocol=SSL")
+    assert parsed.topics == ("a", "b") and parsed.group == "g"
+    assert parsed.client == (("security.protocol", "SSL"),)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _redis_server(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    """A Redis that keeps what it acknowledged (AOF, fsync on every write) across a kill -9."""
+    import redis
+
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port)
+    wait_until(lambda: _pings(client), 20, "redis to answer")
+    client.close()
+    return proc
+
+
+def _pings(client: object) -> bool:
+    try:
+        return bool(client.ping())  # type: ignore[attr-defined]
+    except Exception:
+        return False
+
+
+def test_redis_killed_and_restarted_mid_stream_the_job_backs_off_and_loses_nothing(
+    kafka_bootstrap: str, prefix: str, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    source = "playback"
+    data = seed(kafka_bootstrap, prefix, 6000)
+    reference = embedded_reference(kafka_bootstrap, prefix, data, tmp_path / "lmdb", (source,))
+    want = dump(reference)
+    reference.close()
+    port, metrics_port = _free_port(), _free_port()
+    (tmp_path / "redis").mkdir()
+    server = _redis_server(port, tmp_path / "redis")
+    store = f"redis://127.0.0.1:{port}/0"
+    log = tmp_path / "job.log"
+    proc = _start_job(
+        store,
+        f"{source}={spec(kafka_bootstrap, prefix, source)}",
+        tmp_path / "chk",
+        log,
+        "--max-batch",
+        "1",
+        "--metrics-port",
+        str(metrics_port),
+    )
+    try:
+        with Graph.open(store) as graph:
+            wait_until(
+                lambda: read_totals(graph.store, f"hopcast-{source}").written > 100,
+                120,
+                "some writes",
+            )
+        server.kill()  # mid-stream, no goodbye
+        server.wait()
+        time.sleep(3)  # the job's writes fail meanwhile: it must wait, not drop them
+        server = _redis_server(port, tmp_path / "redis")
+        with Graph.open(store) as graph:
+            wait_until(lambda: dump(graph) == want, 180, "the job to catch up after the restart")
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/").read().decode()
+            retries = [
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if "hopcast_write_retries" in line and not line.startswith("#")
+            ]
+            assert sum(retries) >= 1, "the writer never had to retry: Redis was not missed"
+            _stop(proc, log)
+            assert dump(graph) == want, differences(want, dump(graph))
+            assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+        server.kill()
+        server.wait()
