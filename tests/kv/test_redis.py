@@ -67,3 +67,20 @@ def test_an_item_expiring_at_now_is_not_counted(store: RedisKV) -> None:
         assert r.count("ns", b"r", 149) == 1
         assert r.count("ns", b"r", 150) == 0
         assert r.count("ns", b"r", -(10**13)) == 2
+
+
+def test_pipelines_load_the_scripts_a_server_lost(store: RedisKV) -> None:
+    """After SCRIPT FLUSH (what a restarted or newly promoted server looks like), pipelined
+    reads and a Cluster's pipelined slot groups load the scripts again and go on."""
+    store.configure("ns", None)
+    rids = [b"r%d" % i for i in range(30)]
+    store._r.script_flush()
+    with store.writer() as w:
+        for rid in rids:
+            w.put("ns", rid, b"k", rid, 1, 0)
+        w.set_checkpoint("src", b"1")
+    store._r.script_flush()
+    with store.reader() as r:
+        pages = r.fetch_many("ns", rids, NOW, 5)
+    assert [p[0].value for p in pages] == rids
+    assert store.checkpoints() == {"src": b"1"}

@@ -538,30 +538,30 @@ class RedisKV(KVStore):
 
     def _load_scripts(self) -> None:
         scripts = [self._page, self._group, self._begin, self._finish, self._ages, self._sweep]
-        scripts.append(self._count)
+        scripts += [self._count, self._commit]
         for script in scripts:
             script.sha = self._r.script_load(script.script)
 
     def _queue(self, pipe: Any, script: Any, keys: list[bytes], args: list[Any]) -> None:
-        """Queue a script call in ``pipe`` (a Cluster pipeline refuses ``evalsha()``, not the
-        command; the scripts are loaded on every primary when the store opens)."""
-        if self.cluster:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        else:
-            script(keys=keys, args=args, client=pipe)
+        """Queue a script call in ``pipe`` as a plain EVALSHA. (A Cluster pipeline refuses
+        ``evalsha()``, and ``Script(client=pipe)`` makes a one-server pipeline ask SCRIPT
+        EXISTS first: one more round trip per pipeline.) :meth:`_pipeline` loads the scripts
+        when a server does not have them."""
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def _pipeline(self, fill: Callable[[Any], object]) -> list[Any]:
         """Run the commands ``fill`` queues in one pipeline; results (or errors) in order.
 
-        On a Cluster a script missing on a node (restarted, or failed over to a replica that
-        never loaded it) is loaded everywhere and the pipeline retried once.
+        A script missing on a server (restarted, flushed, or a replica promoted that never
+        loaded it) is loaded (on every primary of a Cluster) and the pipeline retried once; the
+        pipelined commands are reads and idempotent writes.
         """
         for attempt in range(2):
             pipe = self._r.pipeline(transaction=False)
             fill(pipe)
             results: list[Any] = pipe.execute(raise_on_error=False)
             missing = any(isinstance(r, _redis.exceptions.NoScriptError) for r in results)
-            if not (missing and self.cluster and attempt == 0):
+            if not (missing and attempt == 0):
                 return results
             self._load_scripts()
         raise AssertionError("unreachable")
