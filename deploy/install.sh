@@ -4,9 +4,9 @@
 #   deploy/install.sh          check, and install what is missing (apt; needs root)
 #   deploy/install.sh --check  only check the packages; exit 1 naming what is missing
 #
-# Redis (the live fan-out), PostgreSQL with logical replication (the CDC source), Java + Maven
-# and the pinned Apache Kafka broker jars from Maven Central (the Kafka source), and the Flink
-# Kafka connector jar (the Flink engine). The tests start
+# Redis (the live fan-out), PostgreSQL with logical replication (the CDC source), Java + Maven,
+# the pinned Apache Kafka broker jars from Maven Central (the Kafka source), the Flink Kafka
+# connector jar (the Flink engine) and Debian's Chromium (the browser tests). The tests start
 # and stop the servers themselves (tests/conftest.py, through deploy/{redis,postgres,kafka}.sh on
 # free loopback ports); `make test` runs this first, and so does CI on a fresh machine.
 set -euo pipefail
@@ -37,7 +37,10 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if ((!check_only)); then
+if ((check_only)); then
+  ./chromium.sh --check # the browser tests' Chromium (tests/web)
+else
+  ./chromium.sh # Debian's Chromium for the browser tests, driven by Playwright (tests/web)
   ./kafka.sh fetch # cached in ~/.cache/hopcast, checked against kafka-jars.sha256
   ./flink.sh fetch # the Flink Kafka connector jar, checked against flink-jars.sha256
 fi
