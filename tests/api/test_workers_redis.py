@@ -109,14 +109,14 @@ def parent_of(pid: int) -> int:
 
 
 @pytest.fixture(params=["redis", "redis-cluster"])
-def store_url(request: pytest.FixtureRequest) -> str:
-    """The session's Redis (a database of this module's own: the CLI uses the default key
-    prefix), or the session's Redis Cluster."""
+def store_url(request: pytest.FixtureRequest, redis_prefix: str) -> str:
+    """The session's Redis or Redis Cluster, with a key prefix of this test's own in the URL
+    (the form ``hopcast --store`` takes)."""
     if request.param == "redis":
         url: str = request.getfixturevalue("redis_url")
-        return url.rsplit("/", 1)[0] + "/11"
-    node = request.getfixturevalue("redis_cluster_url").partition("://")[2]
-    return f"redis+cluster://{node}"
+    else:
+        url = "redis+cluster://" + request.getfixturevalue("redis_cluster_url").partition("://")[2]
+    return f"{url}?prefix={redis_prefix}"
 
 
 @contextmanager

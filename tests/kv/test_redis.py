@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from hopcast.kv import KVStore
+from hopcast.kv import KVStore, open_kv
 from hopcast.kv import redis as redis_kv
 from hopcast.kv.base import visible
 from hopcast.kv.redis import RedisKV
@@ -84,3 +84,17 @@ def test_pipelines_load_the_scripts_a_server_lost(store: RedisKV) -> None:
         pages = r.fetch_many("ns", rids, NOW, 5)
     assert [p[0].value for p in pages] == rids
     assert store.checkpoints() == {"src": b"1"}
+
+
+def test_the_key_prefix_can_come_with_the_url(redis_url: str, redis_prefix: str) -> None:
+    url = f"{redis_url}?socket_timeout=5&prefix={redis_prefix}url:"
+    with open_kv(url) as kv:
+        assert isinstance(kv, RedisKV) and kv.prefix == f"{redis_prefix}url:"
+        kv.configure("ns", None)
+        with kv.writer() as w:
+            w.put("ns", b"r", b"k", b"v", 1, 0)
+    with RedisKV(f"{redis_url}?prefix={redis_prefix}url:") as kv:
+        assert kv.get("ns", b"r", b"k", NOW) is not None
+    with RedisKV(url, prefix=f"{redis_prefix}other:") as kv:  # the argument wins
+        assert kv.prefix == f"{redis_prefix}other:"
+        assert kv.get("ns", b"r", b"k", NOW) is None

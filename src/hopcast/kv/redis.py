@@ -6,6 +6,8 @@ URLs::
     redis://host:port/db           one server (also rediss:// for TLS, unix:///path.sock)
     redis+cluster://host:port      a Redis Cluster, any one of its nodes (rediss+cluster:// TLS);
                                    the others are discovered from it
+    ...?prefix=app:                the key prefix (default ``hopcast:``), e.g. for the CLI's
+                                   --store; the ``prefix`` argument wins over it
 
 Layout (every key starts with the store's ``prefix``)::
 
@@ -100,6 +102,7 @@ import os
 import struct
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -431,6 +434,23 @@ def _glob_escape(raw: bytes) -> bytes:
     return bytes(out)
 
 
+def _split_prefix(url: str) -> tuple[str | None, str]:
+    """(the ``prefix`` query parameter or None, the URL without it) -- redis-py would pass an
+    unknown parameter on to the connection and fail."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return None, url
+    prefix: str | None = None
+    kept = []
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "prefix":
+            prefix = urllib.parse.unquote(value)
+        elif part:
+            kept.append(part)
+    return prefix, base + ("?" + "&".join(kept) if kept else "")
+
+
 def cluster_url(url: str) -> str | None:
     """The redis-py URL of a ``redis+cluster://`` (or ``rediss+cluster://``) URL, else None."""
     scheme, sep, rest = url.partition("://")
@@ -444,8 +464,9 @@ class RedisKV(KVStore):
     Args:
         url: ``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a socket), or
             ``redis+cluster://host:port`` (``rediss+cluster://``) for a Redis Cluster.
-        prefix: prefix of every key, so several stores (or tests) share one Redis. It must not
-            contain ``{`` or ``}`` (they would change the Cluster hash tag).
+        prefix: prefix of every key, so several stores (or tests) share one Redis; default:
+            the URL's ``prefix`` query parameter, else ``hopcast:``. It must not contain ``{``
+            or ``}`` (they would change the Cluster hash tag).
         sync: accepted for symmetry with LMDB (``Graph.open`` passes it); durability on Redis
             is the server's own setting (``appendfsync``).
         journal_grace_ms: on a Cluster, how old an unfinished journal entry must be before
@@ -459,12 +480,15 @@ class RedisKV(KVStore):
     def __init__(
         self,
         url: str,
-        prefix: str = "hopcast:",
+        prefix: str | None = None,
         *,
         sync: bool = True,
         journal_grace_ms: int = JOURNAL_GRACE_MS,
         **options: Any,
     ) -> None:
+        url_prefix, client_url = _split_prefix(url)
+        if prefix is None:
+            prefix = "hopcast:" if url_prefix is None else url_prefix
         if "{" in prefix or "}" in prefix:
             raise ConfigError(f"Redis key prefix {prefix!r} must not contain '{{' or '}}'")
         self.url = url
@@ -472,7 +496,7 @@ class RedisKV(KVStore):
         self._p = prefix.encode()
         self._closed = False
         self._lock = threading.RLock()
-        plain = cluster_url(url)
+        plain = cluster_url(client_url)
         self.cluster = plain is not None
         #: Journal entries this store opened and could not finish (rolled forward first).
         self._pending: list[bytes] = []
@@ -494,7 +518,7 @@ class RedisKV(KVStore):
                 options.setdefault("socket_timeout", CLUSTER_TIMEOUT_S)
                 client = RedisCluster.from_url(plain, **options)
             else:
-                client = _redis.Redis.from_url(url, **options)
+                client = _redis.Redis.from_url(client_url, **options)
             self._r: Any = client
             self._page: Any = client.register_script(_PAGE)
             self._commit: Any = client.register_script(_COMMIT)
