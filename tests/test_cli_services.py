@@ -87,7 +87,12 @@ def test_redis_and_a_redis_cluster_up_status_down(
         table = up.stdout.splitlines()
         assert table[0].split() == ["service", "port", "state", "url"]
         assert table[1].split() == ["redis", str(port), "up", f"redis://127.0.0.1:{port}/0"]
-        cluster_row = ["redis-cluster", f"{cport}-{cport + 2}", "up", f"redis://127.0.0.1:{cport}"]
+        cluster_row = [
+            "redis-cluster",
+            f"{cport}-{cport + 2}",
+            "up",
+            f"redis+cluster://127.0.0.1:{cport}",
+        ]
         assert table[2].split() == cluster_row
 
         # Really up, where the table says: a server, and a cluster that spreads keys.

@@ -296,3 +296,23 @@ def test_put_many_writes_every_item_with_its_namespace_ttl(kv: KVStore) -> None:
         assert list(r.scan("a", b"r", 1100)) == []
         item = r.get("b", b"s", b"k", NOW)
         assert item is not None and (item.value, item.expires_at) == (b"x", 0)
+
+
+def test_items_read_ahead_in_a_writer_read_as_without_and_see_its_own_writes(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    put(kv, "ns", b"r1", b"a", b"stored", ts=3)
+    with kv.writer() as w:
+        w.put("ns", b"r1", b"b", b"mine", 4, 0)  # written before the read-ahead
+        w.prefetch([("ns", b"r1", b"a"), ("ns", b"r1", b"b"), ("ns", b"r2", b"x")] * 2)
+        a, b, x = w.get("ns", b"r1", b"a"), w.get("ns", b"r1", b"b"), w.get("ns", b"r2", b"x")
+        assert a is not None and (a.value, a.ts) == (b"stored", 3)
+        assert b is not None and b.value == b"mine"
+        assert x is None
+        w.put("ns", b"r1", b"a", b"new", 5, 0)  # written after it: the write wins
+        got = w.get("ns", b"r1", b"a")
+        assert got is not None and got.value == b"new"
+        w.delete("ns", b"r1", b"a")
+        gone = w.get("ns", b"r1", b"a")
+        assert gone is None or gone.tombstone
+    item = kv.get("ns", b"r1", b"b", NOW)
+    assert item is not None and item.value == b"mine"

@@ -63,7 +63,7 @@ class Service:
         if self.name == "redis":
             return f"redis://{HOST}:{port}/0"
         if self.name == "redis-cluster":
-            return f"redis://{HOST}:{port}"  # one node: cluster clients find the others
+            return f"redis+cluster://{HOST}:{port}"  # the --store URL; one node finds the rest
         return f"postgresql://postgres@{HOST}:{port}/postgres"
 
 

@@ -290,6 +290,7 @@ class GraphStore:
             # Node types that have ever seen a NodeDelete: only their endpoints need the
             # tombstone check on edge writes (one small read per batch saves one per edge).
             with_deletes = {i.key.decode() for i in w.scan(GRAPH_META_NS, NODE_DELETES)}
+            w.prefetch(self._reads(node_ops, edge_ops, with_deletes))
             for m in node_ops:
                 if type(m) is NodeUpsert:
                     changed = self._node_upsert(w, m)
@@ -317,6 +318,24 @@ class GraphStore:
             for listener in self._listeners:
                 listener(touched)
         return ApplyResult(applied, len(batch) - applied)
+
+    def _reads(
+        self,
+        node_ops: list[NodeUpsert | NodeDelete],
+        edge_ops: list[EdgeUpsert | EdgeDelete],
+        with_deletes: set[str],
+    ) -> Iterator[tuple[str, bytes, bytes]]:
+        """The items the batch's LWW checks read: each node's item, each edge's key item, and
+        the items of endpoints whose type has seen deletes."""
+        for n in node_ops:
+            yield keys.node_ns(n.node.partition(":")[0]), n.node.encode(), keys.NODE_ITEM
+        for e in edge_ops:
+            yield self._ns[e.type][2], e.src.encode(), e.dst.encode()
+            if with_deletes and type(e) is EdgeUpsert:
+                for end in (e.src, e.dst):
+                    node_type = end.partition(":")[0]
+                    if node_type in with_deletes:
+                        yield keys.node_ns(node_type), end.encode(), keys.NODE_ITEM
 
     def _deleted_at(
         self, w: WriteTxn, node: str, cache: dict[str, tuple[int, int] | None]

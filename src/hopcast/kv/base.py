@@ -232,6 +232,10 @@ class WriteTxn(ABC):
     def get(self, ns: str, rid: bytes, key: bytes) -> Item | None:
         """The stored item, tombstones and expired items included (LWW needs them)."""
 
+    def prefetch(self, items: Iterable[tuple[str, bytes, bytes]]) -> None:  # noqa: B027
+        """A hint that ``get`` will be asked for these ``(ns, rid, key)``: a networked backend
+        fetches them in one round trip instead of one each. Embedded backends ignore it."""
+
     @abstractmethod
     def put(
         self,

@@ -1066,6 +1066,30 @@ class _RedisWrite(WriteTxn):
         self._ops: list[_Op] = []
         self._checkpoints: dict[str, bytes] = {}
         self._declared: list[str] = []
+        #: stored items read ahead by :meth:`prefetch` (None: not stored)
+        self._read: dict[tuple[str, bytes, bytes], Item | None] = {}
+
+    def prefetch(self, items: Iterable[tuple[str, bytes, bytes]]) -> None:
+        """Read the stored items in one pipeline (per node of a Cluster), for ``get``."""
+        kv = self._kv
+        wanted = list(
+            dict.fromkeys(k for k in items if k not in self._changes and k not in self._read)
+        )
+        if not wanted:
+            return
+
+        def fill(pipe: Any) -> None:
+            for ns, rid, key in wanted:
+                pipe.hget(kv._keys(ns, rid)[1], key)
+
+        try:
+            blobs = kv._pipeline(fill)
+        except _ERRORS as exc:
+            raise kv._fail("cannot read ahead", exc) from exc
+        for k, blob in zip(wanted, blobs, strict=True):
+            if isinstance(blob, Exception):
+                raise kv._fail(f"cannot read {k[0]!r}", blob)
+            self._read[k] = None if blob is None else _decode(k[2], blob)
 
     def _record(self, ns: str, rid: bytes) -> int:
         r = self._records.get((ns, rid))
@@ -1075,6 +1099,9 @@ class _RedisWrite(WriteTxn):
         return r
 
     def _stored(self, ns: str, rid: bytes, key: bytes) -> Item | None:
+        k = (ns, rid, key)
+        if k in self._read:
+            return self._read[k]
         kv = self._kv
         try:
             blob = kv._r.hget(kv._keys(ns, rid)[1], key)
