@@ -37,6 +37,8 @@ def test_the_make_targets_named_in_the_readme_exist() -> None:
         "bench-ingest-quick",
         "bench-broadcast",
         "bench-broadcast-quick",
+        "bench-scale",
+        "bench-scale-quick",
     ):
         assert f"\n{target}:" in makefile
 
