@@ -162,19 +162,10 @@ class _Device:
             f"?stage={quote(stage, safe='')}&segment={quote(self.member, safe='')}"
         )
         answer = await self.fleet.pool.get(path, "payload")
-        if answer.status == 404:
-            return None
-        if answer.status != 200:
-            raise OriginError(f"payload {ref}: HTTP {answer.status}")
-        return answer.body
+        return answer.found(f"payload {ref}")
 
     async def fetch_manifest(self, path: str) -> bytes | None:
-        answer = await self.fleet.pool.get(path, "manifest")
-        if answer.status == 404:
-            return None
-        if answer.status != 200:
-            raise OriginError(f"manifest: HTTP {answer.status}")
-        return answer.body
+        return (await self.fleet.pool.get(path, "manifest")).found("manifest")
 
     async def refresh_token(self) -> str:
         return await self.fleet.token(self.id)

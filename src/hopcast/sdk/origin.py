@@ -45,6 +45,14 @@ class Answer:
     headers: dict[str, str]
     body: bytes
 
+    def found(self, what: str) -> bytes | None:
+        """The body of a 200, None for a 404 (not published), OriginError for anything else."""
+        if self.status == 404:
+            return None
+        if self.status != 200:
+            raise OriginError(f"{what}: HTTP {self.status}")
+        return self.body
+
 
 _Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
