@@ -7,6 +7,13 @@
 #   deploy/flink.sh fetch     fetch and verify the jar (cached; a no-op once verified)
 #   deploy/flink.sh path      print the directory holding it (what $HOPCAST_FLINK_JARS means)
 #   deploy/flink.sh status    exit 0 if it is there and verified, 1 if not
+#   deploy/flink.sh cluster-start [--port 8081] [--slots 2] [--dir D] [--python PY]
+#                             a standalone Flink cluster on loopback (one JobManager, one
+#                             TaskManager) from the apache-flink wheel PY's interpreter has, for
+#                             `hopcast flink run --jobmanager 127.0.0.1:PORT`; its Python
+#                             functions run in PY's environment (hopcast and PyFlink installed)
+#   deploy/flink.sh cluster-stop  [--port 8081] [--dir D]
+#   deploy/flink.sh cluster-status [--port 8081]   exit 0 if its REST endpoint answers
 #
 # Cache: ${HOPCAST_CACHE:-~/.cache/hopcast}/flink-<version>. Needs mvn and java (17+):
 # apt-get install -y openjdk-17-jre-headless maven
@@ -17,12 +24,29 @@ here=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
 source "$here/versions.env"
 
 usage() {
-  echo "usage: $0 fetch|path|status" >&2
+  echo "usage: $0 fetch|path|status|cluster-start|cluster-stop|cluster-status [--port P] [--slots N] [--dir D] [--python PY]" >&2
   exit 2
 }
 
-[[ $# -eq 1 ]] || usage
+[[ $# -ge 1 ]] || usage
 action=$1
+shift
+port=8081
+slots=2
+dir=
+python=${HOPCAST_PYTHON:-python3}
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --port) port=${2:?--port needs a value}; shift 2 ;;
+    --slots) slots=${2:?--slots needs a value}; shift 2 ;;
+    --dir) dir=${2:?--dir needs a value}; shift 2 ;;
+    --python) python=${2:?--python needs a value}; shift 2 ;;
+    *) usage ;;
+  esac
+done
+[[ $port =~ ^[0-9]+$ ]] && ((port >= 1 && port <= 65534)) || { echo "bad port: $port" >&2; exit 2; }
+[[ $slots =~ ^[0-9]+$ ]] && ((slots >= 1)) || { echo "bad slots: $slots" >&2; exit 2; }
+dir=${dir:-${TMPDIR:-/tmp}/hopcast-flink-$port}
 cache=${HOPCAST_CACHE:-$HOME/.cache/hopcast}/flink-$FLINK_VERSION
 sums=$here/flink-jars.sha256
 jar=flink-sql-connector-kafka-$FLINK_KAFKA_CONNECTOR.jar
@@ -60,7 +84,78 @@ fetch() {
   touch "$cache/.verified"
 }
 
+rest_up() {
+  curl -fsS "http://127.0.0.1:$port/overview" 2>/dev/null | grep -q '"taskmanagers":[1-9]'
+}
+
+pyflink_home() {
+  "$python" -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))' 2>/dev/null || {
+    echo "no PyFlink in $python: pip install 'hopcast[flink]' (or pass --python)" >&2
+    exit 3
+  }
+}
+
+cluster() {
+  local home conf
+  home=$(pyflink_home)
+  conf=$dir/conf
+  export FLINK_CONF_DIR=$conf FLINK_LOG_DIR=$dir/log FLINK_PID_DIR=$dir
+  "$home/bin/$1" >>"$dir/cluster.log" 2>&1
+}
+
 case $action in
+  cluster-start)
+    need java openjdk-17-jre-headless
+    if rest_up; then
+      echo "flink cluster already up on 127.0.0.1:$port"
+      exit 0
+    fi
+    home=$(pyflink_home)
+    mkdir -p "$dir/conf" "$dir/log"
+    echo "$python" >"$dir/python" # cluster-stop uses the same Flink
+    cp "$home"/conf/log4j*.properties "$dir/conf/"
+    echo localhost:$port >"$dir/conf/masters"
+    echo localhost >"$dir/conf/workers"
+    # thread mode runs the job's Python inside the TaskManager: it needs the interpreter's
+    # packages (and hopcast's directory, for an editable install) on PYTHONPATH
+    pythonpath=$("$python" -c 'from hopcast.stream.engines.flink import python_path; print(python_path())')
+    cat >"$dir/conf/config.yaml" <<CONF
+jobmanager.rpc.address: localhost
+jobmanager.rpc.port: $((port + 1))
+jobmanager.bind-host: localhost
+jobmanager.memory.process.size: 1024m
+taskmanager.bind-host: localhost
+taskmanager.host: localhost
+taskmanager.numberOfTaskSlots: $slots
+taskmanager.memory.process.size: 1728m
+rest.address: localhost
+rest.bind-address: localhost
+rest.port: $port
+parallelism.default: 1
+python.executable: $python
+CONF
+    PYTHONPATH=$pythonpath cluster start-cluster.sh
+    for _ in $(seq 1 120); do
+      rest_up && { echo "flink $FLINK_VERSION cluster on 127.0.0.1:$port (dir $dir)"; exit 0; }
+      sleep 0.5
+    done
+    echo "the flink cluster did not come up; logs: $dir/log" >&2
+    exit 1
+    ;;
+  cluster-stop)
+    [[ -d $dir/conf ]] || { echo "no flink cluster in $dir"; exit 0; }
+    [[ -f $dir/python ]] && python=$(cat "$dir/python")
+    cluster stop-cluster.sh || true
+    for _ in $(seq 1 60); do
+      rest_up || { echo "flink cluster on 127.0.0.1:$port stopped"; exit 0; }
+      sleep 0.5
+    done
+    echo "the flink cluster on 127.0.0.1:$port is still up" >&2
+    exit 1
+    ;;
+  cluster-status)
+    if rest_up; then echo "flink cluster up on 127.0.0.1:$port"; else echo "flink cluster down on 127.0.0.1:$port"; exit 1; fi
+    ;;
   fetch)
     fetch
     echo "flink $FLINK_VERSION kafka connector in $cache"

@@ -284,3 +284,49 @@ def test_redis_killed_and_restarted_mid_stream_the_job_backs_off_and_loses_nothi
             _kill_group(proc)
         server.kill()
         server.wait()
+
+
+def test_jobmanager_submits_the_job_to_a_standalone_flink_cluster(
+    kafka_bootstrap: str, redis_store: str, prefix: str, tmp_path: Path
+) -> None:
+    """deploy/flink.sh cluster-start runs a real JobManager and TaskManager; the job runs there
+    (not on a MiniCluster in this process) and builds the embedded engine's graph."""
+    script = Path(__file__).resolve().parents[3] / "deploy" / "flink.sh"
+    port = _free_port()
+    directory = tmp_path / "cluster"
+    common = ["--port", str(port), "--dir", str(directory)]
+    started = subprocess.run(
+        [str(script), "cluster-start", *common, "--python", sys.executable],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stderr + started.stdout
+    try:
+        source = "members"
+        data = seed(kafka_bootstrap, prefix, 1500)
+        reference = embedded_reference(kafka_bootstrap, prefix, data, tmp_path / "lmdb", (source,))
+        want = dump(reference)
+        reference.close()
+        done = subprocess.run(
+            [HOPCAST, "--store", redis_store, "--json", "flink", "run", "--source",
+             f"{source}={spec(kafka_bootstrap, prefix, source)}", "--bounded",
+             "--jobmanager", f"127.0.0.1:{port}", "--checkpoint-dir", str(tmp_path / "chk"),
+             "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        import json
+        import urllib.request
+
+        overview = json.loads(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/jobs/overview").read()
+        )
+        assert [j["name"] for j in overview["jobs"]] == [f"hopcast-{source}"]
+        assert overview["jobs"][0]["state"] == "FINISHED"
+        with Graph.open(redis_store) as graph:
+            assert dump(graph) == want
+    finally:
+        subprocess.run([str(script), "cluster-stop", *common], capture_output=True, timeout=120)

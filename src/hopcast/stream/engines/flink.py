@@ -574,11 +574,24 @@ class FlinkJob:
         found = latest_checkpoint(self.checkpoint_dir)
         return None if found is None else str(found)
 
+    def jars(self) -> list[Path]:
+        """The jars shipped with the job: the Kafka connector, and for a cluster also PyFlink's
+        own runtime (``flink-python``; ``flink run`` adds it, a standalone cluster lacks it)."""
+        jars = [connector_jar()]
+        if self.jobmanager is not None:
+            import pyflink
+
+            found = sorted(Path(pyflink.__file__).parent.glob("opt/flink-python*.jar"))
+            if not found:
+                raise ConfigError("this PyFlink has no opt/flink-python jar to ship to a cluster")
+            jars.append(found[0])
+        return jars
+
     def configuration(self, restore: str | None) -> Configuration:
         conf = Configuration()
         settings = {
             "pipeline.name": self.name,
-            "pipeline.jars": connector_jar().resolve().as_uri(),
+            "pipeline.jars": ";".join(j.resolve().as_uri() for j in self.jars()),
             "python.execution-mode": "thread",
             "python.executable": sys.executable,
             "python.client.executable": sys.executable,
@@ -622,7 +635,17 @@ class FlinkJob:
         os.environ["PYTHONPATH"] = python_path()  # read when PyFlink starts its JVM
         if self.metrics_port is not None:
             _reporter_on_classpath()
-        env = StreamExecutionEnvironment.get_execution_environment(self.configuration(restore))
+        conf = self.configuration(restore)
+        if self.jobmanager is None:
+            env = StreamExecutionEnvironment.get_execution_environment(conf)
+        else:  # getExecutionEnvironment() is always local outside the flink CLI
+            host, _, port = self.jobmanager.rpartition(":")
+            jvm = get_gateway().jvm
+            jars = get_gateway().new_array(jvm.String, 0)
+            env = StreamExecutionEnvironment(
+                jvm.org.apache.flink.streaming.api.environment.StreamExecutionEnvironment
+                .createRemoteEnvironment(host, int(port), conf._j_configuration, jars)
+            )  # fmt: skip
         env.set_parallelism(self.parallelism)
         t_env = StreamTableEnvironment.create(env)
         table = f"kafka_{self.source}".replace("-", "_")
