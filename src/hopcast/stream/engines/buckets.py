@@ -29,13 +29,12 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
 from hopcast.durations import now_us
 from hopcast.errors import SchemaViolation, StorageError
-from hopcast.graph.mutations import Mutation, NodeDelete, NodeUpsert
+from hopcast.graph.mutations import Mutation, NodeDelete, NodeUpsert, to_dict
 from hopcast.graph.store import GraphStore
 from hopcast.stream.deadletter import DeadLetter, DeadLetterStore, Reason
 from hopcast.stream.dedup import Coalescer
@@ -271,7 +270,7 @@ class BucketWriter:
         )
 
     def _rejected(self, mutation: Mutation, reason: str) -> DeadLetter:
-        payload = msgspec.json.encode(_mutation_doc(mutation))
+        payload = msgspec.json.encode(to_dict(mutation))
         return DeadLetter(
             Reason.SCHEMA_VIOLATION,
             f"the store's schema rejects a mutation: {reason}",
@@ -281,9 +280,3 @@ class BucketWriter:
             self.clock(),
             "write",
         )
-
-
-def _mutation_doc(mutation: Mutation) -> dict[str, Any]:
-    from hopcast.graph.mutations import to_dict
-
-    return to_dict(mutation)

@@ -58,14 +58,13 @@ import os
 import site
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from hopcast.errors import ConfigError, HopcastError, SourceError, StorageError
+from hopcast.errors import ConfigError, SourceError, StorageError
 from hopcast.graphdb import Graph
 from hopcast.stream.deadletter import DeadLetter
 from hopcast.stream.engines.buckets import (
@@ -749,39 +748,13 @@ def _cause(exc: BaseException) -> str:
     return causes[-1].strip() if causes else text.splitlines()[0] if text else repr(exc)
 
 
-def run_source(
-    source: str,
-    spec: str,
-    store: str,
-    **options: Any,
-) -> str:
-    """Run one source's job to its end (see :class:`FlinkJob`); returns the final status."""
-    return FlinkJob(source, KafkaInput.parse(source, spec), store, **options).execute()
-
-
-def sources_of(names: Sequence[str]) -> list[str]:  # pragma: no cover - convenience
-    return list(names)
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout_s`` passed."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
 __all__ = [
     "CONNECTOR",
     "FLINK_VERSION",
     "FlinkJob",
-    "HopcastError",
     "JobSpec",
     "KafkaInput",
     "connector_jar",
     "kafka_ddl",
     "latest_checkpoint",
-    "run_source",
 ]
