@@ -8,14 +8,18 @@ A mutation is an immutable value. Four kinds exist:
 * :class:`EdgeDelete` — delete one edge.
 
 Every mutation carries ``ts`` (the *generation time*: when the event happened, in integer
-microseconds since the Unix epoch, set by the producer, never by the store) and ``id`` (an
-idempotency id: the same logical write replayed carries the same id).
+microseconds since the Unix epoch, set by the producer, never by the store), ``id`` (an
+idempotency id: the same logical write replayed carries the same id) and, when it comes from a
+source with an order, ``seq`` (its place in that order: see :func:`token_of`).
 
 Merge rules (enforced by :mod:`hopcast.graph.store`, tested in ``tests/graph``):
 
-1. Writes are ordered by the *version* ``(ts, token(id))``. ``token`` is a 64-bit digest of the
-   id, so every replica breaks ties on equal ``ts`` the same way.
-2. Same ``ts`` and same ``id`` → the write is a no-op (idempotent replay).
+1. Writes are ordered by the *version* ``(ts, token)``. The token breaks ties on equal ``ts``:
+   it is ``seq`` when the write has one — so changes that share a generation time (every change
+   of one database transaction shares its commit time) resolve in the order their source
+   produced them, whatever the source, slot or topic is called — and otherwise a 63-bit digest
+   of the id, so every replica breaks the tie the same way.
+2. Same ``ts`` and same token → the write is a no-op (idempotent replay).
 3. An older version never overwrites a newer one. For nodes this holds **per property**: a
    ``NodeUpsert`` at ``t1`` setting ``{a, b}`` followed by one at ``t0 < t1`` setting ``{b, c}``
    leaves ``a`` and ``b`` from ``t1`` and ``c`` from ``t0``.
@@ -44,6 +48,13 @@ def token(idempotency_id: str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
+def token_of(m: Mutation) -> int:
+    """The tie-break token of a mutation's version ``(ts, token)``: its ``seq`` if it has one,
+    else :func:`token` of its id."""
+    seq = m.seq
+    return token(m.id) if seq is None else seq
+
+
 def split_node_id(node_id: str) -> tuple[str, str]:
     """Split ``"type:key"`` into ``(type, key)``.
 
@@ -64,6 +75,7 @@ class NodeUpsert:
     ts: int
     id: str
     props: Props = field(default_factory=dict)
+    seq: int | None = None
 
     @property
     def kind(self) -> str:
@@ -80,6 +92,7 @@ class EdgeUpsert:
     ts: int
     id: str
     props: Props = field(default_factory=dict)
+    seq: int | None = None
 
     @property
     def kind(self) -> str:
@@ -93,6 +106,7 @@ class NodeDelete:
     node: str
     ts: int
     id: str
+    seq: int | None = None
 
     @property
     def kind(self) -> str:
@@ -108,6 +122,7 @@ class EdgeDelete:
     dst: str
     ts: int
     id: str
+    seq: int | None = None
 
     @property
     def kind(self) -> str:
@@ -125,10 +140,12 @@ _KINDS: dict[str, type[NodeUpsert] | type[EdgeUpsert] | type[NodeDelete] | type[
 
 
 def to_dict(mutation: Mutation) -> dict[str, Any]:
-    """Return the JSON form of a mutation: its fields plus ``"kind"``."""
+    """Return the JSON form of a mutation: its fields plus ``"kind"`` (``seq`` only if set)."""
     out: dict[str, Any] = {"kind": mutation.kind}
     for name in mutation.__slots__:
         out[name] = getattr(mutation, name)
+    if out["seq"] is None:
+        del out["seq"]
     return out
 
 
@@ -153,7 +170,7 @@ def from_dict(data: dict[str, Any]) -> Mutation:
     kwargs: dict[str, Any] = {}
     for name in fields:
         if name not in data:
-            if name == "props":
+            if name in ("props", "seq"):
                 continue
             raise InvalidMutation(f"{kind}: missing field {name!r}")
         value = data[name]
@@ -163,6 +180,11 @@ def from_dict(data: dict[str, Any]) -> Mutation:
         elif name == "props":
             if not isinstance(value, dict):
                 raise InvalidMutation(f"{kind}: 'props' must be an object")
+        elif name == "seq":
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+                raise InvalidMutation(f"{kind}: 'seq' must be an integer in [0, 2**63)")
         elif not isinstance(value, str) or not value:
             raise InvalidMutation(f"{kind}: {name!r} must be a non-empty string")
         kwargs[name] = value

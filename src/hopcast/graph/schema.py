@@ -46,6 +46,14 @@ import yaml
 
 from hopcast.durations import DAY, parse_duration
 from hopcast.errors import InvalidNodeId, SchemaError, SchemaViolation
+from hopcast.graph.limits import (
+    MAX_MUTATION_ID_BYTES,
+    MAX_NODE_ID_BYTES,
+    MAX_SEQ,
+    id_problem,
+    props_problem,
+    ts_problem,
+)
 from hopcast.graph.mutations import (
     EdgeDelete,
     EdgeUpsert,
@@ -281,41 +289,55 @@ class Schema:
             SchemaViolation: with the reason.
         """
         if type(mutation) is EdgeUpsert:
-            # Fast path: endpoint types already resolved for this edge type.
-            st, _, skey = mutation.src.partition(":")
-            dt, _, dkey = mutation.dst.partition(":")
+            # Fast path: endpoint types already resolved for this edge type, short ASCII ids.
+            src, dst = mutation.src, mutation.dst
+            st, _, skey = src.partition(":")
+            dt, _, dkey = dst.partition(":")
             plan = self._plans.get((mutation.type, st, dt)) if skey and dkey else None
-            if plan is not None:
+            if (
+                plan is not None
+                and len(src) <= MAX_NODE_ID_BYTES
+                and len(dst) <= MAX_NODE_ID_BYTES
+                and src.isascii()
+                and dst.isascii()
+            ):
+                _check_write(mutation)
                 et, two_way_same, swapped = plan
                 if mutation.props:
-                    problem = et.props.check(mutation.props, partial=False)
+                    problem = et.props.check(mutation.props, partial=False) or props_problem(
+                        mutation.props
+                    )
                     if problem:
-                        raise SchemaViolation(
-                            f"{mutation.src} -[{mutation.type}]-> {mutation.dst}: {problem}"
-                        )
+                        raise SchemaViolation(f"{src} -[{mutation.type}]-> {dst}: {problem}")
                 elif et.props.required:
                     return self._validate_slow(mutation)
-                if swapped or (two_way_same and mutation.src > mutation.dst):
+                if swapped or (two_way_same and src > dst):
                     return EdgeUpsert(
-                        mutation.dst,
-                        mutation.type,
-                        mutation.src,
-                        mutation.ts,
-                        mutation.id,
-                        mutation.props,
-                    )
+                        dst, mutation.type, src, mutation.ts, mutation.id, mutation.props,
+                        mutation.seq,
+                    )  # fmt: skip
                 return mutation
         return self._validate_slow(mutation)
 
     def _validate_slow(self, mutation: Mutation) -> Mutation:
+        if not isinstance(mutation, (NodeUpsert, NodeDelete, EdgeUpsert, EdgeDelete)):
+            raise SchemaViolation(f"not a mutation: {type(mutation).__name__}")
+        _check_write(mutation)
         if isinstance(mutation, (NodeUpsert, NodeDelete)):
+            _check_id(mutation.node)
             nt = self.node_type(_type_of(mutation.node))
             if isinstance(mutation, NodeUpsert):
-                problem = nt.props.check(mutation.props, partial=True)
+                problem = nt.props.check(mutation.props, partial=True) or props_problem(
+                    mutation.props
+                )
                 if problem:
-                    raise SchemaViolation(f"{mutation.node}: {problem}")
+                    raise SchemaViolation(f"{_clip(mutation.node)}: {problem}")
             return mutation
         if isinstance(mutation, (EdgeUpsert, EdgeDelete)):
+            if type(mutation.type) is not str:
+                raise SchemaViolation(f"edge type must be a string, got {mutation.type!r}")
+            _check_id(mutation.src)
+            _check_id(mutation.dst)
             et = self.edge_type(mutation.type)
             st, dt = _type_of(mutation.src), _type_of(mutation.dst)
             self.node_type(st)
@@ -340,7 +362,9 @@ class Schema:
             ):
                 swapped = True
             if isinstance(mutation, EdgeUpsert):
-                problem = et.props.check(mutation.props, partial=False)
+                problem = et.props.check(mutation.props, partial=False) or props_problem(
+                    mutation.props
+                )
                 if problem:
                     raise SchemaViolation(
                         f"{mutation.src} -[{mutation.type}]-> {mutation.dst}: {problem}"
@@ -353,13 +377,19 @@ class Schema:
                         mutation.ts,
                         mutation.id,
                         mutation.props,
+                        mutation.seq,
                     )
             elif swapped:
                 return EdgeDelete(
-                    mutation.dst, mutation.type, mutation.src, mutation.ts, mutation.id
+                    mutation.dst,
+                    mutation.type,
+                    mutation.src,
+                    mutation.ts,
+                    mutation.id,
+                    mutation.seq,
                 )
             return mutation
-        raise SchemaViolation(f"not a mutation: {type(mutation).__name__}")
+        raise AssertionError("unreachable")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly description (served by the HTTP API at ``/v1/schema``)."""
@@ -393,6 +423,31 @@ class Schema:
                 "interactions": list(self.journey.interactions),
             },
         }
+
+
+def _check_write(m: Mutation) -> None:
+    """The bounds every write shares: its time, idempotency id and source order."""
+    problem = (
+        ts_problem(m.ts)
+        or id_problem(m.id, "idempotency id", MAX_MUTATION_ID_BYTES)
+        or (
+            None
+            if m.seq is None or (type(m.seq) is int and 0 <= m.seq <= MAX_SEQ)
+            else f"seq {m.seq!r} must be an integer in [0, 2**63)"
+        )
+    )
+    if problem:
+        raise SchemaViolation(problem)
+
+
+def _check_id(node_id: object) -> None:
+    problem = id_problem(node_id)
+    if problem:
+        raise SchemaViolation(problem)
+
+
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[:n] + "…"
 
 
 def _type_of(node_id: str) -> str:

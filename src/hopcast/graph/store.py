@@ -32,7 +32,7 @@ from hopcast.graph.mutations import (
     NodeUpsert,
     Props,
     split_node_id,
-    token,
+    token_of,
 )
 from hopcast.graph.schema import Schema
 from hopcast.kv.base import KVStore, ReadTxn, WriteTxn
@@ -172,7 +172,7 @@ def _newest_per_edge(
     best: EdgeUpsert | EdgeDelete | None = None
     best_tok = 0
     for m in ops:
-        tok = token(m.id)
+        tok = token_of(m)
         if best is not None and best.src == m.src and best.dst == m.dst and best.type == m.type:
             if (m.ts, tok) > (best.ts, best_tok):
                 best, best_tok = m, tok
@@ -357,7 +357,7 @@ class GraphStore:
     def _node_upsert(self, w: WriteTxn, m: NodeUpsert) -> bool:
         ns = keys.node_ns(m.node.partition(":")[0])
         rid = m.node.encode()
-        tok = token(m.id)
+        tok = token_of(m)
         old = w.get(ns, rid, keys.NODE_ITEM)
         version = (m.ts, tok)
         props: _NodeValue = {}
@@ -430,7 +430,7 @@ class GraphStore:
 
     def _edge_delete(self, w: WriteTxn, m: EdgeDelete) -> bool:
         out_ns, in_ns, key_ns = self._ns[m.type]
-        tok = token(m.id)
+        tok = token_of(m)
         src, dst = m.src.encode(), m.dst.encode()
         old = w.get(key_ns, src, dst)
         if old is not None:
@@ -446,7 +446,7 @@ class GraphStore:
         node_type = m.node.partition(":")[0]
         ns = keys.node_ns(node_type)
         rid = m.node.encode()
-        tok = token(m.id)
+        tok = token_of(m)
         version = (m.ts, tok)
         changed = False
         old = w.get(ns, rid, keys.NODE_ITEM)

@@ -14,7 +14,8 @@ short window and write only what still matters. :class:`Coalescer` does that:
 Coalescing keeps exactly what the store's last-write-wins rules (:mod:`hopcast.graph.mutations`)
 would keep, so writing the output gives the same graph as writing every input:
 
-* an **edge** keeps its newest write, upsert or delete, by version ``(ts, token(id))``;
+* an **edge** keeps its newest write, upsert or delete, by version ``(ts, token)``
+  (:func:`~hopcast.graph.mutations.token_of`);
 * a **node** keeps its newest delete, and, per property, the newest value written after that
   delete; properties are regrouped into one ``NodeUpsert`` per winning version (a property keeps
   the version it was written at, so a late write in a later window is judged as it would have
@@ -38,7 +39,7 @@ from hopcast.graph.mutations import (
     Mutation,
     NodeDelete,
     NodeUpsert,
-    token,
+    token_of,
 )
 
 #: Default window: about a second (the issue's target), long enough to merge a burst of
@@ -63,7 +64,7 @@ class _NodeEntry:
     props: dict[str, tuple[Version, Any, NodeUpsert]] = field(default_factory=dict)
 
     def add(self, m: NodeUpsert | NodeDelete) -> None:
-        version = (m.ts, token(m.id))
+        version = (m.ts, token_of(m))
         if isinstance(m, NodeDelete):
             if self.delete_version is None or version > self.delete_version:
                 self.delete, self.delete_version = m, version
@@ -92,7 +93,7 @@ class _NodeEntry:
             groups[self.newest_version] = (self.newest, {})  # type: ignore[index]
         for version in sorted(groups):
             m, props = groups[version]
-            out.append(m if props == m.props else NodeUpsert(m.node, m.ts, m.id, props))
+            out.append(m if props == m.props else NodeUpsert(m.node, m.ts, m.id, props, m.seq))
         return out
 
 
@@ -103,8 +104,8 @@ class _EdgeEntry:
 
     def add(self, m: EdgeUpsert | EdgeDelete) -> None:
         best = self.best
-        # Versions compare (ts, token(id)); the token (a hash) is only needed to break a tie.
-        if m.ts > best.ts or (m.ts == best.ts and m.id != best.id and token(m.id) > token(best.id)):
+        # Versions compare (ts, token); the token is only needed to break a tie.
+        if m.ts > best.ts or (m.ts == best.ts and token_of(m) > token_of(best)):
             self.best = m
 
     def output(self) -> list[Mutation]:

@@ -1,0 +1,218 @@
+"""The bounds every write is checked against before it reaches a store.
+
+One table, the same on every backend and every entry (ingest pipelines, the HTTP API,
+``hopcast apply``, the Python API): a write that breaks one is refused with a message that
+names the bound, and never reaches a backend that could fail on it halfway through a batch.
+
+=====================  ==============================  =============================================
+bound                  value                           why
+=====================  ==============================  =============================================
+node id                1..250 bytes of UTF-8           LMDB keys are at most 511 bytes; an edge's
+                                                       key holds both ends, 8 bytes of time and a
+                                                       2-byte length: 2 + 250 + 8 + 250 = 510
+idempotency id         1..1,024 bytes of UTF-8         it names a write in errors and dead letters,
+                                                       it is not a document
+generation time        0 <= ts < 2**62 µs              far beyond the year 100,000; the inverted
+                                                       time stays positive in a signed 64-bit key
+source order (seq)     0 <= seq < 2**63                a signed 64-bit header field
+integers               -2**63 <= n < 2**63             signed 64-bit, what every client language
+                                                       and msgpack carry exactly
+floats                 finite                          NaN and infinities have no JSON form
+nesting                depth <= 32 in a property       a member event is flat; deep nesting is an
+                                                       attack on recursive decoders
+properties of a write  <= 64 KiB msgpack-encoded       a member event, not a blob store
+property names         1..256 bytes, not starting NUL  names starting with NUL are the store's own
+strings                valid Unicode (no lone          they are stored as UTF-8
+                       surrogates)
+value types            str, int, float, bool, None,    what JSON carries
+                       list, map with string keys
+=====================  ==============================  =============================================
+
+Everything here is pure: functions take values and return a problem (a sentence) or None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgspec
+
+from hopcast.graph.keys import MAX_TS
+
+#: Longest node id in UTF-8 bytes (see the table above: an edge key holds both ends).
+MAX_NODE_ID_BYTES: Final = 250
+#: Longest idempotency id in UTF-8 bytes.
+MAX_MUTATION_ID_BYTES: Final = 1024
+#: Largest source-order tie-breaker (a signed 64-bit header field).
+MAX_SEQ: Final = (1 << 63) - 1
+#: Integer property values are signed 64-bit.
+MIN_INT: Final = -(1 << 63)
+MAX_INT: Final = (1 << 63) - 1
+#: Deepest nesting of lists and maps inside one property value (a top-level scalar is 0).
+MAX_DEPTH: Final = 32
+#: Largest properties of one write, msgpack-encoded.
+MAX_PROPS_BYTES: Final = 64 * 1024
+#: Longest property name in UTF-8 bytes.
+MAX_PROP_NAME_BYTES: Final = 256
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_INT",
+    "MAX_MUTATION_ID_BYTES",
+    "MAX_NODE_ID_BYTES",
+    "MAX_PROPS_BYTES",
+    "MAX_PROP_NAME_BYTES",
+    "MAX_SEQ",
+    "MAX_TS",
+    "MIN_INT",
+    "id_problem",
+    "props_problem",
+    "ts_problem",
+    "value_problem",
+]
+
+_encode = msgspec.msgpack.Encoder().encode
+#: Bytes msgpack may spend on a scalar besides a string's characters (a float: 9).
+_SCALAR_BYTES = 9
+
+
+def _utf8_len(text: str) -> int | None:
+    """The UTF-8 length of ``text``, or None if it has a lone surrogate."""
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return None
+
+
+def id_problem(value: object, what: str = "node id", limit: int = MAX_NODE_ID_BYTES) -> str | None:
+    """Why ``value`` cannot be an id (a node id by default), or None."""
+    if type(value) is not str:
+        return f"{what} must be a string, got {type(value).__name__}"
+    n = _utf8_len(value)
+    if n is None:
+        return f"{what} {_clip(value)!r} is not valid Unicode (a lone surrogate)"
+    if n == 0:
+        return f"{what} is empty"
+    if n > limit:
+        return f"{what} {_clip(value)!r} is {n} bytes of UTF-8; the limit is {limit}"
+    return None
+
+
+def ts_problem(ts: object, what: str = "ts") -> str | None:
+    """Why ``ts`` cannot be a generation time (integer µs in [0, 2**62)), or None."""
+    if type(ts) is not int:
+        return f"{what} must be an integer (µs since the epoch), got {type(ts).__name__}"
+    if not 0 <= ts <= MAX_TS:
+        return f"{what} {ts} is outside [0, 2**62) µs since the epoch"
+    return None
+
+
+def value_problem(value: Any, name: str = "value") -> str | None:
+    """Why ``value`` cannot be stored as a property value, or None.
+
+    Checks types, the integer range, finite floats, string keys, valid Unicode and nesting
+    depth (:data:`MAX_DEPTH`); not the encoded size (see :func:`props_problem`). Walks
+    containers without recursion, so no input depth can exhaust the stack.
+    """
+    t = type(value)
+    if t is str:
+        return None if value.isascii() or _utf8_len(value) is not None else _surrogate(name)
+    if t is int:
+        return None if MIN_INT <= value <= MAX_INT else _int_range(name, value)
+    if t is bool or value is None:
+        return None
+    if t is float:
+        return None if math.isfinite(value) else f"{name}: {value} has no JSON form (not finite)"
+    if t is not list and t is not dict:
+        return f"{name}: {t.__name__} is not a JSON value (str, int, float, bool, null, list, map)"
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"{name}: nested deeper than {MAX_DEPTH} levels"
+        children = node.values() if type(node) is dict else node
+        if type(node) is dict:
+            for key in node:
+                if type(key) is not str:
+                    return f"{name}: map keys must be strings, got {type(key).__name__}"
+                if _utf8_len(key) is None:
+                    return _surrogate(name)
+        for child in children:
+            ct = type(child)
+            if ct is list or ct is dict:
+                stack.append((child, depth + 1))
+            elif ct is str:
+                if not child.isascii() and _utf8_len(child) is None:
+                    return _surrogate(name)
+            elif ct is int:
+                if not MIN_INT <= child <= MAX_INT:
+                    return _int_range(name, child)
+            elif ct is float:
+                if not math.isfinite(child):
+                    return f"{name}: {child} has no JSON form (not finite)"
+            elif ct is not bool and child is not None:
+                return f"{name}: {ct.__name__} is not a JSON value"
+    return None
+
+
+def props_problem(props: Mapping[str, Any]) -> str | None:
+    """Why ``props`` cannot be stored as the properties of one write, or None.
+
+    Every name and value is checked (:func:`value_problem`), then the encoded size
+    (:data:`MAX_PROPS_BYTES`); the size is only encoded when a cheap upper bound exceeds it.
+    """
+    if type(props) is not dict and not isinstance(props, Mapping):
+        return f"properties must be a map, got {type(props).__name__}"
+    bound = 0
+    for name, value in props.items():
+        if type(name) is not str:
+            return f"property names must be strings, got {type(name).__name__}"
+        n = _utf8_len(name)
+        if n is None:
+            return _surrogate("property name")
+        if n == 0 or n > MAX_PROP_NAME_BYTES:
+            return f"property name {_clip(name)!r} must be 1..{MAX_PROP_NAME_BYTES} bytes"
+        if name[0] == "\x00":
+            return f"property name {_clip(name)!r} starts with NUL (reserved for the store)"
+        t = type(value)
+        if t is str:
+            if not value.isascii() and _utf8_len(value) is None:
+                return _surrogate(f"property {name!r}")
+            bound += 4 * len(value) + n + _SCALAR_BYTES
+            continue
+        if t is int:
+            if not MIN_INT <= value <= MAX_INT:
+                return _int_range(f"property {name!r}", value)
+        elif t is list or t is dict:
+            problem = value_problem(value, f"property {name!r}")
+            if problem:
+                return problem
+            bound = MAX_PROPS_BYTES + 1  # containers: measure
+        elif t is not bool and value is not None:
+            problem = value_problem(value, f"property {name!r}")
+            if problem:
+                return problem
+        bound += n + _SCALAR_BYTES
+    if bound > MAX_PROPS_BYTES:
+        size = len(_encode(props))
+        if size > MAX_PROPS_BYTES:
+            return f"properties are {size} bytes encoded; the limit is {MAX_PROPS_BYTES}"
+    return None
+
+
+def _int_range(name: str, value: int) -> str:
+    bits = value.bit_length()
+    shown = str(value) if bits <= 128 else f"an integer of {bits} bits"
+    return f"{name}: {shown} is outside the signed 64-bit range [-2**63, 2**63)"
+
+
+def _surrogate(name: str) -> str:
+    return f"{name}: not valid Unicode (a lone surrogate)"
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[:n] + "…"
