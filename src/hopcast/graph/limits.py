@@ -28,6 +28,14 @@ value types            str, int, float, bool, None,    what JSON carries
                        list, map with string keys
 =====================  ==============================  =============================================
 
+Two more checks need the writer's clock, so they are made where a write arrives (the ingest
+pipeline, the HTTP API), with ``now`` passed in (:func:`arrival_problem`):
+
+* **far future**: a generation time more than ``max_future`` (default one hour) past ``now`` is
+  refused — it would win every last-write-wins comparison until the clock catches up;
+* **expired on arrival**: a write older than its type's retention is invisible the moment it
+  is stored; it is reported instead of vanishing.
+
 Everything here is pure: functions take values and return a problem (a sentence) or None.
 """
 
@@ -56,8 +64,18 @@ MAX_DEPTH: Final = 32
 MAX_PROPS_BYTES: Final = 64 * 1024
 #: Longest property name in UTF-8 bytes.
 MAX_PROP_NAME_BYTES: Final = 256
+#: How far past the receiver's clock a generation time may lie by default: producers' clocks
+#: drift by seconds, not hours, and a time in the future wins last-write-wins until it passes.
+DEFAULT_MAX_FUTURE_US: Final = 3600 * 1_000_000
+
+#: The two outcomes of :func:`arrival_problem` (also dead-letter reasons).
+FUTURE_TIME: Final = "future_time"
+EXPIRED: Final = "expired"
 
 __all__ = [
+    "DEFAULT_MAX_FUTURE_US",
+    "EXPIRED",
+    "FUTURE_TIME",
     "MAX_DEPTH",
     "MAX_INT",
     "MAX_MUTATION_ID_BYTES",
@@ -67,6 +85,7 @@ __all__ = [
     "MAX_SEQ",
     "MAX_TS",
     "MIN_INT",
+    "arrival_problem",
     "id_problem",
     "props_problem",
     "ts_problem",
@@ -108,6 +127,30 @@ def ts_problem(ts: object, what: str = "ts") -> str | None:
         return f"{what} must be an integer (µs since the epoch), got {type(ts).__name__}"
     if not 0 <= ts <= MAX_TS:
         return f"{what} {ts} is outside [0, 2**62) µs since the epoch"
+    return None
+
+
+def arrival_problem(
+    ts: int, now: int, retention_us: int | None, max_future_us: int | None = DEFAULT_MAX_FUTURE_US
+) -> tuple[str, str] | None:
+    """``(FUTURE_TIME | EXPIRED, message)`` for a write at ``ts`` arriving at ``now``, or None.
+
+    Args:
+        retention_us: the retention of the write's node or edge type (None: forever).
+        max_future_us: how far past ``now`` ``ts`` may lie (None: no bound).
+    """
+    if max_future_us is not None and ts > now + max_future_us:
+        ahead = (ts - now) / 1e6
+        return FUTURE_TIME, (
+            f"generation time {ts} is {ahead:,.0f} s past the receiver's clock "
+            f"(at most {max_future_us / 1e6:,.0f} s allowed)"
+        )
+    if retention_us is not None and ts + retention_us <= now:
+        age = (now - ts) / 1e6
+        return EXPIRED, (
+            f"generation time {ts} is {age:,.0f} s old, beyond the type's retention of "
+            f"{retention_us / 1e6:,.0f} s: it would be invisible once written"
+        )
     return None
 
 

@@ -269,6 +269,12 @@ class Schema:
         self._lists[key] = lists
         return lists
 
+    def retention_of(self, mutation: Mutation) -> int | None:
+        """The retention (µs, None = forever) of the type a valid mutation writes."""
+        if isinstance(mutation, (NodeUpsert, NodeDelete)):
+            return self.nodes[_type_of(mutation.node)].retention_us
+        return self.edges[mutation.type].retention_us
+
     def edge_types_touching(self, node_type: str) -> tuple[str, ...]:
         """Edge types with a mapping that starts or ends at ``node_type``."""
         return tuple(
