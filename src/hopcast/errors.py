@@ -18,6 +18,7 @@
     │   └── RecordRejected          an ingested record that cannot become mutations (reason code)
     ├── NotFound                    a named thing does not exist                (HTTP 404)
     ├── StorageError                the KV backend failed (translated from the driver's error)
+    │   ├── StorageRefused          the backend cannot store this data (retrying cannot help)
     │   └── StoreClosed             the store was used after close()
     └── SourceError                 a source's upstream (database, broker) failed or refused
 
@@ -128,6 +129,16 @@ class NotFound(HopcastError):
 
 class StorageError(HopcastError):
     """The key-value backend failed."""
+
+
+class StorageRefused(StorageError):
+    """The backend refused this data (a key or value it cannot store): retrying the same write
+    cannot help, and other writes are unaffected. Ingest isolates the record that caused it
+    into a dead letter (reason ``write_failed``); the HTTP API answers 422.
+
+    The bounds of :mod:`hopcast.graph.limits` are checked before any write so that this is not
+    reached; it is the safety net for what slips through.
+    """
 
 
 class StoreClosed(StorageError):

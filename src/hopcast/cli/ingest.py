@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +50,22 @@ from rich.table import Table
 
 from hopcast.cli.common import Settings, json_option, print_json, wants_json
 from hopcast.durations import now_us
-from hopcast.errors import ConfigError, InvalidInput, NotFound
+from hopcast.errors import (
+    ConfigError,
+    InvalidInput,
+    NotFound,
+    SchemaViolation,
+    StorageRefused,
+)
 from hopcast.graphdb import Graph
-from hopcast.stream.deadletter import DeadLetter, DeadLetterStore
+from hopcast.stream.deadletter import DeadLetter, DeadLetterStore, Reason
 from hopcast.stream.engines.embedded import (
     EmbeddedEngine,
     EngineStats,
     TrackedSideTable,
     engine_for,
     load_side_tables,
-    save_side_changes,
-    side_changes,
+    side_items,
 )
 from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
 from hopcast.stream.operators import SideTable
@@ -452,9 +458,9 @@ def replay(
                 if (reason is None or d.reason == reason) and (source is None or d.source == source)
             ]
         result = replay_letters(graph, store, pipelines, letters)
-        changes = side_changes(tables)
+        changes = side_items(tables)
         if changes:
-            save_side_changes(graph.store.kv, changes)
+            graph.store.apply([], extra=changes)
     if wants_json(settings, as_json):
         print_json(result)
     else:
@@ -485,7 +491,16 @@ def replay_letters(
             out["failed"] += 1
             failures[result[0].reason] = failures.get(result[0].reason, 0) + 1
             continue
-        graph.apply(result)
+        try:
+            graph.apply(result)
+        except (SchemaViolation, StorageRefused) as exc:
+            reason = (
+                Reason.SCHEMA_VIOLATION if isinstance(exc, SchemaViolation) else Reason.WRITE_FAILED
+            )
+            store.put(replace(d, reason=reason, message=str(exc), time=now, stage="write"))
+            out["failed"] += 1
+            failures[reason] = failures.get(reason, 0) + 1
+            continue
         store.delete(d.id)
         out["ingested"] += 1
         out["mutations"] += len(result)

@@ -262,15 +262,23 @@ class GraphStore:
         checkpoints: Mapping[str, bytes] | None = None,
         *,
         validated: bool = False,
+        extra: Iterable[tuple[str, bytes, bytes, bytes]] = (),
     ) -> ApplyResult:
-        """Validate, then apply mutations and checkpoints in one atomic write.
+        """Validate, then apply mutations, checkpoints and ``extra`` items in one atomic write.
 
         ``validated=True`` skips the validation for a caller whose mutations are already the
         canonical forms that :meth:`validate` returns for this store's schema (an ingest
         pipeline that validated them against :attr:`schema`); anything else must not pass it.
 
+        Args:
+            extra: raw items ``(namespace, record id, item key, value)`` put unconditionally
+                in the same write (the ingest engine's side-table rows, which must change
+                exactly when the positions of the records that changed them are stored); their
+                namespaces must be configured on the KV.
+
         Raises:
             SchemaViolation: if any mutation does not fit the schema (nothing is written).
+            StorageRefused: if the backend cannot store an item (nothing is written).
             StorageError: if the backend fails (nothing is written).
         """
         batch = mutations if validated and isinstance(mutations, list) else None
@@ -312,6 +320,8 @@ class GraphStore:
                     assert isinstance(e, EdgeDelete)
                     applied += self._edge_delete(w, e)
             w.put_many(pending)
+            for ns, rid, key, value in extra:
+                w.put(ns, rid, key, value, 0, 0)
             for source, position in (checkpoints or {}).items():
                 w.set_checkpoint(source, position)
         if touched:

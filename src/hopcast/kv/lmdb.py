@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hopcast.errors import ConfigError, StorageError, StoreClosed
+from hopcast.errors import ConfigError, StorageError, StorageRefused, StoreClosed
 from hopcast.kv.base import (
     CHECKPOINT_NS,
     FLAG_TOMBSTONE,
@@ -70,7 +70,7 @@ _registry_lock = threading.Lock()
 
 def _prefix(rid: bytes) -> bytes:
     if len(rid) > 0xFFFF:
-        raise StorageError(f"record id too long ({len(rid)} bytes; the limit is 65535)")
+        raise StorageRefused(f"record id too long ({len(rid)} bytes; the limit is 65535)")
     return _LEN.pack(len(rid)) + rid
 
 
@@ -248,6 +248,17 @@ class LmdbKV(KVStore):
             raise StorageError(f"cannot begin write: {exc}") from exc
         try:
             yield _LmdbWrite(self, txn)
+        except _lmdb.BadValsizeError as exc:
+            txn.abort()
+            raise StorageRefused(f"LMDB refused a key or value: {exc}") from exc
+        except _lmdb.MapFullError as exc:
+            txn.abort()
+            raise StorageError(
+                f"LMDB map is full at {self.path}; reopen with a larger map_size"
+            ) from exc
+        except _lmdb.Error as exc:
+            txn.abort()
+            raise StorageError(f"write failed: {exc}") from exc
         except BaseException:
             txn.abort()
             raise
@@ -587,7 +598,7 @@ class _LmdbWrite(WriteTxn):
                 db=db,
             )
         except struct.error:
-            raise StorageError(
+            raise StorageRefused(
                 f"record id too long ({len(rid)} bytes; the limit is 65535)"
             ) from None
         except _lmdb.MapFullError as exc:
@@ -605,7 +616,7 @@ class _LmdbWrite(WriteTxn):
             ttl = kv._ttls.get(ns)
             exp = 0 if ttl is None else ts + ttl
             if len(rid) > 0xFFFF:
-                raise StorageError(f"record id too long ({len(rid)} bytes; the limit is 65535)")
+                raise StorageRefused(f"record id too long ({len(rid)} bytes; the limit is 65535)")
             rows.append((pack_len(len(rid)) + rid + key, pack(ts, token, exp, 0) + value))
         for ns, rows in by_ns.items():
             rows.sort()

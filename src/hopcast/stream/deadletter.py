@@ -52,6 +52,20 @@ class Reason(StrEnum):
     ENRICHMENT_MISSING = "enrichment_missing"
     #: A produced mutation does not fit the graph schema.
     SCHEMA_VIOLATION = "schema_violation"
+    #: A value beyond a documented bound (:mod:`hopcast.graph.limits`: id length, integer
+    #: range, nesting depth, size, outputs per record).
+    OUT_OF_BOUNDS = "out_of_bounds"
+    #: A generation time too far past the receiver's clock (``max_future``): it would win
+    #: every last-write-wins comparison until the clock caught up.
+    FUTURE_TIME = "future_time"
+    #: Every mutation of the record is older than its type's retention: it would be invisible
+    #: the moment it was written.
+    EXPIRED = "expired"
+    #: A CDC ``TRUNCATE`` of a table: the graph keeps the nodes and edges its rows made (map
+    #: ``op: t`` in a rule to act on it).
+    TRUNCATE = "truncate"
+    #: The store refused the record's writes (the rest of its batch was written).
+    WRITE_FAILED = "write_failed"
     #: A mapping hook raised or returned something that is not a mutation.
     HOOK_ERROR = "hook_error"
     #: Any other error inside a step (a bug: the record is kept so nothing is lost).

@@ -17,9 +17,11 @@ One micro-batch, bounded by ``batch_records`` records and ``batch_ms`` milliseco
 2. **process** each record through its source's pipeline (pure; never raises): its mutations
    join the batch (through a :class:`~hopcast.stream.dedup.Coalescer` with ``coalesce=True``),
    a rejected record becomes one dead letter;
-3. **write**: changed side-table rows and the batch's dead letters first, then ONE
-   :meth:`GraphStore.apply` with the batch's mutations *and* the positions of every record of
-   the batch (the last one per source and partition) as checkpoints;
+3. **write**: the batch's dead letters first, then ONE :meth:`GraphStore.apply` with the
+   batch's mutations, the positions of every record of the batch (the last one per source and
+   partition) as checkpoints, and the side-table rows the batch changed; a record the store
+   refuses is isolated into a dead letter and the rest of the batch is written (see
+   :meth:`EmbeddedEngine._write`);
 4. **commit**: tell each source what is now durable (PostgreSQL confirms its LSN, the journal
    drops finished segments).
 
@@ -41,10 +43,14 @@ Why this is exactly-once in effect:
   every source strictly after them.
 
 * Side tables (enrichment state kept current from a changelog, e.g. the title catalogue) are
-  persisted in namespace :data:`SIDE_NS` of the graph's KV, the rows a batch changed written
-  before the graph write (like dead letters), and reloaded on start, so an enrichment sees after
-  a restart what it saw before. A crash in between replays the batch's changes, which set the
-  same rows again (side tables are last-write-wins on the change's time).
+  persisted in namespace :data:`SIDE_NS` of the graph's KV, the rows a batch changed in the
+  same atomic write as the batch's mutations and positions, and reloaded on start: after a
+  crash, the replayed records see the tables exactly as they were when the records were first
+  processed, never a newer row.
+* A checkpoint of one of the engine's sources that cannot be decoded stops the engine with a
+  :class:`~hopcast.errors.StorageError` naming it (``hopcast ingest positions`` shows them,
+  ``hopcast ingest set-position`` repairs one): replaying that source from the start without
+  a word would be wrong either way.
 
 Backpressure: one thread polls, processes and writes in turn, so a slow store slows polling and
 at most one batch is in memory (sources keep their own bounded buffers).
@@ -89,9 +95,9 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hopcast.durations import now_us
-from hopcast.errors import SchemaViolation, SourceError, StorageError
+from hopcast.errors import SchemaViolation, SourceError, StorageError, StorageRefused
 from hopcast.graph.mutations import Mutation
-from hopcast.graph.store import GraphStore
+from hopcast.graph.store import ApplyResult, GraphStore
 from hopcast.graphdb import Graph
 from hopcast.kv.base import KVStore
 from hopcast.stream.deadletter import DeadLetter, DeadLetterStore, Reason
@@ -170,21 +176,14 @@ def load_side_tables(kv: KVStore, tables: Mapping[str, TrackedSideTable]) -> Non
                 table.restore(item.key.decode(), version, row)
 
 
-def side_changes(tables: Mapping[str, TrackedSideTable]) -> list[tuple[str, str, bytes]]:
-    """The rows changed since the last call, encoded: ``(table, key, value)``."""
+def side_items(tables: Mapping[str, TrackedSideTable]) -> list[tuple[str, bytes, bytes, bytes]]:
+    """The rows changed since the last call, as items for :meth:`GraphStore.apply`'s
+    ``extra``: ``(SIDE_NS, table, key, encoded (version, row))``."""
     return [
-        (name, key, _side_encode(change))
+        (SIDE_NS, name.encode(), key.encode(), _side_encode(change))
         for name, table in tables.items()
         for key, change in table.take_changes().items()
     ]
-
-
-def save_side_changes(kv: KVStore, changes: list[tuple[str, str, bytes]]) -> None:
-    """Persist :func:`side_changes` in one write."""
-    kv.configure(SIDE_NS, None)
-    with kv.writer() as w:
-        for name, key, value in changes:
-            w.put(SIDE_NS, name.encode(), key.encode(), value, 0, 0)
 
 
 class IngestMetrics:
@@ -312,16 +311,36 @@ def checkpoint_name(source: str, partition: str) -> str:
 
 
 def stored_positions(store: GraphStore, sources: Sequence[str]) -> dict[str, dict[str, Position]]:
-    """The stored positions of ``sources``, per source and partition."""
+    """The stored positions of ``sources``, per source and partition.
+
+    Checkpoints of other writers (names not ``<one of sources>/…``) are ignored.
+
+    Raises:
+        StorageError: a checkpoint named for one of ``sources`` cannot be decoded, or names
+            another partition than its own name says.
+    """
     out: dict[str, dict[str, Position]] = {s: {} for s in sources}
     for name, raw in store.checkpoints().items():
+        source, sep, partition = name.partition("/")
+        while sep and source not in out:  # source names may contain '/': try every split
+            head, sep, partition = partition.partition("/")
+            source = f"{source}/{head}"
+        if not sep or source not in out:
+            continue  # another writer's checkpoint
         try:
             pos = Position.from_bytes(raw)
-        except ValueError:
-            continue  # another writer's checkpoint
-        suffix = "/" + pos.partition
-        if name.endswith(suffix) and name[: -len(suffix)] in out:
-            out[name[: -len(suffix)]][pos.partition] = pos
+        except ValueError as exc:
+            raise StorageError(
+                f"the stored position {name!r} of source {source!r} is corrupt ({exc}); "
+                "refusing to read the source again from its start. See it with "
+                "'hopcast ingest positions' and set it with 'hopcast ingest set-position'"
+            ) from None
+        if pos.partition != partition:
+            raise StorageError(
+                f"the stored position {name!r} of source {source!r} names partition "
+                f"{pos.partition!r}; refusing to guess which one to resume"
+            )
+        out[source][partition] = pos
     return out
 
 
@@ -632,35 +651,49 @@ class EmbeddedEngine:
         letters: list[DeadLetter],
         checkpoints: dict[str, bytes],
     ) -> tuple[list[Mutation], list[DeadLetter]]:
-        """Changed side-table rows, dead letters, then mutations + checkpoints in one write;
-        retried on storage errors.
+        """Store one batch; returns the mutations handed to the store and the records that the
+        store refused, as dead letters.
 
-        A batch the store rejects as a whole (a mutation that fits the pipeline's schema but
-        not the store's) is split: the records whose mutations do not fit become dead letters.
+        1. The batch's dead letters are stored (keyed by source position: a replay replaces
+           them, never adds a second).
+        2. ONE :meth:`GraphStore.apply` writes the batch's mutations, the positions of all its
+           records and the side-table rows they changed: the side tables, the graph and the
+           positions move together, so a replay after a crash sees the tables as they were.
+        3. If the store refuses the batch (a mutation that does not fit its schema, an item the
+           backend cannot store, or any unexpected error — a bug must not stop ingestion), the
+           records are written in halves, recursively and without positions (idempotent writes:
+           a crash here replays them harmlessly), until each refused record is alone and
+           becomes a dead letter (``schema_violation`` or ``write_failed``); then (2) again with
+           the positions and side rows and no mutations.
+        4. A transient storage error (a backend away) is retried with backoff, up to
+           ``WRITE_RETRIES`` times, then raised: nothing of the batch's positions is stored, so
+           a restart reads it again.
         """
-        more: list[DeadLetter] = []
-        side = side_changes(self.tables)
+        side = side_items(self.tables)
         for attempt in range(WRITE_RETRIES + 1):
             try:
-                if side:
-                    save_side_changes(self.store.kv, side)
-                if letters or more:
-                    self.deadletters.put(*letters, *more)
+                if letters:
+                    self.deadletters.put(*letters)
                 try:
-                    if self._validated:
-                        result = self.store.apply(mutations, checkpoints, validated=True)
-                    else:
-                        result = self.store.apply(mutations, checkpoints)
-                except SchemaViolation:
-                    mutations, more = self._isolate(per_record)
-                    self.deadletters.put(*more)
-                    result = self.store.apply(mutations, checkpoints)
+                    result = self.store.apply(
+                        mutations, checkpoints, validated=self._validated, extra=side
+                    )
+                    refused: list[DeadLetter] = []
+                except StorageError as exc:
+                    if not isinstance(exc, StorageRefused):
+                        raise
+                    mutations, refused, result = self._isolate(per_record, exc)
+                except Exception as exc:  # SchemaViolation, or a bug: isolate the record
+                    mutations, refused, result = self._isolate(per_record, exc)
+                if refused:
+                    self.deadletters.put(*refused)
+                    self.store.apply([], checkpoints, validated=True, extra=side)
                 self.stats.applied += result.applied
                 self.metrics.applied.inc(result.applied)
                 self.metrics.skipped.inc(result.skipped)
-                return mutations, more
+                return mutations, refused
             except StorageError as exc:
-                if attempt == WRITE_RETRIES:
+                if isinstance(exc, StorageRefused) or attempt == WRITE_RETRIES:
                     raise
                 delay = min(0.1 * 2**attempt, 2.0)
                 log.warning(
@@ -671,32 +704,85 @@ class EmbeddedEngine:
         raise AssertionError("unreachable")
 
     def _isolate(
-        self, per_record: list[tuple[Record, list[Mutation]]]
-    ) -> tuple[list[Mutation], list[DeadLetter]]:
-        keep: list[Mutation] = []
+        self, per_record: list[tuple[Record, list[Mutation]]], first: Exception
+    ) -> tuple[list[Mutation], list[DeadLetter], ApplyResult]:
+        """Write ``per_record`` in halves until every refused record is alone (step 3 of
+        :meth:`_write`); returns the mutations written, the refused records' dead letters and
+        the combined result.
+
+        Raises:
+            StorageError: a transient one, met on the way.
+            Exception: ``first``, if it is unexpected and an empty write fails as well (the
+                store fails whatever it is given: no record is to blame).
+        """
+        if not isinstance(first, (SchemaViolation, StorageRefused)):
+            # An unexpected error: a write of nothing shows whether the store fails whatever
+            # it is given (then it is no record's fault: raise, and stop unharmed).
+            try:
+                self.store.apply([], validated=True)
+            except Exception:
+                raise first from None
+        log.warning(
+            "the store refused a batch; isolating the records it refuses",
+            extra={"event": "write_isolate", "records": len(per_record), "error": str(first)},
+        )
+        written: list[Mutation] = []
         dead: list[DeadLetter] = []
-        now = self.clock()
-        for record, ms in per_record:
-            valid, rejected = self.store.partition(ms)
-            if rejected:
-                reason = "; ".join(sorted({r for _, r in rejected}))
-                dead.append(
-                    DeadLetter(
-                        Reason.SCHEMA_VIOLATION,
-                        f"the store's schema rejects a mutation: {reason}",
-                        record.value,
-                        record.source,
-                        record.position,
-                        now,
-                        "write",
-                        self._pipelines[record.source].mapping,
-                        record.key,
-                        record.event_time,
-                    )
-                )
+        applied = skipped = 0
+        todo: list[list[tuple[Record, list[Mutation]]]] = [per_record]
+        first_try = True
+        while todo:
+            group = todo.pop()
+            ms = [m for _, rms in group for m in rms]
+            try:
+                if first_try and len(group) > 1:
+                    raise first  # the whole batch was just refused: split it at once
+                result = self.store.apply(ms)
+            except StorageError as exc:
+                if not isinstance(exc, StorageRefused):
+                    raise
+                self._split(group, exc, todo, dead)
+            except Exception as exc:
+                self._split(group, exc, todo, dead)
             else:
-                keep.extend(valid)
-        return keep, dead
+                written.extend(ms)
+                applied += result.applied
+                skipped += result.skipped
+            first_try = False
+        return written, dead, ApplyResult(applied, skipped)
+
+    def _split(
+        self,
+        group: list[tuple[Record, list[Mutation]]],
+        exc: Exception,
+        todo: list[list[tuple[Record, list[Mutation]]]],
+        dead: list[DeadLetter],
+    ) -> None:
+        if len(group) > 1:
+            mid = len(group) // 2
+            todo.append(group[mid:])
+            todo.append(group[:mid])  # popped first: records keep their order
+            return
+        record = group[0][0]
+        if isinstance(exc, SchemaViolation):
+            reason, message = Reason.SCHEMA_VIOLATION, f"the store's schema rejects it: {exc}"
+        else:
+            reason = Reason.WRITE_FAILED
+            message = f"the store refused its writes: {type(exc).__name__}: {exc}"
+        dead.append(
+            DeadLetter(
+                reason,
+                message,
+                record.value,
+                record.source,
+                record.position,
+                self.clock(),
+                "write",
+                self._pipelines[record.source].mapping,
+                record.key,
+                record.event_time,
+            )
+        )
 
     def _account(
         self,
