@@ -59,8 +59,8 @@ def key(node_id: str) -> str:
 
 
 def shape(m: Mutation) -> tuple[Any, ...]:
-    """A mutation without its idempotency id (mapped ids come from source positions)."""
-    fields = [getattr(m, f) for f in m.__slots__ if f not in ("id", "props")]
+    """A mutation without its idempotency id and seq (mapped from source positions)."""
+    fields = [getattr(m, f) for f in m.__slots__ if f not in ("id", "props", "seq")]
     return (m.kind, *fields, json.dumps(getattr(m, "props", {}), sort_keys=True))
 
 

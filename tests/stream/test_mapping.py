@@ -84,6 +84,7 @@ def test_a_rule_turns_fields_into_an_edge_with_typed_props_and_a_position_id() -
             T0 * 1000,
             "src:p:0:0",
             {"minutes": 12, "device": "device:1-1"},
+            0,  # seq: the record's offset (0) << 12 | its first output
         )
     ]
 
@@ -106,7 +107,7 @@ def test_the_first_matching_rule_wins_and_an_empty_emit_drops_on_purpose() -> No
           - emit: [{node: "game:{id}"}]
     """)
     assert run(m, {"kind": "skip", "t": 1, "id": 1}) == []
-    assert run(m, {"kind": "x", "t": 1, "id": 1}) == [NodeUpsert("game:1", 1, "src:p:0:0")]
+    assert run(m, {"kind": "x", "t": 1, "id": 1}) == [NodeUpsert("game:1", 1, "src:p:0:0", seq=0)]
 
 
 def test_unmatched_events_are_dead_letters_unless_the_file_says_drop() -> None:
@@ -199,14 +200,14 @@ def test_a_cdc_delete_becomes_deletes_only_where_the_output_says_so() -> None:
     ts = T0 * 1000
     deleting = mapping(CDC % ("delete", "delete"))
     assert run(deleting, cdc("d", ROW)) == [
-        NodeDelete("profile:1-0", ts, "src:p:0:0"),
-        EdgeDelete("account:1", "has_profile", "profile:1-0", ts, "src:p:0:1"),
+        NodeDelete("profile:1-0", ts, "src:p:0:0", 0),
+        EdgeDelete("account:1", "has_profile", "profile:1-0", ts, "src:p:0:1", 1),
     ]
     assert run(mapping(CDC % ("ignore", "delete")), cdc("d", ROW)) == [
-        EdgeDelete("account:1", "has_profile", "profile:1-0", ts, "src:p:0:1"),
+        EdgeDelete("account:1", "has_profile", "profile:1-0", ts, "src:p:0:1", 0),
     ]
     assert run(mapping(CDC % ("upsert", "ignore")), cdc("d", ROW)) == [
-        NodeUpsert("profile:1-0", ts, "src:p:0:0", {"name": "Ana"}),
+        NodeUpsert("profile:1-0", ts, "src:p:0:0", {"name": "Ana"}, 0),
     ]
     for op in "cur":
         kinds = [o.kind for o in run(deleting, cdc(op, ROW)) if not isinstance(o, DeadLetter)]
@@ -267,8 +268,8 @@ def test_hooks_add_mutations_and_reshape_events(hooks: str) -> None:
             hook: {hooks}.extra
     """)
     assert run(m, {"t": 5, "g": 1}) == [
-        NodeUpsert("game:10", 5, "src:p:0:0"),
-        NodeUpsert("team:1", 5, "hook", {"name": "T"}),
+        NodeUpsert("game:10", 5, "src:p:0:0", seq=0),
+        NodeUpsert("team:1", 5, "hook", {"name": "T"}, seq=1),  # numbered after the outputs
     ]
     assert run(m, {"t": 5, "g": 1, "skip": True}) == []
     reasons = [dead(run(m, {"t": 5, "g": 1, "fail": f})) for f in ("boom", "reject", "junk")]

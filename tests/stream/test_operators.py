@@ -327,7 +327,7 @@ def test_the_schema_puts_two_way_edges_in_canonical_orientation() -> None:
         name = "map"
 
         def __call__(self, event: Event) -> Iterable[Event | Mutation]:
-            return [EdgeUpsert("device:1-0", "logged_in_from", "account:1", 1, "x")]
+            return [EdgeUpsert("device:1-0", "logged_in_from", "account:1", NOW, "x")]
 
     (m,) = Pipeline(decode_json, [Login()], schema=Schema.demo()).process(rec({}), NOW)
     assert isinstance(m, EdgeUpsert) and (m.src, m.dst) == ("account:1", "device:1-0")

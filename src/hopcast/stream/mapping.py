@@ -7,6 +7,11 @@ A new vertical needs a mapping file and a schema change, no code. The format::
     format: debezium            # json (one object per record) or debezium (change events)
     max_bytes: 65536            # optional: bigger records are dead letters (default 1 MiB)
     unmatched: dead_letter      # or drop: an event no rule matches
+    truncate: dead_letter       # a CDC TRUNCATE (op t): dead_letter, drop, or rules (map it)
+    max_future: 1h              # a generation time further ahead is a future_time dead letter
+                                # (default 1h; a duration, or none)
+    expired: dead_letter        # or drop: a record older than its types' retention (always
+                                # counted: hopcast_ingest_expired_total)
     time: {field: source.ts_ms, format: ms}   # optional default event time (us|ms|s|iso)
     changelog:                  # optional: keep side tables current from this source
       - {table: titles, key: "{row.title_id}", when: {table: titles}}
@@ -42,6 +47,12 @@ writes the same ids. A CDC delete (op ``d``) reads its fields from ``before`` (`
 ``after``, or ``before`` for a delete); ``on_delete`` says what a ``node`` or ``edge`` output
 does then: ``ignore`` (the default), ``delete``, or ``upsert`` as for any other op.
 
+A CDC ``TRUNCATE`` (``op: t``, from the PostgreSQL source or a Debezium topic) carries no row.
+Changelogs clear their side table; then, by default, it becomes a dead letter with reason
+``truncate`` — the graph keeps the nodes and edges the table's rows made, and the operator sees
+that it happened — or is dropped (``truncate: drop``), or goes to the rules like any other
+event (``truncate: rules``: a rule with ``when: {op: t}`` and a hook may act on it).
+
 Outputs are ``node``, ``edge``, ``delete_node`` and ``delete_edge``. Values are constants,
 templates (``"profile:{row.profile_id}"``; a template that is one placeholder keeps the field's
 type) or ``{field | template, type, required, default}`` with types ``str``, ``int``, ``float``,
@@ -66,9 +77,12 @@ from typing import Any
 
 import yaml
 
-from hopcast.errors import MappingError
+from hopcast.durations import parse_duration
+from hopcast.errors import MappingError, RecordRejected
+from hopcast.graph.limits import DEFAULT_MAX_FUTURE_US
 from hopcast.graph.mutations import Mutation
 from hopcast.graph.schema import Schema
+from hopcast.stream.deadletter import Reason
 from hopcast.stream.fields import Condition, Template, TimeSpec, ValueSpec, parse_path
 from hopcast.stream.operators import (
     DEFAULT_MAX_BYTES,
@@ -88,6 +102,7 @@ from hopcast.stream.rules import Hook, OutputSpec, PrepareStep, Rule, import_hoo
 DEMO_MAPPINGS = Path(__file__).with_name("mappings")
 
 _FORMATS = {"json": decode_json, "debezium": decode_debezium}
+_TRUNCATE = ("dead_letter", "drop", "rules")
 _OUTPUT_KINDS = ("node", "edge", "delete_node", "delete_edge")
 _ON_DELETE = ("ignore", "delete", "upsert")
 
@@ -124,6 +139,9 @@ class Mapping:
         prepare: Hook | None,
         rules: tuple[Rule, ...],
         schema: Schema | None = None,
+        truncate: str = "dead_letter",
+        max_future_us: int | None = DEFAULT_MAX_FUTURE_US,
+        expired: str = "dead_letter",
     ) -> None:
         self.file = file
         self.source = source
@@ -137,6 +155,9 @@ class Mapping:
         self.rules = rules
         #: The schema the file was checked against at load time (the pipeline's default).
         self.schema = schema
+        self.truncate = truncate
+        self.max_future_us = max_future_us
+        self.expired = expired
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -227,6 +248,8 @@ class Mapping:
             max_bytes=self.max_bytes,
             mapping=self.file,
             unmatched=self.unmatched,
+            max_future_us=self.max_future_us,
+            expired=self.expired,
         )
 
     def map(self, event: Event) -> list[Mutation] | None:
@@ -247,6 +270,15 @@ class _MapStep:
     name: str = "map"
 
     def __call__(self, event: Event) -> StepOutput:
+        if event.op == "t" and self.mapping.truncate != "rules":
+            if self.mapping.truncate == "drop":
+                return ()
+            raise RecordRejected(
+                Reason.TRUNCATE,
+                f"TRUNCATE of table {event.table!r}: the graph keeps the nodes and edges its "
+                "rows made (set 'truncate: drop' or 'truncate: rules' in the mapping to change "
+                "this)",
+            )
         produced = self.mapping.map(event)
         if produced is None:
             return (event,)  # unmatched: the pipeline decides (dead letter or drop)
@@ -326,6 +358,9 @@ class _Builder:
                 "format",
                 "max_bytes",
                 "unmatched",
+                "truncate",
+                "max_future",
+                "expired",
                 "time",
                 "changelog",
                 "enrich",
@@ -347,6 +382,19 @@ class _Builder:
         unmatched = doc.get("unmatched", "dead_letter")
         if unmatched not in ("dead_letter", "drop"):
             raise self.fail("unmatched", "must be dead_letter or drop")
+        truncate = doc.get("truncate", "dead_letter")
+        if truncate not in _TRUNCATE:
+            raise self.fail("truncate", f"must be one of {', '.join(_TRUNCATE)}")
+        expired = doc.get("expired", "dead_letter")
+        if expired not in ("dead_letter", "drop"):
+            raise self.fail("expired", "must be dead_letter or drop")
+        max_future: int | None = DEFAULT_MAX_FUTURE_US
+        if "max_future" in doc:
+            raw_future = doc["max_future"]
+            if raw_future is None or raw_future == "none":
+                max_future = None
+            else:
+                max_future = self.guard("max_future", partial(parse_duration, raw_future))
         time = None
         if doc.get("time") is not None:
             time = self.guard("time", lambda: TimeSpec.parse(doc["time"]))
@@ -407,6 +455,9 @@ class _Builder:
             prepare,
             rules,
             self.schema,
+            truncate,
+            max_future,
+            expired,
         )
 
     def rule(self, value: Any, path: str, index: int) -> Rule:

@@ -31,6 +31,13 @@ import msgspec
 
 from hopcast.errors import RecordRejected, SchemaViolation
 from hopcast.graph.keys import MAX_TS
+from hopcast.graph.limits import (
+    DEFAULT_MAX_FUTURE_US,
+    EXPIRED,
+    MAX_NODE_ID_BYTES,
+    arrival_problem,
+    id_problem,
+)
 from hopcast.graph.mutations import Mutation
 from hopcast.graph.schema import Schema
 from hopcast.stream.deadletter import DeadLetter, Reason
@@ -63,10 +70,18 @@ _json_decode = msgspec.json.Decoder().decode
 
 
 def _parse_json(record: Record) -> Any:
+    if not record.value:
+        raise RecordRejected(
+            Reason.MALFORMED_JSON, "the record has no value (an empty line, or a null value)"
+        )
     try:
         return _json_decode(record.value)
     except msgspec.DecodeError as exc:
         raise RecordRejected(Reason.MALFORMED_JSON, f"not JSON: {exc}") from None
+    except RecursionError:
+        raise RecordRejected(
+            Reason.OUT_OF_BOUNDS, "JSON nested deeper than the decoder allows"
+        ) from None
 
 
 def decode_json(record: Record) -> Event:
@@ -87,6 +102,7 @@ def decode_json(record: Record) -> Event:
         raw=record.value,
         event_time=record.event_time,
         key=record.key,
+        order=record.position.offset,
     )
 
 
@@ -106,15 +122,21 @@ def decode_debezium(record: Record) -> Event | None:
 
     Accepts the bare envelope and the ``{"schema": …, "payload": …}`` form (JSON converter with
     schemas enabled). An empty value (or a null payload) is the tombstone Debezium writes after
-    a delete for log compaction: it carries no change and yields no event.
+    a delete for log compaction: it carries no change and yields no event. A ``TRUNCATE``
+    (``op: t``) carries no row: its ``row`` is None (see :class:`Changelog` and the mapping's
+    ``truncate`` policy).
 
     The event time is the database's commit time (``source.ts_us`` or ``source.ts_ms``), else
-    the connector's (``ts_us``/``ts_ms``), else the record's.
+    the connector's (``ts_us``/``ts_ms``), else the record's. The event's ``order`` (the tie
+    break of equal times: every change of a transaction shares its commit time) is the change's
+    own LSN (``source.lsn``) for a streamed change, else the record's offset (snapshot rows,
+    connectors without an LSN): the same history gives the same order whatever the topic or
+    slot is called.
 
     Raises:
         RecordRejected: ``malformed_json`` if not a JSON object; ``bad_envelope`` if ``op`` is
-            not one of c, u, d, r, or the row images do not fit it (``after`` for c, r and u;
-            ``before`` for d).
+            not one of c, u, d, r, t, or the row images do not fit it (``after`` for c, r and
+            u; ``before`` for d).
     """
     if not record.value:
         return None
@@ -131,12 +153,17 @@ def decode_debezium(record: Record) -> Event | None:
             raise RecordRejected(Reason.BAD_ENVELOPE, "'payload' must be an object")
     op = doc.get("op")
     if op not in CDC_OPS:
-        raise RecordRejected(Reason.BAD_ENVELOPE, f"'op' must be one of c, u, d, r (got {op!r})")
+        raise RecordRejected(
+            Reason.BAD_ENVELOPE, f"'op' must be one of c, u, d, r, t (got {_clip(op)})"
+        )
     before, after = doc.get("before"), doc.get("after")
     for name, image in (("before", before), ("after", after)):
         if image is not None and not isinstance(image, dict):
             raise RecordRejected(Reason.BAD_ENVELOPE, f"{name!r} must be an object or null")
-    if op == "d":
+    row: dict[str, Any] | None
+    if op == "t":
+        row = None
+    elif op == "d":
         if before is None:
             raise RecordRejected(Reason.BAD_ENVELOPE, "a delete ('d') needs 'before'")
         row = before
@@ -159,6 +186,8 @@ def decode_debezium(record: Record) -> Event | None:
         "ts_ms": doc.get("ts_ms"),
     }
     event_time = _envelope_time(doc, source)
+    lsn = source.get("lsn")
+    streamed = op != "r" and type(lsn) is int and lsn >= 0 and source.get("snapshot") in _STREAMED
     return Event(
         record.source,
         record.position,
@@ -168,7 +197,18 @@ def decode_debezium(record: Record) -> Event | None:
         table=table,
         event_time=event_time if event_time is not None else record.event_time,
         key=record.key,
+        order=lsn if streamed else record.position.offset,
     )
+
+
+#: ``source.snapshot`` of a change read from the log (Debezium: "false", or absent; "true",
+#: "first", "last" and "incremental" mark snapshot rows, which share one LSN).
+_STREAMED = frozenset({None, "false", False})
+
+
+def _clip(value: Any, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "…"
 
 
 # -- filter, project, normalise ----------------------------------------------------------------
@@ -258,6 +298,12 @@ class SideTable:
         """Remove the row of ``key``; returns False if a newer change is already applied."""
         return self._set(key, None, version)
 
+    def truncate(self, version: int | None = None) -> int:
+        """Remove every row (a ``TRUNCATE`` of the table it mirrors) that no newer change
+        set; returns how many were removed."""
+        live = [key for key, (_, row) in self._rows.items() if row is not None]
+        return sum(1 for key in live if self._set(key, None, version))
+
     def _set(self, key: str, row: dict[str, Any] | None, version: int | None) -> bool:
         old = self._rows.get(key)
         if old is not None and version is not None and old[0] is not None and old[0] > version:
@@ -280,7 +326,8 @@ class SideTable:
 @dataclass(frozen=True, slots=True)
 class Changelog:
     """Apply each event for which ``when`` holds to ``table`` (upsert, or delete for a CDC
-    ``d``), keyed by ``key``.
+    ``d``, or every row removed for a CDC ``t``: a ``TRUNCATE``), keyed by ``key`` (at most
+    :data:`~hopcast.graph.limits.MAX_NODE_ID_BYTES` bytes).
 
     With ``passthrough`` the event also goes on to the next step (e.g. a catalogue row updates
     the side table and becomes a title node); otherwise it stops here. Events for which ``when``
@@ -296,7 +343,14 @@ class Changelog:
     def __call__(self, event: Event) -> StepOutput:
         if not self.when.holds(event):
             return (event,)
+        if event.op == "t":
+            self.table.truncate(event.event_time)
+            return (event,) if self.passthrough else ()
         key = self.key.render(event)
+        if len(key) > MAX_NODE_ID_BYTES or not key.isascii():
+            problem = id_problem(key, "side-table key")
+            if problem:
+                raise RecordRejected(Reason.OUT_OF_BOUNDS, problem)
         if event.op == "d":
             self.table.delete(key, event.event_time)
         else:
@@ -358,12 +412,19 @@ class Pipeline:
     Args:
         decoder: :func:`decode_json`, :func:`decode_debezium` or any ``Record -> Event | None``.
         steps: applied in order to every event.
-        schema: if given, every mutation is validated and canonicalised against it.
+        schema: if given, every mutation is validated and canonicalised against it, and
+            checked against the clock (``now``): a generation time more than ``max_future_us``
+            ahead makes the record a ``future_time`` dead letter; a mutation older than its
+            type's retention (invisible the moment it is written) is dropped and counted in
+            :attr:`expired`, and a record all of whose mutations are is an ``expired`` dead
+            letter unless ``expired="drop"``.
         max_bytes: records with larger values become ``oversize`` dead letters.
         mapping: named in dead letters (the mapping file, for a pipeline built from one).
         unmatched: what to do with an event that no step turned into mutations or dropped:
             ``"dead_letter"`` (reason ``unmatched``) or ``"drop"``. A step that returns nothing
             (a filter, a rule with no outputs) is a deliberate drop, never a dead letter.
+        max_future_us: how far past ``now`` a generation time may lie (None: no bound).
+        expired: ``"dead_letter"`` or ``"drop"`` (see ``schema``).
     """
 
     def __init__(
@@ -374,9 +435,28 @@ class Pipeline:
         max_bytes: int = DEFAULT_MAX_BYTES,
         mapping: str | None = None,
         unmatched: str = "dead_letter",
+        max_future_us: int | None = DEFAULT_MAX_FUTURE_US,
+        expired: str = "dead_letter",
     ) -> None:
         if unmatched not in ("dead_letter", "drop"):
             raise ValueError(f"unmatched must be 'dead_letter' or 'drop', got {unmatched!r}")
+        if expired not in ("dead_letter", "drop"):
+            raise ValueError(f"expired must be 'dead_letter' or 'drop', got {expired!r}")
+        if max_future_us is not None and max_future_us < 0:
+            raise ValueError(f"max_future_us must be >= 0 or None, got {max_future_us}")
+        self.max_future_us = max_future_us
+        self.expired_policy = expired
+        #: Mutations dropped because they were older than their type's retention on arrival.
+        self.expired = 0
+        retentions: list[int | None] = []
+        if schema is not None:
+            retentions += [t.retention_us for t in schema.nodes.values()]
+            retentions += [t.retention_us for t in schema.edges.values()]
+        #: Every type's retention is at least this (None: every type keeps data forever): a
+        #: write younger than it cannot have expired, whatever its type.
+        self._min_retention: int | None = min(
+            (r for r in retentions if r is not None), default=None
+        )
         self.decoder = decoder
         self.steps = tuple(steps)
         self.schema = schema
@@ -420,7 +500,9 @@ class Pipeline:
                     raise SchemaViolation(f"ts {ts!r} is not µs since the epoch in [0, 2**62)")
             if self.schema is not None:
                 validate = self.schema.validate
-                out = [validate(m) for m in out]  # type: ignore[arg-type]
+                valid = [validate(m) for m in out]  # type: ignore[arg-type]
+                stage = "arrival"
+                return list(self._arrival(valid, now))
             return out
         except RecordRejected as exc:
             return [self._dead(record, now, stage, exc.reason, exc.message)]
@@ -429,6 +511,32 @@ class Pipeline:
         except Exception as exc:  # a bug in a step must not stop the pipeline or lose the record
             message = f"{type(exc).__name__}: {exc}"
             return [self._dead(record, now, stage, Reason.INTERNAL_ERROR, message)]
+
+    def _arrival(self, out: list[Mutation], now: int) -> list[Mutation]:
+        """``out`` without the mutations that expired before they arrived; raises for a
+        generation time too far ahead, or for a record whose every mutation expired."""
+        floor = None if self._min_retention is None else now - self._min_retention
+        ceiling = None if self.max_future_us is None else now + self.max_future_us
+        if all(
+            (floor is None or m.ts > floor) and (ceiling is None or m.ts <= ceiling) for m in out
+        ):
+            return out  # the common case: nothing near either bound
+        assert self.schema is not None
+        kept: list[Mutation] = []
+        expired = ""
+        for m in out:
+            problem = arrival_problem(m.ts, now, self.schema.retention_of(m), self.max_future_us)
+            if problem is None:
+                kept.append(m)
+            elif problem[0] == EXPIRED:
+                expired = problem[1]
+            else:
+                raise RecordRejected(Reason.FUTURE_TIME, problem[1])
+        if len(kept) < len(out):
+            self.expired += len(out) - len(kept)
+            if not kept and self.expired_policy == "dead_letter":
+                raise RecordRejected(Reason.EXPIRED, expired)
+        return kept
 
     def process_many(self, records: Iterable[Record], now: int) -> list[Output]:
         """:meth:`process` for each record, outputs concatenated in record order."""

@@ -105,7 +105,8 @@ class Event:
     ``data`` is the document. For a change event it holds ``op``, ``table``, ``before``,
     ``after``, ``source``, ``ts_ms`` and ``row`` (``after``, or ``before`` for a delete), so
     ``row.title_id`` works for every operation. ``op`` is None for plain events. ``side`` holds
-    enrichment results by name; a path whose first part names one reads it first.
+    enrichment results by name; a path whose first part names one reads it first. ``order``
+    is the event's place in its source's order (the tie-break of equal generation times).
     """
 
     source: str
@@ -117,6 +118,10 @@ class Event:
     event_time: int | None = None
     key: bytes | None = None
     side: Mapping[str, Any] = field(default_factory=dict)
+    #: The event's place in its source's order, which breaks ties between writes that share a
+    #: generation time (see :func:`~hopcast.graph.mutations.token_of`): a CDC change's own LSN,
+    #: else the record's offset. None: the offset.
+    order: int | None = None
 
     def get(self, path: tuple[str, ...]) -> Any:
         """The value at ``path`` (parts of a dotted path), or :data:`MISSING`.
@@ -164,6 +169,7 @@ class Event:
             self.event_time,
             self.key,
             {**self.side, name: row},
+            self.order,
         )
 
     def with_time(self, event_time: int) -> Event:

@@ -5,6 +5,12 @@ into its mutations: it resolves the event time, derives idempotency ids from the
 template or from the record's source position (so a replay writes the same ids), fans out over
 ``each`` lists, applies the CDC delete policy of each output and runs the rule's hook.
 
+Every mutation gets ``seq = order << OUTPUT_BITS | n``: the event's place in its source's order
+(:attr:`~hopcast.stream.record.Event.order`: a CDC change's LSN, a record's offset) and the
+mutation's number among the event's outputs. ``seq`` breaks ties between writes with the same
+generation time — every change of a database transaction shares its commit time — so they
+resolve in the order the source produced them, and a replay writes the same versions.
+
 Hooks are plain functions named ``package.module:function`` in the mapping file:
 
 * a rule's ``hook(event) -> Iterable[Mutation] | None`` adds mutations to the rule's outputs;
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hopcast.errors import RecordRejected
@@ -34,6 +40,14 @@ from hopcast.stream.record import MISSING, Event
 #: One event may fan out to "up to a few dozen" nodes and edges (Netflix RDG); a list bigger
 #: than this under ``each`` is far more likely a mapping mistake than one member event.
 MAX_EACH = 1000
+#: Bits of a mutation's ``seq`` that number the outputs of one event (the rest is the event's
+#: place in its source's order): 4,096 outputs per event, far beyond "a few dozen"...
+OUTPUT_BITS = 12
+#: ...which bounds the outputs of one event; more is an ``out_of_bounds`` dead letter.
+MAX_OUTPUTS = 1 << OUTPUT_BITS
+#: Largest source order that fits beside the output number in a 63-bit ``seq`` (2**51: two
+#: pebibytes of WAL, file bytes or Kafka offsets); a larger one saturates here.
+MAX_ORDER = (1 << (63 - OUTPUT_BITS)) - 1
 
 Hook = Callable[[Event], Any]
 
@@ -92,10 +106,12 @@ class Rule:
             if self.id is not None
             else f"{event.source}:{event.position.partition}:{event.position.offset}"
         )
+        order = event.order if event.order is not None else event.position.offset
+        seq = min(max(order, 0), MAX_ORDER) << OUTPUT_BITS
         out: list[Mutation] = []
         for o in self.outputs:
             if o.each is None:
-                _emit(o, event, ts, f"{base}:{o.index}", out)
+                _emit(o, event, ts, f"{base}:{o.index}", out, seq)
                 continue
             items = event.get(o.each)
             if items is MISSING or items is None:
@@ -111,13 +127,24 @@ class Rule:
                     Reason.BAD_VALUE, f"each: {'.'.join(o.each)!r} has {len(items)} > {MAX_EACH}"
                 )
             for i, item in enumerate(items):
-                _emit(o, event.with_side(o.each_as, item), ts, f"{base}:{o.index}.{i}", out)
+                _emit(o, event.with_side(o.each_as, item), ts, f"{base}:{o.index}.{i}", out, seq)
+            if len(out) > MAX_OUTPUTS:
+                break
         if self.hook is not None:
-            out.extend(_run_hook(self.hook, event.with_time(ts)))
+            first = seq + len(out)
+            extra = _run_hook(self.hook, event.with_time(ts))
+            out += [
+                m if m.seq is not None else replace(m, seq=first + i) for i, m in enumerate(extra)
+            ]
+        if len(out) > MAX_OUTPUTS:
+            raise RecordRejected(
+                Reason.OUT_OF_BOUNDS,
+                f"{len(out)} or more outputs for one event; the limit is {MAX_OUTPUTS}",
+            )
         return out
 
 
-def _emit(o: OutputSpec, event: Event, ts: int, mid: str, out: list[Mutation]) -> None:
+def _emit(o: OutputSpec, event: Event, ts: int, mid: str, out: list[Mutation], seq: int) -> None:
     if not o.when.holds(event):
         return
     kind = o.kind
@@ -129,17 +156,19 @@ def _emit(o: OutputSpec, event: Event, ts: int, mid: str, out: list[Mutation]) -
     if kind in ("node", "delete_node"):
         assert o.node is not None
         node = o.node.render(event)
+        seq += len(out)
         if kind == "delete_node":
-            out.append(NodeDelete(node, ts, mid))
+            out.append(NodeDelete(node, ts, mid, seq))
         else:
-            out.append(NodeUpsert(node, ts, mid, _props(o, event)))
+            out.append(NodeUpsert(node, ts, mid, _props(o, event), seq))
         return
     assert o.src is not None and o.dst is not None and o.edge_type is not None
     src, dst = o.src.render(event), o.dst.render(event)
+    seq += len(out)
     if kind == "delete_edge":
-        out.append(EdgeDelete(src, o.edge_type, dst, ts, mid))
+        out.append(EdgeDelete(src, o.edge_type, dst, ts, mid, seq))
     else:
-        out.append(EdgeUpsert(src, o.edge_type, dst, ts, mid, _props(o, event)))
+        out.append(EdgeUpsert(src, o.edge_type, dst, ts, mid, _props(o, event), seq))
 
 
 def _props(o: OutputSpec, event: Event) -> dict[str, Any]:

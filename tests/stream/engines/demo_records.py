@@ -6,9 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import time
 from typing import Any
 
-START = 1_764_147_600_000_000  # 2025-11-26T09:00:00Z
+_DAY_US = 86_400_000_000
+#: The records start yesterday at midnight UTC: recent enough that no write has outlived its
+#: retention on arrival (an expired write is a dead letter), the same all day long.
+START = (time.time_ns() // 1000 // _DAY_US - 1) * _DAY_US
 
 
 def _iso(us: int) -> str:
