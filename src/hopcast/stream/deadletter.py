@@ -151,7 +151,7 @@ class _Stored(msgspec.Struct, array_like=True):
     payload: bytes
     source: str
     partition: str
-    offset: int
+    offset: int | bytes  # bytes: big-endian, for an offset beyond a signed 64-bit integer
     time: int
     stage: str
     mapping: str | None
@@ -171,7 +171,7 @@ def _encode(d: DeadLetter) -> bytes:
             d.payload,
             d.source,
             d.position.partition,
-            d.position.offset,
+            _offset_out(d.position.offset),
             d.time,
             d.stage,
             d.mapping,
@@ -188,13 +188,23 @@ def _decode(raw: bytes) -> DeadLetter:
         s.message,
         s.payload,
         s.source,
-        Position(s.partition, s.offset),
+        Position(s.partition, _offset_in(s.offset)),
         s.time,
         s.stage,
         s.mapping,
         s.key,
         s.event_time,
     )
+
+
+def _offset_out(offset: int) -> int | bytes:
+    if -(1 << 63) <= offset < 1 << 63:
+        return offset
+    return offset.to_bytes((offset.bit_length() + 7) // 8, "big")
+
+
+def _offset_in(offset: int | bytes) -> int:
+    return offset if isinstance(offset, int) else int.from_bytes(offset, "big")
 
 
 def _index_key(d: DeadLetter) -> bytes:

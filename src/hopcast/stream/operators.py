@@ -120,23 +120,24 @@ def _envelope_time(payload: Mapping[str, Any], source: Mapping[str, Any]) -> int
 def decode_debezium(record: Record) -> Event | None:
     """A Debezium change event → an event with ``op``, ``table``, ``before``, ``after``, ``row``.
 
-    Accepts the bare envelope and the ``{"schema": …, "payload": …}`` form (JSON converter with
-    schemas enabled). An empty value (or a null payload) is the tombstone Debezium writes after
-    a delete for log compaction: it carries no change and yields no event. A ``TRUNCATE``
-    (``op: t``) carries no row: its ``row`` is None (see :class:`Changelog` and the mapping's
-    ``truncate`` policy).
+        Accepts the bare envelope and the ``{"schema": …, "payload": …}`` form (JSON converter with
+        schemas enabled). An empty value (or a null payload) is the tombstone Debezium writes after
+        a delete for log compaction: it carries no change and yields no event. A ``TRUNCATE``
+        (``op: t``) carries no row: its ``row`` is None (see :class:`Changelog` and the mapping's
+        ``truncate`` policy).
 
-    The event time is the database's commit time (``source.ts_us`` or ``source.ts_ms``), else
-    the connector's (``ts_us``/``ts_ms``), else the record's. The event's ``order`` (the tie
-    break of equal times: every change of a transaction shares its commit time) is the change's
-    own LSN (``source.lsn``) for a streamed change, else the record's offset (snapshot rows,
-    connectors without an LSN): the same history gives the same order whatever the topic or
-    slot is called.
+        The event time is the database's commit time (``source.ts_us`` or ``source.ts_ms``), else
+        the connector's (``ts_us``/``ts_ms``), else the record's. The event's ``order`` (the tie
+        break of equal times: every change of a transaction shares its commit time) is the change's
+        own LSN (``source.lsn``, doubled, plus one for a create: the create half of a key change
+    comes after its delete half) for a streamed change, else the record's offset (snapshot rows,
+        connectors without an LSN): the same history gives the same order whatever the topic or
+        slot is called.
 
-    Raises:
-        RecordRejected: ``malformed_json`` if not a JSON object; ``bad_envelope`` if ``op`` is
-            not one of c, u, d, r, t, or the row images do not fit it (``after`` for c, r and
-            u; ``before`` for d).
+        Raises:
+            RecordRejected: ``malformed_json`` if not a JSON object; ``bad_envelope`` if ``op`` is
+                not one of c, u, d, r, t, or the row images do not fit it (``after`` for c, r and
+                u; ``before`` for d).
     """
     if not record.value:
         return None
@@ -187,7 +188,8 @@ def decode_debezium(record: Record) -> Event | None:
     }
     event_time = _envelope_time(doc, source)
     lsn = source.get("lsn")
-    streamed = op != "r" and type(lsn) is int and lsn >= 0 and source.get("snapshot") in _STREAMED
+    if type(lsn) is not int or lsn < 0 or op == "r" or source.get("snapshot") not in _STREAMED:
+        lsn = None
     return Event(
         record.source,
         record.position,
@@ -197,7 +199,9 @@ def decode_debezium(record: Record) -> Event | None:
         table=table,
         event_time=event_time if event_time is not None else record.event_time,
         key=record.key,
-        order=lsn if streamed else record.position.offset,
+        # A key change is one WAL record made into a delete and a create (same LSN): the
+        # create's order comes after the delete's.
+        order=(lsn << 1 | (op == "c")) if lsn is not None else record.position.offset,
     )
 
 

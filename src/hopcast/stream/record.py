@@ -32,8 +32,15 @@ class Position(NamedTuple):
     offset: int
 
     def to_bytes(self) -> bytes:
-        """The checkpoint form (what :meth:`GraphStore.apply` stores per source)."""
-        return _encode((self.partition, self.offset))
+        """The checkpoint form (what :meth:`GraphStore.apply` stores per source). Offsets
+        beyond a signed 64-bit integer (a CDC source's commit LSN and index) are stored as
+        their big-endian bytes."""
+        offset = self.offset
+        if -(1 << 63) <= offset < 1 << 63:
+            return _encode((self.partition, offset))
+        if offset < 0:
+            raise ValueError(f"offset {offset} is below -2**63")
+        return _encode((self.partition, offset.to_bytes((offset.bit_length() + 7) // 8, "big")))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Position:
@@ -46,6 +53,8 @@ class Position(NamedTuple):
             partition, offset = _decode(raw)
         except (msgspec.DecodeError, TypeError, ValueError) as exc:
             raise ValueError(f"not a stored position: {raw!r}") from exc
+        if type(offset) is bytes and len(offset) > 8:
+            offset = int.from_bytes(offset, "big")
         if (
             not isinstance(partition, str)
             or isinstance(offset, bool)
@@ -94,8 +103,9 @@ class _Missing:
 #: Returned by :meth:`Event.get` when a path does not exist.
 MISSING: Final = _Missing()
 
-#: The Debezium operations an :class:`Event` may carry: create, update, delete, read (snapshot).
-CDC_OPS: Final = frozenset({"c", "u", "d", "r"})
+#: The Debezium operations an :class:`Event` may carry: create, update, delete, read (snapshot)
+#: and truncate (a whole table emptied: no row).
+CDC_OPS: Final = frozenset({"c", "u", "d", "r", "t"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ import pytest
 from hopcast.durations import now_us
 from hopcast.errors import ConfigError, SourceError
 from hopcast.graphdb import Graph
+from hopcast.stream.deadletter import DeadLetterStore
 from hopcast.stream.engines import EmbeddedEngine, engine_for, stored_positions
 from hopcast.stream.mapping import DEMO_MAPPINGS
 from hopcast.stream.mapping import Mapping as MappingFile
@@ -287,10 +288,15 @@ def test_lsn_and_offset_forms() -> None:
     assert lsn_from_str("1/16B3748") == 0x1_016B_3748
     offset = position_offset(0x1_016B_3748, 7)
     assert split_offset(offset) == (0x1_016B_3748, 7)
-    assert position_offset(5, 70_000) == position_offset(5, 65_535)  # the index ceiling
-    assert Position.from_bytes(Position("s", position_offset((1 << 48) - 1, 65_535)).to_bytes())
-    with pytest.raises(SourceError):
-        position_offset(1 << 48, 0)
+    # Every change of a transaction of any size has its own offset, and they grow.
+    assert position_offset(5, 70_000) > position_offset(5, 65_535) > position_offset(5, 0)
+    assert position_offset(6, 0) > position_offset(5, (1 << 40))
+    for lsn, index in [(1, 0), ((1 << 64) - 1, (1 << 64) - 1), (0x1_016B_3748, 66_000)]:
+        stored = Position("s", position_offset(lsn, index))
+        assert Position.from_bytes(stored.to_bytes()) == stored
+        assert split_offset(stored.offset) == (lsn, index)
+    # Offsets stored by earlier versions ((commit LSN << 16) | index) still read.
+    assert split_offset((0x1_016B_3748 << 16) | 7) == (0x1_016B_3748, 7)
 
 
 def test_after_a_commit_the_slot_follows_unrelated_write_traffic(
@@ -542,3 +548,186 @@ def test_an_interrupted_snapshot_is_taken_again_after_the_stored_offset(
     names = {row["id"]: row["name"] for _, _, _, row in _changes(got[:5])}
     assert names == {1: "m1", 2: "two", 3: "m3", 4: "m4", 9: "m9"}
     again.close()
+
+
+# -- trust: transaction order, big transactions, key changes, TRUNCATE ------------------------
+
+ACCOUNTS_SCHEMA = {
+    "version": 1,
+    "nodes": {"account": {"props": {"plan": "str", "seats": "int"}}},
+    "edges": {},
+}
+
+
+def _accounts_mapping(table: str, source: str, extra: str = "") -> MappingFile:
+    from hopcast.graph.schema import Schema
+
+    return MappingFile.from_yaml(
+        f"""
+        version: 1
+        source: {source}
+        format: debezium
+        {extra}
+        rules:
+          - when: {{table: {table}}}
+            emit:
+              - node: "account:{{row.id}}"
+                props:
+                  plan: "{{row.plan}}"
+                  seats: {{field: row.seats, type: int}}
+                on_delete: delete
+        """.replace("\n        ", "\n"),
+        schema=Schema.from_dict(ACCOUNTS_SCHEMA),
+    )
+
+
+def _ingest_until(graph: Graph, engine: EmbeddedEngine, done: Any, timeout_s: float = 60.0) -> None:
+    """Run engine batches until ``done()`` holds (the server streams changes asynchronously)."""
+    engine.open()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not done():
+            assert time.monotonic() < deadline, "the changes did not reach the graph in time"
+            engine.step()
+    finally:
+        engine.close()
+
+
+def _plans(graph: Graph, ids: range) -> dict[int, Any]:
+    with graph.store.read() as r:
+        out: dict[int, Any] = {}
+        for i in ids:
+            node = r.node(f"account:{i}")
+            out[i] = None if node is None else node.props.get("plan")
+        return out
+
+
+@pytest.mark.parametrize("slot_name", ["a", "zzzz", "dbzn", "dbzs"])
+def test_changes_in_one_transaction_resolve_in_commit_order_whatever_the_slot_is_called(
+    db: psycopg.Connection[Any], tag: str, postgres_dsn: str, slot_name: str
+) -> None:
+    table = f"acc_{tag}"
+    db.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, plan text, seats int)")
+    slot = f"{slot_name}_{tag}"
+    source = PostgresCDCSource(
+        slot_name, postgres_dsn, tables=[table], slot=slot, publication=f"hopcast_{tag}"
+    )
+    with Graph.open(None, Schema_from(ACCOUNTS_SCHEMA)) as graph:
+        engine = engine_for(graph, [source], {slot_name: _accounts_mapping(table, slot_name)})
+        engine.open()
+        engine.close()  # the slot exists: capture starts here
+        with db.transaction():
+            for i in range(10):  # created basic and updated to premium in one transaction
+                db.execute(f"INSERT INTO {table} VALUES ({i}, 'basic', 1)")
+                db.execute(f"UPDATE {table} SET plan = 'premium' WHERE id = {i}")
+        with db.transaction():
+            for round_ in range(5):  # 20 rows updated 5 times in one transaction
+                for i in range(10, 30):
+                    if round_ == 0:
+                        db.execute(f"INSERT INTO {table} VALUES ({i}, 'v0', 1)")
+                    db.execute(f"UPDATE {table} SET plan = 'v{round_ + 1}' WHERE id = {i}")
+        want = {i: "premium" for i in range(10)} | {i: "v5" for i in range(10, 30)}
+        _ingest_until(graph, engine, lambda: _plans(graph, range(30)) == want)
+
+
+def Schema_from(doc: dict[str, Any]) -> Any:
+    from hopcast.graph.schema import Schema
+
+    return Schema.from_dict(doc)
+
+
+@pytest.mark.slow
+def test_a_transaction_of_66000_changes_gives_every_change_its_own_position(
+    db: psycopg.Connection[Any], tag: str, postgres_dsn: str
+) -> None:
+    table = f"acc_{tag}"
+    db.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, plan text, seats text)")
+    source = PostgresCDCSource("big", postgres_dsn, tables=[table], slot=f"hopcast_{tag}")
+    with Graph.open(None, Schema_from(ACCOUNTS_SCHEMA)) as graph:
+        engine = engine_for(graph, [source], {"big": _accounts_mapping(table, "big")})
+        engine.open()
+        engine.close()
+        with db.transaction():
+            db.execute(
+                f"INSERT INTO {table} SELECT g, 'basic', '1' FROM generate_series(1, 66000) g"
+            )
+            for i in (65990, 65991, 65992, 65993, 65994):  # the tail: updates past 65,535
+                db.execute(f"UPDATE {table} SET plan = 'premium' WHERE id = {i}")
+            for i in (65995, 65996, 65997):  # three bad rows: seats is not an integer
+                db.execute(f"UPDATE {table} SET seats = 'many' WHERE id = {i}")
+        letters = DeadLetterStore(graph.store.kv)
+
+        def done() -> bool:
+            return letters.count() >= 3 and _plans(graph, range(65994, 65995)) == {65994: "premium"}
+
+        _ingest_until(graph, engine, done, timeout_s=180)
+        assert _plans(graph, range(65990, 65995)) == dict.fromkeys(range(65990, 65995), "premium")
+        bad = sorted(letters, key=lambda d: d.position)
+        assert [d.reason for d in bad] == ["bad_value"] * 3
+        offsets = [d.position.offset for d in bad]
+        assert len(set(offsets)) == 3  # three positions, three stored dead letters
+        assert [split_offset(o)[1] for o in offsets] == [66005, 66006, 66007]
+        assert engine.stats.dead_letters == 3
+        (stored,) = stored_positions(graph.store, ["big"])["big"].values()
+        assert split_offset(stored.offset)[1] == 66007  # the last change of the transaction
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_primary_key_change_deletes_the_old_node_and_creates_the_new_one(
+    db: psycopg.Connection[Any], tag: str, postgres_dsn: str, full: bool
+) -> None:
+    table = f"acc_{tag}"
+    db.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, plan text, seats int)")
+    source = PostgresCDCSource(
+        "keys", postgres_dsn, tables=[table], slot=f"hopcast_{tag}", replica_identity_full=full
+    )
+    db.execute(f"INSERT INTO {table} VALUES (1, 'basic', 1)")
+    source.open({})  # creates the slot: capture starts here
+    db.execute(f"UPDATE {table} SET plan = 'premium' WHERE id = 1")  # not a key change
+    db.execute(f"UPDATE {table} SET id = 2 WHERE id = 1")
+    records = _drain(source, 3)
+    source.close()
+    changes = [(op, (b or {}).get("id"), (a or {}).get("id")) for _, op, b, a in _changes(records)]
+    assert changes == [("u", 1 if full else None, 1), ("d", 1, None), ("c", None, 2)]
+    assert len({r.position.offset for r in records}) == 3
+    with Graph.open(None, Schema_from(ACCOUNTS_SCHEMA)) as graph:  # the same stream, mapped
+        engine = engine_for(graph, [source], {"keys": _accounts_mapping(table, "keys")})
+        _ingest_until(graph, engine, lambda: _plans(graph, range(1, 3))[2] == "premium")
+        assert _plans(graph, range(1, 3)) == {1: None, 2: "premium"}
+
+
+def test_truncate_is_an_event_and_by_default_a_dead_letter_nothing_silent(
+    db: psycopg.Connection[Any], tag: str, postgres_dsn: str
+) -> None:
+    table = f"acc_{tag}"
+    db.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, plan text, seats int)")
+    source = PostgresCDCSource("tr", postgres_dsn, tables=[table], slot=f"hopcast_{tag}")
+    with Graph.open(None, Schema_from(ACCOUNTS_SCHEMA)) as graph:
+        engine = engine_for(graph, [source], {"tr": _accounts_mapping(table, "tr")})
+        engine.open()
+        engine.close()
+        db.execute(f"INSERT INTO {table} VALUES (1, 'basic', 1)")
+        db.execute(f"TRUNCATE {table}")
+        letters = DeadLetterStore(graph.store.kv)
+        _ingest_until(graph, engine, lambda: letters.count() == 1)
+        (letter,) = letters
+        assert letter.reason == "truncate" and table in letter.message, letter
+        assert json.loads(letter.payload)["op"] == "t"
+        assert _plans(graph, range(1, 2)) == {1: "basic"}  # the graph keeps what it had
+        assert engine.stats.dead_by_reason == {"truncate": 1}
+
+    # truncate=skip leaves it out with a count and a log line; fail stops the source.
+    db.execute(f"INSERT INTO {table} VALUES (2, 'basic', 1)")
+    db.execute(f"TRUNCATE {table}")
+    skip = PostgresCDCSource("tr", postgres_dsn, slot=f"hopcast_{tag}", truncate="skip")
+    fail = PostgresCDCSource("tr", postgres_dsn, slot=f"hopcast_{tag}", truncate="fail")
+    skip.open({})
+    ops = [json.loads(r.value)["op"] for r in _drain(skip, 2)]
+    skip.close()
+    assert "t" not in ops and skip.truncates_skipped >= 1
+    fail.open({})
+    with pytest.raises(SourceError, match="TRUNCATE"):
+        _drain(fail, 10)
+    fail.close()
+    with pytest.raises(ConfigError, match="truncate"):
+        from_spec("x", "dbname=x#truncate=sometimes")

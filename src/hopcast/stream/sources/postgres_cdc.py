@@ -46,10 +46,23 @@ Values follow Debezium's defaults: integers, floats and booleans as JSON numbers
 base64; ``numeric``, ``json``/``jsonb``, ``uuid`` and everything else as text.
 
 Positions: the partition is the slot name. Transactions arrive in commit order; the offset of
-the ``i``-th change of a transaction is ``(commit LSN << 16) | i``, so offsets grow strictly and
-a resume inside a transaction is exact. (A transaction of more than 65,535 changes gives its
-later changes the offset of the 65,535th: a resume there replays that tail, which the graph's
-idempotent writes absorb. LSNs must stay below 2**48, 256 TiB of WAL.)
+the ``i``-th change of a transaction is ``(commit LSN << 64) | i``, so offsets grow strictly,
+every change of a transaction of any size has its own, and a resume inside a transaction is
+exact. (Positions stored by earlier versions, ``(commit LSN << 16) | i``, are always below
+2**64 and still read as such.) Ties in generation time — every change of a transaction shares
+its commit time — are broken by the change's own LSN (``source.lsn``, see
+:func:`~hopcast.stream.operators.decode_debezium`), so they resolve in the order the database
+made them.
+
+Key changes and truncation, as Debezium's connector does them: an update that changes the
+primary key (replica identity) is emitted as a delete of the old key (``op: d``, ``before`` the
+old key or row) followed by a create of the new row (``op: c``). A ``TRUNCATE`` (published: the
+source creates publications with ``publish = 'insert, update, delete, truncate'`` and adds
+``truncate`` to one it created before) is, per ``truncate``: ``emit`` (the default) one
+``op: t`` event per table (no row; the mapping's ``truncate`` policy decides what it does),
+``skip`` (a warning in the log and :attr:`PostgresCDCSource.truncates_skipped`), or ``fail``
+(a :class:`~hopcast.errors.SourceError`: ingestion stops before the TRUNCATE, until someone
+decides).
 :meth:`~PostgresCDCSource.commit` confirms to the server (a standby status update: the slot's
 ``confirmed_flush_lsn``) the end of the last transaction that is wholly committed by hopcast, so
 the server may recycle WAL only after hopcast has durably written what it produced. After one
@@ -83,9 +96,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_INDEX_BITS = 16
+#: Bits of an offset below the commit LSN: the change's index in its transaction.
+_INDEX_BITS = 64
 _INDEX_MAX = (1 << _INDEX_BITS) - 1
-_LSN_LIMIT = 1 << (64 - _INDEX_BITS)
+#: Offsets stored before the index had 64 bits: ``(commit LSN << 16) | i``, always < 2**64
+#: (a commit LSN is never 0), with index 65,535 shared by the tail of a bigger transaction.
+_OLD_INDEX_BITS = 16
+_OLD_INDEX_MAX = (1 << _OLD_INDEX_BITS) - 1
+_TRUNCATE = ("emit", "skip", "fail")
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since the Unix epoch
 _UNIX_EPOCH_DATE = date(1970, 1, 1)
 _OBJECT_IN_USE = "55006"  # SQLSTATE: the slot is active for another process
@@ -110,13 +128,14 @@ def lsn_from_str(text: str) -> int:
 
 def position_offset(commit_lsn: int, index: int) -> int:
     """The offset of the ``index``-th change of the transaction that commits at ``commit_lsn``."""
-    if commit_lsn >= _LSN_LIMIT:
-        raise SourceError(f"LSN {lsn_to_str(commit_lsn)} is beyond what positions can hold")
-    return (commit_lsn << _INDEX_BITS) | min(index, _INDEX_MAX)
+    return (commit_lsn << _INDEX_BITS) | index
 
 
 def split_offset(offset: int) -> tuple[int, int]:
-    """Inverse of :func:`position_offset`: ``(commit LSN, index)``."""
+    """Inverse of :func:`position_offset`: ``(commit LSN, index)``; reads the offsets of
+    earlier versions too (below 2**64, a 16-bit index)."""
+    if offset < 1 << 64:
+        return offset >> _OLD_INDEX_BITS, offset & _OLD_INDEX_MAX
     return offset >> _INDEX_BITS, offset & _INDEX_MAX
 
 
@@ -332,6 +351,8 @@ class PostgresCDCSource:
         snapshot: read the publication's tables first (``op: r``) when no position is stored
             (see the module docstring).
         status_interval_s: how often a standby status update is sent while polling.
+        truncate: what a ``TRUNCATE`` becomes: ``emit`` (an ``op: t`` event per table),
+            ``skip`` (logged and counted) or ``fail`` (a SourceError).
     """
 
     def __init__(
@@ -346,7 +367,15 @@ class PostgresCDCSource:
         replica_identity_full: bool = False,
         snapshot: bool = False,
         status_interval_s: float = 10.0,
+        truncate: str = "emit",
     ) -> None:
+        if truncate not in _TRUNCATE:
+            raise ConfigError(
+                f"source {name!r}: truncate={truncate!r} (use one of {', '.join(_TRUNCATE)})"
+            )
+        self.truncate = truncate
+        #: TRUNCATEs of published tables left out (``truncate="skip"``), since the start.
+        self.truncates_skipped = 0
         self.name = name
         self.dsn = dsn
         self.tables = list(tables) if tables is not None else None
@@ -363,9 +392,11 @@ class PostgresCDCSource:
         self._exporter: PGconn | None = None  # idle until the snapshot it exported is read
         self._database = ""
         self._relations: dict[int, _Relation] = {}
+        self._primary_keys: dict[int, frozenset[str]] = {}  # by relation id (FULL identity)
         self._ready: deque[Record] = deque()
         self._txn: _Txn | None = None
         self._resume: tuple[int, int] | None = None
+        self._resume_old = False
         # Transactions delivered but not yet confirmed: (commit LSN, last index, end LSN).
         self._open_txns: deque[tuple[int, int, int]] = deque()
         self._delivered = -1  # offset of the last record handed out by poll
@@ -380,6 +411,7 @@ class PostgresCDCSource:
         self.close()
         position = resume.get(self.slot)
         self._resume = split_offset(position.offset) if position is not None else None
+        self._resume_old = position is not None and position.offset < 1 << 64
         missing, confirmed = self._prepare()
         if self.snapshot and missing:  # a new slot, and the snapshot of exactly its start
             exporter = self._connect_replication()
@@ -526,9 +558,25 @@ class PostgresCDCSource:
                             )
                         )
                 exists = conn.execute(
-                    "SELECT puballtables FROM pg_publication WHERE pubname = %s",
+                    "SELECT puballtables, pubtruncate FROM pg_publication WHERE pubname = %s",
                     (self.publication,),
                 ).fetchone()
+                if exists is not None and not exists[1]:
+                    if self.create:
+                        conn.execute(
+                            sql.SQL(
+                                "ALTER PUBLICATION {} SET"
+                                " (publish = 'insert, update, delete, truncate')"
+                            ).format(sql.Identifier(self.publication))
+                        )
+                    else:
+                        log.warning(
+                            "source %s: publication %s does not publish TRUNCATE: a truncated "
+                            "table's rows stay in the graph without a trace (ALTER PUBLICATION "
+                            "… SET (publish = 'insert, update, delete, truncate'))",
+                            self.name,
+                            self.publication,
+                        )
                 if exists is not None and not exists[0] and tables:
                     published = set(
                         conn.execute(
@@ -565,7 +613,8 @@ class PostgresCDCSource:
                         target = sql.SQL("FOR ALL TABLES")
                     conn.execute(
                         sql.SQL(
-                            "CREATE PUBLICATION {} {} WITH (publish = 'insert, update, delete')"
+                            "CREATE PUBLICATION {} {}"
+                            " WITH (publish = 'insert, update, delete, truncate')"
                         ).format(sql.Identifier(self.publication), target)
                     )
                 slot = conn.execute(
@@ -718,10 +767,12 @@ class PostgresCDCSource:
             if self._resume is not None:
                 resume_lsn, resume_index = self._resume
                 if final_lsn < resume_lsn:
-                    txn.skip_upto = 1 << 62
+                    txn.skip_upto = _INDEX_MAX
                 elif final_lsn == resume_lsn:
-                    # At the index ceiling the tail shares one offset: replay it.
-                    txn.skip_upto = resume_index if resume_index < _INDEX_MAX else _INDEX_MAX - 1
+                    # An old offset at its index ceiling was shared by the transaction's tail:
+                    # replay that tail (idempotent writes absorb it).
+                    old_ceiling = self._resume_old and resume_index == _OLD_INDEX_MAX
+                    txn.skip_upto = resume_index - 1 if old_ceiling else resume_index
             self._txn = txn
         elif kind == "C":
             reader.byte()
@@ -734,12 +785,12 @@ class PostgresCDCSource:
                 # Nothing of it is handed out: confirm it with the next delivered transaction.
                 self._open_txns.append((commit_lsn, -1, end_lsn))
             else:
-                self._open_txns.append((commit_lsn, min(done.index - 1, _INDEX_MAX), end_lsn))
+                self._open_txns.append((commit_lsn, done.index - 1, end_lsn))
         elif kind == "R":
             rel_id = reader.uint32()
             schema = reader.string()
             table = reader.string()
-            reader.byte()  # replica identity setting
+            identity = chr(reader.byte())  # replica identity: d(efault), n, f(ull), i(ndex)
             columns = []
             for _ in range(reader.int16()):
                 flags = reader.byte()
@@ -748,15 +799,18 @@ class PostgresCDCSource:
                 reader.int32()  # typmod
                 convert = _CONVERTERS.get(type_oid, _text)
                 columns.append(_Column(column, type_oid, bool(flags & 1), convert))
+            if identity == "f":
+                # FULL marks every column as identity: the key is the primary key (if any).
+                primary = self._primary_key(rel_id)
+                if primary:
+                    columns = [
+                        _Column(c.name, c.type_oid, c.name in primary, c.convert) for c in columns
+                    ]
             self._relations[rel_id] = _Relation(schema or "public", table, tuple(columns))
         elif kind in ("I", "U", "D"):
             self._on_change(kind, lsn, reader)
         elif kind == "T":
-            log.warning(
-                "source %s: a TRUNCATE in the stream is not a row change and is not emitted "
-                "(publish only 'insert, update, delete' to leave it out)",
-                self.name,
-            )
+            self._on_truncate(lsn, reader)
         # 'O' origin, 'Y' type, 'M' message: nothing to emit.
 
     def _on_change(self, kind: str, lsn: int, reader: _Reader) -> None:
@@ -783,10 +837,89 @@ class PostgresCDCSource:
                 reader.byte()  # 'N'
             after = _row(relation, reader.tuple_data(), before)
             op = "u"
+            keys = [c.name for c in relation.columns if c.is_key]
+            if before is not None and keys and any(before.get(k) != after.get(k) for k in keys):
+                # The key changed: the old row is gone and a new one exists (as Debezium says
+                # it: a delete of the old key, then a create). The delete takes this change's
+                # index, the create the next one.
+                self._emit(txn, index, relation, "d", before, None, lsn)
+                index = txn.index
+                txn.index += 1
+                before, op = None, "c"
+                if index <= txn.skip_upto:
+                    return
         else:
             reader.byte()  # 'K' or 'O'
             before = _row(relation, reader.tuple_data())
             op = "d"
+        self._emit(txn, index, relation, op, before, after, lsn)
+
+    def _primary_key(self, rel_id: int) -> frozenset[str]:
+        """The primary-key columns of relation ``rel_id`` (empty if it has none)."""
+        cached = self._primary_keys.get(rel_id)
+        if cached is not None:
+            return cached
+        psycopg = driver()
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                rows = conn.execute(
+                    "SELECT a.attname FROM pg_index i JOIN pg_attribute a"
+                    " ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+                    " WHERE i.indrelid = %s AND i.indisprimary",
+                    (rel_id,),
+                ).fetchall()
+        except psycopg.Error as exc:
+            raise self._error("reading a table's primary key", exc) from exc
+        key = frozenset(name for (name,) in rows)
+        self._primary_keys[rel_id] = key
+        return key
+
+    def _on_truncate(self, lsn: int, reader: _Reader) -> None:
+        txn = self._txn
+        if txn is None:
+            raise SourceError(f"source {self.name!r}: a TRUNCATE outside a transaction")
+        count = reader.uint32()
+        reader.byte()  # options: CASCADE, RESTART IDENTITY
+        relations = [self._relations.get(reader.uint32()) for _ in range(count)]
+        names = ", ".join(f"{r.schema}.{r.table}" for r in relations if r is not None)
+        if self.truncate == "fail":
+            raise SourceError(
+                f"source {self.name!r}: TRUNCATE of {names} at {lsn_to_str(lsn)}; this source "
+                "stops there (truncate=fail): decide what the graph should do, then restart "
+                "with truncate=emit or truncate=skip"
+            )
+        if self.truncate == "skip":
+            self.truncates_skipped += 1
+            log.warning(
+                "source %s: TRUNCATE of %s at %s left out (truncate=skip): the graph keeps "
+                "the nodes and edges of the table's rows",
+                self.name,
+                names,
+                lsn_to_str(lsn),
+            )
+            return
+        for relation in relations:
+            if relation is None:
+                raise SourceError(f"source {self.name!r}: a TRUNCATE of an unannounced relation")
+            index = txn.index
+            txn.index += 1
+            if index > txn.skip_upto:
+                self._emit(txn, index, relation, "t", None, None, lsn)
+
+    def _emit(
+        self,
+        txn: _Txn,
+        index: int,
+        relation: _Relation,
+        op: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        lsn: int,
+    ) -> None:
+        if index > _INDEX_MAX:
+            raise SourceError(
+                f"source {self.name!r}: transaction {txn.xid} has more than 2**64 changes"
+            )
         event = {
             "before": before,
             "after": after,
@@ -807,7 +940,7 @@ class PostgresCDCSource:
             "ts_us": txn.commit_us,
         }
         image = after if after is not None else before or {}
-        key = {c.name: image.get(c.name) for c in relation.columns if c.is_key}
+        key = {c.name: image.get(c.name) for c in relation.columns if c.is_key} if image else {}
         self._ready.append(
             Record(
                 source=self.name,
@@ -1034,13 +1167,21 @@ def from_spec(name: str, args: str) -> PostgresCDCSource:
 
     The part after ``#`` holds the source's options (the DSN itself never has one), in URL query
     form: ``tables``, ``slot``, ``publication``, ``create`` (default yes),
-    ``replica_identity_full`` (no), ``snapshot`` (no).
+    ``replica_identity_full`` (no), ``snapshot`` (no), ``truncate`` (emit, skip or fail).
     """
     dsn, _, fragment = args.partition("#")
     if not dsn:
         raise ConfigError(f"source {name!r}: postgres spec needs a DSN: postgres:DSN[#options]")
     options = dict(parse_qsl(fragment, keep_blank_values=True))
-    known = {"tables", "slot", "publication", "create", "replica_identity_full", "snapshot"}
+    known = {
+        "tables",
+        "slot",
+        "publication",
+        "create",
+        "replica_identity_full",
+        "snapshot",
+        "truncate",
+    }
     unknown = set(options) - known
     if unknown:
         raise ConfigError(
@@ -1059,6 +1200,7 @@ def from_spec(name: str, args: str) -> PostgresCDCSource:
             name, "replica_identity_full", options.get("replica_identity_full", "no")
         ),
         snapshot=_flag(name, "snapshot", options.get("snapshot", "no")),
+        truncate=options.get("truncate", "emit"),
     )
 
 
