@@ -10,6 +10,7 @@
     │   ├── InvalidNodeId           not 'type:key'
     │   ├── InvalidMutation         a mutation's JSON form is malformed
     │   ├── SchemaViolation         a write that does not fit the schema
+    │   │   └── OutOfBounds         a write beyond a documented bound (hopcast.graph.limits)
     │   ├── InvalidQuery            a query spec is malformed or exceeds a bound
     │   ├── InvalidCursor           a paging cursor that was not issued by us
     │   ├── IllegalTransition       a live-event command the event's state does not accept
@@ -81,6 +82,12 @@ class SchemaViolation(InvalidInput):
         self.index = index
         prefix = f"mutation #{index}: " if index is not None else ""
         super().__init__(prefix + reason)
+
+
+class OutOfBounds(SchemaViolation):
+    """A write breaks a bound of :mod:`hopcast.graph.limits` (id length, integer range, nesting
+    depth, size, ...): no backend is asked to store it. Ingest dead-letters its record with
+    reason ``out_of_bounds``; the HTTP API answers 422."""
 
 
 class InvalidQuery(InvalidInput):

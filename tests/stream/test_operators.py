@@ -109,6 +109,12 @@ def test_debezium_prefers_microsecond_commit_times_and_falls_back_to_the_record(
     assert event is not None and (event.event_time, event.table) == (42, None)
 
 
+def test_a_debezium_truncate_is_an_event_without_a_row() -> None:
+    truncate = {"before": None, "after": None, "op": "t", "source": {"table": "titles"}}
+    event = decode_debezium(rec(truncate, event_time=42))
+    assert event is not None and (event.op, event.table, event.data["row"]) == ("t", "titles", None)
+
+
 def test_a_debezium_tombstone_carries_no_change_and_yields_no_event() -> None:
     assert decode_debezium(rec(b"")) is None
     assert decode_debezium(rec({"schema": {}, "payload": None})) is None
@@ -121,7 +127,7 @@ def test_a_debezium_tombstone_carries_no_change_and_yields_no_event() -> None:
         (b"\xff\xfe", Reason.MALFORMED_JSON),
         (b"[1, 2]", Reason.MALFORMED_JSON),
         ({"before": None, "after": TITLE_V1}, Reason.BAD_ENVELOPE),
-        ({**CREATE, "op": "t"}, Reason.BAD_ENVELOPE),
+        ({**CREATE, "op": "z"}, Reason.BAD_ENVELOPE),
         ({**CREATE, "after": None}, Reason.BAD_ENVELOPE),
         ({**UPDATE, "after": None}, Reason.BAD_ENVELOPE),
         ({**DELETE, "before": None}, Reason.BAD_ENVELOPE),

@@ -45,7 +45,7 @@ from typing import Any
 import yaml
 
 from hopcast.durations import DAY, parse_duration
-from hopcast.errors import InvalidNodeId, SchemaError, SchemaViolation
+from hopcast.errors import InvalidNodeId, OutOfBounds, SchemaError, SchemaViolation
 from hopcast.graph.limits import (
     MAX_MUTATION_ID_BYTES,
     MAX_NODE_ID_BYTES,
@@ -310,11 +310,9 @@ class Schema:
                 _check_write(mutation)
                 et, two_way_same, swapped = plan
                 if mutation.props:
-                    problem = et.props.check(mutation.props, partial=False) or props_problem(
-                        mutation.props
+                    _check_props(
+                        et.props, mutation.props, False, f"{src} -[{mutation.type}]-> {dst}"
                     )
-                    if problem:
-                        raise SchemaViolation(f"{src} -[{mutation.type}]-> {dst}: {problem}")
                 elif et.props.required:
                     return self._validate_slow(mutation)
                 if swapped or (two_way_same and src > dst):
@@ -333,11 +331,7 @@ class Schema:
             _check_id(mutation.node)
             nt = self.node_type(_type_of(mutation.node))
             if isinstance(mutation, NodeUpsert):
-                problem = nt.props.check(mutation.props, partial=True) or props_problem(
-                    mutation.props
-                )
-                if problem:
-                    raise SchemaViolation(f"{_clip(mutation.node)}: {problem}")
+                _check_props(nt.props, mutation.props, True, _clip(mutation.node))
             return mutation
         if isinstance(mutation, (EdgeUpsert, EdgeDelete)):
             if type(mutation.type) is not str:
@@ -368,13 +362,12 @@ class Schema:
             ):
                 swapped = True
             if isinstance(mutation, EdgeUpsert):
-                problem = et.props.check(mutation.props, partial=False) or props_problem(
-                    mutation.props
+                _check_props(
+                    et.props,
+                    mutation.props,
+                    False,
+                    f"{mutation.src} -[{mutation.type}]-> {mutation.dst}",
                 )
-                if problem:
-                    raise SchemaViolation(
-                        f"{mutation.src} -[{mutation.type}]-> {mutation.dst}: {problem}"
-                    )
                 if swapped:
                     return EdgeUpsert(
                         mutation.dst,
@@ -431,25 +424,41 @@ class Schema:
         }
 
 
+def _check_props(spec: _PropsSpec, props: Mapping[str, Any], partial: bool, where: str) -> None:
+    """Raise SchemaViolation if ``props`` do not fit the type, OutOfBounds if they break a
+    bound of :mod:`hopcast.graph.limits`."""
+    if type(props) is not dict:
+        raise SchemaViolation(f"{where}: properties must be a map, got {type(props).__name__}")
+    problem = spec.check(props, partial=partial)
+    if problem:
+        raise SchemaViolation(f"{where}: {problem}")
+    problem = props_problem(props)
+    if problem:
+        raise OutOfBounds(f"{where}: {problem}")
+
+
 def _check_write(m: Mutation) -> None:
-    """The bounds every write shares: its time, idempotency id and source order."""
+    """The bounds every write shares: its time, idempotency id and source order (a value of
+    the wrong type is a SchemaViolation, one out of range an OutOfBounds)."""
+    if type(m.ts) is not int or type(m.id) is not str:
+        raise SchemaViolation(ts_problem(m.ts) or id_problem(m.id, "idempotency id") or "")
+    if m.seq is not None and type(m.seq) is not int:
+        raise SchemaViolation(f"seq must be an integer, got {type(m.seq).__name__}")
     problem = (
         ts_problem(m.ts)
         or id_problem(m.id, "idempotency id", MAX_MUTATION_ID_BYTES)
         or (
-            None
-            if m.seq is None or (type(m.seq) is int and 0 <= m.seq <= MAX_SEQ)
-            else f"seq {m.seq!r} must be an integer in [0, 2**63)"
+            None if m.seq is None or 0 <= m.seq <= MAX_SEQ else f"seq {m.seq} is outside [0, 2**63)"
         )
     )
     if problem:
-        raise SchemaViolation(problem)
+        raise OutOfBounds(problem)
 
 
 def _check_id(node_id: object) -> None:
     problem = id_problem(node_id)
     if problem:
-        raise SchemaViolation(problem)
+        raise OutOfBounds(problem) if type(node_id) is str else SchemaViolation(problem)
 
 
 def _clip(text: str, n: int = 80) -> str:

@@ -230,17 +230,16 @@ class GraphStore:
         """Return the canonical forms, or raise for the first mutation that does not fit.
 
         Raises:
-            SchemaViolation: with the mutation's index in ``mutations``.
+            SchemaViolation: with the mutation's index in ``mutations`` (an
+                :class:`~hopcast.errors.OutOfBounds` for a broken bound).
         """
         out: list[Mutation] = []
         validate = self.schema.validate
         for i, m in enumerate(mutations):
             try:
-                if not 0 <= m.ts <= keys.MAX_TS:
-                    raise SchemaViolation(f"ts {m.ts} is outside [0, 2**62) µs")
-                out.append(validate(m))
-            except SchemaViolation as exc:
-                raise SchemaViolation(exc.reason, i) from None
+                out.append(validate(m))  # types and bounds too (hopcast.graph.limits)
+            except SchemaViolation as exc:  # OutOfBounds stays OutOfBounds
+                raise type(exc)(exc.reason, i) from None
         return out
 
     def partition(

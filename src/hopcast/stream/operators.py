@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from hopcast.errors import RecordRejected, SchemaViolation
+from hopcast.errors import OutOfBounds, RecordRejected, SchemaViolation
 from hopcast.graph.keys import MAX_TS
 from hopcast.graph.limits import (
     DEFAULT_MAX_FUTURE_US,
@@ -510,6 +510,8 @@ class Pipeline:
             return out
         except RecordRejected as exc:
             return [self._dead(record, now, stage, exc.reason, exc.message)]
+        except OutOfBounds as exc:
+            return [self._dead(record, now, stage, Reason.OUT_OF_BOUNDS, str(exc))]
         except SchemaViolation as exc:
             return [self._dead(record, now, stage, Reason.SCHEMA_VIOLATION, str(exc))]
         except Exception as exc:  # a bug in a step must not stop the pipeline or lose the record

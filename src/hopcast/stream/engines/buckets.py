@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import msgspec
 
 from hopcast.durations import now_us
-from hopcast.errors import SchemaViolation, StorageError
+from hopcast.errors import SchemaViolation, StorageError, StorageRefused
 from hopcast.graph.mutations import Mutation, NodeDelete, NodeUpsert, to_dict
-from hopcast.graph.store import GraphStore
+from hopcast.graph.store import ApplyResult, GraphStore
 from hopcast.stream.deadletter import DeadLetter, DeadLetterStore, Reason
 from hopcast.stream.dedup import Coalescer
 from hopcast.stream.record import Position, Record
@@ -251,12 +251,24 @@ class BucketWriter:
             now,
             max([totals.newest_ts_us, *(m.ts for m in mutations)]),
         )
+        progress = {progress_name(self.job, bucket): _totals_encode(new)}
         try:
-            result = self.store.apply(
-                mutations, {progress_name(self.job, bucket): _totals_encode(new)}
-            )
-        except SchemaViolation as exc:  # partition() said valid: a bug, not bad input
-            raise StorageError(f"the store rejected a validated window: {exc}") from exc
+            result = self.store.apply(mutations, progress)
+        except StorageError as exc:
+            if not isinstance(exc, StorageRefused):
+                raise
+            result, mutations, refused = self._isolate(mutations, exc)
+        except Exception as exc:  # a bug must not stop the job: isolate the mutation
+            result, mutations, refused = self._isolate(mutations, exc)
+        else:
+            refused = []
+        if refused:
+            self.deadletters.put(*refused)
+            more += refused
+            new.written -= len(refused)
+            new.dead_letters += len(refused)
+            progress = {progress_name(self.job, bucket): _totals_encode(new)}
+            self.store.apply([], progress, validated=True)
         for f in totals.__struct_fields__:
             setattr(totals, f, getattr(new, f))
         oldest = min((m.ts for m in mutations), default=None)
@@ -269,11 +281,65 @@ class BucketWriter:
             attempts,
         )
 
-    def _rejected(self, mutation: Mutation, reason: str) -> DeadLetter:
-        payload = msgspec.json.encode(to_dict(mutation))
+    def _isolate(
+        self, mutations: list[Mutation], first: Exception
+    ) -> tuple[ApplyResult, list[Mutation], list[DeadLetter]]:
+        """Write ``mutations`` in halves, without the totals, until each one the store refuses
+        is alone and becomes a ``write_failed`` (or ``schema_violation``) dead letter; returns
+        the combined result, the mutations written and the dead letters. An unexpected error
+        that an empty write meets as well is the store's, not a mutation's: it is raised."""
+        if not isinstance(first, (SchemaViolation, StorageRefused)):
+            try:
+                self.store.apply([], validated=True)
+            except Exception:
+                raise first from None
+        written: list[Mutation] = []
+        dead: list[DeadLetter] = []
+        applied = skipped = 0
+        todo = [mutations]
+        error: Exception | None = first
+        while todo:
+            group = todo.pop()
+            try:
+                if error is not None and len(group) > 1:
+                    raise error  # the whole window was just refused: split it at once
+                result = self.store.apply(group)
+            except StorageError as exc:
+                if not isinstance(exc, StorageRefused):
+                    raise
+                error = exc
+            except Exception as exc:
+                error = exc
+            else:
+                written += group
+                applied += result.applied
+                skipped += result.skipped
+                error = None
+                continue
+            if len(group) > 1:
+                mid = len(group) // 2
+                todo += [group[mid:], group[:mid]]
+                continue
+            reason = (
+                Reason.SCHEMA_VIOLATION
+                if isinstance(error, SchemaViolation)
+                else Reason.WRITE_FAILED
+            )
+            dead.append(self._rejected(group[0], f"{type(error).__name__}: {error}", reason))
+            error = None
+        return ApplyResult(applied, skipped), written, dead
+
+    def _rejected(
+        self, mutation: Mutation, reason: str, code: str = Reason.SCHEMA_VIOLATION
+    ) -> DeadLetter:
+        doc = to_dict(mutation)
+        try:
+            payload = msgspec.json.encode(doc)
+        except (TypeError, ValueError, OverflowError):  # what the store could not take either
+            payload = repr(doc).encode()
         return DeadLetter(
-            Reason.SCHEMA_VIOLATION,
-            f"the store's schema rejects a mutation: {reason}",
+            code,
+            f"the store rejects a mutation: {reason}",
             payload,
             self.job,
             Position("write", zlib.crc32(payload)),

@@ -63,9 +63,10 @@ Metrics (:class:`IngestMetrics`, Prometheus, its own registry unless one is give
 pipelines produced), ``hopcast_ingest_mutations_written_total`` (after coalescing, handed to the
 store), ``hopcast_ingest_mutations_applied_total`` /
 ``…_skipped_total`` (changed the graph / lost to a newer version),
-``hopcast_ingest_dead_letters_total{source,reason}``, ``hopcast_ingest_lag{source}`` (sources
-that know it, in the source's unit), ``hopcast_ingest_freshness_seconds`` (histogram: event time
-of a written mutation → committed and queryable; sampled, at most 256 per batch),
+``hopcast_ingest_dead_letters_total{source,reason}``, ``hopcast_ingest_expired_total{source}``
+(mutations older than their type's retention on arrival, dropped), ``hopcast_ingest_lag{source}``
+(sources that know it, in the source's unit), ``hopcast_ingest_freshness_seconds`` (histogram:
+event time of a written mutation → committed and queryable; sampled, at most 256 per batch),
 ``hopcast_ingest_stage_seconds{stage}`` (poll, process, write, commit, per batch),
 ``hopcast_ingest_batch_records`` (histogram), ``hopcast_ingest_batches_total`` and
 ``hopcast_ingest_source_errors_total{source}``.
@@ -95,7 +96,13 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hopcast.durations import now_us
-from hopcast.errors import SchemaViolation, SourceError, StorageError, StorageRefused
+from hopcast.errors import (
+    OutOfBounds,
+    SchemaViolation,
+    SourceError,
+    StorageError,
+    StorageRefused,
+)
 from hopcast.graph.mutations import Mutation
 from hopcast.graph.store import ApplyResult, GraphStore
 from hopcast.graphdb import Graph
@@ -252,6 +259,12 @@ class IngestMetrics:
             ["source"],
             registry=r,
         )
+        self.expired = Counter(
+            "hopcast_ingest_expired",
+            "Mutations dropped because they were older than their type's retention on arrival",
+            ["source"],
+            registry=r,
+        )
 
 
 @dataclass
@@ -265,6 +278,8 @@ class EngineStats:
     applied: int = 0
     dead_letters: int = 0
     dead_by_reason: dict[str, int] = field(default_factory=dict)
+    #: Mutations dropped because they had expired before they arrived (see Pipeline).
+    expired: int = 0
     lag: dict[str, int] = field(default_factory=dict)
     #: (monotonic time, events so far) after each batch, for rates over a recent window.
     history: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=256))
@@ -415,6 +430,7 @@ class EmbeddedEngine:
         )
         self.tables = dict(tables or {})
         self.source_retries = source_retries
+        self._expired_seen: dict[str, int] = {}
         self._next_source = 0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -764,7 +780,9 @@ class EmbeddedEngine:
             todo.append(group[:mid])  # popped first: records keep their order
             return
         record = group[0][0]
-        if isinstance(exc, SchemaViolation):
+        if isinstance(exc, OutOfBounds):
+            reason, message = Reason.OUT_OF_BOUNDS, f"the store's bounds reject it: {exc}"
+        elif isinstance(exc, SchemaViolation):
             reason, message = Reason.SCHEMA_VIOLATION, f"the store's schema rejects it: {exc}"
         else:
             reason = Reason.WRITE_FAILED
@@ -815,6 +833,12 @@ class EmbeddedEngine:
             )
         for name, count in by_source.items():
             m.mutations.labels(name).inc(count)
+        for name, pipeline in self._pipelines.items():
+            expired = pipeline.expired - self._expired_seen.get(name, 0)
+            if expired:
+                self._expired_seen[name] = pipeline.expired
+                m.expired.labels(name).inc(expired)
+                st.expired += expired
         m.written.inc(len(mutations))
         for source, _ in self.sources:
             if isinstance(source, LagAware):
