@@ -367,6 +367,32 @@ BAD_FILE = [
 ]
 
 
+def test_apply_turns_values_no_store_can_hold_into_bad_lines_without_a_traceback(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    store = str(tmp_path / "graph")
+    plays = {"kind": "edge_upsert", "src": "profile:1", "type": "plays", "dst": "game:1"}
+    lines = [
+        GRAPH_LINES[0],
+        json.dumps(plays | {"ts": T_ACCOUNT, "id": "a", "props": {"minutes": 2**70}}),
+        '{"kind": "edge_upsert", "src": "profile:1", "type": "plays", "dst": "game:1", '
+        f'"ts": {T_ACCOUNT}, "id": "b", "props": {{"minutes": 1{"0" * 400}}}}}',
+        _node("account:" + "x" * 600, T_ACCOUNT, {"country": "NL"}),
+        json.dumps(plays | {"ts": T_ACCOUNT, "id": "d", "props": {"x": [[[[[1]]]]]}}).replace(
+            "[[[[[1]]]]]", "[" * 5000 + "]" * 5000
+        ),
+        GRAPH_LINES[1],
+    ]
+    result = _run(runner, store, "apply", str(_write(tmp_path / "bad.jsonl", lines)))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output + result.stderr
+    assert "2 mutation(s) applied" in result.stdout and "4 bad line(s)" in result.stdout
+    assert "line 2: profile:1 -[plays]-> game:1: property 'minutes'" in result.stderr
+    assert "signed 64-bit range" in result.stderr
+    assert "line 4: node id 'account:xxx" in result.stderr and "limit is 250" in result.stderr
+    assert "line 5: " in result.stderr
+
+
 def test_apply_reports_bad_lines_with_their_numbers_and_exits_1(
     runner: CliRunner, tmp_path: Path
 ) -> None:
@@ -374,7 +400,7 @@ def test_apply_reports_bad_lines_with_their_numbers_and_exits_1(
     result = _run(runner, store, "apply", str(_write(tmp_path / "bad.jsonl", BAD_FILE)))
     assert result.exit_code == 1
     assert "2 mutation(s) applied" in result.stdout and "3 bad line(s)" in result.stdout
-    assert "line 2: not JSON: Expecting value (column 1)" in result.stderr
+    assert "line 2: not JSON: JSON is malformed" in result.stderr
     assert "line 4: edge_upsert: missing field 'type'" in result.stderr
     assert "line 5: edge 'plays' does not connect account -> game" in result.stderr
     # The good lines around the bad ones were applied.
@@ -394,7 +420,7 @@ def test_apply_json_lists_every_bad_line(runner: CliRunner, tmp_path: Path) -> N
         "applied": 2,
         "skipped": 0,
         "bad": [
-            {"line": 2, "reason": "not JSON: Expecting value (column 1)"},
+            {"line": 2, "reason": "not JSON: JSON is malformed: invalid character (byte 4)"},
             {"line": 4, "reason": "edge_upsert: missing field 'type'"},
             {
                 "line": 5,

@@ -202,3 +202,59 @@ def test_replay_sees_the_side_tables_the_engine_persisted(tmp_path: Path) -> Non
     assert json.loads(replayed.stdout)["ingested"] == 1
     with Graph.open(store) as g:
         assert g.exists("profile:p", "started_watching", "title:5")
+
+
+def test_records_no_store_can_hold_are_dead_letters_and_ingest_run_goes_on(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "logs"
+    (root / "games").mkdir(parents=True)
+    huge = json.dumps(GAME).replace('"minutes": 12', '"minutes": 1180591620717411303424')
+    long_id = {**GAME, "profile_id": "p" * 600}
+    (root / "games" / "a.log").write_bytes(
+        lines(GAME, huge.encode(), long_id, {**GAME, "game_id": "9"})
+    )
+    store = tmp_path / "g"
+    result = invoke(
+        store, "ingest", "run", "--source", f"games=file:{root / 'games'}", "--until-idle", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["events"] == 4 and doc["dead_by_reason"] == {"out_of_bounds": 2}
+    with Graph.open(store) as g:
+        assert g.exists("profile:1-0", "plays", "game:3") and g.exists(
+            "profile:1-0", "plays", "game:9"
+        )
+    # Every restart reads on from the stored position: nothing crashes on the same record again.
+    again = invoke(
+        store, "ingest", "run", "--source", f"games=file:{root / 'games'}", "--until-idle", "--json"
+    )
+    assert again.exit_code == 0 and json.loads(again.stdout)["events"] == 0
+
+
+def test_positions_lists_the_stored_positions_and_set_position_repairs_one(
+    tmp_path: Path, logs: Path
+) -> None:
+    store = tmp_path / "g"
+    assert run_ingest(store, logs).exit_code == 0
+    doc = json.loads(invoke(store, "--json", "ingest", "positions").stdout)
+    assert {(p["source"], p["state"]) for p in doc["positions"]} == {
+        ("games", "ok"),
+        ("playback", "ok"),
+    }
+    games = next(p for p in doc["positions"] if p["source"] == "games")
+    assert games["name"] == f"games/{games['partition']}" and games["offset"] >= 0
+    with Graph.open(store) as g:  # a position damaged on disk
+        g.store.apply([], {games["name"]: b"\xc1"}, validated=True)
+    corrupt = json.loads(invoke(store, "--json", "ingest", "positions").stdout)["positions"]
+    assert {p["name"]: p["state"] for p in corrupt}[games["name"]] == "corrupt"
+    refused = CliRunner().invoke(
+        cli,
+        ["--store", str(store), "ingest", "run", "--source", f"games=file:{logs / 'games'}",
+         "--until-idle"],
+    )  # fmt: skip
+    assert refused.exit_code != 0 and "is corrupt" in refused.output + refused.stderr
+    fixed = invoke(store, "ingest", "set-position", "games", games["partition"], "start")
+    assert fixed.exit_code == 0, fixed.output
+    again = run_ingest(store, logs, "--json")
+    assert json.loads(again.stdout)["events"] == 2  # the games log read again, on purpose

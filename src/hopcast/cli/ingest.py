@@ -63,13 +63,14 @@ from hopcast.stream.engines.embedded import (
     EmbeddedEngine,
     EngineStats,
     TrackedSideTable,
+    checkpoint_name,
     engine_for,
     load_side_tables,
     side_items,
 )
 from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
 from hopcast.stream.operators import SideTable
-from hopcast.stream.record import Record
+from hopcast.stream.record import Position, Record
 from hopcast.stream.sources.base import Source, build_source
 
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -351,6 +352,73 @@ def run(
             f"ingested {doc['events']:,} events → {doc['mutations']:,} mutations, "
             f"{doc['dead_letters']:,} dead letters in {doc['seconds']} s"
         )
+
+
+@ingest.command("positions")
+@click.option("--source", help="Only this source's positions.")
+@json_option
+@click.pass_obj
+def positions(settings: Settings, source: str | None, as_json: bool) -> None:
+    """The stored source positions: where each source partition resumes (strictly after).
+
+    A position that cannot be read is listed as corrupt (the engine refuses to start on it:
+    repair it with 'hopcast ingest set-position'). Checkpoints of other writers (Flink jobs'
+    totals) are listed with their name only.
+
+    JSON: {"positions": [{"name", "source", "partition", "offset", "state"}]} (state ok,
+    corrupt or other).
+    """
+    rows: list[dict[str, Any]] = []
+    with Graph.open(settings.store, settings.schema) as graph:
+        for name, raw in sorted(graph.store.checkpoints().items()):
+            src, _, partition = name.partition("/")
+            if source is not None and src != source:
+                continue
+            row: dict[str, Any] = {"name": name, "source": src, "partition": partition}
+            try:
+                pos = Position.from_bytes(raw)
+            except ValueError:
+                state = "other" if src.startswith("flink:") else "corrupt"
+                rows.append(row | {"offset": None, "state": state})
+                continue
+            rows.append(row | {"partition": pos.partition, "offset": pos.offset, "state": "ok"})
+    if wants_json(settings, as_json):
+        print_json({"positions": rows})
+        return
+    table = Table("source", "partition", "offset", "state", box=None)
+    for r in rows:
+        table.add_row(
+            r["source"], r["partition"], "" if r["offset"] is None else str(r["offset"]), r["state"]
+        )
+    Console(highlight=False).print(table if rows else "no stored positions")
+
+
+@ingest.command("set-position")
+@click.argument("source")
+@click.argument("partition")
+@click.argument("offset")
+@click.pass_obj
+def set_position(settings: Settings, source: str, partition: str, offset: str) -> None:
+    """Store where SOURCE's PARTITION resumes: strictly after OFFSET, or from its start
+    (OFFSET 'start').
+
+    For a position that is corrupt, or to read a partition again on purpose. Stop the
+    ingest first: a running engine overwrites the position with its next batch. Writes are
+    idempotent, so reading records again changes nothing they already wrote.
+    """
+    if not source or not partition:
+        raise InvalidInput("SOURCE and PARTITION must not be empty")
+    try:
+        after = -1 if offset == "start" else int(offset)
+    except ValueError:
+        raise InvalidInput(f"OFFSET must be an integer or 'start', got {offset!r}") from None
+    if after < -1:
+        raise InvalidInput(f"OFFSET must be >= 0 (or 'start'), got {after}")
+    with Graph.open(settings.store, settings.schema) as graph:
+        name = checkpoint_name(source, partition)
+        graph.store.apply([], {name: Position(partition, after).to_bytes()}, validated=True)
+    where = "from its start" if after < 0 else f"after offset {after}"
+    Console(highlight=False).print(f"{name}: resumes {where}")
 
 
 @click.group("deadletters")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import click
+import msgspec
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -34,8 +34,9 @@ from hopcast.cli.common import (
     print_json,
     wants_json,
 )
-from hopcast.errors import InvalidInput, StorageError
+from hopcast.errors import InvalidInput, StorageError, StorageRefused
 from hopcast.graph.mutations import Mutation, from_dict
+from hopcast.graph.store import ApplyResult
 from hopcast.graphdb import Graph
 
 #: Mutations per atomic write: enough to spread one fsync'd LMDB commit (~1 ms) over thousands
@@ -73,6 +74,9 @@ class ApplyRun:
         }
 
 
+_json_decode = msgspec.json.Decoder().decode
+
+
 def parse_line(raw: bytes, graph: Graph) -> Mutation:
     """One line's mutation, checked against the graph's schema.
 
@@ -82,11 +86,11 @@ def parse_line(raw: bytes, graph: Graph) -> Mutation:
             fit the schema (``SchemaViolation``, whose ``reason`` is the message to show).
     """
     try:
-        data = json.loads(raw)
-    except UnicodeDecodeError:
-        raise ValueError("not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc.msg} (column {exc.colno})") from None
+        data = _json_decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("not a mutation: JSON nested deeper than the decoder allows") from None
     mutation = from_dict(data)
     graph.store.validate([mutation])
     return mutation
@@ -141,10 +145,24 @@ def apply(
     with Graph.open(settings.store, settings.schema) as graph, progress:
         task = progress.add_task("applying", total=total)
         batch: list[Mutation] = []
+        lines: list[int] = []
 
         def flush() -> None:
             try:
-                result = graph.apply(batch)
+                try:
+                    result = graph.apply(batch)
+                except StorageRefused:  # the store cannot take one of them: find it, line by line
+                    result = ApplyResult(0, 0)
+                    for lineno, m in zip(lines, batch, strict=True):
+                        try:
+                            one = graph.apply([m])
+                        except StorageRefused as exc:
+                            run.bad.append((lineno, f"the store refused it: {exc}"))
+                            run.mutations -= 1
+                            continue
+                        result = ApplyResult(
+                            result.applied + one.applied, result.skipped + one.skipped
+                        )
             except StorageError as exc:
                 done = run.committed_through
                 raise StorageError(f"{exc} (lines 1-{done} were applied)") from exc
@@ -152,6 +170,7 @@ def apply(
             run.skipped += result.skipped
             run.committed_through = run.lines
             batch.clear()
+            lines.clear()
             progress.update(task, description=f"{run.mutations:,} mutations")
 
         for lineno, raw in enumerate(source, 1):
@@ -161,6 +180,7 @@ def apply(
                 continue
             try:
                 batch.append(parse_line(raw, graph))
+                lines.append(lineno)
             except (ValueError, InvalidInput) as exc:
                 run.bad.append((lineno, getattr(exc, "reason", None) or str(exc)))
                 if strict:

@@ -15,11 +15,12 @@ from demo_records import demo_records, graph_dump
 from prometheus_client import generate_latest
 
 from hopcast.durations import HOUR, now_us
-from hopcast.errors import SourceError, StorageError
+from hopcast.errors import SourceError, StorageError, StorageRefused
 from hopcast.graphdb import Graph
 from hopcast.kv.base import HEADER_SIZE
 from hopcast.stream.deadletter import DeadLetterStore, Reason
 from hopcast.stream.engines import EmbeddedEngine, engine_for, stored_positions
+from hopcast.stream.engines.embedded import SIDE_NS
 from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
 from hopcast.stream.operators import Pipeline
 from hopcast.stream.record import Position
@@ -376,3 +377,167 @@ def test_a_failing_source_is_reopened_with_the_others_at_the_stored_positions(
         stubborn = engine_for(g, [always], maps, source_retries=2)
         with pytest.raises(SourceError, match="broker away"):
             stubborn.run(until_idle=True)
+
+
+# -- no record stops the pipeline ---------------------------------------------------------------
+
+
+def _game(profile: str, minutes: Any, ts: int, game: str = "1") -> bytes:
+    """A games log line (the demo mapping: profile -[plays {minutes}]-> game)."""
+    doc = {"event": "game_session_end", "ts_ms": ts // 1000, "profile_id": profile}
+    return json.dumps(doc | {"game_id": game, "device_id": "d", "minutes": minutes}).encode()
+
+
+def test_values_no_backend_can_store_are_dead_letters_and_the_batch_is_written(
+    graph: Graph,
+) -> None:
+    t = now_us() - HOUR
+    deep = json.dumps({"x": 1}).replace("1", "[" * 40 + "]" * 40)
+    values = [
+        _game("a", 5, t),
+        _game("b", 2**70, t),  # beyond int64
+        b'{"event": "game_session_end", "ts_ms": %d, "profile_id": "c", "game_id": "1", '
+        b'"device_id": "d", "minutes": 1%s}' % (t // 1000, b"0" * 400),  # a 400-digit number
+        _game("x" * 600, 5, t),  # a node id of 600+ bytes (LMDB keys hold 511)
+        _game("e", 5, t, game=deep),  # odd, but a valid id: written
+        b"[" * 100_000 + b"]" * 100_000,  # 100k-deep nesting
+        _game("f", 7, t),
+    ]
+    engine = run_all(graph, [ListSource("games", values)])
+    assert engine.stats.events == len(values)
+    letters = {d.position.offset: d for d in DeadLetterStore(graph.store.kv)}
+    assert {o: d.reason for o, d in letters.items()} == {
+        1: "out_of_bounds",
+        2: "out_of_bounds",
+        3: "out_of_bounds",
+        5: "out_of_bounds",
+    }
+    assert "signed 64-bit range" in letters[1].message
+    assert "an integer of" in letters[2].message  # never 400 digits in a message
+    assert "limit is 250" in letters[3].message
+    assert letters[5].stage == "decode"
+    assert {e.dst for e in graph.neighbours("profile:a", "plays").edges} == {"game:1"}
+    assert {e.dst for e in graph.neighbours("profile:f", "plays").edges} == {"game:1"}
+    assert {e.dst for e in graph.neighbours("profile:e", "plays").edges} == {f"game:{deep}"}
+    assert stored_positions(graph.store, ["games"]) == {"games": {"0": Position("0", 6)}}
+
+
+class RefusingStore:
+    """Wraps a GraphStore whose backend refuses any write touching ``poison`` (what LMDB does
+    to a key it cannot hold), and counts the writes."""
+
+    def __init__(self, store: Any, poison: str | None, exc: Exception) -> None:
+        self._store, self.poison, self.exc, self.writes = store, poison, exc, 0
+
+    def apply(self, mutations: Any, checkpoints: Any = None, **options: Any) -> Any:
+        self.writes += 1
+        if self.poison is None or any(self.poison in repr(m) for m in mutations):
+            raise self.exc
+        return self._store.apply(mutations, checkpoints, **options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [StorageRefused("MDB_BAD_VALSIZE"), OverflowError("int too big to convert")],
+    ids=["refused", "unexpected"],
+)
+def test_a_record_the_store_refuses_is_one_dead_letter_and_the_rest_of_its_batch_is_written(
+    graph: Graph, exc: Exception
+) -> None:
+    t = now_us() - HOUR
+    values = [_game(f"p{i}", i, t + i) for i in range(50)]
+    values[17] = _game("poison", 1, t)
+    values[33] = _game("poison", 2, t)
+    refusing = RefusingStore(graph.store, "poison", exc)
+    maps = Mapping.load_dir(DEMO_MAPPINGS, graph.schema)
+    engine = EmbeddedEngine(
+        refusing,  # type: ignore[arg-type]
+        [(ListSource("games", values), maps["games"].pipeline(graph.schema))],
+        batch_records=100,
+    )
+    engine.run(until_idle=True)
+    letters = sorted(DeadLetterStore(graph.store.kv), key=lambda d: d.position)
+    assert [(d.position.offset, d.reason, d.stage) for d in letters] == [
+        (17, "write_failed", "write"),
+        (33, "write_failed", "write"),
+    ]
+    assert type(exc).__name__ in letters[0].message
+    assert len(graph.neighbours("profile:p49", "plays").edges) == 1
+    written = {f"profile:p{i}" for i in range(50) if i not in (17, 33)}
+    assert all(graph.neighbours(p, "plays").edges for p in written)
+    assert stored_positions(graph.store, ["games"]) == {"games": {"0": Position("0", 49)}}
+    assert engine.stats.dead_letters == 2 and engine.stats.dead_by_reason == {"write_failed": 2}
+    assert refusing.writes < 30  # halves, not one write per record
+
+
+def test_a_store_that_fails_every_write_stops_the_engine_unharmed_instead_of_dead_lettering(
+    graph: Graph,
+) -> None:
+    t = now_us() - HOUR
+    broken = RefusingStore(graph.store, None, RuntimeError("disk on fire"))  # every write
+    maps = Mapping.load_dir(DEMO_MAPPINGS, graph.schema)
+    engine = EmbeddedEngine(
+        broken,  # type: ignore[arg-type]
+        [(ListSource("games", [_game("a", 1, t)]), maps["games"].pipeline(graph.schema))],
+    )
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        engine.run(until_idle=True)
+    assert DeadLetterStore(graph.store.kv).count() == 0
+    assert graph.store.checkpoints() == {}
+
+
+def test_writes_outside_the_clock_window_get_their_own_reasons_and_count(graph: Graph) -> None:
+    now = now_us()
+    values = [
+        _game("a", 1, now - HOUR),
+        _game("b", 1, now - 200 * 24 * HOUR),  # older than the plays' 100-day retention
+        _game("c", 1, (9999 - 1970) * 365 * 24 * HOUR),  # the year 9999
+        _game("d", 1, now + 2 * HOUR),  # beyond the default hour of clock skew
+    ]
+    engine = run_all(graph, [ListSource("games", values)])
+    reasons = {d.position.offset: d.reason for d in DeadLetterStore(graph.store.kv)}
+    assert reasons == {1: "expired", 2: "future_time", 3: "future_time"}
+    assert engine.stats.expired == 1  # the one edge of the expired record
+    text = generate_latest(engine.metrics.registry).decode()
+    assert 'hopcast_ingest_expired_total{source="games"}' in text
+    assert graph.neighbours("profile:b", "plays").edges == []
+
+
+def test_a_corrupt_stored_position_of_its_own_stops_the_engine_with_a_clear_error(
+    graph: Graph,
+) -> None:
+    t = now_us() - HOUR
+    run_all(graph, [ListSource("games", [_game("a", 1, t)])])
+    graph.store.apply([], {"games/0": b"\xc1garbage", "someone-else": b"\xc1"}, validated=True)
+    # The next run refuses to read the source again from its start without a word.
+    with pytest.raises(StorageError, match=r"stored position 'games/0' of source 'games'"):
+        run_all(graph, [ListSource("games", [_game("a", 1, t), _game("b", 1, t)])])
+    assert DeadLetterStore(graph.store.kv).count() == 0
+    # Repaired: the engine resumes after the position it is given.
+    graph.store.apply([], {"games/0": Position("0", 0).to_bytes()}, validated=True)
+    again = run_all(graph, [ListSource("games", [_game("a", 1, t), _game("b", 1, t)])])
+    assert again.stats.events == 1
+
+
+def test_side_table_rows_are_stored_with_the_batch_that_changed_them(graph: Graph) -> None:
+    maps = {
+        "titles": Mapping.from_yaml(TITLES, "titles.yaml", graph.schema),
+        "plays": Mapping.from_yaml(PLAYS, "plays.yaml", graph.schema),
+    }
+    t = now_us() - HOUR
+    titles = [json.dumps({"title_id": "0", "name": "T0", "ts": t}).encode()]
+    crashing = FlakyStore(graph.store, 1, Crash)
+    engine = engine_for(crashing, [ListSource("titles", titles)], maps)  # type: ignore[arg-type]
+    with pytest.raises(Crash):
+        engine.run(until_idle=True)
+    # The crash came before the batch's one write: no row, no node, no position.
+    with graph.store.kv.reader() as r:
+        assert list(r.scan(SIDE_NS, b"titles", 0)) == []
+    assert graph.store.checkpoints() == {}
+    engine = engine_for(graph, [ListSource("titles", titles)], maps)
+    engine.run(until_idle=True)
+    with graph.store.kv.reader() as r:
+        assert [i.key for i in r.scan(SIDE_NS, b"titles", 0)] == [b"0"]

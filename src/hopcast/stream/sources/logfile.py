@@ -234,7 +234,7 @@ class LogFileSource:
             return False
         f.pid = file_identity(f.ino, first)
         start = self._resume.get(f.pid)
-        f.offset = start.offset if start is not None else 0
+        f.offset = max(start.offset, 0) if start is not None else 0  # -1: from the start
         size = os.fstat(f.fd).st_size
         if f.offset > size:  # truncated while we were away, same first line: start over
             f.offset = 0
