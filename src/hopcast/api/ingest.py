@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hopcast.api import errors
+from hopcast.api import bounds, errors
 from hopcast.api.errors import ApiError
 from hopcast.api.guard import RequestGuard
 from hopcast.api.metrics import METRICS_CONTENT_TYPE
@@ -55,6 +55,10 @@ from hopcast.stream.sources.journal import Journal
 MAX_BODY_BYTES = 4 << 20
 #: Most records per request.
 MAX_RECORDS = 50_000
+#: Deepest nesting of one record (the record object is level 1): a record's properties may nest
+#: MAX_JSON_DEPTH levels, as in a mutation; thousands of levels would exhaust the recursive
+#: decoders downstream.
+MAX_RECORD_DEPTH = bounds.MAX_JSON_DEPTH
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -82,6 +86,13 @@ def parse_body(body: bytes) -> list[bytes]:
     text = body.strip()
     if not text:
         raise ApiError(400, "empty_body", "the body is empty: send JSON lines or a JSON array")
+    depth = bounds.json_too_deep(text, MAX_RECORD_DEPTH + 1)
+    if depth is not None:
+        raise ApiError(
+            400,
+            "too_deep",
+            f"the body nests {depth} levels deep; a record may nest at most {MAX_RECORD_DEPTH}",
+        )
     if text.startswith(b"["):
         try:
             items = _decode(text)
@@ -89,6 +100,8 @@ def parse_body(body: bytes) -> list[bytes]:
             raise ApiError(
                 400, "malformed_json", f"the JSON array is not valid JSON: {exc}"
             ) from None
+        except RecursionError:  # unreachable after the depth check; still a 400
+            raise ApiError(400, "too_deep", "the body nests too deep") from None
         out = []
         for i, item in enumerate(items):
             if not isinstance(item, dict):
@@ -104,6 +117,8 @@ def parse_body(body: bytes) -> list[bytes]:
             doc = _decode(line)
         except msgspec.DecodeError as exc:
             raise ApiError(400, "malformed_json", f"line {n} is not valid JSON: {exc}") from None
+        except RecursionError:  # unreachable after the depth check; still a 400
+            raise ApiError(400, "too_deep", f"line {n} nests too deep") from None
         if not isinstance(doc, dict):
             raise ApiError(400, "not_an_object", f"line {n}: a record must be a JSON object")
         out.append(line)
