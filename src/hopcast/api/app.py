@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from hopcast.api import bounds, console, errors, openapi
+from hopcast.api import bounds, console, docs, errors, openapi
 from hopcast.api.bodies import (
     MutationsRequest,
     TraverseRequest,
@@ -299,11 +299,14 @@ def create_app(
         description=openapi.DESCRIPTION,
         default_response_class=JSON,
         openapi_tags=openapi.TAGS,
+        docs_url=None,  # docs.install serves the page with installed assets instead of a CDN
+        redoc_url=None,
     )
     app.state.graph = graph
     app.state.metrics = metrics
     errors.install(app)
     openapi.install(app)
+    docs.install(app)
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s and 500s
     schema_json = JSON(graph.schema.to_dict()).body

@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hopcast.api import bounds, errors
+from hopcast.api import bounds, docs, errors
 from hopcast.api.errors import ApiError
 from hopcast.api.guard import RequestGuard
 from hopcast.api.metrics import METRICS_CONTENT_TYPE
@@ -207,8 +207,11 @@ def ingest_app(
 ) -> FastAPI:
     """A small app: the ingest route and ``GET /metrics`` (``registry``, e.g. the engine's)."""
     reg = registry if registry is not None else CollectorRegistry()
-    app = FastAPI(title="hopcast ingest", default_response_class=JSON)
+    app = FastAPI(
+        title="hopcast ingest", default_response_class=JSON, docs_url=None, redoc_url=None
+    )
     errors.install(app)
+    docs.install(app)
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
     app.include_router(ingest_router(journals, reg, max_records=max_records))
 
