@@ -7,18 +7,31 @@ and ``fsync``\\ ed before the answer, so **a 202 means the records will be inges
 crashes afterwards; concurrent requests share one ``fsync`` (group commit). The engine reads the
 journal as a ``journal:DIR`` source.
 
-==========================================  ======  ===================
+==========================================  ======  ==========================
 Outcome                                     Status  ``error``
-==========================================  ======  ===================
+==========================================  ======  ==========================
 appended (``{"accepted", "position"}``)      202
+a retry of a keyed request (nothing new)     202    (``"replayed": true``)
+an ``Idempotency-Key`` reused, other body    422    ``idempotency_key_reused``
 no journal for this source                   404    ``not_found``
 body larger than ``max_body_bytes``          413    ``body_too_large``
 more records than ``max_records``            413    ``too_many_records``
 empty body                                   400    ``empty_body``
 not JSON (names the line or the element)     400    ``malformed_json``
 a record that is not a JSON object           400    ``not_an_object``
+body nested deeper than the bound           400    ``too_deep``
 the journal's disk failed                    503    ``storage_unavailable``
-==========================================  ======  ===================
+==========================================  ======  ==========================
+
+**Retries.** A client that may retry (a timeout, a connection reset: it cannot know whether the
+first attempt was journaled) sends an ``Idempotency-Key`` header, 1 to 255 printable ASCII
+characters, unique per request (a UUID). A retry with the same key and the same records is
+answered like the first attempt (same ``position``, ``"replayed": true``) and appends nothing,
+so its records are not ingested twice and a bad record among them does not become a second
+dead letter; a retry that arrives while the first attempt is still being written waits for it.
+The journal remembers the last 10,000 keys (:data:`~hopcast.stream.sources.journal.MAX_KEYS`)
+and, after a restart, the keys of its active segment (up to 64 MiB of records): retry within
+minutes, not days. Without the header every POST appends.
 
 Wire it into the API with ``create_app(graph, journals={...})``, or run it alone with
 :func:`ingest_app` (what ``hopcast ingest run --listen`` does, beside the engine's ``/metrics``).
@@ -33,10 +46,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Header, Path, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -49,12 +62,25 @@ from hopcast.api.guard import RequestGuard
 from hopcast.api.metrics import METRICS_CONTENT_TYPE
 from hopcast.api.responses import JSON
 from hopcast.errors import NotFound
-from hopcast.stream.sources.journal import Journal
+from hopcast.stream.sources.journal import MAX_KEY_BYTES, Journal, KeyReused
 
 #: Largest body (4 MiB): thousands of log lines in one request, bounded memory per request.
 MAX_BODY_BYTES = 4 << 20
 #: Most records per request.
 MAX_RECORDS = 50_000
+#: A source name: what a journal is registered under (a path segment).
+SOURCE = "^[A-Za-z0-9._-]{1,128}$"
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        description="Makes a retry safe: a request with a key already seen (and the same "
+        "records) is answered like the first one and appends nothing. 1 to "
+        f"{MAX_KEY_BYTES} printable ASCII characters, e.g. a UUID.",
+        pattern=f"^[\\x21-\\x7e]{{1,{MAX_KEY_BYTES}}}$",
+    ),
+]
+
 #: Deepest nesting of one record (the record object is level 1): a record's properties may nest
 #: MAX_JSON_DEPTH levels, as in a mutation; thousands of levels would exhaust the recursive
 #: decoders downstream.
@@ -153,6 +179,12 @@ def ingest_router(
         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         registry=registry,
     )
+    replays = Counter(
+        "hopcast_ingest_http_replays",
+        "Retried requests answered from their Idempotency-Key, appending nothing",
+        ["source"],
+        registry=registry,
+    )
     registry.register(_JournalCollector(journals))
     router = APIRouter()
 
@@ -165,7 +197,11 @@ def ingest_router(
         "journal before the 202, so an accepted record is never lost. 400 for a malformed body "
         "(the message names the line), 404 for an unknown source, 413 when too large.",
     )
-    async def ingest(source: str, request: Request) -> Response:
+    async def ingest(
+        source: Annotated[str, Path(description="The source's name.", pattern=SOURCE)],
+        request: Request,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
         journal = journals.get(source)
         if journal is None:
             known = ", ".join(sorted(journals)) or "none"
@@ -183,14 +219,27 @@ def ingest_router(
             rejected.labels(source, exc.kind).inc()
             raise
         t0 = time.perf_counter()
-        position = await run_in_threadpool(journal.append, values)
+        if idempotency_key is None:
+            position = await run_in_threadpool(journal.append, values)
+            accepted, replayed = len(values), False
+        else:
+            try:
+                done = await run_in_threadpool(journal.append_once, values, idempotency_key)
+            except KeyReused as exc:
+                rejected.labels(source, "idempotency_key_reused").inc()
+                raise ApiError(422, "idempotency_key_reused", str(exc)) from None
+            position, accepted, replayed = done.position, done.count, done.replayed
         append_s.observe(time.perf_counter() - t0)
-        records_in.labels(source).inc(len(values))
-        bytes_in.labels(source).inc(sum(len(v) for v in values))
+        if replayed:
+            replays.labels(source).inc()
+        else:
+            records_in.labels(source).inc(len(values))
+            bytes_in.labels(source).inc(sum(len(v) for v in values))
         return JSON(
             {
-                "accepted": len(values),
+                "accepted": accepted,
                 "position": {"partition": position.partition, "offset": position.offset},
+                "replayed": replayed,
             },
             status_code=202,
         )
