@@ -310,7 +310,12 @@ def test_a_chunked_body_is_cut_off_with_a_413_once_past_the_limit(small: TestCli
 
 def test_a_body_at_the_limit_is_accepted(small: TestClient) -> None:
     body = json.dumps({"mutations": []}).encode().ljust(100)
-    assert small.post("/v1/mutations", content=body).json() == {"applied": 0, "skipped": 0}
+    assert small.post("/v1/mutations", content=body).json() == {
+        "applied": 0,
+        "skipped": 0,
+        "skipped_by_reason": {"lost_to_newer": 0, "expired": 0},
+        "expired": [],
+    }
 
 
 def test_too_many_mutations_is_a_413(graph: Graph) -> None:

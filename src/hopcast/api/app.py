@@ -49,6 +49,9 @@ from hopcast.api.live import GatewayBinding, live_router
 from hopcast.api.metrics import METRICS_CONTENT_TYPE, ApiMetrics, MetricsMiddleware
 from hopcast.api.responses import JSON
 from hopcast.errors import InvalidQuery, NotFound
+from hopcast.graph.limits import DEFAULT_MAX_FUTURE_US, EXPIRED, FUTURE_TIME, arrival_problem
+from hopcast.graph.mutations import Mutation
+from hopcast.graph.store import ApplyResult
 from hopcast.graphdb import Graph
 from hopcast.live.service import LiveService
 from hopcast.query import spec as q
@@ -249,6 +252,41 @@ def _where(text: str | None) -> dict[str, Any] | None:
     return where
 
 
+#: Why a valid mutation changed nothing: a newer (or equal) version was already stored.
+LOST_TO_NEWER = "lost_to_newer"
+
+
+def _arrivals(
+    batch: list[Mutation], graph: Graph, max_future_us: int | None
+) -> tuple[list[Mutation], list[dict[str, Any]]]:
+    """Split validated mutations into those to write and those expired on arrival (reported,
+    not written: they would be invisible the moment they were stored).
+
+    Raises:
+        ApiError: 422 ``future_time`` naming the first mutation whose ``ts`` lies more than
+            ``max_future_us`` past the server's clock (nothing is written).
+    """
+    now = graph.clock()
+    schema = graph.schema
+    kept: list[Mutation] = []
+    expired: list[dict[str, Any]] = []
+    for i, mu in enumerate(batch):
+        problem = arrival_problem(mu.ts, now, schema.retention_of(mu), max_future_us)
+        if problem is None:
+            kept.append(mu)
+        elif problem[0] == FUTURE_TIME:
+            raise ApiError(
+                422,
+                FUTURE_TIME,
+                f"mutation #{i} ({mu.id[:60]!r}): {problem[1]}",
+                index=i,
+                reason=problem[1],
+            )
+        else:
+            expired.append({"index": i, "id": mu.id, "message": problem[1]})
+    return kept, expired
+
+
 def create_app(
     graph: Graph,
     *,
@@ -260,6 +298,7 @@ def create_app(
     journals: Mapping[str, Journal] | None = None,
     ingest: IngestStats | None = None,
     console_routes: bool | None = None,
+    max_future_us: int | None = DEFAULT_MAX_FUTURE_US,
 ) -> FastAPI:
     """Build the API app over ``graph``.
 
@@ -279,6 +318,8 @@ def create_app(
             status (:mod:`hopcast.api.console`; settable later as ``app.state.ingest``).
         console_routes: serve the operator console's ``/v1/console`` routes; default: when
             there is a live service or ingest stats.
+        max_future_us: how far past the server's clock a mutation's ``ts`` may lie (default
+            an hour); later ones are refused with a 422 ``future_time``. None: no bound.
 
     Raises:
         ValueError: for a negative ``max_body_bytes`` or ``max_mutations < 1``.
@@ -498,7 +539,12 @@ def create_app(
         description="Validates every mutation against the schema, then applies them in one "
         "atomic write (last-write-wins on `ts`, idempotent on `id`). The write is committed — "
         "durable, on a store opened with `sync` — before the response. If any mutation is "
-        "malformed or violates the schema nothing is written and the 422 names its `index`. "
+        "malformed or violates the schema nothing is written and the 422 names its `index`; "
+        "so does a `ts` more than the allowed skew (default an hour) past the server's clock "
+        "(`future_time`: it would win every comparison until the clock caught up). "
+        "`skipped` counts the writes that changed nothing, by reason: `lost_to_newer` (a newer "
+        "or equal version is stored) and `expired` (older than the type's retention on arrival: "
+        "invisible once written, so not written; each is listed in `expired` with its index). "
         f"At most {max_mutations} mutations per request.",
         responses=openapi.responses(openapi.MUTATIONS, 400, 413, 422),
         openapi_extra=openapi.request_body("MutationsRequest", openapi.MUTATIONS_REQUESTS),
@@ -511,11 +557,19 @@ def create_app(
                 "too_many_mutations",
                 f"{len(body.mutations)} mutations in one request; at most {max_mutations}",
             )
-        batch = to_mutations(body.mutations)
-        result = await run_in_threadpool(graph.apply, batch)
+        batch = graph.store.validate(to_mutations(body.mutations))
+        kept, expired = _arrivals(batch, graph, max_future_us)
+        result = await run_in_threadpool(graph.apply, kept) if kept else ApplyResult(0, 0)
         metrics.mutations_applied.inc(result.applied)
-        metrics.mutations_skipped.inc(result.skipped)
-        return JSON({"applied": result.applied, "skipped": result.skipped})
+        metrics.mutations_skipped.inc(result.skipped + len(expired))
+        return JSON(
+            {
+                "applied": result.applied,
+                "skipped": result.skipped + len(expired),
+                "skipped_by_reason": {LOST_TO_NEWER: result.skipped, EXPIRED: len(expired)},
+                "expired": expired,
+            }
+        )
 
     # -- schema and operations -----------------------------------------------------------------
 
