@@ -56,7 +56,7 @@ from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hopcast.api import bounds, docs, errors
+from hopcast.api import bounds, docs, errors, openapi
 from hopcast.api.errors import ApiError
 from hopcast.api.guard import RequestGuard
 from hopcast.api.metrics import METRICS_CONTENT_TYPE
@@ -260,6 +260,7 @@ def ingest_app(
         title="hopcast ingest", default_response_class=JSON, docs_url=None, redoc_url=None
     )
     errors.install(app)
+    openapi.install(app)
     docs.install(app)
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
     app.include_router(ingest_router(journals, reg, max_records=max_records))
