@@ -195,7 +195,26 @@ def ingest_router(
         status_code=202,
         description="JSON lines or a JSON array of objects; appended durably to the source's "
         "journal before the 202, so an accepted record is never lost. 400 for a malformed body "
-        "(the message names the line), 404 for an unknown source, 413 when too large.",
+        "(the message names the line) or header, 404 for an unknown source, 413 when too "
+        "large, 422 for an Idempotency-Key reused with another body.",
+        responses={
+            202: {"description": "Journaled", "content": {"application/json": {}}},
+            **{
+                status: {
+                    "description": text,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                }
+                for status, text in (
+                    (400, "Malformed body or header"),
+                    (404, "No journal for this source"),
+                    (413, "Body too large or too many records"),
+                    (422, "Idempotency-Key reused with another body"),
+                    (503, "The journal's disk failed"),
+                )
+            },
+        },
     )
     async def ingest(
         source: Annotated[str, Path(description="The source's name.", pattern=SOURCE)],
