@@ -324,7 +324,12 @@ def test_mutations_are_applied_and_readable_at_once(client: TestClient, graph: G
             },
         ]
     }
-    assert ok(client.post("/v1/mutations", json=body)) == {"applied": 3, "skipped": 0}
+    assert ok(client.post("/v1/mutations", json=body)) == {
+        "applied": 3,
+        "skipped": 0,
+        "skipped_by_reason": {"lost_to_newer": 0, "expired": 0},
+        "expired": [],
+    }
     assert ok(client.get("/v1/nodes/profile:3")) == {
         "id": "profile:3",
         "ts": NOW,
@@ -336,11 +341,21 @@ def test_mutations_are_applied_and_readable_at_once(client: TestClient, graph: G
 
 def test_replayed_mutations_are_skipped(client: TestClient) -> None:
     body = {"mutations": [to_dict(m) for m in SEED[:3]]}
-    assert ok(client.post("/v1/mutations", json=body)) == {"applied": 0, "skipped": 3}
+    assert ok(client.post("/v1/mutations", json=body)) == {
+        "applied": 0,
+        "skipped": 3,
+        "skipped_by_reason": {"lost_to_newer": 3, "expired": 0},
+        "expired": [],
+    }
 
 
 def test_an_empty_batch_applies_nothing(client: TestClient) -> None:
-    assert ok(client.post("/v1/mutations", json={"mutations": []})) == {"applied": 0, "skipped": 0}
+    assert ok(client.post("/v1/mutations", json={"mutations": []})) == {
+        "applied": 0,
+        "skipped": 0,
+        "skipped_by_reason": {"lost_to_newer": 0, "expired": 0},
+        "expired": [],
+    }
 
 
 # -- schema, health, docs -----------------------------------------------------------------------

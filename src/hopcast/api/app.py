@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path as FsPath
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from fastapi import FastAPI, Path, Query, Request
@@ -34,12 +34,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from hopcast.api import console, errors, openapi
+from hopcast.api import bounds, console, docs, errors, openapi
 from hopcast.api.bodies import (
     MutationsRequest,
     TraverseRequest,
     decode,
     edge_types,
+    resolve_time,
     to_mutations,
 )
 from hopcast.api.errors import ApiError
@@ -48,6 +49,9 @@ from hopcast.api.live import GatewayBinding, live_router
 from hopcast.api.metrics import METRICS_CONTENT_TYPE, ApiMetrics, MetricsMiddleware
 from hopcast.api.responses import JSON
 from hopcast.errors import InvalidQuery, NotFound
+from hopcast.graph.limits import DEFAULT_MAX_FUTURE_US, EXPIRED, FUTURE_TIME, arrival_problem
+from hopcast.graph.mutations import Mutation
+from hopcast.graph.store import ApplyResult
 from hopcast.graphdb import Graph
 from hopcast.live.service import LiveService
 from hopcast.query import spec as q
@@ -72,98 +76,215 @@ _decode_json = msgspec.json.Decoder().decode
 WEB_DIR = FsPath(__file__).resolve().parent.parent / "web"
 
 # -- parameters, documented once ----------------------------------------------------------------
+# Each declares its bound (hopcast.api.bounds); values marked ``x-hopcast`` get the graph
+# schema's node types or edge types in the OpenAPI document (hopcast.api.openapi), and the
+# query engine refuses other types with a 400.
+
+
+def _mark(kind: str) -> dict[str, Any]:
+    return {bounds.MARK: kind}
+
+
+_ID_TEXT = "Node id `type:key` (at most 250 bytes of UTF-8)."
 
 NodeId = Annotated[
     str,
-    Path(description="Node id `type:key`.", examples=["profile:1"]),
+    Path(
+        description=_ID_TEXT,
+        examples=["profile:1"],
+        min_length=3,
+        max_length=bounds.MAX_NODE_ID_CHARS,
+        pattern=bounds.NODE_ID,
+        json_schema_extra=_mark("node_id"),
+    ),
 ]
 EdgeParam = Annotated[
     str | None,
     Query(
-        description="Edge type(s), comma-separated. Absent: every edge type touching the node.",
+        description="Edge type(s), comma-separated. Absent or empty: every edge type touching "
+        "the node.",
         examples=["started_watching,browsed"],
+        max_length=bounds.MAX_QUERY_CHARS,
+        pattern=bounds.EDGES,
+        json_schema_extra=_mark("edges"),
     ),
 ]
 DirectionParam = Annotated[
-    str,
+    Literal["out", "in", "both"],
     Query(
         description="`out` (edges leaving the node; two-way edges count from both ends), `in` or "
         "`both`.",
-        json_schema_extra={"enum": list(q.DIRECTIONS)},
     ),
 ]
+_TIME_FORMS = (
+    "µs since the epoch in [0, 2^62), or a duration such as `7d` meaning 7 days before now "
+    "(a number and a unit: us, ms, s, m, h, d, w; at most 2^62 µs; a duration reaching before "
+    "the epoch starts at the epoch). Empty: not given."
+)
 SinceParam = Annotated[
     str | None,
     Query(
-        description="Keep edges with `ts >= since`: µs since the epoch, or a duration such as "
-        "`7d` meaning 7 days before now (units us, ms, s, m, h, d, w). Default: the 100-day "
-        "lookback.",
+        description=f"Keep edges with `ts >= since`: {_TIME_FORMS} Default: the 100-day lookback.",
         examples=["7d"],
+        pattern=bounds.OPTIONAL_TIME_PATTERN,
     ),
 ]
 UntilParam = Annotated[
     str | None,
     Query(
-        description="Keep edges with `ts < until` (same forms as `since`).",
+        description=f"Keep edges with `ts < until`: {_TIME_FORMS}",
         examples=["1700000000000000"],
+        pattern=bounds.OPTIONAL_TIME_PATTERN,
     ),
 ]
 
 
 AccountId = Annotated[
-    str, Path(description="The account (journey root) id.", examples=["account:1"])
-]
-IdsParam = Annotated[
-    str, Query(description="Node ids, comma-separated.", examples=["account:1,profile:9"])
-]
-SelectionParam = Annotated[
     str,
-    Query(
-        description="`latest` (newest first) or `any` (storage order, cheaper).",
-        json_schema_extra={"enum": [s.value for s in q.Selection]},
+    Path(
+        description="The account (journey root) id.",
+        examples=["account:1"],
+        min_length=3,
+        max_length=bounds.MAX_NODE_ID_CHARS,
+        pattern=bounds.NODE_ID,
+        json_schema_extra=_mark("journey_root"),
     ),
 ]
-NeighboursLimit = Annotated[int, Query(description=f"Most edges returned, 1 to {q.MAX_RESULT}.")]
-JourneyLimit = Annotated[int, Query(description=f"Entries per page, 1 to {q.MAX_RESULT}.")]
+IdsParam = Annotated[
+    str,
+    Query(
+        description=f"1 to {q.MAX_IDS} node ids, comma-separated (keys without commas).",
+        examples=["account:1,profile:9"],
+        max_length=bounds.MAX_QUERY_CHARS,
+        pattern=bounds.NODE_IDS,
+        json_schema_extra=_mark("node_ids"),
+    ),
+]
+SelectionParam = Annotated[
+    Literal["latest", "any"],
+    Query(description="`latest` (newest first) or `any` (storage order, cheaper)."),
+]
+NeighboursLimit = Annotated[
+    int, Query(description=f"Most edges returned, 1 to {q.MAX_RESULT}.", ge=1, le=q.MAX_RESULT)
+]
+JourneyLimit = Annotated[
+    int, Query(description=f"Entries per page, 1 to {q.MAX_RESULT}.", ge=1, le=q.MAX_RESULT)
+]
 WhereParam = Annotated[
     str | None,
     Query(
         description='Property filter, a JSON object: `{"prop": value}` (equals) or '
-        f'`{{"prop": {{"op": value}}}}` with op one of {", ".join(q.OPS)}.',
+        f'`{{"prop": {{"op": value}}}}` with op one of {", ".join(q.OPS)} (`in` takes a list). '
+        f"At most {bounds.MAX_QUERY_CHARS} characters and {bounds.MAX_JSON_DEPTH} levels of "
+        "nesting.",
         examples=['{"position_s": {"gte": 60}}'],
+        max_length=bounds.MAX_QUERY_CHARS,
+        json_schema_extra=_mark("where"),
     ),
 ]
-CursorParam = Annotated[str | None, Query(description="The `cursor` of the previous page.")]
+CursorParam = Annotated[
+    str | None,
+    Query(
+        description="The `cursor` of the previous page (opaque; a cursor this server did not "
+        "issue is a 400 `invalid_cursor`).",
+        pattern=bounds.OPTIONAL_CURSOR,
+    ),
+]
 InteractionsParam = Annotated[
     str | None,
-    Query(description="Interaction edge types, comma-separated. Absent: all of them."),
+    Query(
+        description="Interaction edge types, comma-separated. Absent or empty: all of them.",
+        max_length=bounds.MAX_QUERY_CHARS,
+        pattern=bounds.EDGES,
+        json_schema_extra=_mark("edges"),
+    ),
 ]
-ExistsSrc = Annotated[str, Query(description="Source node id.", examples=["account:1"])]
-ExistsEdge = Annotated[str, Query(description="Edge type.", examples=["has_profile"])]
-ExistsDst = Annotated[str, Query(description="Target node id.", examples=["profile:1"])]
-PathSrc = Annotated[str, Query(description="Start node id.", examples=["profile:1"])]
-PathDst = Annotated[str, Query(description="Target node id.", examples=["profile:2"])]
-MaxHops = Annotated[int, Query(description=f"Longest path searched, 1 to {q.MAX_DEPTH} hops.")]
 
 
-def _opt(value: str | None) -> str | None:
-    """An empty query value means "not given"."""
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
+def _node_query(description: str, example: str) -> Any:
+    return Query(
+        description=f"{description} {_ID_TEXT}",
+        examples=[example],
+        min_length=3,
+        max_length=bounds.MAX_NODE_ID_CHARS,
+        pattern=bounds.NODE_ID,
+        json_schema_extra=_mark("node_id"),
+    )
+
+
+ExistsSrc = Annotated[str, _node_query("Source node id.", "account:1")]
+ExistsEdge = Annotated[
+    str,
+    Query(
+        description="Edge type.",
+        examples=["has_profile"],
+        pattern=bounds.EDGE,
+        json_schema_extra=_mark("edge"),
+    ),
+]
+ExistsDst = Annotated[str, _node_query("Target node id.", "profile:1")]
+PathSrc = Annotated[str, _node_query("Start node id.", "profile:1")]
+PathDst = Annotated[str, _node_query("Target node id.", "profile:2")]
+MaxHops = Annotated[
+    int,
+    Query(description=f"Longest path searched, 1 to {q.MAX_DEPTH} hops.", ge=1, le=q.MAX_DEPTH),
+]
+
+
+def _time(name: str, value: str | None, now: int) -> int | None:
+    return resolve_time(name, value, now)
 
 
 def _where(text: str | None) -> dict[str, Any] | None:
     if not text:
         return None
+    depth = bounds.json_too_deep(text)
+    if depth is not None:
+        raise InvalidQuery(f"where: nests {depth} levels deep; at most {bounds.MAX_JSON_DEPTH}")
     try:
         where = _decode_json(text)
     except msgspec.DecodeError as exc:
         raise InvalidQuery(f"where: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidQuery(f"where: nests deeper than {bounds.MAX_JSON_DEPTH} levels") from None
     if not isinstance(where, dict):
         raise InvalidQuery("where: must be a JSON object of property -> value or {op: value}")
     return where
+
+
+#: Why a valid mutation changed nothing: a newer (or equal) version was already stored.
+LOST_TO_NEWER = "lost_to_newer"
+
+
+def _arrivals(
+    batch: list[Mutation], graph: Graph, max_future_us: int | None
+) -> tuple[list[Mutation], list[dict[str, Any]]]:
+    """Split validated mutations into those to write and those expired on arrival (reported,
+    not written: they would be invisible the moment they were stored).
+
+    Raises:
+        ApiError: 422 ``future_time`` naming the first mutation whose ``ts`` lies more than
+            ``max_future_us`` past the server's clock (nothing is written).
+    """
+    now = graph.clock()
+    schema = graph.schema
+    kept: list[Mutation] = []
+    expired: list[dict[str, Any]] = []
+    for i, mu in enumerate(batch):
+        problem = arrival_problem(mu.ts, now, schema.retention_of(mu), max_future_us)
+        if problem is None:
+            kept.append(mu)
+        elif problem[0] == FUTURE_TIME:
+            raise ApiError(
+                422,
+                FUTURE_TIME,
+                f"mutation #{i} ({mu.id[:60]!r}): {problem[1]}",
+                index=i,
+                reason=problem[1],
+            )
+        else:
+            expired.append({"index": i, "id": mu.id, "message": problem[1]})
+    return kept, expired
 
 
 def create_app(
@@ -177,6 +298,7 @@ def create_app(
     journals: Mapping[str, Journal] | None = None,
     ingest: IngestStats | None = None,
     console_routes: bool | None = None,
+    max_future_us: int | None = DEFAULT_MAX_FUTURE_US,
 ) -> FastAPI:
     """Build the API app over ``graph``.
 
@@ -196,6 +318,8 @@ def create_app(
             status (:mod:`hopcast.api.console`; settable later as ``app.state.ingest``).
         console_routes: serve the operator console's ``/v1/console`` routes; default: when
             there is a live service or ingest stats.
+        max_future_us: how far past the server's clock a mutation's ``ts`` may lie (default
+            an hour); later ones are refused with a 422 ``future_time``. None: no bound.
 
     Raises:
         ValueError: for a negative ``max_body_bytes`` or ``max_mutations < 1``.
@@ -216,11 +340,14 @@ def create_app(
         description=openapi.DESCRIPTION,
         default_response_class=JSON,
         openapi_tags=openapi.TAGS,
+        docs_url=None,  # docs.install serves the page with installed assets instead of a CDN
+        redoc_url=None,
     )
     app.state.graph = graph
     app.state.metrics = metrics
     errors.install(app)
-    openapi.install(app)
+    openapi.install(app, graph.schema, clock=graph.clock, max_future_us=max_future_us)
+    docs.install(app)
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s and 500s
     schema_json = JSON(graph.schema.to_dict()).body
@@ -252,10 +379,7 @@ def create_app(
     async def get_nodes(
         ids: IdsParam,
     ) -> Response:
-        id_list = [i.strip() for i in ids.split(",") if i.strip()]
-        if not id_list:
-            raise InvalidQuery("ids: give at least one node id")
-        found = graph.nodes(id_list)
+        found = graph.nodes(ids.split(","))  # the declared pattern: 1 to MAX_IDS ids
         return JSON({"nodes": [None if n is None else n.to_dict() for n in found]})
 
     # -- queries -------------------------------------------------------------------------------
@@ -278,15 +402,17 @@ def create_app(
         limit: NeighboursLimit = 20,
         where: WhereParam = None,
     ) -> Response:
+        now = graph.clock()
         result = graph.neighbours(
             node_id,
             edge,
             direction=direction,
             selection=selection,
-            since=_opt(since),
-            until=_opt(until),
+            since=_time("since", since, now),
+            until=_time("until", until, now),
             limit=limit,
             where=_where(where),
+            now=now,
         )
         return JSON(result.to_dict())
 
@@ -301,7 +427,7 @@ def create_app(
         openapi_extra=openapi.request_body("TraverseRequest", openapi.TRAVERSE_REQUESTS),
     )
     async def traverse(request: Request) -> Response:
-        body = decode(await request.body(), TraverseRequest)
+        body = decode(await request.body(), TraverseRequest, "invalid_query")
         now = graph.clock()
         return JSON(graph.engine.traverse(body.to_spec(now), now).to_dict())
 
@@ -321,13 +447,15 @@ def create_app(
         cursor: CursorParam = None,
         edge: InteractionsParam = None,
     ) -> Response:
+        now = graph.clock()
         result = graph.journey(
             node_id,
-            since=_opt(since),
-            until=_opt(until),
+            since=_time("since", since, now),
+            until=_time("until", until, now),
             limit=limit,
-            cursor=_opt(cursor),
+            cursor=cursor or None,
             edge=edge_types(edge),
+            now=now,
         )
         return JSON(result.to_dict())
 
@@ -345,8 +473,14 @@ def create_app(
         since: SinceParam = None,
         until: UntilParam = None,
     ) -> Response:
+        now = graph.clock()
         result = graph.count(
-            node_id, edge, direction=direction, since=_opt(since), until=_opt(until)
+            node_id,
+            edge,
+            direction=direction,
+            since=_time("since", since, now),
+            until=_time("until", until, now),
+            now=now,
         )
         return JSON(result.to_dict())
 
@@ -381,8 +515,15 @@ def create_app(
         direction: DirectionParam = "both",
         since: SinceParam = None,
     ) -> Response:
+        now = graph.clock()
         result = graph.shortest_path(
-            src, dst, max_hops=max_hops, edge=edge, direction=direction, since=_opt(since)
+            src,
+            dst,
+            max_hops=max_hops,
+            edge=edge,
+            direction=direction,
+            since=_time("since", since, now),
+            now=now,
         )
         return JSON(result.to_dict())
 
@@ -395,7 +536,12 @@ def create_app(
         description="Validates every mutation against the schema, then applies them in one "
         "atomic write (last-write-wins on `ts`, idempotent on `id`). The write is committed — "
         "durable, on a store opened with `sync` — before the response. If any mutation is "
-        "malformed or violates the schema nothing is written and the 422 names its `index`. "
+        "malformed or violates the schema nothing is written and the 422 names its `index`; "
+        "so does a `ts` more than the allowed skew (default an hour) past the server's clock "
+        "(`future_time`: it would win every comparison until the clock caught up). "
+        "`skipped` counts the writes that changed nothing, by reason: `lost_to_newer` (a newer "
+        "or equal version is stored) and `expired` (older than the type's retention on arrival: "
+        "invisible once written, so not written; each is listed in `expired` with its index). "
         f"At most {max_mutations} mutations per request.",
         responses=openapi.responses(openapi.MUTATIONS, 400, 413, 422),
         openapi_extra=openapi.request_body("MutationsRequest", openapi.MUTATIONS_REQUESTS),
@@ -408,11 +554,19 @@ def create_app(
                 "too_many_mutations",
                 f"{len(body.mutations)} mutations in one request; at most {max_mutations}",
             )
-        batch = to_mutations(body.mutations)
-        result = await run_in_threadpool(graph.apply, batch)
+        batch = graph.store.validate(to_mutations(body.mutations))
+        kept, expired = _arrivals(batch, graph, max_future_us)
+        result = await run_in_threadpool(graph.apply, kept) if kept else ApplyResult(0, 0)
         metrics.mutations_applied.inc(result.applied)
-        metrics.mutations_skipped.inc(result.skipped)
-        return JSON({"applied": result.applied, "skipped": result.skipped})
+        metrics.mutations_skipped.inc(result.skipped + len(expired))
+        return JSON(
+            {
+                "applied": result.applied,
+                "skipped": result.skipped + len(expired),
+                "skipped_by_reason": {LOST_TO_NEWER: result.skipped, EXPIRED: len(expired)},
+                "expired": expired,
+            }
+        )
 
     # -- schema and operations -----------------------------------------------------------------
 

@@ -8,28 +8,74 @@ error shape; :meth:`TraverseRequest.to_spec` and :func:`to_mutations` build the 
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import re
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
+from hopcast.api import bounds
 from hopcast.api.errors import ApiError, IndexedMutationError
 from hopcast.durations import format_duration, parse_duration
 from hopcast.errors import InvalidMutation, InvalidQuery
 from hopcast.graph import mutations as m
-from hopcast.graphdb import resolve_time
+from hopcast.graph.keys import MAX_TS
 from hopcast.query import spec as q
 
 T = TypeVar("T")
 
-EdgeTypes = str | list[str]
-TimeValue = str | int
+
+def _anchored(pattern: str) -> str:
+    """``pattern`` for msgspec, which uses ``re.search``: Python's ``$`` also matches before a
+    final newline, JSON Schema's does not, so refuse one explicitly (ECMA 262 reads the
+    lookahead the same way)."""
+    return pattern + "(?!\\n)" if pattern.endswith("$") else pattern
+
+
+#: A node id as the body carries it (the types of the graph's schema are checked by the query
+#: engine and named in the OpenAPI document's pattern).
+NodeIdText = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=3,
+        max_length=bounds.MAX_NODE_ID_CHARS,
+        pattern=_anchored(bounds.NODE_ID),
+        extra_json_schema={bounds.MARK: "node_id"},
+    ),
+]
+#: An edge type name (the graph's schema says which exist).
+EdgeName = Annotated[
+    str, msgspec.Meta(pattern=_anchored(bounds.EDGE), extra_json_schema={bounds.MARK: "edge"})
+]
+EdgeTypes = (
+    Annotated[
+        str,
+        msgspec.Meta(
+            max_length=bounds.MAX_QUERY_CHARS,
+            pattern=_anchored(bounds.EDGES),
+            extra_json_schema={bounds.MARK: "edges"},
+        ),
+    ]
+    | Annotated[list[EdgeName], msgspec.Meta(max_length=1024)]
+)
+#: A time in a body: µs in [0, 2**62) or a duration text (the same bounds as in a query).
+TimeValue = (
+    Annotated[str, msgspec.Meta(pattern=_anchored(bounds.TIME_PATTERN))]
+    | Annotated[int, msgspec.Meta(ge=0, le=MAX_TS)]
+)
+Lookback = (
+    Annotated[str, msgspec.Meta(pattern=_anchored(bounds.DURATION_PATTERN))]
+    | Annotated[int, msgspec.Meta(ge=1, le=MAX_TS)]
+)
+PerHop = Annotated[int, msgspec.Meta(ge=1, le=q.MAX_RESULT)]
+Depth = Annotated[int, msgspec.Meta(ge=1, le=q.MAX_DEPTH)]
+Direction = Annotated[str, msgspec.Meta(pattern=_anchored("^(?:out|in|both)$"))]
 
 
 class HopRequest(msgspec.Struct, forbid_unknown_fields=True):
     """One hop: edge type(s) to follow, direction, and an optional property filter."""
 
     edge: EdgeTypes | None = None
-    direction: str | None = None
+    direction: Direction | None = None
     where: dict[str, Any] | None = None
 
 
@@ -37,12 +83,12 @@ class LimitsRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Layered traversal limits (see :class:`hopcast.query.spec.Limits`); keys of ``per_depth``
     are 1-based depths written as strings, as JSON requires."""
 
-    edges_per_hop: int = q.DEFAULT_EDGES_PER_HOP
-    per_depth: dict[int, int] = msgspec.field(default_factory=dict)
-    per_edge_type: dict[str, int] = msgspec.field(default_factory=dict)
-    max_work: int = q.DEFAULT_MAX_WORK
-    max_frontier: int = q.DEFAULT_MAX_FRONTIER
-    lookback: TimeValue = format_duration(q.DEFAULT_LOOKBACK_US)
+    edges_per_hop: PerHop = q.DEFAULT_EDGES_PER_HOP
+    per_depth: dict[Depth, PerHop] = msgspec.field(default_factory=dict)
+    per_edge_type: dict[EdgeName, PerHop] = msgspec.field(default_factory=dict)
+    max_work: Annotated[int, msgspec.Meta(ge=1, le=q.MAX_WORK)] = q.DEFAULT_MAX_WORK
+    max_frontier: Annotated[int, msgspec.Meta(ge=1, le=q.MAX_RESULT * 10)] = q.DEFAULT_MAX_FRONTIER
+    lookback: Lookback = format_duration(q.DEFAULT_LOOKBACK_US)
 
     def to_limits(self) -> q.Limits:
         """Raises :class:`InvalidQuery` for a malformed ``lookback``."""
@@ -64,9 +110,14 @@ class TraverseRequest(msgspec.Struct, forbid_unknown_fields=True):
     """A k-hop traversal. A hop written as a string or a list of strings names edge types and
     uses the top-level ``direction``."""
 
-    start: str | list[str]
-    hops: list[str | list[str] | HopRequest]
-    direction: str = "out"
+    start: (
+        NodeIdText | Annotated[list[NodeIdText], msgspec.Meta(min_length=1, max_length=q.MAX_IDS)]
+    )
+    hops: Annotated[
+        list[EdgeTypes | HopRequest],
+        msgspec.Meta(min_length=1, max_length=q.MAX_DEPTH),
+    ]
+    direction: Direction = "out"
     since: TimeValue | None = None
     until: TimeValue | None = None
     limits: LimitsRequest | None = None
@@ -113,28 +164,102 @@ def edge_types(value: EdgeTypes | None) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _time(name: str, value: TimeValue | None, now: int) -> int | None:
-    try:
-        return resolve_time(value, now)
-    except InvalidQuery as exc:
-        raise InvalidQuery(f"{name}: {exc}") from None
-
-
-def decode(body: bytes, type: type[T]) -> T:
-    """Decode a JSON body into ``type``.
+def resolve_time(name: str, value: str | int | None, now: int) -> int | None:
+    """A bounded time (see :mod:`hopcast.api.bounds`) as µs: digits or an int as they are, a
+    duration as that long before ``now`` (never before the epoch); None or empty: None.
 
     Raises:
-        ApiError: 400 ``malformed_json`` if the body is not JSON, 422 ``validation_error`` if it
-            does not fit ``type`` (the message names the JSON path).
+        InvalidQuery: naming ``name``, for a value outside the declared bounds (the declared
+            schema normally refuses it first).
     """
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value <= MAX_TS:
+            return value
+    elif isinstance(value, str):
+        if _INSTANT.fullmatch(value):
+            return int(value)
+        if _DURATION.fullmatch(value):
+            return max(0, now - parse_duration(value))
+    raise InvalidQuery(
+        f"{name}: {str(value)[:40]!r} is not a time: use µs since the epoch in [0, 2**62) or "
+        "a duration such as 7d (units us, ms, s, m, h, d, w)"
+    )
+
+
+_INSTANT = re.compile(bounds.INSTANT)
+_DURATION = re.compile(bounds.DURATION)
+
+
+def _time(name: str, value: str | int | None, now: int) -> int | None:
+    return resolve_time(name, value, now)
+
+
+def too_deep(depth: int) -> ApiError:
+    """The 400 for JSON nested deeper than :data:`~hopcast.api.bounds.MAX_JSON_DEPTH`."""
+    return ApiError(
+        400,
+        "too_deep",
+        f"the JSON nests {depth} levels deep; at most {bounds.MAX_JSON_DEPTH} are accepted",
+    )
+
+
+def decode(body: bytes, type: type[T], out_of_bounds: str = "validation_error") -> T:
+    """Decode a JSON body into ``type``.
+
+    The nesting depth is checked before parsing (:func:`~hopcast.api.bounds.json_too_deep`), so
+    no body can exhaust the decoder's recursion.
+
+    Args:
+        out_of_bounds: the error kind of a field outside its declared bound (a range, length or
+            pattern): ``validation_error`` (422) by default; a query's body passes
+            ``invalid_query`` and a command's ``invalid_input`` (400: a malformed request).
+
+    Raises:
+        ApiError: 400 ``malformed_json`` if the body is not JSON, 400 ``too_deep`` if it nests
+            deeper than the bound, 422 ``validation_error`` if it does not fit ``type``, and
+            ``out_of_bounds`` for a field outside its bound (the message names the JSON path).
+    """
+    depth = bounds.json_too_deep(body)
+    if depth is not None:
+        raise too_deep(depth)
     try:
         return msgspec.json.decode(body, type=type)
     except msgspec.ValidationError as exc:
-        raise ApiError(422, "validation_error", f"body: {exc}") from None
+        text = str(exc)
+        kind = out_of_bounds if _BOUND.match(text) else "validation_error"
+        status = 422 if kind == "validation_error" else 400
+        raise ApiError(status, kind, f"body: {readable(text)}") from None
     except msgspec.DecodeError as exc:
         raise ApiError(
-            400, "malformed_json", f"the request body is not valid JSON: {exc}"
+            400, "malformed_json", f"the request body is not valid JSON: {_hint(body, exc)}"
         ) from None
+    except RecursionError:  # the scan above makes this unreachable; keep the answer a 400
+        raise too_deep(bounds.MAX_JSON_DEPTH + 1) from None
+
+
+def readable(message: str) -> str:
+    """A msgspec validation message with each declared pattern named by what it means."""
+    return _REGEX.sub(lambda m: f"`str`: {bounds.meaning(m.group(1))}", message)
+
+
+#: msgspec's message for a constraint (``Expected `int` <= 10``, ``... of length >= 1``,
+#: ``... matching regex``), as opposed to a wrong type (``Expected `int`, got `str```).
+_BOUND = re.compile(r"Expected `[^`]+` (?!, got)(?:<|>|of length|matching regex)")
+_REGEX = re.compile(r"`str` matching regex '(.*?)'(?= - at |$)")
+
+
+def _hint(body: bytes, exc: msgspec.DecodeError) -> str:
+    """msgspec's message, and why when it is a lone surrogate escape (``\\ud800``), which JSON
+    text cannot carry into valid UTF-8 (msgspec calls it truncated input)."""
+    text = str(exc)
+    if _SURROGATE.search(body):
+        text += " (a \\uD800-\\uDFFF escape that is not a surrogate pair is not valid Unicode)"
+    return text
+
+
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def to_mutations(items: list[Any]) -> list[m.Mutation]:

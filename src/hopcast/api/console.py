@@ -605,11 +605,13 @@ def _router(
         description="Connected devices, prefetch coverage of the stage devices need next, the "
         "time-to-update CDF of the event's last trigger, and the origin's prefetch requests per "
         "second. `event` defaults to the live event, else the next to start.",
-        responses=_ok(DASHBOARD_EXAMPLE, 400, 422),
+        responses=_ok(DASHBOARD_EXAMPLE, 400, 404, 422),
     )
     async def dashboard(
         event: Annotated[str | None, Query(description="The event shown.")] = None,
-        window: Annotated[int, Query(description="Seconds of the origin rate, 1 to 300.")] = 10,
+        window: Annotated[
+            int, Query(description="Seconds of the origin rate, 1 to 300.", ge=1, le=300)
+        ] = 10,
     ) -> Response:
         if not 1 <= window <= 300:
             raise InvalidQuery(f"window must be between 1 and 300 seconds, got {window}")
@@ -796,7 +798,9 @@ def _router(
     async def search(
         q_: Annotated[str, Query(alias="q", description="Id or id prefix.")] = "",
         type: Annotated[str | None, Query(description="Node type.")] = None,
-        limit: Annotated[int, Query(description="Most nodes returned, 1 to 100.")] = 20,
+        limit: Annotated[
+            int, Query(description="Most nodes returned, 1 to 100.", ge=1, le=100)
+        ] = 20,
     ) -> Response:
         if not 1 <= limit <= 100:
             raise InvalidQuery(f"limit must be between 1 and 100, got {limit}")
@@ -848,8 +852,8 @@ def _router(
     )
     async def neighbourhood(
         node_id: NodeId,
-        depth: Annotated[int, Query(description="Hops, 1 or 2.")] = 1,
-        limit: Annotated[int, Query(description="Edges per node, 1 to 500.")] = 50,
+        depth: Annotated[int, Query(description="Hops, 1 or 2.", ge=1, le=2)] = 1,
+        limit: Annotated[int, Query(description="Edges per node, 1 to 500.", ge=1, le=500)] = 50,
         edge: Annotated[
             str | None, Query(description="Edge types, comma-separated (default: all).")
         ] = None,
@@ -944,7 +948,9 @@ def _router(
         since: Annotated[
             str | None, Query(description="µs since the epoch or a duration such as `7d`.")
         ] = None,
-        limit: Annotated[int, Query(description=f"Entries per page, 1 to {q.MAX_RESULT}.")] = 100,
+        limit: Annotated[
+            int, Query(description=f"Entries per page, 1 to {q.MAX_RESULT}.", ge=1, le=q.MAX_RESULT)
+        ] = 100,
         cursor: Annotated[str | None, Query(description="The previous page's cursor.")] = None,
     ) -> Response:
         now = graph.clock()

@@ -37,7 +37,7 @@ Node ids inside queries are checked by the query engine, which reports a malform
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -45,6 +45,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from hopcast.api import bounds
 from hopcast.api.responses import error
 from hopcast.errors import (
     HopcastError,
@@ -143,13 +144,52 @@ def _loc(loc: Sequence[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def _message(problem: Mapping[str, Any]) -> str:
+    """pydantic's message, with a declared pattern named by what it means."""
+    ctx = problem.get("ctx") or {}
+    if problem.get("type") == "string_pattern_mismatch" and "pattern" in ctx:
+        text = f"must be {bounds.meaning(str(ctx['pattern']))}"
+    else:
+        text = str(problem.get("msg", ""))
+    if problem.get("type") in _BOUND_ERRORS and isinstance(problem.get("input"), str):
+        given = problem["input"]
+        text += f", got {given[:60] + '…' if len(given) > 60 else given!r}"
+    return text
+
+
 def validation_error_response(exc: RequestValidationError) -> Response:
     problems = list(exc.errors())
     if any(p.get("type") == "json_invalid" for p in problems):
         return error(400, "malformed_json", "the request body is not valid JSON")
-    details = [{"loc": _loc(p.get("loc", ())), "message": str(p.get("msg", ""))} for p in problems]
+    details = [{"loc": _loc(p.get("loc", ())), "message": _message(p)} for p in problems]
     message = "; ".join(f"{d['loc']}: {d['message']}" for d in details) or "invalid request"
+    if problems and all(_out_of_bounds(p) for p in problems):
+        return error(400, "invalid_query", message, details=details)
     return error(422, "validation_error", message, details=details)
+
+
+#: pydantic error types that mean "a parameter outside its declared bound" (a pattern, a
+#: range, a length, a set of values), as opposed to a value of the wrong type or a missing one.
+_BOUND_ERRORS = frozenset(
+    {
+        "string_pattern_mismatch",
+        "string_too_long",
+        "string_too_short",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "literal_error",
+        "enum",
+        "int_parsing_size",
+    }
+)
+
+
+def _out_of_bounds(problem: Mapping[str, Any]) -> bool:
+    """A query, path or header parameter outside its declared bound: a malformed query (400)."""
+    loc = problem.get("loc") or ("",)
+    return loc[0] in ("query", "path", "header") and problem.get("type") in _BOUND_ERRORS
 
 
 def install(app: FastAPI) -> None:

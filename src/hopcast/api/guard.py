@@ -4,13 +4,15 @@
    is never read).
 2. Otherwise the body is counted while it is read, so a chunked upload without a length stops
    with a 413 as soon as it crosses the limit; memory use stays bounded by the limit either way.
-3. An exception no handler took (a bug) is logged with its traceback and answered with a generic
+3. A client that disconnects while its body is being read gets no answer (and no error log).
+4. An exception no handler took (a bug) is logged with its traceback and answered with a generic
    500 in the usual error shape — unless the response had already started, in which case the
    exception propagates and the server drops the connection.
 """
 
 from __future__ import annotations
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -63,8 +65,11 @@ class RequestGuard:
             if started:
                 raise
             await _too_large(limit)(scope, receive, send)
+        except ClientDisconnect:
+            # The client went away mid-body: nobody to answer, nothing went wrong here.
+            logger.info("client disconnected during %s %s", scope.get("method"), scope.get("path"))
         except Exception:
-            # 3. A bug: log it, answer generically.
+            # 4. A bug: log it, answer generically.
             logger.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if started:
                 raise

@@ -7,18 +7,31 @@ and ``fsync``\\ ed before the answer, so **a 202 means the records will be inges
 crashes afterwards; concurrent requests share one ``fsync`` (group commit). The engine reads the
 journal as a ``journal:DIR`` source.
 
-==========================================  ======  ===================
+==========================================  ======  ==========================
 Outcome                                     Status  ``error``
-==========================================  ======  ===================
+==========================================  ======  ==========================
 appended (``{"accepted", "position"}``)      202
+a retry of a keyed request (nothing new)     202    (``"replayed": true``)
+an ``Idempotency-Key`` reused, other body    422    ``idempotency_key_reused``
 no journal for this source                   404    ``not_found``
 body larger than ``max_body_bytes``          413    ``body_too_large``
 more records than ``max_records``            413    ``too_many_records``
 empty body                                   400    ``empty_body``
 not JSON (names the line or the element)     400    ``malformed_json``
 a record that is not a JSON object           400    ``not_an_object``
+body nested deeper than the bound           400    ``too_deep``
 the journal's disk failed                    503    ``storage_unavailable``
-==========================================  ======  ===================
+==========================================  ======  ==========================
+
+**Retries.** A client that may retry (a timeout, a connection reset: it cannot know whether the
+first attempt was journaled) sends an ``Idempotency-Key`` header, 1 to 255 printable ASCII
+characters, unique per request (a UUID). A retry with the same key and the same records is
+answered like the first attempt (same ``position``, ``"replayed": true``) and appends nothing,
+so its records are not ingested twice and a bad record among them does not become a second
+dead letter; a retry that arrives while the first attempt is still being written waits for it.
+The journal remembers the last 10,000 keys (:data:`~hopcast.stream.sources.journal.MAX_KEYS`)
+and, after a restart, the keys of its active segment (up to 64 MiB of records): retry within
+minutes, not days. Without the header every POST appends.
 
 Wire it into the API with ``create_app(graph, journals={...})``, or run it alone with
 :func:`ingest_app` (what ``hopcast ingest run --listen`` does, beside the engine's ``/metrics``).
@@ -33,28 +46,45 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Header, Path, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hopcast.api import errors
+from hopcast.api import bounds, docs, errors, openapi
 from hopcast.api.errors import ApiError
 from hopcast.api.guard import RequestGuard
 from hopcast.api.metrics import METRICS_CONTENT_TYPE
 from hopcast.api.responses import JSON
 from hopcast.errors import NotFound
-from hopcast.stream.sources.journal import Journal
+from hopcast.stream.sources.journal import MAX_KEY_BYTES, Journal, KeyReused
 
 #: Largest body (4 MiB): thousands of log lines in one request, bounded memory per request.
 MAX_BODY_BYTES = 4 << 20
 #: Most records per request.
 MAX_RECORDS = 50_000
+#: A source name: what a journal is registered under (a path segment).
+SOURCE = "^[A-Za-z0-9._-]{1,128}$"
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        description="Makes a retry safe: a request with a key already seen (and the same "
+        "records) is answered like the first one and appends nothing. 1 to "
+        f"{MAX_KEY_BYTES} printable ASCII characters, e.g. a UUID.",
+        pattern=f"^[\\x21-\\x7e]{{1,{MAX_KEY_BYTES}}}$",
+    ),
+]
+
+#: Deepest nesting of one record (the record object is level 1): a record's properties may nest
+#: MAX_JSON_DEPTH levels, as in a mutation; thousands of levels would exhaust the recursive
+#: decoders downstream.
+MAX_RECORD_DEPTH = bounds.MAX_JSON_DEPTH
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -82,6 +112,13 @@ def parse_body(body: bytes) -> list[bytes]:
     text = body.strip()
     if not text:
         raise ApiError(400, "empty_body", "the body is empty: send JSON lines or a JSON array")
+    depth = bounds.json_too_deep(text, MAX_RECORD_DEPTH + 1)
+    if depth is not None:
+        raise ApiError(
+            400,
+            "too_deep",
+            f"the body nests {depth} levels deep; a record may nest at most {MAX_RECORD_DEPTH}",
+        )
     if text.startswith(b"["):
         try:
             items = _decode(text)
@@ -89,6 +126,8 @@ def parse_body(body: bytes) -> list[bytes]:
             raise ApiError(
                 400, "malformed_json", f"the JSON array is not valid JSON: {exc}"
             ) from None
+        except RecursionError:  # unreachable after the depth check; still a 400
+            raise ApiError(400, "too_deep", "the body nests too deep") from None
         out = []
         for i, item in enumerate(items):
             if not isinstance(item, dict):
@@ -104,6 +143,8 @@ def parse_body(body: bytes) -> list[bytes]:
             doc = _decode(line)
         except msgspec.DecodeError as exc:
             raise ApiError(400, "malformed_json", f"line {n} is not valid JSON: {exc}") from None
+        except RecursionError:  # unreachable after the depth check; still a 400
+            raise ApiError(400, "too_deep", f"line {n} nests too deep") from None
         if not isinstance(doc, dict):
             raise ApiError(400, "not_an_object", f"line {n}: a record must be a JSON object")
         out.append(line)
@@ -138,6 +179,12 @@ def ingest_router(
         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         registry=registry,
     )
+    replays = Counter(
+        "hopcast_ingest_http_replays",
+        "Retried requests answered from their Idempotency-Key, appending nothing",
+        ["source"],
+        registry=registry,
+    )
     registry.register(_JournalCollector(journals))
     router = APIRouter()
 
@@ -148,9 +195,32 @@ def ingest_router(
         status_code=202,
         description="JSON lines or a JSON array of objects; appended durably to the source's "
         "journal before the 202, so an accepted record is never lost. 400 for a malformed body "
-        "(the message names the line), 404 for an unknown source, 413 when too large.",
+        "(the message names the line) or header, 404 for an unknown source, 413 when too "
+        "large, 422 for an Idempotency-Key reused with another body.",
+        responses={
+            202: {"description": "Journaled", "content": {"application/json": {}}},
+            **{
+                status: {
+                    "description": text,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                }
+                for status, text in (
+                    (400, "Malformed body or header"),
+                    (404, "No journal for this source"),
+                    (413, "Body too large or too many records"),
+                    (422, "Idempotency-Key reused with another body"),
+                    (503, "The journal's disk failed"),
+                )
+            },
+        },
     )
-    async def ingest(source: str, request: Request) -> Response:
+    async def ingest(
+        source: Annotated[str, Path(description="The source's name.", pattern=SOURCE)],
+        request: Request,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
         journal = journals.get(source)
         if journal is None:
             known = ", ".join(sorted(journals)) or "none"
@@ -168,14 +238,27 @@ def ingest_router(
             rejected.labels(source, exc.kind).inc()
             raise
         t0 = time.perf_counter()
-        position = await run_in_threadpool(journal.append, values)
+        if idempotency_key is None:
+            position = await run_in_threadpool(journal.append, values)
+            accepted, replayed = len(values), False
+        else:
+            try:
+                done = await run_in_threadpool(journal.append_once, values, idempotency_key)
+            except KeyReused as exc:
+                rejected.labels(source, "idempotency_key_reused").inc()
+                raise ApiError(422, "idempotency_key_reused", str(exc)) from None
+            position, accepted, replayed = done.position, done.count, done.replayed
         append_s.observe(time.perf_counter() - t0)
-        records_in.labels(source).inc(len(values))
-        bytes_in.labels(source).inc(sum(len(v) for v in values))
+        if replayed:
+            replays.labels(source).inc()
+        else:
+            records_in.labels(source).inc(len(values))
+            bytes_in.labels(source).inc(sum(len(v) for v in values))
         return JSON(
             {
-                "accepted": len(values),
+                "accepted": accepted,
                 "position": {"partition": position.partition, "offset": position.offset},
+                "replayed": replayed,
             },
             status_code=202,
         )
@@ -192,8 +275,12 @@ def ingest_app(
 ) -> FastAPI:
     """A small app: the ingest route and ``GET /metrics`` (``registry``, e.g. the engine's)."""
     reg = registry if registry is not None else CollectorRegistry()
-    app = FastAPI(title="hopcast ingest", default_response_class=JSON)
+    app = FastAPI(
+        title="hopcast ingest", default_response_class=JSON, docs_url=None, redoc_url=None
+    )
     errors.install(app)
+    openapi.install(app)
+    docs.install(app)
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
     app.include_router(ingest_router(journals, reg, max_records=max_records))
 

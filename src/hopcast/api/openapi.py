@@ -8,12 +8,17 @@ generated from the msgspec structs in :mod:`hopcast.api.bodies`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from fastapi import FastAPI
 
+from hopcast.api import bounds, schemas
 from hopcast.api.bodies import MutationsRequest, TraverseRequest
+from hopcast.graph.keys import MAX_TS
+from hopcast.graph.limits import MAX_INT, MAX_MUTATION_ID_BYTES, MAX_SEQ, MIN_INT
+from hopcast.graph.schema import Schema
 
 DESCRIPTION = """\
 Query and write the member graph.
@@ -295,15 +300,146 @@ def _components() -> dict[str, Any]:
     return {**components, "Error": ERROR_SCHEMA}
 
 
-def install(app: FastAPI) -> None:
-    """Make ``app.openapi()`` include the components the routes above refer to."""
+def install(
+    app: FastAPI,
+    graph: Schema | None = None,
+    *,
+    clock: Callable[[], int] | None = None,
+    max_future_us: int | None = None,
+) -> None:
+    """Make ``app.openapi()`` complete: the request and response schemas the routes refer to,
+    the graph schema's node and edge types in every id and edge pattern, and the mutation
+    shapes it accepts (with ``ts`` bounded by ``clock() + max_future_us`` each time the
+    document is served).
+
+    Raises:
+        RuntimeError: (when the document is built) a JSON route without a response schema.
+    """
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         doc = generate()  # FastAPI caches it in app.openapi_schema; we extend it once
-        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-        if "Error" not in schemas:
-            schemas.update(_components())
+        schemas_ = doc.setdefault("components", {}).setdefault("schemas", {})
+        if "Error" not in schemas_:
+            schemas_.update(_components())
+            schemas.document(doc)
+            if graph is not None:
+                schemas_["Mutation"] = mutation_schema(graph)
+                schemas_["MutationsRequest"]["properties"]["mutations"]["items"] = {
+                    "$ref": "#/components/schemas/Mutation"
+                }
+                narrow(doc, graph)
+        if graph is not None and clock is not None:
+            refresh_clock_bounds(doc, clock(), max_future_us)
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+# -- the graph's schema in the document -----------------------------------------------------------
+
+_INT64 = {"type": "integer", "minimum": MIN_INT, "maximum": MAX_INT}
+_PROP_TYPES: dict[str, dict[str, Any]] = {
+    "str": {"type": "string"},
+    "int": _INT64,
+    "float": {"anyOf": [_INT64, {"type": "number"}]},
+    "bool": {"type": "boolean"},
+    "list": {"type": "array"},
+    "map": {"type": "object"},
+    "any": {},
+}
+
+
+def _props(spec: Any, *, partial: bool) -> dict[str, Any]:
+    properties = {}
+    for name, p in spec.props.items():
+        one = _PROP_TYPES[p.type]
+        properties[name] = one if p.required and not partial else {"anyOf": [one, {"type": "null"}]}
+    out: dict[str, Any] = {"type": "object", "properties": properties}
+    if not spec.additional:
+        out["additionalProperties"] = False
+    required = [n for n, p in spec.props.items() if p.required and not partial]
+    if required:
+        out["required"] = required
+    return out
+
+
+def _write(kind: str, fields: dict[str, Any], title: str) -> dict[str, Any]:
+    common = {
+        "kind": {"const": kind},
+        "ts": {"type": "integer", "minimum": 0, "maximum": MAX_TS, "x-hopcast": "ts"},
+        "id": {"type": "string", "minLength": 1, "maxLength": MAX_MUTATION_ID_BYTES},
+        "seq": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_SEQ}, {"type": "null"}]},
+    }
+    props = {**common, **fields}
+    required = [k for k in props if k not in ("seq", "props")]
+    return {
+        "title": title,
+        "type": "object",
+        "required": required,
+        "properties": props,
+        "additionalProperties": False,
+    }
+
+
+def mutation_schema(graph: Schema) -> dict[str, Any]:
+    """One mutation as the graph's schema accepts it: a ``oneOf`` per kind and type (and per
+    mapping of an edge type, both ways round for a two-way one)."""
+    ids = {"type": "string", "maxLength": bounds.MAX_NODE_ID_CHARS}
+    choices: list[dict[str, Any]] = []
+    for name, nt in graph.nodes.items():
+        node = ids | {"pattern": bounds.node_id_pattern([name])}
+        choices.append(
+            _write("node_upsert", {"node": node, "props": _props(nt.props, partial=True)}, name)
+        )
+        choices.append(_write("node_delete", {"node": node}, f"delete {name}"))
+    for name, et in graph.edges.items():
+        ends = set()
+        for m in et.mappings:
+            ends.add((m.src_type, m.dst_type))
+            if m.two_way:
+                ends.add((m.dst_type, m.src_type))
+        for src, dst in sorted(ends):
+            fields = {
+                "src": ids | {"pattern": bounds.node_id_pattern([src])},
+                "type": {"const": name},
+                "dst": ids | {"pattern": bounds.node_id_pattern([dst])},
+            }
+            title = f"{src} -[{name}]-> {dst}"
+            props = _props(et.props, partial=False)
+            choices.append(_write("edge_upsert", fields | {"props": props}, title))
+            choices.append(_write("edge_delete", fields, f"delete {title}"))
+    return {"oneOf": choices}
+
+
+def narrow(doc: dict[str, Any], graph: Schema) -> None:
+    """Replace every marked value's generic pattern by the graph schema's types, in place."""
+    types = sorted(graph.nodes)
+    edges = sorted(graph.edges)
+    root = [graph.journey.root] if graph.journey is not None else types
+    patterns = {
+        "node_id": bounds.node_id_pattern(types),
+        "journey_root": bounds.node_id_pattern(root),
+        "node_ids": bounds.id_list_pattern(types),
+        "edge": bounds.edge_pattern(edges),
+        "edges": bounds.edge_list_pattern(edges),
+    }
+    stack: list[Any] = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            kind = item.get(bounds.MARK)
+            if kind in patterns:
+                item["pattern"] = patterns[kind]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def refresh_clock_bounds(doc: dict[str, Any], now: int, max_future_us: int | None) -> None:
+    """Set the latest ``ts`` a mutation may carry (the server's clock plus the allowed skew)."""
+    if max_future_us is None:
+        return
+    latest = min(MAX_TS, now + max_future_us)
+    for choice in doc["components"]["schemas"].get("Mutation", {}).get("oneOf", []):
+        choice["properties"]["ts"]["maximum"] = latest

@@ -509,16 +509,23 @@ def _step(
     return replace(event, **changes)
 
 
+#: Latest start or end (µs): the graph's bound on times, so stored times and their sums stay
+#: signed 64-bit integers.
+MAX_TIME_US = (1 << 62) - 1
+
+
 def _check_times(starts_at: int, ends_at: int | None, now: int, *, started: bool) -> None:
-    if not _is_int(starts_at) or starts_at < 0:
-        raise InvalidInput(f"starts_at must be µs since the epoch, got {starts_at!r}")
+    if not _is_int(starts_at) or not 0 <= starts_at <= MAX_TIME_US:
+        raise InvalidInput(f"starts_at must be µs since the epoch in [0, 2**62), got {starts_at!r}")
     if not started and starts_at < now:
         raise InvalidInput(
             f"starts_at {starts_at} is in the past (now is {now}); use start-now to start at once"
         )
     if ends_at is not None:
-        if not _is_int(ends_at):
-            raise InvalidInput(f"ends_at must be µs since the epoch or null, got {ends_at!r}")
+        if not _is_int(ends_at) or not 0 <= ends_at <= MAX_TIME_US:
+            raise InvalidInput(
+                f"ends_at must be µs since the epoch in [0, 2**62) or null, got {ends_at!r}"
+            )
         if ends_at <= starts_at:
             raise InvalidInput(f"ends_at {ends_at} must come after starts_at {starts_at}")
         if ends_at <= now:

@@ -581,9 +581,34 @@ async def run_timers(
 # -- values for the adapters -----------------------------------------------------------------------
 
 
+#: Latest schedule time and longest delay or lead (µs): the graph's bound on generation times
+#: (2**62 - 1), so every stored time and every sum of two stays a signed 64-bit integer.
+MAX_TIME_US: Final = (1 << 62) - 1
+
+
+def _bounded(us: int, what: str) -> int:
+    if not 0 <= us <= MAX_TIME_US:
+        raise InvalidInput(f"{what} {_shown(us)} is outside [0, 2**62) µs")
+    return us
+
+
+def _shown(us: int) -> str:
+    return str(us) if us.bit_length() <= 128 else f"(an integer of {us.bit_length()} bits)"
+
+
+def _duration(text: int | str, what: str) -> int:
+    """``parse_duration`` bounded to [0, 2**62) µs, every failure an :class:`InvalidInput`."""
+    try:
+        us = parse_duration(text)
+    except (ValueError, OverflowError) as exc:  # OverflowError: a number beyond float range
+        raise InvalidInput(f"{what}: {exc}") from None
+    return _bounded(us, what)
+
+
 def parse_instant(value: int | str, now: int) -> int:
-    """A schedule time: µs since the epoch (an integer, or digits), ISO-8601 (UTC when it has
-    no zone), or a duration such as ``10m`` meaning that long **after** ``now``.
+    """A schedule time: µs since the epoch (an integer, or ASCII digits), ISO-8601 (UTC when it
+    has no zone), or a duration such as ``10m`` meaning that long **after** ``now``; always in
+    ``[0, 2**62)`` µs.
 
     Raises:
         InvalidInput: for anything else.
@@ -591,37 +616,37 @@ def parse_instant(value: int | str, now: int) -> int:
     if isinstance(value, bool):
         raise InvalidInput(f"not a time: {value!r}")
     if isinstance(value, int):
-        return value
+        return _bounded(value, "time")
     text = value.strip() if isinstance(value, str) else ""
-    if text.isdigit():
-        return int(text)
+    if text.isascii() and text.isdigit():  # int() also reads other scripts' digits; not "0³"
+        if len(text) > len(str(MAX_TIME_US)):
+            raise InvalidInput(f"time {text[:40]!r}… is outside [0, 2**62) µs")
+        return _bounded(int(text), "time")
     try:
-        return now + parse_duration(text)
-    except ValueError:
+        return _bounded(now + parse_duration(text), "time")
+    except (ValueError, OverflowError):
         pass
     try:
-        return parse_iso(text)
-    except ValueError:
+        return _bounded(parse_iso(text), "time")
+    except (ValueError, OverflowError):
         raise InvalidInput(
-            f"not a time: {value!r} (use µs since the epoch, ISO-8601, or a duration from now "
-            "such as 10m)"
+            f"not a time: {str(value)[:80]!r} (use µs since the epoch, ISO-8601, or a duration "
+            "from now such as 10m)"
         ) from None
 
 
 def parse_lead(value: int | str) -> int:
-    """A prefetch lead: a duration (``30m``) or µs.
+    """A prefetch lead: a duration (``30m``) or µs, in ``[0, 2**62)``.
 
     Raises:
         InvalidInput: for anything else.
     """
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise InvalidInput(f"prefetch lead: {exc}") from None
+    return _duration(value, "prefetch lead")
 
 
 def parse_delay(value: int | str) -> int:
-    """A delay: a duration (``5m``) or µs; a leading ``-`` brings the event forward instead.
+    """A delay: a duration (``5m``) or µs, at most ``2**62`` µs either way; a leading ``-``
+    brings the event forward instead.
 
     Raises:
         InvalidInput: for anything else.
@@ -629,10 +654,7 @@ def parse_delay(value: int | str) -> int:
     sign = 1
     if isinstance(value, str) and value.strip().startswith("-"):
         sign, value = -1, value.strip()[1:]
-    try:
-        return sign * parse_duration(value)
-    except ValueError as exc:
-        raise InvalidInput(f"delay: {exc}") from None
+    return sign * _duration(value, "delay")
 
 
 def event_doc(event: LiveEvent) -> Doc:

@@ -38,7 +38,11 @@ def test_json_lines_and_arrays_are_journaled_before_the_202(journal: Journal) ->
     client = TestClient(ingest_app({"browse": journal}, max_body_bytes=10_000, max_records=5))
     r = client.post("/v1/ingest/browse", content=b'{"a": 1}\n\n{"b": 2}\n')
     assert r.status_code == 202
-    assert r.json() == {"accepted": 2, "position": {"partition": "0", "offset": journal.end.offset}}
+    assert r.json() == {
+        "accepted": 2,
+        "position": {"partition": "0", "offset": journal.end.offset},
+        "replayed": False,
+    }
     r = client.post("/v1/ingest/browse", json=[{"c": 3}, {"d": [1, 2]}])
     assert r.status_code == 202 and r.json()["accepted"] == 2
     assert read_all(journal.directory) == [b'{"a": 1}', b'{"b": 2}', b'{"c":3}', b'{"d":[1,2]}']

@@ -14,6 +14,16 @@ Segments are files ``<base>.seg`` where ``base`` is the global byte offset of th
 the writer starts a new one when the active segment passes ``segment_bytes``, and never touches
 a segment again once a newer one exists. New files and directory entries are fsync'd too.
 
+Retries (:meth:`Journal.append_once`): an append may carry an idempotency key (the HTTP
+``Idempotency-Key`` header). The key is written as a *key frame* right after the request's
+records, in the same write and ``fsync`` — a frame whose length has the top bit set, holding
+``count u32 ‖ digest 16 bytes ‖ key`` — so it is durable exactly when its records are (a torn
+tail that cut a record cuts the key frame after it too). A second append with the same key and
+the same records appends nothing and answers the first one's position; with other records it
+raises :class:`KeyReused`. The writer remembers the last :data:`MAX_KEYS` keys, and on open
+re-reads the key frames of the active segment, so a retry after a crash and restart is
+recognised while its records are in the active segment. Readers skip key frames.
+
 Reading (:class:`JournalSource`): one partition, ``"0"``; a record's offset is the global byte
 offset just past it, so resuming is a seek. The reader follows the writer (same process or
 another), waits on a record that is not complete yet, and moves to the next segment at the end
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import itertools
 import logging
 import os
@@ -33,7 +44,8 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +55,14 @@ from hopcast.stream.record import Position, Record
 log = logging.getLogger("hopcast.ingest.journal")
 
 _FRAME = struct.Struct(">II")
+#: The top bit of a frame's length marks a key frame (records are far smaller than 2**31 bytes).
+_KEY_FLAG = 1 << 31
+_LENGTH = _KEY_FLAG - 1
+_KEY_HEAD = struct.Struct(">I16s")
+#: Keys remembered for retries: far more requests than a client retries at once, a few MiB.
+MAX_KEYS = 10_000
+#: Longest idempotency key in bytes (the HTTP header's bound).
+MAX_KEY_BYTES = 255
 #: Default segment size: big enough that rolling is rare, small enough to free disk promptly.
 DEFAULT_SEGMENT_BYTES = 64 << 20
 #: Largest record the journal frames (the HTTP route's body limit is far below).
@@ -72,16 +92,71 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def digest(values: Sequence[bytes]) -> bytes:
+    """16 bytes that tell one request's records from another's (lengths included)."""
+    h = hashlib.blake2b(digest_size=16)
+    for v in values:
+        h.update(len(v).to_bytes(4, "big"))
+        h.update(v)
+    return h.digest()
+
+
+def _key_frame(key: bytes, count: int, digest_: bytes) -> bytes:
+    payload = _KEY_HEAD.pack(count, digest_) + key
+    return _FRAME.pack(len(payload) | _KEY_FLAG, zlib.crc32(payload)) + payload
+
+
 def _valid_end(data: bytes) -> int:
-    """Where the last complete, intact record of a segment's bytes ends."""
+    """Where the last complete, intact frame of a segment's bytes ends."""
     pos, n = 0, len(data)
     while pos + _FRAME.size <= n:
         length, crc = _FRAME.unpack_from(data, pos)
-        end = pos + _FRAME.size + length
+        end = pos + _FRAME.size + (length & _LENGTH)
         if end > n or zlib.crc32(data[pos + _FRAME.size : end]) != crc:
             break
         pos = end
     return pos
+
+
+def _key_frames(data: bytes, end: int, base: int) -> Iterator[tuple[bytes, _Ack]]:
+    """``(key, ack)`` of every key frame in ``data[:end]`` (a segment starting at ``base``)."""
+    pos = 0
+    while pos + _FRAME.size <= end:
+        length, _ = _FRAME.unpack_from(data, pos)
+        body = pos + _FRAME.size
+        nxt = body + (length & _LENGTH)
+        if length & _KEY_FLAG:
+            count, dig = _KEY_HEAD.unpack_from(data, body)
+            yield data[body + _KEY_HEAD.size : nxt], _Ack(base + pos, count, dig)
+        pos = nxt
+
+
+@dataclass(frozen=True, slots=True)
+class _Ack:
+    """What a keyed append was answered: the end of its records, how many, their digest."""
+
+    end: int
+    count: int
+    digest: bytes
+
+
+class KeyReused(ValueError):
+    """An idempotency key came back with other records than the first time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """The answer to :meth:`Journal.append_once`.
+
+    Attributes:
+        position: just past the request's last record.
+        count: how many records the request appended (the first time).
+        replayed: True when the key was seen before and nothing was appended now.
+    """
+
+    position: Position
+    count: int
+    replayed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +165,10 @@ class JournalStats:
     records: int
     bytes: int
     fsyncs: int
+
+
+#: A queued append: ticket, records, and (key, digest) when it has an idempotency key.
+_Pending = tuple[int, list[bytes], tuple[bytes, bytes] | None]
 
 
 class Journal:
@@ -122,12 +201,16 @@ class Journal:
                 f"journal {self.directory} is open for writing in another process"
             ) from exc
         self._cond = threading.Condition()
-        self._pending: list[tuple[int, list[bytes]]] = []
+        self._pending: list[_Pending] = []
         self._ticket = 0
         self._done = 0
         #: ticket -> the end offset of its records, or the error that failed its group
         self._results: dict[int, int | BaseException] = {}
         self._flushing = False
+        #: idempotency key -> what its append was answered (the newest MAX_KEYS)
+        self._keys: OrderedDict[bytes, _Ack] = OrderedDict()
+        #: keys whose append is queued or being written -> its ticket
+        self._inflight: dict[bytes, int] = {}
         self._appends = self._records = self._bytes = self._fsyncs = 0
         self._open_active()
 
@@ -152,6 +235,14 @@ class Journal:
             _fsync_dir(self.directory)
         self._fd = fd
         self._size = end
+        for key, ack in _key_frames(data, end, self._base):
+            self._remember(key, ack)
+
+    def _remember(self, key: bytes, ack: _Ack) -> None:
+        self._keys[key] = ack
+        self._keys.move_to_end(key)
+        while len(self._keys) > MAX_KEYS:
+            self._keys.popitem(last=False)
 
     @property
     def end(self) -> Position:
@@ -164,13 +255,60 @@ class Journal:
 
     def append(self, values: Sequence[bytes]) -> Position:
         """Write ``values`` durably (group commit); returns the position of the last one."""
+        done = self._append(values, None)
+        assert isinstance(done, Position)
+        return done
+
+    def append_once(self, values: Sequence[bytes], key: str) -> Appended:
+        """Write ``values`` durably unless an append with ``key`` already did.
+
+        A retry with the same ``key`` and the same ``values`` (a client that lost the first
+        answer) appends nothing and gets the first answer, ``replayed=True``; a retry that
+        arrives while the first is still being written waits for it. See the module docstring
+        for how long keys are remembered.
+
+        Raises:
+            KeyReused: ``key`` was used before with other values (nothing is appended).
+            ValueError: ``key`` is empty or longer than :data:`MAX_KEY_BYTES` bytes.
+            StorageError: the disk failed (nothing acknowledged; a retry may succeed).
+        """
+        raw = key.encode("utf-8", "surrogatepass")
+        if not 0 < len(raw) <= MAX_KEY_BYTES:
+            raise ValueError(f"an idempotency key is 1 to {MAX_KEY_BYTES} bytes")
+        dig = digest(values)
+        done = self._append(values, (raw, dig))
+        if isinstance(done, Position):
+            return Appended(done, len(values), replayed=False)
+        if done.digest != dig:
+            raise KeyReused(
+                f"idempotency key {key[:60]!r} was used for other records "
+                f"({done.count} records ending at offset {done.end})"
+            )
+        return Appended(Position(PARTITION, done.end), done.count, replayed=True)
+
+    def _append(self, values: Sequence[bytes], key: tuple[bytes, bytes] | None) -> Position | _Ack:
+        """Queue ``values`` and wait until a group write holding them is durable; with a key
+        already appended (or being appended: wait for it), the first append's answer instead.
+        The key check and the queueing happen under one lock, so two attempts with one key
+        never both append."""
         for v in values:
             if len(v) > MAX_RECORD_BYTES:
                 raise ValueError(f"a journal record is at most {MAX_RECORD_BYTES} bytes")
         with self._cond:
+            while key is not None:
+                seen = self._keys.get(key[0])
+                if seen is not None:
+                    return seen
+                first = self._inflight.get(key[0])
+                if first is None:
+                    break
+                while self._done < first:  # the first attempt is being written: wait for it
+                    self._cond.wait()
             self._ticket += 1
             ticket = self._ticket
-            self._pending.append((ticket, list(values)))
+            self._pending.append((ticket, list(values), key))
+            if key is not None:
+                self._inflight[key[0]] = ticket
             while self._done < ticket:
                 if self._flushing:
                     self._cond.wait()
@@ -188,8 +326,12 @@ class Journal:
                     self._cond.acquire()
                     self._flushing = False
                     last = batch[-1][0]
-                    for t, _ in batch:
+                    for t, vs, k in batch:
                         self._results[t] = error if error is not None else ends[t]
+                        if k is not None:
+                            self._inflight.pop(k[0], None)
+                            if error is None:
+                                self._remember(k[0], _Ack(ends[t], len(vs), k[1]))
                     self._done = last
                     self._cond.notify_all()
             outcome = self._results.pop(ticket)
@@ -199,19 +341,24 @@ class Journal:
                 raise outcome
             return Position(PARTITION, outcome)
 
-    def _write(self, batch: list[tuple[int, list[bytes]]]) -> dict[int, int]:
-        """Write a group of appends and fsync once; returns each ticket's end offset."""
+    def _write(self, batch: list[_Pending]) -> dict[int, int]:
+        """Write a group of appends and fsync once; returns each ticket's end offset (just
+        past its records; a keyed append's key frame follows)."""
         ends: dict[int, int] = {}
         chunks: list[bytes] = []
         size = self._size
         n = 0
-        for ticket, values in batch:
+        for ticket, values, key in batch:
             for v in values:
                 chunks.append(_FRAME.pack(len(v), zlib.crc32(v)))
                 chunks.append(v)
                 size += _FRAME.size + len(v)
                 n += 1
             ends[ticket] = self._base + size
+            if key is not None:
+                frame = _key_frame(key[0], len(values), key[1])
+                chunks.append(frame)
+                size += len(frame)
         data = b"".join(chunks)
         try:
             written = 0
@@ -337,6 +484,8 @@ class JournalSource:
             p = 0
             while len(out) < max_records and p + _FRAME.size <= len(data):
                 length, crc = _FRAME.unpack_from(data, p)
+                keyed = length & _KEY_FLAG
+                length &= _LENGTH
                 end = p + _FRAME.size + length
                 if end > len(data):
                     if rel + end > size:
@@ -346,7 +495,8 @@ class JournalSource:
                     value = data[p + _FRAME.size : end]
                 if zlib.crc32(value) != crc:
                     break  # a torn tail (a writer crash): its restart cuts it
-                out.append(Record(name, Position(PARTITION, base + rel + end), value))
+                if not keyed:  # a key frame is the writer's bookkeeping, not a record
+                    out.append(Record(name, Position(PARTITION, base + rel + end), value))
                 p = end
             self._pos = base + rel + p
             if p == 0:
