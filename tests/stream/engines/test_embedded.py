@@ -541,3 +541,60 @@ def test_side_table_rows_are_stored_with_the_batch_that_changed_them(graph: Grap
     engine.run(until_idle=True)
     with graph.store.kv.reader() as r:
         assert [i.key for i in r.scan(SIDE_NS, b"titles", 0)] == [b"0"]
+
+
+# -- source order decides ties -------------------------------------------------------------------
+
+ACCOUNTS = """
+version: 1
+source: {source}
+format: debezium
+rules:
+  - when: {{table: accounts}}
+    emit:
+      - node: "account:{{row.id}}"
+        props: {{plan: "{{row.plan}}"}}
+"""
+
+
+def _change(op: str, row: dict[str, Any], commit_ms: int, lsn: int | None) -> bytes:
+    source: dict[str, Any] = {"connector": "postgresql", "table": "accounts", "ts_ms": commit_ms}
+    if lsn is not None:
+        source["lsn"] = lsn
+    images = {"before": None, "after": row}
+    return json.dumps({**images, "op": op, "source": source, "ts_ms": commit_ms}).encode()
+
+
+@pytest.mark.parametrize("with_lsn", [True, False], ids=["lsn", "offsets only"])
+def test_one_transactions_changes_resolve_in_source_order_whatever_the_topic_is_called(
+    tmp_path: Path, with_lsn: bool
+) -> None:
+    """Every change of a transaction shares its commit time: the change's LSN (or, without
+    one, its offset) breaks the tie, never a hash of a name."""
+    commit_ms = (now_us() - HOUR) // 1000
+    changes: list[bytes] = []
+    lsn = 1_000_000
+    for i in range(20):  # created basic, updated 5 times, in one transaction
+        changes.append(_change("c", {"id": i, "plan": "basic"}, commit_ms, lsn))
+        for n in range(5):
+            lsn += 40
+            changes.append(_change("u", {"id": i, "plan": f"v{n}"}, commit_ms, lsn))
+        lsn += 40
+    graphs = []
+    for name, partition in [("dbzs", "dbzs.public.accounts:0"), ("dbzn", "x:3"), ("a", "0")]:
+        with Graph.open(tmp_path / name) as g:
+            mapping = Mapping.from_yaml(ACCOUNTS.format(source=name), f"{name}.yaml", g.schema)
+            values = changes if with_lsn else [_strip_lsn(v) for v in changes]
+            engine_for(g, [ListSource(name, {partition: values})], {name: mapping}).run(
+                until_idle=True
+            )
+            nodes = [g.node(f"account:{i}") for i in range(20)]
+            assert [n.props["plan"] if n else None for n in nodes] == ["v4"] * 20, name
+            graphs.append({ns: rows for ns, rows in graph_dump(g).items() if ns.startswith("n.")})
+    assert graphs[0] == graphs[1] == graphs[2]  # the same history, the same graph (versions too)
+
+
+def _strip_lsn(value: bytes) -> bytes:
+    doc = json.loads(value)
+    del doc["source"]["lsn"]
+    return json.dumps(doc).encode()
