@@ -85,6 +85,7 @@ __all__ = [
     "MAX_SEQ",
     "MAX_TS",
     "MIN_INT",
+    "PROPS_BOUND_PER_ENTRY",
     "arrival_problem",
     "id_problem",
     "props_problem",
@@ -95,6 +96,10 @@ __all__ = [
 _encode = msgspec.msgpack.Encoder().encode
 #: Bytes msgpack may spend on a scalar besides a string's characters (a float: 9).
 _SCALAR_BYTES = 9
+#: An upper bound of the encoded bytes of one property besides its string value's characters
+#: (at most 4 bytes each): its name and a scalar. Only when ``4 * characters + this * entries``
+#: exceeds :data:`MAX_PROPS_BYTES` are the properties encoded to measure them.
+PROPS_BOUND_PER_ENTRY = MAX_PROP_NAME_BYTES + 5 + _SCALAR_BYTES
 
 
 def _utf8_len(text: str) -> int | None:
@@ -207,43 +212,58 @@ def props_problem(props: Mapping[str, Any]) -> str | None:
 
     Every name and value is checked (:func:`value_problem`), then the encoded size
     (:data:`MAX_PROPS_BYTES`); the size is only encoded when a cheap upper bound exceeds it.
+    This runs for every write on the ingest path, so the common case (a few flat, short
+    properties whose names were seen before) is one loop of type checks.
     """
     if type(props) is not dict and not isinstance(props, Mapping):
         return f"properties must be a map, got {type(props).__name__}"
-    bound = 0
+    chars = 0  # characters of string values: at most 4 bytes each in UTF-8
+    measure = False
     for name, value in props.items():
-        if type(name) is not str:
-            return f"property names must be strings, got {type(name).__name__}"
-        n = _utf8_len(name)
-        if n is None:
-            return _surrogate("property name")
-        if n == 0 or n > MAX_PROP_NAME_BYTES:
-            return f"property name {_clip(name)!r} must be 1..{MAX_PROP_NAME_BYTES} bytes"
-        if name[0] == "\x00":
-            return f"property name {_clip(name)!r} starts with NUL (reserved for the store)"
+        if name not in _GOOD_NAMES:
+            problem = _name_problem(name)
+            if problem:
+                return problem
+            if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+                _GOOD_NAMES.add(name)
         t = type(value)
         if t is str:
             if not value.isascii() and _utf8_len(value) is None:
                 return _surrogate(f"property {name!r}")
-            bound += 4 * len(value) + n + _SCALAR_BYTES
-            continue
-        if t is int:
+            chars += len(value)
+        elif t is int:
             if not MIN_INT <= value <= MAX_INT:
                 return _int_range(f"property {name!r}", value)
-        elif t is list or t is dict:
+        elif t is bool or value is None:
+            pass
+        else:  # floats, containers and anything else: the general check
             problem = value_problem(value, f"property {name!r}")
             if problem:
                 return problem
-            bound = MAX_PROPS_BYTES + 1  # containers: measure
-        elif t is not bool and value is not None:
-            problem = value_problem(value, f"property {name!r}")
-            if problem:
-                return problem
-        bound += n + _SCALAR_BYTES
-    if bound > MAX_PROPS_BYTES:
+            measure = measure or t is list or t is dict
+    if measure or 4 * chars + PROPS_BOUND_PER_ENTRY * len(props) > MAX_PROPS_BYTES:
         size = len(_encode(props))
         if size > MAX_PROPS_BYTES:
             return f"properties are {size} bytes encoded; the limit is {MAX_PROPS_BYTES}"
+    return None
+
+
+#: Property names that passed :func:`_name_problem` (names repeat: a schema has few). Bounded,
+#: so arbitrary names (``additional_props``) cannot grow it without limit.
+_GOOD_NAMES: set[str] = set()
+_GOOD_NAMES_MAX = 4096
+
+
+def _name_problem(name: object) -> str | None:
+    if type(name) is not str:
+        return f"property names must be strings, got {type(name).__name__}"
+    n = _utf8_len(name)
+    if n is None:
+        return _surrogate("property name")
+    if n == 0 or n > MAX_PROP_NAME_BYTES:
+        return f"property name {_clip(name)!r} must be 1..{MAX_PROP_NAME_BYTES} bytes"
+    if name[0] == "\x00":
+        return f"property name {_clip(name)!r} starts with NUL (reserved for the store)"
     return None
 
 
