@@ -74,7 +74,8 @@ class QueryEngine:
 
     Args:
         store: the graph.
-        cache: optional node cache for :meth:`nodes` (invalidated by the store's writes).
+        cache: optional node cache for :meth:`nodes` (invalidated by the store's writes; its
+            consistency model decides what else retires an entry).
         clock: "now" in µs when a call passes none (defaults to the store's clock).
     """
 
@@ -107,16 +108,22 @@ class QueryEngine:
         t = self._now(now)
         out: list[Node | None] = []
         cache = self.cache
+        if cache is None:
+            with self.store.read(t) as r:
+                return [r.node(node_id) for node_id in ids]
+        # 1. the cache's epoch before the view opens: a local write in between makes the reads
+        #    below too old to cache (see hopcast.query.cache); then the view's generation;
+        epoch = cache.epoch
         with self.store.read(t) as r:
+            generation = r.txn.generation()
+            if not cache.usable(generation):
+                return [r.node(node_id) for node_id in ids]
+            # 2. each node from the cache if it holds this generation's, else from the view.
             for node_id in ids:
-                if cache is not None:
-                    hit, node = cache.get(node_id, t)
-                    if hit:
-                        out.append(node)
-                        continue
-                node = r.node(node_id)
-                if cache is not None:
-                    cache.put(node_id, node, t)
+                hit, node = cache.get(node_id, t, generation)
+                if not hit:
+                    node = r.node(node_id)
+                    cache.put(node_id, node, t, generation, epoch)
                 out.append(node)
         return out
 
