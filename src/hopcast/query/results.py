@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from hopcast.graph.store import Edge
 
@@ -32,9 +32,9 @@ from hopcast.graph.store import Edge
 KEPT_CUTS = 16
 
 
-@dataclass(frozen=True, slots=True)
-class Cut:
-    """One place where a limit dropped edges from an answer.
+class Cut(NamedTuple):
+    """One place where a limit dropped edges from an answer (a tuple: cheap to build on the
+    read path).
 
     Attributes:
         limit: the parameter that set the limit, named as the caller sets it
@@ -95,11 +95,9 @@ class Cuts:
 
     __slots__ = ("count", "kept")
 
-    def __init__(self, *cuts: Cut) -> None:
+    def __init__(self) -> None:
         self.kept: list[Cut] = []
         self.count = 0
-        for cut in cuts:
-            self.add(cut)
 
     def add(self, cut: Cut, *, first: bool = False) -> None:
         """Record ``cut``; ``first`` puts it ahead of the others (the limit that stopped the
