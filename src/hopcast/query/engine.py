@@ -138,6 +138,14 @@ class QueryEngine:
         where = spec.where
         cuts = Cuts()
         with self.store.read(t) as r:
+            if len(plan) == 1 and len(plan[0][1]) == 1 and not where:
+                # Fast path: one stored list, no filter — one read, one edge past the limit.
+                et, (physical,) = plan[0]
+                page = r.edges_list(spec.node, et, physical, since, spec.until, limit + 1)
+                if len(page) > limit:
+                    del page[limit:]
+                    cuts.add(Cut("limit", limit, spec.node, et))
+                return NeighboursResult(spec.node, page, cuts)
             if len(plan) == 1:
                 et, lists = plan[0]
                 pairs, _, status = self.reads.take(
