@@ -69,6 +69,7 @@ class NodeCache:
         self.max_entries = max_entries
         self.ttl_us = ttl_us
         self.consistency = Consistency(consistency)
+        self._ryw = self.consistency is Consistency.READ_YOUR_WRITES
         # node id -> (valid until, computed at, generation, node)
         self._entries: OrderedDict[str, tuple[int, int, int | None, Node | None]] = OrderedDict()
         self._lock = threading.Lock()
@@ -80,7 +81,7 @@ class NodeCache:
     def usable(self, generation: int | None) -> bool:
         """Whether a read view of this generation may use the cache (under read-your-writes a
         view that cannot tell its generation may not)."""
-        return generation is not None or self.consistency is Consistency.BOUNDED
+        return generation is not None or not self._ryw
 
     def get(
         self, node_id: str, now: int, generation: int | None = None
@@ -93,7 +94,7 @@ class NodeCache:
                 or entry[0] <= now
                 # A read "in the past": what was absent later may have existed then.
                 or now < entry[1]
-                or (self.consistency is Consistency.READ_YOUR_WRITES and entry[2] != generation)
+                or (self._ryw and entry[2] != generation)
             ):
                 if entry is not None and entry[0] <= now:
                     del self._entries[node_id]
@@ -113,7 +114,7 @@ class NodeCache:
     ) -> None:
         """Cache a node read from a view of ``generation`` that began at ``epoch`` (the value of
         :attr:`epoch` before the read); dropped if an invalidation came in between."""
-        if self.consistency is Consistency.BOUNDED:
+        if not self._ryw:
             until = now + self.ttl_us
         elif generation is None:
             return

@@ -213,7 +213,7 @@ class QueryEngine:
                                 elif len(page) > limit:
                                     status = CUT
                                 read = len(page)
-                                pairs = page[:limit]
+                                pairs = page[:limit] if read > limit else page
                             else:
                                 pairs, read, status = reads.take(
                                     r, node, et, lists, since, spec.until, limit, hop.where, budget
@@ -230,6 +230,9 @@ class QueryEngine:
                                 cuts.add(cut, first=True)
                                 return TraverseResult(reached, work, cuts)
                             if status != WHOLE:
+                                if cuts.full:  # a traversal through many hubs: count the rest
+                                    cuts.count += 1
+                                    continue
                                 name = limits.name_of(depth, et)
                                 unread = status == UNSURE
                                 cuts.add(Cut(name, limit, node, et, depth, unread=unread))

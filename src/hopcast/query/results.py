@@ -109,6 +109,11 @@ class Cuts:
         elif len(self.kept) < KEPT_CUTS:
             self.kept.append(cut)
 
+    @property
+    def full(self) -> bool:
+        """Whether another cut would only be counted (so a caller can skip building it)."""
+        return len(self.kept) >= KEPT_CUTS
+
     def __bool__(self) -> bool:
         return self.count > 0
 
