@@ -146,6 +146,8 @@ def test_neighbours_json_is_the_result_newest_first(runner: CliRunner, store: st
     assert doc == {
         "node": "account:42",
         "edges": [DEVICE_9 | {"neighbour": "device:9"}, DEVICE_8 | {"neighbour": "device:8"}],
+        "truncated": False,
+        "reason": None,
     }
 
 
@@ -163,7 +165,12 @@ def test_neighbours_of_a_two_way_edge_are_found_from_the_other_end(
     runner: CliRunner, store: str
 ) -> None:
     doc = _json(runner, store, "query", "neighbours", "device:9", "--edge", "logged_in_from")
-    assert doc == {"node": "device:9", "edges": [DEVICE_9 | {"neighbour": "account:42"}]}
+    assert doc == {
+        "node": "device:9",
+        "edges": [DEVICE_9 | {"neighbour": "account:42"}],
+        "truncated": False,
+        "reason": None,
+    }
 
 
 def test_a_since_window_excludes_older_edges(runner: CliRunner, store: str) -> None:
@@ -205,7 +212,7 @@ def test_traverse_reports_a_truncated_result(runner: CliRunner, store: str) -> N
     args = ["query", "traverse", "account:42", "--hop", "has_profile", "--max-work", "1"]
     result = _run(runner, store, *args)
     assert result.exit_code == 0, result.output
-    assert "truncated: max_work (1) reached" in result.stdout
+    assert "truncated: limits.max_work (1) reached" in result.stdout
 
 
 def test_journey_pages_with_the_printed_cursor(runner: CliRunner, store: str) -> None:
@@ -221,6 +228,8 @@ def test_journey_pages_with_the_printed_cursor(runner: CliRunner, store: str) ->
         "members": ["account:42", "profile:2", "profile:1", "device:9", "device:8"],
         "entries": [WATCH_2],
         "cursor": None,
+        "truncated": False,
+        "reason": None,
     }
 
 
@@ -231,6 +240,8 @@ def test_journey_json_is_newest_first_across_members(runner: CliRunner, store: s
         "members": ["account:42", "profile:2", "profile:1", "device:9", "device:8"],
         "entries": [WATCH_1, BROWSE_1, WATCH_2],
         "cursor": None,
+        "truncated": False,
+        "reason": None,
     }
 
 
@@ -249,6 +260,8 @@ def test_count_json_counts_one_edge_type(runner: CliRunner, store: str) -> None:
         "node": "profile:1",
         "count": 1,
         "by_type": {"started_watching": 1},
+        "truncated": False,
+        "reason": None,
     }
 
 
@@ -282,6 +295,7 @@ def test_path_shows_the_hops_between_two_profiles(runner: CliRunner, store: str)
         "edges": [HAS_PROFILE_1, HAS_PROFILE_2],
         "work": work,
         "truncated": False,
+        "reason": None,
     }
 
 

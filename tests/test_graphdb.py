@@ -13,6 +13,7 @@ from hopcast.durations import DAY, HOUR
 from hopcast.errors import InvalidQuery
 from hopcast.graph.mutations import EdgeUpsert, Mutation
 from hopcast.graphdb import resolve_time
+from hopcast.query import spec as q
 
 #: A fixed "now" (2023-11-14 22:13:20 UTC).
 NOW = 1_700_000_000_000_000
@@ -257,7 +258,10 @@ def test_traverse_stops_with_truncated_when_max_work_is_reached(tiny: Graph) -> 
         "account:a", ["has_profile", "started_watching"], limits=Limits(max_work=1)
     )
     assert result.truncated is True
-    assert result.reason == "max_work (1) reached"
+    assert result.reason == (
+        "limits.max_work (1) reached at hop 1, reading account:a's has_profile edges; "
+        "raise limits.max_work to lift it"
+    )
     assert [r.node for r in result.nodes] == ["profile:p2"]
     assert result.work == 1
 
@@ -267,17 +271,39 @@ def test_traverse_expands_only_max_frontier_nodes_and_says_so(tiny: Graph) -> No
         "account:a", ["has_profile", "started_watching"], limits=Limits(max_frontier=1)
     )
     assert result.truncated is True
-    assert result.reason == "max_frontier (1) reached at depth 1"
+    assert result.reason == (
+        "limits.max_frontier (1) cut the frontier after hop 1: the nodes found beyond it were "
+        "not expanded; raise limits.max_frontier to lift it"
+    )
     # Both profiles are found; only the first (profile:p2, which watched nothing) expands.
     assert [r.node for r in result.nodes] == ["profile:p2", "profile:p1"]
 
 
-def test_traverse_edges_per_hop_bounds_each_node_s_fan_out(tiny: Graph) -> None:
+def test_traverse_edges_per_hop_bounds_each_node_s_fan_out_and_says_where_it_cut(
+    tiny: Graph,
+) -> None:
     result = tiny.traverse(
         "account:a", ["has_profile", "started_watching"], limits=Limits(per_depth={2: 1})
     )
     assert [r.node for r in result.nodes] == ["profile:p2", "profile:p1", "title:t2"]
+    # profile:p1 watched two titles; the cap kept the newest and read one more to know.
+    assert result.truncated is True
+    assert result.reason == (
+        "limits.per_depth[2] (1) cut profile:p1's started_watching edges at hop 2, more "
+        "matching; raise limits.per_depth[2]"
+    )
+    assert result.work == 4
+    unlimited = tiny.traverse("account:a", ["has_profile", "started_watching"])
+    assert unlimited.truncated is False
+    assert [r.node for r in unlimited.nodes] == [*(r.node for r in result.nodes), "title:t1"]
+
+
+def test_traverse_is_not_truncated_when_a_cap_equals_the_list_length(tiny: Graph) -> None:
+    result = tiny.traverse(
+        "account:a", ["has_profile", "started_watching"], limits=Limits(edges_per_hop=2)
+    )
     assert result.truncated is False
+    assert len(result.nodes) == 4
 
 
 def test_journey_merges_the_account_s_interactions_newest_first(tiny: Graph) -> None:
@@ -344,6 +370,107 @@ def test_shortest_path_reports_not_found_beyond_max_hops(tiny: Graph) -> None:
     assert not path.found
     assert path.to_dict()["hops"] is None
     assert tiny.shortest_path("title:t1", "title:t1").nodes == ["title:t1"]
+
+
+# -- caps: every limit that drops an edge says so ------------------------------------------------
+
+
+def _heavy(g: Graph, profile: str, first: str, newer: int) -> None:
+    """``profile`` watches ``first``, then ``newer`` newer titles (one more than the default cap
+    makes ``first`` the edge the cap drops)."""
+    batch: list[Mutation] = [
+        EdgeUpsert(profile, "started_watching", first, NOW - DAY, f"{profile}:{first}")
+    ]
+    for i in range(1, newer + 1):
+        title = f"title:{profile.partition(':')[2]}-{i}"
+        batch.append(EdgeUpsert(profile, "started_watching", title, NOW - DAY + i, f"{title}"))
+    g.apply(batch)
+
+
+def test_a_shortest_path_through_an_edge_past_the_cap_is_found_from_the_other_end(
+    g: Graph,
+) -> None:
+    # The reproducer of issue 11: found False, truncated False before.
+    _heavy(g, "profile:a", "title:0", Limits().edges_per_hop)
+    g.upsert_edge("profile:b", "started_watching", "title:0", ts=NOW - HOUR)
+    path = g.shortest_path("profile:a", "profile:b", max_hops=3)
+    assert (path.found, path.hops, path.truncated) == (True, 2, False)
+    assert path.nodes == ["profile:a", "title:0", "profile:b"]
+    backwards = g.shortest_path("profile:b", "profile:a", max_hops=3)
+    assert (backwards.found, backwards.hops, backwards.truncated) == (True, 2, False)
+
+
+def test_a_path_hidden_by_caps_at_both_ends_is_reported_as_truncated_with_the_limit(
+    g: Graph,
+) -> None:
+    cap = Limits().edges_per_hop
+    _heavy(g, "profile:a", "title:0", cap)
+    _heavy(g, "profile:b", "title:0", cap)
+    path = g.shortest_path("profile:a", "profile:b", max_hops=3)
+    assert (path.found, path.truncated) == (False, True)
+    assert path.reason is not None
+    assert path.reason.startswith(
+        f"limits.edges_per_hop ({cap}) cut profile:a's started_watching edges at hop 1 from "
+        "profile:a, more matching; raise limits.edges_per_hop"
+    )
+    assert path.to_dict()["truncated"] is True and path.to_dict()["reason"] == path.reason
+    lifted = g.shortest_path("profile:a", "profile:b", limits=Limits(edges_per_hop=cap + 1))
+    assert (lifted.found, lifted.hops, lifted.truncated) == (True, 2, False)
+
+
+def test_a_dropped_edge_straight_to_the_other_end_is_looked_up_past_the_cap(g: Graph) -> None:
+    # Every title the account's profile watched is newer than the one edge to the target, and
+    # the target (a title) watched by nobody else is only reachable through it.
+    _heavy(g, "profile:a", "title:0", 3)
+    path = g.shortest_path("profile:a", "title:0", limits=Limits(edges_per_hop=2))
+    assert (path.found, path.hops, path.truncated) == (True, 1, False)
+
+
+def test_traverse_through_a_node_above_the_cap_is_truncated_and_names_it(g: Graph) -> None:
+    cap = Limits().edges_per_hop
+    _heavy(g, "profile:a", "title:0", cap)
+    result = g.traverse("profile:a", ["started_watching"])
+    assert len(result.nodes) == cap
+    assert "title:0" not in {r.node for r in result.nodes}
+    assert result.truncated is True
+    assert result.reason == (
+        f"limits.edges_per_hop ({cap}) cut profile:a's started_watching edges at hop 1, more "
+        "matching; raise limits.edges_per_hop (or limits.per_depth[1], "
+        "limits.per_edge_type[started_watching])"
+    )
+    lifted = g.traverse("profile:a", ["started_watching"], limits=Limits(per_depth={1: cap + 1}))
+    assert (len(lifted.nodes), lifted.truncated) == (cap + 1, False)
+
+
+def test_neighbours_say_when_the_limit_leaves_matching_edges_out(tiny: Graph) -> None:
+    cut = tiny.neighbours("account:a", limit=2)
+    assert [e.other("account:a") for e in cut.edges] == ["device:tv", "profile:p2"]
+    assert cut.truncated is True
+    assert cut.reason == (
+        "limit (2) reached with more matching: account:a's edges; raise limit to lift it"
+    )
+    whole = tiny.neighbours("account:a", limit=3)
+    assert (len(whole.edges), whole.truncated, whole.reason) == (3, False, None)
+    assert whole.to_dict()["truncated"] is False
+    # A filter: the cap is met, the one edge left does not match, so nothing was cut.
+    watched = tiny.neighbours(
+        "profile:p1", "started_watching", limit=1, where={"position_s": {"gte": 10}}
+    )
+    assert ([e.dst for e in watched.edges], watched.truncated) == (["title:t1"], False)
+
+
+def test_a_journey_over_max_members_is_truncated_and_a_count_never_is(tiny: Graph) -> None:
+    result = tiny.engine.journey(q.Journey("account:a", max_members=2), NOW)
+    assert result.members == ["account:a", "profile:p2"]
+    assert result.truncated is True
+    assert result.reason is not None and result.reason.startswith("max_members (2) reached")
+    assert tiny.journey("account:a").truncated is False
+    count = tiny.count("account:a")
+    assert (count.truncated, count.to_dict()["truncated"], count.to_dict()["reason"]) == (
+        False,
+        False,
+        None,
+    )
 
 
 def test_node_and_nodes_read_properties(tiny: Graph) -> None:

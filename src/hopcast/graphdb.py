@@ -7,7 +7,10 @@
 ['profile:1']
 
 ``Graph.open("data/graph")`` opens (or creates) an LMDB store in that directory instead; several
-processes may open the same directory and read while one of them writes.
+processes may open the same directory and read while one of them writes. Reads see every write
+acknowledged before them, whichever process made it (``consistency="read-your-writes"``, the
+default; ``"bounded"`` lets node reads lag other processes' writes by up to a second for fewer
+store reads: :mod:`hopcast.query.cache`).
 
 Times: every ``ts``/``since``/``until`` accepts an int (µs since the epoch), a
 :class:`datetime.datetime`, or a duration string like ``"7d"`` meaning "that long before now".
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hopcast.durations import datetime_us, now_us, parse_duration
-from hopcast.errors import InvalidQuery
+from hopcast.errors import ConfigError, InvalidQuery
 from hopcast.graph.mutations import (
     EdgeDelete,
     EdgeUpsert,
@@ -37,7 +40,7 @@ from hopcast.graph.store import ApplyResult, GraphStore, Node
 from hopcast.kv import open_kv
 from hopcast.kv.base import KVStore
 from hopcast.query import spec as q
-from hopcast.query.cache import NodeCache
+from hopcast.query.cache import DEFAULT_CONSISTENCY, Consistency, NodeCache
 from hopcast.query.engine import (
     CountResult,
     JourneyResult,
@@ -106,6 +109,7 @@ class Graph:
         sync: bool = True,
         cache: bool = True,
         clock: Any = None,
+        consistency: Consistency | str = DEFAULT_CONSISTENCY,
     ) -> Graph:
         """Open a graph.
 
@@ -116,7 +120,18 @@ class Graph:
             sync: fsync every commit (LMDB).
             cache: keep a node cache in front of node reads.
             clock: a callable returning now in µs (tests pass a fixed clock).
+            consistency: what node reads may miss: ``"read-your-writes"`` (nothing acknowledged
+                before the read, by any process) or ``"bounded"`` (other processes' writes of
+                the last second). See :mod:`hopcast.query.cache`.
+
+        Raises:
+            ConfigError: for an unknown ``consistency``.
         """
+        try:
+            model = Consistency(consistency)
+        except ValueError:
+            known = ", ".join(c.value for c in Consistency)
+            raise ConfigError(f"consistency must be one of {known}, got {consistency!r}") from None
         if schema is None:
             schema = Schema.demo()
         elif not isinstance(schema, Schema):
@@ -125,7 +140,7 @@ class Graph:
             url = "memory://" if path is None else os.fspath(path)
             kv = open_kv(url, **({} if url.startswith("memory") else {"sync": sync}))
         store = GraphStore(kv, schema, clock or now_us)
-        return cls(store, NodeCache() if cache else None)
+        return cls(store, NodeCache(consistency=model) if cache else None)
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -65,6 +65,9 @@ def test_the_real_server_answers_health_and_a_neighbours_query(base_url: str) ->
                 "neighbour": "title:11",
             }
         ],
+        "truncated": True,  # profile:1 watched another title: the limit of 1 left it out
+        "reason": "limit (1) reached with more matching: profile:1's started_watching edges; "
+        "raise limit to lift it",
     }
 
 

@@ -94,6 +94,8 @@ def test_neighbours_are_newest_first_with_the_neighbour_named(client: TestClient
     assert body == {
         "node": "profile:1",
         "edges": [WATCHED_11 | {"neighbour": "title:11"}, WATCHED_10 | {"neighbour": "title:10"}],
+        "truncated": False,
+        "reason": None,
     }
 
 
@@ -111,6 +113,8 @@ def test_neighbours_honour_limit_where_and_direction(client: TestClient) -> None
     assert incoming == {
         "node": "title:10",
         "edges": [BROWSED | {"neighbour": "profile:2"}, WATCHED_10 | {"neighbour": "profile:1"}],
+        "truncated": False,
+        "reason": None,
     }
 
 
@@ -129,6 +133,8 @@ def test_neighbours_since_accepts_a_duration_and_microseconds_and_ignores_empty_
         == {
             "node": "title:10",
             "edges": [BROWSED | {"neighbour": "profile:2"}],
+            "truncated": False,
+            "reason": None,
         }
     )
 
@@ -177,13 +183,15 @@ def test_a_traversal_with_hop_objects_applies_filters_and_layered_limits(
             },
         )
     )
-    # Depth 1 keeps only the newest profile (per_depth 1): profile:2, whose only edge is a
-    # 'browsed' without position_s, so the filter leaves nothing at depth 2.
+    # Depth 1 keeps only the newest profile (per_depth 1; the second one read says the cap
+    # cut): profile:2, whose only edge is a 'browsed' without position_s, so the filter leaves
+    # nothing at depth 2.
     assert body == {
         "nodes": [{"node": "profile:2", "depth": 1, "via": HAS_PROFILE_2}],
-        "work": 2,
-        "truncated": False,
-        "reason": None,
+        "work": 3,
+        "truncated": True,
+        "reason": "limits.per_depth[1] (1) cut account:1's has_profile edges at hop 1, more "
+        "matching; raise limits.per_depth[1]",
     }
 
 
@@ -198,7 +206,8 @@ def test_a_traversal_that_hits_max_work_says_so(client: TestClient) -> None:
         "nodes": [{"node": "profile:2", "depth": 1, "via": HAS_PROFILE_2}],
         "work": 1,
         "truncated": True,
-        "reason": "max_work (1) reached",
+        "reason": "limits.max_work (1) reached at hop 1, reading account:1's has_profile edges; "
+        "raise limits.max_work to lift it",
     }
 
 
@@ -210,6 +219,8 @@ def test_a_journey_merges_the_accounts_profiles_and_devices_newest_first(
         "members": ["account:1", "profile:2", "profile:1", "device:tv1"],
         "entries": [BROWSED, WATCHED_11, WATCHED_10],
         "cursor": None,
+        "truncated": False,
+        "reason": None,
     }
 
 
@@ -245,6 +256,8 @@ def test_count_totals_and_splits_by_edge_type(client: TestClient) -> None:
             "watched_live": 0,
             "supports": 0,
         },
+        "truncated": False,
+        "reason": None,
     }
     assert ok(
         client.get("/v1/nodes/title:10/count", params={"direction": "in", "since": "1d"})
@@ -252,6 +265,8 @@ def test_count_totals_and_splits_by_edge_type(client: TestClient) -> None:
         "node": "title:10",
         "count": 1,
         "by_type": {"started_watching": 0, "browsed": 1},
+        "truncated": False,
+        "reason": None,
     }
 
 
@@ -283,6 +298,7 @@ def test_a_shortest_path_lists_its_nodes_and_edges(client: TestClient) -> None:
         "edges": [HAS_PROFILE_1, HAS_PROFILE_2],
         "work": 3,
         "truncated": False,
+        "reason": None,
     }
     none = ok(
         client.get(

@@ -18,6 +18,13 @@ order they were applied in. It implements the documented rules on its own:
   types asked for (schema order when none are), then the source end before the target end
   (the out-list before the in-list), then the neighbour id ascending. Journey entries are
   newest first, ties by ``(src, type, dst)``.
+* Cuts (``hopcast.query.results``): the queries with caps return the capped answer *and* the
+  places where a cap dropped a matching edge (:class:`Capped`); with every cap lifted they
+  return the exact answer and no cut. A capped traversal expands, per node and edge type, the
+  newest ``limits.edges_for(depth, type)`` matching edges; a neighbours query keeps ``limit``;
+  a journey merges the account and its first ``max_members - 1`` members (member edges newest
+  first, in the order of the schema's member types). Counts and paths are exact here: a path
+  query's cap behaviour is checked through :meth:`Oracle.over_cap` and the cut it reports.
 
 Self-loops are outside the model: a generator must not produce an edge from a node to itself.
 """
@@ -26,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from hopcast.graph.mutations import EdgeDelete, EdgeUpsert, Mutation, NodeDelete, NodeUpsert, token
 from hopcast.graph.schema import Schema
@@ -82,6 +89,30 @@ class OLimits:
         if edge_type in self.per_edge_type:
             return self.per_edge_type[edge_type]
         return self.per_depth.get(depth, self.edges_per_hop)
+
+
+#: Caps lifted: larger than any adjacency list a test graph has.
+NO_LIMITS = OLimits(10**9)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class OCut:
+    """A cap that dropped at least one matching edge: whose, of which type, at which hop (None
+    for a one-hop query)."""
+
+    node: str
+    edge_type: str | None
+    hop: int | None
+
+
+@dataclass(frozen=True)
+class Capped(Generic[T]):
+    """An answer under caps, and every place a cap cut it (empty: the answer is exact)."""
+
+    value: T
+    cuts: tuple[OCut, ...]
 
 
 def type_of(node_id: str) -> str:
@@ -314,8 +345,11 @@ class Oracle:
         until: int | None,
         limit: int,
         where: Mapping[str, Any] | None = None,
-    ) -> list[OEdge]:
-        return self.matching(node, edge_types, direction, since, until, where)[:limit]
+    ) -> Capped[list[OEdge]]:
+        """The newest ``limit`` matching edges; a cut if more match."""
+        every = self.matching(node, edge_types, direction, since, until, where)
+        cuts = (OCut(node, None, None),) if len(every) > limit else ()
+        return Capped(every[:limit], cuts)
 
     def traverse(
         self,
@@ -323,48 +357,67 @@ class Oracle:
         hops: Sequence[OHop],
         since: int | None,
         until: int | None,
-        limits: OLimits,
-    ) -> dict[str, int]:
+        limits: OLimits = NO_LIMITS,
+    ) -> Capped[dict[str, int]]:
         """``{node: depth}`` of every node reached (start nodes excluded). Each node follows,
         per edge type, its newest ``limits.edges_for(depth, type)`` edges that pass the hop's
-        filter."""
+        filter; a node and type with more such edges is a cut."""
         seen = set(starts)
         frontier = set(starts)
         reached: dict[str, int] = {}
+        cuts: list[OCut] = []
         for depth, hop in enumerate(hops, 1):
             found: set[str] = set()
             for node in frontier:
                 for et in self.plan(node, hop.edge_types, hop.direction):
                     taken = self.steps(node, et, hop.direction, since, until, hop.where)
-                    found.update(e.other(node) for e in taken[: limits.edges_for(depth, et)])
+                    cap = limits.edges_for(depth, et)
+                    if len(taken) > cap:
+                        cuts.append(OCut(node, et, depth))
+                    found.update(e.other(node) for e in taken[:cap])
             found -= seen
             for node in found:
                 reached[node] = depth
             seen |= found
             frontier = found
-        return reached
+        return Capped(reached, tuple(cuts))
 
-    def journey_members(self, account: str) -> set[str]:
+    def journey_members(self, account: str, max_members: int = 10**9) -> Capped[list[str]]:
+        """The account, then its members in the engine's order (member types in schema order,
+        each newest first), at most ``max_members``; a cut if there are more."""
         journey = self.schema.journey
         assert journey is not None
-        members = {account}
+        members = [account]
         for et in self.plan(account, journey.members, "out"):
-            members.update(e.other(account) for e in self.steps(account, et, "out", None, None))
-        return members
+            for e in self.steps(account, et, "out", None, None):
+                other = e.other(account)
+                if other in members:
+                    continue
+                if len(members) >= max_members:
+                    return Capped(members, (OCut(account, None, None),))
+                members.append(other)
+        return Capped(members, ())
 
     def journey(
-        self, account: str, since: int | None, until: int | None, edge_types: Sequence[str]
-    ) -> list[OEdge]:
-        """Every interaction of the account's members in the window, newest first."""
+        self,
+        account: str,
+        since: int | None,
+        until: int | None,
+        edge_types: Sequence[str],
+        max_members: int = 10**9,
+    ) -> Capped[list[OEdge]]:
+        """Every interaction of the account's (first ``max_members``) members in the window,
+        newest first."""
         journey = self.schema.journey
         assert journey is not None
         interactions = list(edge_types) or list(journey.interactions)
+        members = self.journey_members(account, max_members)
         entries: list[OEdge] = []
-        for member in self.journey_members(account):
+        for member in members.value:
             for et in self.plan(member, interactions, "out"):
                 entries.extend(self.steps(member, et, "out", since, until))
         entries.sort(key=lambda e: (-e.ts, e.src, e.type, e.dst))
-        return entries
+        return Capped(entries, members.cuts)
 
     def count(
         self,
@@ -408,3 +461,28 @@ class Oracle:
                             nxt.append(other)
             frontier = nxt
         return dist.get(dst)
+
+    def degree(self, node: str, edge_type: str, direction: str, since: int | None) -> int:
+        """Edges of one type that ``node`` follows in ``direction`` with ``ts >= since``."""
+        return len(self.steps(node, edge_type, direction, since, None))
+
+    def over_cap(
+        self,
+        edge_types: Sequence[str],
+        direction: str,
+        since: int | None,
+        limits: OLimits,
+        max_hops: int,
+    ) -> bool:
+        """Whether any node follows more edges of one type than the smallest cap a search of
+        ``max_hops`` could apply to it, from either end (a path search reads ``direction`` from
+        ``src`` and its reverse from ``dst``). If not, no cap can cut a path query."""
+        reverse = {"out": "in", "in": "out", "both": "both"}[direction]
+        nodes = {n for e in self.edges for n in (e.src, e.dst)}
+        for node in nodes:
+            for d in (direction, reverse):
+                for et in self.plan(node, edge_types, d):
+                    cap = min(limits.edges_for(hop, et) for hop in range(1, max_hops + 1))
+                    if self.degree(node, et, d, since) > cap:
+                        return True
+        return False

@@ -22,517 +22,60 @@ two-way) whose nodes read two stored lists, and "forever" types.
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache, cached_property
-from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hopcast.durations import DAY, HOUR, MINUTE
-from hopcast.graph.mutations import EdgeDelete, EdgeUpsert, Mutation, NodeDelete, NodeUpsert
-from hopcast.graph.schema import Schema
-from hopcast.graph.store import Edge, Node
+from hopcast.graph.mutations import EdgeDelete, EdgeUpsert, Mutation, NodeDelete
 from hopcast.graphdb import Graph
-from hopcast.kv.base import KVStore
-from hopcast.kv.lmdb import LmdbKV
-from hopcast.kv.memory import MemoryKV
 from hopcast.query import spec as q
 from hopcast.query.engine import QueryEngine
-from query.oracle import OEdge, OHop, OLimits, Oracle, canonical, type_of, where_holds
+from hopcast.query.results import Cut
+from query.oracle import Capped, OCut, OEdge, OHop, OLimits, Oracle, type_of, where_holds
+from query.worlds import (
+    BACKENDS,
+    DEMO,
+    DIRECTIONS,
+    FOREVER_LOOKBACK,
+    HUB_CAP,
+    NODE_HEAVY,
+    NOW,
+    SETTINGS,
+    SMALL,
+    UNBOUNDED,
+    WORLDS,
+    Row,
+    Scenario,
+    Strategy,
+    World,
+    application_orders,
+    edge_type_lists,
+    ends,
+    graph_state,
+    graphs,
+    loaded,
+    lookbacks,
+    mutation_sets,
+    node_state,
+    nodes,
+    open_graph,
+    oracle_state,
+    orows,
+    row,
+    rows,
+    scenarios,
+    since_of,
+    skewed,
+    times,
+    wheres,
+)
 
 #: Hypothesis runs hundreds of graphs per test: part of `make test`, not of `make check`.
 pytestmark = pytest.mark.slow
-
-BACKENDS = ["memory", "lmdb"]
-
-#: The fixed "now" of every test (Nov 2023), so retention and lookback are deterministic.
-NOW = 1_700_000_000_000_000
-#: Enough examples per test to hit ties, replays and late deletes many times, while the whole
-#: module stays well under a minute.
-EXAMPLES = 100
-#: Mutations per generated graph: enough to collide often in the small id space.
-MAX_MUTATIONS = 80
-#: Larger than any adjacency list a generated graph can have, so such a limit never binds.
-UNBOUNDED = 300
-#: A lookback that reaches every generated time.
-FOREVER_LOOKBACK = 1000 * DAY
-
-SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-
-Strategy = st.SearchStrategy
-
-
-# -- worlds ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, repr=False, eq=False)
-class World:
-    """A schema plus everything the strategies draw from."""
-
-    name: str
-    schema: Schema
-    nodes: Mapping[str, Sequence[str]]
-    #: (edge type, source node type, target node type) as written (two-way both ways round).
-    writes: Sequence[tuple[str, str, str]]
-    #: Optional properties per type, each with the values it may take.
-    node_props: Mapping[str, Mapping[str, Sequence[Any]]]
-    edge_props: Mapping[str, Mapping[str, Sequence[Any]]]
-    times: Sequence[int]
-    #: Edge filters (``where``) that queries try besides none.
-    wheres: Sequence[Mapping[str, Any]]
-    lookbacks: Sequence[int]
-
-    @cached_property
-    def ids(self) -> list[str]:
-        return [n for pool in self.nodes.values() for n in pool]
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-def _ids(node_type: str, n: int) -> list[str]:
-    return [f"{node_type}:{i}" for i in range(1, n + 1)]
-
-
-def _of(*values: Any) -> tuple[Any, ...]:
-    return values
-
-
-DEMO = World(
-    name="demo",
-    schema=Schema.demo(),
-    nodes={
-        "account": _ids("account", 3),
-        "profile": _ids("profile", 6),
-        "device": _ids("device", 4),
-        "title": _ids("title", 6),
-        "genre": _ids("genre", 3),
-        "game": _ids("game", 2),
-    },
-    writes=[
-        ("has_profile", "account", "profile"),
-        ("logged_in_from", "account", "device"),
-        ("logged_in_from", "device", "account"),
-        ("started_watching", "profile", "title"),
-        ("browsed", "profile", "title"),
-        ("streamed_from", "profile", "device"),
-        ("plays", "profile", "game"),
-        ("in_genre", "title", "genre"),
-        ("in_genre", "game", "genre"),
-    ],
-    node_props={
-        "account": {"country": _of("NL", "US"), "plan": _of("basic", "premium", None)},
-        "profile": {
-            "name": _of("ann", "bob"),
-            "kids": _of(False, True),
-            "language": _of("en", None),
-        },
-        "device": {"device_type": _of("tv", "mobile"), "os": _of("tvos", "android")},
-        "title": {"name": _of("a", "b"), "kind": _of("movie", "show"), "year": _of(1999, 2024)},
-        "genre": {"name": _of("drama", "comedy", None)},
-        "game": {"name": _of("x", "y"), "platform": _of("tv", "mobile")},
-    },
-    edge_props={
-        "logged_in_from": {"ip_country": _of("NL", "US")},
-        "started_watching": {"position_s": _of(0, 30, 60), "device": _of("tv", "mobile")},
-        "streamed_from": {"bitrate_kbps": _of(800, 3000)},
-        "browsed": {"row": _of("top", "new"), "page": _of("home", "search")},
-        "plays": {"minutes": _of(10, 60, 90), "device": _of("tv", "mobile")},
-    },
-    # Few distinct times so ties are common (repeats make a time likelier); 100 days is the
-    # demo retention and lookback, so NOW - 100d sits exactly on the boundary (expired) and
-    # NOW - 100d + 1 just inside it.
-    times=[
-        NOW + HOUR,
-        NOW,
-        NOW,
-        NOW - HOUR,
-        NOW - HOUR,
-        NOW - 2 * HOUR,
-        NOW - 100 * DAY + 1,
-        NOW - 100 * DAY,
-        NOW - 200 * DAY,
-    ],
-    wheres=[
-        {"device": "tv"},
-        {"device": {"ne": "tv"}},
-        {"position_s": {"gte": 30}},
-        {"position_s": {"gt": 0, "lte": 30}},
-        {"ip_country": {"in": ["NL"]}},
-        {"minutes": {"lt": 60}},
-        {"row": "top"},
-    ],
-    lookbacks=[HOUR, 2 * HOUR, q.DEFAULT_LOOKBACK_US, q.DEFAULT_LOOKBACK_US, FOREVER_LOOKBACK],
-)
-
-SMALL = World(
-    name="small",
-    schema=Schema.from_dict(
-        {
-            "defaults": {"retention": "5h"},
-            "nodes": {
-                "user": {"retention": "2h", "props": {"name": "str", "score": "int"}},
-                "item": {"retention": "forever", "props": {"name": "str"}},
-                "tag": {"props": {"name": "str"}},
-            },
-            "edges": {
-                "follows": {
-                    "retention": "1h",
-                    "props": {"w": "int"},
-                    "mappings": [{"from": "user", "to": "user"}],
-                },
-                "friend": {
-                    "retention": "3h",
-                    "mappings": [{"from": "user", "to": "user", "two_way": True}],
-                },
-                "likes": {"props": {"stars": "int"}, "mappings": [{"from": "user", "to": "item"}]},
-                "tagged": {"retention": "forever", "mappings": [{"from": "item", "to": "tag"}]},
-            },
-        },
-        source="small",
-    ),
-    nodes={"user": _ids("user", 4), "item": _ids("item", 3), "tag": _ids("tag", 2)},
-    writes=[
-        ("follows", "user", "user"),
-        ("friend", "user", "user"),
-        ("likes", "user", "item"),
-        ("tagged", "item", "tag"),
-    ],
-    node_props={
-        "user": {"name": _of("ann", "bob"), "score": _of(1, 2, None)},
-        "item": {"name": _of("x", "y")},
-        "tag": {"name": _of("t", None)},
-    },
-    edge_props={"follows": {"w": _of(1, 2)}, "likes": {"stars": _of(1, 5)}},
-    # Retentions are 1h, 2h, 3h, 5h and forever: each of these times is past some of them, and
-    # NOW - 1h, - 2h, - 3h and - 5h sit exactly on a boundary.
-    times=[
-        NOW + 30 * MINUTE,
-        NOW,
-        NOW,
-        NOW - 30 * MINUTE,
-        NOW - 30 * MINUTE,
-        NOW - HOUR,
-        NOW - 2 * HOUR,
-        NOW - 3 * HOUR,
-        NOW - 5 * HOUR,
-        NOW - 6 * HOUR,
-    ],
-    wheres=[{"w": 1}, {"stars": {"gte": 3}}, {"w": {"in": [2]}}, {"w": {"ne": 1}}],
-    lookbacks=[30 * MINUTE, 2 * HOUR, q.DEFAULT_LOOKBACK_US],
-)
-
-WORLDS = {"demo": DEMO, "small": SMALL}
-
-
-# -- graphs ------------------------------------------------------------------------------------
-
-
-#: How often each kind of write is drawn (by repetition): mostly edges, as in a real stream.
-EDGE_HEAVY = (
-    "node",
-    "edge",
-    "edge",
-    "edge",
-    "edge",
-    "edge",
-    "edge_delete",
-    "node_delete",
-    "replay",
-)
-#: Mostly node writes and node deletes, so the per-property merges of one node collide often.
-NODE_HEAVY = ("node", "node_delete", "node", "node", "node_delete", "edge", "replay")
-#: Bytes that describe one mutation: kind, time, three choices, a property mask, three values.
-CHUNK = 9
-
-
-def _skewed(pool: Sequence[str], byte: int) -> str:
-    """Pick from ``pool`` with a quadratic skew towards its first ids, so that writes collide on
-    a few hot nodes (as members' writes do) instead of spreading thinly."""
-    return pool[byte * byte * len(pool) >> 16]
-
-
-def _pick_node(world: World, type_byte: int, id_byte: int) -> str:
-    """A node type uniformly, then one of its ids with the skew of :func:`_skewed`."""
-    types = sorted(world.nodes)
-    return _skewed(world.nodes[types[type_byte % len(types)]], id_byte)
-
-
-def _props(
-    declared: Mapping[str, Sequence[Any]], mask: int, values: Sequence[int]
-) -> dict[str, Any]:
-    """The declared properties whose bit is set in ``mask``, each with a value picked by
-    ``values``."""
-    return {
-        name: choices[values[j % len(values)] % len(choices)]
-        for j, (name, choices) in enumerate(declared.items())
-        if mask >> j & 1
-    }
-
-
-def _decode(world: World, kinds: Sequence[str], chunks: Sequence[bytes]) -> list[Mutation]:
-    """Turn byte chunks into mutations (plain Python, so generation stays cheap; shrinking a
-    byte towards 0 picks the first kind, time, node, property value).
-
-    Equal chunks give equal mutations (an exact replay); a "replay" chunk copies an earlier one.
-    """
-    out: list[Mutation] = []
-    upserts: list[EdgeUpsert] = []
-    for chunk in chunks:
-        k, t, a, b, c, mask, *values = chunk
-        kind = kinds[k % len(kinds)]
-        ts = world.times[t % len(world.times)]
-        # The id comes from the chunk, not its position, so that deleting a chunk while
-        # shrinking leaves the other writes' tie-break tokens as they were.
-        mid = chunk.hex()
-
-        if kind == "replay" and out:
-            out.append(out[a % len(out)])
-        elif kind == "node" or kind == "replay":
-            node = _pick_node(world, a, b)
-            out.append(
-                NodeUpsert(node, ts, mid, _props(world.node_props[type_of(node)], mask, values))
-            )
-        elif kind == "node_delete":
-            out.append(NodeDelete(_pick_node(world, a, b), ts, mid))
-        elif kind == "edge_delete" and upserts and c & 1:
-            target = upserts[a % len(upserts)]
-            src, dst = target.src, target.dst
-            if c & 2 and canonical(world.schema, dst, target.type, src) is not None:
-                src, dst = dst, src  # a two-way edge may be deleted from either end
-            out.append(EdgeDelete(src, target.type, dst, ts, mid))
-        else:
-            edge_type, src_type, dst_type = world.writes[a % len(world.writes)]
-            src = _skewed(world.nodes[src_type], b)
-            dst = _skewed([n for n in world.nodes[dst_type] if n != src], c)  # no self-loops
-            if kind == "edge_delete":
-                out.append(EdgeDelete(src, edge_type, dst, ts, mid))
-            else:
-                upsert = EdgeUpsert(
-                    src,
-                    edge_type,
-                    dst,
-                    ts,
-                    mid,
-                    _props(world.edge_props.get(edge_type, {}), mask, values),
-                )
-                upserts.append(upsert)
-                out.append(upsert)
-    return out
-
-
-@st.composite
-def mutation_sets(
-    draw: st.DrawFn, world: World, kinds: Sequence[str] = EDGE_HEAVY
-) -> list[Mutation]:
-    # The count is drawn first: st.lists would keep most graphs too small to collide.
-    chunk = st.binary(min_size=CHUNK, max_size=CHUNK)
-    chunks = [draw(chunk) for _ in range(draw(st.integers(0, MAX_MUTATIONS)))]
-    return _decode(world, kinds, chunks)
-
-
-def _cut(seq: Sequence[Mutation], marks: bytes) -> list[list[Mutation]]:
-    """``seq`` cut into consecutive batches (each one atomic apply): a cut follows every mark
-    that is a multiple of 4, so batches hold about four mutations."""
-    batches: list[list[Mutation]] = []
-    current: list[Mutation] = []
-    for m, mark in zip(seq, marks, strict=True):
-        current.append(m)
-        if mark % 4 == 0:
-            batches.append(current)
-            current = []
-    return [*batches, current] if current else batches
-
-
-@st.composite
-def application_orders(
-    draw: st.DrawFn, mutations: list[Mutation], node_deletes_last: bool
-) -> list[list[Mutation]]:
-    """The mutations shuffled and cut into batches; with ``node_deletes_last`` the node deletes
-    come after everything else, in batches of their own.
-
-    Every mutation draws a sort key and a cut mark (one byte each, all in one draw), so an
-    order shrinks towards the order of generation in a single batch.
-    """
-    n = len(mutations)
-    raw = draw(st.binary(min_size=2 * n, max_size=2 * n))
-    order = [m for _, _, m in sorted(zip(raw[:n], range(n), mutations, strict=True))]
-    marks = raw[n:]
-    if not node_deletes_last:
-        return _cut(order, marks)
-    node_deletes = [m for m in order if isinstance(m, NodeDelete)]
-    others = [m for m in order if not isinstance(m, NodeDelete)]
-    return _cut(others, marks[: len(others)]) + _cut(node_deletes, marks[len(others) :])
-
-
-@dataclass(frozen=True)
-class Scenario:
-    mutations: list[Mutation]
-    batches: list[list[Mutation]]
-
-
-@st.composite
-def scenarios(
-    draw: st.DrawFn, world: World, node_deletes_last: bool, kinds: Sequence[str] = EDGE_HEAVY
-) -> Scenario:
-    mutations = draw(mutation_sets(world, kinds))
-    return Scenario(mutations, draw(application_orders(mutations, node_deletes_last)))
-
-
-def _make_kv(backend: str, tmp: str) -> KVStore:
-    if backend == "memory":
-        return MemoryKV()
-    return LmdbKV(Path(tmp) / "lmdb", sync=False)
-
-
-@contextmanager
-def open_graph(backend: str, world: World) -> Iterator[Graph]:
-    """A fresh graph (with its node cache) on ``backend``; LMDB lives in a temporary dir."""
-    with tempfile.TemporaryDirectory() as tmp:
-        g = Graph.open(schema=world.schema, kv=_make_kv(backend, tmp), clock=lambda: NOW)
-        try:
-            yield g
-        finally:
-            g.close()
-
-
-@contextmanager
-def loaded(backend: str, world: World, scenario: Scenario) -> Iterator[Graph]:
-    with open_graph(backend, world) as g:
-        for batch in scenario.batches:
-            g.apply(batch)
-        yield g
-
-
-# -- comparable forms --------------------------------------------------------------------------
-
-Row = tuple[str, str, str, int, tuple[tuple[str, Any], ...]]
-
-
-def row(e: Edge) -> Row:
-    return (e.src, e.type, e.dst, e.ts, tuple(sorted(e.props.items())))
-
-
-def rows(edges: Sequence[Edge]) -> list[Row]:
-    return [row(e) for e in edges]
-
-
-def orows(edges: Sequence[OEdge]) -> list[Row]:
-    return [e.row() for e in edges]
-
-
-def node_state(node: Node | None) -> tuple[int, dict[str, Any]] | None:
-    return None if node is None else (node.ts, node.props)
-
-
-def graph_state(g: Graph, world: World) -> dict[str, Any]:
-    """Every node and the three stored edge indexes, read through the store."""
-    with g.store.read(NOW) as r:
-        nodes = {n: node_state(r.node(n)) for n in world.ids}
-        out, in_, by_target = [], [], []
-        for et, edge_type in world.schema.edges.items():
-            src_types = {m.src_type for m in edge_type.mappings}
-            dst_types = {m.dst_type for m in edge_type.mappings}
-            for n in world.ids:
-                if type_of(n) in src_types:
-                    out += rows(list(r.edges(n, et, "out")))
-                    by_target += rows(list(r.edges_by_target(n, et)))
-                if type_of(n) in dst_types:
-                    in_ += rows(list(r.edges(n, et, "in")))
-    return {
-        "nodes": {n: s for n, s in nodes.items() if s is not None},
-        "out": sorted(out),
-        "in": sorted(in_),
-        "by_target": sorted(by_target),
-    }
-
-
-def oracle_state(o: Oracle, world: World) -> dict[str, Any]:
-    nodes = {n: o.node(n) for n in world.ids}
-    edges = sorted(orows(o.edges))
-    return {
-        "nodes": {n: (v.ts, v.props) for n, v in nodes.items() if v is not None},
-        "out": edges,
-        "in": edges,
-        "by_target": edges,
-    }
-
-
-# -- query strategies --------------------------------------------------------------------------
-
-
-# Strategies are built once per world (functools.cache): building one costs far more than
-# drawing from it, and the query strategies draw hundreds of times per test.
-
-
-@cache
-def times(world: World) -> Strategy[int | None]:
-    """Mostly None; else a generated time nudged by -1/0/+1 µs (windows are
-    ``since <= ts < until``, so the nudges probe both edges of a bound)."""
-    point = st.builds(int.__add__, st.sampled_from(world.times), st.sampled_from([-1, 0, 1]))
-    return st.none() | st.none() | point
-
-
-@cache
-def _anywhere(world: World) -> Strategy[str]:
-    return st.builds(_pick_node, st.just(world), st.integers(0, 255), st.integers(0, 255))
-
-
-def nodes(world: World, focus: Sequence[str] = ()) -> Strategy[str]:
-    """Any node, skewed like the writes towards the hot ids, or one of ``focus`` (the ends of
-    the live edges, so that multi-hop queries find paths)."""
-    return st.sampled_from(focus) | _anywhere(world) if focus else _anywhere(world)
-
-
-def ends(o: Oracle) -> list[str]:
-    """The nodes at either end of a live edge, in a stable order."""
-    return sorted({n for e in o.edges for n in (e.src, e.dst)})
-
-
-@cache
-def edge_type_lists(world: World, node_type: str | None = None) -> Strategy[tuple[str, ...]]:
-    """Often no types (= all); else some, in a random order (the order breaks ties), mostly
-    ones that touch ``node_type``."""
-    names = sorted(world.schema.edges)
-    touching = [et for et in names if node_type is None or _touches(world, node_type, et)]
-    some = st.lists(st.sampled_from(touching) | st.sampled_from(names), unique=True, max_size=3)
-    return st.just(()) | some.map(tuple)
-
-
-def _touches(world: World, node_type: str, edge_type: str) -> bool:
-    return any(
-        node_type in (m.src_type, m.dst_type) for m in world.schema.edges[edge_type].mappings
-    )
-
-
-#: "both" twice: it joins the most edges, so multi-hop queries go somewhere.
-DIRECTIONS = st.sampled_from(("out", "in", "both", "both"))
-
-
-@cache
-def wheres(world: World) -> Strategy[Mapping[str, Any]]:
-    """Mostly no filter (a filter on one type's property empties the other types' lists)."""
-    return st.just({}) | st.just({}) | st.sampled_from(world.wheres)
-
-
-@cache
-def lookbacks(world: World) -> Strategy[int]:
-    return st.sampled_from(world.lookbacks)
-
-
-def _since(since: int | None, lookback: int) -> int:
-    return since if since is not None else NOW - lookback
-
 
 # -- LWW: the stored graph ---------------------------------------------------------------------
 
@@ -595,6 +138,56 @@ def test_the_stored_graph_does_not_depend_on_the_order_of_writes(
     assert states[0] == states[1]
 
 
+# -- limits ------------------------------------------------------------------------------------
+
+#: Which graphs a query test draws: random ones, and random ones with hubs above the caps.
+GRAPHS = pytest.mark.parametrize("graph", ["random", "hubs"])
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    """The caps a multi-hop query runs under (``max_work``/``max_frontier`` as in
+    :class:`hopcast.query.spec.Limits`)."""
+
+    caps: OLimits
+    max_work: int = q.DEFAULT_MAX_WORK
+    max_frontier: int = q.DEFAULT_MAX_FRONTIER
+
+    def spec(self, lookback: int) -> q.Limits:
+        return q.Limits(
+            lookback_us=lookback,
+            edges_per_hop=self.caps.edges_per_hop,
+            per_depth=dict(self.caps.per_depth),
+            per_edge_type=dict(self.caps.per_edge_type),
+            max_work=self.max_work,
+            max_frontier=self.max_frontier,
+        )
+
+
+#: "not binding": no cap can cut; "small caps": per-node caps of 1..HUB_CAP, overridden per
+#: depth and per type; "work and frontier": tiny max_work and max_frontier on top of them.
+LIMIT_KINDS = ["not binding", "small caps", "work and frontier"]
+
+
+def query_limits(world: World, kind: str) -> Strategy[QueryLimits]:
+    if kind == "not binding":
+        return st.just(QueryLimits(OLimits(UNBOUNDED)))
+    few = st.integers(1, HUB_CAP)
+    caps = st.builds(
+        OLimits,
+        edges_per_hop=few,
+        per_depth=st.dictionaries(st.integers(1, 3), few, max_size=2),
+        per_edge_type=st.dictionaries(st.sampled_from(sorted(world.schema.edges)), few, max_size=2),
+    )
+    if kind == "small caps":
+        return st.builds(QueryLimits, caps)
+    return st.builds(QueryLimits, caps, st.integers(1, 25), st.integers(1, 3))
+
+
+def cut_keys(cuts: Iterable[Cut | OCut]) -> set[tuple[str | None, str | None, int | None]]:
+    return {(c.node, c.edge_type, c.hop) for c in cuts}
+
+
 # -- neighbours --------------------------------------------------------------------------------
 
 
@@ -623,8 +216,15 @@ class NeighboursQuery:
         )
 
     def expected(self, o: Oracle) -> list[OEdge]:
-        since = _since(self.since, self.lookback)
+        """Every matching edge (the exact answer: no limit)."""
+        since = since_of(self.since, self.lookback)
         return o.matching(self.node, self.edge_types, self.direction, since, self.until, self.where)
+
+    def capped(self, o: Oracle) -> Capped[list[OEdge]]:
+        since = since_of(self.since, self.lookback)
+        return o.neighbours(
+            self.node, self.edge_types, self.direction, since, self.until, self.limit, self.where
+        )
 
 
 def neighbours_queries(world: World, focus: Sequence[str] = ()) -> Strategy[NeighboursQuery]:
@@ -640,7 +240,7 @@ def _neighbours_queries(draw: st.DrawFn, world: World, node_st: Strategy[str]) -
         direction=draw(DIRECTIONS),
         since=draw(times(world)),
         until=draw(times(world)),
-        limit=draw(st.integers(1, 4)),
+        limit=draw(st.integers(1, HUB_CAP)),
         where=draw(wheres(world)),
         lookback=draw(lookbacks(world)),
     )
@@ -648,40 +248,52 @@ def _neighbours_queries(draw: st.DrawFn, world: World, node_st: Strategy[str]) -
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("world_name", sorted(WORLDS))
+@GRAPHS
 @SETTINGS
 @given(data=st.data())
-def test_latest_neighbours_are_the_oracles_newest_matching_edges_in_tie_order(
-    backend: str, world_name: str, data: st.DataObject
+def test_latest_neighbours_are_the_oracles_newest_matching_edges_and_say_when_more_match(
+    backend: str, world_name: str, graph: str, data: st.DataObject
 ) -> None:
     world = WORLDS[world_name]
-    scenario = data.draw(scenarios(world, node_deletes_last=True))
+    scenario = data.draw(graphs(world, graph))
     o = Oracle(world.schema, scenario.mutations, NOW)
     queries = data.draw(st.lists(neighbours_queries(world, ends(o)), min_size=1, max_size=8))
     with loaded(backend, world, scenario) as g:
         for query in queries:
             got = g.engine.neighbours(query.spec(q.Selection.LATEST), NOW)
+            want = query.capped(o)
             assert got.node == query.node
-            assert rows(got.edges) == orows(query.expected(o)[: query.limit]), query
+            assert rows(got.edges) == orows(want.value), query
+            assert got.truncated == bool(want.cuts), query
+            if not got.truncated:
+                assert rows(got.edges) == orows(query.expected(o)), query
+            # Test lists are shorter than the filter's look-ahead: every cut is a seen one.
+            assert not any(c.unread for c in got.cuts), got.reason
+            assert got.to_dict()["truncated"] == got.truncated
+            assert (got.reason is None) == (not got.truncated)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("world_name", sorted(WORLDS))
+@GRAPHS
 @SETTINGS
 @given(data=st.data())
 def test_any_neighbours_are_as_many_distinct_matching_edges_as_the_limit_allows(
-    backend: str, world_name: str, data: st.DataObject
+    backend: str, world_name: str, graph: str, data: st.DataObject
 ) -> None:
     world = WORLDS[world_name]
-    scenario = data.draw(scenarios(world, node_deletes_last=True))
+    scenario = data.draw(graphs(world, graph))
     o = Oracle(world.schema, scenario.mutations, NOW)
     queries = data.draw(st.lists(neighbours_queries(world, ends(o)), min_size=1, max_size=8))
     with loaded(backend, world, scenario) as g:
         for query in queries:
-            got = rows(g.engine.neighbours(query.spec(q.Selection.ANY), NOW).edges)
+            result = g.engine.neighbours(query.spec(q.Selection.ANY), NOW)
+            got = rows(result.edges)
             matching = set(orows(query.expected(o)))
             assert len(set(got)) == len(got), query
             assert set(got) <= matching, query
             assert len(got) == min(query.limit, len(matching)), query
+            assert result.truncated == (len(matching) > query.limit), query
 
 
 # -- traverse ----------------------------------------------------------------------------------
@@ -694,34 +306,21 @@ class TraverseQuery:
     since: int | None
     until: int | None
     lookback: int
-    limits: OLimits
+    limits: QueryLimits
 
     def spec(self) -> q.Traverse:
         hops = tuple(q.Hop(h.edge_types, h.direction, q.parse_where(h.where)) for h in self.hops)
-        limits = q.Limits(
-            lookback_us=self.lookback,
-            edges_per_hop=self.limits.edges_per_hop,
-            per_depth=dict(self.limits.per_depth),
-            per_edge_type=dict(self.limits.per_edge_type),
+        return q.Traverse(
+            self.starts,
+            hops,
+            q.Selection.LATEST,
+            self.since,
+            self.until,
+            self.limits.spec(self.lookback),
         )
-        return q.Traverse(self.starts, hops, q.Selection.LATEST, self.since, self.until, limits)
 
 
-def limits(world: World, small: bool) -> Strategy[OLimits]:
-    if not small:
-        return st.just(OLimits(UNBOUNDED))
-    few = st.integers(1, 3)
-    return st.builds(
-        OLimits,
-        edges_per_hop=few,
-        per_depth=st.dictionaries(st.integers(1, 3), few, max_size=2),
-        per_edge_type=st.dictionaries(st.sampled_from(sorted(world.schema.edges)), few, max_size=2),
-    )
-
-
-def traverse_queries(
-    world: World, small_limits: bool, focus: Sequence[str] = ()
-) -> Strategy[TraverseQuery]:
+def traverse_queries(world: World, kind: str, focus: Sequence[str] = ()) -> Strategy[TraverseQuery]:
     hop = st.builds(OHop, edge_type_lists(world), DIRECTIONS, wheres(world))
     return st.builds(
         TraverseQuery,
@@ -730,33 +329,52 @@ def traverse_queries(
         since=times(world),
         until=times(world),
         lookback=lookbacks(world),
-        limits=limits(world, small_limits),
+        limits=query_limits(world, kind),
     )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("world_name", sorted(WORLDS))
-@pytest.mark.parametrize("small_limits", [False, True], ids=["limits not binding", "small limits"])
+@GRAPHS
+@pytest.mark.parametrize("kind", LIMIT_KINDS)
 @SETTINGS
 @given(data=st.data())
-def test_traverse_reaches_the_oracles_nodes_at_the_oracles_depths(
-    backend: str, world_name: str, small_limits: bool, data: st.DataObject
+def test_traverse_is_exact_unless_truncated_and_reports_every_cut_of_its_caps(
+    backend: str, world_name: str, graph: str, kind: str, data: st.DataObject
 ) -> None:
     world = WORLDS[world_name]
-    scenario = data.draw(scenarios(world, node_deletes_last=True))
+    scenario = data.draw(graphs(world, graph))
     o = Oracle(world.schema, scenario.mutations, NOW)
-    queries = data.draw(
-        st.lists(traverse_queries(world, small_limits, ends(o)), min_size=1, max_size=4)
-    )
+    queries = data.draw(st.lists(traverse_queries(world, kind, ends(o)), min_size=1, max_size=4))
     with loaded(backend, world, scenario) as g:
         live = set(orows(o.edges))
         for query in queries:
-            since = _since(query.since, query.lookback)
+            since = since_of(query.since, query.lookback)
             got = g.engine.traverse(query.spec(), NOW)
             depths = {r.node: r.depth for r in got.nodes}
-            assert not got.truncated
             assert len(depths) == len(got.nodes), "a node was reported twice"
-            assert depths == o.traverse(query.starts, query.hops, since, query.until, query.limits)
+            exact = o.traverse(query.starts, query.hops, since, query.until).value
+            assert got.truncated or depths == exact, query
+            assert got.truncated == (got.reason is not None)
+            capped = o.traverse(query.starts, query.hops, since, query.until, query.limits.caps)
+            if kind != "work and frontier":
+                # The same capped answer, and the engine reports exactly the oracle's cuts.
+                assert depths == capped.value, query
+                assert len(got.cuts) == len(capped.cuts), (got.reason, capped.cuts)
+                assert cut_keys(got.cuts) <= cut_keys(capped.cuts), got.reason
+            for cut in got.cuts:
+                assert not cut.unread, got.reason
+                if cut.limit in ("limits.max_work", "limits.max_frontier"):
+                    assert kind == "work and frontier", got.reason
+                    continue
+                # A per-node cut is real: the node has more matching edges than its cap.
+                assert cut.node is not None and cut.edge_type is not None and cut.hop is not None
+                hop = query.hops[cut.hop - 1]
+                assert cut.value == query.limits.caps.edges_for(cut.hop, cut.edge_type)
+                steps = o.steps(
+                    cut.node, cut.edge_type, hop.direction, since, query.until, hop.where
+                )
+                assert len(steps) > cut.value, got.reason
             # Each node names a live, followable edge from a node one hop closer to the start.
             for r in got.nodes:
                 assert r.via is not None
@@ -782,14 +400,15 @@ class JourneyQuery:
     lookback: int
     edge_types: tuple[str, ...]
     page_size: int
+    max_members: int
 
 
 def journey_queries(o: Oracle) -> Strategy[JourneyQuery]:
     """Mostly accounts that have a journey at all (so that pages and ties occur)."""
     journey = DEMO.schema.journey
     assert journey is not None
-    accounts = DEMO.nodes["account"]
-    busy = [a for a in accounts if o.journey(a, None, None, ())]
+    accounts = sorted({*DEMO.nodes["account"], *(n for n in ends(o) if type_of(n) == "account")})
+    busy = [a for a in accounts if o.journey(a, None, None, ()).value]
     some_types = st.lists(st.sampled_from(journey.interactions), unique=True, max_size=3)
     return st.builds(
         JourneyQuery,
@@ -801,39 +420,53 @@ def journey_queries(o: Oracle) -> Strategy[JourneyQuery]:
         lookback=lookbacks(DEMO),
         edge_types=st.just(()) | some_types.map(tuple),
         page_size=st.integers(1, 4),
+        max_members=st.sampled_from([q.MAX_JOURNEY_MEMBERS, 1, 2, 3]),
     )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@GRAPHS
 @SETTINGS
 @given(data=st.data())
-def test_journey_pages_concatenate_to_the_oracles_ordered_journey(
-    backend: str, data: st.DataObject
+def test_journey_pages_concatenate_to_the_oracles_journey_and_say_when_members_were_cut(
+    backend: str, graph: str, data: st.DataObject
 ) -> None:
-    scenario = data.draw(scenarios(DEMO, node_deletes_last=True))
+    scenario = data.draw(graphs(DEMO, graph))
     o = Oracle(DEMO.schema, scenario.mutations, NOW)
     queries = data.draw(st.lists(journey_queries(o), min_size=1, max_size=3))
     with loaded(backend, DEMO, scenario) as g:
         for jq in queries:
-            since = _since(jq.since, jq.lookback)
-            want = orows(o.journey(jq.account, since, jq.until, jq.edge_types))
+            since = since_of(jq.since, jq.lookback)
+            want = o.journey(jq.account, since, jq.until, jq.edge_types, jq.max_members)
+            members = o.journey_members(jq.account, jq.max_members).value
             pages: list[list[Row]] = []
             cursor: str | None = None
-            while len(pages) <= len(want):  # one page more than needed ends a runaway cursor
+            while len(pages) <= len(want.value):  # one page more than needed ends a runaway
                 spec = q.Journey(
-                    jq.account, jq.since, jq.until, jq.page_size, cursor, jq.edge_types, jq.lookback
+                    jq.account,
+                    jq.since,
+                    jq.until,
+                    jq.page_size,
+                    cursor,
+                    jq.edge_types,
+                    jq.lookback,
+                    jq.max_members,
                 )
                 got = g.engine.journey(spec, NOW)
                 assert got.node == jq.account
-                assert sorted(got.members) == sorted(o.journey_members(jq.account)), jq
+                assert got.members == members, jq
+                assert got.truncated == bool(want.cuts), jq
                 pages.append(rows(got.entries))
                 cursor = got.cursor
                 if cursor is None:
                     break
-            assert [r for page in pages for r in page] == want, jq
+            entries = [r for page in pages for r in page]
+            assert entries == orows(want.value), jq
+            if not want.cuts:
+                assert entries == orows(o.journey(jq.account, since, jq.until, jq.edge_types).value)
             # Every page but the last is full; the last holds the rest (or is the only, empty one).
             assert all(len(page) == jq.page_size for page in pages[:-1]), jq
-            assert cursor is None and (len(pages[-1]) >= 1 or want == []), jq
+            assert cursor is None and (len(pages[-1]) >= 1 or want.value == []), jq
 
 
 # -- count, exists, shortest path --------------------------------------------------------------
@@ -841,13 +474,14 @@ def test_journey_pages_concatenate_to_the_oracles_ordered_journey(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("world_name", sorted(WORLDS))
+@GRAPHS
 @SETTINGS
 @given(data=st.data())
-def test_count_is_the_number_of_edges_the_oracle_finds_in_the_window(
-    backend: str, world_name: str, data: st.DataObject
+def test_count_is_the_number_of_edges_the_oracle_finds_in_the_window_and_never_truncated(
+    backend: str, world_name: str, graph: str, data: st.DataObject
 ) -> None:
     world = WORLDS[world_name]
-    scenario = data.draw(scenarios(world, node_deletes_last=True))
+    scenario = data.draw(graphs(world, graph))
     o = Oracle(world.schema, scenario.mutations, NOW)
     queries = data.draw(st.lists(neighbours_queries(world, ends(o)), min_size=1, max_size=8))
     with loaded(backend, world, scenario) as g:
@@ -861,14 +495,16 @@ def test_count_is_the_number_of_edges_the_oracle_finds_in_the_window(
                 query.lookback,
             )
             got = g.engine.count(spec, NOW)
-            since = _since(query.since, query.lookback)
+            since = since_of(query.since, query.lookback)
             want = o.count(query.node, query.edge_types, query.direction, since, query.until)
             assert (got.count, got.by_type) == (sum(want.values()), want), query
+            assert (got.truncated, got.reason) == (False, None)
+            assert got.to_dict()["truncated"] is False
 
 
 def _fitting(world: World, write: int, src: int, dst: int) -> tuple[str, str, str]:
     edge_type, src_type, dst_type = world.writes[write % len(world.writes)]
-    return _skewed(world.nodes[src_type], src), edge_type, _skewed(world.nodes[dst_type], dst)
+    return skewed(world.nodes[src_type], src), edge_type, skewed(world.nodes[dst_type], dst)
 
 
 def edge_lookups(world: World, focus: Sequence[str] = ()) -> Strategy[tuple[str, str, str]]:
@@ -914,15 +550,29 @@ class PathQuery:
     direction: str
     since: int | None
     lookback: int
+    limits: QueryLimits
+
+    def spec(self) -> q.ShortestPath:
+        return q.ShortestPath(
+            self.src,
+            self.dst,
+            self.max_hops,
+            self.edge_types,
+            self.direction,
+            self.since,
+            self.limits.spec(self.lookback),
+        )
 
 
-def path_queries(world: World, o: Oracle) -> Strategy[PathQuery]:
+def path_queries(world: World, o: Oracle, kind: str) -> Strategy[PathQuery]:
     """Half the time ``dst`` is in ``src``'s connected part, so that some paths exist."""
-    return _path_queries(world, o, nodes(world, ends(o)))
+    return _path_queries(world, o, nodes(world, ends(o)), kind)
 
 
 @st.composite
-def _path_queries(draw: st.DrawFn, world: World, o: Oracle, node_st: Strategy[str]) -> PathQuery:
+def _path_queries(
+    draw: st.DrawFn, world: World, o: Oracle, node_st: Strategy[str], kind: str
+) -> PathQuery:
     src = draw(node_st)
     return PathQuery(
         src=src,
@@ -932,43 +582,58 @@ def _path_queries(draw: st.DrawFn, world: World, o: Oracle, node_st: Strategy[st
         direction=draw(DIRECTIONS),
         since=draw(times(world)),
         lookback=draw(lookbacks(world)),
+        limits=draw(query_limits(world, kind)),
     )
+
+
+REVERSE = {"out": "in", "in": "out", "both": "both"}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("world_name", sorted(WORLDS))
+@GRAPHS
+@pytest.mark.parametrize("kind", LIMIT_KINDS)
 @SETTINGS
 @given(data=st.data())
-def test_shortest_path_is_found_iff_the_oracle_finds_one_and_is_as_short(
-    backend: str, world_name: str, data: st.DataObject
+def test_shortest_path_is_exact_unless_truncated_and_a_reported_cut_is_real(
+    backend: str, world_name: str, graph: str, kind: str, data: st.DataObject
 ) -> None:
     world = WORLDS[world_name]
-    scenario = data.draw(scenarios(world, node_deletes_last=True))
+    scenario = data.draw(graphs(world, graph))
     o = Oracle(world.schema, scenario.mutations, NOW)
-    queries = data.draw(st.lists(path_queries(world, o), min_size=1, max_size=8))
+    queries = data.draw(st.lists(path_queries(world, o, kind), min_size=1, max_size=8))
     with loaded(backend, world, scenario) as g:
         live = set(orows(o.edges))
         for query in queries:
-            since = _since(query.since, query.lookback)
-            spec = q.ShortestPath(
-                query.src,
-                query.dst,
-                query.max_hops,
-                query.edge_types,
-                query.direction,
-                query.since,
-                q.Limits(lookback_us=query.lookback),
-            )
-            got = g.engine.shortest_path(spec, NOW)
+            since = since_of(query.since, query.lookback)
+            got = g.engine.shortest_path(query.spec(), NOW)
             dist = o.distance(query.src, query.dst, query.edge_types, query.direction, since)
             found = dist is not None and dist <= query.max_hops
-            assert got.found == found, query
-            if not found:
+            exact = (found, dist if found else None)
+            answer = (got.found, got.hops if got.found else None)
+            # Exact unless truncated: never "not found" or a longer path without saying so.
+            assert got.truncated or answer == exact, (query, got.reason)
+            assert got.truncated == (got.reason is not None)
+            caps = query.limits.caps
+            over = o.over_cap(query.edge_types, query.direction, since, caps, query.max_hops)
+            if kind != "work and frontier" and not over:
+                assert not got.truncated, (query, got.reason)  # no cap could cut
+            for cut in got.cuts:
+                if cut.limit in ("limits.max_work", "limits.max_frontier"):
+                    assert kind == "work and frontier", got.reason
+                    continue
+                # A per-node cut is real: that end's node has more edges than its cap.
+                assert cut.node is not None and cut.edge_type is not None and cut.hop is not None
+                assert cut.origin in (query.src, query.dst)
+                d = query.direction if cut.origin == query.src else REVERSE[query.direction]
+                assert cut.value == caps.edges_for(cut.hop, cut.edge_type)
+                assert o.degree(cut.node, cut.edge_type, d, since) > cut.value, got.reason
+            if not got.found:
                 assert (got.nodes, got.edges) == ([], [])
                 continue
-            assert got.hops == dist, query
+            assert dist is not None and dist <= got.hops <= query.max_hops, query
             assert got.nodes[0] == query.src and got.nodes[-1] == query.dst
-            assert len(got.nodes) == len(got.edges) + 1
+            assert len(got.nodes) == len(got.edges) + 1 == len(set(got.nodes))
             for a, b, e in zip(got.nodes, got.nodes[1:], got.edges, strict=False):
                 oedge = OEdge(e.src, e.type, e.dst, e.ts, e.props)
                 assert row(e) in live and e.ts >= since
@@ -1067,3 +732,45 @@ def test_the_generated_graphs_exercise_expiry_ties_replays_and_late_deletes() ->
         "equal times",
         "delete older than a write",
     }
+
+
+def test_the_hub_graphs_make_caps_change_answers_that_the_engine_then_marks() -> None:
+    """Guards the hub generator: under small caps, answers the caps change occur for every
+    query kind, so "an answer that differs from the exact one is truncated" is tested on real
+    differences and not only on answers the caps left alone."""
+    seen: set[str] = set()
+    caps = OLimits(2)
+    limits = q.Limits(edges_per_hop=2, lookback_us=FOREVER_LOOKBACK)
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(graphs(DEMO, "hubs"), st.randoms(use_true_random=False))
+    def look(scenario: Scenario, rng: Any) -> None:
+        o = Oracle(DEMO.schema, scenario.mutations, NOW)
+        since = NOW - FOREVER_LOOKBACK
+        live = ends(o)
+        if not live:
+            return
+        start = rng.choice(live)
+        hops = [OHop((), "both", {})] * 2
+        if (
+            o.traverse([start], hops, since, None, caps).value
+            != o.traverse([start], hops, since, None).value
+        ):
+            seen.add("traverse")
+        if o.neighbours(start, (), "both", since, None, 2).cuts:
+            seen.add("neighbours")
+        accounts = [n for n in live if type_of(n) == "account"]
+        if accounts and o.journey_members(rng.choice(accounts), 2).cuts:
+            seen.add("journey")
+        with loaded("memory", DEMO, scenario) as g:
+            dst = rng.choice(o.component(start))
+            spec = q.ShortestPath(start, dst, 4, (), "both", None, limits)
+            got = g.engine.shortest_path(spec, NOW)
+            dist = o.distance(start, dst, (), "both", since)
+            found = dist is not None and dist <= 4
+            if (got.found, got.hops if got.found else None) != (found, dist if found else None):
+                assert got.truncated
+                seen.add("path")
+
+    look()
+    assert seen == {"traverse", "neighbours", "journey", "path"}

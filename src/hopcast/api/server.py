@@ -30,6 +30,7 @@ from hopcast.kv import open_kv
 from hopcast.live.fanout import InProcessTransport, Router, Transport
 from hopcast.live.gateway import Gateway
 from hopcast.live.service import LiveService
+from hopcast.query.cache import DEFAULT_CONSISTENCY, Consistency
 
 if TYPE_CHECKING:
     from hopcast.live.redisfan import RedisTransport
@@ -45,6 +46,7 @@ _ENV_STORE = "HOPCAST_API_STORE"
 _ENV_SCHEMA = "HOPCAST_API_SCHEMA"
 _ENV_MAX_BODY = "HOPCAST_API_MAX_BODY_BYTES"
 _ENV_REDIS_PREFIX = "HOPCAST_API_REDIS_PREFIX"
+_ENV_CONSISTENCY = "HOPCAST_API_CONSISTENCY"
 
 #: The response header in which a worker of a multi-worker server names itself (its pid).
 WORKER_HEADER = "x-hopcast-worker"
@@ -171,6 +173,7 @@ def serve(
     max_body_bytes: int = MAX_BODY_BYTES,
     gateway_port: int | None = None,
     redis_url: str | None = None,
+    consistency: Consistency | str = DEFAULT_CONSISTENCY,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); prints the URL first.
 
@@ -183,6 +186,8 @@ def serve(
             key prefix) and schema file are used: every worker opens its own :class:`Graph` on
             them.
         workers: server processes.
+        consistency: the workers' node-cache model (:mod:`hopcast.query.cache`); with one
+            worker, ``graph``'s own applies.
 
     Raises:
         ConfigError: ``workers < 1``, or ``workers > 1`` with a graph in memory or a schema
@@ -232,6 +237,7 @@ def serve(
     os.environ[_ENV_STORE] = store
     os.environ[_ENV_SCHEMA] = str(schema)
     os.environ[_ENV_MAX_BODY] = str(max_body_bytes)
+    os.environ[_ENV_CONSISTENCY] = Consistency(consistency).value
     print(
         f"hopcast API on {address} with {workers} workers (docs: {address}/docs); "
         "graph routes only: the live schedule runs in a single-worker server",
@@ -265,10 +271,12 @@ def worker_app() -> FastAPI:
         raise ConfigError(f"{_ENV_STORE} and {_ENV_SCHEMA} must name the store and schema")
     max_body = int(os.environ.get(_ENV_MAX_BODY, MAX_BODY_BYTES))
     prefix = os.environ.get(_ENV_REDIS_PREFIX)
+    consistency = os.environ.get(_ENV_CONSISTENCY, DEFAULT_CONSISTENCY)
     if prefix is not None and store.partition("://")[0] in REDIS_SCHEMES:
-        graph = Graph.open(schema=schema, kv=open_kv(store, prefix=prefix))
+        kv = open_kv(store, prefix=prefix)
+        graph = Graph.open(schema=schema, kv=kv, consistency=consistency)
     else:
-        graph = Graph.open(store, schema)
+        graph = Graph.open(store, schema, consistency=consistency)
     app = create_app(graph, max_body_bytes=max_body)
     app.add_middleware(_WorkerHeader)
     _freeze_heap()

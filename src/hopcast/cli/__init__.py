@@ -52,6 +52,7 @@ from hopcast.cli.store import apply, info, sweep
 from hopcast.errors import HopcastError
 from hopcast.graph.schema import Schema
 from hopcast.graphdb import Graph
+from hopcast.query.cache import DEFAULT_CONSISTENCY, Consistency
 
 __all__ = ["cli", "main"]
 
@@ -113,7 +114,13 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8321, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8321,
+    show_default=True,
+    help="0 picks a free port (the server logs the one it bound).",
+)
 @click.option(
     "--workers",
     type=click.IntRange(1),
@@ -138,6 +145,14 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
     help="Also publish live triggers to this Redis for `hopcast live gateway` nodes "
     "(single worker; needs hopcast[redis]).",
 )
+@click.option(
+    "--consistency",
+    type=click.Choice([c.value for c in Consistency]),
+    default=DEFAULT_CONSISTENCY.value,
+    show_default=True,
+    help="Node reads see every write acknowledged before them, by any worker "
+    "(read-your-writes), or may lag other workers' writes by up to 1 s (bounded).",
+)
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -146,6 +161,7 @@ def serve(
     workers: int,
     gateway_port: int | None,
     redis_url: str | None,
+    consistency: str,
 ) -> None:
     """Run the HTTP API on the store (needs the server extras: hopcast[server]).
 
@@ -161,8 +177,16 @@ def serve(
         raise HopcastError(
             f"`hopcast serve` needs the server extras: pip install 'hopcast[server]' ({exc})"
         ) from exc
-    with Graph.open(settings.store, settings.schema) as graph:
-        api.serve(graph, host, port, workers, gateway_port=gateway_port, redis_url=redis_url)
+    with Graph.open(settings.store, settings.schema, consistency=consistency) as graph:
+        api.serve(
+            graph,
+            host,
+            port,
+            workers,
+            gateway_port=gateway_port,
+            redis_url=redis_url,
+            consistency=consistency,
+        )
 
 
 @cli.command(

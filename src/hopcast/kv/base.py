@@ -120,6 +120,17 @@ class ReadTxn(ABC):
     def get(self, ns: str, rid: bytes, key: bytes, now: int) -> Item | None:
         """The visible item at ``key``, or None (absent, tombstone or expired)."""
 
+    def generation(self) -> int | None:
+        """The store's commit generation as this view reads it, or None if the backend cannot
+        tell (the default).
+
+        Contract: views of equal generations read the same committed data (without snapshots:
+        at least the commits counted in it), and a commit acknowledged (by any process) before
+        a view began gives that view a generation unlike that of every view begun before the
+        commit. A cache tags what it read with it (:mod:`hopcast.query.cache`).
+        """
+        return None
+
     @abstractmethod
     def scan(
         self,

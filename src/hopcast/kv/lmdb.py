@@ -361,6 +361,10 @@ class _LmdbRead(ReadTxn):
     def __enter__(self) -> _LmdbRead:
         return self
 
+    def generation(self) -> int:
+        """The snapshot's transaction id (LMDB counts committed write transactions)."""
+        return int(self._txn.id())
+
     def __exit__(self, *exc: object) -> None:
         self._txn.abort()
 

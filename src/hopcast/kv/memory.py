@@ -45,6 +45,8 @@ class MemoryKV(KVStore):
         self._ttls: dict[str, int | None] = {}
         self._checkpoints: dict[str, bytes] = {}
         self._closed = False
+        # Write transactions ended (committed or rolled back): the read views' generation.
+        self._generation = 0
 
     def _check(self) -> None:
         if self._closed:
@@ -77,6 +79,8 @@ class MemoryKV(KVStore):
             except BaseException:
                 txn.rollback()
                 raise
+            finally:
+                self._generation += 1
 
     def sweep(self, now: int, limit: int | None = None) -> int:
         self._check()
@@ -164,6 +168,9 @@ def _iter_record(
 class _MemoryRead(ReadTxn):
     def __init__(self, kv: MemoryKV) -> None:
         self._kv = kv
+
+    def generation(self) -> int:
+        return self._kv._generation
 
     def get(self, ns: str, rid: bytes, key: bytes, now: int) -> Item | None:
         with self._kv._lock:

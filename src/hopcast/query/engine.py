@@ -3,7 +3,10 @@
 Every query runs inside one read view (a consistent snapshot on LMDB) with ``now`` fixed.
 Traversals are breadth-first with one round per hop: the whole frontier is expanded before the
 next hop starts, adjacency lists are streamed (the KV layer reads them lazily in batches) and
-filtered as they stream, and each list stops as soon as its limit is met.
+filtered as they stream, and each list stops one edge past its limit (:mod:`hopcast.query.reads`):
+that edge tells whether the limit cut, and every answer a limit cut says so (``truncated``,
+``reason``; :mod:`hopcast.query.results` has the contract). Shortest paths are searched from both
+ends (:mod:`hopcast.query.path`).
 
 Ordering rules (the oracle tests in ``tests/query`` hold the engine to them):
 
@@ -16,118 +19,47 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from itertools import chain
-from typing import Any
 
 from hopcast.errors import InvalidQuery
 from hopcast.graph.store import Edge, GraphReader, GraphStore, KeyedEdge, Node, edge_of
 from hopcast.query import spec as q
 from hopcast.query.cache import NodeCache
+from hopcast.query.path import PathSearch
+from hopcast.query.reads import (
+    CUT,
+    FILTER_LOOKAHEAD,
+    SPENT,
+    UNSURE,
+    WHOLE,
+    Reads,
+    matches,
+)
+from hopcast.query.results import (
+    CountResult,
+    Cut,
+    Cuts,
+    ExistsResult,
+    JourneyResult,
+    NeighboursResult,
+    PathResult,
+    Reached,
+    TraverseResult,
+)
 
-
-@dataclass(slots=True)
-class NeighboursResult:
-    node: str
-    edges: list[Edge]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "edges": [e.to_dict() | {"neighbour": e.other(self.node)} for e in self.edges],
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Reached:
-    """A node reached by a traversal: its depth and the edge it was first reached through."""
-
-    node: str
-    depth: int
-    via: Edge | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "depth": self.depth,
-            "via": None if self.via is None else self.via.to_dict(),
-        }
-
-
-@dataclass(slots=True)
-class TraverseResult:
-    nodes: list[Reached]
-    work: int
-    truncated: bool = False
-    reason: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "nodes": [r.to_dict() for r in self.nodes],
-            "work": self.work,
-            "truncated": self.truncated,
-            "reason": self.reason,
-        }
-
-
-@dataclass(slots=True)
-class JourneyResult:
-    node: str
-    members: list[str]
-    entries: list[Edge]
-    cursor: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "members": self.members,
-            "entries": [e.to_dict() for e in self.entries],
-            "cursor": self.cursor,
-        }
-
-
-@dataclass(slots=True)
-class CountResult:
-    node: str
-    count: int
-    by_type: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "count": self.count, "by_type": self.by_type}
-
-
-@dataclass(slots=True)
-class ExistsResult:
-    exists: bool
-    edge: Edge | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"exists": self.exists, "edge": None if self.edge is None else self.edge.to_dict()}
-
-
-@dataclass(slots=True)
-class PathResult:
-    found: bool
-    nodes: list[str]
-    edges: list[Edge]
-    work: int
-    truncated: bool = False
-
-    @property
-    def hops(self) -> int:
-        return len(self.edges)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "found": self.found,
-            "hops": self.hops if self.found else None,
-            "nodes": self.nodes,
-            "edges": [e.to_dict() for e in self.edges],
-            "work": self.work,
-            "truncated": self.truncated,
-        }
-
+__all__ = [
+    "CountResult",
+    "Cut",
+    "Cuts",
+    "ExistsResult",
+    "JourneyResult",
+    "NeighboursResult",
+    "PathResult",
+    "QueryEngine",
+    "Reached",
+    "TraverseResult",
+]
 
 #: Frontier nodes expanded per read round: bounds the edges held in memory before the work cap
 #: is checked (HOP_CHUNK x edges per hop) while still amortising the round.
@@ -137,17 +69,13 @@ HOP_CHUNK = 256
 JOURNEY_MIN_BATCH = 4
 
 
-def _matches(filters: tuple[q.Filter, ...], edge: Edge) -> bool:
-    props = edge.props
-    return all(f.matches(props) for f in filters)
-
-
 class QueryEngine:
     """Runs query specs. Thread-safe: each call opens its own read view.
 
     Args:
         store: the graph.
-        cache: optional node cache for :meth:`nodes` (invalidated by the store's writes).
+        cache: optional node cache for :meth:`nodes` (invalidated by the store's writes; its
+            consistency model decides what else retires an entry).
         clock: "now" in µs when a call passes none (defaults to the store's clock).
     """
 
@@ -161,113 +89,9 @@ class QueryEngine:
         self.schema = store.schema
         self.cache = cache
         self.clock = clock or store.clock
-        self._plans: dict[tuple[str, tuple[str, ...], str], list[tuple[str, tuple[str, ...]]]] = {}
+        self.reads = Reads(store.schema)
         if cache is not None:
             store.on_write(cache.invalidate)
-
-    # -- planning ----------------------------------------------------------------------------
-
-    def _plan(
-        self, node: str, edge_types: tuple[str, ...], direction: str
-    ) -> list[tuple[str, tuple[str, ...]]]:
-        """[(edge type, physical lists)] to read for a node, cached per node type."""
-        node_type = node.partition(":")[0]
-        key = (node_type, edge_types, direction)
-        plan = self._plans.get(key)
-        if plan is None:
-            types = edge_types or self.schema.edge_types_touching(node_type)
-            plan = []
-            for et in types:
-                lists = self.schema.physical_lists(node_type, et, direction)
-                if lists:
-                    plan.append((et, lists))
-            self._plans[key] = plan
-        return plan
-
-    @staticmethod
-    def _stream(
-        r: GraphReader,
-        node: str,
-        edge_type: str,
-        lists: tuple[str, ...],
-        since: int | None,
-        until: int | None,
-    ) -> Iterator[tuple[str, Edge]]:
-        """(neighbour, edge) pairs of one edge type, newest first across its stored lists."""
-        if len(lists) == 1:
-            if lists[0] == "out":
-                return ((e.dst, e) for e in r.edges(node, edge_type, "out", since, until))
-            return ((e.src, e) for e in r.edges(node, edge_type, "in", since, until))
-        outs = ((e.dst, e) for e in r.edges(node, edge_type, "out", since, until))
-        ins = ((e.src, e) for e in r.edges(node, edge_type, "in", since, until))
-        return heapq.merge(outs, ins, key=lambda pair: -pair[1].ts)
-
-    def _take(
-        self,
-        r: GraphReader,
-        node: str,
-        edge_type: str,
-        lists: tuple[str, ...],
-        since: int | None,
-        until: int | None,
-        limit: int,
-        where: tuple[q.Filter, ...],
-        budget: int,
-    ) -> tuple[list[tuple[str, Edge]], int, bool]:
-        """The newest ``limit`` matching (neighbour, edge) pairs of one edge type.
-
-        Reads at most ``budget`` edges. Returns ``(pairs, edges read, budget exhausted)``.
-        """
-        if not where and len(lists) == 1:
-            # Fast path: one stored list, no filter — one bounded read.
-            n = min(limit, budget)
-            page = r.edges_list(node, edge_type, lists[0], since, until, n)
-            if lists[0] == "out":
-                pairs = [(e.dst, e) for e in page]
-            else:
-                pairs = [(e.src, e) for e in page]
-            return pairs, len(page), n < limit and len(page) == n
-        out: list[tuple[str, Edge]] = []
-        read = 0
-        for other, e in self._stream(r, node, edge_type, lists, since, until):
-            if read >= budget:
-                return out, read, True
-            read += 1
-            if where and not _matches(where, e):
-                continue
-            out.append((other, e))
-            if len(out) >= limit:
-                break
-        return out, read, False
-
-    @staticmethod
-    def _expand(
-        r: GraphReader,
-        plans: list[tuple[str, list[tuple[str, tuple[str, ...]]]]],
-        depth: int,
-        hop: q.Hop,
-        limits: q.Limits,
-        since: int | None,
-        until: int | None,
-    ) -> dict[tuple[str, str], list[tuple[str, Edge]]]:
-        """Read one hop's unfiltered single-list expansions for a chunk of the frontier in
-        one round per (edge type, list); the rest is left to :meth:`_take`."""
-        if hop.where:
-            return {}
-        groups: dict[tuple[str, str], list[str]] = {}
-        for node, plan in plans:
-            for et, lists in plan:
-                if len(lists) == 1:
-                    groups.setdefault((et, lists[0]), []).append(node)
-        pages: dict[tuple[str, str], list[tuple[str, Edge]]] = {}
-        for (et, physical), nodes in groups.items():
-            expanded = r.expand(nodes, et, physical, since, until, limits.edges_for(depth, et))
-            for node, edges in zip(nodes, expanded, strict=True):
-                if physical == "out":
-                    pages[(node, et)] = [(e.dst, e) for e in edges]
-                else:
-                    pages[(node, et)] = [(e.src, e) for e in edges]
-        return pages
 
     def _now(self, now: int | None) -> int:
         return self.clock() if now is None else now
@@ -284,53 +108,79 @@ class QueryEngine:
         t = self._now(now)
         out: list[Node | None] = []
         cache = self.cache
+        if cache is None:
+            with self.store.read(t) as r:
+                return [r.node(node_id) for node_id in ids]
+        # 1. the cache's epoch before the view opens: a local write in between makes the reads
+        #    below too old to cache (see hopcast.query.cache); then the view's generation;
+        epoch = cache.epoch
         with self.store.read(t) as r:
+            generation = r.txn.generation()
+            if not cache.usable(generation):
+                return [r.node(node_id) for node_id in ids]
+            # 2. each node from the cache if it holds this generation's, else from the view.
             for node_id in ids:
-                if cache is not None:
-                    hit, node = cache.get(node_id, t)
-                    if hit:
-                        out.append(node)
-                        continue
-                node = r.node(node_id)
-                if cache is not None:
-                    cache.put(node_id, node, t)
+                hit, node = cache.get(node_id, t, generation)
+                if not hit:
+                    node = r.node(node_id)
+                    cache.put(node_id, node, t, generation, epoch)
                 out.append(node)
         return out
 
     def neighbours(self, spec: q.Neighbours, now: int | None = None) -> NeighboursResult:
+        """The newest (or any) ``spec.limit`` matching edges; ``truncated`` if more match."""
         q.check(self.schema, spec)
         t = self._now(now)
         since = spec.since if spec.since is not None else t - spec.lookback_us
-        plan = self._plan(spec.node, spec.edge_types, spec.direction)
+        plan = self.reads.plan(spec.node, spec.edge_types, spec.direction)
         out: list[Edge] = []
         limit = spec.limit
         where = spec.where
+        cuts = Cuts()
         with self.store.read(t) as r:
+            if len(plan) == 1 and len(plan[0][1]) == 1 and not where:
+                # Fast path: one stored list, no filter — one read, one edge past the limit.
+                et, (physical,) = plan[0]
+                page = r.edges_list(spec.node, et, physical, since, spec.until, limit + 1)
+                if len(page) > limit:
+                    del page[limit:]
+                    cuts.add(Cut("limit", limit, spec.node, et))
+                return NeighboursResult(spec.node, page, cuts)
             if len(plan) == 1:
                 et, lists = plan[0]
-                pairs = self._take(
+                pairs, _, status = self.reads.take(
                     r, spec.node, et, lists, since, spec.until, limit, where, 1 << 62
                 )
-                return NeighboursResult(spec.node, [e for _, e in pairs[0]])
+                if status != WHOLE:
+                    cuts.add(Cut("limit", limit, spec.node, et, unread=status == UNSURE))
+                return NeighboursResult(spec.node, [e for _, e in pairs], cuts)
             streams = [
-                self._stream(r, spec.node, et, lists, since, spec.until) for et, lists in plan
+                self.reads.stream(r, spec.node, et, lists, since, spec.until) for et, lists in plan
             ]
             merged: Iterable[tuple[str, Edge]]
-            if len(streams) == 1:
-                merged = streams[0]
-            elif spec.selection is q.Selection.LATEST:
+            if spec.selection is q.Selection.LATEST:
                 merged = heapq.merge(*streams, key=lambda pair: -pair[1].ts)
             else:
                 merged = chain.from_iterable(streams)
+            read = 0
+            stop_at = -1  # once the limit is met: where the look-ahead for one more match ends
             for _, e in merged:
-                if where and not _matches(where, e):
-                    continue
-                out.append(e)
-                if len(out) >= limit:
+                if stop_at >= 0 and read >= stop_at:
+                    cuts.add(Cut("limit", limit, spec.node, unread=True))
                     break
-        return NeighboursResult(spec.node, out)
+                read += 1
+                if where and not matches(where, e):
+                    continue
+                if len(out) >= limit:
+                    cuts.add(Cut("limit", limit, spec.node))
+                    break
+                out.append(e)
+                if len(out) == limit:
+                    stop_at = read + max(read, FILTER_LOOKAHEAD) if where else read + 1
+        return NeighboursResult(spec.node, out, cuts)
 
     def traverse(self, spec: q.Traverse, now: int | None = None) -> TraverseResult:
+        """Breadth-first, one round per hop; every cap that drops an edge is a cut."""
         q.check(self.schema, spec)
         t = self._now(now)
         limits = spec.limits
@@ -342,34 +192,31 @@ class QueryEngine:
         reached: list[Reached] = []
         work = 0
         max_work = limits.max_work
-        truncated: str | None = None
+        cuts = Cuts()
+        reads = self.reads
         with self.store.read(t) as r:
             for depth, hop in enumerate(spec.hops, 1):
                 nxt: list[str] = []
                 for lo in range(0, len(frontier), HOP_CHUNK):
                     chunk = frontier[lo : lo + HOP_CHUNK]
-                    plans = [(n, self._plan(n, hop.edge_types, hop.direction)) for n in chunk]
-                    pages = self._expand(r, plans, depth, hop, limits, since, spec.until)
+                    plans = [(n, reads.plan(n, hop.edge_types, hop.direction)) for n in chunk]
+                    pages = reads.expand(r, plans, depth, hop, limits, since, spec.until)
                     for node, plan in plans:
                         for et, lists in plan:
                             budget = max_work - work
+                            limit = limits.edges_for(depth, et)
                             page = pages.get((node, et))
-                            if page is not None:
-                                limit = limits.edges_for(depth, et)
-                                exhausted = budget < limit and len(page) >= budget
-                                pairs = page[:budget] if exhausted else page
-                                read = len(pairs)
+                            if page is not None:  # read one past the cap, like take()
+                                status = WHOLE
+                                if len(page) > budget:
+                                    page, status = page[:budget], SPENT
+                                elif len(page) > limit:
+                                    status = CUT
+                                read = len(page)
+                                pairs = page[:limit] if read > limit else page
                             else:
-                                pairs, read, exhausted = self._take(
-                                    r,
-                                    node,
-                                    et,
-                                    lists,
-                                    since,
-                                    spec.until,
-                                    limits.edges_for(depth, et),
-                                    hop.where,
-                                    budget,
+                                pairs, read, status = reads.take(
+                                    r, node, et, lists, since, spec.until, limit, hop.where, budget
                                 )
                             work += read
                             for other, e in pairs:
@@ -378,18 +225,25 @@ class QueryEngine:
                                     visited[other] = hit
                                     reached.append(hit)
                                     nxt.append(other)
-                            if exhausted:
-                                return TraverseResult(
-                                    reached, work, True, f"max_work ({max_work}) reached"
-                                )
-                if len(nxt) > limits.max_frontier:
+                            if status == SPENT:
+                                cut = Cut("limits.max_work", max_work, node, et, depth)
+                                cuts.add(cut, first=True)
+                                return TraverseResult(reached, work, cuts)
+                            if status != WHOLE:
+                                if cuts.full:  # a traversal through many hubs: count the rest
+                                    cuts.count += 1
+                                    continue
+                                name = limits.name_of(depth, et)
+                                unread = status == UNSURE
+                                cuts.add(Cut(name, limit, node, et, depth, unread=unread))
+                if len(nxt) > limits.max_frontier and depth < len(spec.hops):
                     # Every node found stays in the result; only the first ones expand further.
                     del nxt[limits.max_frontier :]
-                    truncated = f"max_frontier ({limits.max_frontier}) reached at depth {depth}"
+                    cuts.add(Cut("limits.max_frontier", limits.max_frontier, hop=depth))
                 frontier = nxt
                 if not frontier:
                     break
-        return TraverseResult(reached, work, truncated is not None, truncated)
+        return TraverseResult(reached, work, cuts)
 
     def journey(self, spec: q.Journey, now: int | None = None) -> JourneyResult:
         q.check(self.schema, spec)
@@ -404,16 +258,9 @@ class QueryEngine:
             after = (-cts, csrc, cet, cdst)
             until = cts + 1 if until is None else min(until, cts + 1)
         interactions = spec.edge_types or journey.interactions
+        cuts = Cuts()
         with self.store.read(t) as r:
-            members = [spec.node]
-            seen = {spec.node}
-            for et, lists in self._plan(spec.node, journey.members, "out"):
-                for other, _ in self._stream(r, spec.node, et, lists, None, None):
-                    if other not in seen:
-                        seen.add(other)
-                        members.append(other)
-                        if len(members) >= q.MAX_IDS:
-                            break
+            members = self._members(r, spec, cuts)
             entries, more = self._merge_lists(
                 r, members, interactions, since, until, spec.limit, after
             )
@@ -421,7 +268,24 @@ class QueryEngine:
         if more:
             last = entries[-1]
             cursor = q.encode_cursor(last.ts, last.src, last.type, last.dst)
-        return JourneyResult(spec.node, members, entries, cursor)
+        return JourneyResult(spec.node, members, entries, cursor, cuts)
+
+    def _members(self, r: GraphReader, spec: q.Journey, cuts: Cuts) -> list[str]:
+        """The account and its members (newest member edge first), at most ``max_members``."""
+        journey = self.schema.journey
+        assert journey is not None
+        members = [spec.node]
+        seen = {spec.node}
+        for et, lists in self.reads.plan(spec.node, journey.members, "out"):
+            for other, _ in self.reads.stream(r, spec.node, et, lists, None, None):
+                if other in seen:
+                    continue
+                if len(members) >= spec.max_members:
+                    cuts.add(Cut("max_members", spec.max_members, spec.node))
+                    return members
+                seen.add(other)
+                members.append(other)
+        return members
 
     def _merge_lists(
         self,
@@ -448,7 +312,7 @@ class QueryEngine:
         # (edge type, stored list) -> members whose list of that kind is merged
         groups: dict[tuple[str, str], list[str]] = {}
         for m in members:
-            for et, lists in self._plan(m, interactions, "out"):
+            for et, lists in self.reads.plan(m, interactions, "out"):
                 for physical in lists:
                     groups.setdefault((et, physical), []).append(m)
         n_lists = sum(len(nodes) for nodes in groups.values())
@@ -499,7 +363,7 @@ class QueryEngine:
         since = spec.since if spec.since is not None else t - spec.lookback_us
         by_type: dict[str, int] = {}
         with self.store.read(t) as r:
-            for et, lists in self._plan(spec.node, spec.edge_types, spec.direction):
+            for et, lists in self.reads.plan(spec.node, spec.edge_types, spec.direction):
                 by_type[et] = sum(r.count(spec.node, et, p, since, spec.until) for p in lists)
         return CountResult(spec.node, sum(by_type.values()), by_type)
 
@@ -518,61 +382,13 @@ class QueryEngine:
         return ExistsResult(edge is not None, edge)
 
     def shortest_path(self, spec: q.ShortestPath, now: int | None = None) -> PathResult:
-        """Breadth-first search from ``src``; the first time ``dst`` is reached is a shortest
-        path within the limits (each node expands its newest ``edges_for(depth)`` edges)."""
+        """A shortest path from ``src`` to ``dst`` within ``max_hops``, searched from both ends
+        (:mod:`hopcast.query.path`); ``truncated`` if a cap may have hidden a shorter one, or,
+        when none is found, one within ``max_hops``."""
         q.check(self.schema, spec)
         t = self._now(now)
-        limits = spec.limits
-        since = spec.since if spec.since is not None else t - limits.lookback_us
+        since = spec.since if spec.since is not None else t - spec.limits.lookback_us
         if spec.src == spec.dst:
             return PathResult(True, [spec.src], [], 0)
-        parent: dict[str, tuple[str, Edge] | None] = {spec.src: None}
-        frontier = [spec.src]
-        work = 0
-        truncated = False
         with self.store.read(t) as r:
-            for depth in range(1, spec.max_hops + 1):
-                nxt: list[str] = []
-                for node in frontier:
-                    for et, lists in self._plan(node, spec.edge_types, spec.direction):
-                        pairs, read, exhausted = self._take(
-                            r,
-                            node,
-                            et,
-                            lists,
-                            since,
-                            None,
-                            limits.edges_for(depth, et),
-                            (),
-                            limits.max_work - work,
-                        )
-                        work += read
-                        for other, e in pairs:
-                            if other not in parent:
-                                parent[other] = (node, e)
-                                if other == spec.dst:
-                                    return self._path(parent, spec.dst, work)
-                                nxt.append(other)
-                        if exhausted:
-                            return PathResult(False, [], [], work, True)
-                if len(nxt) > limits.max_frontier:
-                    del nxt[limits.max_frontier :]
-                    truncated = True
-                frontier = nxt
-                if not frontier:
-                    break
-        return PathResult(False, [], [], work, truncated)
-
-    @staticmethod
-    def _path(parent: dict[str, tuple[str, Edge] | None], dst: str, work: int) -> PathResult:
-        nodes = [dst]
-        edges: list[Edge] = []
-        step = parent[dst]
-        while step is not None:
-            prev, edge = step
-            edges.append(edge)
-            nodes.append(prev)
-            step = parent[prev]
-        nodes.reverse()
-        edges.reverse()
-        return PathResult(True, nodes, edges, work)
+            return PathSearch(self.reads, r, spec, since).run()

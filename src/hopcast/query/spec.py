@@ -7,7 +7,14 @@ precise message, before any read happens.
 Limits are layered (Netflix RDG's defaults): a lookback window (100 days) and a number of edges
 read per node per hop (300), overridable per depth and per edge type; on top, every traversal has
 a hard cap on total edges read (``max_work``) and on frontier size, so no query can exhaust
-memory. A query that hits a cap returns what it found with ``truncated=True``.
+memory.
+
+Cuts and filters. The lookback window, ``since``/``until`` and ``where`` are part of the
+question: an edge outside them is not in the exact answer either. The per-node caps
+(``edges_per_hop``, ``per_depth``, ``per_edge_type``), ``max_frontier``, ``max_work``, a
+neighbours query's ``limit`` and a journey's ``max_members`` are cuts: an answer that any of them
+made differ from the unlimited answer comes back with ``truncated=True`` and a ``reason`` naming
+the limit, where it cut and the parameter that lifts it (:mod:`hopcast.query.results`).
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ DEFAULT_MAX_FRONTIER = 10_000
 MAX_DEPTH = 6
 #: Most start nodes / node ids in one request.
 MAX_IDS = 1_000
+#: Most members (the account, its profiles and devices) one journey merges: the merge reads a
+#: few entries of every member's lists per round, so this bounds a round like ``MAX_IDS`` does.
+MAX_JOURNEY_MEMBERS = MAX_IDS
 
 
 class Selection(enum.StrEnum):
@@ -113,7 +123,11 @@ def parse_where(where: Mapping[str, Any] | None) -> tuple[Filter, ...]:
 
 @dataclass(frozen=True)
 class Limits:
-    """Layered limits. The most specific applies: per edge type, else per depth, else default."""
+    """Layered limits. The most specific applies: per edge type, else per depth, else default.
+
+    A shortest-path search expands from both ends; there ``per_depth`` counts hops from the end
+    being expanded (1 = the edges of ``src`` or of ``dst`` themselves).
+    """
 
     lookback_us: int = DEFAULT_LOOKBACK_US
     edges_per_hop: int = DEFAULT_EDGES_PER_HOP
@@ -128,6 +142,14 @@ class Limits:
         if limit is None:
             limit = self.per_depth.get(depth, self.edges_per_hop)
         return limit
+
+    def name_of(self, depth: int, edge_type: str) -> str:
+        """The parameter that sets :meth:`edges_for` there, as a caller names it."""
+        if edge_type in self.per_edge_type:
+            return f"limits.per_edge_type[{edge_type}]"
+        if depth in self.per_depth:
+            return f"limits.per_depth[{depth}]"
+        return "limits.edges_per_hop"
 
 
 @dataclass(frozen=True)
@@ -169,6 +191,8 @@ class Journey:
     cursor: str | None = None
     edge_types: tuple[str, ...] = ()
     lookback_us: int = DEFAULT_LOOKBACK_US
+    #: Members merged at most (the account first, then its member edges newest first).
+    max_members: int = MAX_JOURNEY_MEMBERS
 
 
 @dataclass(frozen=True)
@@ -272,6 +296,7 @@ def check(schema: Schema, spec: QuerySpec) -> None:
             raise InvalidQuery(f"a journey starts at a {schema.journey.root!r} node")
         check_edge_types(schema, spec.edge_types)
         _check_range("limit", spec.limit, 1, MAX_RESULT)
+        _check_range("max_members", spec.max_members, 1, MAX_JOURNEY_MEMBERS)
         if spec.cursor is not None:
             decode_cursor(spec.cursor)
     elif isinstance(spec, Count):
