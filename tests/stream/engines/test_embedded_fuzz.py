@@ -37,7 +37,12 @@ TEXT = st.one_of(
     st.integers(min_value=240, max_value=700).map(lambda n: "x" * n),  # around the id bound
 )
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), EDGE_INTS, st.floats(allow_nan=False, allow_infinity=False), TEXT
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    EDGE_INTS,
+    st.floats(allow_nan=False, allow_infinity=False),
+    TEXT,
 )
 JSON = st.recursive(
     SCALARS,
