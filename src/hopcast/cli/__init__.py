@@ -113,7 +113,13 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8321, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8321,
+    show_default=True,
+    help="0: a free port (the start-up line names it).",
+)
 @click.option(
     "--workers",
     type=click.IntRange(1),
