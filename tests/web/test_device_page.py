@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from web.pages import WAIT_MS, Hopcast, device_state, open_device, running_hopcast
+from web.pages import WAIT_MS, Hopcast, Ports, device_state, open_device, running_hopcast
 
 #: A real browser and server per test, a few seconds each: kept out of `make check`.
 pytestmark = pytest.mark.slow
@@ -180,17 +180,18 @@ def test_a_device_that_missed_the_prefetch_fetches_the_stage_once_after_a_jitter
 
 
 def test_the_page_comes_back_after_a_server_restart_with_a_new_secret_and_epoch(
-    context: Any, tmp_path: Path, artifacts: Path
+    context: Any, tmp_path: Path, artifacts: Path, request: pytest.FixtureRequest
 ) -> None:
     store = tmp_path / "restart-store"
-    with running_hopcast(store) as first:
+    ports = Ports.reserve()  # the restarted server comes back on the same two ports
+    request.addfinalizer(ports.close)
+    with running_hopcast(store, ports) as first:
         first.create_event("final", "The Final", starts_at="10m")
         page = open_device(context, first, "final")
-        ports = (first.port, first.gateway_port)
         token = device_state(page, "d.client.tokenRefreshes")
     # the server stops: the gateway says bye (restart) to the page, which waits and retries
     page.wait_for_function("() => window.hopcastDevice.status !== 'open'")
-    with running_hopcast(store, *ports) as second:
+    with running_hopcast(store, ports) as second:
         # the schedule survived in the store; the event starts while the page is away
         second.command("final", "start")
         # back: the old token is refused (new secret) and replaced, the channel's history is
