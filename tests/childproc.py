@@ -33,8 +33,9 @@ class Child:
     Args:
         argv: the command.
         env: extra environment variables (on top of this process's).
-        capture_stdout: keep stdout for the test (``communicate`` it at the end) instead of
-            collecting it with stderr; then only stderr lines are waited on.
+        capture_stdout: keep stdout for the test (:meth:`stdout` once the process has exited:
+            a small output, such as a JSON summary) instead of collecting it with stderr; then
+            only stderr lines are waited on.
     """
 
     def __init__(
@@ -66,6 +67,11 @@ class Child:
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
+
+    def stdout(self) -> str:
+        """What the exited process wrote on stdout (``capture_stdout`` only)."""
+        assert self.proc.stdout is not None and self.proc.poll() is not None
+        return self.proc.stdout.read().decode()
 
     @property
     def output(self) -> str:
