@@ -4,7 +4,6 @@ network drops."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,37 +13,43 @@ from web.pages import WAIT_MS, Hopcast, Ports, device_state, open_device, runnin
 
 #: A real browser and server per test, a few seconds each: kept out of `make check`.
 pytestmark = pytest.mark.slow
+#: The schedule refresh period the trigger test gives the page: its window without a refresh
+#: (at least 80% of it) leaves a loaded machine ample time to render the trigger.
+REFRESH_S = 30
 
 
 def test_the_trigger_shows_the_live_badge_and_new_artwork_with_no_request(
     context: Any, hopcast: Hopcast, artifacts: Path
 ) -> None:
     hopcast.create_event("final", "The Final", starts_at="10m")
-    page = open_device(context, hopcast, "final")
+    page = open_device(context, hopcast, "final", hash=f"&refresh={REFRESH_S}")
     page.wait_for_selector("#hero[data-stage=prefetch]")
     assert page.locator("#live-badge").count() == 0
     assert page.get_attribute("#hero", "data-art") == "art/live/final/upcoming.jpg"
     page.screenshot(path=str(artifacts / "device-before.png"))
 
-    # The page refreshes the schedule every ~10 s (a delay is not broadcast) and reports its
-    # prefetch a few seconds after the fact; start once the report is out and right after a
-    # refresh, so the window below is the trigger's alone.
+    # The page refreshes the schedule every REFRESH_S ±20% (a delay is not broadcast) and
+    # reports its prefetch a few seconds after the fact; start once the report is out and
+    # right after a refresh, so the window below is the trigger's alone.
     page.wait_for_function(
         "() => window.hopcastDevice.reports.sent + window.hopcastDevice.reports.failed > 0"
     )
     refreshes = device_state(page, "d.refreshes")
-    page.wait_for_function(f"() => window.hopcastDevice.refreshes > {refreshes}", timeout=WAIT_MS)
+    page.wait_for_function(
+        f"() => window.hopcastDevice.refreshes > {refreshes}",
+        timeout=REFRESH_S * 1.2 * 1000 + WAIT_MS,
+    )
+    refreshes = device_state(page, "d.refreshes")
     reported = device_state(page, "d.reports.sent + d.reports.failed")
     requests: list[str] = []
     page.on("request", lambda r: requests.append(f"{r.method} {r.url}"))
-    started = time.monotonic()
     hopcast.command("final", "start")
     page.wait_for_selector("#hero[data-stage=live] #live-badge", state="visible")
     page.wait_for_selector("#hero[data-art='art/live/final/live.jpg'][data-transitions='1']")
     page.wait_for_timeout(300)  # anything the render would have started is on its way by now
-    window_s = time.monotonic() - started
+    # the window is the trigger's alone: no schedule refresh fell into it
+    assert device_state(page, "d.refreshes") == refreshes
     assert requests == [], f"requests while showing the trigger: {requests}"
-    assert window_s < 8, "the window must end before the next schedule refresh could start"
 
     applied = device_state(page, "d.triggers[d.triggers.length - 1]")
     assert applied["event"] == "final" and applied["stage"] == "live"
