@@ -110,7 +110,7 @@ def test_two_workers_share_one_port_and_every_device_gets_the_trigger(
 
 
 def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
+    with urllib.request.urlopen(url, timeout=WAIT_S) as response:
         body: bytes = response.read()
         return body.decode()
 
