@@ -53,6 +53,10 @@ def kv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KVStore]:
 REDIS_SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "redis.sh"
 
 
+#: Bound on deploy/redis.sh start|stop (it waits up to 30 s for PING, 10 s for a stop).
+REDIS_SCRIPT_S = 60
+
+
 class RedisServer:
     """A redis-server on a reserved loopback port, started and stopped (and started again on
     the same port) through deploy/redis.sh."""
@@ -65,7 +69,7 @@ class RedisServer:
 
     def _script(self, action: str) -> None:
         cmd = [str(REDIS_SCRIPT), action, "--port", str(self.port), "--dir", str(self.dir)]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=REDIS_SCRIPT_S)
         if done.returncode != 0:
             pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}")
 
@@ -178,11 +182,11 @@ def _start(make: Callable[[], DeployedService], timeout: float) -> tuple[Deploye
 
 
 #: Bounds on a service's start, only reached if it hangs: the scripts' own waits (PostgreSQL:
-#: pg_ctl's 30 s plus 10 s; Kafka: 60 s for the broker) on top of initdb, or a first fetch of
-#: the Kafka jars from Maven Central.
-POSTGRES_START_S = 120
+#: pg_ctl's 120 s plus 10 s; Kafka: 180 s for the broker; Redis Cluster: 30 s per node, 60 s
+#: for the cluster) on top of initdb, or a first fetch of the Kafka jars from Maven Central.
+POSTGRES_START_S = 180
 KAFKA_START_S = 600
-REDIS_CLUSTER_START_S = 120
+REDIS_CLUSTER_START_S = 180
 
 
 def _service_dir(prefix: str) -> Path:

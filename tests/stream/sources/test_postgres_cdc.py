@@ -329,7 +329,7 @@ def test_a_server_without_wal_level_logical_is_refused_with_the_fix(
     directory = tempfile.mkdtemp(prefix="hopcast-postgres-replica-")
     env = {**os.environ, "PG_OPTS": "-c wal_level=replica"}
     cmd = [str(script), "start", "--port", port, "--dir", directory]
-    started = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    started = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert started.returncode == 0, started.stderr
     try:
         dsn = started.stdout.strip().splitlines()[-1]
