@@ -1,11 +1,14 @@
 """Shared fixtures. ``kv`` runs a test once per KV backend (the contract suite uses it);
-``redis_server`` / ``redis_url`` start a real Redis through ``deploy/redis.sh``."""
+``redis_server`` / ``redis_url`` start a real Redis through ``deploy/redis.sh``.
+
+Every service gets ports reserved for its whole life (:class:`hopcast.ports.PortReservation`):
+held by this process from the moment they are picked, so nothing else takes them before the
+server binds them, nor while a test stops and restarts the server on them."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ import pytest
 from hopcast.kv import KVStore
 from hopcast.kv.lmdb import LmdbKV
 from hopcast.kv.memory import MemoryKV
+from hopcast.ports import PortReservation
 
 BACKENDS = ["memory", "lmdb", "redis", "redis-cluster"]
 
@@ -49,17 +53,23 @@ def kv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KVStore]:
 REDIS_SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "redis.sh"
 
 
-class RedisServer:
-    """A redis-server on a free loopback port, started and stopped through deploy/redis.sh."""
+#: Bound on deploy/redis.sh start|stop (it waits up to 30 s for PING, 10 s for a stop).
+REDIS_SCRIPT_S = 60
 
-    def __init__(self, port: int, directory: Path) -> None:
-        self.port = port
+
+class RedisServer:
+    """A redis-server on a reserved loopback port, started and stopped (and started again on
+    the same port) through deploy/redis.sh."""
+
+    def __init__(self, reservation: PortReservation, directory: Path) -> None:
+        self.reservation = reservation
+        self.port = reservation.port
         self.dir = directory
-        self.url = f"redis://127.0.0.1:{port}/0"
+        self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def _script(self, action: str) -> None:
         cmd = [str(REDIS_SCRIPT), action, "--port", str(self.port), "--dir", str(self.dir)]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=REDIS_SCRIPT_S)
         if done.returncode != 0:
             pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}")
 
@@ -78,13 +88,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
             "redis-server is not installed; the live fan-out tests need a real Redis: "
             "apt-get install -y redis-server"
         )
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = RedisServer(port, tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    with PortReservation() as reservation:
+        server = RedisServer(reservation, tmp_path_factory.mktemp("redis"))
+        server.start()
+        yield server
+        server.stop()
 
 
 @pytest.fixture
@@ -105,11 +113,15 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
 class DeployedService:
-    """A service started and stopped through ``deploy/<script> start|stop --port P --dir D``."""
+    """A service started and stopped through ``deploy/<script> start|stop --port P --dir D``, on
+    ports reserved for it (released by :meth:`stop` and :meth:`discard`)."""
 
-    def __init__(self, script: str, port: int, directory: Path, *extra: str) -> None:
+    def __init__(
+        self, script: str, ports: list[PortReservation], directory: Path, *extra: str
+    ) -> None:
         self.script = DEPLOY / script
-        self.port = port
+        self.reservations = ports
+        self.port = ports[0].port
         self.dir = directory
         self.extra = list(extra)
 
@@ -128,43 +140,53 @@ class DeployedService:
         return done.stdout
 
     def stop(self) -> None:
-        """Stop the service and remove its directory (even if stopping failed)."""
+        """Stop the service, remove its directory and release its ports (even if stopping
+        failed)."""
         try:
-            self.run("stop", timeout=60)
+            self.run("stop", timeout=STOP_TIMEOUT_S)
         finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self._release()
 
     def discard(self) -> None:
-        """Stop whatever a failed start left running (errors ignored), remove the directory."""
+        """Stop whatever a failed start left running (errors ignored), remove the directory,
+        release the ports."""
         cmd = [str(self.script), "stop", "--port", str(self.port), "--dir", str(self.dir)]
-        subprocess.run(cmd, capture_output=True, timeout=60, check=False)
+        subprocess.run(cmd + self.extra, capture_output=True, timeout=STOP_TIMEOUT_S, check=False)
+        self._release()
+
+    def _release(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        for reservation in self.reservations:
+            reservation.close()
 
 
-def _ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports (held together while they are picked)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+#: Bound on a deploy script's stop (its own waits: 30 s for Kafka's controlled shutdown).
+STOP_TIMEOUT_S = 60
+
+
+def reserve_ports(count: int) -> list[PortReservation]:
+    """``count`` distinct free loopback ports, each reserved until its reservation is closed."""
+    return [PortReservation() for _ in range(count)]
 
 
 def _start(make: Callable[[], DeployedService], timeout: float) -> tuple[DeployedService, str]:
-    """Start a service on fresh ports, three tries: a port picked free may be taken (by another
-    process's outgoing connection) before the server binds it."""
-    for attempt in range(3):
-        server = make()
-        try:
-            return server, server.run("start", timeout=timeout)
-        except (Exception, pytest.fail.Exception):
-            server.discard()
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    """Start a service on its reserved ports; on failure stop what it left and fail the test.
+    No retry: the ports are held from the moment they are picked, so no other process can
+    have taken them, and a service that fails to start has a reason worth reading."""
+    server = make()
+    try:
+        return server, server.run("start", timeout=timeout)
+    except BaseException:
+        server.discard()
+        raise
+
+
+#: Bounds on a service's start, only reached if it hangs: the scripts' own waits (PostgreSQL:
+#: pg_ctl's 120 s plus 10 s; Kafka: 180 s for the broker; Redis Cluster: 30 s per node, 60 s
+#: for the cluster) on top of initdb, or a first fetch of the Kafka jars from Maven Central.
+POSTGRES_START_S = 180
+KAFKA_START_S = 600
+REDIS_CLUSTER_START_S = 180
 
 
 def _service_dir(prefix: str) -> Path:
@@ -189,7 +211,8 @@ def postgres_dsn() -> Iterator[str]:
             "apt-get install -y postgresql"
         )
     server, out = _start(
-        lambda: DeployedService("postgres.sh", *_ports(1), _service_dir("hopcast-postgres-")), 90
+        lambda: DeployedService("postgres.sh", reserve_ports(1), _service_dir("hopcast-postgres-")),
+        POSTGRES_START_S,
     )
     dsn = out.strip().splitlines()[-1]
     try:
@@ -210,11 +233,13 @@ def kafka_bootstrap() -> Iterator[str]:
         )
 
     def make() -> DeployedService:
-        port, controller = _ports(2)
+        ports = reserve_ports(2)  # the broker's and the controller's
         directory = _service_dir("hopcast-kafka-")
-        return DeployedService("kafka.sh", port, directory, "--controller-port", str(controller))
+        return DeployedService(
+            "kafka.sh", ports, directory, "--controller-port", str(ports[1].port)
+        )
 
-    server, _ = _start(make, 600)
+    server, _ = _start(make, KAFKA_START_S)
     try:
         yield f"127.0.0.1:{server.port}"
     finally:
@@ -225,46 +250,48 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 class RedisClusterService(DeployedService):
-    """A Redis Cluster of ``nodes`` masters on consecutive ports from ``port``, started and
-    stopped through ``deploy/redis.sh cluster-start|cluster-stop``."""
+    """A Redis Cluster of ``nodes`` masters on consecutive reserved ports (and their cluster bus
+    ports), started and stopped through ``deploy/redis.sh cluster-start|cluster-stop``; a node
+    taken down comes back on its own port (``run("start", ...)``)."""
 
-    def __init__(self, port: int, directory: Path, nodes: int = 3) -> None:
-        super().__init__("redis.sh", port, directory, "--nodes", str(nodes))
+    def __init__(self, ports: list[PortReservation], directory: Path, nodes: int = 3) -> None:
+        super().__init__("redis.sh", ports, directory, "--nodes", str(nodes))
         self.nodes = nodes
-        self.ports = list(range(port, port + nodes))
-        self.url = f"redis://127.0.0.1:{port}"
+        self.ports = list(range(self.port, self.port + nodes))
+        self.url = f"redis://127.0.0.1:{self.port}"
 
     def run(self, action: str, timeout: float) -> str:
         return super().run(f"cluster-{action}", timeout)
 
     def discard(self) -> None:
         cmd = [str(self.script), "cluster-stop", "--port", str(self.port), "--dir", str(self.dir)]
-        subprocess.run(cmd + self.extra, capture_output=True, timeout=60, check=False)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        subprocess.run(cmd + self.extra, capture_output=True, timeout=STOP_TIMEOUT_S, check=False)
+        self._release()
 
 
-def _consecutive_ports(count: int, bus_offset: int = 10000) -> int:
-    """The first of ``count`` consecutive free loopback ports whose cluster bus ports (port +
-    ``bus_offset``) are free too; picked below the kernel's ephemeral range (32768-60999), where
-    outgoing connections do not take them."""
+#: Redis Cluster's bus port of a node is its port + 10000.
+CLUSTER_BUS_OFFSET = 10000
+
+
+def reserve_cluster_ports(count: int) -> list[PortReservation]:
+    """Reservations of ``count`` consecutive loopback ports and of their cluster bus ports
+    (port + 10000), the first port first. Picked below the kernel's ephemeral range
+    (32768-60999), so the bus ports stay below 65536 and ephemeral use never competes."""
     import random
 
-    for _ in range(100):
+    for _ in range(200):
         base = random.randrange(10000, 22000 - count)
-        wanted = [*range(base, base + count), *range(base + bus_offset, base + bus_offset + count)]
-        socks: list[socket.socket] = []
+        wanted = [*range(base, base + count)]
+        wanted += [p + CLUSTER_BUS_OFFSET for p in wanted]
+        held: list[PortReservation] = []
         try:
             for port in wanted:
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError(f"no {count} consecutive free loopback ports found")
+                held.append(PortReservation(port=port))
+            return held
+        except OSError:  # taken: try another base
+            for reservation in held:
+                reservation.close()
+    raise RuntimeError(f"no {count} consecutive free loopback ports (and bus ports) found")
 
 
 def start_redis_cluster(nodes: int = 3) -> RedisClusterService:
@@ -276,10 +303,10 @@ def start_redis_cluster(nodes: int = 3) -> RedisClusterService:
         )
 
     def make() -> RedisClusterService:
-        port = _consecutive_ports(nodes)
-        return RedisClusterService(port, _service_dir("hopcast-redis-cluster-"), nodes)
+        ports = reserve_cluster_ports(nodes)
+        return RedisClusterService(ports, _service_dir("hopcast-redis-cluster-"), nodes)
 
-    server, _ = _start(make, 60)
+    server, _ = _start(make, REDIS_CLUSTER_START_S)
     assert isinstance(server, RedisClusterService)
     return server
 
@@ -314,7 +341,21 @@ def fresh_redis_cluster() -> Iterator[RedisClusterService]:
 
 
 @pytest.fixture
-def free_cluster_port() -> int:
-    """The first of three consecutive free loopback ports whose cluster bus ports are free too,
-    for a test that starts a Redis Cluster itself."""
-    return _consecutive_ports(3)
+def free_cluster_port() -> Iterator[int]:
+    """The first of three consecutive loopback ports whose cluster bus ports are reserved too,
+    for a test that starts a Redis Cluster itself (held until the test ends)."""
+    held = reserve_cluster_ports(3)
+    try:
+        yield held[0].port
+    finally:
+        for reservation in held:
+            reservation.close()
+
+
+@pytest.fixture
+def reserved_port() -> Iterator[PortReservation]:
+    """A loopback port reserved for this test (see :mod:`hopcast.ports`): for a server the test
+    starts with ``--port P`` (the server must set ``SO_REUSEADDR``, as they all do), or as a
+    port where nothing listens and nothing can start listening, so connecting to it is refused."""
+    with PortReservation() as reservation:
+        yield reservation

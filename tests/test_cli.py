@@ -9,7 +9,6 @@ checked twice: the table names the expected ids, and ``--json`` is exactly the e
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from click.testing import CliRunner, Result
 from hopcast import Graph, Schema
 from hopcast.cli import cli
 from hopcast.durations import DAY, HOUR, MINUTE, SECOND, now_us
+from hopcast.ports import PortReservation
 
 NOW = now_us()
 T_ACCOUNT = NOW - HOUR
@@ -704,11 +704,11 @@ def test_url_node_ids_go_in_one_parameter(runner: CliRunner, stub: _Stub, transp
     assert json.loads(result.stdout) == {"nodes": [None, None]}
 
 
-def test_an_unreachable_server_is_exit_1(runner: CliRunner, transport: str) -> None:
-    with socket.socket() as sock:  # a port that nothing listens on once closed
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args = ["query", "node", "account:1", "--url", f"http://127.0.0.1:{port}"]
+def test_an_unreachable_server_is_exit_1(
+    runner: CliRunner, transport: str, reserved_port: PortReservation
+) -> None:
+    # a reserved port: nothing listens there, and nothing can start to (connection refused)
+    args = ["query", "node", "account:1", "--url", f"http://127.0.0.1:{reserved_port.port}"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 1
     assert result.stderr.startswith("error: cannot reach")

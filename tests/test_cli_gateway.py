@@ -4,20 +4,15 @@ Redis; devices on every worker get a trigger the router publishes; SIGTERM ends 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import socket
-import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
 from click.testing import CliRunner
 
+from childproc import Child
 from hopcast.cli import cli
 from hopcast.config import LIVE_SECRET_ENV
 from hopcast.durations import now_us
@@ -26,63 +21,27 @@ from hopcast.live.fanout import GLOBAL_CHANNEL, Router
 from hopcast.live.producer import Trigger
 from hopcast.live.redisfan import RedisTransport
 from hopcast.live.schedule import State
+from hopcast.ports import PortReservation
 from hopcast.sdk.client import DeviceClient
 
 SECRET = bytes(range(100, 132))
+#: Bound on a device-side wait (a trigger, a bye); a healthy run needs milliseconds.
 WAIT_S = 20.0
+#: A worker's start-up line: its name, the port it serves devices on and its metrics port.
+READY = r"gateway node (\S+) on ws://127\.0\.0\.1:(\d+) \(pid \d+(?:, metrics on :(\d+))?\)"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Gateways:
+class Gateways(Child):
     """``hopcast live gateway`` in a subprocess, its output collected line by line."""
 
     def __init__(self, args: list[str]) -> None:
-        env = {**os.environ, LIVE_SECRET_ENV: SECRET.hex(), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from hopcast.cli import main; main()",
-                "live",
-                "gateway",
-                *args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        command = [sys.executable, "-c", "from hopcast.cli import main; main()", "live", "gateway"]
+        super().__init__([*command, *args], {LIVE_SECRET_ENV: SECRET.hex()})
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-
-    def wait_for(self, count: int, needle: str) -> None:
-        deadline = time.monotonic() + WAIT_S
-        while sum(needle in line for line in self.lines) < count:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("gateway workers did not start:\n" + "\n".join(self.lines))
-            time.sleep(0.02)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(WAIT_S)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self._reader.join(5)
+    def ready(self, workers: int) -> dict[str, tuple[int, int | None]]:
+        """Wait for every worker's start-up line: ``{name: (port, metrics port)}``."""
+        found = self.wait_for(READY, f"{workers} gateway workers listening", count=workers)
+        return {m[1]: (int(m[2]), int(m[3]) if m[3] is not None else None) for m in found}
 
 
 @pytest.fixture
@@ -90,23 +49,26 @@ def gateways() -> Iterator[list[Gateways]]:
     started: list[Gateways] = []
     yield started
     for g in started:
-        g.stop()
+        if g.proc.poll() is None:
+            g.kill()
 
 
 def test_two_workers_share_one_port_and_every_device_gets_the_trigger(
     redis_url: str, redis_prefix: str, gateways: list[Gateways]
 ) -> None:
-    port, metrics = free_port(), free_port()
     g = Gateways(
         [
-            *("--redis", redis_url, "--port", str(port), "--workers", "2"),
-            *("--node-id", "gw", "--metrics-port", str(metrics), "--prefix", redis_prefix),
+            *("--redis", redis_url, "--port", "0", "--workers", "2"),
+            *("--node-id", "gw", "--metrics-port", "0", "--prefix", redis_prefix),
         ]
     )
     gateways.append(g)
-    g.wait_for(2, f"on ws://127.0.0.1:{port}")
-    assert any("gateway node gw-0" in line for line in g.lines)
-    assert any("gateway node gw-1" in line for line in g.lines)
+    workers = g.ready(2)
+    assert set(workers) == {"gw-0", "gw-1"}
+    # one free port picked for both workers, and a metrics port of each one's own
+    (port,) = {port for port, _ in workers.values()}
+    metrics = [m for _, m in workers.values()]
+    assert None not in metrics and len(set(metrics)) == 2
 
     async def main() -> None:
         transport = RedisTransport(redis_url, prefix=redis_prefix)
@@ -131,9 +93,9 @@ def test_two_workers_share_one_port_and_every_device_gets_the_trigger(
             await _until(lambda: all(d.stats.state_syncs == 1 for d in devices))
             router.publish(Trigger("final", State.LIVE, 7, now_us()))
             await _until(lambda: all([a.version for a in d.stats.applied] == [7] for d in devices))
-            # each worker serves its metrics on metrics-port + i
-            for i in (0, 1):
-                body = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics + i}/metrics")
+            # each worker serves its metrics on the port its start-up line named
+            for metrics_port in metrics:
+                body = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
                 assert "hopcast_gateway_devices" in body
                 assert "hopcast_redis_mirror_frames_total" in body
             # SIGTERM: every worker says bye (restart) to its devices and exits 0
@@ -148,7 +110,7 @@ def test_two_workers_share_one_port_and_every_device_gets_the_trigger(
 
 
 def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
+    with urllib.request.urlopen(url, timeout=WAIT_S) as response:
         body: bytes = response.read()
         return body.decode()
 
@@ -168,9 +130,12 @@ def test_a_gateway_needs_the_token_secret(redis_url: str, monkeypatch: pytest.Mo
     assert LIVE_SECRET_ENV in result.output
 
 
-def test_a_gateway_without_redis_exits_with_an_error(gateways: list[Gateways]) -> None:
-    g = Gateways(["--redis", "redis://127.0.0.1:1/0", "--port", str(free_port())])
+def test_a_gateway_without_redis_exits_with_an_error(
+    gateways: list[Gateways], reserved_port: PortReservation
+) -> None:
+    # nothing listens on the reserved port, and nothing can start to: Redis is refused there
+    unreachable = f"redis://127.0.0.1:{reserved_port.port}/0"
+    g = Gateways(["--redis", unreachable, "--port", "0"])
     gateways.append(g)
+    g.wait_for("cannot reach Redis", "the gateway's error about Redis")
     assert g.proc.wait(WAIT_S) != 0
-    g._reader.join(5)
-    assert any("cannot reach Redis" in line for line in g.lines), g.lines

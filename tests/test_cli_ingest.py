@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 from hopcast import Graph
 from hopcast.cli import cli
 from hopcast.durations import HOUR, now_us
+from hopcast.ports import listening_socket
 from hopcast.stream.mapping import DEMO_MAPPINGS
 
 T = now_us() - HOUR  # inside the default lookback
@@ -152,6 +153,16 @@ def test_bad_sources_are_one_red_line_and_exit_2(tmp_path: Path, source: str, me
     )
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_listen_on_a_taken_port_is_one_red_line_and_exit_2(tmp_path: Path) -> None:
+    with listening_socket("127.0.0.1", 0) as taken:
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = ["--store", str(tmp_path / "g"), "ingest", "run", "--until-idle"]
+        args += ["--listen", address, "--source", f"playback=journal:{tmp_path / 'j'}"]
+        result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert f"--listen {address}: cannot listen there" in result.output
 
 
 TITLES = """

@@ -1,17 +1,17 @@
 """``hopcast services up|down|status``: real Redis, a real Redis Cluster, PostgreSQL and Kafka
-started and stopped through the command on free loopback ports; the status table, its JSON and
-exit codes; a missing server named with its package; the scripts shipped inside the wheel."""
+started and stopped through the command on loopback ports reserved for the test (held while the
+services bind them); the status table, its JSON and exit codes; a missing server named with its
+package; the scripts shipped inside the wheel."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +22,25 @@ from click.testing import CliRunner, Result
 from redis.cluster import RedisCluster
 
 from hopcast.cli import cli
+from hopcast.ports import PortReservation
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGED = ("kafka.sh", "postgres.sh", "redis.sh", "versions.env", "kafka-jars.sha256")
 
 
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+@pytest.fixture
+def free_ports() -> Iterator[Callable[[int], list[int]]]:
+    """``free_ports(n)``: n loopback ports reserved until the test ends (a service binds its
+    reserved port; a port where nothing runs stays one)."""
+    held: list[PortReservation] = []
+
+    def reserve(count: int) -> list[int]:
+        held.extend(PortReservation() for _ in range(count))
+        return [r.port for r in held[-count:]]
+
+    yield reserve
+    for reservation in held:
+        reservation.close()
 
 
 @pytest.fixture
@@ -67,7 +72,10 @@ def service_dir() -> Iterator[Path]:
 
 
 def test_redis_and_a_redis_cluster_up_status_down(
-    runner: CliRunner, service_dir: Path, free_cluster_port: int
+    runner: CliRunner,
+    service_dir: Path,
+    free_cluster_port: int,
+    free_ports: Callable[[int], list[int]],
 ) -> None:
     port, kafka_port = free_ports(2)
     cport = free_cluster_port
@@ -141,7 +149,9 @@ def test_redis_and_a_redis_cluster_up_status_down(
     assert f"127.0.0.1:{cport + 2} not answering" in rows(doc)["redis-cluster"]["detail"]
 
 
-def test_postgres_up_gives_a_dsn_that_connects(runner: CliRunner, service_dir: Path) -> None:
+def test_postgres_up_gives_a_dsn_that_connects(
+    runner: CliRunner, service_dir: Path, free_ports: Callable[[int], list[int]]
+) -> None:
     (port,) = free_ports(1)
     where = ["--postgres-port", str(port), "--dir", str(service_dir)]
     try:
@@ -159,7 +169,9 @@ def test_postgres_up_gives_a_dsn_that_connects(runner: CliRunner, service_dir: P
     assert status_doc(runner, "postgres", *where)[0] == 1
 
 
-def test_kafka_down_then_up_then_down(runner: CliRunner, service_dir: Path) -> None:
+def test_kafka_down_then_up_then_down(
+    runner: CliRunner, service_dir: Path, free_ports: Callable[[int], list[int]]
+) -> None:
     from confluent_kafka.admin import AdminClient
 
     port, controller = free_ports(2)
@@ -184,7 +196,10 @@ def test_kafka_down_then_up_then_down(runner: CliRunner, service_dir: Path) -> N
 
 
 def test_a_missing_server_is_named_with_its_package(
-    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    runner: CliRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    free_ports: Callable[[int], list[int]],
 ) -> None:
     (port,) = free_ports(1)
     monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server, no redis-cli

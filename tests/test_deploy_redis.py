@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
+
+from hopcast.ports import PortReservation
 
 SCRIPT = Path(__file__).resolve().parent.parent / "deploy" / "redis.sh"
 
@@ -13,21 +14,21 @@ def script(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=30)
 
 
-def test_status_tells_a_running_server_from_a_free_port(redis_url: str) -> None:
+def test_status_tells_a_running_server_from_a_free_port(
+    redis_url: str, reserved_port: PortReservation
+) -> None:
     port = redis_url.rsplit(":", 1)[1].split("/")[0]
     running = script("status", "--port", port)
     assert running.returncode == 0 and "answering" in running.stdout
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        free = str(sock.getsockname()[1])
-    stopped = script("status", "--port", free)
+    # a reserved port: nothing listens there, and nothing can start to
+    stopped = script("status", "--port", str(reserved_port.port))
     assert stopped.returncode == 1 and "not answering" in stopped.stdout
 
 
-def test_start_twice_and_stop_twice_are_harmless(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+def test_start_twice_and_stop_twice_are_harmless(
+    tmp_path: Path, reserved_port: PortReservation
+) -> None:
+    port = str(reserved_port.port)  # redis binds it (SO_REUSEADDR); nothing else can
     where = ("--port", port, "--dir", str(tmp_path))
     try:
         assert script("start", *where).returncode == 0

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
+
+from hopcast.ports import PortReservation
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -21,28 +22,25 @@ def script(
     )
 
 
-def free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
-def test_postgres_status_and_a_second_start(postgres_dsn: str) -> None:
+def test_postgres_status_and_a_second_start(
+    postgres_dsn: str, reserved_port: PortReservation
+) -> None:
     port = postgres_dsn.rsplit(":", 1)[1].split("/")[0]
     running = script("postgres.sh", "status", "--port", port)
     assert running.returncode == 0 and postgres_dsn in running.stdout
     again = script("postgres.sh", "start", "--port", port)
     assert again.returncode == 0 and "already" in again.stdout
     assert again.stdout.strip().splitlines()[-1] == postgres_dsn
-    stopped = script("postgres.sh", "status", "--port", free_port())
+    # a reserved port: nothing listens there, and nothing can start to
+    stopped = script("postgres.sh", "status", "--port", str(reserved_port.port))
     assert stopped.returncode == 1 and "not accepting" in stopped.stdout
 
 
-def test_kafka_status(kafka_bootstrap: str) -> None:
+def test_kafka_status(kafka_bootstrap: str, reserved_port: PortReservation) -> None:
     port = kafka_bootstrap.rsplit(":", 1)[1]
     running = script("kafka.sh", "status", "--port", port)
     assert running.returncode == 0 and "serving" in running.stdout
-    stopped = script("kafka.sh", "status", "--port", free_port())
+    stopped = script("kafka.sh", "status", "--port", str(reserved_port.port))
     assert stopped.returncode == 1 and "not serving" in stopped.stdout
 
 

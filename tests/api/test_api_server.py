@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,11 +13,13 @@ import httpx
 import pytest
 
 from api.seed import NOW, SEED
+from childproc import Child
 from hopcast import Graph
 from hopcast.api import make_server, serve
 from hopcast.api.server import worker_app
 from hopcast.durations import DAY
 from hopcast.errors import ConfigError
+from hopcast.ports import listening_socket
 
 #: Generous bound on start-up and shutdown; only reached if the server hangs.
 JOIN_TIMEOUT_S = 30
@@ -117,3 +121,30 @@ def test_a_worker_without_its_environment_says_what_is_missing(
     monkeypatch.delenv("HOPCAST_API_STORE", raising=False)
     with pytest.raises(ConfigError, match="HOPCAST_API_STORE and HOPCAST_API_SCHEMA"):
         worker_app()
+
+
+def test_serve_on_a_taken_port_says_so_before_it_starts() -> None:
+    with listening_socket("127.0.0.1", 0) as taken, Graph.open() as graph:
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on http://127.0.0.1:{port}"):
+            serve(graph, port=port)
+
+
+def test_hopcast_serve_on_port_0_prints_the_port_it_bound_and_answers_there(
+    tmp_path: Path,
+) -> None:
+    with Graph.open(tmp_path / "graph", sync=False) as graph:
+        graph.apply(SEED)
+    hopcast = [sys.executable, "-c", "from hopcast.cli import main; main()"]
+    server = Child([*hopcast, "--store", str(tmp_path / "graph"), "serve", "--port", "0"])
+    try:
+        (line,) = server.wait_for(r"hopcast API on (http://127\.0\.0\.1:(\d+)) ", "the API")
+        assert int(line[2]) > 0
+        # the socket listened before the line was printed: no polling for readiness
+        health = httpx.get(line[1] + "/healthz", timeout=JOIN_TIMEOUT_S)
+        assert health.json() == {"status": "ok", "backend": "lmdb"}
+        server.stop(signal.SIGINT)  # Ctrl-C: uvicorn shuts the app down (click says Aborted!)
+        assert "Application shutdown complete" in server.output
+    finally:
+        if server.proc.poll() is None:
+            server.kill()

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,48 +17,47 @@ import pytest
 from hopcast.api.server import LIVE_SECRET_ENV, live_secret, make_server
 from hopcast.errors import ConfigError
 from hopcast.graphdb import Graph
+from hopcast.ports import listening_socket
 from hopcast.sdk.client import DeviceClient
 
 #: Upper bound on any wait; a healthy run needs well under a second.
 WAIT_S = 20.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _post(url: str, body: dict) -> dict:  # type: ignore[type-arg]
     req = urllib.request.Request(
         url, json.dumps(body).encode(), {"content-type": "application/json"}, method="POST"
     )
-    with urllib.request.urlopen(req, timeout=5) as r:
+    with urllib.request.urlopen(req, timeout=WAIT_S) as r:
         return json.loads(r.read())  # type: ignore[no-any-return]
 
 
 def test_a_device_gets_a_token_connects_and_sees_the_operators_commands(tmp_path: Path) -> None:
     graph = Graph.open(tmp_path / "store", sync=False)
-    port, gw_port = _free_port(), _free_port()
+    sock = listening_socket("127.0.0.1", 0)  # the API's; the gateway takes a free port (0)
     server = make_server(
-        graph, "127.0.0.1", port, log_level="warning", gateway_port=gw_port, dev_tokens=True
+        graph, "127.0.0.1", 0, log_level="warning", gateway_port=0, dev_tokens=True
     )
     server.config.lifespan = "on"
-    thread = threading.Thread(target=server.run, daemon=True)
-    base = f"http://127.0.0.1:{port}"
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
         thread.start()
         deadline = time.monotonic() + WAIT_S
-        while not server.started and time.monotonic() < deadline:
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert server.started
+        assert server.started, "the API (and its gateway) did not finish starting"
         issued = _post(base + "/v1/live/tokens", {"device": "tv-1", "channels": ["event:final"]})
-        assert issued["url"] == f"ws://127.0.0.1:{gw_port}"
+        # the token names where the gateway listens: the free port it bound
+        assert issued["url"] == server.config.app.state.gateway_url
+        assert issued["url"].startswith("ws://127.0.0.1:") and not issued["url"].endswith(":0")
 
         async def fetch(ref: str) -> bytes | None:  # the SDK's fallback, from the real origin
             event, stage = ref.split("/")
             url = f"{base}/v1/live/events/{event}/payload?stage={stage}&segment=adult.US.en.b0"
-            return await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())
+            return await asyncio.to_thread(
+                lambda: urllib.request.urlopen(url, timeout=WAIT_S).read()
+            )
 
         async def device() -> list[str]:
             stop = asyncio.Event()
@@ -72,7 +71,7 @@ def test_a_device_gets_a_token_connects_and_sees_the_operators_commands(tmp_path
             )
             task = asyncio.create_task(client.run(stop))
             # subscribed once the gateway has answered the subscribe with the channel's state
-            await asyncio.wait_for(_until(lambda: client.stats.state_syncs >= 1), WAIT_S)
+            await _until(lambda: client.stats.state_syncs >= 1, "the subscribe's state")
             await asyncio.to_thread(
                 _post,
                 base + "/v1/live/events",
@@ -80,9 +79,9 @@ def test_a_device_gets_a_token_connects_and_sees_the_operators_commands(tmp_path
             )
             await asyncio.to_thread(_post, base + "/v1/live/events/final/materialise", {})
             await asyncio.to_thread(_post, base + "/v1/live/events/final/start", {})
-            await asyncio.wait_for(_until(lambda: len(client.stats.applied) >= 1), WAIT_S)
+            await _until(lambda: len(client.stats.applied) >= 1, "the start trigger")
             # the trigger named the live payload; the device lacked it and fetched it once
-            await asyncio.wait_for(_until(lambda: "final/live" in client.cache), WAIT_S)
+            await _until(lambda: "final/live" in client.cache, "the fallback fetch of final/live")
             assert client.stats.fallback_fetches == 1 and client.stats.fallback_failures == 0
             stop.set()
             await asyncio.wait_for(task, WAIT_S)
@@ -92,12 +91,21 @@ def test_a_device_gets_a_token_connects_and_sees_the_operators_commands(tmp_path
     finally:
         server.should_exit = True
         thread.join(WAIT_S)
+        sock.close()
         graph.close()
 
 
-async def _until(check: object) -> None:
-    while not check():  # type: ignore[operator]
-        await asyncio.sleep(0.01)
+async def _until(check: Callable[[], bool], what: str) -> None:
+    """Poll ``check`` until true; fail naming ``what`` after :data:`WAIT_S`."""
+
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(poll(), WAIT_S)
+    except TimeoutError:
+        raise AssertionError(f"the device did not get {what} within {WAIT_S:g} s") from None
 
 
 def test_without_dev_tokens_the_token_route_does_not_exist(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 import threading
 import time
 import urllib.request
@@ -23,6 +22,7 @@ from hopcast.live import tokens
 from hopcast.live.gateway import Gateway
 from hopcast.live.redisfan import Keys, connect
 from hopcast.live.redisnode import RedisMirror
+from hopcast.ports import listening_socket
 from hopcast.sdk.client import DeviceClient
 
 WAIT_S = 20.0
@@ -30,17 +30,11 @@ SECRET = bytes(range(200, 232))
 CHANNELS = ("event:final",)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _post(url: str, body: dict[str, Any]) -> Any:
     req = urllib.request.Request(
         url, json.dumps(body).encode(), {"content-type": "application/json"}, method="POST"
     )
-    with urllib.request.urlopen(req, timeout=5) as r:
+    with urllib.request.urlopen(req, timeout=WAIT_S) as r:
         return json.loads(r.read())
 
 
@@ -65,13 +59,13 @@ def test_the_api_publishes_triggers_to_its_gateway_and_through_redis(
 ) -> None:
     monkeypatch.setenv(LIVE_SECRET_ENV, SECRET.hex())
     graph = Graph.open(tmp_path / "store", sync=False)
-    port, gw_port = _free_port(), _free_port()
+    sock = listening_socket("127.0.0.1", 0)  # the API's; the gateway takes a free port (0)
     server = make_server(
-        graph, "127.0.0.1", port, log_level="warning", gateway_port=gw_port, redis_url=redis_url
+        graph, "127.0.0.1", 0, log_level="warning", gateway_port=0, redis_url=redis_url
     )
     server.config.lifespan = "on"
-    thread = threading.Thread(target=server.run, daemon=True)
-    base = f"http://127.0.0.1:{port}"
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
 
     async def devices() -> list[list[str]]:
         # the server wrote the router's epoch at start-up, before any trigger
@@ -86,7 +80,8 @@ def test_the_api_publishes_triggers_to_its_gateway_and_through_redis(
         node = await Gateway(mirror, SECRET, node_id="remote").serve("127.0.0.1", 0)
         stop = asyncio.Event()
         clients = []
-        for i, url in enumerate((f"ws://127.0.0.1:{gw_port}", f"ws://127.0.0.1:{node.port}")):
+        own = server.config.app.app.state.gateway_url  # the app, inside its Redis transport
+        for i, url in enumerate((own, f"ws://127.0.0.1:{node.port}")):
             token = tokens.issue(SECRET, f"tv-{i}", CHANNELS, now_us(), 3_600_000_000)
             clients.append(DeviceClient(url, token, CHANNELS, rng=random.Random(i)))
         tasks = [asyncio.create_task(c.run(stop)) for c in clients]
@@ -96,7 +91,8 @@ def test_the_api_publishes_triggers_to_its_gateway_and_through_redis(
             await asyncio.to_thread(_post, base + "/v1/live/events", event)
             await asyncio.to_thread(_post, base + "/v1/live/events/final/start", {})
             await _until(lambda: all(len(c.stats.applied) >= 1 for c in clients))
-            assert {c.protocol.node for c in clients} == {f"127.0.0.1:{gw_port}", "remote"}
+            # one device on the API's own gateway, one on the node fed through Redis
+            assert [c.protocol.node == "remote" for c in clients] == [False, True]
             # both took the trigger itself after one state on subscribe, in the same epoch
             assert [c.stats.state_syncs for c in clients] == [1, 1]
             assert len({c.protocol.positions["event:final"] for c in clients}) == 1
@@ -110,11 +106,12 @@ def test_the_api_publishes_triggers_to_its_gateway_and_through_redis(
     try:
         thread.start()
         deadline = time.monotonic() + WAIT_S
-        while not server.started and time.monotonic() < deadline:
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert server.started
+        assert server.started, "the API (and its gateway) did not finish starting"
         assert asyncio.run(devices()) == [["live"], ["live"]]
     finally:
         server.should_exit = True
         thread.join(WAIT_S)
+        sock.close()
         graph.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import httpx
 import pytest
 
 from api.seed import TestClient
+from childproc import Child
 from hopcast import EdgeUpsert, Graph, NodeUpsert
 from hopcast.api import create_app
 from hopcast.api.server import WORKER_HEADER, worker_app
@@ -90,12 +90,6 @@ def queries() -> list[tuple[str, str, Any]]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def ask(base: str, method: str, path: str, body: Any) -> tuple[int, Any, int]:
     """(status, JSON, worker pid) over a fresh connection (so the workers share them)."""
     with httpx.Client(base_url=base, timeout=30) as http:
@@ -121,33 +115,18 @@ def store_url(request: pytest.FixtureRequest, redis_prefix: str) -> str:
 
 @contextmanager
 def serving(store_url: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``hopcast --store URL serve --workers 2`` in a subprocess, until it answers /healthz."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [HOPCAST, "--store", store_url, "serve", "--workers", "2", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
+    """``hopcast --store URL serve --workers 2 --port 0`` in a subprocess, once it has said
+    where it listens (the socket listens before the workers start: requests wait for them)."""
+    server = Child([HOPCAST, "--store", store_url, "serve", "--workers", "2", "--port", "0"])
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not answer /healthz in time"
-            time.sleep(0.2)
-        yield base, proc
+        (line,) = server.wait_for(
+            r"hopcast API on (http://127\.0\.0\.1:\d+) with 2 workers", "the API"
+        )
+        # both workers serve (uvicorn logs each one's start), so both can answer the queries
+        server.wait_for("Application startup complete", "both workers started", count=2)
+        yield line[1], server.proc
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(START_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop(signal.SIGINT, START_TIMEOUT_S)
 
 
 def test_two_workers_over_redis_answer_like_lmdb_and_see_new_writes(

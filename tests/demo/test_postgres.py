@@ -4,7 +4,6 @@ graph writes as the change events of the log, and ``hopcast run --postgres`` ing
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -77,19 +76,6 @@ def test_playback_changes_through_the_table_and_cdc_map_like_the_logged_ones(
     assert cdc == logged
 
 
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = int(a.getsockname()[1])
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no two consecutive free ports")
-
-
 @pytest.mark.slow
 def test_hopcast_run_with_postgres_ingests_the_playback_table_by_cdc(
     postgres_dsn: str, tmp_path: Path
@@ -98,7 +84,7 @@ def test_hopcast_run_with_postgres_ingests_the_playback_table_by_cdc(
     started = time.time_ns() // 1000
     options = DemoOptions(
         data=data,
-        port=_free_port_pair(),
+        port=0,  # the API and the gateway on free ports
         accounts=40,
         history=500,
         rate=300,

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -17,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hopcast.demo import run
+from childproc import Child
 from hopcast.demo.records import BAD_KINDS, SOURCES
 from hopcast.graphdb import Graph
 from hopcast.stream.deadletter import DeadLetterStore
@@ -28,39 +25,19 @@ pytestmark = pytest.mark.slow
 HOPCAST = [sys.executable, "-c", "from hopcast.cli import main; main()"]
 
 
-def _free_port_pair() -> int:
-    """A port P with P and P + 1 free (the API and the live gateway)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = int(a.getsockname()[1])
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no two consecutive free ports")
+#: Bound on one HTTP request to the demo's API (it shares its process with the pipeline and
+#: the generator; on a loaded machine a request can wait seconds for the GIL).
+REQUEST_TIMEOUT_S = 30
+#: Bound on the demo's own stop (drain, engine stop, server stop); reached only if it hangs.
+STOP_S = 120
+#: The line the demo prints once its API serves, naming the address it bound (``--port 0``).
+SERVING = r"device page  (http://127\.0\.0\.1:\d+)/web/device\.html"
 
 
 def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as r:
+    with urllib.request.urlopen(url, timeout=REQUEST_TIMEOUT_S) as r:
         body = r.read()
     return json.loads(body) if r.headers.get_content_type() == "application/json" else body
-
-
-def _wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            if _get(base + "/healthz")["status"] == "ok":
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("the API did not come up")
 
 
 def _metric(text: str, name: str) -> dict[str, float]:
@@ -74,15 +51,14 @@ def _metric(text: str, name: str) -> dict[str, float]:
 def test_hopcast_run_ingests_the_live_records_serves_them_and_stops_cleanly_on_sigterm(
     tmp_path: Path,
 ) -> None:
-    port = _free_port_pair()
     data = tmp_path / "demo"
-    args = [*HOPCAST, "run", "--data", str(data), "--port", str(port), "--rate", "300"]
+    args = [*HOPCAST, "run", "--data", str(data), "--port", "0", "--rate", "300"]
     args += ["--accounts", "60", "--history", "2000", "--bad-share", "0.03", "--no-progress"]
     args += ["--rotate-bytes", "65536"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    demo = Child(args)
     try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_healthy(base, proc)
+        (serving,) = demo.wait_for(SERVING, "the API")
+        base = serving[1]
         served_at = time.time_ns() // 1000
         # A heavy member's journey fills with edges streamed from the browse log and the
         # playback table (Debezium), stamped after the API came up.
@@ -104,14 +80,11 @@ def test_hopcast_run_ingests_the_live_records_serves_them_and_stops_cleanly_on_s
         assert {f'{{source="{s}"}}' for s in SOURCES} <= set(events)
         assert sum(dead.values()) >= 3
         assert _metric(text, "hopcast_ingest_freshness_seconds_count")[""] > 100
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        assert demo.stop(timeout=STOP_S) == 0, demo.output
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    text = err.decode()
-    assert proc.returncode == 0, text
+        if demo.proc.poll() is None:
+            demo.kill()
+    text = demo.output
     assert "stopped:" in text and "dead letters" in text
     # After the stop: the engine drained what was written, stored its positions, and every
     # bad record is a dead letter with the reason of its kind.
@@ -134,13 +107,18 @@ def test_hopcast_run_ingests_the_live_records_serves_them_and_stops_cleanly_on_s
 
 
 def test_the_demo_entry_point_stops_by_itself_after_its_duration(tmp_path: Path) -> None:
-    port = _free_port_pair()
     data = tmp_path / "demo"
     argv = ["--store", str(data), "--accounts", "40", "--history", "500", "--rate", "100"]
-    argv += ["--port", str(port), "--duration", "3", "--no-progress"]
-    started = time.monotonic()
-    assert run.main(argv) == 0
-    assert time.monotonic() - started < 60
+    argv += ["--port", "0", "--duration", "3", "--no-progress"]
+    demo = Child([sys.executable, "-m", "hopcast.demo.run", *argv])
+    try:
+        demo.wait_for(SERVING, "the API")
+        # no signal: it stops by itself once its 3 s are over
+        assert demo.proc.wait(STOP_S) == 0, demo.output
+    finally:
+        if demo.proc.poll() is None:
+            demo.kill()
+    assert "stopped:" in demo.output
     assert (data / "graph" / "data.mdb").exists()
     assert {p.name for p in (data / "logs").iterdir()} == set(SOURCES)
     with Graph.open(data / "graph") as graph:
@@ -149,19 +127,14 @@ def test_the_demo_entry_point_stops_by_itself_after_its_duration(tmp_path: Path)
 
 def test_sigterm_while_the_history_loads_stops_after_the_batch(tmp_path: Path) -> None:
     data = tmp_path / "demo"
-    args = [*HOPCAST, "run", "--data", str(data), "--port", str(_free_port_pair())]
+    args = [*HOPCAST, "run", "--data", str(data), "--port", "0"]
     args += ["--accounts", "100", "--history", "5000000", "--no-progress"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    demo = Child(args)
     try:
-        deadline = time.monotonic() + 60
-        while not (data / "graph" / "data.mdb").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        # printed once SIGTERM is handled, right before the load (minutes for 5M interactions)
+        demo.wait_for(r"loading 5,000,000 interactions", "the history load")
+        assert demo.stop(timeout=STOP_S) == 0, demo.output
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    assert "stopped while loading" in err.decode()
+        if demo.proc.poll() is None:
+            demo.kill()
+    assert "stopped while loading" in demo.output

@@ -5,8 +5,6 @@ pieces of :mod:`hopcast.demo.scenario` on their own."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -15,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from childproc import Child
 from hopcast.demo.company import Company, CompanyConfig
 from hopcast.demo.scenario import pick_event
 from hopcast.durations import DAY, HOUR
@@ -23,42 +22,28 @@ from hopcast.graphdb import Graph
 HOPCAST = [sys.executable, "-c", "from hopcast.cli import main; main()"]
 
 
-def _free_port_pair() -> int:
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = int(a.getsockname()[1])
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no two consecutive free ports")
+#: Bound on one HTTP request to the demo's API: it shares a process with the pipeline, the
+#: generator and the devices, so on a loaded machine a request may wait seconds for the GIL.
+REQUEST_TIMEOUT_S = 30
 
 
 def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as r:
+    with urllib.request.urlopen(url, timeout=REQUEST_TIMEOUT_S) as r:
         return json.loads(r.read())
 
 
-def _until(what: str, check: Any, proc: subprocess.Popen[bytes], timeout: float) -> Any:
+def _until(what: str, check: Any, demo: Child, timeout: float) -> Any:
+    """Poll ``check`` until it returns something true; fail naming ``what`` (and the demo's
+    output) if the demo exits first or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            last = check()
-        except OSError:
-            last = None
+        assert demo.proc.poll() is None, f"{what}: the demo exited first:\n{demo.tail()}"
+        last = check()
         if last:
             return last
         time.sleep(0.3)
-    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
+    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r}):\n{demo.tail()}")
 
 
 def test_pick_event_takes_the_live_event_with_the_largest_audience() -> None:
@@ -79,21 +64,22 @@ def test_pick_event_takes_the_live_event_with_the_largest_audience() -> None:
 def test_hopcast_run_takes_a_scripted_event_live_and_every_device_gets_the_trigger(
     tmp_path: Path,
 ) -> None:
-    port = _free_port_pair()
     devices = 20
-    args = [*HOPCAST, "run", "--data", str(tmp_path / "demo"), "--port", str(port)]
+    args = [*HOPCAST, "run", "--data", str(tmp_path / "demo"), "--port", "0"]
     args += ["--accounts", "80", "--history", "4000", "--rate", "100", "--no-progress"]
     args += ["--event-in", "8", "--devices", str(devices), "--max-segments", "3"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
+    demo = Child(args)
     try:
-
-        def scheduled() -> Any:
-            return _get(f"{base}/v1/live/events")["events"]
-
-        events = _until("the event is scheduled", scheduled, proc, 120)
-        assert len(events) == 1
-        event = events[0]["id"]
+        # the API's address (port 0: the one it bound), printed once it serves
+        (page,) = demo.wait_for(
+            r"device page  (http://127\.0\.0\.1:\d+)/web/device\.html", "the API"
+        )
+        base = page[1]
+        # printed once the event is scheduled and its rows are materialised
+        (line,) = demo.wait_for(r"live event   (\S+) .* goes live in 8 s", "the scheduled event")
+        event = line[1]
+        events = _get(f"{base}/v1/live/events")["events"]
+        assert [e["id"] for e in events] == [event]
         # its rows come from the graph, in at most 3 segments
         seg = _get(f"{base}/v1/console/events/{event}/segments")
         assert seg["node"].startswith("live_event:")
@@ -104,7 +90,7 @@ def test_hopcast_run_takes_a_scripted_event_live_and_every_device_gets_the_trigg
             doc = _get(f"{base}/v1/live/events/{event}")
             return doc if doc["state"] == "live" else None
 
-        went = _until("the event goes live", live, proc, 60)
+        went = _until("the event goes live", live, demo, 60)
         assert went["went_live_at"] >= went["original_starts_at"]
 
         def updated() -> Any:
@@ -112,21 +98,20 @@ def test_hopcast_run_takes_a_scripted_event_live_and_every_device_gets_the_trigg
             ttu = doc["time_to_update"]
             return doc if ttu and ttu["stage"] == "live" and ttu["devices"] == devices else None
 
-        dash = _until("every device shows the live stage", updated, proc, 60)
+        dash = _until("every device shows the live stage", updated, demo, 60)
         assert dash["devices"] == {"gateway": True, "connected": devices}
         assert dash["prefetch"]["coverage_pct"] == 100.0  # everyone prefetched in the window
         assert dash["time_to_update"]["cdf"][-1]["fraction"] == 1.0
-        assert dash["time_to_update"]["p99_ms"] < 5_000
+        # the CDF is coherent (how fast is bench/broadcast.py's question, not this test's)
+        ttu = dash["time_to_update"]
+        assert 0 <= ttu["p50_ms"] <= ttu["p99_ms"] <= ttu["max_ms"]
         ingest = _get(f"{base}/v1/console/ingest")
         assert ingest["engine"] is True and ingest["events"] > 0
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        assert demo.stop() == 0, demo.output
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    text = err.decode()
-    assert proc.returncode == 0, text
+        if demo.proc.poll() is None:
+            demo.kill()
+    text = demo.output
     assert f"device page  {base}/web/device.html" in text
     assert f"console      {base}/web/console.html" in text
     assert f"API docs     {base}/docs" in text

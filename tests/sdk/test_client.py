@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -26,6 +25,7 @@ from hopcast.live import messages as m
 from hopcast.live import tokens
 from hopcast.live.messages import EventStage, Position
 from hopcast.live.prefetch import Manifest, ranked_spread_delay, spread_delay
+from hopcast.ports import PortReservation
 from hopcast.sdk.client import AppliedStage, DeviceClient, payload_ref
 from hopcast.sdk.protocol import (
     FALLBACK_WINDOW_S,
@@ -186,13 +186,6 @@ def new_client(url: str, changes: Changes, sleeps: Sleeps, **kwargs: Any) -> Dev
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def stop_and_join(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
     stop.set()
     await task
@@ -307,11 +300,12 @@ def test_a_bye_makes_the_device_wait_its_retry_after_plus_jitter() -> None:
     run(scenario())
 
 
-def test_backoff_windows_grow_while_the_gateway_is_down() -> None:
+def test_backoff_windows_grow_while_the_gateway_is_down(reserved_port: PortReservation) -> None:
+    # nothing listens on a reserved port, and nothing can start to: every connect is refused
     async def scenario() -> None:
         changes = Changes()
         sleeps = Sleeps(changes)
-        client = new_client(f"ws://127.0.0.1:{free_port()}", changes, sleeps)
+        client = new_client(f"ws://127.0.0.1:{reserved_port.port}", changes, sleeps)
         stop = asyncio.Event()
         task = asyncio.create_task(client.run(stop))
         await changes.until(lambda: len(sleeps.delays) == 3)
@@ -690,11 +684,14 @@ def test_stop_closes_the_connection_normally_and_cancels_pending_fetches() -> No
     run(scenario())
 
 
-def test_stop_during_a_backoff_wait_ends_run_without_reconnecting() -> None:
+def test_stop_during_a_backoff_wait_ends_run_without_reconnecting(
+    reserved_port: PortReservation,
+) -> None:
+    # nothing listens on a reserved port, and nothing can start to: every connect is refused
     async def scenario() -> None:
         changes = Changes()
         sleeps = Sleeps(changes, hold=True)
-        client = new_client(f"ws://127.0.0.1:{free_port()}", changes, sleeps)
+        client = new_client(f"ws://127.0.0.1:{reserved_port.port}", changes, sleeps)
         stop = asyncio.Event()
         task = asyncio.create_task(client.run(stop))
         await changes.until(lambda: len(sleeps.delays) == 1)
@@ -705,10 +702,11 @@ def test_stop_during_a_backoff_wait_ends_run_without_reconnecting() -> None:
     run(scenario())
 
 
-def test_a_set_stop_event_ends_run_before_any_connection() -> None:
+def test_a_set_stop_event_ends_run_before_any_connection(reserved_port: PortReservation) -> None:
+    # nothing listens on a reserved port, and nothing can start to: every connect is refused
     async def scenario() -> None:
         changes = Changes()
-        client = new_client(f"ws://127.0.0.1:{free_port()}", changes, Sleeps(changes))
+        client = new_client(f"ws://127.0.0.1:{reserved_port.port}", changes, Sleeps(changes))
         stop = asyncio.Event()
         stop.set()
         await client.run(stop)

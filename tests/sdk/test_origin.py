@@ -10,10 +10,14 @@ import pytest
 from hopcast.errors import ConfigError
 from hopcast.sdk.origin import OriginError, OriginPool
 
+#: Bound on waiting for the test server to do something; a healthy run needs milliseconds.
+WAIT_S = 20.0
+
 
 async def _serve(answers: list[bytes], *, close_after: int | None = None) -> tuple[int, list[int]]:
     """Answer each request in turn with the next of ``answers``; close a connection after
-    ``close_after`` requests on it. Returns the port and, per connection, its request count."""
+    ``close_after`` requests on it. Returns the port and, per connection, its request count
+    (negated once the server has closed that connection)."""
     connections: list[int] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -33,6 +37,8 @@ async def _serve(answers: list[bytes], *, close_after: int | None = None) -> tup
         except asyncio.IncompleteReadError:
             pass
         writer.close()
+        await writer.wait_closed()
+        connections[me] = -connections[me]
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -65,9 +71,11 @@ def test_a_request_on_an_idle_connection_the_server_closed_is_sent_again() -> No
         port, connections = await _serve([_ok(b"first"), _ok(b"second")], close_after=1)
         pool = OriginPool(f"http://127.0.0.1:{port}")
         assert (await pool.get("/", "payload")).body == b"first"
-        await asyncio.sleep(0.05)  # the server has closed the connection by now
+        async with asyncio.timeout(WAIT_S):  # until the server has closed that connection
+            while connections != [-1]:
+                await asyncio.sleep(0.001)
         assert (await pool.get("/", "payload")).body == b"second"
-        assert connections == [1, 1] and pool.failures == 0
+        assert [abs(n) for n in connections] == [1, 1] and pool.failures == 0
         await pool.close()
 
     asyncio.run(main())

@@ -1,5 +1,5 @@
-"""What the browser tests share: a real hopcast API + live gateway on free ports, and helpers
-to open the device page and the console in it.
+"""What the browser tests share: a real hopcast API + live gateway on reserved ports, and
+helpers to open the device page and the console in it.
 
 The server is the production wiring of ``hopcast serve --gateway-port P --dev-tokens``
 (``api/server.py`` ``make_server``): a :class:`LiveService` whose triggers go through a
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import threading
 import time
 import urllib.error
@@ -32,6 +31,7 @@ from hopcast.graphdb import Graph
 from hopcast.live.fanout import InProcessTransport, Router
 from hopcast.live.gateway import Gateway
 from hopcast.live.service import LiveService
+from hopcast.ports import PortReservation, listening_socket
 
 CHROMIUM = os.environ.get("HOPCAST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -52,10 +52,27 @@ RETRY_SPREAD_MS = 2_000
 WAIT_MS = 30_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: Upper bound on the API's start-up (its lifespan starts the gateway); a healthy one takes
+#: milliseconds.
+START_S = 20.0
+
+
+@dataclass
+class Ports:
+    """The API's and the gateway's ports, reserved (:class:`hopcast.ports.PortReservation`):
+    a restarted server binds the same two, and nothing else can take them meanwhile (a page
+    retrying the gateway while it is down must find it there again, not someone else)."""
+
+    api: PortReservation
+    gateway: PortReservation
+
+    @classmethod
+    def reserve(cls) -> Ports:
+        return cls(PortReservation(), PortReservation())
+
+    def close(self) -> None:
+        self.api.close()
+        self.gateway.close()
 
 
 @dataclass
@@ -95,15 +112,24 @@ class Hopcast:
 
 
 @contextmanager
-def running_hopcast(
-    store: Path, port: int | None = None, gateway_port: int | None = None
-) -> Iterator[Hopcast]:
-    """Start the API and gateway on loopback (free ports unless given) over the LMDB graph in
-    ``store``; stop them on exit. Every start draws a new token secret and the router a new
-    epoch, as a restarted ``hopcast serve`` does."""
+def running_hopcast(store: Path, ports: Ports | None = None) -> Iterator[Hopcast]:
+    """Start the API and gateway on loopback (on ``ports``, or ports reserved for this run) over
+    the LMDB graph in ``store``; stop them on exit. Every start draws a new token secret and the
+    router a new epoch, as a restarted ``hopcast serve`` does."""
+    own = ports is None
+    held = Ports.reserve() if ports is None else ports
+    try:
+        with _serving(store, held) as running:
+            yield running
+    finally:
+        if own:
+            held.close()
+
+
+@contextmanager
+def _serving(store: Path, ports: Ports) -> Iterator[Hopcast]:
     graph = Graph.open(store, sync=False)
-    port = port or _free_port()
-    gateway_port = gateway_port or _free_port()
+    port, gateway_port = ports.api.port, ports.gateway.port
     service = LiveService(graph.store.kv)
     router = Router(InProcessTransport(), payload_for=service.payload_for)
     service.add_sink(router.publish_all)
@@ -121,17 +147,19 @@ def running_hopcast(
         app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "the API did not start"
+    sock = listening_socket("127.0.0.1", port)  # on the reservation (SO_REUSEADDR)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     try:
+        thread.start()
+        deadline = time.monotonic() + START_S
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started, f"the API (and its gateway) did not start within {START_S:g} s"
         yield Hopcast(f"http://127.0.0.1:{port}", port, gateway_port, service)
     finally:
         server.should_exit = True
-        thread.join(20)
+        thread.join(START_S)
+        sock.close()
         graph.close()
 
 

@@ -6,6 +6,11 @@ writer across processes are what LMDB is built for) or a Redis server or Cluster
 are then stateless replicas: any number of them, on any hosts, over one shared store). The
 schema must come from a file. Each worker names itself in the ``X-Hopcast-Worker`` response
 header (its process id), so a client or a load balancer can see which replica answered.
+
+:func:`serve` binds its port before anything else and prints the address it bound (port 0:
+a free port, so a caller that starts it can read where it listens)::
+
+    hopcast API on http://127.0.0.1:41234 (docs: http://127.0.0.1:41234/docs)
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from __future__ import annotations
 import gc
 import importlib.util
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.supervisors import Multiprocess
 
 from hopcast.api.app import MAX_BODY_BYTES, create_app
 from hopcast.api.live import GatewayBinding
@@ -30,6 +37,7 @@ from hopcast.kv import open_kv
 from hopcast.live.fanout import InProcessTransport, Router, Transport
 from hopcast.live.gateway import Gateway
 from hopcast.live.service import LiveService
+from hopcast.ports import listening_socket
 from hopcast.query.cache import DEFAULT_CONSISTENCY, Consistency
 
 if TYPE_CHECKING:
@@ -175,9 +183,11 @@ def serve(
     redis_url: str | None = None,
     consistency: Consistency | str = DEFAULT_CONSISTENCY,
 ) -> None:
-    """Serve the API until interrupted (Ctrl-C); prints the URL first.
+    """Serve the API until interrupted (Ctrl-C); prints the URL first, with the port bound.
 
-    With ``gateway_port`` (single worker only) the live WebSocket gateway listens there too,
+    The port is bound (and listening) before the server starts, so the printed URL answers
+    at once (requests wait in the backlog until the app has started); port 0 picks a free
+    port. With ``gateway_port`` (single worker only) the live WebSocket gateway listens there too,
     verifying device tokens with ``$HOPCAST_LIVE_SECRET``. With ``redis_url`` (single worker
     only) the live triggers are also published into that Redis for ``hopcast live gateway``.
 
@@ -190,14 +200,13 @@ def serve(
             worker, ``graph``'s own applies.
 
     Raises:
-        ConfigError: ``workers < 1``, or ``workers > 1`` with a graph in memory or a schema
-            not loaded from a file.
+        ConfigError: ``workers < 1``, ``workers > 1`` with a graph in memory or a schema not
+            loaded from a file, or ``host:port`` cannot be bound.
     """
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if workers > 1 and (gateway_port is not None or redis_url is not None):
         raise ConfigError("the live gateway runs in a single-worker server (omit --workers)")
-    address = url(host, port)
     if workers == 1:
         server = make_server(
             graph,
@@ -207,12 +216,14 @@ def serve(
             gateway_port=gateway_port,
             redis_url=redis_url,
         )
-        if gateway_port is not None:
-            print(f"live gateway on ws://{host}:{gateway_port}", flush=True)
-        if redis_url is not None:
-            print(f"live triggers published to {redis_url}", flush=True)
-        print(f"hopcast API on {address} (docs: {address}/docs)", flush=True)
-        server.run()
+        with _listen(host, port) as sock:
+            address = url(host, sock.getsockname()[1])
+            if gateway_port is not None:
+                print(f"live gateway on ws://{host}:{gateway_port}", flush=True)
+            if redis_url is not None:
+                print(f"live triggers published to {redis_url}", flush=True)
+            print(f"hopcast API on {address} (docs: {address}/docs)", flush=True)
+            server.run(sockets=[sock])
         return
     kv = graph.store.kv
     os.environ.pop(_ENV_REDIS_PREFIX, None)
@@ -238,12 +249,7 @@ def serve(
     os.environ[_ENV_SCHEMA] = str(schema)
     os.environ[_ENV_MAX_BODY] = str(max_body_bytes)
     os.environ[_ENV_CONSISTENCY] = Consistency(consistency).value
-    print(
-        f"hopcast API on {address} with {workers} workers (docs: {address}/docs); "
-        "graph routes only: the live schedule runs in a single-worker server",
-        flush=True,
-    )
-    uvicorn.run(
+    config = uvicorn.Config(
         f"{__name__}:worker_app",
         factory=True,
         host=host,
@@ -253,6 +259,24 @@ def serve(
         http=_HTTP,
         access_log=False,
     )
+    with _listen(host, port) as sock:
+        sock.set_inheritable(True)  # every worker process serves this one socket
+        address = url(host, sock.getsockname()[1])
+        print(
+            f"hopcast API on {address} with {workers} workers (docs: {address}/docs); "
+            "graph routes only: the live schedule runs in a single-worker server",
+            flush=True,
+        )
+        # What uvicorn.run does with workers, on the socket bound here.
+        Multiprocess(config, sockets=[sock]).run()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound and listening; a clear error if the address is taken."""
+    try:
+        return listening_socket(host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {url(host, port)}: {exc}") from exc
 
 
 def worker_app() -> FastAPI:

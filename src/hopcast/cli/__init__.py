@@ -119,7 +119,7 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
     type=click.IntRange(0, 65535),
     default=8321,
     show_default=True,
-    help="0 picks a free port (the server logs the one it bound).",
+    help="0: a free port (the start-up line names it).",
 )
 @click.option(
     "--workers",

@@ -22,7 +22,13 @@ from hopcast.config import live_secret
 @click.command()
 @click.option("--redis", "redis_url", required=True, metavar="URL", help="redis://host:port/db")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8322, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8322,
+    show_default=True,
+    help="0: any free port (each worker's start-up line names it).",
+)
 @click.option(
     "--workers",
     type=click.IntRange(1),
@@ -33,9 +39,10 @@ from hopcast.config import live_secret
 @click.option("--node-id", help="Node name (default <hostname>:<port>; worker i: <name>-<i>).")
 @click.option(
     "--metrics-port",
-    type=click.IntRange(1, 65535),
+    type=click.IntRange(0, 65535),
     default=None,
-    help="Prometheus /metrics of worker i on this port + i.",
+    help="Prometheus /metrics of worker i on this port + i (0: a free port each, named in its "
+    "start-up line).",
 )
 @click.option(
     "--max-connections",

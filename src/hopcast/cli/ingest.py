@@ -20,7 +20,8 @@ installed, ``kafka:…`` and ``postgres:…``. Each source is mapped by the file
 positions when started again. SIGTERM or SIGINT (Ctrl-C) finish the current batch and exit 0.
 ``--until-idle`` exits once a batch finds nothing to read (one-off loads). ``--listen`` serves
 ``GET /metrics`` (the engine's Prometheus metrics) and, for ``journal:`` sources,
-``POST /v1/ingest/{source}`` (:mod:`hopcast.api.ingest`; needs ``hopcast[server]``). A live
+``POST /v1/ingest/{source}`` (:mod:`hopcast.api.ingest`; needs ``hopcast[server]``); once it
+serves, it says where on stderr (``listening on http://HOST:PORT``: port 0 is a free port). A live
 display on stderr shows events/s, lag, freshness p50/p99 and dead letters (``--progress``,
 default when stderr is a terminal); logs are one JSON object a line with ``--log-format json``.
 
@@ -58,6 +59,7 @@ from hopcast.errors import (
     StorageRefused,
 )
 from hopcast.graphdb import Graph
+from hopcast.ports import listening_socket
 from hopcast.stream.deadletter import DeadLetter, DeadLetterStore, Reason
 from hopcast.stream.engines.embedded import (
     EmbeddedEngine,
@@ -180,6 +182,11 @@ def _secs(s: float) -> str:
     return f"{s / 86_400:.0f} d"
 
 
+#: How long ``--listen`` waits for its HTTP server's startup (the app is small: milliseconds
+#: normally; a bound for a machine too busy to serve).
+LISTEN_START_S = 60.0
+
+
 @contextmanager
 def _listening(
     address: str | None, engine: EmbeddedEngine, sources: list[Source]
@@ -189,7 +196,7 @@ def _listening(
         yield
         return
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"--listen {address!r}: expected HOST:PORT")
     try:
         import uvicorn
@@ -201,27 +208,42 @@ def _listening(
         ) from exc
     from hopcast.stream.sources.journal import Journal, JournalSource
 
+    try:
+        sock = listening_socket(host, int(port))
+    except OSError as exc:
+        raise ConfigError(f"--listen {address}: cannot listen there: {exc}") from exc
     # The HTTP side owns its writers: they outlive the engine's sources until the server stops.
     journals = {s.name: Journal(s.directory) for s in sources if isinstance(s, JournalSource)}
     app = ingest_app(journals, engine.metrics.registry)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=int(port), log_level="warning", access_log=False)
     )
-    thread = threading.Thread(target=server.run, name="ingest-http", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="ingest-http", daemon=True
+    )
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + LISTEN_START_S
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
     if not server.started:
         server.should_exit = True
+        thread.join(timeout=5)
+        sock.close()
         for journal in journals.values():
             journal.close()
-        raise ConfigError(f"--listen {address}: the HTTP server did not start (port in use?)")
+        raise ConfigError(f"--listen {address}: the HTTP server did not start")
+    bound = sock.getsockname()[1]
+    print(
+        f"listening on http://{host}:{bound} (/metrics, /v1/ingest/{{source}})",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         yield
     finally:
         server.should_exit = True
         thread.join(timeout=5)
+        sock.close()
         for journal in journals.values():
             journal.close()
 

@@ -11,8 +11,9 @@ What it runs is :mod:`hopcast.demo.run` (``make demo`` runs it with the defaults
 synthetic company's services write request logs and change events under ``DIR/logs``, the
 embedded engine ingests them through the demo mappings into the LMDB graph in ``DIR/graph``,
 and the API serves it on ``--port`` (the live WebSocket gateway on ``--port + 1``, with
-development tokens). ``--postgres DSN`` keeps the playback service's table in that PostgreSQL
-and ingests it by logical replication (:mod:`hopcast.demo.postgres`) instead of from a log.
+development tokens; ``--port 0``: each on a free port, named in the lines printed at start).
+``--postgres DSN`` keeps the playback service's table in that PostgreSQL and ingests it by
+logical replication (:mod:`hopcast.demo.postgres`) instead of from a log.
 A live event is scheduled ``--event-in`` seconds out with recommendation rows materialised from
 the graph (at most ``--max-segments`` segments); ``--devices`` simulated devices prefetch it and
 take its triggers, and the device page and operator console are served at ``/web/``
@@ -51,10 +52,10 @@ from hopcast.demo.records import DEFAULT_BAD_SHARE
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option(
     "--port",
-    type=click.IntRange(1, 65534),
+    type=click.IntRange(0, 65534),
     default=8321,
     show_default=True,
-    help="API port; the live gateway listens on PORT+1.",
+    help="API port; the live gateway listens on PORT+1 (0: each on a free port, printed).",
 )
 @click.option("--accounts", type=click.IntRange(1), default=5_000, show_default=True)
 @click.option(

@@ -89,7 +89,7 @@ SERVICES = {
             "redis.sh",
             ("cluster-start", "cluster-stop", "cluster-status"),
             (("redis-server", "redis-server"), ("redis-cli", "redis-server")),
-            120,
+            180,  # each node's start (up to 30 s), then up to 60 s to agree on the slots
         ),
         Service(
             "postgres",

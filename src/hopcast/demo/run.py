@@ -14,8 +14,9 @@ Steps (:func:`run_demo`):
    mappings: it ingests the snapshot (tens of thousands of rows, a second or two), which also
    fills the ``titles`` side table, before the API opens;
 4. serve the API (graph, live, metrics — the engine's too, at ``/metrics``) and the live
-   WebSocket gateway on ``port + 1`` with development tokens, and print example queries with
-   real ids;
+   WebSocket gateway on ``port + 1`` with development tokens (``port`` 0: each on a free
+   port), and print example queries with real ids and the addresses bound (the API's port is
+   bound before step 2, so a taken port fails at once);
 5. generate the company's activity in real time (``rate`` interactions/s, stamped with the wall
    clock) as records: request logs, Debezium change events, game and live events, with late,
    redelivered and deliberately bad records (:mod:`hopcast.demo.records`), appended to rotated
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -64,6 +66,7 @@ from hopcast.demo.records import DEFAULT_BAD_SHARE, SOURCES, CompanyRecords, Dem
 from hopcast.durations import DAY, now_us
 from hopcast.graph.mutations import Mutation
 from hopcast.graphdb import Graph
+from hopcast.ports import listening_socket
 from hopcast.stream.engines.embedded import EmbeddedEngine, IngestMetrics, engine_for
 from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
 from hopcast.stream.sources.base import Source
@@ -80,6 +83,9 @@ TICK_S = 0.02
 DRAIN_S = 15.0
 #: How long start-up waits for the engine to ingest the snapshot.
 SNAPSHOT_S = 300.0
+#: How long start-up waits for the API's startup (its live service and gateway) once the
+#: snapshot is in: a second normally, a bound for a machine too busy to run the demo.
+API_START_S = 60.0
 #: Seconds between progress lines when stderr is not a terminal.
 REPORT_S = 5.0
 #: The engine's micro-batch bounds in the demo (a record waits about LINGER_MS to be written).
@@ -280,7 +286,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
     """Run the demo (see the module docstring); returns the exit code."""
     console = console or Console(stderr=True, soft_wrap=True)
     try:
-        from hopcast.api.server import make_server
+        from hopcast.api.server import make_server, url
     except ImportError:
         console.print("[red]the HTTP API needs the server extra: pip install 'hopcast[server]'")
         return 1
@@ -314,11 +320,18 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    listener: socket.socket | None = None
     try:
+        try:
+            listener = listening_socket(opts.host, opts.port)
+        except OSError as exc:
+            console.print(f"[red]error:[/] cannot listen on {url(opts.host, opts.port)}: {exc}")
+            return 1
         if opts.postgres:
             outputs.playback = PlaybackTable(opts.postgres, reset=not reuse)
             console.print(f"playback table in PostgreSQL ({TABLE}), captured by CDC")
         if not reuse:
+            console.print(f"loading {opts.history:,} interactions of the last 30 days")
             load_history(graph, company, opts.history, now, console, records.observe, stop)
         if stop.is_set():
             console.print("stopped while loading")
@@ -326,9 +339,9 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         server = make_server(
             graph,
             opts.host,
-            opts.port,
+            listener.getsockname()[1],
             log_level="warning",
-            gateway_port=opts.port + 1,
+            gateway_port=opts.port + 1 if opts.port else 0,
             dev_tokens=True,
         )
         sources: list[Source] = [
@@ -349,9 +362,12 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         _attach_console(server, engine, company)
         snapshot = 0 if reuse else writer.write(records.snapshot(max(now_us(), now + 1)))
         return _serve(
-            opts, console, company, records, outputs, server, engine, snapshot, stop, graph
-        )
+            opts, console, company, records, outputs, server, listener, engine, snapshot, stop,
+            graph,
+        )  # fmt: skip
     finally:
+        if listener is not None:
+            listener.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
         writer.close()
@@ -387,13 +403,33 @@ def _attach_console(server: Any, engine: EmbeddedEngine, company: Company) -> No
         )
 
 
+@dataclass(frozen=True)
+class Addresses:
+    """Where the started API and live gateway listen (the ports bound, not the ones asked)."""
+
+    api: str
+    gateway: str
+
+
+def _addresses(opts: DemoOptions, server: Any, listener: socket.socket) -> Addresses:
+    from hopcast.api.server import url
+
+    api = url(opts.host, listener.getsockname()[1])
+    gateway = getattr(getattr(_app(server), "state", None), "gateway_url", None)
+    return Addresses(api, gateway if isinstance(gateway, str) else "-")
+
+
 def _scenario(
-    opts: DemoOptions, console: Console, server: Any, graph: Graph, company: Company
+    opts: DemoOptions,
+    console: Console,
+    server: Any,
+    graph: Graph,
+    company: Company,
+    where: Addresses,
 ) -> Scenario | None:
     """Schedule the scripted live event and start its devices (None: ``--event-in 0``)."""
     if opts.event_in <= 0:
         return None
-    from hopcast.api.server import url
     from hopcast.demo.scenario import Scenario, ScenarioOptions
 
     state = _app(server).state
@@ -408,8 +444,8 @@ def _scenario(
         state.live,
         state.console.reports,
         company,
-        url(opts.host, opts.port),
-        f"ws://{opts.host}:{opts.port + 1}",
+        where.api,
+        where.gateway,
         console.print,
     )
     scenario.schedule(now_us())
@@ -424,6 +460,7 @@ def _serve(
     records: CompanyRecords,
     outputs: Outputs,
     server: Any,
+    listener: socket.socket,
     engine: EmbeddedEngine,
     snapshot: int,
     stop: threading.Event,
@@ -443,7 +480,9 @@ def _serve(
         return run
 
     engine_thread = threading.Thread(target=guarded(engine.run), name="engine")
-    server_thread = threading.Thread(target=guarded(server.run), name="api")
+    server_thread = threading.Thread(
+        target=guarded(lambda: server.run(sockets=[listener])), name="api"
+    )
     gen_stop = threading.Event()
     gen = GeneratorStats()
     gen_thread: threading.Thread | None = None
@@ -464,14 +503,21 @@ def _serve(
             # From here on the display's freshness is the live records' (/metrics keeps all).
             engine.stats.freshness.clear()
         server_thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + API_START_S
         while not server.started and server_thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
-        if not server.started:
+        if not server.started and not stop.is_set():
             stop.set()
             if not failures:
-                failures.append(RuntimeError(f"the API did not start on port {opts.port}"))
+                failures.append(
+                    RuntimeError(
+                        _startup_failed(opts)
+                        if not server_thread.is_alive()
+                        else f"the API did not finish its startup within {API_START_S:g} s"
+                    )
+                )
         if not stop.is_set():
+            where = _addresses(opts, server, listener)
             gen_thread = threading.Thread(
                 target=guarded(
                     lambda: generate(records, outputs, opts.rate, now_us(), gen_stop, gen)
@@ -480,8 +526,8 @@ def _serve(
             )
             gen.started = time.monotonic()
             gen_thread.start()
-            _print_examples(console, opts, company)
-            scenario = _scenario(opts, console, server, graph, company)
+            _print_examples(console, opts, company, where)
+            scenario = _scenario(opts, console, server, graph, company, where)
             _watch(opts, console, engine, gen, writer, stop, scenario)
     finally:
         if scenario is not None:
@@ -502,10 +548,7 @@ def _serve(
             server_thread.join()
     for exc in failures:
         if isinstance(exc, SystemExit):  # uvicorn's way of saying the app did not start
-            console.print(
-                f"[red]error:[/] the API did not start (is port {opts.port} or "
-                f"{opts.port + 1} in use?)"
-            )
+            console.print(f"[red]error:[/] {_startup_failed(opts)}")
         else:
             console.print(f"[red]error:[/] {type(exc).__name__}: {exc}")
     st = engine.stats
@@ -521,8 +564,15 @@ def _serve(
     return 1 if failures else 0
 
 
-def _print_examples(console: Console, opts: DemoOptions, company: Company) -> None:
-    base = f"http://{opts.host}:{opts.port}"
+def _startup_failed(opts: DemoOptions) -> str:
+    gateway = f"port {opts.port + 1}" if opts.port else "a free port"
+    return f"the API did not start (can the live gateway listen on {gateway}?)"
+
+
+def _print_examples(
+    console: Console, opts: DemoOptions, company: Company, where: Addresses
+) -> None:
+    base = where.api
     account = (company.heavy_account_ids() or company.account_ids())[0]
     profile = company.profiles_of(account)[0]
     title = company.title_ids()[0]
@@ -540,7 +590,7 @@ def _print_examples(console: Console, opts: DemoOptions, company: Company) -> No
                 f"traverse     hopcast --store {store} query traverse {account} "
                 "--hop has_profile --hop started_watching --hop in_genre",
                 f"title        {base}/v1/nodes/{title}",
-                f"live gateway ws://{opts.host}:{opts.port + 1} (device tokens: "
+                f"live gateway {where.gateway} (device tokens: "
                 f"POST {base}/v1/live/tokens, live events: {base}/v1/live/events)",
                 f"logs         {opts.data / 'logs'}/<source>/  (what the pipeline tails)",
                 f"dead letters hopcast --store {store} deadletters list",

@@ -7,11 +7,14 @@
 #   deploy/flink.sh fetch     fetch and verify the jar (cached; a no-op once verified)
 #   deploy/flink.sh path      print the directory holding it (what $HOPCAST_FLINK_JARS means)
 #   deploy/flink.sh status    exit 0 if it is there and verified, 1 if not
-#   deploy/flink.sh cluster-start [--port 8081] [--slots 2] [--dir D] [--python PY]
+#   deploy/flink.sh cluster-start [--port 8081] [--rpc-port P] [--slots 2] [--dir D] [--python PY]
 #                             a standalone Flink cluster on loopback (one JobManager, one
 #                             TaskManager) from the apache-flink wheel PY's interpreter has, for
 #                             `hopcast flink run --jobmanager 127.0.0.1:PORT`; its Python
-#                             functions run in PY's environment (hopcast and PyFlink installed)
+#                             functions run in PY's environment (hopcast and PyFlink installed);
+#                             the JobManager's RPC port is --rpc-port (default PORT+1); waits up
+#                             to 180 s for the TaskManager to register (two JVMs starting on a
+#                             busy machine)
 #   deploy/flink.sh cluster-stop  [--port 8081] [--dir D]
 #   deploy/flink.sh cluster-status [--port 8081]   exit 0 if its REST endpoint answers
 #
@@ -24,7 +27,7 @@ here=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
 source "$here/versions.env"
 
 usage() {
-  echo "usage: $0 fetch|path|status|cluster-start|cluster-stop|cluster-status [--port P] [--slots N] [--dir D] [--python PY]" >&2
+  echo "usage: $0 fetch|path|status|cluster-start|cluster-stop|cluster-status [--port P] [--rpc-port P] [--slots N] [--dir D] [--python PY]" >&2
   exit 2
 }
 
@@ -32,12 +35,14 @@ usage() {
 action=$1
 shift
 port=8081
+rpc_port=
 slots=2
 dir=
 python=${HOPCAST_PYTHON:-python3}
 while [[ $# -gt 0 ]]; do
   case $1 in
     --port) port=${2:?--port needs a value}; shift 2 ;;
+    --rpc-port) rpc_port=${2:?--rpc-port needs a value}; shift 2 ;;
     --slots) slots=${2:?--slots needs a value}; shift 2 ;;
     --dir) dir=${2:?--dir needs a value}; shift 2 ;;
     --python) python=${2:?--python needs a value}; shift 2 ;;
@@ -45,6 +50,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ $port =~ ^[0-9]+$ ]] && ((port >= 1 && port <= 65534)) || { echo "bad port: $port" >&2; exit 2; }
+rpc_port=${rpc_port:-$((port + 1))}
+[[ $rpc_port =~ ^[0-9]+$ ]] && ((rpc_port >= 1 && rpc_port <= 65535)) || { echo "bad rpc port: $rpc_port" >&2; exit 2; }
 [[ $slots =~ ^[0-9]+$ ]] && ((slots >= 1)) || { echo "bad slots: $slots" >&2; exit 2; }
 dir=${dir:-${TMPDIR:-/tmp}/hopcast-flink-$port}
 cache=${HOPCAST_CACHE:-$HOME/.cache/hopcast}/flink-$FLINK_VERSION
@@ -121,7 +128,7 @@ case $action in
     pythonpath=$("$python" -c 'from hopcast.stream.engines.flink import python_path; print(python_path())')
     cat >"$dir/conf/config.yaml" <<CONF
 jobmanager.rpc.address: localhost
-jobmanager.rpc.port: $((port + 1))
+jobmanager.rpc.port: $rpc_port
 jobmanager.bind-host: localhost
 jobmanager.memory.process.size: 1024m
 taskmanager.bind-host: localhost
@@ -135,11 +142,12 @@ parallelism.default: 1
 python.executable: $python
 CONF
     PYTHONPATH=$pythonpath cluster start-cluster.sh
-    for _ in $(seq 1 120); do
+    for _ in $(seq 1 360); do # up to 180 s
       rest_up && { echo "flink $FLINK_VERSION cluster on 127.0.0.1:$port (dir $dir)"; exit 0; }
       sleep 0.5
     done
-    echo "the flink cluster did not come up; logs: $dir/log" >&2
+    echo "the flink cluster did not answer on 127.0.0.1:$port with a TaskManager within 180 s; logs: $dir/log" >&2
+    tail -n 20 "$dir"/log/*.log >&2 2>/dev/null || true
     exit 1
     ;;
   cluster-stop)

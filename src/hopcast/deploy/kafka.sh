@@ -197,7 +197,9 @@ LOG
     nohup setsid java "${java_opts[@]}" kafka.Kafka "$dir/server.properties" \
       >>"$logfile" 2>&1 </dev/null &
     echo $! >"$pidfile"
-    for _ in $(seq 1 600); do # up to 60 s
+    # A JVM broker starts in seconds; the bound is for a machine so busy that it takes minutes
+    # (a broker that died is seen at once: the loop stops when its process is gone).
+    for _ in $(seq 1 1800); do # up to 180 s
       if up; then
         echo "kafka $KAFKA_VERSION on 127.0.0.1:$port (controller $cport, dir $dir)"
         exit 0
@@ -205,7 +207,11 @@ LOG
       alive "$(pid_of)" || break
       sleep 0.1
     done
-    echo "kafka did not come up on 127.0.0.1:$port; log: $logfile" >&2
+    if alive "$(pid_of)"; then
+      echo "kafka did not come up on 127.0.0.1:$port within 180 s; log: $logfile" >&2
+    else
+      echo "kafka exited during its start on 127.0.0.1:$port; log: $logfile" >&2
+    fi
     tail -n 30 "$logfile" >&2 || true
     pid=$(pid_of)
     alive "$pid" && kill -KILL "$pid" 2>/dev/null || true

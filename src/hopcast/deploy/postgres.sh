@@ -78,6 +78,11 @@ ready() {
   "$(tool pg_isready)" -q -h 127.0.0.1 -p "$port" -d postgres -U postgres >/dev/null 2>&1
 }
 
+# How long pg_ctl waits for the server to accept connections: seconds normally; the bound is
+# for a machine so busy that recovery and start-up take a while (pg_ctl stops waiting at once
+# if the server exits).
+START_WAIT_S=120
+
 case $action in
   start)
     pg_ctl=$(tool pg_ctl)
@@ -103,7 +108,7 @@ case $action in
     opts+=" -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20"
     opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     opts+=" -c max_connections=100 -c shared_buffers=128MB ${PG_OPTS:-}"
-    as_owner "$pg_ctl" -D "$data" -l "$logfile" -o "$opts" -w -t 30 start >/dev/null || {
+    as_owner "$pg_ctl" -D "$data" -l "$logfile" -o "$opts" -w -t "$START_WAIT_S" start >/dev/null || {
       echo "postgres did not start on 127.0.0.1:$port; log: $logfile" >&2
       tail -n 20 "$logfile" >&2 || true
       exit 1

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Provision a local Redis for the live fan-out and the Redis KV backend (and their tests):
-# Debian's redis-server, daemonized, listening on 127.0.0.1 only, no persistence (no RDB
+# Debian's redis-server, detached, listening on 127.0.0.1 only, no persistence (no RDB
 # snapshots, AOF off). Either one server, or a Redis Cluster of N masters (no replicas) on
 # consecutive ports, for the scale-out store.
 #
@@ -92,15 +92,36 @@ shutdown_port() {
   return 1
 }
 
-# Wait up to 10 s for PING on port $1; on failure show the tail of log $2 and exit 1.
+# How long a start waits for the server to answer PING: a second normally; the bound is for a
+# machine so busy that even a small server's start takes a while.
+START_WAIT_S=30
+
+# Start redis-server with options "$@" in the background, detached (its own session, no
+# terminal), and print its pid. Not --daemonize: with the pid known at once, a server that
+# cannot start (its port taken) is seen at once instead of after the whole wait. It still
+# writes its --pidfile, which stop and status use.
+launch() {
+  nohup setsid redis-server "$@" --daemonize no </dev/null >/dev/null 2>&1 &
+  echo $!
+}
+
+# Wait for PING on port $1 from the server with pid $3 (log $2); if it exits first or does not
+# answer within START_WAIT_S, show the log's tail and exit 1.
 await_ping() {
-  for _ in $(seq 1 100); do
-    ping_port "$1" && return 0
+  local deadline=$((SECONDS + START_WAIT_S))
+  until ping_port "$1"; do
+    if ! alive "$3"; then
+      echo "redis on 127.0.0.1:$1 exited during its start; log: $2" >&2
+      tail -n 20 "$2" >&2 || true
+      exit 1
+    fi
+    if ((SECONDS >= deadline)); then
+      echo "redis did not answer PING on 127.0.0.1:$1 within $START_WAIT_S s; log: $2" >&2
+      tail -n 20 "$2" >&2 || true
+      exit 1
+    fi
     sleep 0.1
   done
-  echo "redis did not answer PING on 127.0.0.1:$1 within 10 s; log: $2" >&2
-  tail -n 20 "$2" >&2 || true
-  exit 1
 }
 
 # -- one server ---------------------------------------------------------------------------------
@@ -119,11 +140,11 @@ if ((!cluster)); then
       fi
       mkdir -p "$dir"
       rm -f "$pidfile"
-      redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
+      pid=$(launch --bind 127.0.0.1 --port "$port" \
         --dir "$dir" --pidfile "$pidfile" --logfile "$logfile" \
         --save '' --appendonly no --protected-mode yes \
-        --maxclients 10000 --tcp-backlog 511
-      await_ping "$port" "$logfile"
+        --maxclients 10000 --tcp-backlog 511)
+      await_ping "$port" "$logfile" "$pid"
       echo "redis on 127.0.0.1:$port (dir $dir)"
       ;;
     stop)
@@ -201,6 +222,7 @@ case $action in
         }
       fi
     done
+    declare -A pids=()
     for p in $ports; do
       ping_port "$p" && continue
       node=$dir/$p
@@ -209,13 +231,13 @@ case $action in
       # A brand-new cluster starts from empty node tables; a node restarted into a running
       # cluster keeps its nodes.conf and rejoins.
       ((fresh)) && rm -f "$node/nodes.conf"
-      redis-server --bind 127.0.0.1 --port "$p" --daemonize yes \
+      pids[$p]=$(launch --bind 127.0.0.1 --port "$p" \
         --dir "$node" --pidfile "$node/redis.pid" --logfile "$node/redis.log" \
         --save '' --appendonly no --protected-mode yes \
         --maxclients 10000 --tcp-backlog 511 \
-        --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000
+        --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000)
     done
-    for p in $ports; do await_ping "$p" "$dir/$p/redis.log"; done
+    for p in "${!pids[@]}"; do await_ping "$p" "$dir/$p/redis.log" "${pids[$p]}"; done
     assigned=0
     for p in $ports; do
       n=$(cluster_field "$p" cluster_slots_assigned)
@@ -230,14 +252,15 @@ case $action in
         exit 1
       fi
     fi
-    for _ in $(seq 1 300); do # up to 30 s
+    deadline=$((SECONDS + 2 * START_WAIT_S)) # the nodes gossip the new slots around
+    while ((SECONDS < deadline)); do
       if all_ok; then
         echo "redis cluster on 127.0.0.1:$port..$last ($nodes masters, dir $dir)"
         exit 0
       fi
       sleep 0.1
     done
-    echo "redis cluster on 127.0.0.1:$port..$last did not reach cluster_state:ok within 30 s" >&2
+    echo "redis cluster on 127.0.0.1:$port..$last did not reach cluster_state:ok within $((START_WAIT_S * 2)) s" >&2
     for p in $ports; do
       echo "  127.0.0.1:$p cluster_state:$(cluster_field "$p" cluster_state)" >&2
     done

@@ -14,6 +14,12 @@ calls); :func:`run_node` is one node inside an existing event loop (tests, embed
 (``/metrics``: the gateway's, the mirror's and GC pause series). SIGTERM or SIGINT stops every
 worker gracefully: each tells its devices ``bye restart`` with a spread ``retry_after_ms``
 and closes their connections; the supervisor restarts a worker that dies unexpectedly.
+
+Port 0 means any free port: the supervisor picks one for all its workers (and holds it, so a
+restarted worker gets it back), and ``metrics_port`` 0 gives each worker a free port of its
+own. Each worker's start-up line names the ports it serves on::
+
+    gateway node gw-0 on ws://127.0.0.1:41234 (pid 123, metrics on :41240)
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from hopcast.live.gateway import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTI
 from hopcast.live.gateway import HEARTBEAT_S, Gateway, GatewayServer
 from hopcast.live.redisfan import DEFAULT_PREFIX as DEFAULT_PREFIX
 from hopcast.live.redisnode import RedisMirror, RedisPushRegistry
+from hopcast.ports import reuse_port_holder
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +76,8 @@ class NodeSettings:
         node_id: the node's name in ``welcome`` and the push registry (default
             ``<hostname>:<port>``).
         max_connections: connections per node (per worker).
-        metrics_port: Prometheus ``/metrics`` port (worker ``i``: this + ``i``); none if ``None``.
+        metrics_port: Prometheus ``/metrics`` port (worker ``i``: this + ``i``; 0: a free port
+            for each); none if ``None``.
         prefix: Redis key prefix (the router's).
         heartbeat_s: ping interval; the push registry's TTL is three of them.
         reuse_port: set ``SO_REUSEPORT`` (several processes on one port).
@@ -93,7 +101,9 @@ class NodeSettings:
         """The settings of worker ``index`` of ``workers``."""
         if workers == 1:
             return self
-        metrics = None if self.metrics_port is None else self.metrics_port + index
+        metrics = self.metrics_port
+        if metrics:  # 0 (a free port each) and None stay as they are
+            metrics += index
         return replace(self, node_id=f"{self.name}-{index}", metrics_port=metrics)
 
 
@@ -103,12 +113,14 @@ async def run_node(
     stop: asyncio.Event,
     *,
     on_ready: Callable[[GatewayServer], None] | None = None,
+    on_metrics: Callable[[int], None] | None = None,
 ) -> None:
     """Run one node until ``stop`` is set, then shut it down gracefully.
 
     Order: 1. the mirror subscribes and loads every channel (devices are only accepted once it
-    has); 2. the gateway listens; 3. metrics; ... 4. on ``stop``: ``bye restart`` to every
-    device, close, then the registry and mirror.
+    has); 2. the gateway listens; 3. metrics (``on_metrics`` gets the port bound); 4.
+    ``on_ready`` gets the serving gateway; ... 5. on ``stop``: ``bye restart`` to every device,
+    close, then the registry and mirror.
 
     Raises:
         HopcastError: Redis cannot be reached at start.
@@ -137,6 +149,8 @@ async def run_node(
                 metrics, _ = start_http_server(
                     settings.metrics_port, addr=settings.host, registry=registry
                 )
+                if on_metrics is not None:
+                    on_metrics(metrics.server_port)
             if on_ready is not None:
                 on_ready(server)
             await stop.wait()
@@ -168,8 +182,10 @@ def run_worker(settings: NodeSettings, secret: bytes) -> int:
         signal.signal(sig, signal.SIG_DFL)  # until the loop takes them over
     _raise_open_files_limit()
 
+    metrics_bound: list[int] = []
+
     def ready(server: GatewayServer) -> None:
-        metrics = "" if settings.metrics_port is None else f", metrics on :{settings.metrics_port}"
+        metrics = "".join(f", metrics on :{port}" for port in metrics_bound)
         _say(
             f"gateway node {settings.name} on ws://{settings.host}:{server.port} "
             f"(pid {os.getpid()}{metrics})"
@@ -180,7 +196,7 @@ def run_worker(settings: NodeSettings, secret: bytes) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_node(settings, secret, stop, on_ready=ready)
+        await run_node(settings, secret, stop, on_ready=ready, on_metrics=metrics_bound.append)
 
     try:
         if importlib.util.find_spec("uvloop") is not None:
@@ -212,9 +228,11 @@ def run_gateway(settings: NodeSettings, secret: bytes, workers: int = 1) -> int:
     """Run ``workers`` node processes on one port until SIGTERM/SIGINT; returns an exit code.
 
     One worker runs in this process. With more, this process supervises forked workers: it
-    forwards SIGTERM/SIGINT to them, waits for their graceful shutdown (killing any still
-    running after :data:`STOP_TIMEOUT_S`), and restarts a worker that dies on its own (unless it
-    could not start: then it stops them all and returns 1).
+    holds their port (bound with ``SO_REUSEPORT``, never listening: port 0 becomes one free port
+    for all of them, and a restarted worker finds its port free), forwards SIGTERM/SIGINT to
+    them, waits for their graceful shutdown (killing any still running after
+    :data:`STOP_TIMEOUT_S`), and restarts a worker that dies on its own (unless it could not
+    start: then it stops them all and returns 1).
 
     Raises:
         ConfigError: ``workers`` < 1, or several workers without ``reuse_port``.
@@ -225,6 +243,17 @@ def run_gateway(settings: NodeSettings, secret: bytes, workers: int = 1) -> int:
         return run_worker(settings, secret)
     if not settings.reuse_port:
         raise ConfigError("several workers share the port only with reuse_port")
+    try:
+        holder = reuse_port_holder(settings.host, settings.port)
+    except OSError as exc:
+        _say(f"error: gateway port {settings.host}:{settings.port}: {exc}", sys.stderr)
+        return 1
+    with holder:
+        return _supervise(replace(settings, port=holder.getsockname()[1]), secret, workers)
+
+
+def _supervise(settings: NodeSettings, secret: bytes, workers: int) -> int:
+    """:func:`run_gateway`'s supervisor loop over ``workers`` forked workers."""
     context = multiprocessing.get_context("fork")
     supervisor = os.getpid()
     procs: dict[int, multiprocessing.process.BaseProcess] = {}

@@ -1,9 +1,11 @@
 """The system under test, embedded: ``hopcast serve --gateway-port`` in a subprocess.
 
-The load harness (:mod:`hopcast.sdk.simulator`) starts it on a temporary store, free loopback
-ports and a fresh ``$HOPCAST_LIVE_SECRET``, and restarts it with SIGTERM (the gateway's spread
-``bye restart``) on the same store and ports: the schedule is persisted, so a restart loses
-nothing. Plus the few blocking HTTP helpers the harness's coordinator uses.
+The load harness (:mod:`hopcast.sdk.simulator`) starts it on a temporary store, two loopback
+ports reserved for its whole life (:class:`hopcast.ports.PortReservation`) and a fresh
+``$HOPCAST_LIVE_SECRET``, and restarts it with SIGTERM (the gateway's spread ``bye restart``)
+on the same store and ports: the schedule is persisted, so a restart loses nothing, and the
+devices reconnecting meanwhile cannot take the ports it comes back on. Plus the few blocking
+HTTP helpers the harness's coordinator uses.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 
 from hopcast.config import LIVE_SECRET_ENV
 from hopcast.errors import HopcastError
+from hopcast.ports import PortReservation
 
 #: How long the server may take to start (imports, store) or to stop (goodbyes to devices).
 SERVER_START_TIMEOUT_S = 60.0
@@ -43,8 +45,9 @@ class EmbeddedSystem:
         self.root = root
         self.secret = secret
         self.host = "127.0.0.1"
-        self.port = _free_port(self.host)
-        self.gateway_port = _free_port(self.host)
+        self._ports = (PortReservation(self.host), PortReservation(self.host))
+        self.port = self._ports[0].port
+        self.gateway_port = self._ports[1].port
         self.log = root / "server.log"
         self.starts = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -112,6 +115,12 @@ class EmbeddedSystem:
         self.stop()
         self.start()
 
+    def close(self) -> None:
+        """Stop the server for good and release its ports."""
+        self.stop()
+        for reservation in self._ports:
+            reservation.close()
+
     def _tail(self) -> str:
         with contextlib.suppress(OSError):
             return self.log.read_text(errors="replace")[-2000:]
@@ -133,13 +142,6 @@ def http_call(method: str, url: str, body: Any = None, timeout: float = 30) -> t
             return int(response.status), bytes(response.read())
     except urllib.error.HTTPError as exc:
         return int(exc.code), bytes(exc.read())
-
-
-def _free_port(host: str) -> int:
-    """A port free on ``host`` now (the kernel's pick; another process could take it first)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def is_loopback(url: str) -> bool:

@@ -307,7 +307,7 @@ def _system(config: SimConfig) -> Iterator[_Target]:
         try:
             yield _Target(system.api, (system.gateway,), system.secret, system)
         finally:
-            system.stop()
+            system.close()
 
 
 # -- one run -------------------------------------------------------------------------------------

@@ -5,10 +5,8 @@ route acknowledged survives a kill -9 of the server and is ingested after."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,12 +16,18 @@ from pathlib import Path
 import httpx
 from demo_records import demo_records, graph_dump
 
+from childproc import Child
 from hopcast.graphdb import Graph
 from hopcast.stream.engines import engine_for, stored_positions
 from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
 from hopcast.stream.sources.journal import JournalSource
 
 HOPCAST = [sys.executable, "-c", "from hopcast.cli import main; main()"]
+#: Bound on a child's start and first batch on a loaded machine (imports, opening the store);
+#: reached only if it hangs.
+START_TIMEOUT_S = 120.0
+#: Bound on ingesting a few thousand records once started; reached only if it hangs.
+INGEST_TIMEOUT_S = 120.0
 
 
 def write_logs(root: Path, records: dict[str, list[bytes]], part: slice) -> None:
@@ -70,9 +74,9 @@ def test_kill_9_at_random_points_and_restart_gives_the_graph_of_one_clean_run(
         coalesce = ["--coalesce"] if i % 2 else []
         proc = ingest(store, logs, "--until-idle", "--batch-records", "100", *coalesce)
         # Wait for the first batch of this run to be written, then kill at a random moment.
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + START_TIMEOUT_S
         while checkpoints(store) == before and proc.poll() is None:
-            assert time.monotonic() < deadline, "no progress"
+            assert time.monotonic() < deadline, f"run {i} wrote no batch in {START_TIMEOUT_S} s"
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.1))  # short enough that runs rarely finish first
         if proc.poll() is None:
@@ -107,60 +111,58 @@ def test_sigterm_finishes_the_batch_flushes_and_exits_0(tmp_path: Path) -> None:
     write_logs(logs, records, slice(None, None))
     store = tmp_path / "g"
     proc = ingest(store, logs, "--json", "--log-level", "info")
-    deadline = time.monotonic() + 20
     total = sum(len(v) + 1 for v in records.values())
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
+    # A file's stored position is the offset just past its last ingested line: the engine has
+    # everything once every position is at the end of its file. It keeps tailing them.
+    sizes = {name: (logs / name / "current.log").stat().st_size for name in records}
+
+    def offsets() -> dict[str, list[int]]:
+        if not store.exists():
+            return {}
         with Graph.open(store) as g:
             done = stored_positions(g.store, list(records))
-        if sum(len(p) for p in done.values()) == len(records):
-            break
-    time.sleep(0.3)
+        return {name: [p.offset for p in done[name].values()] for name in records}
+
+    deadline = time.monotonic() + START_TIMEOUT_S + INGEST_TIMEOUT_S
+    while (at := offsets()) != {name: [size] for name, size in sizes.items()}:
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        assert time.monotonic() < deadline, f"not every file ingested: {at} of {sizes}"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=10)
+    out, err = proc.communicate(timeout=INGEST_TIMEOUT_S)
     assert proc.returncode == 0, err.decode()
     assert json.loads(out)["events"] == total
     assert b"engine stopped" in err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
+#: The ingest route alone in a process: its socket listens on a free port before the server
+#: starts (requests wait in the backlog), and the port is the first line it prints.
 SERVER = textwrap.dedent(
     """
     import sys, uvicorn
     from hopcast.api.ingest import ingest_app
+    from hopcast.ports import listening_socket
     from hopcast.stream.sources.journal import Journal
     app = ingest_app({"playback": Journal(sys.argv[1])})
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+    sock = listening_socket("127.0.0.1", 0)
+    print(sock.getsockname()[1], flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     """
 )
 
 
 def test_a_record_acknowledged_with_202_survives_kill_9_and_is_ingested(tmp_path: Path) -> None:
     journal = tmp_path / "journal"
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(journal), str(port)])
+    server = Child([sys.executable, "-c", SERVER, str(journal)])
     try:
-        url = f"http://127.0.0.1:{port}/v1/ingest/playback"
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.05)
+        (port,) = server.wait_for(r"^(\d+)$", "the ingest server's port")
+        url = f"http://127.0.0.1:{port[1]}/v1/ingest/playback"
         lines = demo_records(400, seed=4)["playback"]
-        response = httpx.post(url, content=b"\n".join(lines), timeout=10)
+        response = httpx.post(url, content=b"\n".join(lines), timeout=INGEST_TIMEOUT_S)
         assert response.status_code == 202
         assert response.json()["accepted"] == len(lines)
     finally:
-        os.kill(server.pid, signal.SIGKILL)  # right after the 202
-        server.wait()
+        server.kill()  # kill -9, right after the 202
     with Graph.open(tmp_path / "g") as g:
         maps = Mapping.load_dir(DEMO_MAPPINGS, g.schema)
         engine = engine_for(g, [JournalSource("playback", journal)], maps, batch_ms=10)
@@ -170,35 +172,23 @@ def test_a_record_acknowledged_with_202_survives_kill_9_and_is_ingested(tmp_path
         assert stats.mutations > 0
 
 
-def wait_http(url: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, f"{url} did not answer"
-            time.sleep(0.05)
-
-
 def test_ingest_run_listens_for_http_records_and_serves_its_metrics(tmp_path: Path) -> None:
-    port = free_port()
     args = [*HOPCAST, "--store", str(tmp_path / "g"), "ingest", "run", "--no-progress", "--json"]
-    args += ["--source", f"playback=journal:{tmp_path / 'j'}", "--listen", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    args += ["--source", f"playback=journal:{tmp_path / 'j'}", "--listen", "127.0.0.1:0"]
+    proc = Child(args, capture_stdout=True)
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/metrics")
+        # it says on stderr where it serves (the free port it bound), once it does
+        (listening,) = proc.wait_for(r"listening on (http://127\.0\.0\.1:\d+) ", "--listen")
+        base = listening[1]
         lines = demo_records(300, seed=9)["playback"]
-        r = httpx.post(base + "/v1/ingest/playback", content=b"\n".join(lines), timeout=10)
+        r = httpx.post(base + "/v1/ingest/playback", content=b"\n".join(lines), timeout=30)
         assert r.status_code == 202
         want = f'hopcast_ingest_events_total{{source="playback"}} {float(len(lines))}'
-        deadline = time.monotonic() + 15
-        while want not in httpx.get(base + "/metrics").text:
-            assert time.monotonic() < deadline, "records not ingested"
+        deadline = time.monotonic() + INGEST_TIMEOUT_S
+        while want not in httpx.get(base + "/metrics", timeout=30).text:
+            assert time.monotonic() < deadline, f"records not ingested in {INGEST_TIMEOUT_S} s"
             time.sleep(0.05)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err.decode()
-    assert json.loads(out)["events"] == len(lines)
+        code = proc.stop(timeout=INGEST_TIMEOUT_S)
+    assert code == 0, proc.output
+    assert json.loads(proc.stdout())["events"] == len(lines)

@@ -19,6 +19,7 @@ from flinkkit import dead_letters, differences, dump, embedded_reference, seed, 
 from hopcast.demo.records import SOURCES
 from hopcast.errors import ConfigError
 from hopcast.graphdb import Graph
+from hopcast.ports import PortReservation
 from hopcast.stream.engines.buckets import read_totals
 from hopcast.stream.engines.flink import FlinkJob, KafkaInput, latest_checkpoint
 
@@ -199,17 +200,9 @@ def test_specs_other_than_kafka_are_refused_with_a_hint() -> None:
     assert parsed.client == (("security.protocol", "SSL"),)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _redis_server(port: int, directory: Path) -> subprocess.Popen[bytes]:
-    """A Redis that keeps what it acknowledged (AOF, fsync on every write) across a kill -9."""
+    """A Redis that keeps what it acknowledged (AOF, fsync on every write) across a kill -9, on
+    ``port`` (reserved by the caller: Redis binds it with SO_REUSEADDR)."""
     import redis
 
     proc = subprocess.Popen(
@@ -219,9 +212,31 @@ def _redis_server(port: int, directory: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     client = redis.Redis(port=port)
-    wait_until(lambda: _pings(client), 20, "redis to answer")
+
+    def answers() -> bool:
+        assert proc.poll() is None, f"redis-server on port {port} exited with {proc.returncode}"
+        return _pings(client)
+
+    wait_until(answers, 60, f"redis on port {port} to answer PING")
     client.close()
     return proc
+
+
+def write_retries(metrics_port: int) -> float:
+    """The job's ``hopcast_write_retries`` on its Prometheus endpoint (0 while it does not
+    answer yet)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/", timeout=30) as r:
+            scraped = r.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in scraped.splitlines()
+        if "hopcast_write_retries" in line and not line.startswith("#")
+    )
 
 
 def _pings(client: object) -> bool:
@@ -232,16 +247,19 @@ def _pings(client: object) -> bool:
 
 
 def test_redis_killed_and_restarted_mid_stream_the_job_backs_off_and_loses_nothing(
-    kafka_bootstrap: str, prefix: str, tmp_path: Path
+    kafka_bootstrap: str, prefix: str, tmp_path: Path, reserved_port: PortReservation
 ) -> None:
-    import urllib.request
 
     source = "playback"
     data = seed(kafka_bootstrap, prefix, 6000)
     reference = embedded_reference(kafka_bootstrap, prefix, data, tmp_path / "lmdb", (source,))
     want = dump(reference)
     reference.close()
-    port, metrics_port = _free_port(), _free_port()
+    # Both ports are reserved for the whole test: Redis comes back on its port after the kill
+    # (the job's store URL names it), and the job's metrics reporter binds the other; nothing
+    # else can take either meanwhile (see hopcast.ports).
+    metrics = PortReservation()
+    port, metrics_port = reserved_port.port, metrics.port
     (tmp_path / "redis").mkdir()
     server = _redis_server(port, tmp_path / "redis")
     store = f"redis://127.0.0.1:{port}/0"
@@ -265,17 +283,16 @@ def test_redis_killed_and_restarted_mid_stream_the_job_backs_off_and_loses_nothi
             )
         server.kill()  # mid-stream, no goodbye
         server.wait()
-        time.sleep(3)  # the job's writes fail meanwhile: it must wait, not drop them
+        # The job's writes fail meanwhile: it must wait, not drop them. Redis comes back once
+        # the job's metrics show it retrying (counted before each back-off).
+        wait_until(
+            lambda: write_retries(metrics_port) >= 1,
+            120,
+            "the job to retry a write against the killed Redis (hopcast_write_retries)",
+        )
         server = _redis_server(port, tmp_path / "redis")
         with Graph.open(store) as graph:
             wait_until(lambda: dump(graph) == want, 180, "the job to catch up after the restart")
-            metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/").read().decode()
-            retries = [
-                float(line.rsplit(" ", 1)[1])
-                for line in metrics.splitlines()
-                if "hopcast_write_retries" in line and not line.startswith("#")
-            ]
-            assert sum(retries) >= 1, "the writer never had to retry: Redis was not missed"
             _stop(proc, log)
             assert dump(graph) == want, differences(want, dump(graph))
             assert proc.returncode == 0
@@ -284,22 +301,36 @@ def test_redis_killed_and_restarted_mid_stream_the_job_backs_off_and_loses_nothi
             _kill_group(proc)
         server.kill()
         server.wait()
+        metrics.close()
+
+
+#: Bound on deploy/flink.sh cluster-start: two JVMs on a loaded machine (the script itself
+#: waits up to 180 s for the TaskManager to register).
+CLUSTER_START_S = 240
 
 
 def test_jobmanager_submits_the_job_to_a_standalone_flink_cluster(
-    kafka_bootstrap: str, redis_store: str, prefix: str, tmp_path: Path
+    kafka_bootstrap: str,
+    redis_store: str,
+    prefix: str,
+    tmp_path: Path,
+    reserved_port: PortReservation,
+    request: pytest.FixtureRequest,
 ) -> None:
     """deploy/flink.sh cluster-start runs a real JobManager and TaskManager; the job runs there
     (not on a MiniCluster in this process) and builds the embedded engine's graph."""
     script = Path(__file__).resolve().parents[3] / "deploy" / "flink.sh"
-    port = _free_port()
+    rpc = PortReservation()  # the JobManager's RPC port, which the TaskManager is told
+    request.addfinalizer(rpc.close)
+    port = reserved_port.port  # its REST port, which the job is submitted to
     directory = tmp_path / "cluster"
     common = ["--port", str(port), "--dir", str(directory)]
+    start = [str(script), "cluster-start", *common, "--rpc-port", str(rpc.port)]
     started = subprocess.run(
-        [str(script), "cluster-start", *common, "--python", sys.executable],
+        [*start, "--python", sys.executable],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=CLUSTER_START_S,
     )
     assert started.returncode == 0, started.stderr + started.stdout
     try:
@@ -321,9 +352,8 @@ def test_jobmanager_submits_the_job_to_a_standalone_flink_cluster(
         import json
         import urllib.request
 
-        overview = json.loads(
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/jobs/overview").read()
-        )
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/jobs/overview", timeout=30) as r:
+            overview = json.loads(r.read())
         assert [j["name"] for j in overview["jobs"]] == [f"hopcast-{source}"]
         assert overview["jobs"][0]["state"] == "FINISHED"
         with Graph.open(redis_store) as graph:

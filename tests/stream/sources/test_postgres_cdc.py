@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,7 @@ import pytest
 from hopcast.durations import now_us
 from hopcast.errors import ConfigError, SourceError
 from hopcast.graphdb import Graph
+from hopcast.ports import PortReservation
 from hopcast.stream.deadletter import DeadLetterStore
 from hopcast.stream.engines import EmbeddedEngine, engine_for, stored_positions
 from hopcast.stream.mapping import DEMO_MAPPINGS
@@ -96,9 +96,16 @@ def _confirmed(source: PostgresCDCSource) -> int:
     return int(source.slot_state()["confirmed_flush_lsn"])
 
 
+#: Bound on the server taking a confirmation in (the walsender reads the standby status the
+#: source sent); milliseconds normally.
+CONFIRM_TIMEOUT_S = 30.0
+
+
 def _wait_confirmed_at_least(source: PostgresCDCSource, lsn: int) -> int:
-    deadline = time.monotonic() + 5
-    while (confirmed := _confirmed(source)) < lsn and time.monotonic() < deadline:
+    """The slot's confirmed position once it reaches ``lsn`` (the caller checks how far)."""
+    deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+    while (confirmed := _confirmed(source)) < lsn:
+        assert time.monotonic() < deadline, f"the slot did not confirm {lsn} (at {confirmed})"
         time.sleep(0.05)
     return confirmed
 
@@ -303,29 +310,32 @@ def test_after_a_commit_the_slot_follows_unrelated_write_traffic(
     db: psycopg.Connection[Any], tag: str, postgres_dsn: str
 ) -> None:
     members, playback = _tables(db, tag)
-    source = PostgresCDCSource("m", postgres_dsn, tables=[members], slot=f"hopcast_{tag}")
+    # the source tells the server where it is every second while polling
+    source = PostgresCDCSource(
+        "m", postgres_dsn, tables=[members], slot=f"hopcast_{tag}", status_interval_s=1.0
+    )
     source.open({})
     db.execute(f"INSERT INTO {members} VALUES (1, 'ann', NULL)")
     records = _drain(source, 1)
     source.commit({records[0].position.partition: records[0].position})
     db.execute(f"INSERT INTO {playback} VALUES (1, 'p', 't', 0, false, 0)")  # not published
     (wal,) = db.execute("SELECT pg_current_wal_lsn()::text").fetchone()  # type: ignore[misc]
-    deadline = time.monotonic() + 10
-    while _confirmed(source) < lsn_from_str(wal) and time.monotonic() < deadline:
+    deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+    while _confirmed(source) < lsn_from_str(wal):  # WAL is not pinned by an idle slot
+        assert time.monotonic() < deadline, f"the idle slot stayed behind {wal}"
         assert source.poll(10, 0.2) == []
-    assert _confirmed(source) >= lsn_from_str(wal)  # WAL is not pinned by an idle slot
     source.close()
 
 
-def test_a_server_without_wal_level_logical_is_refused_with_the_fix() -> None:
+def test_a_server_without_wal_level_logical_is_refused_with_the_fix(
+    reserved_port: PortReservation,
+) -> None:
     script = Path(__file__).resolve().parents[3] / "deploy" / "postgres.sh"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(reserved_port.port)  # PostgreSQL binds it (SO_REUSEADDR); nothing else can
     directory = tempfile.mkdtemp(prefix="hopcast-postgres-replica-")
     env = {**os.environ, "PG_OPTS": "-c wal_level=replica"}
     cmd = [str(script), "start", "--port", port, "--dir", directory]
-    started = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env)
+    started = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert started.returncode == 0, started.stderr
     try:
         dsn = started.stdout.strip().splitlines()[-1]
@@ -341,15 +351,20 @@ def test_polls_with_a_zero_timeout_never_block_and_still_deliver(
     db: psycopg.Connection[Any], tag: str, postgres_dsn: str
 ) -> None:
     members, _ = _tables(db, tag)
-    source = PostgresCDCSource("m", postgres_dsn, tables=[members], slot=f"hopcast_{tag}")
+    # A poll that ignored its zero timeout would block in select() for the status interval:
+    # make that long, so "did not block" is a bound no busy machine comes near.
+    source = PostgresCDCSource(
+        "m", postgres_dsn, tables=[members], slot=f"hopcast_{tag}", status_interval_s=60.0
+    )
     source.open({})
     db.execute(f"INSERT INTO {members} VALUES (1, 'ann', NULL)")
     got: list[Record] = []
-    deadline = time.monotonic() + 5
-    while not got and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30
+    while not got:
+        assert time.monotonic() < deadline, "the insert did not arrive in 30 s of polls"
         began = time.monotonic()
         got = source.poll(10, 0)
-        assert time.monotonic() - began < 0.1
+        assert time.monotonic() - began < 30, "a poll with a zero timeout blocked"
         time.sleep(0.01)
     assert [json.loads(r.value)["after"]["name"] for r in got] == ["ann"]
     source.close()

@@ -168,6 +168,9 @@ class BucketWriter:
         patience_s: how long one window keeps retrying a failing store before
             :class:`StorageError` is raised.
         sleep: how to wait between attempts (tests pass a fake).
+        on_retry: called with the error before each back-off, while the store is failing
+            (the Flink job counts ``hopcast_write_retries`` there, so the metric moves during
+            an outage rather than after it).
     """
 
     def __init__(
@@ -178,12 +181,14 @@ class BucketWriter:
         clock: Callable[[], int] = now_us,
         patience_s: float = DEFAULT_WRITE_PATIENCE_S,
         sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[StorageError], None] | None = None,
     ) -> None:
         self.store = store
         self.job = job
         self.clock = clock
         self.patience_s = patience_s
         self.sleep = sleep
+        self.on_retry = on_retry
         self.deadletters = DeadLetterStore(store.kv)
 
     def write(
@@ -222,6 +227,8 @@ class BucketWriter:
                     extra={"event": "write_retry", "bucket": bucket, "attempt": attempts,
                            "delay_s": delay, "error": str(exc)},
                 )  # fmt: skip
+                if self.on_retry is not None:
+                    self.on_retry(exc)
                 self.sleep(delay)
                 delay = min(delay * 2, WRITE_BACKOFF_MAX_S)
 

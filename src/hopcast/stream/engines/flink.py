@@ -304,7 +304,12 @@ class WindowWriter(KeyedProcessFunction):  # type: ignore[misc]
     def open(self, runtime_context: RuntimeContext) -> None:
         self.graph = _open_graph(self.spec)
         self._open = True
-        self.writer = BucketWriter(self.graph.store, self.spec.job, patience_s=self.spec.patience_s)
+        self.writer = BucketWriter(
+            self.graph.store,
+            self.spec.job,
+            patience_s=self.spec.patience_s,
+            on_retry=lambda exc: self.retries.inc(),  # counted while the store is failing
+        )
         self.buffer = runtime_context.get_list_state(
             ListStateDescriptor("window", Types.PICKLED_BYTE_ARRAY())
         )
@@ -350,8 +355,6 @@ class WindowWriter(KeyedProcessFunction):  # type: ignore[misc]
         self.buffer.clear()
         self.written.inc(result.written)
         self.windows.inc()
-        if result.attempts > 1:
-            self.retries.inc(result.attempts - 1)
         if result.freshness_us is not None:
             self.last_freshness_ms = result.freshness_us // 1000
         yield (result.written, result.dead_letters)
