@@ -353,3 +353,9 @@ def test_a_mutation_time_the_store_cannot_hold_is_a_dead_letter_not_a_failed_bat
         (dead,) = Pipeline(decode_json, [Odd()], schema=schema).process(rec({}), NOW)
         assert isinstance(dead, DeadLetter)
         assert (dead.reason, dead.stage) == (Reason.SCHEMA_VIOLATION, "validate")
+
+
+def test_an_empty_value_is_named_as_such_not_a_truncated_input() -> None:
+    (dead,) = Pipeline(decode_json, []).process(rec(b""), NOW)
+    assert isinstance(dead, DeadLetter) and dead.reason == Reason.MALFORMED_JSON
+    assert "no value" in dead.message and "truncated" not in dead.message

@@ -90,3 +90,32 @@ def test_an_unknown_source_is_404_and_the_route_sits_in_the_main_api(journal: Jo
 
 def test_parse_body_keeps_lines_byte_for_byte() -> None:
     assert parse_body(b'  {"a":   1}\r\n') == [b'{"a":   1}']
+
+
+def test_a_record_no_store_can_hold_is_acknowledged_and_becomes_a_dead_letter_not_a_crash(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """The 202 promises the record is kept; the engine then dead-letters what the store could
+    not hold (a 600-byte node id, a number beyond int64) and writes the rest."""
+    from hopcast.durations import HOUR, now_us
+    from hopcast.stream.deadletter import DeadLetterStore
+    from hopcast.stream.engines import engine_for
+    from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
+
+    ts_ms = (now_us() - HOUR) // 1000
+    game = {"event": "game_session_end", "ts_ms": ts_ms, "game_id": "1", "device_id": "d"}
+    lines = [
+        game | {"profile_id": "ok", "minutes": 3},
+        game | {"profile_id": "p" * 600, "minutes": 3},
+        game | {"profile_id": "big", "minutes": 2**70},
+    ]
+    client = TestClient(ingest_app({"games": journal}))
+    body = b"\n".join(json.dumps(d).encode() for d in lines)
+    assert client.post("/v1/ingest/games", content=body).status_code == 202
+    with Graph.open(tmp_path / "g") as g:
+        maps = Mapping.load_dir(DEMO_MAPPINGS, g.schema)
+        engine = engine_for(g, [JournalSource("games", journal.directory)], maps, batch_ms=10)
+        stats = engine.run(until_idle=True)  # does not raise
+        assert stats.events == 3 and stats.dead_by_reason == {"out_of_bounds": 2}
+        assert g.exists("profile:ok", "plays", "game:1")
+        assert {d.reason for d in DeadLetterStore(g.store.kv)} == {"out_of_bounds"}
