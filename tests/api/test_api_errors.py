@@ -112,10 +112,10 @@ def test_a_bad_where_is_a_400(client: TestClient, where: str, message: str) -> N
     assert body["message"] == message
 
 
-def test_a_corrupt_cursor_is_a_400(client: TestClient) -> None:
+def test_a_cursor_the_server_did_not_issue_is_a_422(client: TestClient) -> None:
     body = fails(
         client.get("/v1/nodes/account:1/journey", params={"cursor": "zzz"}),
-        400,
+        422,
         "invalid_cursor",
     )
     assert body["message"] == "invalid cursor 'zzz'"

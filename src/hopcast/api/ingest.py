@@ -197,6 +197,28 @@ def ingest_router(
         "journal before the 202, so an accepted record is never lost. 400 for a malformed body "
         "(the message names the line) or header, 404 for an unknown source, 413 when too "
         "large, 422 for an Idempotency-Key reused with another body.",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "A JSON array of records, or JSON lines (one record per line; a "
+                "single record is one line). Every record is a JSON object nested at most "
+                f"{MAX_RECORD_DEPTH} levels deep.",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "anyOf": [
+                                {
+                                    "type": "array",
+                                    "items": {"type": "object"},
+                                    "maxItems": max_records,  # beyond: a 413 (too large)
+                                },
+                                {"type": "object"},
+                            ]
+                        }
+                    }
+                },
+            }
+        },
         responses={
             202: {"description": "Journaled", "content": {"application/json": {}}},
             **{
