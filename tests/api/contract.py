@@ -1,12 +1,18 @@
 """A demo store behind the whole API, for the contract test: the seeded graph, a live service
-with events in several states and payloads, an ingest journal; a fixed clock."""
+with events in several states and payloads, an ingest journal; a fixed clock. :func:`served`
+runs it in uvicorn on a loopback port, as in production."""
 
 from __future__ import annotations
 
+import socket
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI
 
 from api.seed import NOW, SEED
@@ -44,3 +50,29 @@ def demo() -> Demo:
     journal = Journal(directory / "journal")
     app = create_app(graph, live=live, journals={"logs": journal})
     return Demo(graph, live, journal, app, directory)
+
+
+#: Generous bound on the server's start-up and shutdown; reached only if it hangs.
+JOIN_TIMEOUT_S = 30
+
+
+@contextmanager
+def served(app: FastAPI) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port; yields its base URL.
+
+    The socket is bound and listening before the server starts, so requests wait in the backlog
+    until it accepts them: no polling for readiness.
+    """
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(JOIN_TIMEOUT_S)
+        sock.close()
+    assert not thread.is_alive(), "the server did not stop"

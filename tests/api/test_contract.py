@@ -1,4 +1,6 @@
-"""The OpenAPI contract, checked by schemathesis against the app over a demo store.
+"""The OpenAPI contract, checked by schemathesis against the API served by uvicorn on a loopback
+port over a demo store (the seeded graph, live events in several states with payloads, an ingest
+journal; a fixed clock).
 
 Every phase runs: the documented examples, coverage (boundary values of every declared bound,
 valid and invalid), fuzzing, and stateful sequences that follow the document's links (a created
@@ -37,7 +39,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from api.contract import Demo, demo
+from api.contract import Demo, demo, served
 from hopcast.api.openapi import RULES_EXTENSION
 
 #: Examples per operation and phase: enough to reach every bound's edge (the coverage phase
@@ -55,8 +57,6 @@ REFUSING = ["400", "401", "403", "404", "405", "406", "409", "415", "422", "428"
 #: with 413 (too large), the status the document gives.
 ITEM_BOUNDED = ("POST /v1/mutations", "POST /v1/console/reports", "POST /v1/ingest/{source}")
 
-_DEMO = demo()
-
 
 def documented_rules(document: dict[str, Any]) -> dict[str, dict[int, set[str]]]:
     """``{operation label: {status: error kinds}}`` of the rules the document states."""
@@ -71,7 +71,8 @@ def documented_rules(document: dict[str, Any]) -> dict[str, dict[int, set[str]]]
     return out
 
 
-RULES = documented_rules(_DEMO.app.openapi())
+#: The rules of the served document (set when it is served).
+RULES: dict[str, dict[int, set[str]]] = {}
 
 
 def config() -> schemathesis.Config:
@@ -132,13 +133,19 @@ def a_rule_refusal_names_a_documented_rule(
     return None
 
 
-schema = schemathesis.openapi.from_asgi("/openapi.json", _DEMO.app, config=config())
+#: The demo store, served by uvicorn on a loopback port from the moment this module is loaded
+#: (schemathesis reads the document when the tests are collected) until its tests are done.
+_STORE: Demo = demo()
+RULES.update(documented_rules(_STORE.app.openapi()))
+_SERVED = served(_STORE.app)
+schema = schemathesis.openapi.from_url(f"{_SERVED.__enter__()}/openapi.json", config=config())
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _close_demo() -> Iterator[Demo]:
-    yield _DEMO
-    _DEMO.close()
+def _stop_serving() -> Iterator[None]:
+    yield
+    _SERVED.__exit__(None, None, None)
+    _STORE.close()
 
 
 def test_the_document_states_the_rules_no_schema_can() -> None:

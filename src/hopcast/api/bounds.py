@@ -121,11 +121,8 @@ def edge_list_pattern(names: Iterable[str]) -> str:
 
 
 def id_list_pattern(types: Iterable[str]) -> str:
-    """1 to MAX_IDS comma-separated node ids of ``types`` (a key holds no comma), each at most
-    MAX_NODE_ID_CHARS characters long (its key bounded by what its type leaves)."""
-    ordered = sorted(set(types), key=lambda n: (-len(n), n))
-    keyed = [f"{re.escape(t)}:[^,]{{1,{MAX_NODE_ID_CHARS - len(t) - 1}}}" for t in ordered]
-    one = "(?:" + "|".join(keyed) + ")"
+    """1 to MAX_IDS comma-separated node ids of ``types`` (a key holds no comma)."""
+    one = f"{alternation(types)}:{_LISTED_KEY}"
     return f"^{one}(?:,{one}){{0,{MAX_IDS - 1}}}$"
 
 

@@ -33,10 +33,14 @@ Query and write the member graph.
 * Node ids are `type:key` (`account:1`, `profile:1`, `title:10`).
 * Times are integers in **microseconds since the Unix epoch**; in query strings a duration such
   as `7d` means "7 days before now".
-* Every error is `{"error": "<kind>", "message": "..."}`: **400** a malformed query (bad id,
-  unknown edge type, bad direction or time, limit out of range, corrupt cursor, unparsable JSON),
-  **422** input that does not fit a declared shape (the graph schema, or a parameter's type),
-  **404** absent, **413** request too large, **503** store unavailable.
+* Every error is `{"error": "<kind>", "message": "..."}`: **400** a value outside its declared
+  bound (bad id, unknown edge type, bad direction or time, limit out of range) or unparsable
+  JSON, **422** input of the wrong type or that fits the declared shapes but not their meaning
+  (the graph schema; a rule no schema can state, listed per operation in `x-hopcast-rules` on
+  the response that refuses it: a cursor this server did not issue, a time already past),
+  **409** a live event's state refuses the command, **404** absent, **405** method not allowed
+  (`Allow` lists the path's methods), **413** request too large, **503** store unavailable.
+* An integer may be written as a whole float (`5.0`), as JSON Schema counts it.
 """
 
 TAGS = [
@@ -751,11 +755,11 @@ def narrow(doc: dict[str, Any], graph: Schema) -> None:
     )
     patterns = {
         "node_id": bounds.node_id_pattern(types),
+        "node_ids": bounds.id_list_pattern(types),
         "optional_node_id": bounds.optional_node_id_pattern(types),
         "optional_node_type": bounds.optional_type_pattern(types),
         "journey_root": bounds.node_id_pattern(root),
         "timeline_root": bounds.node_id_pattern(timeline),
-        "node_ids": bounds.id_list_pattern(types),
         "edge": bounds.edge_pattern(edges),
         "edges": bounds.edge_list_pattern(edges),
     }
