@@ -16,12 +16,23 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.seed import NOW, SEED
-from hopcast import Graph
+from hopcast import EdgeUpsert, Graph, NodeUpsert
 from hopcast.api import create_app
-from hopcast.durations import MINUTE
+from hopcast.durations import DAY, HOUR, MINUTE
 from hopcast.live.schedule import Create, StartNow
 from hopcast.live.service import LiveService
 from hopcast.stream.sources.journal import Journal
+
+#: The graph node of the live event "final" and its audience, so that recommendations can be
+#: materialised from the graph for it (console routes).
+EVENT_GRAPH = [
+    NodeUpsert("live_event:final", NOW - DAY, "g1", {"name": "The Final", "sport": "football"}),
+    NodeUpsert("team:a", NOW - DAY, "g2", {"name": "Red Rovers", "sport": "football"}),
+    EdgeUpsert("live_event:final", "features", "team:a", NOW - DAY, "g3"),
+    EdgeUpsert("profile:1", "watched_live", "live_event:final", NOW - HOUR, "g4", {"minutes": 30}),
+    EdgeUpsert("profile:2", "supports", "team:a", NOW - HOUR, "g5"),
+    EdgeUpsert("profile:2", "browsed", "live_event:final", NOW - HOUR, "g6"),
+]
 
 
 @dataclass
@@ -42,6 +53,7 @@ def demo() -> Demo:
     directory = Path(tempfile.mkdtemp(prefix="hopcast-contract-"))
     graph = Graph.open(clock=lambda: NOW)
     graph.apply(SEED)
+    graph.apply(EVENT_GRAPH)
     live = LiveService(graph.store.kv, clock=lambda: NOW)
     live.command(Create("final", "The Final", NOW + 30 * MINUTE, NOW + 150 * MINUTE, 0), NOW)
     live.command(Create("semi", "The Semi", NOW + 10 * MINUTE, None, 0), NOW)

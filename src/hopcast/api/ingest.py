@@ -187,6 +187,12 @@ def ingest_router(
     )
     registry.register(_JournalCollector(journals))
     router = APIRouter()
+    # the document lists the sources served (another name is a 404)
+    source_param = Path(
+        description="The source's name: one of the journals this server has.",
+        pattern=SOURCE,
+        json_schema_extra={"enum": sorted(journals)},
+    )
 
     @router.post(
         "/v1/ingest/{source}",
@@ -239,8 +245,8 @@ def ingest_router(
         },
     )
     async def ingest(
-        source: Annotated[str, Path(description="The source's name.", pattern=SOURCE)],
         request: Request,
+        source: str = source_param,
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
         journal = journals.get(source)

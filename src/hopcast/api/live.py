@@ -438,7 +438,29 @@ def live_router(
         "once; one already past is a 422 `invalid_schedule` (create it, then start it).",
         status_code=201,
         responses=_responses(EVENT_EXAMPLE, 400, 409, 422, ok=201),
-        openapi_extra=openapi.body(CreateEventRequest),
+        openapi_extra=openapi.body(
+            CreateEventRequest,
+            examples={
+                "later": {
+                    "summary": "Starts in two hours, ends two hours later",
+                    "value": {
+                        "id": "cup-final",
+                        "title": "The Cup Final",
+                        "starts_at": "2h",
+                        "ends_at": "4h",
+                        "prefetch_lead": "30m",
+                    },
+                },
+                "at": {
+                    "summary": "At a time (ISO-8601, UTC), no end",
+                    "value": {
+                        "id": "derby",
+                        "title": "The Derby",
+                        "starts_at": "2099-05-01T19:45Z",
+                    },
+                },
+            },
+        ),
     )
     async def create_event(request: Request) -> Response:
         body = parse(InputKind.CREATE, await request.body(), CreateEventRequest)
@@ -478,7 +500,17 @@ def live_router(
         "(`5m`; `-5m` brings the event forward) that shifts the start and the end — only the "
         "end once the event is live. The prefetch window moves with the start until it opens.",
         responses=_responses(EVENT_EXAMPLE, 400, 404, 409, 422),
-        openapi_extra=openapi.body(schema=_reschedule_schema(), name="RescheduleRequest"),
+        openapi_extra=openapi.body(
+            schema=_reschedule_schema(),
+            name="RescheduleRequest",
+            examples={
+                "delay": {"summary": "Five minutes later", "value": {"delay": "5m"}},
+                "times": {
+                    "summary": "New times",
+                    "value": {"starts_at": "3h", "ends_at": "5h"},
+                },
+            },
+        ),
     )
     async def reschedule(event_id: EventId, request: Request) -> Response:
         body = parse(InputKind.RESCHEDULE, await request.body(), RescheduleRequest)

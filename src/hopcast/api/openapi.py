@@ -299,9 +299,11 @@ def body(
     schema: dict[str, Any] | None = None,
     name: str | None = None,
     required: bool = True,
+    examples: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``openapi_extra=`` of a route whose JSON body is ``struct`` (or ``schema``, named
-    ``name``): a reference to a component that :func:`install` adds to the document.
+    ``name``): a reference to a component that :func:`install` adds to the document, and the
+    named ``examples`` (``{name: {"summary", "value"}}``).
 
     The schema goes into the components after FastAPI builds the document, not through
     ``openapi_extra``, because FastAPI turns the numbers of an ``openapi_extra`` into floats:
@@ -317,12 +319,10 @@ def body(
     else:
         assert schema is not None and name is not None
         BODIES.setdefault(name, schema)
-    return {
-        "requestBody": {
-            "required": required,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
-        }
-    }
+    media: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{name}"}}
+    if examples:
+        media["examples"] = examples
+    return {"requestBody": {"required": required, "content": {"application/json": media}}}
 
 
 def request_body(name: str, examples: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -540,6 +540,18 @@ LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str]]]] = 
             {"event_id": "$response.body#/event"},
         ),
         "GetEvent": ("get", "/v1/live/events/{event_id}", {"event_id": "$response.body#/event"}),
+    },
+    ("get", "/v1/live/events/{event_id}/manifest", "200"): {
+        "LivePayload": (
+            "get",
+            "/v1/live/payloads/{payload_id}",
+            {"payload_id": "$response.body#/stages/live"},
+        ),
+        "StagePayload": (
+            "get",
+            "/v1/live/events/{event_id}/payload",
+            {"event_id": "$response.body#/event", "segment": "$response.body#/segment"},
+        ),
     },
     ("post", "/v1/console/events/{event_id}/materialise", "200"): {
         "Segments": (
