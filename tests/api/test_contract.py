@@ -156,6 +156,20 @@ def test_the_document_states_the_rules_no_schema_can() -> None:
     }
 
 
+def test_the_document_links_a_created_event_and_a_write_to_what_follows() -> None:
+    paths = schema.raw_schema["paths"]
+    created = paths["/v1/live/events"]["post"]["responses"]["201"]["links"]
+    followed = {link["operationRef"].rsplit("~1", 1)[-1] for link in created.values()}
+    assert {"start/post", "end/post", "cancel/post", "reschedule/post", "materialise/post"} <= (
+        followed
+    )
+    assert created["GetEvent"]["parameters"] == {"event_id": "$response.body#/id"}
+    assert "MaterialiseRecommendations" in created
+    written = paths["/v1/mutations"]["post"]["responses"]["200"]["links"]
+    assert written["GetNode"]["parameters"] == {"node_id": "$request.body#/mutations/0/node"}
+    assert written["Neighbours"]["parameters"] == {"node_id": "$request.body#/mutations/0/src"}
+
+
 @schema.parametrize()
 @settings(suppress_health_check=list(HealthCheck), deadline=None, max_examples=MAX_EXAMPLES)
 def test_every_operation_keeps_its_documented_contract(case: schemathesis.Case) -> None:
