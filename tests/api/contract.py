@@ -1,21 +1,38 @@
 """A demo store behind the whole API, for the contract test: the seeded graph, a live service
-with events in several states and payloads, an ingest journal; a fixed clock."""
+with events in several states and payloads, an ingest journal; a fixed clock. :func:`served`
+runs it in uvicorn on a loopback port, as in production."""
 
 from __future__ import annotations
 
+import socket
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI
 
 from api.seed import NOW, SEED
-from hopcast import Graph
+from hopcast import EdgeUpsert, Graph, NodeUpsert
 from hopcast.api import create_app
-from hopcast.durations import MINUTE
+from hopcast.durations import DAY, HOUR, MINUTE
 from hopcast.live.schedule import Create, StartNow
 from hopcast.live.service import LiveService
 from hopcast.stream.sources.journal import Journal
+
+#: The graph node of the live event "final" and its audience, so that recommendations can be
+#: materialised from the graph for it (console routes).
+EVENT_GRAPH = [
+    NodeUpsert("live_event:final", NOW - DAY, "g1", {"name": "The Final", "sport": "football"}),
+    NodeUpsert("team:a", NOW - DAY, "g2", {"name": "Red Rovers", "sport": "football"}),
+    EdgeUpsert("live_event:final", "features", "team:a", NOW - DAY, "g3"),
+    EdgeUpsert("profile:1", "watched_live", "live_event:final", NOW - HOUR, "g4", {"minutes": 30}),
+    EdgeUpsert("profile:2", "supports", "team:a", NOW - HOUR, "g5"),
+    EdgeUpsert("profile:2", "browsed", "live_event:final", NOW - HOUR, "g6"),
+]
 
 
 @dataclass
@@ -36,6 +53,7 @@ def demo() -> Demo:
     directory = Path(tempfile.mkdtemp(prefix="hopcast-contract-"))
     graph = Graph.open(clock=lambda: NOW)
     graph.apply(SEED)
+    graph.apply(EVENT_GRAPH)
     live = LiveService(graph.store.kv, clock=lambda: NOW)
     live.command(Create("final", "The Final", NOW + 30 * MINUTE, NOW + 150 * MINUTE, 0), NOW)
     live.command(Create("semi", "The Semi", NOW + 10 * MINUTE, None, 0), NOW)
@@ -44,3 +62,29 @@ def demo() -> Demo:
     journal = Journal(directory / "journal")
     app = create_app(graph, live=live, journals={"logs": journal})
     return Demo(graph, live, journal, app, directory)
+
+
+#: Generous bound on the server's start-up and shutdown; reached only if it hangs.
+JOIN_TIMEOUT_S = 30
+
+
+@contextmanager
+def served(app: FastAPI) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port; yields its base URL.
+
+    The socket is bound and listening before the server starts, so requests wait in the backlog
+    until it accepts them: no polling for readiness.
+    """
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(JOIN_TIMEOUT_S)
+        sock.close()
+    assert not thread.is_alive(), "the server did not stop"

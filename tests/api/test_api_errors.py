@@ -12,6 +12,7 @@ import pytest
 from api.seed import NOW, TestClient
 from hopcast import Graph
 from hopcast.api import MAX_BODY_BYTES, create_app
+from hopcast.live.service import LiveService
 
 
 def fails(response: Any, status: int, kind: str) -> dict[str, Any]:
@@ -112,10 +113,10 @@ def test_a_bad_where_is_a_400(client: TestClient, where: str, message: str) -> N
     assert body["message"] == message
 
 
-def test_a_corrupt_cursor_is_a_400(client: TestClient) -> None:
+def test_a_cursor_the_server_did_not_issue_is_a_422(client: TestClient) -> None:
     body = fails(
         client.get("/v1/nodes/account:1/journey", params={"cursor": "zzz"}),
-        400,
+        422,
         "invalid_cursor",
     )
     assert body["message"] == "invalid cursor 'zzz'"
@@ -276,8 +277,19 @@ def test_an_unknown_route_is_a_404_in_the_same_shape(client: TestClient) -> None
 
 
 def test_a_wrong_method_is_a_405(client: TestClient) -> None:
-    got = fails(client.delete("/v1/nodes/profile:1"), 405, "method_not_allowed")
+    response = client.delete("/v1/nodes/profile:1")
+    got = fails(response, 405, "method_not_allowed")
     assert got["message"] == "DELETE is not allowed on /v1/nodes/profile:1"
+    assert response.headers["allow"] == "GET"
+
+
+def test_a_405_lists_every_method_of_a_path_served_by_several_routes(graph: Graph) -> None:
+    live = LiveService(graph.store.kv, clock=lambda: NOW)
+    with TestClient(create_app(graph, live=live)) as c:
+        response = c.options("/v1/live/events")
+        fails(response, 405, "method_not_allowed")
+        assert response.headers["allow"] == "GET, POST"
+        assert c.delete("/v1/live/events/final").headers["allow"] == "GET"
 
 
 # -- 413: too large -----------------------------------------------------------------------------

@@ -355,6 +355,44 @@ def test_mutations_are_applied_and_readable_at_once(client: TestClient, graph: G
     assert not graph.exists("profile:1", "started_watching", "title:10")
 
 
+def test_a_node_id_with_a_slash_a_comma_or_a_line_break_is_written_and_read_back(
+    client: TestClient,
+) -> None:
+    ids = ["profile:a/b", "profile:a,b", "profile:a\nb", "profile:x/neighbours/y"]
+    body = {
+        "mutations": [
+            {"kind": "node_upsert", "node": i, "ts": NOW, "id": f"w{n}", "props": {"name": i}}
+            for n, i in enumerate(ids)
+        ]
+    }
+    assert ok(client.post("/v1/mutations", json=body))["applied"] == 4
+    for node_id in ids:
+        path = "/v1/nodes/" + node_id.replace("/", "%2F").replace("\n", "%0A")
+        assert ok(client.get(path))["props"] == {"name": node_id}
+        assert ok(client.get(path + "/count"))["node"] == node_id
+
+
+def test_integers_written_as_whole_floats_are_those_integers(client: TestClient) -> None:
+    body = {
+        "mutations": [
+            {"kind": "node_upsert", "node": "title:9", "ts": float(NOW), "id": "f1", "seq": 7.0},
+            {
+                "kind": "node_upsert",
+                "node": "title:9",
+                "ts": NOW,
+                "id": "f2",
+                "props": {"year": 1999.0},
+            },
+        ]
+    }
+    assert ok(client.post("/v1/mutations", json=body))["applied"] == 2
+    assert ok(client.get("/v1/nodes/title:9"))["props"] == {"year": 1999}
+    traversal = {"start": "account:1", "hops": ["has_profile"], "limits": {"max_work": 100.0}}
+    assert len(ok(client.post("/v1/query/traverse", json=traversal))["nodes"]) == 2
+    fraction = {"start": "account:1", "hops": ["has_profile"], "limits": {"max_work": 100.5}}
+    assert client.post("/v1/query/traverse", json=fraction).status_code == 422
+
+
 def test_replayed_mutations_are_skipped(client: TestClient) -> None:
     body = {"mutations": [to_dict(m) for m in SEED[:3]]}
     assert ok(client.post("/v1/mutations", json=body)) == {

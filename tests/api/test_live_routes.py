@@ -124,11 +124,14 @@ def test_creating_an_event_that_exists_is_a_409(live: Live) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"starts_at": NOW - 1}, 400, "in the past"),
-        ({"starts_at": "next tuesday"}, 400, "not a time"),
-        ({"ends_at": START - 1}, 400, "must come after starts_at"),
+        ({"starts_at": NOW - 1}, 422, "in the past"),
+        ({"starts_at": "next tuesday"}, 400, "a time"),
+        ({"starts_at": "2026-02-29T20:00Z"}, 400, "a time"),  # not a calendar date
+        ({"ends_at": START - 1}, 422, "must come after starts_at"),
         ({"prefetch_lead": "soon"}, 400, "prefetch lead"),
+        ({"prefetch_lead": "25h"}, 400, "prefetch lead"),
         ({"id": "no spaces"}, 400, "event id"),
+        ({"title": " \t"}, 400, "title"),
         ({"starts_at": 1.5}, 422, "starts_at"),
         ({"colour": "red"}, 422, "colour"),
     ],
@@ -196,7 +199,7 @@ def test_reschedule_sets_new_times_and_null_removes_the_end(live: Live) -> None:
     [
         ({"delay": "5m", "starts_at": START}, 400, "not both"),
         ({}, 400, "give starts_at, ends_at or a delay"),
-        ({"starts_at": NOW - 1}, 400, "in the past"),
+        ({"starts_at": NOW - 1}, 422, "in the past"),
         ({"delay": "a while"}, 400, "delay"),
         ({"delay": [5]}, 422, "delay"),
     ],
@@ -368,7 +371,7 @@ def test_the_stage_payload_follows_the_events_stage_and_its_id_is_immutable(live
 def test_an_unknown_payload_is_a_404_and_a_stage_without_one_too(live: Live) -> None:
     materialised(live)
     assert live.client.get("/v1/live/payloads/" + "0" * 32).status_code == 404
-    assert live.client.get("/v1/live/payloads/not-an-id").status_code == 404
+    assert live.client.get("/v1/live/payloads/not-an-id").status_code == 400
     missing = live.client.get(f"{EVENTS}/final/payload", params={"stage": "cancelled"})
     assert missing.status_code == 404
     assert missing.headers["cache-control"] == "no-store"
@@ -404,7 +407,8 @@ def test_the_openapi_document_lists_every_live_route_and_its_409(live: Live) -> 
     }
     create = doc["paths"]["/v1/live/events"]["post"]
     assert "409" in create["responses"] and "201" in create["responses"]
-    assert set(create["requestBody"]["content"]["application/json"]["schema"]["required"]) == {
+    ref = create["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert set(doc["components"]["schemas"][ref.rsplit("/", 1)[1]]["required"]) == {
         "id",
         "title",
         "starts_at",

@@ -51,6 +51,7 @@ from hopcast.api.responses import JSON
 from hopcast.errors import InvalidQuery, NotFound
 from hopcast.graph.limits import DEFAULT_MAX_FUTURE_US, EXPIRED, FUTURE_TIME, arrival_problem
 from hopcast.graph.mutations import Mutation
+from hopcast.graph.schema import EdgeType, NodeType, Schema
 from hopcast.graph.store import ApplyResult
 from hopcast.graphdb import Graph
 from hopcast.live.service import LiveService
@@ -153,7 +154,9 @@ AccountId = Annotated[
 IdsParam = Annotated[
     str,
     Query(
-        description=f"1 to {q.MAX_IDS} node ids, comma-separated (keys without commas).",
+        description=f"1 to {q.MAX_IDS} node ids, comma-separated (keys without commas); at "
+        f"most {bounds.MAX_QUERY_CHARS} characters in all. An id no node can have (too long) "
+        "is answered `null` like any absent node.",
         examples=["account:1,profile:9"],
         max_length=bounds.MAX_QUERY_CHARS,
         pattern=bounds.NODE_IDS,
@@ -252,6 +255,39 @@ def _where(text: str | None) -> dict[str, Any] | None:
     return where
 
 
+def whole_numbers_of(item: Any, schema: Schema) -> Any:
+    """A mutation's JSON form with a whole float (``5.0``) as an integer wherever the document
+    declares an integer: ``ts``, ``seq`` and properties of type ``int`` (JSON Schema counts
+    ``5.0`` as an integer). Other properties keep the number as written."""
+    if not isinstance(item, dict):
+        return item
+    out = dict(item)
+    for name in ("ts", "seq"):
+        out[name] = _whole(out.get(name))
+    props = out.get("props")
+    kind = out.get("kind")
+    spec: NodeType | EdgeType | None = None
+    if isinstance(kind, str) and kind.startswith("node"):
+        node = out.get("node")
+        if isinstance(node, str):
+            spec = schema.nodes.get(node.partition(":")[0])
+    elif isinstance(kind, str) and kind.startswith("edge"):
+        edge = out.get("type")
+        if isinstance(edge, str):
+            spec = schema.edges.get(edge)
+    if spec is not None and isinstance(props, dict):
+        declared = spec.props.props
+        out["props"] = {
+            k: _whole(v) if k in declared and declared[k].type == "int" else v
+            for k, v in props.items()
+        }
+    return {k: v for k, v in out.items() if v is not None or k in item}
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 #: Why a valid mutation changed nothing: a newer (or equal) version was already stored.
 LOST_TO_NEWER = "lost_to_newer"
 
@@ -346,21 +382,24 @@ def create_app(
     app.state.graph = graph
     app.state.metrics = metrics
     errors.install(app)
-    openapi.install(app, graph.schema, clock=graph.clock, max_future_us=max_future_us)
+    openapi.install(
+        app,
+        graph.schema,
+        clock=graph.clock,
+        max_future_us=max_future_us,
+        max_mutations=max_mutations,
+    )
     docs.install(app)
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s and 500s
     schema_json = JSON(graph.schema.to_dict()).body
 
     # -- nodes ---------------------------------------------------------------------------------
+    # A node id may hold any character, "/" too (sent as %2F, which servers decode): the id
+    # path parameters match across slashes ("{node_id:node_id}"), and GET /v1/nodes/{node_id} is
+    # registered after the routes below it (/neighbours, /journey, /count) so that they match
+    # first.
 
-    @app.get(
-        "/v1/nodes/{node_id}",
-        tags=["nodes"],
-        summary="One node",
-        description="The node's last-seen time and current properties.",
-        responses=openapi.responses(openapi.NODE, 400, 404, 422),
-    )
     async def get_node(node_id: NodeId) -> Response:
         node = graph.node(node_id)
         if node is None:
@@ -385,7 +424,7 @@ def create_app(
     # -- queries -------------------------------------------------------------------------------
 
     @app.get(
-        "/v1/nodes/{node_id}/neighbours",
+        "/v1/nodes/{node_id:node_id}/neighbours",
         tags=["queries"],
         summary="Neighbours (one hop)",
         description="Edges of the node, newest first (`selection=latest`) or in storage order "
@@ -432,7 +471,7 @@ def create_app(
         return JSON(graph.engine.traverse(body.to_spec(now), now).to_dict())
 
     @app.get(
-        "/v1/nodes/{node_id}/journey",
+        "/v1/nodes/{node_id:node_id}/journey",
         tags=["queries"],
         summary="A member's journey",
         description="Interactions of the account, its profiles and devices, newest first, paged: "
@@ -460,7 +499,7 @@ def create_app(
         return JSON(result.to_dict())
 
     @app.get(
-        "/v1/nodes/{node_id}/count",
+        "/v1/nodes/{node_id:node_id}/count",
         tags=["queries"],
         summary="Count edges",
         description="Live edges of the node in the time window, in total and per edge type.",
@@ -483,6 +522,14 @@ def create_app(
             now=now,
         )
         return JSON(result.to_dict())
+
+    app.get(
+        "/v1/nodes/{node_id:node_id}",
+        tags=["nodes"],
+        summary="One node",
+        description="The node's last-seen time and current properties.",
+        responses=openapi.responses(openapi.NODE, 400, 404, 422),
+    )(get_node)
 
     @app.get(
         "/v1/edges/exists",
@@ -554,7 +601,8 @@ def create_app(
                 "too_many_mutations",
                 f"{len(body.mutations)} mutations in one request; at most {max_mutations}",
             )
-        batch = graph.store.validate(to_mutations(body.mutations))
+        items = [whole_numbers_of(item, graph.schema) for item in body.mutations]
+        batch = graph.store.validate(to_mutations(items))
         kept, expired = _arrivals(batch, graph, max_future_us)
         result = await run_in_threadpool(graph.apply, kept) if kept else ApplyResult(0, 0)
         metrics.mutations_applied.inc(result.applied)

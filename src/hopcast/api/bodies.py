@@ -8,10 +8,12 @@ error shape; :meth:`TraverseRequest.to_spec` and :func:`to_mutations` build the 
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Any, TypeVar
 
 import msgspec
+import msgspec.inspect as mi
 
 from hopcast.api import bounds
 from hopcast.api.errors import ApiError, IndexedMutationError
@@ -24,7 +26,7 @@ from hopcast.query import spec as q
 T = TypeVar("T")
 
 
-def _anchored(pattern: str) -> str:
+def anchored(pattern: str) -> str:
     """``pattern`` for msgspec, which uses ``re.search``: Python's ``$`` also matches before a
     final newline, JSON Schema's does not, so refuse one explicitly (ECMA 262 reads the
     lookahead the same way)."""
@@ -38,20 +40,20 @@ NodeIdText = Annotated[
     msgspec.Meta(
         min_length=3,
         max_length=bounds.MAX_NODE_ID_CHARS,
-        pattern=_anchored(bounds.NODE_ID),
+        pattern=anchored(bounds.NODE_ID),
         extra_json_schema={bounds.MARK: "node_id"},
     ),
 ]
 #: An edge type name (the graph's schema says which exist).
 EdgeName = Annotated[
-    str, msgspec.Meta(pattern=_anchored(bounds.EDGE), extra_json_schema={bounds.MARK: "edge"})
+    str, msgspec.Meta(pattern=anchored(bounds.EDGE), extra_json_schema={bounds.MARK: "edge"})
 ]
 EdgeTypes = (
     Annotated[
         str,
         msgspec.Meta(
             max_length=bounds.MAX_QUERY_CHARS,
-            pattern=_anchored(bounds.EDGES),
+            pattern=anchored(bounds.EDGES),
             extra_json_schema={bounds.MARK: "edges"},
         ),
     ]
@@ -59,16 +61,22 @@ EdgeTypes = (
 )
 #: A time in a body: µs in [0, 2**62) or a duration text (the same bounds as in a query).
 TimeValue = (
-    Annotated[str, msgspec.Meta(pattern=_anchored(bounds.TIME_PATTERN))]
+    Annotated[str, msgspec.Meta(pattern=anchored(bounds.TIME_PATTERN))]
     | Annotated[int, msgspec.Meta(ge=0, le=MAX_TS)]
 )
 Lookback = (
-    Annotated[str, msgspec.Meta(pattern=_anchored(bounds.DURATION_PATTERN))]
+    Annotated[str, msgspec.Meta(pattern=anchored(bounds.DURATION_PATTERN))]
     | Annotated[int, msgspec.Meta(ge=1, le=MAX_TS)]
 )
 PerHop = Annotated[int, msgspec.Meta(ge=1, le=q.MAX_RESULT)]
-Depth = Annotated[int, msgspec.Meta(ge=1, le=q.MAX_DEPTH)]
-Direction = Annotated[str, msgspec.Meta(pattern=_anchored("^(?:out|in|both)$"))]
+#: A depth as a JSON object key: 1 to MAX_DEPTH, written as a string (JSON keys are strings).
+DepthKey = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=anchored("^(?:" + "|".join(str(d) for d in range(1, q.MAX_DEPTH + 1)) + ")$")
+    ),
+]
+Direction = Annotated[str, msgspec.Meta(pattern=anchored("^(?:out|in|both)$"))]
 
 
 class HopRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -84,7 +92,7 @@ class LimitsRequest(msgspec.Struct, forbid_unknown_fields=True):
     are 1-based depths written as strings, as JSON requires."""
 
     edges_per_hop: PerHop = q.DEFAULT_EDGES_PER_HOP
-    per_depth: dict[Depth, PerHop] = msgspec.field(default_factory=dict)
+    per_depth: dict[DepthKey, PerHop] = msgspec.field(default_factory=dict)
     per_edge_type: dict[EdgeName, PerHop] = msgspec.field(default_factory=dict)
     max_work: Annotated[int, msgspec.Meta(ge=1, le=q.MAX_WORK)] = q.DEFAULT_MAX_WORK
     max_frontier: Annotated[int, msgspec.Meta(ge=1, le=q.MAX_RESULT * 10)] = q.DEFAULT_MAX_FRONTIER
@@ -99,7 +107,7 @@ class LimitsRequest(msgspec.Struct, forbid_unknown_fields=True):
         return q.Limits(
             lookback_us=lookback,
             edges_per_hop=self.edges_per_hop,
-            per_depth=dict(self.per_depth),
+            per_depth={int(depth): n for depth, n in self.per_depth.items()},
             per_edge_type=dict(self.per_edge_type),
             max_frontier=self.max_frontier,
             max_work=self.max_work,
@@ -225,7 +233,8 @@ def decode(body: bytes, type: type[T], out_of_bounds: str = "validation_error") 
     if depth is not None:
         raise too_deep(depth)
     try:
-        return msgspec.json.decode(body, type=type)
+        raw = _decode_any(body)
+        return msgspec.convert(whole_numbers(raw, _info(type)), type)  # type: ignore[arg-type]
     except msgspec.ValidationError as exc:
         text = str(exc)
         kind = out_of_bounds if _BOUND.match(text) else "validation_error"
@@ -237,6 +246,73 @@ def decode(body: bytes, type: type[T], out_of_bounds: str = "validation_error") 
         ) from None
     except RecursionError:  # the scan above makes this unreachable; keep the answer a 400
         raise too_deep(bounds.MAX_JSON_DEPTH + 1) from None
+
+
+_decode_any = msgspec.json.Decoder().decode
+
+
+@functools.cache
+def _info(type: Any) -> mi.Type:
+    return mi.type_info(type)
+
+
+def whole_numbers(value: Any, info: mi.Type) -> Any:
+    """``value`` (decoded JSON) with every whole float where ``info`` expects an integer (and no
+    float) replaced by that integer; the rest unchanged.
+
+    JSON Schema (draft 6 on, so OpenAPI 3.1) counts ``2.0`` as the integer 2, and so must a
+    server whose document says ``integer``; msgspec alone refuses a float for an ``int``. Values
+    typed ``Any`` (properties, filters) keep the number as it was written.
+    """
+    if isinstance(info, mi.Metadata):
+        info = info.type
+    if isinstance(value, float):
+        if value.is_integer() and _takes_int_not_float(info):
+            return int(value)
+        return value
+    if isinstance(value, dict):
+        target = _object_type(value, info)
+        if isinstance(target, mi.StructType):
+            fields = {f.encode_name: f.type for f in target.fields}
+            return {k: whole_numbers(v, fields[k]) if k in fields else v for k, v in value.items()}
+        if isinstance(target, mi.DictType):
+            return {k: whole_numbers(v, target.value_type) for k, v in value.items()}
+        return value
+    if isinstance(value, list):
+        target = _one_of(info, (mi.ListType, mi.SetType, mi.FrozenSetType, mi.VarTupleType))
+        if target is not None:
+            return [whole_numbers(v, target.item_type) for v in value]
+        return value
+    return value
+
+
+def _members(info: mi.Type) -> tuple[mi.Type, ...]:
+    members = info.types if isinstance(info, mi.UnionType) else (info,)
+    return tuple(m.type if isinstance(m, mi.Metadata) else m for m in members)
+
+
+def _takes_int_not_float(info: mi.Type) -> bool:
+    members = _members(info)
+    return any(isinstance(m, mi.IntType) for m in members) and not any(
+        isinstance(m, mi.FloatType | mi.AnyType) for m in members
+    )
+
+
+def _one_of(info: mi.Type, kinds: tuple[type[mi.Type], ...]) -> Any:  # a member of ``kinds``
+    for member in _members(info):
+        if isinstance(member, kinds):
+            return member
+    return None
+
+
+def _object_type(value: dict[str, Any], info: mi.Type) -> mi.Type | None:
+    """The struct (its tag matching ``value``'s, for a tagged union) or dict type in ``info``."""
+    structs = [m for m in _members(info) if isinstance(m, mi.StructType)]
+    for struct in structs:
+        if struct.tag_field is None or value.get(struct.tag_field) == struct.tag:
+            return struct
+    found: mi.Type | None = _one_of(info, (mi.DictType,))
+    return found
 
 
 def readable(message: str) -> str:

@@ -29,9 +29,12 @@ from collections.abc import Iterable
 from itertools import accumulate
 from typing import Final
 
+from starlette.convertors import Convertor, register_url_convertor
+
 from hopcast.graph.keys import MAX_TS
 from hopcast.graph.limits import MAX_DEPTH as MAX_PROP_DEPTH
 from hopcast.graph.limits import MAX_NODE_ID_BYTES
+from hopcast.live.schedule import MAX_PREFETCH_LEAD_US
 from hopcast.query.spec import MAX_IDS
 
 #: Deepest nesting of a JSON body. A mutation's property value may nest MAX_PROP_DEPTH (32)
@@ -123,10 +126,36 @@ def id_list_pattern(types: Iterable[str]) -> str:
     return f"^{one}(?:,{one}){{0,{MAX_IDS - 1}}}$"
 
 
+def optional_type_pattern(types: Iterable[str]) -> str:
+    """One of ``types``, or empty."""
+    return f"^{alternation(types)}?$"
+
+
+def optional_node_id_pattern(types: Iterable[str]) -> str:
+    """``type:key`` with one of ``types``, or empty."""
+    return f"^(?:{alternation(types)}:{_KEY})?$"
+
+
 def edge_pattern(names: Iterable[str]) -> str:
     """One of ``names``."""
     return f"^{alternation(names)}$"
 
+
+class NodeIdConvertor(Convertor[str]):
+    """The path convertor of node ids (``{node_id:node_id}``): any characters, ``/`` (sent as
+    ``%2F``, which servers decode) and line breaks too. Starlette's ``path`` convertor stops at
+    a line break, and its default stops at ``/``; a node id may hold both."""
+
+    regex = "[\\s\\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("node_id", NodeIdConvertor())
 
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _OPENERS = frozenset(b"[{")
@@ -160,6 +189,10 @@ _NON_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _TYPE = "[^:,\\x00-\\x1f]+"
 #: Any ``type:key``.
 NODE_ID: Final = f"^{_TYPE}:{_KEY}$"
+#: The same, or empty (not given).
+OPTIONAL_NODE_ID: Final = f"^(?:{_TYPE}:{_KEY})?$"
+#: A node type name, or empty (every type).
+OPTIONAL_NODE_TYPE: Final = f"^(?:{_TYPE})?$"
 #: Comma-separated ``type:key`` (keys without commas), 1 to MAX_IDS of them.
 NODE_IDS: Final = f"^{_TYPE}:{_LISTED_KEY}(?:,{_TYPE}:{_LISTED_KEY}){{0,{MAX_IDS - 1}}}$"
 _NAME = "[a-z0-9_]{1,256}"
@@ -174,6 +207,63 @@ MARK: Final = "x-hopcast"
 #: The same, or empty (not given).
 OPTIONAL_CURSOR: Final = "^[A-Za-z0-9_-]{0,2048}$"
 
+# -- live events ----------------------------------------------------------------------------------
+
+#: A live event's id (:data:`hopcast.live.schedule.EVENT_ID`): it names channels, paths and keys.
+EVENT_ID: Final = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+#: The same, or empty (not given).
+OPTIONAL_EVENT_ID: Final = "^(?:[A-Za-z0-9][A-Za-z0-9._:-]{0,63})?$"
+#: A segment key or stage name of the payload store (:func:`hopcast.live.payloads.validate_name`).
+NAME: Final = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+#: A payload id: the BLAKE2b-128 digest of its bytes, lowercase hex.
+PAYLOAD_ID: Final = "^[0-9a-f]{32}$"
+
+#: The characters Python's ``str.strip()`` removes (``str.isspace``): spelled out, because
+#: ``\s`` means a different set in ECMA 262 (it adds U+FEFF, lacks U+001C-U+001F and U+0085).
+BLANK_CHARS: Final = (
+    "\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f"
+    "\\u205f\\u3000"
+)
+#: Text with at least one character that is not blank (a title that survives ``strip()``).
+NOT_BLANK: Final = f"[^{BLANK_CHARS}]"
+
+_YEAR = "(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"  # 0001-9999, as datetime
+_LEAP_YEAR = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_MONTH_DAY = (
+    "(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    "|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    "|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+)
+_DATE = f"(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)"
+_CLOCK = "(?:[01][0-9]|2[0-3])(?::[0-5][0-9](?::[0-5][0-9](?:\\.[0-9]{1,6})?)?)?"
+_ZONE = "(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+#: An ISO-8601 date or date and time (``2026-05-01``, ``2026-05-01T20:00``,
+#: ``2026-05-01T20:00:00.5+02:00``): only real calendar dates; no zone means UTC.
+ISO_DATETIME: Final = f"{_DATE}(?:T{_CLOCK}{_ZONE}?)?"
+#: A schedule time as text: µs since the epoch, a duration from now, or ISO-8601.
+SCHEDULE_TIME_PATTERN: Final = f"^(?:{INSTANT}|{DURATION}|{ISO_DATETIME})$"
+#: A delay: a duration, ``-`` in front to bring the event forward.
+DELAY_PATTERN: Final = f"^-?{DURATION}$"
+#: A segment key or stage name, or empty (not given).
+OPTIONAL_NAME: Final = "^(?:[A-Za-z0-9][A-Za-z0-9_.:-]{0,127})?$"
+
+
+def duration_at_most(limit_us: int) -> str:
+    """An anchored pattern of the durations (``<number><unit>``, up to six decimals) of at most
+    ``limit_us`` µs, in the units that divide the limit (``1.5h``, ``86400s``, ``1d``)."""
+    alternatives = []
+    for unit, size in _UNIT_US.items():
+        if limit_us % size:
+            continue
+        most = limit_us // size
+        alternatives.append(f"{below(most)}(?:\\.[0-9]{{1,6}})?{unit}")
+        alternatives.append(f"{most}(?:\\.0{{1,6}})?{unit}")
+    return "^(?:" + "|".join(alternatives) + ")$"
+
+
+#: A prefetch lead as text: a duration of at most a day (the schedule's bound).
+PREFETCH_LEAD_PATTERN: Final = duration_at_most(MAX_PREFETCH_LEAD_US)
+
 #: What each declared pattern means, for error messages (a regex is no message).
 MEANING: Final = {
     TIME_PATTERN: "a time: µs since the epoch in [0, 2**62) or a duration such as 7d",
@@ -181,10 +271,24 @@ MEANING: Final = {
     DURATION_PATTERN: "a duration such as 100d (at most 2**62 µs)",
     NODE_ID: "a node id 'type:key'",
     NODE_IDS: f"1 to {MAX_IDS} node ids 'type:key', comma-separated",
+    OPTIONAL_NODE_ID: "a node id 'type:key'",
+    OPTIONAL_NODE_TYPE: "a node type of the graph's schema",
     EDGE: "an edge type name (a-z, 0-9, _)",
     EDGES: "edge type names (a-z, 0-9, _), comma-separated",
     CURSOR: "a cursor this server issued",
     OPTIONAL_CURSOR: "a cursor this server issued",
+    EVENT_ID: "a live event id: 1-64 of A-Z a-z 0-9 . _ : - starting with a letter or digit",
+    OPTIONAL_EVENT_ID: "a live event id: 1-64 of A-Z a-z 0-9 . _ : - starting with a letter or "
+    "digit",
+    NAME: "a name: 1-128 of A-Z a-z 0-9 _ . : - starting with a letter or digit",
+    PAYLOAD_ID: "a payload id: 32 lowercase hex digits",
+    SCHEDULE_TIME_PATTERN: "a time: µs since the epoch, a duration from now such as 10m, or "
+    "ISO-8601 such as 2026-05-01T20:00Z",
+    DELAY_PATTERN: "a delay such as 5m (-5m brings the event forward)",
+    OPTIONAL_NAME: "a name: 1-128 of A-Z a-z 0-9 _ . : - starting with a letter or digit",
+    PREFETCH_LEAD_PATTERN: "a prefetch lead: a duration of at most a day such as 30m (units "
+    "us, ms, s, m, h, d)",
+    NOT_BLANK: "text that is not all blank",
 }
 
 

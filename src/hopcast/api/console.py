@@ -38,13 +38,17 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hopcast.api.bodies import decode, edge_types
+from hopcast.api import bounds, openapi
+from hopcast.api.bodies import NodeIdText, anchored, decode, edge_types, resolve_time
 from hopcast.api.errors import ApiError
 from hopcast.api.responses import JSON
-from hopcast.errors import InvalidQuery, NotFound
+from hopcast.errors import InvalidInput, InvalidQuery, NotFound
+from hopcast.graph.keys import MAX_TS
+from hopcast.graph.limits import MAX_INT
 from hopcast.graph.store import Edge
-from hopcast.graphdb import Graph, resolve_time
+from hopcast.graphdb import Graph
 from hopcast.live.gateway import Gateway
+from hopcast.live.materialise import MAX_SEGMENTS
 from hopcast.live.producer import Trigger
 from hopcast.live.schedule import LiveEvent, State
 from hopcast.live.service import LiveService
@@ -374,41 +378,52 @@ class NodeDirectory:
 # -- bodies ----------------------------------------------------------------------------------------
 
 
-class DeviceReport(msgspec.Struct, forbid_unknown_fields=True):
-    """One device report (see ``POST /v1/console/reports``)."""
+#: Longest device id in a report (a device names itself; ids are short tokens).
+MAX_DEVICE_CHARS = 256
+#: Most stages one report lists: the six stages, with room for duplicates a device may send.
+MAX_REPORT_STAGES = 16
 
-    device: str
-    kind: Literal["prefetched", "updated"]
-    event: str
-    stages: list[str] = []
-    stage: str | None = None
-    version: int | None = None
-    at: int | None = None
+DeviceId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DEVICE_CHARS)]
+EventIdText = Annotated[str, msgspec.Meta(pattern=anchored(bounds.EVENT_ID))]
+StageName = Literal["scheduled", "prefetch", "live", "interrupted", "ended", "cancelled"]
+
+
+class PrefetchedReport(
+    msgspec.Struct, tag_field="kind", tag="prefetched", forbid_unknown_fields=True
+):
+    """A device holds the payloads of ``stages`` for ``event``."""
+
+    device: DeviceId
+    event: EventIdText
+    stages: Annotated[list[StageName], msgspec.Meta(max_length=MAX_REPORT_STAGES)] = []
+
+
+class UpdatedReport(msgspec.Struct, tag_field="kind", tag="updated", forbid_unknown_fields=True):
+    """A device shows ``stage`` (schedule ``version``) of ``event`` since ``at`` (µs)."""
+
+    device: DeviceId
+    event: EventIdText
+    stage: StageName
+    version: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+    at: Annotated[int, msgspec.Meta(ge=0, le=MAX_TS)]
 
 
 class ReportsRequest(msgspec.Struct, forbid_unknown_fields=True):
-    reports: list[DeviceReport]
+    """Device reports (at most MAX_REPORTS: more are a 413, too large)."""
+
+    reports: list[PrefetchedReport | UpdatedReport]
 
 
 class MaterialiseGraphRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Materialise from the graph: the event's node and the bound on segments (both optional)."""
 
-    node: str | None = None
-    max_segments: int | None = None
+    node: NodeIdText | None = None
+    max_segments: Annotated[int, msgspec.Meta(ge=1, le=MAX_SEGMENTS)] | None = None
 
 
-def _body(struct: type[msgspec.Struct], required: bool = True) -> dict[str, Any]:
-    _, components = msgspec.json.schema_components([struct])
-    schema = components[struct.__name__]
-    if struct is ReportsRequest:
-        item = components["DeviceReport"]
-        schema = {**schema, "properties": {"reports": {"type": "array", "items": item}}}
-    return {
-        "requestBody": {
-            "required": required,
-            "content": {"application/json": {"schema": schema}},
-        }
-    }
+_REPORTS_BODY = openapi.body(ReportsRequest)
+# declared, and refused with a 413 (too large) rather than on decoding
+openapi.BODIES["ReportsRequest"]["properties"]["reports"]["maxItems"] = MAX_REPORTS
 
 
 def _ok(example: Any, *errors: int) -> dict[int | str, dict[str, Any]]:
@@ -465,8 +480,38 @@ NODE_EXAMPLE = {"id": "title:301", "type": "title", "ts": _T, "props": {"name": 
 # -- the router ------------------------------------------------------------------------------------
 
 
-EventId = Annotated[str, Path(description="The live event's id.", examples=["final"])]
-NodeId = Annotated[str, Path(description="Node id `type:key`.", examples=["profile:12-0"])]
+EventId = Annotated[
+    str,
+    Path(
+        description="The live event's id: 1-64 of A-Z a-z 0-9 . _ : - starting with a letter "
+        "or digit.",
+        examples=["final"],
+        pattern=bounds.EVENT_ID,
+    ),
+]
+NodeId = Annotated[
+    str,
+    Path(
+        description="Node id `type:key` (at most 250 bytes of UTF-8).",
+        examples=["profile:12-0"],
+        min_length=3,
+        max_length=bounds.MAX_NODE_ID_CHARS,
+        pattern=bounds.NODE_ID,
+        json_schema_extra={bounds.MARK: "node_id"},
+    ),
+]
+#: Where a timeline starts: a journey root (an account) or a profile (its account's timeline).
+TimelineRoot = Annotated[
+    str,
+    Path(
+        description="An account, or a profile (the timeline of its account); `type:key`.",
+        examples=["account:12"],
+        min_length=3,
+        max_length=bounds.MAX_NODE_ID_CHARS,
+        pattern=bounds.NODE_ID,
+        json_schema_extra={bounds.MARK: "timeline_root"},
+    ),
+]
 
 
 class Console:
@@ -576,7 +621,7 @@ def _router(
             },
             **{k: v for k, v in _ok(None, 400, 413, 422).items() if k != 200},
         },
-        openapi_extra=_body(ReportsRequest),
+        openapi_extra=_REPORTS_BODY,
     )
     async def reports(request: Request) -> Response:
         body = decode(await request.body(), ReportsRequest)
@@ -584,18 +629,10 @@ def _router(
             raise ApiError(
                 413, "too_many_reports", f"{len(body.reports)} reports; at most {MAX_REPORTS}"
             )
-        for i, r in enumerate(body.reports):
-            if r.kind == "updated" and (r.stage is None or r.version is None or r.at is None):
-                raise ApiError(
-                    422,
-                    "validation_error",
-                    f"reports[{i}]: an `updated` report needs stage, version and at",
-                )
         for r in body.reports:
-            if r.kind == "prefetched":
+            if isinstance(r, PrefetchedReport):
                 console.reports.prefetched(r.device, r.event, r.stages)
             else:
-                assert r.stage is not None and r.version is not None and r.at is not None
                 console.reports.updated(r.device, r.event, r.stage, r.version, r.at)
         return JSON({"accepted": len(body.reports)}, status_code=202)
 
@@ -608,7 +645,14 @@ def _router(
         responses=_ok(DASHBOARD_EXAMPLE, 400, 404, 422),
     )
     async def dashboard(
-        event: Annotated[str | None, Query(description="The event shown.")] = None,
+        event: Annotated[
+            str | None,
+            Query(
+                description="The event shown (its id); absent or empty: the live one, else the "
+                "next to start.",
+                pattern=bounds.OPTIONAL_EVENT_ID,
+            ),
+        ] = None,
         window: Annotated[
             int, Query(description="Seconds of the origin rate, 1 to 300.", ge=1, le=300)
         ] = 10,
@@ -693,19 +737,30 @@ def _router(
             404,
             422,
         ),
-        openapi_extra=_body(MaterialiseGraphRequest, required=False),
+        openapi_extra=openapi.body(MaterialiseGraphRequest, required=False),
     )
     async def materialise(event_id: EventId, request: Request) -> Response:
         service = need_live()
         raw = await request.body()
-        body = decode(raw, MaterialiseGraphRequest) if raw.strip() else MaterialiseGraphRequest()
+        body = (
+            decode(raw, MaterialiseGraphRequest, "invalid_input")
+            if raw.strip()
+            else MaterialiseGraphRequest()
+        )
+        if body.node is not None:
+            _known_type(graph, "node", body.node)
 
         def run() -> dict[str, Any]:
             now = service.clock()
             node = body.node or _guess_node(graph, service, console.directory, event_id, now)
-            report = service.materialise_graph(
-                event_id, now, node=node, max_segments=body.max_segments
-            )
+            try:
+                report = service.materialise_graph(
+                    event_id, now, node=node, max_segments=body.max_segments
+                )
+            except InvalidInput as exc:
+                # The body fits its schema (node and max_segments are checked on decoding), so
+                # what is left is the rule: without a node, one must be known for the event.
+                raise ApiError(422, "no_graph_node", str(exc)) from None
             return report.to_dict()
 
         return JSON(await run_in_threadpool(run))
@@ -741,7 +796,13 @@ def _router(
     async def segments(
         event_id: EventId,
         member: Annotated[
-            str | None, Query(description="A member (profile id) to look up.")
+            str | None,
+            Query(
+                description="A member (profile id `type:key`) to look up; empty: none.",
+                max_length=bounds.MAX_NODE_ID_CHARS,
+                pattern=bounds.OPTIONAL_NODE_ID,
+                json_schema_extra={bounds.MARK: "optional_node_id"},
+            ),
         ] = None,
     ) -> Response:
         service = need_live()
@@ -773,8 +834,7 @@ def _router(
             "member": None,
         }
         if member:
-            if ":" not in member:
-                raise InvalidQuery(f"member {member!r} is not a node id (type:key)")
+            _known_type(graph, "member", member)
             started = time.perf_counter()
             found = m.segment_of(event_id, member, now)
             took = time.perf_counter() - started
@@ -796,8 +856,22 @@ def _router(
         responses=_ok({"nodes": [NODE_EXAMPLE], "truncated": False}, 400, 422),
     )
     async def search(
-        q_: Annotated[str, Query(alias="q", description="Id or id prefix.")] = "",
-        type: Annotated[str | None, Query(description="Node type.")] = None,
+        q_: Annotated[
+            str,
+            Query(
+                alias="q",
+                description="Id or id prefix (leading and trailing blanks ignored).",
+                max_length=bounds.MAX_NODE_ID_CHARS,
+            ),
+        ] = "",
+        type: Annotated[
+            str | None,
+            Query(
+                description="Node type; absent or empty: every type.",
+                pattern=bounds.OPTIONAL_NODE_TYPE,
+                json_schema_extra={bounds.MARK: "optional_node_type"},
+            ),
+        ] = None,
         limit: Annotated[
             int, Query(description="Most nodes returned, 1 to 100.", ge=1, le=100)
         ] = 20,
@@ -810,7 +884,7 @@ def _router(
             raise InvalidQuery(f"unknown node type {kind!r} (known: {known})")
         text = q_.strip()
         if kind is not None and ":" in text and not text.startswith(f"{kind}:"):
-            raise InvalidQuery(f"q {text!r} is not an id of type {kind!r}")
+            return JSON({"nodes": [], "truncated": False})  # an id of another type: no match
         now = graph.clock()
         exact = text if ":" in text else (f"{kind}:{text}" if kind and text else None)
         ids: list[str] = []
@@ -825,7 +899,7 @@ def _router(
         return JSON({"nodes": [_node_doc(n) for n in nodes], "truncated": truncated})
 
     @router.get(
-        "/graph/neighbourhood/{node_id}",
+        "/graph/neighbourhood/{node_id:node_id}",
         summary="A node's neighbourhood",
         description="Nodes and edges within `depth` (1 or 2) hops in both directions, newest "
         f"edges first, `limit` edges per node, at most {MAX_NEIGHBOURHOOD_NODES} nodes; unique "
@@ -855,13 +929,20 @@ def _router(
         depth: Annotated[int, Query(description="Hops, 1 or 2.", ge=1, le=2)] = 1,
         limit: Annotated[int, Query(description="Edges per node, 1 to 500.", ge=1, le=500)] = 50,
         edge: Annotated[
-            str | None, Query(description="Edge types, comma-separated (default: all).")
+            str | None,
+            Query(
+                description="Edge types, comma-separated; absent or empty: all.",
+                max_length=bounds.MAX_QUERY_CHARS,
+                pattern=bounds.EDGES,
+                json_schema_extra={bounds.MARK: "edges"},
+            ),
         ] = None,
     ) -> Response:
         if depth not in (1, 2):
             raise InvalidQuery(f"depth must be 1 or 2, got {depth}")
         if not 1 <= limit <= 500:
             raise InvalidQuery(f"limit must be between 1 and 500, got {limit}")
+        _known_type(graph, "node_id", node_id)
         types = edge_types(edge)
         now = graph.clock()
         center = graph.node(node_id, now)
@@ -912,7 +993,7 @@ def _router(
         )
 
     @router.get(
-        "/graph/journey/{node_id}",
+        "/graph/journey/{node_id:node_id}",
         summary="A member's journey as a timeline",
         description="The interactions of an account (or of a profile's account) across its "
         "profiles and devices, newest first, each with its vertical (`streaming`, `browse`, "
@@ -944,22 +1025,34 @@ def _router(
         ),
     )
     async def journey(
-        node_id: NodeId,
+        node_id: TimelineRoot,
         since: Annotated[
-            str | None, Query(description="µs since the epoch or a duration such as `7d`.")
+            str | None,
+            Query(
+                description="µs since the epoch in [0, 2^62) or a duration such as `7d` before "
+                "now; empty: the default lookback.",
+                pattern=bounds.OPTIONAL_TIME_PATTERN,
+            ),
         ] = None,
         limit: Annotated[
             int, Query(description=f"Entries per page, 1 to {q.MAX_RESULT}.", ge=1, le=q.MAX_RESULT)
         ] = 100,
-        cursor: Annotated[str | None, Query(description="The previous page's cursor.")] = None,
+        cursor: Annotated[
+            str | None,
+            Query(
+                description="The previous page's cursor (opaque; one this server did not issue "
+                "is a 422 `invalid_cursor`).",
+                pattern=bounds.OPTIONAL_CURSOR,
+            ),
+        ] = None,
     ) -> Response:
         now = graph.clock()
         account = _account_of(graph, node_id, now)
         result = graph.journey(
             account,
-            since=resolve_time((since or "").strip() or None, now),
+            since=resolve_time("since", since, now),
             limit=limit,
-            cursor=(cursor or "").strip() or None,
+            cursor=cursor or None,
             now=now,
         )
         targets = sorted({e.dst for e in result.entries})
@@ -1048,6 +1141,15 @@ def _guess_node(
         return found.count
 
     return max((n.id for n in nodes), key=lambda n: (audience(n), n))
+
+
+def _known_type(graph: Graph, name: str, node_id: str) -> None:
+    """Raises InvalidQuery (400) unless ``node_id``'s type is in the graph's schema (the
+    document narrows every node id pattern to those types)."""
+    kind = node_id.partition(":")[0]
+    if kind not in graph.schema.nodes:
+        known = ", ".join(sorted(graph.schema.nodes))
+        raise InvalidQuery(f"{name}: unknown node type {kind!r} (known: {known})")
 
 
 def _account_of(graph: Graph, node_id: str, now: int) -> str:

@@ -4,20 +4,23 @@ Every error response is ``{"error": "<kind>", "message": "<what is wrong>"}``; a
 mutation adds ``index`` (its position in the request) and ``reason``, a request validation error
 adds ``details`` (one entry per problem). A traceback never reaches the client.
 
-The rule: **400** means the request is malformed or asks for something the query engine will not
-run (bad node id, unknown edge type, bad direction or time, limit out of range, corrupt cursor,
-unparsable JSON); **422** means well-formed input that does not fit a declared shape — the graph
-schema (a mutation) or a route's typed parameters (FastAPI's request validation).
+The rule: **400** means the request is malformed: a value outside the bound the OpenAPI document
+declares for it (bad node id, unknown edge type, bad direction or time, limit out of range) or
+unparsable JSON; **422** means input that fits the declared shapes' syntax but not their meaning —
+the graph schema (a mutation), a route's typed body, or a rule no JSON Schema can state (a cursor
+this server did not issue, a start time already past); **409** means the target's state refuses
+the request (a live-event command in the wrong state).
 
 ==========================================  ======  =======================
 Cause                                       Status  ``error``
 ==========================================  ======  =======================
 ``InvalidQuery`` (bad id, edge type, time)   400    ``invalid_query``
-``InvalidCursor``                            400    ``invalid_cursor``
+``InvalidCursor`` (a cursor not issued)      422    ``invalid_cursor``
 ``IllegalTransition`` (live-event command)   409    ``illegal_transition``
 ``InvalidNodeId``                            400    ``invalid_node_id``
 any other ``InvalidInput``                   400    ``invalid_input``
 body is not valid JSON                       400    ``malformed_json``
+``OutOfBounds`` (a bound of graph.limits)     422    ``out_of_bounds``
 ``SchemaViolation``                          422    ``schema_violation``
 ``InvalidMutation``                          422    ``invalid_mutation``
 parameter or body field of the wrong type    422    ``validation_error``
@@ -37,6 +40,7 @@ Node ids inside queries are checked by the query engine, which reports a malform
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,6 +60,7 @@ from hopcast.errors import (
     InvalidNodeId,
     InvalidQuery,
     NotFound,
+    OutOfBounds,
     SchemaViolation,
     StorageError,
 )
@@ -64,9 +69,10 @@ logger = logging.getLogger("hopcast.api")
 
 #: Most specific first: the first class the exception is an instance of decides.
 _BY_CLASS: tuple[tuple[type[HopcastError], int, str], ...] = (
+    (OutOfBounds, 422, "out_of_bounds"),
     (SchemaViolation, 422, "schema_violation"),
     (InvalidMutation, 422, "invalid_mutation"),
-    (InvalidCursor, 400, "invalid_cursor"),
+    (InvalidCursor, 422, "invalid_cursor"),
     (IllegalTransition, 409, "illegal_transition"),
     (InvalidNodeId, 400, "invalid_node_id"),
     (InvalidQuery, 400, "invalid_query"),
@@ -192,6 +198,32 @@ def _out_of_bounds(problem: Mapping[str, Any]) -> bool:
     return loc[0] in ("query", "path", "header") and problem.get("type") in _BOUND_ERRORS
 
 
+def allowed_methods(request: Request, named: str = "") -> list[str]:
+    """Every method the app accepts at the request's path, sorted: those ``named`` (Starlette's
+    ``Allow``, the methods of the first route whose path matched) and those the OpenAPI
+    document declares for every path template that matches (a path served by several routes,
+    such as ``GET`` and ``POST /v1/live/events``, accepts the methods of all of them)."""
+    methods = {m.strip().upper() for m in named.split(",") if m.strip()}
+    app = request.app
+    templates: list[tuple[re.Pattern[str], set[str]]] | None = getattr(
+        app.state, "path_methods", None
+    )
+    if templates is None:
+        templates = []
+        for path, operations in app.openapi().get("paths", {}).items():
+            template = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path))
+            declared = {m.upper() for m in operations if m in _HTTP_METHODS}
+            templates.append((re.compile(template), declared))
+        app.state.path_methods = templates
+    for regex, declared in templates:
+        if regex.fullmatch(request.url.path):
+            methods |= declared
+    return sorted(methods)
+
+
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that give every error the shape above."""
 
@@ -218,6 +250,9 @@ def install(app: FastAPI) -> None:
         response = error(exc.status_code, kind, message)
         if exc.headers:
             response.headers.update(exc.headers)
+        if exc.status_code == 405:
+            named = (exc.headers or {}).get("Allow", "")
+            response.headers["Allow"] = ", ".join(allowed_methods(request, named))
         return response
 
     app.add_exception_handler(HopcastError, on_hopcast_error)

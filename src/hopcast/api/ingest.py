@@ -187,6 +187,12 @@ def ingest_router(
     )
     registry.register(_JournalCollector(journals))
     router = APIRouter()
+    # the document lists the sources served (another name is a 404)
+    source_param = Path(
+        description="The source's name: one of the journals this server has.",
+        pattern=SOURCE,
+        json_schema_extra={"enum": sorted(journals)},
+    )
 
     @router.post(
         "/v1/ingest/{source}",
@@ -197,6 +203,28 @@ def ingest_router(
         "journal before the 202, so an accepted record is never lost. 400 for a malformed body "
         "(the message names the line) or header, 404 for an unknown source, 413 when too "
         "large, 422 for an Idempotency-Key reused with another body.",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "A JSON array of records, or JSON lines (one record per line; a "
+                "single record is one line). Every record is a JSON object nested at most "
+                f"{MAX_RECORD_DEPTH} levels deep.",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "anyOf": [
+                                {
+                                    "type": "array",
+                                    "items": {"type": "object"},
+                                    "maxItems": max_records,  # beyond: a 413 (too large)
+                                },
+                                {"type": "object"},
+                            ]
+                        }
+                    }
+                },
+            }
+        },
         responses={
             202: {"description": "Journaled", "content": {"application/json": {}}},
             **{
@@ -217,8 +245,8 @@ def ingest_router(
         },
     )
     async def ingest(
-        source: Annotated[str, Path(description="The source's name.", pattern=SOURCE)],
         request: Request,
+        source: str = source_param,
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
         journal = journals.get(source)

@@ -30,7 +30,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
@@ -38,7 +38,8 @@ from prometheus_client import CollectorRegistry, Counter
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hopcast.api.bodies import decode
+from hopcast.api import bounds, openapi
+from hopcast.api.bodies import anchored, decode
 from hopcast.api.errors import ApiError
 from hopcast.api.responses import JSON, error
 from hopcast.durations import parse_duration
@@ -48,6 +49,9 @@ from hopcast.live.payloads import DEFAULT_SEGMENT, MAX_PAYLOAD_BYTES
 from hopcast.live.prefetch import DEFAULT_LEAD_US, PrefetchResponse
 from hopcast.live.producer import Trigger
 from hopcast.live.schedule import (
+    MAX_PREFETCH_LEAD_US,
+    MAX_TIME_US,
+    MAX_TITLE_CHARS,
     Cancel,
     Create,
     EndNow,
@@ -70,7 +74,7 @@ from hopcast.live.service import (
 )
 from hopcast.live.tokens import issue as issue_token
 
-Time = int | str
+T = TypeVar("T")
 
 #: Most segments one materialise request may name: the demo segmenter's largest sensible
 #: configuration (payloads.DEFAULT_MAX_SEGMENTS), so one request stays a bounded batch of writes.
@@ -80,31 +84,86 @@ MAX_MATERIALISE_SEGMENTS = 1024
 # -- request bodies --------------------------------------------------------------------------------
 
 
-class CreateEventRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Schedule a new live event. Times: µs since the epoch, ISO-8601, or a duration from now
-    (``10m``); ``prefetch_lead``: a duration or µs."""
+#: A live event's id in a body.
+EventIdText = Annotated[str, msgspec.Meta(pattern=anchored(bounds.EVENT_ID))]
+#: A title: 1 to MAX_TITLE_CHARS characters, not all blank (it is stored stripped).
+TitleText = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_TITLE_CHARS, pattern=bounds.NOT_BLANK)
+]
+#: A schedule time: µs since the epoch in [0, 2**62), or text: digits, a duration from now or
+#: ISO-8601 (:data:`~hopcast.api.bounds.SCHEDULE_TIME_PATTERN`).
+ScheduleTime = (
+    Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_US)]
+    | Annotated[str, msgspec.Meta(pattern=anchored(bounds.SCHEDULE_TIME_PATTERN))]
+)
+#: How long before the start the prefetch window opens: 0 to a day, in µs or as a duration.
+Lead = (
+    Annotated[int, msgspec.Meta(ge=0, le=MAX_PREFETCH_LEAD_US)]
+    | Annotated[str, msgspec.Meta(pattern=anchored(bounds.duration_at_most(MAX_PREFETCH_LEAD_US)))]
+)
+#: A delay: µs or a duration (``-5m`` brings the event forward).
+Delay = (
+    Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_US)]
+    | Annotated[str, msgspec.Meta(pattern=anchored(bounds.DELAY_PATTERN))]
+)
+#: A segment key of the payload store.
+SegmentName = Annotated[str, msgspec.Meta(pattern=anchored(bounds.NAME))]
 
-    id: str
-    title: str
-    starts_at: Time
-    ends_at: Time | None = None
-    prefetch_lead: Time = DEFAULT_LEAD_US
+
+class CreateEventRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Schedule a new live event. Times: µs since the epoch, ISO-8601 (UTC without a zone), or
+    a duration from now (``10m``); ``prefetch_lead``: µs or a duration, at most a day."""
+
+    id: EventIdText
+    title: TitleText
+    starts_at: ScheduleTime
+    ends_at: ScheduleTime | None = None
+    prefetch_lead: Lead = DEFAULT_LEAD_US
 
 
 class RescheduleRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Move an event: new ``starts_at`` and/or ``ends_at`` (``null`` removes the end), or a
     ``delay`` that shifts both (only the end once the event is live; ``-5m`` brings it
-    forward)."""
+    forward). Give times or a delay, not both."""
 
-    starts_at: Time | msgspec.UnsetType = msgspec.UNSET
-    ends_at: Time | msgspec.UnsetType | None = msgspec.UNSET
-    delay: Time | msgspec.UnsetType = msgspec.UNSET
+    starts_at: ScheduleTime | msgspec.UnsetType = msgspec.UNSET
+    ends_at: ScheduleTime | msgspec.UnsetType | None = msgspec.UNSET
+    delay: Delay | msgspec.UnsetType = msgspec.UNSET
 
 
 class MaterialiseRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Publish fixture payloads for these segment keys (absent: the demo segmenter's)."""
 
-    segments: list[str] | None = None
+    segments: (
+        Annotated[list[SegmentName], msgspec.Meta(max_length=MAX_MATERIALISE_SEGMENTS)] | None
+    ) = None
+
+
+def _reschedule_schema() -> dict[str, Any]:
+    """The reschedule body: times (at least one) or a delay, never both."""
+    _, components = msgspec.json.schema_components([RescheduleRequest])
+    props = components["RescheduleRequest"]["properties"]
+    times = {k: props[k] for k in ("starts_at", "ends_at")}
+    return {
+        "title": "RescheduleRequest",
+        "description": RescheduleRequest.__doc__,
+        "oneOf": [
+            {
+                "title": "New times",
+                "type": "object",
+                "properties": times,
+                "minProperties": 1,
+                "additionalProperties": False,
+            },
+            {
+                "title": "A delay",
+                "type": "object",
+                "properties": {"delay": props["delay"]},
+                "required": ["delay"],
+                "additionalProperties": False,
+            },
+        ],
+    }
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -210,24 +269,22 @@ def _prefetch_responses(description: str) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def _body(struct: type[msgspec.Struct], required: bool = True) -> dict[str, Any]:
-    """``openapi_extra`` with the struct's schema inline (its fields are flat)."""
-    _, components = msgspec.json.schema_components([struct])
-    schema = components[struct.__name__]
-    return {
-        "requestBody": {
-            "required": required,
-            "content": {"application/json": {"schema": schema}},
-        }
-    }
-
-
-EventId = Annotated[str, Path(description="The live event's id.", examples=["final"])]
+EventId = Annotated[
+    str,
+    Path(
+        description="The live event's id: 1-64 of A-Z a-z 0-9 . _ : - starting with a letter "
+        "or digit.",
+        examples=["final"],
+        pattern=bounds.EVENT_ID,
+    ),
+]
 SegmentParam = Annotated[
     str,
     Query(
-        description="The device's segment key (e.g. `adult.US.en.b0`); lookups fall back part "
-        f"by part to `{DEFAULT_SEGMENT}`."
+        description="The device's segment key (e.g. `adult.US.en.b0`), or a member's profile "
+        "id for the segment the graph placed it in; lookups fall back part by part to "
+        f"`{DEFAULT_SEGMENT}`. 1-128 of A-Z a-z 0-9 _ . : - starting with a letter or digit.",
+        pattern=bounds.NAME,
     ),
 ]
 IfNoneMatch = Annotated[
@@ -313,8 +370,28 @@ def live_router(
 
     router = APIRouter(prefix="/v1/live", tags=["live"], lifespan=lifespan)
 
-    def run(name: str, action: Callable[[], CommandResult], status: int = 200) -> Response:
-        """Run a command, count its outcome, answer the event; IllegalTransition → 409."""
+    def parse(kind: InputKind, raw: bytes, struct: type[T]) -> T:
+        """Decode a command's body (a value outside its declared bound is a 400
+        ``invalid_input``); a body refused counts as an ``invalid`` command."""
+        try:
+            body = decode(raw, struct, "invalid_input")
+            if isinstance(body, RescheduleRequest):
+                times = [v for v in (body.starts_at, body.ends_at) if v is not msgspec.UNSET]
+                if body.delay is not msgspec.UNSET and times:
+                    raise InvalidInput("give either a delay or new times, not both")
+                if body.delay is msgspec.UNSET and not times:
+                    raise InvalidInput("give starts_at, ends_at or a delay")
+        except (ApiError, InvalidInput):
+            metrics.commands.labels(kind.value, "invalid").inc()
+            raise
+        return body
+
+    def run(
+        name: str, action: Callable[[], CommandResult], status: int = 200, *, rules: bool = False
+    ) -> Response:
+        """Run a command, count its outcome, answer the event; IllegalTransition → 409. With
+        ``rules`` (the body fits its declared schema), an InvalidInput is a schedule rule the
+        body broke (a start already past, an end before the start): 422 ``invalid_schedule``."""
         try:
             result = action()
         except IllegalTransition as exc:
@@ -330,8 +407,10 @@ def live_router(
         except NotFound:
             metrics.commands.labels(name, "not_found").inc()
             raise
-        except InvalidInput:
+        except InvalidInput as exc:  # after IllegalTransition, one of its subclasses
             metrics.commands.labels(name, "invalid").inc()
+            if rules:
+                raise ApiError(422, "invalid_schedule", str(exc)) from None
             raise
         except Exception:
             metrics.commands.labels(name, "error").inc()
@@ -354,15 +433,37 @@ def live_router(
         "/events",
         summary="Schedule a live event",
         description="Creates the event in `scheduled`; its prefetch window opens `prefetch_lead` "
-        "before `starts_at` (default 30m). Times are µs since the epoch, ISO-8601 (UTC without "
-        "a zone) or a duration from now such as `10m`. A start at or before now goes live at "
-        "once.",
+        "before `starts_at` (default 30m, at most a day). Times are µs since the epoch, ISO-8601 "
+        "(UTC without a zone) or a duration from now such as `10m`. A start at now goes live at "
+        "once; one already past is a 422 `invalid_schedule` (create it, then start it).",
         status_code=201,
         responses=_responses(EVENT_EXAMPLE, 400, 409, 422, ok=201),
-        openapi_extra=_body(CreateEventRequest),
+        openapi_extra=openapi.body(
+            CreateEventRequest,
+            examples={
+                "later": {
+                    "summary": "Starts in two hours, ends two hours later",
+                    "value": {
+                        "id": "cup-final",
+                        "title": "The Cup Final",
+                        "starts_at": "2h",
+                        "ends_at": "4h",
+                        "prefetch_lead": "30m",
+                    },
+                },
+                "at": {
+                    "summary": "At a time (ISO-8601, UTC), no end",
+                    "value": {
+                        "id": "derby",
+                        "title": "The Derby",
+                        "starts_at": "2099-05-01T19:45Z",
+                    },
+                },
+            },
+        ),
     )
     async def create_event(request: Request) -> Response:
-        body = decode(await request.body(), CreateEventRequest)
+        body = parse(InputKind.CREATE, await request.body(), CreateEventRequest)
         now = service.clock()
 
         def create() -> CommandResult:
@@ -371,7 +472,7 @@ def live_router(
             lead = parse_lead(body.prefetch_lead)
             return service.command(Create(body.id, body.title, starts_at, ends_at, lead), now)
 
-        return run(InputKind.CREATE.value, create, status=201)
+        return run(InputKind.CREATE.value, create, status=201, rules=True)
 
     @router.get(
         "/events",
@@ -399,10 +500,20 @@ def live_router(
         "(`5m`; `-5m` brings the event forward) that shifts the start and the end — only the "
         "end once the event is live. The prefetch window moves with the start until it opens.",
         responses=_responses(EVENT_EXAMPLE, 400, 404, 409, 422),
-        openapi_extra=_body(RescheduleRequest),
+        openapi_extra=openapi.body(
+            schema=_reschedule_schema(),
+            name="RescheduleRequest",
+            examples={
+                "delay": {"summary": "Five minutes later", "value": {"delay": "5m"}},
+                "times": {
+                    "summary": "New times",
+                    "value": {"starts_at": "3h", "ends_at": "5h"},
+                },
+            },
+        ),
     )
     async def reschedule(event_id: EventId, request: Request) -> Response:
-        body = decode(await request.body(), RescheduleRequest)
+        body = parse(InputKind.RESCHEDULE, await request.body(), RescheduleRequest)
         now = service.clock()
 
         def move() -> CommandResult:
@@ -417,7 +528,7 @@ def live_router(
                 delay = parse_delay(body.delay)
             return service.reschedule(event_id, now, starts_at=starts, ends_at=ends, delay_us=delay)
 
-        return run(InputKind.RESCHEDULE.value, move)
+        return run(InputKind.RESCHEDULE.value, move, rules=True)
 
     def simple(path: str, kind: InputKind, make: Callable[[str], Any], summary: str) -> None:
         async def handler(event_id: EventId) -> Response:
@@ -461,13 +572,15 @@ def live_router(
             404,
             422,
         ),
-        openapi_extra=_body(MaterialiseRequest, required=False),
+        openapi_extra=openapi.body(MaterialiseRequest, required=False),
     )
     async def materialise(event_id: EventId, request: Request) -> Response:
         raw = await request.body()
-        body = decode(raw, MaterialiseRequest) if raw.strip() else MaterialiseRequest()
-        if body.segments is not None and len(body.segments) > MAX_MATERIALISE_SEGMENTS:
-            raise InvalidInput(f"at most {MAX_MATERIALISE_SEGMENTS} segments per request")
+        body = (
+            decode(raw, MaterialiseRequest, "invalid_input")
+            if raw.strip()
+            else MaterialiseRequest()
+        )
         doc = await run_in_threadpool(service.materialise, event_id, service.clock(), body.segments)
         return JSON(doc)
 
@@ -519,7 +632,12 @@ def live_router(
     async def stage_payload(
         event_id: EventId,
         stage: Annotated[
-            str | None, Query(description="Stage name (`prefetch`, `live`, `ended`, …).")
+            str | None,
+            Query(
+                description="Stage name (`prefetch`, `live`, `ended`, …); absent or empty: the "
+                "event's current stage.",
+                pattern=bounds.OPTIONAL_NAME,
+            ),
         ] = None,
         segment: SegmentParam = DEFAULT_SEGMENT,
         if_none_match: IfNoneMatch = None,
@@ -539,7 +657,10 @@ def live_router(
         response_class=Response,
     )
     async def payload(
-        payload_id: Annotated[str, Path(description="32 hex digits (BLAKE2b-128).")],
+        payload_id: Annotated[
+            str,
+            Path(description="32 lowercase hex digits (BLAKE2b-128).", pattern=bounds.PAYLOAD_ID),
+        ],
         if_none_match: IfNoneMatch = None,
     ) -> Response:
         response = service.payload(payload_id, if_none_match, service.clock())

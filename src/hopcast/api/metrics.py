@@ -142,5 +142,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED
+            # path_format: the template without convertors ({node_id}, not {node_id:node_id})
+            template = getattr(route, "path_format", None) or getattr(route, "path", None)
+            template = template or UNMATCHED
             self.metrics.observe(scope["method"], template, status, perf_counter() - start)

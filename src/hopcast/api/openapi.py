@@ -17,8 +17,15 @@ from fastapi import FastAPI
 from hopcast.api import bounds, schemas
 from hopcast.api.bodies import MutationsRequest, TraverseRequest
 from hopcast.graph.keys import MAX_TS
-from hopcast.graph.limits import MAX_INT, MAX_MUTATION_ID_BYTES, MAX_SEQ, MIN_INT
+from hopcast.graph.limits import (
+    MAX_INT,
+    MAX_MUTATION_ID_BYTES,
+    MAX_PROP_NAME_BYTES,
+    MAX_SEQ,
+    MIN_INT,
+)
 from hopcast.graph.schema import Schema
+from hopcast.query import spec as q
 
 DESCRIPTION = """\
 Query and write the member graph.
@@ -26,10 +33,14 @@ Query and write the member graph.
 * Node ids are `type:key` (`account:1`, `profile:1`, `title:10`).
 * Times are integers in **microseconds since the Unix epoch**; in query strings a duration such
   as `7d` means "7 days before now".
-* Every error is `{"error": "<kind>", "message": "..."}`: **400** a malformed query (bad id,
-  unknown edge type, bad direction or time, limit out of range, corrupt cursor, unparsable JSON),
-  **422** input that does not fit a declared shape (the graph schema, or a parameter's type),
-  **404** absent, **413** request too large, **503** store unavailable.
+* Every error is `{"error": "<kind>", "message": "..."}`: **400** a value outside its declared
+  bound (bad id, unknown edge type, bad direction or time, limit out of range) or unparsable
+  JSON, **422** input of the wrong type or that fits the declared shapes but not their meaning
+  (the graph schema; a rule no schema can state, listed per operation in `x-hopcast-rules` on
+  the response that refuses it: a cursor this server did not issue, a time already past),
+  **409** a live event's state refuses the command, **404** absent, **405** method not allowed
+  (`Allow` lists the path's methods), **413** request too large, **503** store unavailable.
+* An integer may be written as a whole float (`5.0`), as JSON Schema counts it.
 """
 
 TAGS = [
@@ -278,6 +289,42 @@ def responses(example: Any, *statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+#: Request-body schemas routers registered (:func:`body`), added to the document's components.
+BODIES: dict[str, dict[str, Any]] = {}
+
+
+def body(
+    struct: type[msgspec.Struct] | None = None,
+    *,
+    schema: dict[str, Any] | None = None,
+    name: str | None = None,
+    required: bool = True,
+    examples: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The ``openapi_extra=`` of a route whose JSON body is ``struct`` (or ``schema``, named
+    ``name``): a reference to a component that :func:`install` adds to the document, and the
+    named ``examples`` (``{name: {"summary", "value"}}``).
+
+    The schema goes into the components after FastAPI builds the document, not through
+    ``openapi_extra``, because FastAPI turns the numbers of an ``openapi_extra`` into floats:
+    ``2**62 - 1`` would become ``4.611686018427388e18``, another bound.
+    """
+    if struct is not None:
+        _, components = msgspec.json.schema_components(
+            [struct], ref_template="#/components/schemas/{name}"
+        )
+        for key, value in components.items():
+            BODIES.setdefault(key, value)
+        name = struct.__name__
+    else:
+        assert schema is not None and name is not None
+        BODIES.setdefault(name, schema)
+    media: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{name}"}}
+    if examples:
+        media["examples"] = examples
+    return {"requestBody": {"required": required, "content": {"application/json": media}}}
+
+
 def request_body(name: str, examples: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The ``openapi_extra=`` of a POST route whose body is the struct ``name``."""
     return {
@@ -297,7 +344,290 @@ def _components() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [TraverseRequest, MutationsRequest], ref_template="#/components/schemas/{name}"
     )
-    return {**components, "Error": ERROR_SCHEMA}
+    components["HopRequest"]["properties"]["where"] = {
+        "anyOf": [{"$ref": "#/components/schemas/Where"}, {"type": "null"}]
+    }
+    return {**BODIES, **components, "Error": ERROR_SCHEMA, "Where": WHERE}
+
+
+# -- property filters -----------------------------------------------------------------------------
+
+#: A property filter, exactly what :func:`hopcast.query.spec.parse_where` accepts: an object of
+#: property -> value (equals) or property -> ``{op: value}`` (``in`` takes a list).
+WHERE: dict[str, Any] = {
+    "title": "Where",
+    "type": "object",
+    "description": 'Property filter: `{"prop": value}` (equals) or `{"prop": {"op": value}}` '
+    f"with op one of {', '.join(q.OPS)} (`in` takes a list); every condition must hold. At most "
+    f"{bounds.MAX_JSON_DEPTH} levels of nesting.",
+    "additionalProperties": {
+        "anyOf": [
+            {"type": ["string", "number", "boolean", "null", "array"]},
+            {
+                "type": "object",
+                "properties": {op: {"type": "array"} if op == "in" else {} for op in q.OPS},
+                "additionalProperties": False,
+            },
+        ]
+    },
+}
+
+
+def json_parameters(doc: dict[str, Any]) -> None:
+    """Declare the ``where`` query parameters (marked ``x-hopcast: where``) as JSON content with
+    the :data:`WHERE` schema, in place: a query string carries the filter as JSON text."""
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                schema = parameter.get("schema", {})
+                if schema.get(bounds.MARK) == "where":
+                    del parameter["schema"]
+                    parameter["content"] = {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Where"}}
+                    }
+
+
+# -- rules the schemas cannot state ---------------------------------------------------------------
+
+#: Rules a request can break while fitting every declared schema, by operation: the error kind
+#: of the answer that names the broken rule, its status and the rule. They depend on the
+#: server's clock, on what it issued or stored, or on sizes JSON Schema does not measure (bytes
+#: of UTF-8 or of the whole body, nesting).
+RULES: dict[tuple[str, str], dict[str, tuple[int, str]]] = {
+    ("get", "/v1/nodes/{node_id}/journey"): {
+        "invalid_cursor": (422, "the cursor was not issued by this server (cursors are opaque)"),
+    },
+    ("get", "/v1/console/graph/journey/{node_id}"): {
+        "invalid_cursor": (422, "the cursor was not issued by this server (cursors are opaque)"),
+    },
+    ("post", "/v1/mutations"): {
+        "out_of_bounds": (
+            422,
+            "a bound of the store that JSON Schema does not measure: a node id of more than 250 "
+            "bytes of UTF-8, an id of more than 1,024, an integer literal beyond 64 bits inside "
+            "a property, properties nested more than 32 deep or larger than 64 KiB encoded, a "
+            "property name of more than 256 bytes",
+        ),
+        "future_time": (
+            422,
+            "a `ts` more than the allowed skew past the server's clock at arrival (the document "
+            "states the bound for the moment it was served)",
+        ),
+        "body_too_large": (413, "the body is larger than the server's limit (1 MiB by default)"),
+    },
+    ("post", "/v1/live/events"): {
+        "invalid_schedule": (
+            422,
+            "a start already past, an end not after the start or not in the future, or a "
+            "duration from now that ends beyond 2^62 µs",
+        ),
+    },
+    ("post", "/v1/live/events/{event_id}/reschedule"): {
+        "invalid_schedule": (
+            422,
+            "a start already past (before the event went live), a new start for an event "
+            "already live, an end not after the start or not in the future, a delay of a live "
+            "event without an end, or times beyond 2^62 µs after the delay",
+        ),
+    },
+    ("post", "/v1/console/events/{event_id}/materialise"): {
+        "no_graph_node": (
+            422,
+            "no `node` given and none known for the event (no earlier run, no "
+            "`live_event:<id>` node, no `live_event` node named like the event)",
+        ),
+    },
+    ("post", "/v1/ingest/{source}"): {
+        "idempotency_key_reused": (
+            422,
+            "the Idempotency-Key was used before with other records",
+        ),
+        "body_too_large": (413, "the body is larger than the server's limit (4 MiB by default)"),
+    },
+}
+
+#: The extension of an error response listing its rules (``{kind: rule}``).
+RULES_EXTENSION = "x-hopcast-rules"
+
+_STATUS_TEXT = {
+    400: "A value outside its declared bound, or a body that is not JSON",
+    413: "Request too large",
+    422: "Input of the wrong type or shape",
+}
+
+
+def _error_response(text: str) -> dict[str, Any]:
+    return {
+        "description": text,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def document_errors(doc: dict[str, Any]) -> None:
+    """Declare the errors every operation can answer, in place: 400 and 422 where it takes
+    parameters or a body (a value outside its bound, of the wrong type, missing), 413 where it
+    takes a body; and each operation's :data:`RULES` on the response of their status."""
+    for path, operations in doc.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            statuses = []
+            if operation.get("parameters") or operation.get("requestBody"):
+                statuses += [400, 422]
+            if operation.get("requestBody"):
+                statuses.append(413)
+            for status in statuses:
+                responses.setdefault(str(status), _error_response(_STATUS_TEXT[status]))
+            for kind, (status, rule) in RULES.get((method, path), {}).items():
+                response = responses.setdefault(str(status), _error_response("A broken rule"))
+                response["description"] += f". Rule `{kind}`: {rule}"
+                response.setdefault(RULES_EXTENSION, {})[kind] = rule
+
+
+# -- links between operations ---------------------------------------------------------------------
+
+_EVENT_COMMANDS = ("start", "end", "cancel", "interrupt", "resume")
+
+
+def _event_links(event: str) -> dict[str, tuple[str, str, dict[str, str]]]:
+    """Links to what can be done with the event whose id the expression ``event`` gives."""
+    at = {"event_id": event}
+    out = {
+        "GetEvent": ("get", "/v1/live/events/{event_id}", at),
+        "Reschedule": ("post", "/v1/live/events/{event_id}/reschedule", at),
+        "Materialise": ("post", "/v1/live/events/{event_id}/materialise", at),
+        "Cardinality": ("get", "/v1/live/events/{event_id}/cardinality", at),
+        "MaterialiseRecommendations": ("post", "/v1/console/events/{event_id}/materialise", at),
+        "Segments": ("get", "/v1/console/events/{event_id}/segments", at),
+        "Dashboard": ("get", "/v1/console/dashboard", {"event": event}),
+    }
+    for command in _EVENT_COMMANDS:
+        out[command.capitalize()] = ("post", f"/v1/live/events/{{event_id}}/{command}", at)
+    return out
+
+
+def _command_links() -> dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str]]]]:
+    links: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
+        ("post", "/v1/live/events", "201"): _event_links("$response.body#/id"),
+        ("get", "/v1/live/events", "200"): _event_links("$response.body#/events/0/id"),
+    }
+    for command in (*_EVENT_COMMANDS, "reschedule"):
+        links[("post", f"/v1/live/events/{{event_id}}/{command}", "200")] = _event_links(
+            "$response.body#/id"
+        )
+    return links
+
+
+#: The document's links: ``(method, path, status) -> {name: (method, path, parameters)}``,
+#: parameters as OpenAPI runtime expressions. A created event leads to its commands and
+#: payloads, a published payload set to the manifests, a write to what it wrote, a journey
+#: page to the next one.
+LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
+    **_command_links(),
+    ("post", "/v1/live/events/{event_id}/materialise", "200"): {
+        "Manifest": (
+            "get",
+            "/v1/live/events/{event_id}/manifest",
+            {"event_id": "$response.body#/event"},
+        ),
+        "Payload": (
+            "get",
+            "/v1/live/events/{event_id}/payload",
+            {"event_id": "$response.body#/event"},
+        ),
+        "Cardinality": (
+            "get",
+            "/v1/live/events/{event_id}/cardinality",
+            {"event_id": "$response.body#/event"},
+        ),
+        "GetEvent": ("get", "/v1/live/events/{event_id}", {"event_id": "$response.body#/event"}),
+    },
+    ("get", "/v1/live/events/{event_id}/manifest", "200"): {
+        "LivePayload": (
+            "get",
+            "/v1/live/payloads/{payload_id}",
+            {"payload_id": "$response.body#/stages/live"},
+        ),
+        "StagePayload": (
+            "get",
+            "/v1/live/events/{event_id}/payload",
+            {"event_id": "$response.body#/event", "segment": "$response.body#/segment"},
+        ),
+    },
+    ("post", "/v1/console/events/{event_id}/materialise", "200"): {
+        "Segments": (
+            "get",
+            "/v1/console/events/{event_id}/segments",
+            {"event_id": "$response.body#/event"},
+        ),
+        "Neighbourhood": (
+            "get",
+            "/v1/console/graph/neighbourhood/{node_id}",
+            {"node_id": "$response.body#/node"},
+        ),
+    },
+    ("post", "/v1/mutations", "200"): {
+        "GetNode": ("get", "/v1/nodes/{node_id}", {"node_id": "$request.body#/mutations/0/node"}),
+        "Neighbours": (
+            "get",
+            "/v1/nodes/{node_id}/neighbours",
+            {"node_id": "$request.body#/mutations/0/src"},
+        ),
+        "Count": (
+            "get",
+            "/v1/nodes/{node_id}/count",
+            {"node_id": "$request.body#/mutations/0/src"},
+        ),
+        "EdgeExists": (
+            "get",
+            "/v1/edges/exists",
+            {
+                "src": "$request.body#/mutations/0/src",
+                "edge": "$request.body#/mutations/0/type",
+                "dst": "$request.body#/mutations/0/dst",
+            },
+        ),
+        "Neighbourhood": (
+            "get",
+            "/v1/console/graph/neighbourhood/{node_id}",
+            {"node_id": "$request.body#/mutations/0/node"},
+        ),
+    },
+    ("get", "/v1/nodes/{node_id}/journey", "200"): {
+        "NextPage": (
+            "get",
+            "/v1/nodes/{node_id}/journey",
+            {"node_id": "$request.path.node_id", "cursor": "$response.body#/cursor"},
+        ),
+    },
+    ("get", "/v1/console/graph/journey/{node_id}", "200"): {
+        "NextPage": (
+            "get",
+            "/v1/console/graph/journey/{node_id}",
+            {"node_id": "$request.path.node_id", "cursor": "$response.body#/cursor"},
+        ),
+    },
+}
+
+
+def operation_ref(method: str, path: str) -> str:
+    """The JSON pointer of an operation in the document (``operationRef``)."""
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+def add_links(doc: dict[str, Any]) -> None:
+    """Put :data:`LINKS` into the document's responses, in place; links whose source or target
+    operation the app does not serve are left out."""
+    paths = doc.get("paths", {})
+    for (method, path, status), links in LINKS.items():
+        response = paths.get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if response is None:
+            continue
+        for name, (to_method, to_path, parameters) in links.items():
+            if to_method in paths.get(to_path, {}):
+                response.setdefault("links", {})[name] = {
+                    "operationRef": operation_ref(to_method, to_path),
+                    "parameters": dict(parameters),
+                }
 
 
 def install(
@@ -306,11 +636,13 @@ def install(
     *,
     clock: Callable[[], int] | None = None,
     max_future_us: int | None = None,
+    max_mutations: int | None = None,
 ) -> None:
     """Make ``app.openapi()`` complete: the request and response schemas the routes refer to,
-    the graph schema's node and edge types in every id and edge pattern, and the mutation
-    shapes it accepts (with ``ts`` bounded by ``clock() + max_future_us`` each time the
-    document is served).
+    the graph schema's node and edge types in every id and edge pattern, the mutation shapes it
+    accepts (with ``ts`` bounded by ``clock() + max_future_us`` each time the document is
+    served, at most ``max_mutations`` of them), the rules no schema can state (:data:`RULES`)
+    and the links between operations (:data:`LINKS`).
 
     Raises:
         RuntimeError: (when the document is built) a JSON route without a response schema.
@@ -323,11 +655,15 @@ def install(
         if "Error" not in schemas_:
             schemas_.update(_components())
             schemas.document(doc)
+            json_parameters(doc)
+            document_errors(doc)
+            add_links(doc)
             if graph is not None:
                 schemas_["Mutation"] = mutation_schema(graph)
-                schemas_["MutationsRequest"]["properties"]["mutations"]["items"] = {
-                    "$ref": "#/components/schemas/Mutation"
-                }
+                listed = schemas_["MutationsRequest"]["properties"]["mutations"]
+                listed["items"] = {"$ref": "#/components/schemas/Mutation"}
+                if max_mutations is not None:
+                    listed["maxItems"] = max_mutations
                 narrow(doc, graph)
         if graph is not None and clock is not None:
             refresh_clock_bounds(doc, clock(), max_future_us)
@@ -358,6 +694,12 @@ def _props(spec: Any, *, partial: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "object", "properties": properties}
     if not spec.additional:
         out["additionalProperties"] = False
+    else:  # names of 1..256 bytes not starting with NUL (the store's own); bytes: a rule
+        out["propertyNames"] = {
+            "minLength": 1,
+            "maxLength": MAX_PROP_NAME_BYTES,
+            "pattern": "^[^\\x00]",
+        }
     required = [n for n, p in spec.props.items() if p.required and not partial]
     if required:
         out["required"] = required
@@ -417,10 +759,19 @@ def narrow(doc: dict[str, Any], graph: Schema) -> None:
     types = sorted(graph.nodes)
     edges = sorted(graph.edges)
     root = [graph.journey.root] if graph.journey is not None else types
+    # a timeline starts at the journey root or at a profile (console._account_of)
+    timeline = (
+        [*root, "profile"]
+        if {"has_profile"} <= set(graph.edges) and "profile" in graph.nodes
+        else root
+    )
     patterns = {
         "node_id": bounds.node_id_pattern(types),
-        "journey_root": bounds.node_id_pattern(root),
         "node_ids": bounds.id_list_pattern(types),
+        "optional_node_id": bounds.optional_node_id_pattern(types),
+        "optional_node_type": bounds.optional_type_pattern(types),
+        "journey_root": bounds.node_id_pattern(root),
+        "timeline_root": bounds.node_id_pattern(timeline),
         "edge": bounds.edge_pattern(edges),
         "edges": bounds.edge_list_pattern(edges),
     }
