@@ -99,6 +99,8 @@ class Reads:
         Reads at most ``budget`` edges. Returns ``(pairs, edges read, how the read ended)``:
         :data:`WHOLE`, :data:`CUT`, :data:`UNSURE` or :data:`SPENT`.
         """
+        if budget <= 0:
+            return [], 0, SPENT  # nothing may be read: whatever the list holds is unread
         if not where and len(lists) == 1:
             # Fast path: one stored list, no filter — one bounded read, one edge past the cap.
             n = min(limit + 1, budget)
