@@ -514,6 +514,8 @@ class Router:
         self._epoch = new_epoch() if epoch is None else epoch
         ChannelLog._check_epoch(self._epoch)
         self._logs: dict[str, ChannelLog] = {}
+        #: Channel → seq of the oldest frame its log recorded but the transport refused.
+        self._unsent: dict[str, int] = {}
         self._logged = transport if isinstance(transport, LoggedTransport) else None
         if self._logged is not None:
             self._logged.attach(self)
@@ -536,12 +538,21 @@ class Router:
     def publish(self, trigger: Trigger) -> int:
         """Sequence ``trigger`` on each of its channels and publish the new frames.
 
+        Steps: 1. record the trigger in each channel's log (a duplicate is skipped); 2. send
+        every recorded frame the transport has not taken yet, per channel in order. A frame the
+        transport refused (its ``publish`` raised) stays in the log and is sent, before
+        anything newer on its channel, at the next call: so a caller that retries a failed
+        call (the live service does) gets every frame out, in order, even though the retried
+        trigger itself is a duplicate by then. A frame the history no longer holds by then is
+        replaced by the channel's ``state``.
+
         Returns:
             The number of frames published (0 when it duplicates what every channel has).
 
         Raises:
             InvalidInput: a channel name or the trigger does not fit the wire format; nothing
                 is published on that channel (channels before it were published).
+            Exception: whatever the transport raised; the frame is sent again next time.
         """
         stage = EventStage(
             event=trigger.event_id,
@@ -551,18 +562,46 @@ class Router:
             payload=self._payload_for(trigger),
         )
         published = 0
-        for channel in dict.fromkeys(self._channels_for(trigger)):
-            log = self._logs.get(channel)
-            if log is None:
-                log = self._logs[channel] = ChannelLog(channel, self._epoch, capacity=self._history)
-            frame = log.publish(stage)
-            if frame is not None:
-                if self._logged is not None:
-                    self._logged.publish_logged(channel, frame, log.state_frame())
-                else:
-                    self._transport.publish(channel, frame)
-                published += 1
+        try:
+            for channel in dict.fromkeys(self._channels_for(trigger)):
+                log = self._logs.get(channel)
+                if log is None:
+                    log = ChannelLog(channel, self._epoch, capacity=self._history)
+                    self._logs[channel] = log
+                if log.publish(stage) is not None:
+                    self._unsent.setdefault(channel, log.seq)
+                    published += 1
+        finally:  # what was recorded goes out, whatever came after
+            for channel in list(self._unsent):
+                self._send_unsent(channel)
         return published
+
+    @property
+    def unsent(self) -> int:
+        """Frames recorded in a channel log that the transport has not taken yet."""
+        return sum(self._logs[ch].seq - seq + 1 for ch, seq in self._unsent.items())
+
+    def _send_unsent(self, channel: str) -> None:
+        """Send ``channel``'s frames from its oldest unsent one on, in order; a frame that
+        raises stays the oldest unsent (and the exception propagates)."""
+        log = self._logs[channel]
+        seq = self._unsent[channel]
+        if seq < log.oldest_seq:  # out of the history: the state tells what was missed
+            state = log.state_frame()
+            self._send(channel, state, state)
+            del self._unsent[channel]
+            return
+        frames = log.frames
+        for i in range(seq - log.oldest_seq, len(frames)):
+            self._send(channel, frames[i], log.state_frame())
+            self._unsent[channel] = seq = seq + 1
+        del self._unsent[channel]
+
+    def _send(self, channel: str, frame: bytes, state: bytes) -> None:
+        if self._logged is not None:
+            self._logged.publish_logged(channel, frame, state)
+        else:
+            self._transport.publish(channel, frame)
 
     def publish_all(self, triggers: Sequence[Trigger]) -> None:
         """Publish each trigger in order: a ``LiveService`` sink (``service.add_sink``)."""
@@ -580,10 +619,8 @@ class Router:
         if log is None:
             raise NotFound(f"channel {channel!r} has published nothing; nothing to reset")
         frame = log.reset(new_epoch() if epoch is None else epoch)
-        if self._logged is not None:
-            self._logged.publish_logged(channel, frame, frame)
-        else:
-            self._transport.publish(channel, frame)
+        self._unsent.pop(channel, None)  # the new epoch's state supersedes them
+        self._send(channel, frame, frame)
 
     def resume(self, channel: str, position: Position | None) -> Resume:
         """Catch-up frames for a device at ``position`` (see :meth:`ChannelLog.resume`).
