@@ -75,7 +75,7 @@ from hopcast.live.schedule import (
     next_timer,
 )
 from hopcast.live.schedule_store import ScheduleStore
-from hopcast.live.sinks import MAX_PENDING, Delivery, SinkStatus, TriggerSink
+from hopcast.live.sinks import MAX_PENDING, Delivery, SinkCollector, SinkStatus, TriggerSink
 
 if TYPE_CHECKING:
     from hopcast.graphdb import Graph
@@ -166,7 +166,7 @@ class LiveService:
         self._lock = threading.RLock()
         self._delivery = Delivery(self._current_stages, capacity=sink_capacity)
         #: The sinks' Prometheus series (:mod:`hopcast.live.sinks`): register it on a registry.
-        self.sink_metrics = self._delivery.collector
+        self.sink_metrics = SinkCollector(self.sinks)
         if sink is not None:
             self._delivery.add(sink)
         self._watchers: list[Callable[[], None]] = []

@@ -26,7 +26,7 @@ keeps, per sink, the triggers it has not taken yet:
    re-announcement, same versions), so its channel logs, and every device that resumes from
    them, end on the right stage.
 
-Prometheus series (:attr:`Delivery.collector`, registered by the API on its registry):
+Prometheus series (:class:`SinkCollector`, registered by the API on its registry):
 ``hopcast_live_triggers_delivered_total{sink}``, ``hopcast_live_sink_failures_total{sink}``
 (failed calls), ``hopcast_live_triggers_pending{sink}`` (queued, not yet taken),
 ``hopcast_live_triggers_dropped_total{sink,reason}`` (``superseded``, ``overflow``,
@@ -185,7 +185,6 @@ class Delivery:
         self._current = current
         self._capacity = capacity
         self._sinks: list[_Sink] = []
-        self.collector: Collector = _Collector(self)
 
     def add(self, sink: TriggerSink, name: str | None = None) -> Callable[[], None]:
         """Deliver every future trigger to ``sink`` too (``name`` labels its metrics; default
@@ -322,11 +321,12 @@ class Delivery:
         entry.retry_at = None
 
 
-class _Collector(Collector):
-    """The delivery's Prometheus series (module docstring), read at scrape time."""
+class SinkCollector(Collector):
+    """The sinks' Prometheus series (module docstring), read at scrape time from ``status``
+    (:meth:`Delivery.status`, called under whatever lock guards the delivery)."""
 
-    def __init__(self, delivery: Delivery) -> None:
-        self._delivery = delivery
+    def __init__(self, status: Callable[[], list[SinkStatus]]) -> None:
+        self._status = status
 
     def collect(self) -> Iterator[Metric]:
         prefix = "hopcast_live_"
@@ -359,7 +359,7 @@ class _Collector(Collector):
             "1 while a sink's last call failed (its triggers wait for a retry).",
             labels=("sink",),
         )
-        for s in self._delivery.status():
+        for s in self._status():
             delivered.add_metric((s.name,), s.delivered)
             failures.add_metric((s.name,), s.failures)
             pending.add_metric((s.name,), s.pending)
