@@ -338,9 +338,27 @@ def test_refused_frames_the_history_no_longer_holds_go_out_as_the_state() -> Non
     assert router.unsent == 0
 
 
+def test_beyond_its_bound_a_router_forgets_the_oldest_channels_whose_events_are_over() -> None:
+    router = Router(InProcessTransport(), epoch=EPOCH, max_channels=3)
+    router.publish(trigger(1, event="old", st=State.ENDED))
+    router.publish(trigger(1, event="running", st=State.LIVE))
+    router.publish(trigger(1, event="gone", st=State.CANCELLED))  # 4 logs: "old" goes
+    assert list(router.logs) == ["event:running", "global", "event:gone"]
+    router.publish(trigger(1, event="next", st=State.PREFETCHING))  # "gone" goes
+    assert list(router.logs) == ["event:running", "global", "event:next"]
+    router.publish(trigger(1, event="other", st=State.LIVE))  # nothing over: all kept
+    assert len(router.logs) == 4 and "event:running" in router.logs
+    # a device that saw the end keeps it: the forgotten channel's empty state is behind it
+    resume = router.resume("event:old", Position(EPOCH, 1))
+    state = m.decode(resume.frames[0])
+    assert isinstance(state, m.State) and (state.seq, state.events) == (0, ())
+
+
 def test_a_router_checks_its_settings() -> None:
     with pytest.raises(ConfigError):
         Router(InProcessTransport(), history=0)
+    with pytest.raises(ConfigError):
+        Router(InProcessTransport(), max_channels=0)
     with pytest.raises(InvalidInput):
         Router(InProcessTransport(), epoch=-1)
     assert 1 <= Router(InProcessTransport()).epoch <= MAX_EPOCH
