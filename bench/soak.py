@@ -12,6 +12,8 @@ samples:
   ``hopcast_ingest_freshness_seconds`` histogram at ``/metrics`` (the difference of two
   scrapes, interpolated within a bucket: the buckets are 5, 10, 25, 50, 100, 200, 500 ms, so a
   quantile is exact to its bucket);
+* the same from ``hopcast run``'s own progress line (exact quantiles of its last ~4,096
+  samples, about the last second or two: finer than the buckets, noisier than the interval);
 * events/s, dead letters and live triggers (``/metrics``); connected devices and the live
   event's state (the operator console's dashboard, polled as an open console would).
 
@@ -39,6 +41,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -196,6 +199,29 @@ def dashboard(url: str) -> dict[str, Any] | None:
     return doc
 
 
+_STATUS = re.compile(r"freshness p50 ([\d,.]+) (ms|s) p99 ([\d,.]+) (ms|s)")
+
+
+def status_freshness(log: Path) -> tuple[float, float] | None:
+    """p50 and p99 (ms) of the last progress line ``hopcast run`` printed (exact quantiles of
+    its most recent 4,096 freshness samples, about the last second or two), or None."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16_384))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    found = _STATUS.findall(tail)
+    if not found:
+        return None
+    p50, u50, p99, u99 = found[-1]
+
+    def ms(value: str, unit: str) -> float:
+        return float(value.replace(",", "")) * (1000 if unit == "s" else 1)
+
+    return ms(p50, u50), ms(p99, u99)
+
+
 def total(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
     """The sum of a series over its labels (0 when absent)."""
     return sum(value for _, value in metrics.get(name, ()))
@@ -243,6 +269,8 @@ class Sample:
     fresh_p50_ms: float | None  # over the last interval
     fresh_p99_ms: float | None
     fresh_samples: float  # histogram observations in the interval
+    status_p50_ms: float | None  # hopcast run's own progress line (its last second or two)
+    status_p99_ms: float | None
     dead_letters: float
     devices: int  # connected to the gateway (the console's dashboard)
     event_state: str | None  # the scripted live event's
@@ -256,6 +284,7 @@ class Sampler:
 
     pid: int
     base_url: str
+    log: Path
     started: float
     last: dict[str, list[tuple[dict[str, str], float]]] | None = None
     last_t: float = 0.0
@@ -286,6 +315,7 @@ class Sampler:
             if span > 0:
                 events_s = (events - total(self.last, "hopcast_ingest_events_total")) / span
         self.last, self.last_t = metrics, now
+        status = status_freshness(self.log)
         s = Sample(
             t_s=round(now - self.started, 1),
             rss_anon_kb=status.get("RssAnon", 0),
@@ -297,6 +327,8 @@ class Sampler:
             fresh_p50_ms=None if p50 is None else round(p50, 2),
             fresh_p99_ms=None if p99 is None else round(p99, 2),
             fresh_samples=fresh_n,
+            status_p50_ms=None if status is None else status[0],
+            status_p99_ms=None if status is None else status[1],
             dead_letters=total(metrics, "hopcast_ingest_dead_letters_total"),
             devices=int((board.get("devices") or {}).get("connected") or 0),
             event_state=event.get("state") if isinstance(event, dict) else None,
@@ -338,6 +370,7 @@ def summarise(samples: Sequence[Sample], opts: argparse.Namespace) -> dict[str, 
     mem = slope_per_min((s.t_s, s.rss_anon_kb) for s in half)
     p99 = slope_per_min((s.t_s, s.fresh_p99_ms) for s in half)
     p50 = slope_per_min((s.t_s, s.fresh_p50_ms) for s in half)
+    status99 = slope_per_min((s.t_s, s.status_p99_ms) for s in half)
 
     def mean(values: Iterable[float | None]) -> float | None:
         vs = [v for v in values if v is not None]
@@ -361,7 +394,11 @@ def summarise(samples: Sequence[Sample], opts: argparse.Namespace) -> dict[str, 
         "fresh_p99_ms_first_half_mean": mean(s.fresh_p99_ms for s in samples if s not in half),
         "fresh_p50_slope_ms_min": None if p50 is None else round(p50, 3),
         "fresh_p99_slope_ms_min": None if p99 is None else round(p99, 3),
+        "status_p50_ms_mean_second_half": mean(s.status_p50_ms for s in half),
+        "status_p99_ms_mean_second_half": mean(s.status_p99_ms for s in half),
+        "status_p99_slope_ms_min": None if status99 is None else round(status99, 3),
         "events_s_mean_second_half": mean(s.events_s for s in half),
+        "loadavg_1m_mean": mean(s.loadavg_1m for s in samples),
         "events_total": samples[-1].events if samples else 0,
         "devices_last": samples[-1].devices if samples else 0,
         "memory_flat": mem is not None and mem <= opts.max_memory_slope,
@@ -457,7 +494,7 @@ def soak(opts: argparse.Namespace) -> int:
             time.sleep(1.0)
         if failed is None:
             print(f"soak: API up on port {port}; sampling every {opts.every:g} s", flush=True)
-            sampler = Sampler(child.pid, f"http://127.0.0.1:{port}", time.monotonic())
+            sampler = Sampler(child.pid, f"http://127.0.0.1:{port}", log_path, time.monotonic())
             end = sampler.started + opts.minutes * 60
             next_at = sampler.started
             trace_at = sampler.started + TRACE_AFTER_S if opts.tracemalloc else math.inf
@@ -472,7 +509,8 @@ def soak(opts: argparse.Namespace) -> int:
                 if s is not None:
                     print(
                         f"{s.t_s:7.0f} s  anon {s.rss_anon_kb / 1024:7.1f} MB  "
-                        f"fresh p50 {fmt(s.fresh_p50_ms, 'ms')}  p99 {fmt(s.fresh_p99_ms, 'ms')}  "
+                        f"fresh p50 {fmt(s.fresh_p50_ms, 'ms')}  p99 {fmt(s.fresh_p99_ms, 'ms')} "
+                        f"(run {fmt(s.status_p50_ms, 'ms', 0)} / {fmt(s.status_p99_ms, 'ms', 0)})  "
                         f"{fmt(s.events_s, 'ev/s', 0)}  devices {s.devices}  "
                         f"event {s.event_state or '-'}  "
                         f"load {s.loadavg_1m:.1f}",
@@ -513,6 +551,10 @@ def soak(opts: argparse.Namespace) -> int:
         f"{fmt(summary['fresh_p99_slope_ms_min'], 'ms/min', 2)} "
         f"({'flat' if summary['freshness_flat'] else 'NOT flat'}, threshold "
         f"{opts.max_p99_slope:g})\n"
+        f"  hopcast run's own progress lines (exact, last ~2 s): p50 / p99 second half mean "
+        f"{fmt(summary['status_p50_ms_mean_second_half'], 'ms')} / "
+        f"{fmt(summary['status_p99_ms_mean_second_half'], 'ms')}, p99 slope "
+        f"{fmt(summary['status_p99_slope_ms_min'], 'ms/min', 2)}\n"
         f"  {fmt(summary['events_s_mean_second_half'], 'events/s', 0)}, "
         f"{summary['events_total']:,.0f} records ingested; results in {path}",
         flush=True,
