@@ -14,7 +14,8 @@ samples:
   quantile is exact to its bucket);
 * the same from ``hopcast run``'s own progress line (exact quantiles of its last ~4,096
   samples, about the last second or two: finer than the buckets, noisier than the interval);
-* events/s, dead letters and live triggers (``/metrics``); connected devices and the live
+* events/s, the engine's mean store-write time and records per batch, dead letters and live
+  triggers (``/metrics``); connected devices and the live
   event's state (the operator console's dashboard, polled as an open console would).
 
 After ``--minutes`` it stops the child (SIGTERM: it drains and exits cleanly), writes every
@@ -227,6 +228,16 @@ def total(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str) -> 
     return sum(value for _, value in metrics.get(name, ()))
 
 
+def labelled(
+    metrics: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float:
+    """The value of the sample of ``name`` with ``labels`` (0 when absent)."""
+    for have, value in metrics.get(name, ()):
+        if all(have.get(k) == v for k, v in labels.items()):
+            return value
+    return 0.0
+
+
 def buckets(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str) -> list[float]:
     """A histogram's cumulative bucket counts, in ``le`` order (+Inf last)."""
     rows = [(float(labels["le"]), value) for labels, value in metrics.get(name + "_bucket", ())]
@@ -269,6 +280,8 @@ class Sample:
     fresh_p50_ms: float | None  # over the last interval
     fresh_p99_ms: float | None
     fresh_samples: float  # histogram observations in the interval
+    write_ms: float | None  # mean time of the engine's store write per batch, in the interval
+    batch_records: float | None  # mean records per batch, in the interval
     status_p50_ms: float | None  # hopcast run's own progress line (its last second or two)
     status_p99_ms: float | None
     dead_letters: float
@@ -301,9 +314,21 @@ class Sampler:
         name = "hopcast_ingest_freshness_seconds"
         bounds, counts = bucket_bounds(metrics, name), buckets(metrics, name)
         events = total(metrics, "hopcast_ingest_events_total")
-        p50 = p99 = events_s = None
+        p50 = p99 = events_s = write_ms = per_batch = None
         fresh_n = 0.0
         if self.last is not None:
+            before = self.last
+
+            def delta(name: str, **labels: str) -> float:
+                return labelled(metrics, name, **labels) - labelled(before, name, **labels)
+
+            stage = "hopcast_ingest_stage_seconds"
+            writes = delta(stage + "_count", stage="write")
+            if writes > 0:
+                write_ms = round(1000 * delta(stage + "_sum", stage="write") / writes, 2)
+            batches = delta("hopcast_ingest_batch_records_count")
+            if batches > 0:
+                per_batch = round(delta("hopcast_ingest_batch_records_sum") / batches, 1)
             before = buckets(self.last, name)
             if len(before) == len(counts):
                 delta = [a - b for a, b in zip(counts, before, strict=True)]
@@ -327,6 +352,8 @@ class Sampler:
             fresh_p50_ms=None if p50 is None else round(p50, 2),
             fresh_p99_ms=None if p99 is None else round(p99, 2),
             fresh_samples=fresh_n,
+            write_ms=write_ms,
+            batch_records=per_batch,
             status_p50_ms=None if status is None else status[0],
             status_p99_ms=None if status is None else status[1],
             dead_letters=total(metrics, "hopcast_ingest_dead_letters_total"),
@@ -371,6 +398,7 @@ def summarise(samples: Sequence[Sample], opts: argparse.Namespace) -> dict[str, 
     p99 = slope_per_min((s.t_s, s.fresh_p99_ms) for s in half)
     p50 = slope_per_min((s.t_s, s.fresh_p50_ms) for s in half)
     status99 = slope_per_min((s.t_s, s.status_p99_ms) for s in half)
+    write = slope_per_min((s.t_s, s.write_ms) for s in half)
 
     def mean(values: Iterable[float | None]) -> float | None:
         vs = [v for v in values if v is not None]
@@ -397,6 +425,9 @@ def summarise(samples: Sequence[Sample], opts: argparse.Namespace) -> dict[str, 
         "status_p50_ms_mean_second_half": mean(s.status_p50_ms for s in half),
         "status_p99_ms_mean_second_half": mean(s.status_p99_ms for s in half),
         "status_p99_slope_ms_min": None if status99 is None else round(status99, 3),
+        "write_ms_mean_first_half": mean(s.write_ms for s in samples if s not in half),
+        "write_ms_mean_second_half": mean(s.write_ms for s in half),
+        "write_ms_slope_ms_min": None if write is None else round(write, 3),
         "events_s_mean_second_half": mean(s.events_s for s in half),
         "loadavg_1m_mean": mean(s.loadavg_1m for s in samples),
         "events_total": samples[-1].events if samples else 0,
@@ -511,7 +542,8 @@ def soak(opts: argparse.Namespace) -> int:
                         f"{s.t_s:7.0f} s  anon {s.rss_anon_kb / 1024:7.1f} MB  "
                         f"fresh p50 {fmt(s.fresh_p50_ms, 'ms')}  p99 {fmt(s.fresh_p99_ms, 'ms')} "
                         f"(run {fmt(s.status_p50_ms, 'ms', 0)} / {fmt(s.status_p99_ms, 'ms', 0)})  "
-                        f"{fmt(s.events_s, 'ev/s', 0)}  devices {s.devices}  "
+                        f"{fmt(s.events_s, 'ev/s', 0)}  write {fmt(s.write_ms, 'ms')}  "
+                        f"devices {s.devices}  "
                         f"event {s.event_state or '-'}  "
                         f"load {s.loadavg_1m:.1f}",
                         flush=True,
@@ -555,6 +587,9 @@ def soak(opts: argparse.Namespace) -> int:
         f"{fmt(summary['status_p50_ms_mean_second_half'], 'ms')} / "
         f"{fmt(summary['status_p99_ms_mean_second_half'], 'ms')}, p99 slope "
         f"{fmt(summary['status_p99_slope_ms_min'], 'ms/min', 2)}\n"
+        f"  store write per batch, first / second half mean "
+        f"{fmt(summary['write_ms_mean_first_half'], 'ms')} / "
+        f"{fmt(summary['write_ms_mean_second_half'], 'ms')}\n"
         f"  {fmt(summary['events_s_mean_second_half'], 'events/s', 0)}, "
         f"{summary['events_total']:,.0f} records ingested; results in {path}",
         flush=True,
