@@ -317,18 +317,18 @@ class Sampler:
         p50 = p99 = events_s = write_ms = per_batch = None
         fresh_n = 0.0
         if self.last is not None:
-            before = self.last
+            last = self.last
 
-            def delta(name: str, **labels: str) -> float:
-                return labelled(metrics, name, **labels) - labelled(before, name, **labels)
+            def grew(name: str, **labels: str) -> float:
+                return labelled(metrics, name, **labels) - labelled(last, name, **labels)
 
             stage = "hopcast_ingest_stage_seconds"
-            writes = delta(stage + "_count", stage="write")
+            writes = grew(stage + "_count", stage="write")
             if writes > 0:
-                write_ms = round(1000 * delta(stage + "_sum", stage="write") / writes, 2)
-            batches = delta("hopcast_ingest_batch_records_count")
+                write_ms = round(1000 * grew(stage + "_sum", stage="write") / writes, 2)
+            batches = grew("hopcast_ingest_batch_records_count")
             if batches > 0:
-                per_batch = round(delta("hopcast_ingest_batch_records_sum") / batches, 1)
+                per_batch = round(grew("hopcast_ingest_batch_records_sum") / batches, 1)
             before = buckets(self.last, name)
             if len(before) == len(counts):
                 delta = [a - b for a, b in zip(counts, before, strict=True)]
@@ -340,7 +340,7 @@ class Sampler:
             if span > 0:
                 events_s = (events - total(self.last, "hopcast_ingest_events_total")) / span
         self.last, self.last_t = metrics, now
-        status = status_freshness(self.log)
+        progress = status_freshness(self.log)
         s = Sample(
             t_s=round(now - self.started, 1),
             rss_anon_kb=status.get("RssAnon", 0),
@@ -354,8 +354,8 @@ class Sampler:
             fresh_samples=fresh_n,
             write_ms=write_ms,
             batch_records=per_batch,
-            status_p50_ms=None if status is None else status[0],
-            status_p99_ms=None if status is None else status[1],
+            status_p50_ms=None if progress is None else progress[0],
+            status_p99_ms=None if progress is None else progress[1],
             dead_letters=total(metrics, "hopcast_ingest_dead_letters_total"),
             devices=int((board.get("devices") or {}).get("connected") or 0),
             event_state=event.get("state") if isinstance(event, dict) else None,
