@@ -6,7 +6,8 @@ PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.installed
 
 .PHONY: help install services demo test check fmt lint typecheck test-fast bench bench-graph bench-graph-quick \
-	bench-ingest bench-ingest-quick bench-broadcast bench-broadcast-quick bench-scale bench-scale-quick clean
+	bench-ingest bench-ingest-quick bench-broadcast bench-broadcast-quick bench-scale bench-scale-quick \
+	bench-soak bench-soak-quick clean
 
 help:
 	@echo "make demo        run the whole system on the embedded default (hopcast run: the demo company's"
@@ -16,7 +17,8 @@ help:
 	@echo "make bench       every benchmark (make bench-graph: the graph store vs ladybug and sqlite3;"
 	@echo "                 make bench-ingest: demo records through the engine into LMDB, one core;"
 	@echo "                 make bench-broadcast: live trigger to 10k-100k devices vs python-socketio;"
-	@echo "                 make bench-scale: the Flink job vs the embedded engine, queries on Redis vs LMDB)"
+	@echo "                 make bench-scale: the Flink job vs the embedded engine, queries on Redis vs LMDB;"
+	@echo "                 make bench-soak: hopcast run for 30 min at 2k events/s, memory and freshness flat?)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11+)"; exit 1; }
@@ -54,7 +56,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck test-fast
 
-bench: bench-graph bench-ingest bench-broadcast bench-scale
+bench: bench-graph bench-ingest bench-broadcast bench-scale bench-soak
 
 bench-graph: $(STAMP)
 	$(PYTHON) bench/graph.py
@@ -80,6 +82,14 @@ bench-scale: $(STAMP) services
 
 bench-scale-quick: $(STAMP) services
 	$(PYTHON) bench/scale.py --quick
+
+# hopcast run (2,000 interactions/s, 1,000 devices) for 30 minutes: anonymous memory and
+# freshness sampled every 10 s, flat after warm-up or not (exit 1).
+bench-soak: $(STAMP)
+	$(PYTHON) bench/soak.py
+
+bench-soak-quick: $(STAMP)
+	$(PYTHON) bench/soak.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data bench/results/tmp

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from hopcast.demo import records as records_module
 from hopcast.demo.company import Company, CompanyConfig
 from hopcast.demo.records import (
     BAD_KINDS,
@@ -296,3 +297,29 @@ def test_some_device_clocks_are_off_and_the_events_they_report_carry_their_time(
             checked += 1
             skewed += bool(skew)
     assert checked > 100 and skewed > 0
+
+
+# -- bounded memory ------------------------------------------------------------------------------
+
+
+def test_the_generators_tables_stay_within_their_bounds_however_long_it_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(records_module, "MAX_PLAYBACK_ROWS", 300)
+    monkeypatch.setattr(records_module, "MAX_NEW_TITLES", 3)
+    monkeypatch.setattr(records_module, "NEW_TITLE_SHARE", 0.01)  # many more than 3 asked for
+    monkeypatch.setattr(records_module, "NEW_DEVICE_SHARE", 0.05)
+    records, out = generate(20_000, bad_share=0.0)
+    base_devices = len(records.company.device_ids())
+    assert len(records.rows["playback"]) == 300
+    assert len(records.rows["titles"]) == CONFIG.titles + 3
+    assert len(records.rows["devices"]) <= base_devices + 4 * CONFIG.accounts
+    # a forgotten row watched again is written as created, which maps exactly as an update
+    rows = [r for r in out if r.source == "playback"]
+    ops = Counter(msgspec.json.decode(r.value)["op"] for r in rows)
+    assert ops["c"] > 300 and ops["u"] > 0
+    pipelines = Pipelines()
+    for r in rows:
+        if msgspec.json.decode(r.value)["op"] in ("c", "u"):
+            kinds = [type(m).__name__ for m in pipelines.run(r)]
+            assert kinds == ["EdgeUpsert", "EdgeUpsert"], r.value

@@ -15,7 +15,7 @@ from hopcast.kv.memory import MemoryKV
 from hopcast.live import tokens
 from hopcast.live.fanout import InProcessTransport, Router
 from hopcast.live.gateway import Gateway
-from hopcast.live.schedule import Create, EndNow, Reschedule
+from hopcast.live.schedule import Create, EndNow, Reschedule, StartNow
 from hopcast.live.service import LiveService
 from hopcast.sdk.client import DeviceClient
 
@@ -96,6 +96,81 @@ def test_schedule_changes_reach_every_device_once_in_order_through_the_gateway()
             assert gateway.stats()["connections"] == DEVICES
         finally:
             stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S)
+            await server.close()
+
+    _run(main)
+
+
+class _Unreliable(InProcessTransport):
+    """The in-process transport, refusing frames while ``down`` (a broken fan-out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def publish(self, channel: str, frame: bytes) -> None:
+        if self.down:
+            raise ConnectionError("fan-out down")
+        super().publish(channel, frame)
+
+
+def test_a_stage_the_fan_out_could_not_take_reaches_connected_and_reconnecting_devices() -> None:
+    clock = [T0]
+    service = LiveService(MemoryKV(), clock=lambda: clock[0])
+    transport = _Unreliable()
+    router = Router(transport)
+    service.add_sink(router.publish_all, name="router")
+
+    async def main() -> None:
+        gateway = Gateway(router, SECRET, node_id="gw-1", clock=lambda: clock[0])
+        server = await gateway.serve("127.0.0.1", 0)
+        stop, late_stop = asyncio.Event(), asyncio.Event()
+
+        def device(name: str, until: asyncio.Event) -> tuple[DeviceClient, asyncio.Task[None]]:
+            token = tokens.issue(SECRET, name, ("event:final",), T0, 24 * 60 * MINUTE)
+            client = DeviceClient(
+                f"ws://127.0.0.1:{server.port}",
+                token,
+                ("event:final",),
+                rng=random.Random(name),
+                clock=lambda: clock[0],
+            )
+            return client, asyncio.create_task(client.run(until))
+
+        connected, task = device("tv-on", stop)
+        late, late_task = device("tv-late", late_stop)
+        tasks = [task, late_task]
+        try:
+            await _until(lambda: gateway.subscriber_count("event:final") == 2)
+            service.command(Create("final", "The Final", START, None, LEAD), clock[0])
+            clock[0] = START - LEAD
+            service.tick(clock[0])
+            await _until(lambda: [a.stage for a in late.stats.applied] == ["prefetch"])
+            late_stop.set()  # this one goes away and misses what follows
+            await asyncio.wait_for(late_task, WAIT_S)
+
+            transport.down = True
+            clock[0] += MINUTE
+            service.command(StartNow("final"), clock[0])  # the fan-out refuses the trigger
+            [status] = [s for s in service.sinks() if s.name == "router"]
+            assert status.failing and status.pending == 1
+            assert [a.stage for a in connected.stats.applied] == ["prefetch"]
+
+            transport.down = False
+            clock[0] = service.next_deadline() or 0  # the retry the service scheduled
+            service.tick(clock[0])
+            await _until(lambda: [a.stage for a in connected.stats.applied][-1:] == ["live"])
+
+            # the device that was away reconnects and catches up from the channel's log
+            late_again, again_task = device("tv-late", stop)
+            tasks.append(again_task)
+            await _until(lambda: [a.stage for a in late_again.stats.applied][-1:] == ["live"])
+            [status] = [s for s in service.sinks() if s.name == "router"]
+            assert (status.pending, status.failing, sum(status.dropped.values())) == (0, False, 0)
+        finally:
+            stop.set()
+            late_stop.set()
             await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S)
             await server.close()
 

@@ -288,9 +288,77 @@ def test_reset_publishes_the_new_epochs_state_to_subscribers() -> None:
         router.reset("never-published")
 
 
+class Unreliable(InProcessTransport):
+    """An in-process transport that refuses frames while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def publish(self, channel: str, frame: bytes) -> None:
+        if self.down:
+            raise ConnectionError("transport down")
+        super().publish(channel, frame)
+
+
+def test_frames_the_transport_refused_go_out_in_order_before_anything_newer() -> None:
+    transport, recorder = Unreliable(), Recorder()
+    transport.subscribe(recorder)
+    router = Router(transport, channels_for=lambda t: ["global"], epoch=EPOCH)
+    router.publish(trigger(1, st=State.PREFETCHING))
+    transport.down = True
+    with pytest.raises(ConnectionError):
+        router.publish(trigger(2))
+    with pytest.raises(ConnectionError):
+        router.publish(trigger(2))  # a retry while still down: still recorded once
+    assert (router.logs["global"].seq, router.unsent) == (2, 1)
+    transport.down = False
+    assert router.publish(trigger(2)) == 0  # the retried trigger is a duplicate by now ...
+    router.publish(trigger(3, st=State.ENDED))  # ... but its frame went out first
+    got = decode([f for _, f in recorder.frames])
+    assert [(t.seq, t.version) for t in got if isinstance(t, m.Trigger)] == [(1, 1), (2, 2), (3, 3)]
+    assert router.unsent == 0
+
+
+def test_refused_frames_the_history_no_longer_holds_go_out_as_the_state() -> None:
+    transport, recorder = Unreliable(), Recorder()
+    transport.subscribe(recorder)
+    router = Router(transport, channels_for=lambda t: ["global"], history=2, epoch=EPOCH)
+    transport.down = True
+    for version in (1, 2, 3):  # each refused; the history keeps only the last two
+        with pytest.raises(ConnectionError):
+            router.publish(trigger(version, event=f"e{version}"))
+    assert (router.logs["global"].seq, router.unsent) == (3, 3)
+    transport.down = False
+    router.publish(trigger(4, event="e4"))
+    [(_, frame)] = recorder.frames  # one state covers the four triggers
+    state = m.decode(frame)
+    assert isinstance(state, m.State) and state.seq == 4
+    assert [e.event for e in state.events] == ["e1", "e2", "e3", "e4"]
+    assert router.unsent == 0
+
+
+def test_beyond_its_bound_a_router_forgets_the_oldest_channels_whose_events_are_over() -> None:
+    router = Router(InProcessTransport(), epoch=EPOCH, max_channels=3)
+    router.publish(trigger(1, event="old", st=State.ENDED))
+    router.publish(trigger(1, event="running", st=State.LIVE))
+    router.publish(trigger(1, event="gone", st=State.CANCELLED))  # 4 logs: "old" goes
+    assert list(router.logs) == ["event:running", "global", "event:gone"]
+    router.publish(trigger(1, event="next", st=State.PREFETCHING))  # "gone" goes
+    assert list(router.logs) == ["event:running", "global", "event:next"]
+    router.publish(trigger(1, event="other", st=State.LIVE))  # nothing over: all kept
+    assert len(router.logs) == 4 and "event:running" in router.logs
+    # a device that saw the end keeps it: the forgotten channel's empty state is behind it
+    resume = router.resume("event:old", Position(EPOCH, 1))
+    state = m.decode(resume.frames[0])
+    assert isinstance(state, m.State) and (state.seq, state.events) == (0, ())
+
+
 def test_a_router_checks_its_settings() -> None:
     with pytest.raises(ConfigError):
         Router(InProcessTransport(), history=0)
+    with pytest.raises(ConfigError):
+        Router(InProcessTransport(), max_channels=0)
     with pytest.raises(InvalidInput):
         Router(InProcessTransport(), epoch=-1)
     assert 1 <= Router(InProcessTransport()).epoch <= MAX_EPOCH

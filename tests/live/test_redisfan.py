@@ -412,6 +412,38 @@ def test_a_router_refills_redis_that_silently_lost_its_data(
     run(main)
 
 
+def test_a_full_queue_drops_the_oldest_frames_counts_them_and_reseeds_redis(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def main() -> None:
+        transport = RedisTransport(redis_url, prefix=redis_prefix, max_pending=3)
+        r = Router(transport, epoch=EPOCH)
+        try:
+            for version in range(1, 6):  # 10 frames, published before the sender runs once
+                r.publish(trigger(version))
+            assert (transport.pending, transport.dropped) == (3, 7)
+            dropped = transport.metrics_registry.get_sample_value(
+                "hopcast_redis_transport_dropped_frames_total"
+            )
+            assert dropped == 7
+            await transport.flush()  # re-seeded from the router's logs, then the rest sent
+            assert transport.pending == 0
+            async with fleet(redis_url, redis_prefix) as f:
+                node = await f.node()
+                for channel, log in r.logs.items():
+                    copy = f.mirrors[node].logs[channel]
+                    assert (copy.position, copy.frames) == (log.position, log.frames)
+        finally:
+            await transport.close()
+
+    run(main)
+
+
+def test_the_redis_transport_checks_its_queue_bound() -> None:
+    with pytest.raises(ConfigError, match="max_pending"):
+        RedisTransport("redis://127.0.0.1:1/0", max_pending=0)
+
+
 def test_a_mirror_refuses_to_start_without_redis(redis_prefix: str) -> None:
     async def main() -> None:
         mirror = RedisMirror("redis://127.0.0.1:1/0", prefix=redis_prefix)

@@ -9,12 +9,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
+from hopcast.api.app import create_app
 from hopcast.durations import DAY, HOUR, MINUTE, SECOND
 from hopcast.errors import IllegalTransition, InvalidInput, NotFound, StorageError
+from hopcast.graphdb import Graph
 from hopcast.kv import KVStore
 from hopcast.kv.lmdb import LmdbKV
 from hopcast.kv.memory import MemoryKV
+from hopcast.live import messages as m
+from hopcast.live.fanout import InProcessTransport, ResumeKind, Router
+from hopcast.live.messages import Position
 from hopcast.live.producer import Trigger
 from hopcast.live.schedule import Cancel, Create, EndNow, StartNow, State
 from hopcast.live.service import (
@@ -27,6 +34,7 @@ from hopcast.live.service import (
     result_doc,
     run_timers,
 )
+from hopcast.live.sinks import RETRY_FIRST_US, RETRY_MAX_US, retry_delay
 
 T0 = 1_700_000_000_000_000
 START = T0 + MINUTE
@@ -57,6 +65,39 @@ class Sink:
     @property
     def triggers(self) -> list[tuple[str, State, int]]:
         return [(t.event_id, t.stage, t.version) for batch in self.batches for t in batch]
+
+
+class Flaky(Sink):
+    """A sink whose next ``failures`` calls raise ConnectionError, and that refuses the triggers
+    of event ``refuse`` with InvalidInput (as the router does with a malformed one)."""
+
+    def __init__(self, failures: int, refuse: str | None = None) -> None:
+        super().__init__()
+        self.failures = failures
+        self.refuse = refuse
+        self.calls = 0
+
+    def __call__(self, triggers: Sequence[Trigger]) -> None:
+        self.calls += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("router away")
+        if any(t.event_id == self.refuse for t in triggers):
+            raise InvalidInput(f"event {self.refuse!r} does not fit the wire format")
+        super().__call__(triggers)
+
+
+class DownTransport(InProcessTransport):
+    """An in-process transport that raises while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def publish(self, channel: str, frame: bytes) -> None:
+        if self.down:
+            raise ConnectionError("transport down")
+        super().publish(channel, frame)
 
 
 def make(kv: KVStore | None = None, clock: Clock | None = None) -> tuple[LiveService, Sink]:
@@ -101,15 +142,12 @@ def test_an_unknown_event_is_not_found() -> None:
         service.command(EndNow("nope"), T0)
 
 
-def test_a_failing_sink_is_logged_and_the_other_sinks_still_get_the_triggers(
+def test_a_failing_sink_keeps_its_triggers_and_the_other_sinks_still_get_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     service, sink = make()
-
-    def broken(triggers: Sequence[Trigger]) -> None:
-        raise RuntimeError("gateway down")
-
-    service.add_sink(broken)
+    broken = Flaky(failures=10**9)
+    service.add_sink(broken, name="broken")
     second = Sink()
     service.add_sink(second)
     create(service)
@@ -117,7 +155,156 @@ def test_a_failing_sink_is_logged_and_the_other_sinks_still_get_the_triggers(
         result = service.command(StartNow(ID), T0 + 1)
     assert result.event.state is State.LIVE
     assert sink.triggers == second.triggers == [(ID, State.LIVE, 2)]
-    assert "sink failed" in caplog.text
+    assert "live trigger sink broken failed" in caplog.text
+    status = {s.name: s for s in service.sinks()}
+    assert (status["broken"].pending, status["broken"].failing) == (1, True)
+    assert (status["Sink#2"].pending, status["Sink#2"].delivered) == (0, 1)
+
+
+def test_a_sink_that_fails_three_times_then_recovers_gets_every_trigger_once_in_order() -> None:
+    service, _ = make()
+    flaky = Flaky(failures=3)
+    service.add_sink(flaky, name="flaky")
+    create(service, ends_at=START + HOUR)
+    create(service, event_id="semi")
+    t = T0 + SECOND
+    service.command(StartNow(ID), t)  # call 1 fails
+    assert service.next_deadline() == t + RETRY_FIRST_US
+    service.tick(t + RETRY_FIRST_US - 1)  # not due yet: no call
+    service.command(StartNow("semi"), t + 2)  # queued behind the first, no call either
+    assert flaky.calls == 1
+    t += RETRY_FIRST_US
+    service.tick(t)  # call 2 fails
+    t += 2 * RETRY_FIRST_US
+    assert service.next_deadline() == t
+    service.tick(t)  # call 3 fails
+    service.command(EndNow(ID), t + 3)
+    t += 4 * RETRY_FIRST_US
+    service.tick(t)  # call 4 takes everything
+    assert flaky.calls == 4
+    assert flaky.triggers == [(ID, State.LIVE, 2), ("semi", State.LIVE, 2), (ID, State.ENDED, 3)]
+    [status] = [s for s in service.sinks() if s.name == "flaky"]
+    assert (status.pending, status.delivered, status.failures, status.failing) == (0, 3, 3, False)
+    assert sum(status.dropped.values()) == 0
+    assert service.next_deadline() is None  # nothing left to retry, no timer armed
+
+
+def test_retries_back_off_exponentially_up_to_a_cap() -> None:
+    assert [retry_delay(n) for n in (1, 2, 3)] == [
+        RETRY_FIRST_US,
+        2 * RETRY_FIRST_US,
+        4 * RETRY_FIRST_US,
+    ]
+    assert retry_delay(10) == retry_delay(1000) == RETRY_MAX_US
+
+
+def test_a_sink_that_stays_down_is_counted_and_surfaced_on_metrics() -> None:
+    clock = Clock()
+    graph = Graph.open(clock=clock)
+    service = LiveService(graph.store.kv, clock=clock)
+    service.add_sink(Flaky(failures=10**9), name="gateway")
+    client = TestClient(create_app(graph, live=service))
+    create(service)
+    service.command(StartNow(ID), T0 + 1)
+    service.tick(T0 + 1 + RETRY_FIRST_US)
+    text = client.get("/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    gateway = (("sink", "gateway"),)
+    assert samples[("hopcast_live_sink_failures_total", gateway)] == 2
+    assert samples[("hopcast_live_triggers_pending", gateway)] == 1
+    assert samples[("hopcast_live_sink_failing", gateway)] == 1
+    assert samples[("hopcast_live_triggers_delivered_total", gateway)] == 0
+    # the other sinks (the live metrics' own) took it
+    assert (
+        samples[
+            ("hopcast_live_triggers_delivered_total", (("sink", "LiveMetrics.count_triggers"),))
+        ]
+        == 1
+    )
+    graph.close()
+
+
+def test_a_full_queue_drops_superseded_triggers_first_counts_every_drop_and_resyncs() -> None:
+    clock = Clock()
+    service = LiveService(MemoryKV(), clock=clock, sink_capacity=3)
+    flaky = Flaky(failures=10**9)
+    service.add_sink(flaky, name="router")
+    events = [f"e{i}" for i in range(4)]
+    for event in events:
+        create(service, event_id=event)
+    service.command(StartNow("e0"), T0 + 1)
+    service.command(EndNow("e0"), T0 + 2)  # supersedes e0's live
+    service.command(StartNow("e1"), T0 + 3)
+    service.command(StartNow("e2"), T0 + 4)  # full: e0 live goes (superseded)
+    service.command(StartNow("e3"), T0 + 5)  # full, nothing superseded: e0 ended goes (overflow)
+    [status] = service.sinks()
+    assert status.pending == 3
+    assert status.dropped == {"superseded": 1, "overflow": 1, "rejected": 0}
+    flaky.failures = 0  # the sink is back
+    service.tick(T0 + 10 * SECOND)
+    # everything still queued, then the current stage of every event (e0's end included)
+    assert flaky.triggers[:3] == [
+        ("e1", State.LIVE, 2),
+        ("e2", State.LIVE, 2),
+        ("e3", State.LIVE, 2),
+    ]
+    newest = {event: (stage, version) for event, stage, version in flaky.triggers}
+    assert newest == {e: (service.get(e).state, service.get(e).stage_version) for e in events}
+    [status] = service.sinks()
+    assert (status.pending, status.resyncs, status.failing) == (0, 1, False)
+
+
+def test_a_trigger_the_sink_refuses_as_malformed_is_rejected_and_counted_and_the_rest_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service, _ = make()
+    picky = Flaky(failures=0, refuse="bad")
+    service.add_sink(picky, name="picky")
+    for event in ("bad", "good"):
+        create(service, event_id=event)
+    with caplog.at_level(logging.ERROR, logger="hopcast.live"):
+        service.command(StartNow("bad"), T0 + 1)
+        service.command(StartNow("good"), T0 + 2)
+    assert picky.triggers == [("good", State.LIVE, 2)]
+    [status] = [s for s in service.sinks() if s.name == "picky"]
+    assert (status.pending, status.failing, status.dropped["rejected"]) == (0, False, 1)
+    assert "dropped bad/live v2 (rejected" in caplog.text
+
+
+def test_a_device_that_resumes_after_the_router_failed_gets_the_stage_it_missed() -> None:
+    clock = Clock()
+    service = LiveService(MemoryKV(), clock=clock)
+    transport = DownTransport()
+    router = Router(transport, epoch=7)
+    service.add_sink(router.publish_all)
+    seen: list[bytes] = []
+    transport.subscribe(lambda channel, frame: seen.append(frame))
+    create(service)
+    before = Position(7, 0)  # where a device following event:final stands
+    transport.down = True
+    service.command(StartNow(ID), T0 + 1)  # the router records it, its transport refuses it
+    assert seen == []
+    [status] = service.sinks()
+    assert status.failing
+    transport.down = False
+    service.tick(T0 + 1 + RETRY_FIRST_US)
+    # connected devices get the frames now, once each, in order
+    got = [m.decode(frame) for frame in seen]
+    assert [(f.channel, f.seq, f.stage) for f in got if isinstance(f, m.Trigger)] == [
+        ("global", 1, "live"),
+        ("event:final", 1, "live"),
+    ]
+    # a device that was away replays what it missed, one that has nothing gets the state
+    resume = router.resume("event:final", before)
+    assert resume.kind is ResumeKind.REPLAY
+    assert [m.decode(f).stage for f in resume.frames] == ["live"]  # type: ignore[union-attr]
+    state = m.decode(router.resume("event:final", None).frames[0])
+    assert isinstance(state, m.State)
+    assert [(e.event, e.stage, e.version) for e in state.events] == [(ID, "live", 2)]
 
 
 def test_a_removed_sink_gets_nothing_more() -> None:
@@ -525,3 +712,32 @@ def test_the_timer_loop_stops_watching_the_service_when_it_ends() -> None:
         return service
 
     assert asyncio.run(scenario())._watchers == []
+
+
+def test_the_timer_loop_hands_a_failed_sink_its_triggers_when_the_retry_is_due() -> None:
+    async def scenario() -> None:
+        clock = Clock(T0 + SECOND)
+        waiter = Waiter()
+        failing = asyncio.Event()
+
+        def sink(triggers: Sequence[Trigger]) -> None:
+            if not failing.is_set():
+                failing.set()
+                raise ConnectionError("router away")
+            waiter(triggers)
+
+        service = LiveService(MemoryKV(), sink=sink, clock=clock)
+        create(service)
+        stop = asyncio.Event()
+        loop = asyncio.create_task(run_timers(service, stop=stop))
+        service.command(StartNow(ID), clock.now)
+        assert failing.is_set()
+        retry_at = service.next_deadline()
+        assert retry_at == clock.now + RETRY_FIRST_US
+        clock.now = retry_at  # no command, no timer: only the retry brings it
+        service.poke()
+        assert await waiter.next() == [(State.LIVE, 2)]
+        stop.set()
+        await asyncio.wait_for(loop, timeout=10)
+
+    asyncio.run(scenario())

@@ -21,7 +21,9 @@ service.
 Metrics, on the app's registry: ``hopcast_live_commands_total{command, outcome}`` (outcome
 ``applied``, ``unchanged``, ``illegal``, ``invalid``, ``not_found``, ``error``) for commands
 received over HTTP, ``hopcast_live_triggers_total{stage}`` for every trigger the service emits
-(timers included), and ``hopcast_live_prefetch_responses_total{route, status}``.
+(timers included), ``hopcast_live_prefetch_responses_total{route, status}``, and the trigger
+sinks' delivery (``hopcast_live_sink_failures_total{sink}``, ``hopcast_live_triggers_pending``,
+``…_dropped_total``; :mod:`hopcast.live.sinks`).
 """
 
 from __future__ import annotations
@@ -343,8 +345,10 @@ def live_router(
     Returns:
         A router to ``include_router`` into the app.
     """
-    metrics = LiveMetrics(registry if registry is not None else CollectorRegistry())
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = LiveMetrics(registry)
     service.add_sink(metrics.count_triggers)
+    registry.register(service.sink_metrics)  # what each trigger sink took, failed, dropped
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

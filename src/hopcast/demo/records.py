@@ -85,6 +85,19 @@ SKEWED_CLOCK_SHARE = 0.05
 CLOCK_SKEW_MAX_US = 3_000_000
 #: Redeliveries of the company's stream re-emit records remembered for this many interactions.
 REMEMBERED = 1 << 13
+#: Playback rows the generator keeps (the most recently written): one per (profile, title)
+#: ever watched would grow for as long as the demo runs (~15k new rows a minute at 2,000
+#: interactions/s, ~600 bytes each: the 9 MB/min that ``hopcast run`` used to grow by). 50,000
+#: rows (~30 MB) cover every pair watched in the last few minutes; an older row watched again is
+#: written as created (``op: c``), which the mapping and the PostgreSQL table (an upsert) take
+#: exactly as an update.
+MAX_PLAYBACK_ROWS = 50_000
+#: Devices an account adds at most (a household's new phone or laptop, not hundreds); past it
+#: the share of new devices changes a profile instead. Bounds the devices table.
+MAX_NEW_DEVICES_PER_ACCOUNT = 4
+#: New releases the catalogue adds at most (0.2 a second at 2,000 interactions/s: ~14 hours);
+#: past it the share of new titles renames one instead. Bounds the titles table.
+MAX_NEW_TITLES = 10_000
 #: The connector version written in change events (cosmetic; the decoder does not read it).
 DEBEZIUM_VERSION = "2.7.3.Final"
 
@@ -169,14 +182,20 @@ class CompanyRecords:
         self._extra_devices: Counter[str] = Counter()
         self._new_titles = 0
         self._lsn = 0
-        #: started_watching waiting for the streamed_from of the same watch
+        # Every table and cache below is bounded: the tables by MAX_PLAYBACK_ROWS,
+        # MAX_NEW_DEVICES_PER_ACCOUNT and MAX_NEW_TITLES, the caches by the company's profiles
+        # and devices, and the rest as commented.
+        #: started_watching waiting for the streamed_from of the same watch (the company emits
+        #: the stream step right after the start: a handful at any time)
         self._pending: dict[tuple[str, str, str], list[EdgeUpsert]] = {}
         #: records written for recent interactions (by mutation id), to redeliver them
+        #: (REMEMBERED interactions)
         self._sent: dict[str, list[DemoRecord]] = {}
         self._recent_rows: deque[str] = deque(maxlen=1024)
         self._devices: dict[str, str] = {}  # profile → usual device (cache)
         self._skews: dict[str, int] = {}  # device → clock skew (cache)
-        #: records held back to arrive late: (arrival ts, sequence, records)
+        #: records held back to arrive late: (arrival ts, sequence, records); LATE_SHARE of
+        #: the interactions of the last LATE_MAX_US
         self._late: list[tuple[int, int, list[DemoRecord]]] = []
         self._late_seq = 0
         #: bad records emitted so far, by reason
@@ -425,7 +444,7 @@ class CompanyRecords:
         profile, title_key = _key(m.src), _key(title)
         row_id = f"{profile}/{title_key}"
         table = self.rows["playback"]
-        op = "u" if row_id in table else "c"
+        op = "u" if table.pop(row_id, None) is not None else "c"  # reinserted below: newest last
         row = {
             "id": row_id,
             "profile_id": profile,
@@ -436,6 +455,8 @@ class CompanyRecords:
             "updated_at": m.ts,
         }
         table[row_id] = row
+        while len(table) > MAX_PLAYBACK_ROWS:
+            del table[next(iter(table))]  # the least recently written
         self._recent_rows.append(row_id)
         record = self._change("playback", op, row, m.ts)
         if started is not None:
@@ -465,7 +486,8 @@ class CompanyRecords:
                 [p for p in ("basic", "standard", "premium") if p != row["plan"]]
             )
             return self._change("accounts", "u", row, m.ts)
-        if r < PLAN_CHANGE_SHARE + PROFILE_CHANGE_SHARE:
+        new_device = r >= PLAN_CHANGE_SHARE + PROFILE_CHANGE_SHARE
+        if not new_device or self._extra_devices[account] >= MAX_NEW_DEVICES_PER_ACCOUNT:
             row = self.rows["profiles"][profile]
             row["language"] = rng.choice(("en", "es", "pt", "fr", "de", "ja", "hi"))
             return self._change("profiles", "u", row, m.ts)
@@ -487,7 +509,7 @@ class CompanyRecords:
     def _title_change(self, ts: int, new: bool) -> DemoRecord:
         rng = self._rng
         titles = self.rows["titles"]
-        if new:
+        if new and self._new_titles < MAX_NEW_TITLES:
             self._new_titles += 1
             key = str(self.company.config.titles + self._new_titles - 1)
             genres = self.rows["genres"]

@@ -46,6 +46,7 @@ from hopcast.errors import ConfigError, InvalidInput, NotFound
 from hopcast.live import messages as m
 from hopcast.live.messages import EventStage, Position, ProtocolError
 from hopcast.live.producer import Trigger
+from hopcast.live.schedule import TERMINAL
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,15 @@ EVENT_CHANNEL_PREFIX = "event:"
 #: still gets a replay; beyond that one ``state`` frame (a few KB) is as cheap. ~200 bytes per
 #: frame makes 50 KB per channel.
 DEFAULT_HISTORY = 256
+#: Channel logs a router keeps (one per event channel, plus ``global``). An event channel's log
+#: holds the event's few triggers (~6 frames, 1-2 KB), so 4,096 logs are a few MB however long
+#: the server runs. Beyond it the least recently published channel whose every event is over
+#: (ended or cancelled) is forgotten; a device resuming on it then gets the channel's empty
+#: state, which one that saw the end ignores (its position is ahead). Channels with an event
+#: not over are never forgotten.
+MAX_CHANNELS = 4_096
+#: Stages after which an event makes no more triggers.
+_OVER = frozenset(state.value for state in TERMINAL)
 #: Largest epoch: 2**53 - 1 is the largest integer a JavaScript number holds exactly, so a web
 #: device can echo it back unchanged.
 MAX_EPOCH = 2**53 - 1
@@ -492,6 +502,7 @@ class Router:
         payload_for: Callable[[Trigger], str | None] = _no_payload,
         history: int = DEFAULT_HISTORY,
         epoch: int | None = None,
+        max_channels: int = MAX_CHANNELS,
     ) -> None:
         """
         Args:
@@ -500,20 +511,27 @@ class Router:
             payload_for: the payload reference a trigger names (default none).
             history: triggers kept per channel for replay.
             epoch: the epoch new channel logs start in (default: random, :func:`new_epoch`).
+            max_channels: channel logs kept beyond those with an event not over
+                (:data:`MAX_CHANNELS`).
 
         Raises:
-            ConfigError: ``history`` < 1.
+            ConfigError: ``history`` or ``max_channels`` < 1.
             InvalidInput: ``epoch`` outside ``[0, MAX_EPOCH]``.
         """
         if history < 1:
             raise ConfigError(f"history must be >= 1, got {history}")
+        if max_channels < 1:
+            raise ConfigError(f"max_channels must be >= 1, got {max_channels}")
+        self._max_channels = max_channels
         self._transport = transport
         self._channels_for = channels_for
         self._payload_for = payload_for
         self._history = history
         self._epoch = new_epoch() if epoch is None else epoch
         ChannelLog._check_epoch(self._epoch)
-        self._logs: dict[str, ChannelLog] = {}
+        self._logs: dict[str, ChannelLog] = {}  # least recently published first
+        #: Channel → seq of the oldest frame its log recorded but the transport refused.
+        self._unsent: dict[str, int] = {}
         self._logged = transport if isinstance(transport, LoggedTransport) else None
         if self._logged is not None:
             self._logged.attach(self)
@@ -536,12 +554,21 @@ class Router:
     def publish(self, trigger: Trigger) -> int:
         """Sequence ``trigger`` on each of its channels and publish the new frames.
 
+        Steps: 1. record the trigger in each channel's log (a duplicate is skipped); 2. send
+        every recorded frame the transport has not taken yet, per channel in order. A frame the
+        transport refused (its ``publish`` raised) stays in the log and is sent, before
+        anything newer on its channel, at the next call: so a caller that retries a failed
+        call (the live service does) gets every frame out, in order, even though the retried
+        trigger itself is a duplicate by then. A frame the history no longer holds by then is
+        replaced by the channel's ``state``.
+
         Returns:
             The number of frames published (0 when it duplicates what every channel has).
 
         Raises:
             InvalidInput: a channel name or the trigger does not fit the wire format; nothing
                 is published on that channel (channels before it were published).
+            Exception: whatever the transport raised; the frame is sent again next time.
         """
         stage = EventStage(
             event=trigger.event_id,
@@ -551,18 +578,60 @@ class Router:
             payload=self._payload_for(trigger),
         )
         published = 0
-        for channel in dict.fromkeys(self._channels_for(trigger)):
-            log = self._logs.get(channel)
-            if log is None:
-                log = self._logs[channel] = ChannelLog(channel, self._epoch, capacity=self._history)
-            frame = log.publish(stage)
-            if frame is not None:
-                if self._logged is not None:
-                    self._logged.publish_logged(channel, frame, log.state_frame())
-                else:
-                    self._transport.publish(channel, frame)
-                published += 1
+        try:
+            for channel in dict.fromkeys(self._channels_for(trigger)):
+                log = self._logs.get(channel)
+                if log is None:
+                    log = ChannelLog(channel, self._epoch, capacity=self._history)
+                    self._logs[channel] = log
+                    self._forget_over()
+                if log.publish(stage) is not None:
+                    self._unsent.setdefault(channel, log.seq)
+                    self._logs[channel] = self._logs.pop(channel)  # most recently published
+                    published += 1
+        finally:  # what was recorded goes out, whatever came after
+            for channel in list(self._unsent):
+                self._send_unsent(channel)
         return published
+
+    def _forget_over(self) -> None:
+        """Beyond ``max_channels`` logs, forget the least recently published channel whose
+        every event is over (see :data:`MAX_CHANNELS`), if there is one."""
+        if len(self._logs) <= self._max_channels:
+            return
+        for channel, log in self._logs.items():
+            if channel in self._unsent or not log.events:
+                continue
+            if all(stage.stage in _OVER for stage in log.events):
+                del self._logs[channel]
+                return
+
+    @property
+    def unsent(self) -> int:
+        """Frames recorded in a channel log that the transport has not taken yet."""
+        return sum(self._logs[ch].seq - seq + 1 for ch, seq in self._unsent.items())
+
+    def _send_unsent(self, channel: str) -> None:
+        """Send ``channel``'s frames from its oldest unsent one on, in order; a frame that
+        raises stays the oldest unsent (and the exception propagates)."""
+        log = self._logs[channel]
+        seq = self._unsent[channel]
+        if seq < log.oldest_seq:  # out of the history: the state tells what was missed
+            state = log.state_frame()
+            self._send(channel, state, state)
+            del self._unsent[channel]
+            return
+        frames = log.frames
+        for i in range(seq - log.oldest_seq, len(frames)):
+            self._send(channel, frames[i], log.state_frame())
+            self._unsent[channel] = seq = seq + 1
+        del self._unsent[channel]
+
+    def _send(self, channel: str, frame: bytes, state: bytes) -> None:
+        if self._logged is not None:
+            self._logged.publish_logged(channel, frame, state)
+        else:
+            self._transport.publish(channel, frame)
 
     def publish_all(self, triggers: Sequence[Trigger]) -> None:
         """Publish each trigger in order: a ``LiveService`` sink (``service.add_sink``)."""
@@ -580,10 +649,8 @@ class Router:
         if log is None:
             raise NotFound(f"channel {channel!r} has published nothing; nothing to reset")
         frame = log.reset(new_epoch() if epoch is None else epoch)
-        if self._logged is not None:
-            self._logged.publish_logged(channel, frame, frame)
-        else:
-            self._transport.publish(channel, frame)
+        self._unsent.pop(channel, None)  # the new epoch's state supersedes them
+        self._send(channel, frame, frame)
 
     def resume(self, channel: str, position: Position | None) -> Resume:
         """Catch-up frames for a device at ``position`` (see :meth:`ChannelLog.resume`).

@@ -10,9 +10,11 @@ blocks: it hands the frame to the process's own subscribers at once (so an in-pr
 keeps working) and queues it; one background task sends the queue, in order, in pipelined
 batches. For each frame one Lua script, atomically, keeps the channel's bounded **history**
 and current ``state`` frame in Redis and ``PUBLISH``\\ es the frame. When Redis is unreachable
-the batch is retried with capped, jittered exponential backoff, in order, counted and logged;
-nothing is dropped. The script is idempotent (a frame already stored is not stored again, only
-published again), so a retry after a half-sent batch is harmless. When Redis has lost its data
+the batch is retried with capped, jittered exponential backoff, in order, counted and logged.
+The queue is bounded (:data:`MAX_PENDING_FRAMES`): beyond it the oldest frame is dropped,
+counted, and Redis re-seeded from the router's logs, so no stage is lost from Redis. The
+script is idempotent (a frame already stored is not stored again, only published again), so
+a retry after a half-sent batch is harmless. When Redis has lost its data
 (restart without persistence, flush) the transport **re-seeds** it from the router's logs and
 publishes the ``state`` of every channel without queued frames, so nodes converge.
 
@@ -27,8 +29,10 @@ through the ``{channel}`` hash tag)::
     <prefix>frames              pub/sub channel carrying every frame as sent to devices
 
 Prometheus series: ``hopcast_redis_transport_{frames_sent,send_failures,seeds}_total``,
-``hopcast_redis_transport_pending_frames``; ``hopcast_redis_mirror_frames_total{result}``
-(applied, duplicate, gap, new, state, malformed), ``hopcast_redis_mirror_reloads_total{reason}``
+``hopcast_redis_transport_pending_frames``, ``hopcast_redis_transport_dropped_frames_total``
+(over :data:`MAX_PENDING_FRAMES`; each drop makes the transport re-seed Redis);
+``hopcast_redis_mirror_frames_total{result}`` (applied, duplicate, gap, new, state, malformed),
+``hopcast_redis_mirror_reloads_total{reason}``
 (gap, state, new, reconnect), ``hopcast_redis_mirror_reconnects_total``,
 ``hopcast_redis_mirror_channels``.
 """
@@ -75,6 +79,13 @@ DEFAULT_PREFIX = "hopcast:live:"
 BATCH = 256
 #: Channels re-seeded per pipelined round trip.
 SEED_BATCH = 64
+#: Frames queued for Redis at most. Triggers are rare (an event makes about six stage changes,
+#: each a frame on two channels), so 16,384 frames hold thousands of triggers: far more than
+#: an outage accumulates. Beyond it the oldest frame is dropped and counted, and Redis is
+#: re-seeded from the router's logs before anything else is sent, so what the dropped frame
+#: told reaches Redis anyway (in the channel's state and history) and nodes converge. ~400
+#: bytes per queued frame make a full queue ~6 MB.
+MAX_PENDING_FRAMES = 16_384
 #: Reconnect/retry backoff: the first retry after ~50 ms, doubling up to 2 s (full jitter).
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
@@ -196,6 +207,7 @@ class RedisTransport:
         *,
         prefix: str = DEFAULT_PREFIX,
         batch: int = BATCH,
+        max_pending: int = MAX_PENDING_FRAMES,
         metrics_registry: CollectorRegistry | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -204,15 +216,19 @@ class RedisTransport:
             url: the Redis URL, ``redis://host:port/db``.
             prefix: key prefix (no braces).
             batch: frames per pipelined round trip.
+            max_pending: frames queued at most (:data:`MAX_PENDING_FRAMES`).
             metrics_registry: where the Prometheus series go (default: a registry of their own,
                 :attr:`metrics_registry`).
             rng: draws the retry delays.
 
         Raises:
-            ConfigError: ``batch`` < 1 or the prefix holds a brace.
+            ConfigError: ``batch`` or ``max_pending`` < 1, or the prefix holds a brace.
         """
         if batch < 1:
             raise ConfigError(f"batch must be >= 1, got {batch}")
+        if max_pending < 1:
+            raise ConfigError(f"max_pending must be >= 1, got {max_pending}")
+        self._max_pending = max_pending
         self.url = url
         self.keys = Keys(prefix)
         self._batch = batch
@@ -230,6 +246,7 @@ class RedisTransport:
         self._indexed: set[str] = set()
         self._closing = False
         self.failures = 0  # consecutive failed round trips (0 when healthy)
+        self.dropped = 0  # frames dropped from a full queue
         self.metrics_registry = metrics_registry or CollectorRegistry()
         name = "hopcast_redis_transport_"
         reg = self.metrics_registry
@@ -237,6 +254,11 @@ class RedisTransport:
         self._failed = Counter(name + "send_failures", "Failed Redis round trips", registry=reg)
         self._seeds = Counter(name + "seeds", "Redis re-seeded from the router", registry=reg)
         self._pending = Gauge(name + "pending_frames", "Frames waiting for Redis", registry=reg)
+        self._dropped = Counter(
+            name + "dropped_frames",
+            "Frames dropped from a full queue (Redis is re-seeded from the router after)",
+            registry=reg,
+        )
 
     # -- Transport / LoggedTransport ---------------------------------------------------------
 
@@ -303,12 +325,29 @@ class RedisTransport:
             raise ConfigError(f"only trigger and state frames are fanned out, not {msg!r}")
         self._subscribers.deliver(channel, frame)
         kind = "t" if isinstance(msg, m.Trigger) else "s"
+        if len(self._queue) >= self._max_pending:
+            self._drop_oldest()
         self._queue.append(_Pending(channel, frame, state, msg.epoch, msg.seq, kind))
         self._pending.set(len(self._queue))
         self._wake.set()
         if self._task is None:
             with contextlib.suppress(RuntimeError):  # no running loop: start() later
                 self.start()
+
+    def _drop_oldest(self) -> None:
+        """Make room: drop the oldest frame and re-seed Redis before sending anything else."""
+        self._queue.popleft()
+        self._dropped.inc()
+        self._need_seed = True
+        self.dropped += 1
+        if self.dropped & (self.dropped - 1) == 0:  # 1, 2, 4, 8, ... drops
+            logger.error(
+                "redis fan-out: %d frame(s) queued for %s, dropped the oldest (%d so far); "
+                "Redis will be re-seeded from the router",
+                len(self._queue) + 1,
+                self.url,
+                self.dropped,
+            )
 
     async def _run(self) -> None:
         if self._client is None:
@@ -350,8 +389,9 @@ class RedisTransport:
                     self.failures,
                 )
                 self.failures = 0
-            for _ in batch:
-                self._queue.popleft()
+            for item in batch:  # a full queue may have dropped some of them meanwhile
+                if self._queue and self._queue[0] is item:
+                    self._queue.popleft()
             self._pending.set(len(self._queue))
             self._sent.inc(len(batch))
             if batch and marker != self._token.encode():

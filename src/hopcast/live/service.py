@@ -12,14 +12,19 @@ routes (``hopcast.api.live``), the CLI (``hopcast live``) and the gateway call::
 
 **How triggers leave.** Every :class:`~hopcast.live.producer.Trigger` the producer emits — from a
 command, a timer, or the re-announcements of :meth:`LiveService.resume` — is handed to every
-sink, as one list per call, in the order emitted, **synchronously, on the thread that called**
+sink, in the order emitted, **synchronously, on the thread that called**
 :meth:`~LiveService.command`, :meth:`~LiveService.tick` or :meth:`~LiveService.resume`, while the
 service's lock is held (so two calls never interleave their triggers). In the HTTP server those
 calls run on the event loop thread: a sink may use loop objects directly but must not block
-(encode and enqueue, never await a client). A sink that raises is logged and skipped; the other
-sinks still get the triggers and the command still succeeds, because the schedule change is
-already stored. Delivery is at least once: a restart re-announces every current stage with its
-original version, so receivers apply ``(event, version)`` idempotently.
+(encode and enqueue, never await a client). A sink that raises does not lose its triggers
+(:mod:`hopcast.live.sinks`): they stay queued for it, in order and bounded, and are handed to
+it again after a backoff, from :meth:`~LiveService.tick` (the timer loop wakes for it); what it
+could not take is counted on ``/metrics`` (``hopcast_live_sink_failures_total``,
+``hopcast_live_triggers_pending``, ``hopcast_live_triggers_dropped_total``). The other sinks
+still get the triggers and the command still succeeds, because the schedule change is already
+stored. Delivery is at least once: a sink may be handed a trigger again after a failure, and a
+restart re-announces every current stage with its original version, so receivers apply
+``(event, version)`` idempotently.
 
 **One service per schedule.** Timers of an event must not be armed in two processes: run one
 ``LiveService`` per store (one API worker). A command written to the store by another process
@@ -70,6 +75,7 @@ from hopcast.live.schedule import (
     next_timer,
 )
 from hopcast.live.schedule_store import ScheduleStore
+from hopcast.live.sinks import MAX_PENDING, Delivery, SinkCollector, SinkStatus, TriggerSink
 
 if TYPE_CHECKING:
     from hopcast.graphdb import Graph
@@ -89,9 +95,6 @@ TICK_RETRY_S = 1.0
 
 #: A clock: µs since the epoch.
 Clock = Callable[[], int]
-
-#: Receives the triggers of one command, tick or resume (never an empty list).
-TriggerSink = Callable[[Sequence[Trigger]], None]
 
 Doc = dict[str, Any]
 
@@ -133,9 +136,11 @@ class LiveService:
         payload_retention_us: how long an ended event's payloads stay servable.
         policy: cache lifetimes of the prefetch responses.
         rng: draws the jittered cache lifetimes (default: seeded from the OS).
+        sink_capacity: triggers kept per sink while it fails (:data:`~hopcast.live.sinks.
+            MAX_PENDING`).
 
     Raises:
-        ConfigError: for a non-positive retention.
+        ConfigError: for a non-positive retention or sink capacity.
     """
 
     def __init__(
@@ -147,6 +152,7 @@ class LiveService:
         payload_retention_us: int = DEFAULT_RETENTION_US,
         policy: PrefetchPolicy = DEFAULT_POLICY,
         rng: random.Random | None = None,
+        sink_capacity: int = MAX_PENDING,
     ) -> None:
         self.schedule = ScheduleStore(kv)
         self.payloads = PayloadStore(kv, payload_retention_us)
@@ -158,7 +164,11 @@ class LiveService:
         self.policy = policy
         self._rng = rng or random.Random()
         self._lock = threading.RLock()
-        self._sinks: list[TriggerSink] = [] if sink is None else [sink]
+        self._delivery = Delivery(self._current_stages, capacity=sink_capacity)
+        #: The sinks' Prometheus series (:mod:`hopcast.live.sinks`): register it on a registry.
+        self.sink_metrics = SinkCollector(self.sinks)
+        if sink is not None:
+            self._delivery.add(sink)
         self._watchers: list[Callable[[], None]] = []
         self._rearm = False  # a tick failed: re-arm every timer from the store first
 
@@ -183,9 +193,23 @@ class LiveService:
             return None
         return payload_ref(trigger.event_id, stage.value) if published else None
 
-    def add_sink(self, sink: TriggerSink) -> Callable[[], None]:
-        """Also hand every future trigger to ``sink``; returns a function that removes it."""
-        return self._subscribe(self._sinks, sink)
+    def add_sink(self, sink: TriggerSink, name: str | None = None) -> Callable[[], None]:
+        """Also hand every future trigger to ``sink``; returns a function that removes it.
+        ``name`` labels its metrics (default: its qualified name, such as
+        ``Router.publish_all``)."""
+        with self._lock:
+            remove = self._delivery.add(sink, name)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                remove()
+
+        return unsubscribe
+
+    def sinks(self) -> list[SinkStatus]:
+        """Every sink's delivery state: queued triggers, failures, drops."""
+        with self._lock:
+            return self._delivery.status()
 
     def watch_deadline(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake`` whenever the next deadline may have changed (after a command, a resume
@@ -272,7 +296,8 @@ class LiveService:
             return self.command(Reschedule(event_id, new_start, new_end), now)
 
     def tick(self, now: int) -> list[Trigger]:
-        """Fire every timer due at ``now`` and publish the triggers.
+        """Hand failed sinks their queued triggers if their retry is due, then fire every
+        timer due at ``now`` and publish the triggers.
 
         Returns:
             The triggers published.
@@ -284,6 +309,7 @@ class LiveService:
                 published (a limit of :meth:`Producer.tick`) until a restart re-announces them.
         """
         with self._lock:
+            self._delivery.retry(now)
             if self._rearm:
                 self._publish(self.producer.resume(self.schedule.events()), now, retire=False)
                 self._rearm = False
@@ -315,9 +341,11 @@ class LiveService:
         return triggers + fired
 
     def next_deadline(self) -> int | None:
-        """When the earliest pending timer is due (µs), or None."""
+        """When :meth:`tick` has something to do next (µs): the earliest pending timer or
+        sink retry; None if nothing is pending."""
         with self._lock:
-            return self.producer.next_deadline()
+            due = [self.producer.next_deadline(), self._delivery.next_retry()]
+            return min((at for at in due if at is not None), default=None)
 
     def events(self) -> list[LiveEvent]:
         """Every stored event, by id."""
@@ -505,16 +533,21 @@ class LiveService:
 
         return unsubscribe
 
+    def _current_stages(self) -> list[Trigger]:
+        """The current stage of every stored event past ``scheduled``, as the trigger that
+        announced it (same version and time): what a sink that lost triggers is handed."""
+        return [
+            Trigger(event.id, event.state, event.stage_version, event.stage_changed_at)
+            for event in self.schedule.events()
+            if event.state is not State.SCHEDULED
+        ]
+
     def _publish(self, triggers: Sequence[Trigger], now: int, *, retire: bool = True) -> None:
-        """Hand ``triggers`` to every sink, then (``retire``) let the payloads of events that
-        ended or were cancelled expire after the retention."""
+        """Hand ``triggers`` to every sink (:mod:`hopcast.live.sinks`), then (``retire``) let
+        the payloads of events that ended or were cancelled expire after the retention."""
         if not triggers:
             return
-        for sink in list(self._sinks):
-            try:
-                sink(triggers)
-            except Exception:
-                logger.exception("a live trigger sink failed; its triggers were not delivered")
+        self._delivery.publish(triggers, now)
         for trigger in triggers:
             if retire and trigger.stage in TERMINAL:
                 try:
