@@ -32,7 +32,7 @@ BACKENDS = ["memory", "lmdb"]
 NOW = 1_700_000_000_000_000
 #: Enough examples per test to hit ties, replays and late deletes many times, while the whole
 #: module stays well under a minute.
-EXAMPLES = 100
+EXAMPLES = int(__import__("os").environ.get("HOPCAST_ORACLE_EXAMPLES", "100"))
 #: Mutations per generated graph: enough to collide often in the small id space.
 MAX_MUTATIONS = 80
 #: Larger than any adjacency list a generated graph can have, so such a limit never binds.
