@@ -32,6 +32,11 @@ GOLDEN: list[tuple[m.Message, bytes]] = [
         b'{"type":"subscribe","channels":["global","event:finale"]}',
     ),
     (m.Unsubscribe(channels=("global",)), b'{"type":"unsubscribe","channels":["global"]}'),
+    (m.FreshToken(token="hc1.k0.e30.x"), b'{"type":"token","token":"hc1.k0.e30.x"}'),
+    (
+        m.Refresh(expires_at=1764150000000000, within_ms=31000),
+        b'{"type":"refresh","expires_at":1764150000000000,"within_ms":31000}',
+    ),
     (m.Ping(ts=1767225600000000), b'{"type":"ping","ts":1767225600000000}'),
     (m.Pong(ts=1767225600000000), b'{"type":"pong","ts":1767225600000000}'),
     (

@@ -20,8 +20,16 @@ OTHER_SECRET = bytes(range(1, 33))
 NOW = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs
 SCOPES = ("global", "event:*")
 
-# Golden vector: another platform's issuer must produce exactly this token for these inputs.
+# Golden vector: another platform's issuer must produce exactly this token for these inputs
+# (token id TOKEN_ID).
+TOKEN_ID = "Xc0-ZQx9_aB3kL7m"
 GOLDEN_TOKEN = (
+    "hc1.k0.eyJzdWIiOiJ0di00MiIsImNoIjpbImdsb2JhbCIsImV2ZW50OioiXSwiaWF0IjoxNzY3MjI1NjAwMDAwMDAwL"
+    "CJuYmYiOjE3NjcyMjU2MDAwMDAwMDAsImV4cCI6MTc2NzIyOTIwMDAwMDAwMCwianRpIjoiWGMwLVpReDlfYUIza0w3bS"
+    "J9.hDPlVFEhpkHHvQYBZyj1c8qetqFLZbpStGb8ySqq0cw"
+)
+# A token issued before the ``jti`` claim existed (same inputs): it still verifies.
+LEGACY_TOKEN = (
     "hc1.k0.eyJzdWIiOiJ0di00MiIsImNoIjpbImdsb2JhbCIsImV2ZW50OioiXSwiaWF0IjoxNzY3MjI1NjAwMDAwMDAwL"
     "CJuYmYiOjE3NjcyMjU2MDAwMDAwMDAsImV4cCI6MTc2NzIyOTIwMDAwMDAwMH0.u8m7F9GlNNIxULI4VfgfV-nQHUxJH"
     "HVAD0A0MbdisXo"
@@ -58,7 +66,23 @@ def _b64(data: bytes) -> str:
 
 
 def test_issue_produces_the_golden_token() -> None:
-    assert _issue() == GOLDEN_TOKEN
+    assert _issue(token_id=TOKEN_ID) == GOLDEN_TOKEN
+
+
+def test_a_token_without_a_token_id_still_verifies_with_none_as_its_id() -> None:
+    claims = t.verify(SECRET, LEGACY_TOKEN, NOW)
+    assert (claims.device, claims.token_id) == ("tv-42", None)
+    assert t.verify(SECRET, GOLDEN_TOKEN, NOW).token_id == TOKEN_ID
+
+
+def test_every_issued_token_gets_a_distinct_random_id() -> None:
+    ids = {t.verify(SECRET, _issue(), NOW).token_id for _ in range(50)}
+    assert len(ids) == 50 and all(i is not None and len(i) == 16 for i in ids)
+
+
+def test_a_malformed_token_id_is_refused_at_issue() -> None:
+    with pytest.raises(InvalidInput, match="token id"):
+        _issue(token_id="has space")
 
 
 def test_the_token_is_version_key_id_claims_and_an_hmac_of_what_precedes_it() -> None:
@@ -70,6 +94,7 @@ def test_the_token_is_version_key_id_claims_and_an_hmac_of_what_precedes_it() ->
         "iat": NOW,
         "nbf": NOW,
         "exp": NOW + HOUR,
+        "jti": TOKEN_ID,
     }
     expected = hmac.new(SECRET, f"hc1.k0.{claims}".encode(), hashlib.sha256).digest()
     assert _unb64(mac) == expected
@@ -85,6 +110,7 @@ def test_verify_returns_the_claims_of_a_valid_token() -> None:
         not_before=NOW,
         expires_at=NOW + HOUR,
         key_id="k0",
+        token_id=TOKEN_ID,
     )
 
 

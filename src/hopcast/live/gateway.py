@@ -17,6 +17,19 @@ Per connection (:meth:`Gateway._handle`):
    <hopcast.live.fanout.FrameSource.resume>` from ``hello.last``) and then its live frames — the
    two happen with no ``await`` between, so nothing can slip in between or out of order.
 
+Token lifetime (:meth:`Gateway._schedule_lifetime`): a token is good until ``exp`` plus
+``token_leeway_s`` for the connection's whole life. At ``exp`` minus half its lifetime (at most
+:data:`REFRESH_LEAD_S` ahead) the gateway sends ``refresh``; a ``token`` answer for the same
+subject replaces the claims in place (subscriptions kept, channels the new scopes forbid
+dropped with ``error forbidden``); none by ``exp`` + leeway → ``bye token_expired``, close code
+4001. Revocation: the gateway polls a :class:`~hopcast.live.revocation.RevocationSource` every
+``revocation_poll_s``; a ``hello`` whose token is revoked is refused (``error unauthorized``),
+an open connection whose token becomes revoked gets ``bye revoked`` and close code 4003.
+Per-subject cap: a ``hello`` whose subject already holds ``max_per_subject`` connections gets
+``bye too_many_connections`` (close 1013); the connections already open are kept (a leaked
+token cannot push the real device off). A binary frame gets ``error malformed`` and close code
+1003 (the protocol is text only).
+
 Fan-out: for each ``(channel, frame)`` the source delivers, the **same bytes** are written to
 every open subscriber with ``websockets.broadcast`` — no ``await``, no per-device encoding,
 closed connections skipped. Nothing waits for a slow device; instead the transport's write
@@ -40,7 +53,11 @@ Prometheus series (one registry per gateway): ``hopcast_gateway_connections``,
 ``hopcast_gateway_devices``, ``hopcast_gateway_frames_broadcast_total``,
 ``hopcast_gateway_frame_writes_total``, ``hopcast_gateway_evictions_total{reason}``,
 ``hopcast_gateway_rejections_total{reason}``, ``hopcast_gateway_auth_failures_total{problem}``,
-``hopcast_gateway_resumes_total{kind}``, ``hopcast_gateway_gc_pause_seconds{generation}``.
+``hopcast_gateway_resumes_total{kind}``, ``hopcast_gateway_gc_pause_seconds{generation}``,
+``hopcast_gateway_refresh_requests_total``, ``hopcast_gateway_token_refreshes_total{outcome}``
+(``ok``, ``refused``), ``hopcast_gateway_token_expiries_total``,
+``hopcast_gateway_revocations_total{when}`` (``hello``, ``open``),
+``hopcast_gateway_subject_cap_refusals_total``, ``hopcast_gateway_binary_refusals_total``.
 """
 
 from __future__ import annotations
@@ -51,6 +68,7 @@ import gc
 import logging
 import random
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import assert_never
@@ -62,14 +80,22 @@ from websockets.frames import CloseCode
 from websockets.protocol import State as WsState
 
 from hopcast.durations import now_us
-from hopcast.errors import ConfigError, ProtocolError, TokenError
+from hopcast.errors import ConfigError, HopcastError, ProtocolError, TokenError
 from hopcast.live import messages as m
 from hopcast.live.fanout import FrameSource, PushRegistry, ResumeKind
 from hopcast.live.gcwatch import FREEZE_STEP as FREEZE_STEP
 from hopcast.live.gcwatch import FreezePolicy as FreezePolicy
 from hopcast.live.gcwatch import GcMonitor as GcMonitor
-from hopcast.live.messages import ByeReason, ErrorCode, Position
-from hopcast.live.tokens import DEFAULT_KEY_ID, MIN_SECRET_BYTES, Claims, verify
+from hopcast.live.messages import ByeReason, CloseCodes, ErrorCode, Position
+from hopcast.live.revocation import POLL_S, RevocationList, RevocationSource
+from hopcast.live.tokens import (
+    DEFAULT_KEY_ID,
+    DEFAULT_LEEWAY_US,
+    MIN_SECRET_BYTES,
+    Claims,
+    TokenProblem,
+    verify,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +134,17 @@ RETRY_SPREAD_MS = 10_000
 #: Longest wait after a heartbeat's pings before the heap is frozen again (the pongs of 100k
 #: devices on one node arrive within a second or two).
 SETTLE_MAX_S = 5.0
+#: Time after ``exp`` a connection may go on without a fresh token (and the clock difference
+#: tolerated when a token is checked): the same 30 s as the token check at ``hello``, which is
+#: also time enough for a device to fetch a token from its login service.
+TOKEN_LEEWAY_S = DEFAULT_LEEWAY_US / 1_000_000
+#: The ``refresh`` request goes out this long before ``exp`` at most (half the token's lifetime
+#: for shorter tokens), so a device has a minute plus the leeway to get a fresh token.
+REFRESH_LEAD_S = 60.0
+#: Connections one subject (device id) may hold at once: a device holds one, plus a few
+#: half-open ones left by network changes until the heartbeat notices them (75 s); 8 covers
+#: that and a few browser tabs, and bounds a leaked token to 8 of a node's 19,000 slots.
+DEFAULT_MAX_PER_SUBJECT = 8
 #: Distinct ``bye`` frames per reason, encoded once: 32 evenly spaced delays spread a fleet as
 #: well as per-device randomness without encoding a frame per device.
 RETRY_BUCKETS = 32
@@ -129,14 +166,29 @@ class _Metrics:
         self.rejections = counter("rejections", "Connections refused or closed", "reason")
         self.auth_failures = counter("auth_failures", "Tokens refused", "problem")
         self.resumes = counter("resumes", "Channel catch-ups by kind", "kind")
+        self.refresh_requests = counter("refresh_requests", "refresh messages sent")
+        self.refreshes = counter("token_refreshes", "Fresh tokens received, by outcome", "outcome")
+        self.expiries = counter("token_expiries", "Connections closed: token expired")
+        self.revocations = counter("revocations", "Revoked tokens refused or closed", "when")
+        self.cap_refusals = counter("subject_cap_refusals", "Hellos over the per-subject cap")
+        self.binary_refusals = counter("binary_refusals", "Connections closed for a binary frame")
         self.collectors: tuple[Gauge | Counter, ...] = (self.connections, self.devices)
         self.collectors += (self.frames, self.writes, self.evictions, self.rejections)
-        self.collectors += (self.auth_failures, self.resumes)
+        self.collectors += (self.auth_failures, self.resumes, self.refresh_requests)
+        self.collectors += (self.refreshes, self.expiries, self.revocations)
+        self.collectors += (self.cap_refusals, self.binary_refusals)
         # Every known label value from the start, so a zero is a sample rather than absent.
         for reason in ByeReason:
             self.evictions.labels(reason.value)
-        for refusal in (*(c.value for c in ErrorCode), "overloaded", "hello_timeout"):
+        extra = ("overloaded", "hello_timeout", "too_many_connections", "binary")
+        for refusal in (*(c.value for c in ErrorCode), *extra):
             self.rejections.labels(refusal)
+        for problem in TokenProblem:
+            self.auth_failures.labels(problem.value)
+        for outcome in ("ok", "refused"):
+            self.refreshes.labels(outcome)
+        for when in ("hello", "open"):
+            self.revocations.labels(when)
         for kind in ResumeKind:
             self.resumes.labels(kind.value)
         registry.register(monitor)
@@ -150,6 +202,7 @@ class _Connection(ServerConnection):
     hc_last: Mapping[str, Position] = MappingProxyType({})
     hc_channels: tuple[str, ...] = ()
     hc_heard: float = 0.0  # loop time of the last frame received
+    hc_timer: asyncio.TimerHandle | None = None  # the token's next refresh request or expiry
 
 
 def _connection_class(on_backlog: Callable[[_Connection], None]) -> type[_Connection]:
@@ -192,6 +245,10 @@ class Gateway:
         metrics_registry: CollectorRegistry | None = None,
         clock: Callable[[], int] = now_us,
         rng: random.Random | None = None,
+        token_leeway_s: float = TOKEN_LEEWAY_S,
+        max_per_subject: int = DEFAULT_MAX_PER_SUBJECT,
+        revocations: RevocationSource | None = None,
+        revocation_poll_s: float = POLL_S,
     ) -> None:
         """
         Args:
@@ -212,6 +269,12 @@ class Gateway:
             metrics_registry: Prometheus registry (default: a new one, :attr:`metrics_registry`).
             clock: µs since the epoch, for token checks, pings and the registry.
             rng: picks ``bye`` delays.
+            token_leeway_s: a token is good until ``exp`` plus this, at ``hello`` and for the
+                connection's life (``bye token_expired`` after it without a fresh token).
+            max_per_subject: connections one subject may hold at once (the newest refused).
+            revocations: where revoked tokens and subjects are listed (polled); none: no
+                revocation except through :meth:`apply_revocations`.
+            revocation_poll_s: how often ``revocations`` is read.
 
         Raises:
             ConfigError: a setting is out of range, a secret is shorter than
@@ -224,6 +287,10 @@ class Gateway:
             raise ConfigError(f"node id must have 1 to {m.MAX_NAME_CHARS} characters")
         if max_connections < 1 or heartbeat_s < 0.001 or write_limit < 1 or retry_spread_ms < 0:
             raise ConfigError("max_connections, heartbeat_s, write_limit must be positive")
+        if token_leeway_s < 0 or max_per_subject < 1 or revocation_poll_s <= 0:
+            raise ConfigError(
+                "token_leeway_s must be >= 0, max_per_subject >= 1, revocation_poll_s > 0"
+            )
         if registry is not None and registry.ttl_us <= heartbeat_s * 1e6:
             raise ConfigError("the push registry's TTL must exceed the heartbeat interval")
         self._source = source
@@ -238,6 +305,13 @@ class Gateway:
         self._registry = registry
         self._clock = clock
         self._rng = rng or random.Random()
+        self._leeway_us = round(token_leeway_s * 1_000_000)
+        self._max_per_subject = max_per_subject
+        self._per_subject: dict[str, int] = {}
+        self._revocation_source = revocations
+        self._revocation_poll_s = revocation_poll_s
+        self._revoked = RevocationList()
+        self._revocation_task: asyncio.Task[None] | None = None
         self._welcome = m.encode(m.Welcome(node=node_id, heartbeat_ms=round(heartbeat_s * 1000)))
         last = RETRY_BUCKETS - 1
         self._byes = {
@@ -275,6 +349,10 @@ class Gateway:
     def subscriber_count(self, channel: str) -> int:
         return len(self._subs.get(channel, ()))
 
+    def subject_count(self, subject: str) -> int:
+        """Welcomed connections of ``subject``."""
+        return self._per_subject.get(subject, 0)
+
     def stats(self) -> dict[str, float]:
         """Every series as a flat dict (``evictions_slow``, ``resumes_state``, ...) plus
         :meth:`GcMonitor.stats`: for the benchmark and logs."""
@@ -290,13 +368,22 @@ class Gateway:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def serve(self, host: str, port: int, *, reuse_port: bool = False) -> GatewayServer:
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> GatewayServer:
         """Listen on ``host:port`` and start taking frames from the source and heartbeating.
 
         Args:
             host, port: where to listen (port 0: any free port, see :attr:`GatewayServer.port`).
             reuse_port: set ``SO_REUSEPORT`` so several gateway processes share the port (the
                 kernel spreads new connections over them).
+            ssl_context: serve ``wss://`` with this server context (see
+                :func:`hopcast.tls.server_context`); ``None``: plain ``ws://``.
 
         Raises:
             ConfigError: this gateway is already serving or was closed.
@@ -305,6 +392,8 @@ class Gateway:
         if self._server is not None:
             raise ConfigError("a Gateway serves once; create another one")
         loop = asyncio.get_running_loop()
+        if self._revocation_source is not None:
+            await self._load_revocations()  # hellos are checked against the list from the start
         self._server = await serve(
             self._handle,
             host,
@@ -320,11 +409,14 @@ class Gateway:
             create_connection=_connection_class(self._on_backlog),
             reuse_port=reuse_port,
             backlog=LISTEN_BACKLOG,
+            ssl=ssl_context,
         )
         self._unsubscribe = self._source.subscribe(self._on_frame)
         self._heartbeat_task = loop.create_task(self._heartbeat())
+        if self._revocation_source is not None:
+            self._revocation_task = loop.create_task(self._poll_revocations())
         self.gc.install()
-        return GatewayServer(self, self._server)
+        return GatewayServer(self, self._server, "wss" if ssl_context is not None else "ws")
 
     async def _shutdown(self, server: Server) -> None:
         # 1. Take no more frames, pings or connections.
@@ -334,10 +426,11 @@ class Gateway:
         self._closing = True
         if self._unsubscribe is not None:
             self._unsubscribe()
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat_task
+        for task in (self._heartbeat_task, self._revocation_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # 2. Tell every connection to come back later, each after its own delay, and close it
         #    (code 1012, service restart) within the close timeout.
         for conn in self._conns:
@@ -382,10 +475,13 @@ class Gateway:
         """1. a valid ``hello`` first, within the timeout; 2. a valid token. ``None`` if refused."""
         try:
             async with asyncio.timeout(self._hello_timeout_s):
-                data = await conn.recv(decode=False)
+                data = await conn.recv(decode=None)  # str: a text frame; bytes: binary
         except TimeoutError:
             self._m.rejections.labels("hello_timeout").inc()
             await self._close(conn, CloseCode.POLICY_VIOLATION, "no hello")
+            return None
+        if isinstance(data, bytes):
+            await self._refuse_binary(conn)
             return None
         try:
             hello = m.decode_from_client(data)
@@ -399,14 +495,32 @@ class Gateway:
             reason = f"this gateway speaks protocol {m.PROTOCOL_VERSION}, not {hello.protocol}"
             await self._refuse(conn, ErrorCode.UNSUPPORTED_PROTOCOL, reason)
             return None
-        try:
-            claims = verify(self._keyring, hello.token, self._clock())
-        except TokenError as exc:
-            self._m.auth_failures.labels(exc.problem).inc()
-            await self._refuse(conn, ErrorCode.UNAUTHORIZED, str(exc))
+        claims = self._verify(hello.token, "hello")
+        if isinstance(claims, TokenError):
+            await self._refuse(conn, ErrorCode.UNAUTHORIZED, str(claims))
+            return None
+        # The per-subject cap; no await from here to _serve_device counting this connection.
+        if self._per_subject.get(claims.device, 0) >= self._max_per_subject:
+            self._m.cap_refusals.inc()
+            self._m.rejections.labels(ByeReason.TOO_MANY_CONNECTIONS.value).inc()
+            self._bye(conn, ByeReason.TOO_MANY_CONNECTIONS)
+            await self._close(conn, CloseCode.TRY_AGAIN_LATER, ByeReason.TOO_MANY_CONNECTIONS)
             return None
         if hello.last:
             conn.hc_last = hello.last
+        return claims
+
+    def _verify(self, token: str, when: str) -> Claims | TokenError:
+        """The token's claims if it verifies and is not revoked, else why not (counted)."""
+        try:
+            claims = verify(self._keyring, token, self._clock(), leeway_us=self._leeway_us)
+            revoked = self._revoked.reason(claims)
+            if revoked is not None:
+                self._m.revocations.labels(when).inc()
+                raise TokenError(TokenProblem.REVOKED, f"revoked: {revoked}")
+        except TokenError as exc:
+            self._m.auth_failures.labels(exc.problem).inc()
+            return exc
         return claims
 
     async def _serve_device(self, conn: _Connection, claims: Claims) -> None:
@@ -415,7 +529,9 @@ class Gateway:
         conn.hc_heard = asyncio.get_running_loop().time()
         self._devices.add(conn)
         self._m.devices.inc()
+        self._per_subject[claims.device] = self._per_subject.get(claims.device, 0) + 1
         _write(conn, self._welcome)
+        self._schedule_lifetime(conn, claims)
         if self._freeze.opened(len(self._devices)):
             gc.freeze()
         if self._registry is not None:
@@ -424,8 +540,11 @@ class Gateway:
             )
         loop = asyncio.get_running_loop()
         while True:
-            data = await conn.recv(decode=False)
+            data = await conn.recv(decode=None)
             conn.hc_heard = loop.time()
+            if isinstance(data, bytes):
+                await self._refuse_binary(conn)
+                return
             try:
                 msg = m.decode_from_client(data)
             except ProtocolError as exc:
@@ -433,7 +552,10 @@ class Gateway:
                 return
             match msg:
                 case m.Subscribe(channels=channels):
-                    self._subscribe(conn, claims, channels)
+                    self._subscribe(conn, conn.hc_claims or claims, channels)
+                case m.FreshToken(token=token):
+                    if not await self._renew(conn, token):
+                        return
                 case m.Unsubscribe(channels=channels):
                     self._unsubscribe_channels(conn, channels)
                 case m.Ping(ts=ts):
@@ -475,6 +597,100 @@ class Gateway:
             subscribers.add(conn)
             conn.hc_channels = (*conn.hc_channels, channel)
 
+    async def _renew(self, conn: _Connection, token: str) -> bool:
+        """Take a fresh token on an open connection: same subject, then the new claims replace
+        the old, channels the new scopes forbid are dropped (``error forbidden`` each) and the
+        lifetime timer restarts. False (after ``error unauthorized`` and close) if refused."""
+        old = conn.hc_claims
+        assert old is not None  # welcomed connections only
+        claims = self._verify(token, "open")
+        if isinstance(claims, Claims) and claims.device != old.device:
+            self._m.auth_failures.labels(TokenProblem.MALFORMED).inc()
+            claims = TokenError(
+                TokenProblem.MALFORMED, f"a fresh token must name the same subject {old.device!r}"
+            )
+        if isinstance(claims, TokenError):
+            self._m.refreshes.labels("refused").inc()
+            await self._refuse(conn, ErrorCode.UNAUTHORIZED, str(claims))
+            return False
+        conn.hc_claims = claims
+        dropped = tuple(ch for ch in conn.hc_channels if not claims.allows(ch))
+        if dropped:
+            self._unsubscribe_channels(conn, dropped)
+            for channel in dropped:
+                self._forbid(conn, f"channel {channel!r} is outside the fresh token's scopes")
+        self._schedule_lifetime(conn, claims)
+        self._m.refreshes.labels("ok").inc()
+        return True
+
+    def _schedule_lifetime(self, conn: _Connection, claims: Claims) -> None:
+        """Arm the connection's one timer: ``refresh`` at ``exp`` minus half the lifetime (at
+        most :data:`REFRESH_LEAD_S`), then ``bye token_expired`` at ``exp`` + leeway."""
+        if conn.hc_timer is not None:
+            conn.hc_timer.cancel()
+        lifetime = max(0, claims.expires_at - claims.not_before)
+        ask_at = claims.expires_at - min(round(REFRESH_LEAD_S * 1_000_000), lifetime // 2)
+        delay_s = max(0.0, (ask_at - self._clock()) / 1_000_000)
+        loop = asyncio.get_running_loop()
+        conn.hc_timer = loop.call_later(delay_s, self._ask_refresh, conn, claims)
+
+    def _ask_refresh(self, conn: _Connection, claims: Claims) -> None:
+        if conn.protocol.state is not WsState.OPEN or conn.hc_claims is not claims:
+            return
+        close_at = claims.expires_at + self._leeway_us
+        within_us = max(0, close_at - self._clock())
+        refresh = m.Refresh(expires_at=claims.expires_at, within_ms=within_us // 1000)
+        _write(conn, m.encode(refresh))
+        self._m.refresh_requests.inc()
+        loop = asyncio.get_running_loop()
+        conn.hc_timer = loop.call_later(within_us / 1_000_000, self._expire, conn, claims)
+
+    def _expire(self, conn: _Connection, claims: Claims) -> None:
+        if conn.protocol.state is not WsState.OPEN or conn.hc_claims is not claims:
+            return
+        self._m.expiries.inc()
+        self._evict(conn, ByeReason.TOKEN_EXPIRED, CloseCodes.TOKEN_EXPIRED)
+
+    # -- revocation --------------------------------------------------------------------------
+
+    @property
+    def revocations(self) -> RevocationList:
+        """The revocation list in force here."""
+        return self._revoked
+
+    def apply_revocations(self, revoked: RevocationList) -> int:
+        """Make ``revoked`` the list in force: later hellos are checked against it, and every
+        open connection whose token it revokes gets ``bye revoked`` and close code 4003.
+
+        Returns:
+            How many connections were closed.
+        """
+        if revoked == self._revoked:
+            return 0
+        self._revoked = revoked
+        closed = 0
+        for conn in [c for c in self._devices if c.hc_claims is not None]:
+            assert conn.hc_claims is not None
+            if revoked.reason(conn.hc_claims) is not None:
+                self._m.revocations.labels("open").inc()
+                self._evict(conn, ByeReason.REVOKED, CloseCodes.REVOKED)
+                closed += 1
+        return closed
+
+    async def _load_revocations(self) -> None:
+        assert self._revocation_source is not None
+        try:
+            revoked = await self._revocation_source.load(self._clock())
+        except HopcastError as exc:
+            logger.warning("gateway %s keeps its revocation list: %s", self._node_id, exc)
+            return
+        self.apply_revocations(revoked)
+
+    async def _poll_revocations(self) -> None:
+        while True:
+            await asyncio.sleep(self._revocation_poll_s)
+            await self._load_revocations()
+
     def _unsubscribe_channels(self, conn: _Connection, channels: tuple[str, ...]) -> None:
         for channel in channels:
             subscribers = self._subs.get(channel)
@@ -488,6 +704,14 @@ class Gateway:
         self._m.rejections.labels(ErrorCode.FORBIDDEN).inc()
         _write(conn, m.encode(m.Error(code=ErrorCode.FORBIDDEN, reason=reason)))
 
+    async def _refuse_binary(self, conn: _Connection) -> None:
+        """A binary frame: ``error malformed`` and close code 1003 (unsupported data)."""
+        self._m.binary_refusals.inc()
+        self._m.rejections.labels("binary").inc()
+        reason = "binary frames are not accepted: the protocol is JSON in text frames"
+        _write(conn, m.encode(m.Error(code=ErrorCode.MALFORMED, reason=reason)))
+        await self._close(conn, CloseCode.UNSUPPORTED_DATA, "binary frame")
+
     async def _refuse(self, conn: _Connection, code: ErrorCode, reason: str) -> None:
         """Send ``error`` and close (for the fatal codes)."""
         self._m.rejections.labels(code).inc()
@@ -497,10 +721,20 @@ class Gateway:
     async def _drop(self, conn: _Connection) -> None:
         self._conns.discard(conn)
         self._m.connections.dec()
+        if conn.hc_timer is not None:
+            conn.hc_timer.cancel()
+            conn.hc_timer = None
         if conn not in self._devices:
             return
         self._devices.discard(conn)
         self._m.devices.dec()
+        if conn.hc_claims is not None:
+            subject = conn.hc_claims.device
+            left = self._per_subject.get(subject, 1) - 1
+            if left > 0:
+                self._per_subject[subject] = left
+            else:
+                self._per_subject.pop(subject, None)
         self._unsubscribe_channels(conn, conn.hc_channels)
         if self._freeze.closed(len(self._devices)):
             gc.unfreeze()
@@ -535,21 +769,23 @@ class Gateway:
         for conn in backlogged:
             self._evict(conn, ByeReason.SLOW)
 
-    def _evict(self, conn: _Connection, reason: ByeReason) -> None:
+    def _evict(
+        self, conn: _Connection, reason: ByeReason, code: int = CloseCode.POLICY_VIOLATION
+    ) -> None:
         """Stop streaming to ``conn``, tell it why (best effort), close it in the background."""
         if conn.protocol.state is not WsState.OPEN:
             return
         self._unsubscribe_channels(conn, conn.hc_channels)
         self._bye(conn, reason)
         self._m.evictions.labels(reason.value).inc()
-        self._close_soon(conn, CloseCode.POLICY_VIOLATION, reason)
+        self._close_soon(conn, code, reason)
 
-    def _close_soon(self, conn: _Connection, code: CloseCode, reason: str) -> None:
+    def _close_soon(self, conn: _Connection, code: int, reason: str) -> None:
         task = asyncio.get_running_loop().create_task(self._close(conn, code, reason))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _close(self, conn: _Connection, code: CloseCode, reason: str) -> None:
+    async def _close(self, conn: _Connection, code: int, reason: str) -> None:
         """Closing handshake bounded by ``close_timeout_s``, then abort. (websockets' own
         ``close()`` first drains the write buffer, which never ends for a device not reading.)"""
         try:
@@ -588,9 +824,10 @@ class Gateway:
 class GatewayServer:
     """A serving :class:`Gateway`: its bound port, and :meth:`close`."""
 
-    def __init__(self, gateway: Gateway, server: Server) -> None:
+    def __init__(self, gateway: Gateway, server: Server, scheme: str = "ws") -> None:
         self._gateway = gateway
         self._server = server
+        self.scheme = scheme  # "wss" when serving TLS
 
     @property
     def gateway(self) -> Gateway:

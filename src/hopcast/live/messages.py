@@ -26,6 +26,7 @@ Messages
     ``hello``                 c → s     ``token``, ``client``, ``protocol``, ``last``
     ``subscribe``             c → s     ``channels``
     ``unsubscribe``           c → s     ``channels``
+    ``token``                 c → s     ``token`` (a fresh token, answering ``refresh``)
     ``welcome``               s → c     ``node``, ``heartbeat_ms``
     ``trigger``               s → c     ``channel``, ``epoch``, ``seq``, ``event``, ``stage``,
                                         ``version``, ``ts``, ``payload``
@@ -34,6 +35,7 @@ Messages
     ``ping`` / ``pong``       both      ``ts`` (the pinger's clock; the pong echoes it)
     ``error``                 s → c     ``code``, ``reason``
     ``bye``                   s → c     ``reason``, ``retry_after_ms``
+    ``refresh``               s → c     ``expires_at``, ``within_ms``
     ========================= ========= ===========================================================
 
 Handshake
@@ -82,6 +84,30 @@ Heartbeats
     ``ts``. A device that hears nothing (no ping, no trigger) for 2.5 intervals treats the
     connection as dead and reconnects. A device may ping too; the gateway answers ``pong``.
     These application pings exist because browsers cannot send WebSocket-level pings.
+
+Token lifetime (refresh on the same connection)
+    A token is good until its ``exp`` plus the gateway's leeway (default 30 s, the clock
+    difference tolerated between issuer and gateway), for the connection's whole life, not
+    only at ``hello``. Before that — at ``exp`` minus half the token's lifetime, at most one
+    minute ahead — the gateway sends ``refresh``: ``expires_at`` is the current token's ``exp``
+    (µs), ``within_ms`` how long the device has to answer. The device answers on the same
+    connection with ``token``: a fresh token for the **same subject**. On success the gateway
+    keeps every subscription and position (nothing is replayed or missed: there is no
+    reconnect) and schedules the next ``refresh`` from the new ``exp``. Channels the fresh
+    token's scopes no longer allow are dropped, each with an ``error`` ``forbidden`` (the
+    connection stays). A fresh token that does not verify, or names another subject, gets
+    ``error`` ``unauthorized`` and the connection is closed (policy violation, 1008). If no valid
+    token has arrived by ``exp`` + leeway the gateway sends ``bye`` ``token_expired`` and closes
+    with code 4001. A device may also send ``token`` unprompted, e.g. when its login renews.
+
+Revocation, connection cap, binary frames
+    A token revoked by id (its ``jti``) or every token of a subject issued before the
+    revocation is refused at ``hello`` (``error`` ``unauthorized``, reason ``revoked``); open
+    connections presenting one get ``bye`` ``revoked`` and close code 4003 within the gateway's
+    revocation poll interval (1 s). A subject holds at most the gateway's per-subject cap of
+    connections at once (default 8); a ``hello`` beyond it gets ``bye``
+    ``too_many_connections`` (with ``retry_after_ms``) and close code 1013; the connections
+    already open are kept. A binary frame gets ``error`` ``malformed`` and close code 1003.
 
 Errors and shutdown
     ``error`` codes are :class:`ErrorCode`; after ``malformed``, ``unauthorized``,
@@ -159,6 +185,24 @@ class ByeReason(enum.StrEnum):
     SLOW = "slow"
     #: The device did not answer pings.
     TIMEOUT = "timeout"
+    #: The token expired and no fresh one arrived within the leeway (close code 4001). Get a
+    #: fresh token before reconnecting.
+    TOKEN_EXPIRED = "token_expired"
+    #: The token (by id) or its subject was revoked (close code 4003). A fresh token issued
+    #: after the revocation may be accepted, unless its id is revoked too.
+    REVOKED = "revoked"
+    #: The token's subject already holds the gateway's per-subject limit of connections (close
+    #: code 1013); the existing ones are kept.
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+
+
+class CloseCodes:
+    """Application close codes (the 4000-4999 range RFC 6455 leaves to applications)."""
+
+    #: ``bye token_expired``: no fresh token within the leeway.
+    TOKEN_EXPIRED = 4001
+    #: ``bye revoked``.
+    REVOKED = 4003
 
 
 class Position(NamedTuple):
@@ -232,6 +276,13 @@ class Unsubscribe(_Message, tag="unsubscribe", frozen=True, kw_only=True):
     """Stop following ``channels``; triggers already in flight may still arrive."""
 
     channels: Channels
+
+
+class FreshToken(_Message, tag="token", frozen=True, kw_only=True):
+    """A fresh token for the same subject, on an open connection (answering :class:`Refresh`,
+    or unprompted); the connection keeps its subscriptions."""
+
+    token: Annotated[str, Meta(max_length=MAX_TOKEN_CHARS)]
 
 
 # -- both directions -------------------------------------------------------------------------
@@ -316,9 +367,34 @@ class Bye(_Message, tag="bye", frozen=True, kw_only=True):
     retry_after_ms: Count = 0
 
 
-ClientMessage = Hello | Subscribe | Unsubscribe | Ping | Pong
-ServerMessage = Welcome | Trigger | State | Ping | Pong | Error | Bye
-Message = Hello | Subscribe | Unsubscribe | Ping | Pong | Welcome | Trigger | State | Error | Bye
+class Refresh(_Message, tag="refresh", frozen=True, kw_only=True):
+    """The token is about to expire: send a fresh one (:class:`FreshToken`) on this connection.
+
+    Attributes:
+        expires_at: the current token's ``exp``, µs since the epoch (the gateway's view).
+        within_ms: how long the gateway waits, from this message, before ``bye token_expired``.
+    """
+
+    expires_at: int
+    within_ms: Count
+
+
+ClientMessage = Hello | Subscribe | Unsubscribe | FreshToken | Ping | Pong
+ServerMessage = Welcome | Trigger | State | Ping | Pong | Error | Bye | Refresh
+Message = (
+    Hello
+    | Subscribe
+    | Unsubscribe
+    | FreshToken
+    | Ping
+    | Pong
+    | Welcome
+    | Trigger
+    | State
+    | Error
+    | Bye
+    | Refresh
+)
 
 _decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
 # Dict keys (``hello.last``) sorted, so a message always encodes to the same bytes.
@@ -361,7 +437,7 @@ def decode_from_client(data: bytes | str) -> ClientMessage:
         ProtocolError: as :func:`decode`, or the message is one only a server sends.
     """
     msg = decode(data)
-    if not isinstance(msg, Hello | Subscribe | Unsubscribe | Ping | Pong):
+    if not isinstance(msg, Hello | Subscribe | Unsubscribe | FreshToken | Ping | Pong):
         raise ProtocolError(f"a client may not send {_tag(msg)!r}")
     return msg
 
@@ -373,7 +449,7 @@ def decode_from_server(data: bytes | str) -> ServerMessage:
         ProtocolError: as :func:`decode`, or the message is one only a client sends.
     """
     msg = decode(data)
-    if isinstance(msg, Hello | Subscribe | Unsubscribe):
+    if isinstance(msg, Hello | Subscribe | Unsubscribe | FreshToken):
         raise ProtocolError(f"a server may not send {_tag(msg)!r}")
     return msg
 

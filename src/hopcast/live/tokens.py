@@ -12,8 +12,11 @@ Format (version ``hc1``)::
   key to the gateways' keyring, start issuing with it, and drop the old one once its tokens
   have expired. Verification costs one HMAC whatever the keyring's size.
 * ``claims`` — unpadded base64url of the JSON object
-  ``{"sub": device id, "ch": [scopes], "iat": issued at, "nbf": not before, "exp": expires at}``
-  (times in µs since the Unix epoch; fields in that order, no spaces).
+  ``{"sub": device id, "ch": [scopes], "iat": issued at, "nbf": not before, "exp": expires at,
+  "jti": token id}`` (times in µs since the Unix epoch; fields in that order, no spaces). The
+  token id (random, 16 base64url characters) names one token for revocation
+  (:mod:`hopcast.live.revocation`); tokens issued before it existed carry none and still verify
+  (they can be revoked by subject only).
 * ``mac`` — unpadded base64url of ``HMAC-SHA256(secret, "hc1.<key id>.<claims>")``: the MAC
   covers the version, the key id and the claims exactly as written, so none can be swapped.
 
@@ -34,6 +37,7 @@ import enum
 import hashlib
 import hmac
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated
@@ -57,7 +61,12 @@ MIN_SECRET_BYTES = 32
 #: ``exp``; NTP keeps hosts within milliseconds, 30 s covers a badly synced one.
 DEFAULT_LEEWAY_US = 30 * SECOND
 
+#: Random bytes in a default token id: 96 bits make a collision among billions of tokens
+#: negligible, in 16 base64url characters.
+TOKEN_ID_BYTES = 12
+
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_TOKEN_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_NAME_CHARS}}}")
 # The MAC's 32 bytes are 43 unpadded base64url characters.
 _TOKEN = re.compile(r"hc1\.([A-Za-z0-9_-]{1,32})\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]{43})")
 
@@ -70,6 +79,8 @@ class TokenProblem(enum.StrEnum):
     BAD_SIGNATURE = "bad_signature"
     EXPIRED = "expired"
     NOT_YET_VALID = "not_yet_valid"
+    #: Verified, but revoked by id or subject (raised by the gateway, not by :func:`verify`).
+    REVOKED = "revoked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +92,7 @@ class Claims:
         scopes: channel names or ``prefix*`` patterns the device may subscribe to.
         issued_at, not_before, expires_at: µs since the Unix epoch.
         key_id: the id of the secret that signed it.
+        token_id: the ``jti`` claim, or ``None`` for a token issued without one.
     """
 
     device: str
@@ -89,6 +101,7 @@ class Claims:
     not_before: int
     expires_at: int
     key_id: str
+    token_id: str | None = None
 
     def allows(self, channel: str) -> bool:
         """Whether a scope names ``channel`` exactly or is a ``prefix*`` it starts with."""
@@ -101,12 +114,13 @@ class Claims:
 _Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS)]
 
 
-class _Payload(msgspec.Struct, frozen=True):
+class _Payload(msgspec.Struct, frozen=True, omit_defaults=True):
     sub: _Name
     ch: Annotated[tuple[_Name, ...], Meta(max_length=MAX_CHANNELS)]
     iat: int
     nbf: int
     exp: int
+    jti: Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS)] | None = None
 
 
 _encode_payload = msgspec.json.Encoder().encode
@@ -122,6 +136,7 @@ def issue(
     *,
     key_id: str = DEFAULT_KEY_ID,
     not_before: int | None = None,
+    token_id: str | None = None,
 ) -> str:
     """Issue a token for ``device_id`` allowing ``scopes``, valid from ``now`` for ``ttl_us``.
 
@@ -133,6 +148,8 @@ def issue(
         ttl_us: how long the token stays valid, > 0.
         key_id: the secret's id, ``[A-Za-z0-9_-]{1,32}``; verifiers look the secret up by it.
         not_before: when the token becomes valid (default ``now``).
+        token_id: the ``jti`` claim, ``[A-Za-z0-9_-]{1,128}`` (default: 96 random bits,
+            :func:`secrets.token_urlsafe`), for revocation by id.
 
     Returns:
         The token, URL-safe ASCII, at most ``MAX_TOKEN_CHARS`` characters.
@@ -157,8 +174,13 @@ def issue(
             )
     if ttl_us <= 0:
         raise InvalidInput(f"ttl must be positive, got {ttl_us}")
+    jti = secrets.token_urlsafe(TOKEN_ID_BYTES) if token_id is None else token_id
+    if not _TOKEN_ID.fullmatch(jti):
+        raise InvalidInput(f"token id must match [A-Za-z0-9_-]{{1,{MAX_NAME_CHARS}}}: {jti!r}")
     start = now if not_before is None else not_before
-    payload = _Payload(sub=device_id, ch=scope_list, iat=now, nbf=start, exp=start + ttl_us)
+    payload = _Payload(
+        sub=device_id, ch=scope_list, iat=now, nbf=start, exp=start + ttl_us, jti=jti
+    )
     signing_input = f"{TOKEN_VERSION}.{key_id}.{_b64(_encode_payload(payload))}"
     token = f"{signing_input}.{_mac(secret, signing_input)}"
     if len(token) > MAX_TOKEN_CHARS:
@@ -227,6 +249,7 @@ def verify(
         not_before=payload.nbf,
         expires_at=payload.exp,
         key_id=key_id,
+        token_id=payload.jti,
     )
 
 

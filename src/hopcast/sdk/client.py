@@ -10,7 +10,10 @@ One connection, from the client's side::
     open the WebSocket ─▶ send hello (with the last positions) ─▶ receive welcome ─▶ subscribe
       ─▶ receive triggers / state / pings until one of:
            stop set          → close, return from run()
-           bye               → reconnect after retry_after_ms + jittered backoff
+           refresh           → get a fresh token (refresh_token) and send it on this same
+                               connection: no reconnect, nothing missed
+           bye               → reconnect after retry_after_ms + jittered backoff (after
+                               token_expired or revoked: with a fresh token)
            resync needed     → reconnect (resumes from the last contiguous position)
            error             → unauthorized: refresh the token, reconnect; forbidden: go on;
                                unsupported_protocol: raise; anything else: reconnect
@@ -32,8 +35,10 @@ so the few devices that missed the prefetch do not hit the origin together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
@@ -88,9 +93,14 @@ class DeviceClient(DeviceCore):
         connect_options: extra keyword arguments for ``websockets.asyncio.client.connect``
             (and through it ``loop.create_connection``), e.g. ``local_addr`` or ``write_limit``;
             they override the defaults set here.
+        ssl_context: for ``wss://``: the TLS client context (default: the system's trusted
+            CAs, or ``ca_file``).
+        ca_file: for ``wss://``: a PEM file of the CA (or self-signed certificate) to trust
+            instead of the system's, e.g. a private deployment's.
 
     Raises:
-        ConfigError: ``url`` is not a WebSocket URL.
+        ConfigError: ``url`` is not a WebSocket URL, TLS options with a ``ws://`` URL, both
+            ``ssl_context`` and ``ca_file``, or an unreadable ``ca_file``.
         InvalidInput: a channel name is invalid or there are too many.
     """
 
@@ -109,11 +119,22 @@ class DeviceClient(DeviceCore):
         sleep: Sleep = asyncio.sleep,
         fallback_window_s: float = FALLBACK_WINDOW_S,
         connect_options: Mapping[str, Any] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | None = None,
     ) -> None:
         try:
-            parse_uri(url)
+            secure = parse_uri(url).secure
         except InvalidURI as exc:
             raise ConfigError(f"not a WebSocket URL: {url!r}") from exc
+        if (ssl_context is not None or ca_file is not None) and not secure:
+            raise ConfigError(f"TLS options need a wss:// URL, not {url!r}")
+        if ssl_context is not None and ca_file is not None:
+            raise ConfigError("pass ssl_context or ca_file, not both")
+        if ca_file is not None:
+            try:
+                ssl_context = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load the CA file {ca_file!r}: {exc}") from exc
         super().__init__(
             token,
             channels,
@@ -135,8 +156,11 @@ class DeviceClient(DeviceCore):
             # The protocol's own pings and deadline() detect dead connections; WebSocket
             # keepalive pings would double the heartbeat traffic of every device.
             "ping_interval": None,
+            **({"ssl": ssl_context} if ssl_context is not None else {}),
             **(connect_options or {}),
         }
+        self._ws: ClientConnection | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def _session(self, stop_task: asyncio.Future[Any]) -> None:
         """One connection, from opening the WebSocket to losing it (never raises on I/O)."""
@@ -162,12 +186,14 @@ class DeviceClient(DeviceCore):
 
         stop_task.add_done_callback(close_on_stop)
         code = CloseCode.NORMAL_CLOSURE
+        self._ws = ws
         try:
             code = await self._converse(ws)
         except ConnectionClosed:
             pass
         finally:
             # 3. Close: gracefully, unless the peer is dead; keep positions for the resume.
+            self._ws = None
             stop_task.remove_done_callback(close_on_stop)
             self.protocol.connection_lost()
             if closing:
@@ -177,6 +203,20 @@ class DeviceClient(DeviceCore):
                 await ws.wait_closed()
             else:
                 await ws.close(code)
+
+    def _send_now(self, frames: list[bytes]) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+
+        async def send() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                for frame in frames:
+                    await ws.send(frame, text=True)
+
+        task = asyncio.ensure_future(send())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _converse(self, ws: ClientConnection) -> CloseCode:
         """Send ``hello``, then feed frames to the protocol until the connection should end.

@@ -21,13 +21,14 @@ from typing import Any
 from hopcast.durations import SECOND, now_us
 from hopcast.errors import ConfigError, InvalidInput, TokenError
 from hopcast.live import messages as m
-from hopcast.live.messages import ErrorCode, payload_ref
+from hopcast.live.messages import ByeReason, ErrorCode, payload_ref
 from hopcast.live.prefetch import Manifest, decode_manifest, ranked_spread_delay, spread_delay
 from hopcast.sdk.protocol import (
     FALLBACK_WINDOW_S,
     DeviceEvent,
     DeviceProtocol,
     NeedsPayload,
+    RefreshRequested,
     ResyncNeeded,
     ServerBye,
     ServerError,
@@ -43,7 +44,7 @@ logger = logging.getLogger("hopcast.sdk")
 #: Fetches a payload (or a manifest) by reference: its bytes, or ``None`` when the origin has
 #: nothing under it (404). Network failures raise.
 Fetch = Callable[[str], Awaitable[bytes | None]]
-#: Returns a fresh token after the gateway refused the current one.
+#: Returns a fresh token: when the gateway asks for one (``refresh``) or refused the current one.
 RefreshToken = Callable[[], Awaitable[str]]
 #: Waits the given number of seconds (``asyncio.sleep``; tests and the simulator inject others).
 Sleep = Callable[[float], Awaitable[None]]
@@ -83,6 +84,7 @@ class ClientStats:
         byes: ``bye`` messages received.
         server_errors: ``error`` messages received (``forbidden`` included).
         token_refreshes: calls to ``refresh_token``.
+        token_renewals: fresh tokens sent on an open connection (answering ``refresh``).
         triggers_applied: stages applied (from triggers and snapshots).
         duplicates, stale: triggers ignored as already applied / older than applied.
         state_syncs: ``state`` snapshots taken in.
@@ -102,6 +104,7 @@ class ClientStats:
     byes: int = 0
     server_errors: int = 0
     token_refreshes: int = 0
+    token_renewals: int = 0
     triggers_applied: int = 0
     duplicates: int = 0
     stale: int = 0
@@ -125,8 +128,11 @@ class DeviceCore:
         clock: µs since the epoch; feeds the protocol's deadlines and ``applied_at``.
         on_event: called with every :data:`~hopcast.sdk.protocol.DeviceEvent`, after the
             client handled it; an exception it raises ends :meth:`run`.
-        refresh_token: called after the gateway refused the token; the next connection uses
-            what it returns. Without it a refusal ends :meth:`run` with :class:`TokenError`.
+        refresh_token: called when the gateway asks for a fresh token (``refresh``; the token
+            it returns goes to the gateway on the same connection, which keeps streaming) and
+            after the gateway refused the token or closed the connection for its expiry (the
+            next connection uses it). Without it a refusal or ``bye token_expired`` ends
+            :meth:`run` with :class:`TokenError`.
         sleep: waits the delays the client chooses (reconnect, fallback, prefetch spread); the
             default is :func:`asyncio.sleep`. Deadlines from the gateway's heartbeat are not
             routed through it.
@@ -167,6 +173,7 @@ class DeviceCore:
         self._refresh_needed = False
         self._running = False
         self._fetches: dict[str, asyncio.Task[None]] = {}
+        self._renewal: asyncio.Task[None] | None = None
 
     @property
     def token(self) -> str:
@@ -207,6 +214,9 @@ class DeviceCore:
         finally:
             self._running = False
             stop_task.cancel()
+            if self._renewal is not None:
+                self._renewal.cancel()
+                await asyncio.gather(self._renewal, return_exceptions=True)
             fetches = list(self._fetches.values())
             for task in fetches:
                 task.cancel()
@@ -215,6 +225,32 @@ class DeviceCore:
     async def _session(self, stop_task: asyncio.Future[Any]) -> None:
         """One connection, from opening it to losing it (never raises on I/O)."""
         raise NotImplementedError
+
+    def _send_now(self, frames: list[bytes]) -> None:
+        """Send frames on the open connection outside a received frame's handling (a fresh
+        token); dropped if there is none (the next ``hello`` carries the token anyway)."""
+        raise NotImplementedError
+
+    def _start_renewal(self) -> None:
+        """Answer ``refresh``: get a fresh token in the background, then send it on the same
+        connection (or, if that connection is gone, present it in the next ``hello``)."""
+        if self._refresh_token is None or (self._renewal is not None and not self._renewal.done()):
+            return
+        self._renewal = asyncio.ensure_future(self._renew())
+
+    async def _renew(self) -> None:
+        assert self._refresh_token is not None
+        self.stats.token_refreshes += 1
+        try:
+            fresh = await self._refresh_token()
+        except Exception:
+            logger.warning("token refresh failed; the gateway will close at expiry", exc_info=True)
+            return
+        self.protocol.renew(fresh)
+        frames = self.protocol.data_to_send()
+        if frames:
+            self.stats.token_renewals += 1
+            self._send_now(frames)
 
     def _handle(self, events: list[DeviceEvent], now: int) -> bool:
         """Act on the protocol's events; False when the connection should end."""
@@ -238,9 +274,15 @@ class DeviceCore:
                 case ServerError(code=code, reason=reason):
                     stats.server_errors += 1
                     keep = self._on_server_error(code, reason) and keep
-                case ServerBye():
+                case ServerBye(reason=reason):
                     stats.byes += 1
                     keep = False
+                    if reason in (ByeReason.TOKEN_EXPIRED, ByeReason.REVOKED):
+                        if self._refresh_token is None:
+                            raise TokenError(reason, "the gateway closed the connection")
+                        self._refresh_needed = True
+                case RefreshRequested():
+                    self._start_renewal()
             if self._on_event is not None:
                 self._on_event(event)
         return keep

@@ -283,6 +283,12 @@ class LightClient(DeviceCore):
             self._wire = None
             self.protocol.connection_lost()
 
+    def _send_now(self, frames: list[bytes]) -> None:
+        wire = self._wire
+        if wire is not None:
+            for frame in frames:
+                wire.send(frame)
+
     def _on_message(self, data: bytes) -> None:
         wire = self._wire
         if wire is None:

@@ -131,8 +131,24 @@ class ServerBye:
     retry_after_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class RefreshRequested:
+    """The gateway asks for a fresh token within ``within_ms``: get one and pass it to
+    :meth:`DeviceProtocol.renew` (the connection and its subscriptions stay)."""
+
+    expires_at: int
+    within_ms: int
+
+
 DeviceEvent = (
-    Welcomed | TriggerApplied | NeedsPayload | StateSynced | ResyncNeeded | ServerError | ServerBye
+    Welcomed
+    | TriggerApplied
+    | NeedsPayload
+    | StateSynced
+    | ResyncNeeded
+    | ServerError
+    | ServerBye
+    | RefreshRequested
 )
 
 
@@ -247,6 +263,14 @@ class DeviceProtocol:
         if new and self._phase is Phase.OPEN:
             self._outgoing.append(m.encode(m.Subscribe(channels=tuple(new))))
 
+    def renew(self, token: str) -> None:
+        """Replace the token: the next ``hello`` presents it, and if the connection is open a
+        ``token`` frame carries it to the gateway now (queued; see :meth:`data_to_send`), which
+        keeps the connection and its subscriptions."""
+        self.token = token
+        if self._phase is Phase.OPEN:
+            self._outgoing.append(m.encode(m.FreshToken(token=token)))
+
     def unsubscribe(self, channels: Iterable[str]) -> None:
         """Stop following channels and forget their positions; queues an ``unsubscribe``."""
         gone = [ch for ch in dict.fromkeys(channels) if ch in self._channels]
@@ -305,13 +329,16 @@ class DeviceProtocol:
             case m.Bye(reason=reason, retry_after_ms=retry_after_ms):
                 self.retry_after_ms = retry_after_ms
                 events = [ServerBye(reason, retry_after_ms)]
+            case m.Refresh(expires_at=expires_at, within_ms=within_ms):
+                events = [RefreshRequested(expires_at, within_ms)]
             case _:
                 assert_never(msg)
         self._last_heard = now
         return events
 
     def data_to_send(self) -> list[bytes]:
-        """Frames to send now, in order (``subscribe``, ``unsubscribe``, ``pong``); clears them."""
+        """Frames to send now, in order (``subscribe``, ``unsubscribe``, ``pong``, ``token``);
+        clears them."""
         out, self._outgoing = self._outgoing, []
         return out
 
