@@ -48,6 +48,9 @@ CHROMIUM_ARGS = [
 HEARTBEAT_S = 1.0
 #: A restarting gateway spreads its devices' returns over this (the default is 10 s, for a fleet).
 RETRY_SPREAD_MS = 2_000
+#: Gateway token leeway after ``exp`` in these tests (30 s by default): a page that stopped
+#: refreshing is closed within a second of its token's expiry.
+TOKEN_LEEWAY_S = 1.0
 #: Upper bound on a wait for the page; a healthy run needs a fraction of it.
 WAIT_MS = 30_000
 
@@ -140,6 +143,7 @@ def _serving(store: Path, ports: Ports) -> Iterator[Hopcast]:
         node_id="web-test",
         heartbeat_s=HEARTBEAT_S,
         retry_spread_ms=RETRY_SPREAD_MS,
+        token_leeway_s=TOKEN_LEEWAY_S,
     )
     binding = GatewayBinding(gateway, "127.0.0.1", gateway_port, secret, dev_tokens=True)
     app = create_app(graph, live=service, gateway=binding)

@@ -213,3 +213,25 @@ def test_the_page_comes_back_after_a_server_restart_with_a_new_secret_and_epoch(
         page.wait_for_selector("#hero[data-stage=ended]")
         assert device_state(page, "d.triggers[d.triggers.length - 1]")["source"] == "trigger"
     assert page.errors == []
+
+
+def test_the_page_refreshes_its_short_lived_token_in_place_and_misses_no_stage(
+    context: Any, hopcast: Hopcast
+) -> None:
+    hopcast.create_event("derby", "The Derby", starts_at="10m")
+    # 2 s tokens: the gateway asks for a fresh one 1 s in, and closes at exp + 1 s without one
+    page = open_device(context, hopcast, "derby", hash="&token_ttl=2s")
+    page.wait_for_selector("#hero[data-stage=prefetch]")
+    # three renewals: the first token's exp + leeway (3 s after it was issued) is long past
+    page.wait_for_function("() => window.hopcastDevice.client.tokenRenewals >= 3")
+    hopcast.command("derby", "start")
+    page.wait_for_selector("#hero[data-stage=live] #live-badge")
+    page.wait_for_function("() => window.hopcastDevice.client.tokenRenewals >= 4")
+    hopcast.command("derby", "end")
+    page.wait_for_selector("#hero[data-stage=ended]")
+    stats = device_state(page, "d.client")
+    # one connection throughout: refreshed in place, never closed for expiry
+    assert (stats["connects"], stats["byes"], stats["reconnects"]) == (1, 0, 0), stats
+    stages = [t["stage"] for t in device_state(page, "d.triggers") if t["event"] == "derby"]
+    assert stages[-2:] == ["live", "ended"], stages
+    assert page.errors == []

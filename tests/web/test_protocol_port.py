@@ -65,6 +65,7 @@ FRAMES = [
         "payload": "final/ended",
     },
     {"type": "error", "code": "forbidden", "reason": "channel 'x' is outside the token's scopes"},
+    {"type": "refresh", "expires_at": TS + 60_000_000, "within_ms": 90_000},
     {"type": "bye", "reason": "restart", "retry_after_ms": 1500},
 ]
 
@@ -79,6 +80,7 @@ KINDS = {
     "ResyncNeeded": "resync_needed",
     "ServerError": "server_error",
     "ServerBye": "server_bye",
+    "RefreshRequested": "refresh_requested",
 }
 
 
@@ -89,6 +91,8 @@ def python_run() -> dict[str, Any]:
     out: dict[str, Any] = {"hello": proto.connect(TS).decode(), "steps": []}
     for frame in FRAMES:
         events = proto.receive(json.dumps(frame), TS)
+        if frame["type"] == "refresh":
+            proto.renew("tok-2")
         step = []
         for e in events:
             d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(e).items()}
@@ -107,6 +111,7 @@ JS_RUN = """async ([frames, cached, ts]) => {
     const out = { hello: proto.connect(ts), steps: [] };
     for (const frame of frames) {
         const events = proto.receive(JSON.stringify(frame), ts);
+        if (frame.type === "refresh") proto.renew("tok-2");
         out.steps.push({ events, send: proto.dataToSend() });
     }
     out.positions = Object.fromEntries(proto.positions);
@@ -118,7 +123,12 @@ JS_RUN = """async ([frames, cached, ts]) => {
 }"""
 
 #: The JS events use camelCase where the Python dataclasses use snake_case, and add `source`.
-RENAME = {"heartbeatMs": "heartbeat_ms", "retryAfterMs": "retry_after_ms"}
+RENAME = {
+    "heartbeatMs": "heartbeat_ms",
+    "retryAfterMs": "retry_after_ms",
+    "expiresAt": "expires_at",
+    "withinMs": "within_ms",
+}
 
 
 @pytest.fixture
@@ -151,8 +161,11 @@ def test_the_same_frames_give_the_same_events_positions_and_frames_out(page: Any
         [],
         ["trigger_applied", "needs_payload", "resync_needed"],
         ["server_error"],
+        ["refresh_requested"],
         ["server_bye"],
     ]
+    assert js["steps"][-2]["send"] == ['{"type":"token","token":"tok-2"}']
+    assert json.loads(js["resume"])["token"] == "tok-2"  # a later hello presents the fresh one
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,10 @@
 //   open the WebSocket ─▶ send hello (with the last positions) ─▶ receive welcome ─▶ subscribe
 //     ─▶ receive triggers / state / pings until one of:
 //          stop()            → close, the loop ends
-//          bye               → reconnect after retry_after_ms + jittered backoff
+//          refresh           → refreshToken(), then send the fresh token on this same connection
+//                              (no reconnect, nothing missed)
+//          bye               → reconnect after retry_after_ms + jittered backoff (after
+//                              token_expired or revoked: with a fresh token)
 //          resync needed     → reconnect (resumes from the last contiguous position)
 //          error             → unauthorized: fresh token, reconnect; forbidden: go on;
 //                              unsupported_protocol: give up; anything else: reconnect
@@ -44,6 +47,7 @@ export function newStats() {
     byes: 0,
     serverErrors: 0,
     tokenRefreshes: 0,
+    tokenRenewals: 0,
     triggersApplied: 0,
     duplicates: 0,
     stale: 0,
@@ -59,7 +63,8 @@ export function newStats() {
  *
  * Options:
  *   url          the gateway's ws:// URL (or a function returning it, read at each connect);
- *   token        the device token; refreshToken() → Promise<{token, url?}> replaces a refused one;
+ *   token        the device token; refreshToken() → Promise<{token, url?}> answers the gateway's
+ *                `refresh` in place, and replaces a refused or expired one before reconnecting;
  *   channels     the channels to follow;
  *   cache        Map payload reference → payload (shared with the caller);
  *   fetchPayload (ref) → Promise<payload | null>, for the fallback;
@@ -88,6 +93,7 @@ export class DeviceClient {
     this.ws = null;
     this.fetches = new Map();
     this.wake = null; // resolves the current pause early (stop, or the network came back)
+    this.renewing = false;
   }
 
   setStatus(status) {
@@ -148,6 +154,27 @@ export class DeviceClient {
       if (issued.url) this.url = issued.url;
     } catch (exc) {
       this.refreshNeeded = true; // try again after the next backoff
+    }
+  }
+
+  /** Answer the gateway's `refresh`: a fresh token, sent on the connection still open (if it
+   * closed meanwhile, the next hello presents it). */
+  async renew() {
+    if (this.refreshToken === null || this.renewing) return;
+    this.renewing = true;
+    this.stats.tokenRefreshes += 1;
+    try {
+      const issued = await this.refreshToken();
+      this.protocol.renew(issued.token);
+      const frames = this.protocol.dataToSend();
+      if (frames.length && this.ws && this.ws.readyState === WebSocket.OPEN) {
+        for (const out of frames) this.ws.send(out);
+        this.stats.tokenRenewals += 1;
+      }
+    } catch (exc) {
+      console.warn(`token refresh failed; the gateway closes at expiry: ${exc}`);
+    } finally {
+      this.renewing = false;
     }
   }
 
@@ -280,6 +307,13 @@ export class DeviceClient {
         case "server_bye":
           stats.byes += 1;
           keep = false;
+          if (event.reason === "token_expired" || event.reason === "revoked") {
+            if (this.refreshToken === null) throw new Error(`the gateway closed: ${event.reason}`);
+            this.refreshNeeded = true;
+          }
+          break;
+        case "refresh_requested":
+          this.renew();
           break;
       }
       this.onEvent(event);

@@ -36,7 +36,9 @@ const DEVICE = params.get("device") || `web-${MEMBER}`;
 const SEGMENT = params.get("segment") || MEMBER;
 const REFRESH_S = Math.max(1, Number(params.get("refresh")) || 10);
 const CHANNELS = ["global"];
-const TOKEN_TTL = "12h";
+// The device token's lifetime; the gateway asks for a fresh one before it ends and the client
+// sends it on the same connection. `?token_ttl=2s` tries short lifetimes out.
+const TOKEN_TTL = params.get("token_ttl") || "12h";
 const REPORT_DELAY_S = [2, 5];
 const TERMINAL = new Set(["ended", "cancelled"]);
 const LIVE = new Set(["live", "interrupted"]);

@@ -8,7 +8,9 @@
 // DeviceProtocol never touches a socket, a timer or the clock: time is passed in (µs since the
 // Unix epoch), frames go in through receive() and out through dataToSend(), and what happened
 // comes back as plain event objects ({kind: "welcomed" | "trigger_applied" | "needs_payload" |
-// "state_synced" | "resync_needed" | "server_error" | "server_bye", ...}). The WebSocket
+// "state_synced" | "resync_needed" | "server_error" | "server_bye" | "refresh_requested", ...}).
+// The gateway asks for a fresh token before the current one expires (`refresh`); renew(token)
+// queues the `token` answer for the same connection, which keeps streaming. The WebSocket
 // adapter (client.js) moves the frames and keeps the timers.
 
 export const PROTOCOL_VERSION = 1;
@@ -153,9 +155,16 @@ export function decodeFromServer(data) {
         reason: text(msg, "reason"),
         retry_after_ms: integer(msg, "retry_after_ms", { min: 0, fallback: 0 }),
       };
+    case "refresh":
+      return {
+        type: "refresh",
+        expires_at: integer(msg, "expires_at"),
+        within_ms: integer(msg, "within_ms", { min: 0 }),
+      };
     case "hello":
     case "subscribe":
     case "unsubscribe":
+    case "token":
       throw new ProtocolError(`a server may not send '${msg.type}'`);
     default:
       throw new ProtocolError(`unknown message type ${JSON.stringify(msg.type)}`);
@@ -260,6 +269,13 @@ export class DeviceProtocol {
     }
   }
 
+  /** Replace the token: the next hello presents it, and on an open connection a `token` frame
+   * carries it to the gateway now (queued for dataToSend()); the connection stays. */
+  renew(token) {
+    this.token = token;
+    if (this.phase === Phase.OPEN) this.outgoing.push(encode({ type: "token", token }));
+  }
+
   unsubscribe(channels) {
     const gone = [...new Set(channels)].filter((ch) => this.channelSet.has(ch));
     for (const ch of gone) {
@@ -317,6 +333,9 @@ export class DeviceProtocol {
       case "bye":
         this.retryAfterMs = msg.retry_after_ms;
         events = [{ kind: "server_bye", reason: msg.reason, retryAfterMs: msg.retry_after_ms }];
+        break;
+      case "refresh":
+        events = [{ kind: "refresh_requested", expiresAt: msg.expires_at, withinMs: msg.within_ms }];
         break;
     }
     this.lastHeard = now;
