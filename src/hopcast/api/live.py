@@ -23,13 +23,19 @@ Metrics, on the app's registry: ``hopcast_live_commands_total{command, outcome}`
 received over HTTP, ``hopcast_live_triggers_total{stage}`` for every trigger the service emits
 (timers included), ``hopcast_live_prefetch_responses_total{route, status}``, and the trigger
 sinks' delivery (``hopcast_live_sink_failures_total{sink}``, ``hopcast_live_triggers_pending``,
-``…_dropped_total``; :mod:`hopcast.live.sinks`).
+``…_dropped_total``; :mod:`hopcast.live.sinks`). With a gateway in the process, its
+``hopcast_gateway_*`` series are served on the same registry (:class:`RegistryBridge`).
+
+With a gateway that has a revocation list, ``POST /v1/live/tokens/revoke`` adds an entry (by
+token id or subject) to the shared list and closes the matching connections of this process at
+once; gateways in other processes see it at their next poll (within a second).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -37,6 +43,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.metrics_core import Metric
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -50,6 +57,7 @@ from hopcast.live.gateway import Gateway
 from hopcast.live.payloads import DEFAULT_SEGMENT, MAX_PAYLOAD_BYTES
 from hopcast.live.prefetch import DEFAULT_LEAD_US, PrefetchResponse
 from hopcast.live.producer import Trigger
+from hopcast.live.revocation import DEFAULT_RETENTION_US, RevocationSource, revocation
 from hopcast.live.schedule import (
     MAX_PREFETCH_LEAD_US,
     MAX_TIME_US,
@@ -297,6 +305,16 @@ IfNoneMatch = Annotated[
 # -- the router ------------------------------------------------------------------------------------
 
 
+class RegistryBridge:
+    """A collector serving another registry's series (the gateway's, on the app's /metrics)."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        return self._source.collect()
+
+
 @dataclass(frozen=True)
 class GatewayBinding:
     """A WebSocket gateway the app runs beside its routes (same process, same event loop).
@@ -308,6 +326,9 @@ class GatewayBinding:
         dev_tokens: serve ``POST /v1/live/tokens``, which hands a token to anyone who asks:
             for the demo and development only; in production a login service issues tokens
             with :func:`hopcast.live.tokens.issue` and the same secret.
+        ssl_context: serve the gateway as ``wss://`` with this context.
+        revocations: the revocation list the gateway polls; with it, the app serves
+            ``POST /v1/live/tokens/revoke``.
     """
 
     gateway: Gateway
@@ -315,12 +336,21 @@ class GatewayBinding:
     port: int
     secret: bytes
     dev_tokens: bool = False
+    ssl_context: ssl.SSLContext | None = None
+    revocations: RevocationSource | None = None
 
 
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     device: str
     channels: list[str]
     ttl: str | int = "1h"
+
+
+class RevokeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    token_id: str | None = None
+    subject: str | None = None
+    keep: str | int = DEFAULT_RETENTION_US
+    note: str = ""
 
 
 #: Longest dev token; a demo device reconnects for longer than a match, shorter than a day.
@@ -349,13 +379,17 @@ def live_router(
     metrics = LiveMetrics(registry)
     service.add_sink(metrics.count_triggers)
     registry.register(service.sink_metrics)  # what each trigger sink took, failed, dropped
+    if binding is not None:  # the gateway's series on the app's /metrics, in every mode
+        registry.register(RegistryBridge(binding.gateway.metrics_registry))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         server = None
         if binding is not None:
-            server = await binding.gateway.serve(binding.host, binding.port)
-            app.state.gateway_url = f"ws://{binding.host}:{server.port}"
+            server = await binding.gateway.serve(
+                binding.host, binding.port, ssl_context=binding.ssl_context
+            )
+            app.state.gateway_url = f"{server.scheme}://{binding.host}:{server.port}"
         try:
             if not timers:
                 yield
@@ -692,6 +726,49 @@ def live_router(
             token = issue_token(secret, body.device, tuple(body.channels), now, ttl)
             url = getattr(request.app.state, "gateway_url", None)
             return JSON({"token": token, "expires_at": now + ttl, "url": url})
+
+    if binding is not None and binding.revocations is not None:
+        source, gateway = binding.revocations, binding.gateway
+
+        # policy: admin
+        @router.post(
+            "/tokens/revoke",
+            summary="Revoke device tokens",
+            description="Adds a revocation by `token_id` (a token's `jti` claim) or `subject` "
+            "(every token of that device issued until now) to the list every gateway polls, "
+            "kept for `keep` (default 7d). Connections of this process using a revoked token "
+            "get `bye revoked` at once; other gateway processes within a second. Answers the "
+            "entry, how many entries the list holds and how many connections this process "
+            "closed.",
+        )
+        async def revoke_tokens(request: Request) -> Response:
+            body = decode(await request.body(), RevokeRequest)
+            if (body.token_id is None) == (body.subject is None):
+                raise InvalidInput("name exactly one of token_id and subject")
+            try:
+                keep = parse_duration(body.keep)
+            except ValueError as exc:
+                raise InvalidInput(f"keep: {exc}") from None
+            now = service.clock()
+            kind, value = (
+                ("token_id", body.token_id)
+                if body.token_id is not None
+                else ("subject", body.subject)
+            )
+            assert value is not None
+            entry = revocation(kind, value, now, retention_us=keep, note=body.note)
+            revoked = await source.add(entry, now)
+            closed = gateway.apply_revocations(revoked)
+            return JSON(
+                {
+                    "kind": kind,
+                    "value": value,
+                    "revoked_at": entry.revoked_at,
+                    "until": entry.until,
+                    "entries": len(revoked),
+                    "closed": closed,
+                }
+            )
 
     return router
 

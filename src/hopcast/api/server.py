@@ -11,6 +11,13 @@ header (its process id), so a client or a load balancer can see which replica an
 a free port, so a caller that starts it can read where it listens)::
 
     hopcast API on http://127.0.0.1:41234 (docs: http://127.0.0.1:41234/docs)
+
+TLS: with ``tls_cert`` and ``tls_key`` (PEM files) the API serves HTTPS (uvicorn's ``ssl_*``
+options) and the gateway ``wss://`` with the same certificate; the printed URLs say so.
+
+Device-token revocation (:mod:`hopcast.live.revocation`): the in-process gateway polls the
+list in Redis when ``redis_url`` is given (what ``hopcast live gateway`` nodes read too), else in
+``<store>/revocations.json`` for an LMDB store, else in memory.
 """
 
 from __future__ import annotations
@@ -33,12 +40,14 @@ from hopcast.config import LIVE_SECRET_ENV as LIVE_SECRET_ENV
 from hopcast.config import live_secret as live_secret
 from hopcast.errors import ConfigError
 from hopcast.graphdb import Graph
-from hopcast.kv import open_kv
+from hopcast.kv import KVStore, open_kv
 from hopcast.live.fanout import InProcessTransport, Router, Transport
-from hopcast.live.gateway import Gateway
+from hopcast.live.gateway import DEFAULT_MAX_PER_SUBJECT, TOKEN_LEEWAY_S, Gateway
+from hopcast.live.revocation import FileRevocations, MemoryRevocations, RevocationSource
 from hopcast.live.service import LiveService
 from hopcast.ports import listening_socket
 from hopcast.query.cache import DEFAULT_CONSISTENCY, Consistency
+from hopcast.tls import check_pair, server_context
 
 if TYPE_CHECKING:
     from hopcast.live.redisfan import RedisTransport
@@ -65,9 +74,21 @@ _LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
 _HTTP = "httptools" if importlib.util.find_spec("httptools") else "h11"
 
 
-def url(host: str, port: int) -> str:
+def url(host: str, port: int, scheme: str = "http") -> str:
     """``http://host:port`` (IPv6 hosts in brackets)."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def revocation_source(kv: KVStore, redis_url: str | None) -> RevocationSource:
+    """Where the gateway of a ``hopcast serve`` reads revocations (see the module docstring)."""
+    if redis_url is not None:
+        from hopcast.live.redisrevoke import RedisRevocations  # the redis extra, when asked for
+
+        return RedisRevocations(redis_url)
+    path = getattr(kv, "path", None)
+    if kv.name == "lmdb" and path is not None:
+        return FileRevocations.in_directory(path)
+    return MemoryRevocations()
 
 
 def make_server(
@@ -81,19 +102,30 @@ def make_server(
     gateway_port: int | None = None,
     dev_tokens: bool = False,
     redis_url: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    token_leeway_s: float = TOKEN_LEEWAY_S,
+    max_per_subject: int = DEFAULT_MAX_PER_SUBJECT,
 ) -> uvicorn.Server:
     """A configured, not yet started uvicorn server for ``graph`` (one process).
 
     With ``gateway_port`` the live WebSocket gateway runs in the same event loop, fed by the
     schedule's triggers; ``dev_tokens`` adds ``POST /v1/live/tokens`` (development only). With
     ``redis_url`` the triggers are also published into Redis for gateway nodes in other
-    processes and hosts (``hopcast live gateway``; needs ``hopcast[redis]``).
+    processes and hosts (``hopcast live gateway``; needs ``hopcast[redis]``). With ``tls_cert``
+    and ``tls_key`` the API serves HTTPS and the gateway ``wss://``; ``token_leeway_s`` and
+    ``max_per_subject`` are the gateway's (:class:`~hopcast.live.gateway.Gateway`).
+
+    Raises:
+        ConfigError: only one of ``tls_cert`` and ``tls_key``, or they cannot be loaded.
 
     Call ``server.run()`` (blocks; pass ``sockets=[sock]`` to serve an already-bound socket) and
     set ``server.should_exit = True`` from another thread to stop it. With ``live`` the app also
     serves ``/v1/live`` (schedule, prefetch) and runs the schedule's timers; only one process per
     store may do that, which is why :func:`serve` with several workers serves the graph only.
     """
+    check_pair(tls_cert, tls_key)
+    context = None if tls_cert is None or tls_key is None else server_context(tls_cert, tls_key)
     service = LiveService(graph.store.kv) if live else None
     binding = None
     redis: RedisTransport | None = None
@@ -107,12 +139,23 @@ def make_server(
         service.add_sink(router.publish_all)
     if service is not None and gateway_port is not None:
         secret = live_secret()
+        revocations = revocation_source(graph.store.kv, redis_url)
+        gateway = Gateway(
+            router,
+            secret,
+            node_id=f"{host}:{gateway_port}",
+            token_leeway_s=token_leeway_s,
+            max_per_subject=max_per_subject,
+            revocations=revocations,
+        )
         binding = GatewayBinding(
-            Gateway(router, secret, node_id=f"{host}:{gateway_port}"),
+            gateway,
             host,
             gateway_port,
             secret,
             dev_tokens,
+            ssl_context=context,
+            revocations=revocations,
         )
     app: ASGIApp = create_app(graph, max_body_bytes=max_body_bytes, live=service, gateway=binding)
     if redis is not None:
@@ -125,6 +168,8 @@ def make_server(
         http=_HTTP,
         access_log=False,
         log_level=log_level,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
     )
     _freeze_heap()
     return uvicorn.Server(config)
@@ -182,6 +227,10 @@ def serve(
     gateway_port: int | None = None,
     redis_url: str | None = None,
     consistency: Consistency | str = DEFAULT_CONSISTENCY,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    token_leeway_s: float = TOKEN_LEEWAY_S,
+    max_per_subject: int = DEFAULT_MAX_PER_SUBJECT,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); prints the URL first, with the port bound.
 
@@ -198,6 +247,9 @@ def serve(
         workers: server processes.
         consistency: the workers' node-cache model (:mod:`hopcast.query.cache`); with one
             worker, ``graph``'s own applies.
+        tls_cert, tls_key: PEM certificate chain and key: HTTPS (and ``wss://``) instead of
+            plain HTTP.
+        token_leeway_s, max_per_subject: the gateway's token leeway and per-subject cap.
 
     Raises:
         ConfigError: ``workers < 1``, ``workers > 1`` with a graph in memory or a schema not
@@ -205,6 +257,10 @@ def serve(
     """
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    check_pair(tls_cert, tls_key)
+    if tls_cert is not None and tls_key is not None:
+        server_context(tls_cert, tls_key)  # a clear error before anything starts
+    scheme = "http" if tls_cert is None else "https"
     if workers > 1 and (gateway_port is not None or redis_url is not None):
         raise ConfigError("the live gateway runs in a single-worker server (omit --workers)")
     if workers == 1:
@@ -215,11 +271,16 @@ def serve(
             max_body_bytes=max_body_bytes,
             gateway_port=gateway_port,
             redis_url=redis_url,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            token_leeway_s=token_leeway_s,
+            max_per_subject=max_per_subject,
         )
         with _listen(host, port) as sock:
-            address = url(host, sock.getsockname()[1])
+            address = url(host, sock.getsockname()[1], scheme)
             if gateway_port is not None:
-                print(f"live gateway on ws://{host}:{gateway_port}", flush=True)
+                ws = "ws" if tls_cert is None else "wss"
+                print(f"live gateway on {ws}://{host}:{gateway_port}", flush=True)
             if redis_url is not None:
                 print(f"live triggers published to {redis_url}", flush=True)
             print(f"hopcast API on {address} (docs: {address}/docs)", flush=True)
@@ -258,10 +319,12 @@ def serve(
         loop=_LOOP,
         http=_HTTP,
         access_log=False,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
     )
     with _listen(host, port) as sock:
         sock.set_inheritable(True)  # every worker process serves this one socket
-        address = url(host, sock.getsockname()[1])
+        address = url(host, sock.getsockname()[1], scheme)
         print(
             f"hopcast API on {address} with {workers} workers (docs: {address}/docs); "
             "graph routes only: the live schedule runs in a single-worker server",

@@ -153,6 +153,13 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
     help="Node reads see every write acknowledged before them, by any worker "
     "(read-your-writes), or may lag other workers' writes by up to 1 s (bounded).",
 )
+@click.option(
+    "--tls-cert",
+    metavar="PEM",
+    default=None,
+    help="Serve HTTPS (and the gateway as wss://) with this certificate chain (with --tls-key).",
+)
+@click.option("--tls-key", metavar="PEM", default=None, help="The private key of --tls-cert.")
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -162,6 +169,8 @@ def serve(
     gateway_port: int | None,
     redis_url: str | None,
     consistency: str,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Run the HTTP API on the store (needs the server extras: hopcast[server]).
 
@@ -186,6 +195,8 @@ def serve(
             gateway_port=gateway_port,
             redis_url=redis_url,
             consistency=consistency,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
 
 

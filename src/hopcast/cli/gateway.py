@@ -4,7 +4,8 @@
 
     HOPCAST_LIVE_SECRET=<hex> hopcast live gateway --redis redis://127.0.0.1:6379/0 \\
         [--host 127.0.0.1] [--port 8322] [--workers N] [--node-id NAME] \\
-        [--metrics-port P] [--max-connections N] [--prefix hopcast:live:]
+        [--metrics-port P] [--max-connections N] [--prefix hopcast:live:] \\
+        [--max-per-device N] [--token-leeway 30s] [--tls-cert PEM --tls-key PEM]
 
 The router side publishes into the same Redis (``hopcast serve --gateway-port P --redis URL``,
 or ``Router(RedisTransport(url))`` in Python). See :mod:`hopcast.live.node`.
@@ -17,6 +18,9 @@ import logging
 import click
 
 from hopcast.config import live_secret
+from hopcast.durations import SECOND, parse_duration
+from hopcast.errors import InvalidInput
+from hopcast.tls import check_pair, server_context
 
 
 @click.command()
@@ -51,6 +55,21 @@ from hopcast.config import live_secret
     help="Connections per worker [default: 19000].",
 )
 @click.option("--prefix", default=None, help="Redis key prefix [default: hopcast:live:].")
+@click.option(
+    "--max-per-device",
+    type=click.IntRange(1),
+    default=None,
+    help="Connections one device id (token subject) may hold per worker; the newest are "
+    "refused [default: 8].",
+)
+@click.option(
+    "--token-leeway",
+    default=None,
+    help="A token is good until its expiry plus this, on open connections too; the gateway "
+    "asks for a fresh one before [default: 30s].",
+)
+@click.option("--tls-cert", metavar="PEM", default=None, help="Serve wss:// with this chain.")
+@click.option("--tls-key", metavar="PEM", default=None, help="The private key of --tls-cert.")
 def gateway(
     redis_url: str,
     host: str,
@@ -60,6 +79,10 @@ def gateway(
     metrics_port: int | None,
     max_connections: int | None,
     prefix: str | None,
+    max_per_device: int | None,
+    token_leeway: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Run live gateway nodes fed through Redis (needs hopcast[redis]); devices' tokens are
     verified with $HOPCAST_LIVE_SECRET. SIGTERM/SIGINT: every device gets `bye restart`."""
@@ -69,6 +92,15 @@ def gateway(
         level=logging.WARNING, format="%(asctime)s %(processName)s %(name)s: %(message)s"
     )
 
+    check_pair(tls_cert, tls_key)
+    if tls_cert is not None and tls_key is not None:
+        server_context(tls_cert, tls_key)  # a clear error before any worker starts
+    leeway_s = node.TOKEN_LEEWAY_S
+    if token_leeway is not None:
+        try:
+            leeway_s = parse_duration(token_leeway) / SECOND
+        except ValueError as exc:
+            raise InvalidInput(f"--token-leeway: {exc}") from None
     settings = node.NodeSettings(
         redis_url=redis_url,
         host=host,
@@ -77,6 +109,10 @@ def gateway(
         metrics_port=metrics_port,
         max_connections=max_connections or node.DEFAULT_MAX_CONNECTIONS,
         prefix=prefix or node.DEFAULT_PREFIX,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        token_leeway_s=leeway_s,
+        max_per_subject=max_per_device or node.DEFAULT_MAX_PER_SUBJECT,
     )
     code = node.run_gateway(settings, live_secret(required=True), workers)
     if code:

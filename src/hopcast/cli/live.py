@@ -9,6 +9,8 @@
     hopcast live start|end|cancel|interrupt|resume ID
     hopcast live materialise ID [--segment KEY …]
     hopcast live cardinality ID
+    hopcast live token DEVICE --channel C [--ttl 1h]
+    hopcast live revoke (--token-id JTI | --subject DEVICE) [--keep 7d] [--redis URL | --url API]
 
 Every command takes ``--url`` (command a running ``hopcast serve`` through ``/v1/live``) and
 ``--json`` (print the document the HTTP API answers). Without ``--url`` the command runs a
@@ -55,6 +57,7 @@ from hopcast.live.service import (
     result_doc,
 )
 from hopcast.live.tokens import issue as issue_token
+from hopcast.live.tokens import verify as verify_token
 
 ROUTE = "/v1/live/events"
 
@@ -443,11 +446,104 @@ def token(
     issued = issue_token(live_secret(required=True), device, channels, now, lifetime)
     doc: Doc = {
         "token": issued,
+        "token_id": verify_token(live_secret(required=True), issued, now).token_id,
         "device": device,
         "channels": list(channels),
         "expires_at": now + lifetime,
     }
     emit(settings, as_json, doc, lambda console, d: console.print(d["token"], soft_wrap=True))
+
+
+@live.command()
+@click.option("--token-id", default=None, help="Revoke one token: its id (the jti claim).")
+@click.option("--subject", default=None, help="Revoke every token of this device issued until now.")
+@click.option(
+    "--keep", default="7d", show_default=True, help="How long the entry is kept (then pruned)."
+)
+@click.option("--note", default="", help="Why (kept with the entry).")
+@click.option(
+    "--redis",
+    "redis_url",
+    metavar="URL",
+    default=None,
+    help="The list of gateway nodes fed through this Redis (`hopcast live gateway`).",
+)
+@click.option("--prefix", default=None, help="Redis key prefix [default: hopcast:live:].")
+@click.option(
+    "--url", default=None, help="A running `hopcast serve` (POST /v1/live/tokens/revoke)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine output: one JSON document.")
+@click.pass_obj
+def revoke(
+    settings: Settings,
+    token_id: str | None,
+    subject: str | None,
+    keep: str,
+    note: str,
+    redis_url: str | None,
+    prefix: str | None,
+    url: str | None,
+    as_json: bool,
+) -> None:
+    """Revoke device tokens by id or subject: every gateway reading the list closes the
+    connections using them (`bye revoked`) within a second and refuses them at hello.
+
+    The list is, in order: the server's with --url; the Redis one with --redis; else
+    <store>/revocations.json, which `hopcast serve --gateway-port` on that store polls.
+    """
+    import asyncio
+
+    from hopcast.live.revocation import FileRevocations, RevocationSource, revocation
+
+    if (token_id is None) == (subject is None):
+        raise InvalidInput("name exactly one of --token-id and --subject")
+    kind, value = ("token_id", token_id) if token_id is not None else ("subject", subject)
+    assert value is not None
+    if url is not None:
+        body: Doc = {kind: value, "keep": keep, "note": note}
+        doc = remote.call(url, "/v1/live/tokens/revoke", {}, body)
+    else:
+        try:
+            retention = parse_duration(keep)
+        except ValueError as exc:
+            raise InvalidInput(f"--keep: {exc}") from None
+        now = now_us()
+        entry = revocation(kind, value, now, retention_us=retention, note=note)
+        source: RevocationSource
+        if redis_url is not None:
+            from hopcast.live.redisfan import DEFAULT_PREFIX
+            from hopcast.live.redisrevoke import RedisRevocations
+
+            source = RedisRevocations(redis_url, prefix=prefix or DEFAULT_PREFIX)
+
+            async def add() -> int:
+                try:
+                    return len(await source.add(entry, now))
+                finally:
+                    await source.close()
+
+            entries = asyncio.run(add())
+        else:
+            directory = store_dir(settings.store)
+            if directory is None:
+                raise InvalidInput("--store is not a directory: use --redis or --url")
+            entries = len(FileRevocations.in_directory(directory).add_sync(entry, now))
+        doc = {
+            "kind": kind,
+            "value": value,
+            "revoked_at": entry.revoked_at,
+            "until": entry.until,
+            "entries": entries,
+        }
+    emit(
+        settings,
+        as_json,
+        doc,
+        lambda console, d: console.print(
+            f"revoked {d['kind']} {d['value']!r} until {iso(d['until'])} "
+            f"({d['entries']} entries in the list)"
+        ),
+    )
 
 
 live.add_command(simulate_command)

@@ -20,6 +20,10 @@ restarted worker gets it back), and ``metrics_port`` 0 gives each worker a free 
 own. Each worker's start-up line names the ports it serves on::
 
     gateway node gw-0 on ws://127.0.0.1:41234 (pid 123, metrics on :41240)
+
+Every node polls the revocation list in the same Redis (``<prefix>revocations``,
+:class:`~hopcast.live.redisrevoke.RedisRevocations`; ``hopcast live revoke --redis`` writes it)
+and, with ``tls_cert``/``tls_key``, serves ``wss://``.
 """
 
 from __future__ import annotations
@@ -45,10 +49,14 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from hopcast.errors import ConfigError, HopcastError
 from hopcast.live.gateway import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS
+from hopcast.live.gateway import DEFAULT_MAX_PER_SUBJECT as DEFAULT_MAX_PER_SUBJECT
 from hopcast.live.gateway import HEARTBEAT_S, Gateway, GatewayServer
+from hopcast.live.gateway import TOKEN_LEEWAY_S as TOKEN_LEEWAY_S
 from hopcast.live.redisfan import DEFAULT_PREFIX as DEFAULT_PREFIX
 from hopcast.live.redisnode import RedisMirror, RedisPushRegistry
+from hopcast.live.redisrevoke import RedisRevocations
 from hopcast.ports import reuse_port_holder
+from hopcast.tls import server_context
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +89,9 @@ class NodeSettings:
         prefix: Redis key prefix (the router's).
         heartbeat_s: ping interval; the push registry's TTL is three of them.
         reuse_port: set ``SO_REUSEPORT`` (several processes on one port).
+        tls_cert, tls_key: PEM certificate chain and key: serve ``wss://``.
+        token_leeway_s: a token is good until ``exp`` plus this, on open connections too.
+        max_per_subject: connections one device id may hold on a node.
     """
 
     redis_url: str
@@ -92,6 +103,10 @@ class NodeSettings:
     prefix: str = DEFAULT_PREFIX
     heartbeat_s: float = HEARTBEAT_S
     reuse_port: bool = True
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    token_leeway_s: float = TOKEN_LEEWAY_S
+    max_per_subject: int = DEFAULT_MAX_PER_SUBJECT
 
     @property
     def name(self) -> str:
@@ -127,11 +142,15 @@ async def run_node(
         ConfigError: a setting is out of range.
         OSError: the port cannot be bound.
     """
+    context = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        context = server_context(settings.tls_cert, settings.tls_key)
     registry = CollectorRegistry()
     mirror = RedisMirror(settings.redis_url, prefix=settings.prefix, metrics_registry=registry)
     await mirror.start()
     ttl_us = int(REGISTRY_TTL_HEARTBEATS * settings.heartbeat_s * 1_000_000)
     push = RedisPushRegistry(settings.redis_url, ttl_us, prefix=settings.prefix)
+    revocations = RedisRevocations(settings.redis_url, prefix=settings.prefix)
     metrics = None
     try:
         gateway = Gateway(
@@ -142,8 +161,13 @@ async def run_node(
             heartbeat_s=settings.heartbeat_s,
             registry=push,
             metrics_registry=registry,
+            token_leeway_s=settings.token_leeway_s,
+            max_per_subject=settings.max_per_subject,
+            revocations=revocations,
         )
-        server = await gateway.serve(settings.host, settings.port, reuse_port=settings.reuse_port)
+        server = await gateway.serve(
+            settings.host, settings.port, reuse_port=settings.reuse_port, ssl_context=context
+        )
         try:
             if settings.metrics_port is not None:
                 metrics, _ = start_http_server(
@@ -160,6 +184,7 @@ async def run_node(
         if metrics is not None:
             metrics.shutdown()
             metrics.server_close()
+        await revocations.close()
         await push.close()
         await mirror.close()
 
@@ -187,7 +212,7 @@ def run_worker(settings: NodeSettings, secret: bytes) -> int:
     def ready(server: GatewayServer) -> None:
         metrics = "".join(f", metrics on :{port}" for port in metrics_bound)
         _say(
-            f"gateway node {settings.name} on ws://{settings.host}:{server.port} "
+            f"gateway node {settings.name} on {server.scheme}://{settings.host}:{server.port} "
             f"(pid {os.getpid()}{metrics})"
         )
 

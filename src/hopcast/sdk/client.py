@@ -59,6 +59,7 @@ from hopcast.sdk.device import Fetch as Fetch
 from hopcast.sdk.device import RefreshToken as RefreshToken
 from hopcast.sdk.device import Sleep as Sleep
 from hopcast.sdk.protocol import FALLBACK_WINDOW_S, HELLO_TIMEOUT_US, DeviceEvent
+from hopcast.tls import client_context
 
 #: How long to wait for the WebSocket handshake: the same budget as the wait for ``welcome``
 #: (a gateway busy for longer is better retried later, maybe on another node).
@@ -131,10 +132,7 @@ class DeviceClient(DeviceCore):
         if ssl_context is not None and ca_file is not None:
             raise ConfigError("pass ssl_context or ca_file, not both")
         if ca_file is not None:
-            try:
-                ssl_context = ssl.create_default_context(cafile=ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"cannot load the CA file {ca_file!r}: {exc}") from exc
+            ssl_context = client_context(ca_file)
         super().__init__(
             token,
             channels,

@@ -1,0 +1,250 @@
+"""The gateway inside ``hopcast serve --gateway-port``: its ``hopcast_gateway_*`` series on the
+API's /metrics, ``POST /v1/live/tokens/revoke`` closing a device at once and writing the list
+under the store, and TLS: HTTPS and ``wss://`` verified against a self-signed certificate made
+here with the ``openssl`` CLI, while plain HTTP to the TLS port fails."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from hopcast.api.server import make_server
+from hopcast.errors import ConfigError, TokenError
+from hopcast.graphdb import Graph
+from hopcast.live import messages as m
+from hopcast.live.revocation import FILE_NAME, FileRevocations
+from hopcast.ports import listening_socket
+from hopcast.sdk.client import DeviceClient
+
+#: Upper bound on any wait; a healthy run needs well under a second.
+WAIT_S = 20.0
+OPENSSL = "/usr/bin/openssl"
+
+
+@dataclass
+class Served:
+    base: str
+    server: uvicorn.Server
+    store: Path
+
+    def post(self, route: str, body: Any, context: ssl.SSLContext | None = None) -> Any:
+        req = urllib.request.Request(
+            self.base + route,
+            json.dumps(body).encode(),
+            {"content-type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=WAIT_S, context=context) as r:
+            return json.loads(r.read())
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, scheme: str = "http", **options: Any) -> Iterator[Served]:
+    """``make_server`` with a gateway on a free port, started in a thread, until ready."""
+    store = tmp_path / "store"
+    graph = Graph.open(store, sync=False)
+    sock = listening_socket("127.0.0.1", 0)
+    server = make_server(
+        graph, "127.0.0.1", 0, log_level="warning", gateway_port=0, dev_tokens=True, **options
+    )
+    server.config.lifespan = "on"
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    try:
+        thread.start()
+        deadline = time.monotonic() + WAIT_S
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started, "the API (and its gateway) did not finish starting"
+        yield Served(f"{scheme}://127.0.0.1:{sock.getsockname()[1]}", server, store)
+    finally:
+        server.should_exit = True
+        thread.join(WAIT_S)
+        sock.close()
+        graph.close()
+
+
+async def until(check: Any, what: str) -> None:
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while not check():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"gave up after {WAIT_S:g} s waiting for {what}") from None
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def test_the_gateway_series_are_on_the_apis_metrics_when_serve_runs_the_gateway(
+    tmp_path: Path,
+) -> None:
+    graph = Graph.open(tmp_path / "store", sync=False)
+    server = make_server(graph, "127.0.0.1", 0, gateway_port=0)
+    try:
+        with TestClient(server.config.app) as client:
+            text = client.get("/metrics").text
+    finally:
+        graph.close()
+    for series in (
+        "hopcast_gateway_connections 0.0",
+        "hopcast_gateway_devices 0.0",
+        'hopcast_gateway_auth_failures_total{problem="expired"} 0.0',
+        "hopcast_gateway_token_expiries_total 0.0",
+        'hopcast_gateway_token_refreshes_total{outcome="ok"} 0.0',
+        'hopcast_gateway_revocations_total{when="open"} 0.0',
+        "hopcast_gateway_subject_cap_refusals_total 0.0",
+        "hopcast_gateway_binary_refusals_total 0.0",
+        'hopcast_gateway_evictions_total{reason="slow"} 0.0',
+    ):
+        assert f"\n{series}" in text, series
+    assert text.count("# TYPE hopcast_gateway_connections gauge") == 1
+
+
+# -- revocation --------------------------------------------------------------------------------
+
+
+def test_the_revoke_route_closes_the_devices_connection_and_writes_the_list_under_the_store(
+    tmp_path: Path,
+) -> None:
+    with serving(tmp_path) as served:
+        issued = served.post("/v1/live/tokens", {"device": "tv-1", "channels": ["global"]})
+
+        async def device() -> None:
+            client = DeviceClient(
+                issued["url"],
+                issued["token"],
+                ["global"],
+                rng=random.Random(1),
+            )
+            task = asyncio.create_task(client.run(asyncio.Event()))
+            await until(lambda: client.stats.state_syncs == 1, "the device's subscription")
+            answer = await asyncio.to_thread(
+                served.post, "/v1/live/tokens/revoke", {"subject": "tv-1", "note": "stolen"}
+            )
+            assert answer["kind"] == "subject" and answer["value"] == "tv-1"
+            assert answer["closed"] == 1 and answer["entries"] == 1
+            # the gateway said `bye revoked`; without refresh_token the client stops there
+            with pytest.raises(TokenError) as refused:
+                await asyncio.wait_for(task, WAIT_S)
+            assert refused.value.problem == m.ByeReason.REVOKED
+
+        asyncio.run(device())
+        assert (served.store / FILE_NAME).is_file()
+        (entry,) = FileRevocations(served.store / FILE_NAME)._read(time.time_ns() // 1000)
+        assert (entry.kind, entry.value, entry.note) == ("subject", "tv-1", "stolen")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "exactly one"),
+        ({"token_id": "a", "subject": "b"}, "exactly one"),
+        ({"subject": "tv", "keep": "forever"}, "keep"),
+        ({"subject": "x" * 129}, "characters"),
+        ({"subject": "tv", "surprise": 1}, ""),
+    ],
+)
+def test_a_malformed_revocation_is_a_4xx_with_a_message(
+    tmp_path: Path, body: dict[str, Any], message: str
+) -> None:
+    graph = Graph.open(tmp_path / "store", sync=False)
+    server = make_server(graph, "127.0.0.1", 0, gateway_port=0)
+    try:
+        with TestClient(server.config.app) as client:
+            r = client.post("/v1/live/tokens/revoke", json=body)
+    finally:
+        graph.close()
+    assert 400 <= r.status_code < 500, r.text
+    assert message in r.text
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (EC P-256, one day), made with the openssl CLI."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=WAIT_S,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+def test_https_and_wss_verify_against_a_self_signed_certificate_and_plain_http_fails(
+    tmp_path: Path, certificate: tuple[str, str]
+) -> None:
+    cert, key = certificate
+    trusted = ssl.create_default_context(cafile=cert)
+    with serving(tmp_path, "https", tls_cert=cert, tls_key=key) as served:
+        # HTTPS, verified against the certificate
+        issued = served.post("/v1/live/tokens", {"device": "tv-1", "channels": ["global"]}, trusted)
+        assert issued["url"].startswith("wss://127.0.0.1:")
+        with urllib.request.urlopen(served.base + "/healthz", timeout=WAIT_S, context=trusted) as r:
+            assert r.status == 200
+        # not trusted without the CA: the verification fails
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(served.base + "/healthz", timeout=WAIT_S)
+        # plain HTTP to the TLS port gets no HTTP answer
+        plain = served.base.replace("https://", "http://")
+        with (
+            pytest.raises((urllib.error.URLError, ConnectionError, OSError)),
+            urllib.request.urlopen(plain + "/healthz", timeout=WAIT_S) as r,
+        ):
+            r.read()
+
+        async def device() -> int:
+            client = DeviceClient(
+                issued["url"], issued["token"], ["global"], rng=random.Random(1), ca_file=cert
+            )
+            stop = asyncio.Event()
+            task = asyncio.create_task(client.run(stop))
+            await until(lambda: client.stats.state_syncs == 1, "the wss subscription")
+            stop.set()
+            await asyncio.wait_for(task, WAIT_S)
+            return client.stats.welcomes
+
+        assert asyncio.run(device()) == 1
+
+
+def test_the_sdk_refuses_tls_options_with_a_plain_url_and_an_unreadable_ca_file(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match="wss://"):
+        DeviceClient("ws://x:1", "t", ["g"], rng=random.Random(1), ca_file="ca.pem")
+    with pytest.raises(ConfigError, match="CA file"):
+        DeviceClient("wss://x:1", "t", ["g"], rng=random.Random(1), ca_file=str(tmp_path / "no"))
+
+
+def test_serve_refuses_a_certificate_without_its_key(tmp_path: Path) -> None:
+    graph = Graph.open(tmp_path / "store", sync=False)
+    try:
+        with pytest.raises(ConfigError, match="both --tls-cert and --tls-key"):
+            make_server(graph, "127.0.0.1", 0, tls_cert=str(tmp_path / "c.pem"))
+        with pytest.raises(ConfigError, match="cannot load TLS"):
+            make_server(graph, "127.0.0.1", 0, tls_cert="nope.pem", tls_key="nope.pem")
+    finally:
+        graph.close()
