@@ -16,6 +16,7 @@ from childproc import Child
 from hopcast.cli import cli
 from hopcast.config import LIVE_SECRET_ENV
 from hopcast.durations import now_us
+from hopcast.errors import TokenError
 from hopcast.live import tokens
 from hopcast.live.fanout import GLOBAL_CHANNEL, Router
 from hopcast.live.producer import Trigger
@@ -139,3 +140,53 @@ def test_a_gateway_without_redis_exits_with_an_error(
     gateways.append(g)
     g.wait_for("cannot reach Redis", "the gateway's error about Redis")
     assert g.proc.wait(WAIT_S) != 0
+
+
+def test_a_subject_revoked_with_the_cli_is_closed_on_every_worker_within_seconds(
+    redis_url: str, redis_prefix: str, gateways: list[Gateways]
+) -> None:
+    g = Gateways(
+        [
+            *("--redis", redis_url, "--port", "0", "--workers", "2", "--node-id", "gw"),
+            *("--prefix", redis_prefix, "--max-per-device", "64"),
+        ]
+    )
+    gateways.append(g)
+    (port,) = {port for port, _ in g.ready(2).values()}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        devices: list[DeviceClient] = []
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            # every device is the same subject; connect until both workers hold some
+            while {d.protocol.node for d in devices} != {"gw-0", "gw-1"}:
+                assert len(devices) < 64, "every device landed on one worker"
+                token = tokens.issue(SECRET, "tv", (GLOBAL_CHANNEL,), now_us(), 3_600_000_000)
+                device = DeviceClient(
+                    f"ws://127.0.0.1:{port}", token, (GLOBAL_CHANNEL,), rng=random.Random(1)
+                )
+                devices.append(device)
+                tasks.append(asyncio.create_task(device.run(stop)))
+                await _until(lambda: devices[-1].protocol.node is not None)
+            revoke = ["live", "revoke", "--subject", "tv", "--redis", redis_url]
+            result = await asyncio.to_thread(
+                CliRunner().invoke, cli, [*revoke, "--prefix", redis_prefix, "--json"]
+            )
+            assert result.exit_code == 0, result.output
+            assert '"kind": "subject"' in result.output or '"kind":"subject"' in result.output
+            started = asyncio.get_running_loop().time()
+            # without refresh_token each client stops on `bye revoked`
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*tasks, return_exceptions=True), WAIT_S
+            )
+            took = asyncio.get_running_loop().time() - started
+            assert all(isinstance(o, TokenError) and o.problem == "revoked" for o in outcomes), (
+                outcomes
+            )
+            assert took < 5.0, f"revocation took {took:.1f} s to reach every worker"
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
