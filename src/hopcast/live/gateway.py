@@ -41,9 +41,10 @@ evicted (``bye timeout``). Shutdown (:meth:`GatewayServer.close`): ``bye restart
 with ``retry_after_ms`` spread over ``retry_spread_ms``, then close code 1012.
 
 Garbage collection: a full CPython collection walks every tracked object, so its pause grows
-with the number of connections. The gateway adds no object per connection beyond what websockets
-allocates (its per-device state lives as attributes of websockets' connection object;
-subscriptions are one set per channel; messages are untracked msgspec structs), and after each
+with the number of connections. The gateway adds one object per connection beyond what
+websockets allocates, the asyncio timer of its token's lifetime (the rest of its per-device
+state lives as attributes of websockets' connection object; subscriptions are one set per
+channel; messages are untracked msgspec structs), and after each
 burst of :data:`FREEZE_STEP` new devices it calls ``gc.freeze()``, moving everything alive to
 the permanent generation that collections skip (``gc.freeze`` is O(1)). Cyclic garbage frozen
 with them is reclaimed after ``gc.unfreeze()``, which :class:`FreezePolicy` calls once half the
