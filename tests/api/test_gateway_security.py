@@ -22,9 +22,11 @@ from typing import Any
 
 import pytest
 import uvicorn
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from hopcast.api.server import make_server
+from hopcast.cli import cli
 from hopcast.errors import ConfigError, TokenError
 from hopcast.graphdb import Graph
 from hopcast.live import messages as m
@@ -148,6 +150,11 @@ def test_the_revoke_route_closes_the_devices_connection_and_writes_the_list_unde
         assert (served.store / FILE_NAME).is_file()
         (entry,) = FileRevocations(served.store / FILE_NAME)._read(time.time_ns() // 1000)
         assert (entry.kind, entry.value, entry.note) == ("subject", "tv-1", "stolen")
+        # the CLI through the server's route: the same list
+        args = ["live", "revoke", "--token-id", "jti-9", "--url", served.base, "--json"]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["entries"] == 2
 
 
 @pytest.mark.parametrize(
