@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -190,3 +192,50 @@ def test_a_subject_revoked_with_the_cli_is_closed_on_every_worker_within_seconds
             await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_a_gateway_node_serves_wss_that_a_device_verifies_against_its_certificate(
+    redis_url: str, redis_prefix: str, gateways: list[Gateways], tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "/usr/bin/openssl", "req", "-x509", "-newkey", "ec",
+            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
+            "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=WAIT_S,
+    )  # fmt: skip
+    g = Gateways(
+        [
+            *("--redis", redis_url, "--port", "0", "--prefix", redis_prefix),
+            *("--tls-cert", str(cert), "--tls-key", str(key)),
+        ]
+    )
+    gateways.append(g)
+    (found,) = g.wait_for(r"gateway node \S+ on wss://127\.0\.0\.1:(\d+)", "the wss start-up line")
+    port = int(found[1])
+
+    async def main() -> int:
+        token = tokens.issue(SECRET, "tv", (GLOBAL_CHANNEL,), now_us(), 3_600_000_000)
+        device = DeviceClient(
+            f"wss://127.0.0.1:{port}",
+            token,
+            (GLOBAL_CHANNEL,),
+            rng=random.Random(1),
+            ca_file=str(cert),
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(device.run(stop))
+        try:
+            await _until(lambda: device.stats.state_syncs == 1)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, WAIT_S)
+        return device.stats.welcomes
+
+    assert asyncio.run(main()) == 1
+    assert g.stop() == 0

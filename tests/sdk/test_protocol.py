@@ -129,6 +129,27 @@ def test_a_ping_is_answered_with_the_golden_pong() -> None:
     assert device.data_to_send() == [PONG]
 
 
+def test_a_refresh_request_is_reported_and_renew_answers_on_the_open_connection() -> None:
+    device = opened()
+    ask = b'{"type":"refresh","expires_at":1767225660000000,"within_ms":90000}'
+    assert device.receive(ask, NOW) == [p.RefreshRequested(1_767_225_660_000_000, 90_000)]
+    assert device.data_to_send() == []  # nothing until the caller has a fresh token
+    device.renew("hc1.k0.fresh.mac")
+    assert device.data_to_send() == [b'{"type":"token","token":"hc1.k0.fresh.mac"}']
+    assert device.phase is Phase.OPEN
+
+
+def test_renew_without_an_open_connection_only_changes_the_next_hellos_token() -> None:
+    device = new_device()
+    device.renew("hc1.k0.fresh.mac")
+    assert device.data_to_send() == []
+    device.connect(NOW)
+    device.renew("hc1.k0.newer.mac")  # before welcome: the gateway accepts only hello
+    assert device.data_to_send() == []
+    device.connection_lost()
+    assert b'"token":"hc1.k0.newer.mac"' in device.connect(NOW)
+
+
 def test_the_first_state_of_a_channel_applies_its_stages_and_sets_the_position() -> None:
     device = new_device(cache={"finale/live": b"rows"})
     device.connect(NOW)
