@@ -394,9 +394,13 @@ def hub_bursts(draw: st.DrawFn, world: World) -> list[Mutation]:
     out: list[Mutation] = []
     for i, other in enumerate(far):
         ts = draw(st.sampled_from(world.times))
-        props = _props(declared, draw(st.integers(0, 255)), [i, i + 1, i + 2])
+        seed = draw(st.integers(0, 255))
+        props = _props(declared, seed, [i, i + 1, i + 2])
         src, dst = (hub, other) if hub_is_src else (other, hub)
-        out.append(EdgeUpsert(src, edge_type, dst, ts, f"hub:{src}:{edge_type}:{dst}:{ts}", props))
+        # The id names the content: two bursts that write one edge at one time with different
+        # properties are two records (a replay of one record carries the same properties).
+        mid = f"hub:{src}:{edge_type}:{dst}:{ts}:{seed}:{i}"
+        out.append(EdgeUpsert(src, edge_type, dst, ts, mid, props))
     return out
 
 
