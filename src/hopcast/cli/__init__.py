@@ -9,6 +9,7 @@
       info                                                          what the store holds
       schema check FILE                                             validate a schema
       serve                                                         run the HTTP API
+      auth create|list|revoke                                       API keys and roles
 
 The store is ``--store`` (default ``$HOPCAST_STORE`` or ``./data/graph``; ``memory://`` for a
 throw-away one) with the schema ``--schema`` (default ``$HOPCAST_SCHEMA`` or the demo schema).
@@ -33,6 +34,7 @@ from rich.console import Console
 
 from hopcast import __version__
 from hopcast.cli import render
+from hopcast.cli.auth import auth, security_options, server_security
 from hopcast.cli.common import (
     DEFAULT_STORE,
     Settings,
@@ -153,6 +155,7 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
     help="Node reads see every write acknowledged before them, by any worker "
     "(read-your-writes), or may lag other workers' writes by up to 1 s (bounded).",
 )
+@security_options
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -162,13 +165,21 @@ def serve(
     gateway_port: int | None,
     redis_url: str | None,
     consistency: str,
+    keys: str | None,
+    insecure: bool,
+    allowed_hosts: tuple[str, ...],
+    cors_origins: tuple[str, ...],
 ) -> None:
     """Run the HTTP API on the store (needs the server extras: hopcast[server]).
 
     With --workers N every worker opens --store and --schema on its own (responses name the
     worker in the X-Hopcast-Worker header); e.g. `hopcast --store redis://10.0.0.5:6379/0
     serve --workers 4` on several hosts behind a load balancer.
+
+    Needs at least one API key (`hopcast auth create`; the key file is --keys, by default
+    keys.json in the --store directory) unless started with --insecure, on loopback only.
     """
+    security = server_security(settings, host, keys, insecure, allowed_hosts, cors_origins)
     try:
         api = importlib.import_module("hopcast.api")
     except ImportError as exc:
@@ -186,6 +197,7 @@ def serve(
             gateway_port=gateway_port,
             redis_url=redis_url,
             consistency=consistency,
+            security=security,
         )
 
 
@@ -215,6 +227,7 @@ cli.add_command(deadletters)
 cli.add_command(run_command)
 cli.add_command(services)
 cli.add_command(flink)
+cli.add_command(auth)
 
 
 def main() -> None:
