@@ -322,7 +322,9 @@ def ingest_app(
     docs.install(app)
     policy_install(app)
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
-    app.add_middleware(BrowserGuard, allowed_hosts=security.allowed_hosts)
+    app.add_middleware(
+        BrowserGuard, allowed_hosts=security.allowed_hosts, cors_origins=security.cors_origins
+    )
     app.include_router(ingest_router(journals, reg, max_records=max_records))
 
     @app.get(

@@ -16,7 +16,9 @@ Steps (:func:`run_demo`):
 4. serve the API (graph, live, metrics — the engine's too, at ``/metrics``) and the live
    WebSocket gateway on ``port + 1`` with development tokens (``port`` 0: each on a free
    port), and print example queries with real ids and the addresses bound (the API's port is
-   bound before step 2, so a taken port fails at once);
+   bound before step 2, so a taken port fails at once). The API requires keys: a fresh
+   ``operator`` key (``graph/keys.json``; the previous run's is revoked) is printed once, with
+   the console's URL carrying it in the fragment (``console.html#key=…``);
 5. generate the company's activity in real time (``rate`` interactions/s, stamped with the wall
    clock) as records: request logs, Debezium change events, game and live events, with late,
    redelivered and deliberately bad records (:mod:`hopcast.demo.records`), appended to rotated
@@ -100,7 +102,8 @@ LINGER_MS = 10.0
 BATCH_MS = 50.0
 
 
-#: The demo's API key file, in its data directory (reset with it unless --keep).
+#: The demo's API key file, in its LMDB store directory (where `hopcast --store DIR auth …`
+#: finds it; reset with the data directory unless --keep).
 KEYS_FILE = "keys.json"
 #: The name of the operator key each run creates (the previous run's is revoked).
 DEMO_KEY_NAME = "demo console"
@@ -366,7 +369,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         if stop.is_set():
             console.print("stopped while loading")
             return 0
-        security, key = demo_security(data / KEYS_FILE, opts.host)
+        security, key = demo_security(store / KEYS_FILE, opts.host)
         server = make_server(
             graph,
             opts.host,
