@@ -160,9 +160,23 @@ def test_listen_on_a_taken_port_is_one_red_line_and_exit_2(tmp_path: Path) -> No
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         args = ["--store", str(tmp_path / "g"), "ingest", "run", "--until-idle"]
         args += ["--listen", address, "--source", f"playback=journal:{tmp_path / 'j'}"]
-        result = CliRunner().invoke(cli, args)
+        result = CliRunner().invoke(cli, [*args, "--insecure"])
     assert result.exit_code == 2
     assert f"--listen {address}: cannot listen there" in result.output
+
+
+def test_listen_without_a_key_or_insecure_is_refused_before_anything_opens(
+    tmp_path: Path,
+) -> None:
+    args = ["--store", str(tmp_path / "g"), "ingest", "run", "--until-idle"]
+    args += ["--listen", "127.0.0.1:0", "--source", f"playback=journal:{tmp_path / 'j'}"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "no valid API key" in result.output
+    assert not (tmp_path / "g").exists()
+    wide = [a if a != "127.0.0.1:0" else "0.0.0.0:0" for a in args]
+    refused = CliRunner().invoke(cli, [*wide, "--insecure"])
+    assert refused.exit_code == 2 and "only on loopback" in refused.output
 
 
 TITLES = """

@@ -1,6 +1,6 @@
 """A demo store behind the whole API, for the contract test: the seeded graph, a live service
-with events in several states and payloads, an ingest journal; a fixed clock. :func:`served`
-runs it in uvicorn on a loopback port, as in production."""
+with events in several states and payloads, an ingest journal, an admin key; a fixed clock.
+:func:`served` runs it in uvicorn on a loopback port, as in production."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from fastapi import FastAPI
 from api.seed import NOW, SEED
 from hopcast import EdgeUpsert, Graph, NodeUpsert
 from hopcast.api import create_app
+from hopcast.api.policy import Security
+from hopcast.auth import KeyFile
 from hopcast.durations import DAY, HOUR, MINUTE
 from hopcast.live.schedule import Create, StartNow
 from hopcast.live.service import LiveService
@@ -42,6 +44,8 @@ class Demo:
     journal: Journal
     app: FastAPI
     directory: Path
+    #: An admin key of the app's key file (every route accepts it).
+    key: str
 
     def close(self) -> None:
         self.journal.close()
@@ -60,8 +64,10 @@ def demo() -> Demo:
     live.command(StartNow("semi"), NOW)
     live.materialise("final", NOW, ["all"])
     journal = Journal(directory / "journal")
-    app = create_app(graph, live=live, journals={"logs": journal})
-    return Demo(graph, live, journal, app, directory)
+    keys = KeyFile(directory / "keys.json")
+    _, key = keys.create("contract", ["admin"], NOW)
+    app = create_app(graph, live=live, journals={"logs": journal}, security=Security(keys=keys))
+    return Demo(graph, live, journal, app, directory, key)
 
 
 #: Generous bound on the server's start-up and shutdown; reached only if it hangs.

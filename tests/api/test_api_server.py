@@ -17,6 +17,7 @@ from childproc import Child
 from hopcast import Graph
 from hopcast.api import make_server, serve
 from hopcast.api.server import worker_app
+from hopcast.auth import KeyFile
 from hopcast.durations import DAY
 from hopcast.errors import ConfigError
 from hopcast.ports import listening_socket
@@ -135,6 +136,7 @@ def test_hopcast_serve_on_port_0_prints_the_port_it_bound_and_answers_there(
 ) -> None:
     with Graph.open(tmp_path / "graph", sync=False) as graph:
         graph.apply(SEED)
+    _, key = KeyFile(tmp_path / "graph" / "keys.json").create("test", ["reader"], NOW)
     hopcast = [sys.executable, "-c", "from hopcast.cli import main; main()"]
     server = Child([*hopcast, "--store", str(tmp_path / "graph"), "serve", "--port", "0"])
     try:
@@ -143,6 +145,10 @@ def test_hopcast_serve_on_port_0_prints_the_port_it_bound_and_answers_there(
         # the socket listened before the line was printed: no polling for readiness
         health = httpx.get(line[1] + "/healthz", timeout=JOIN_TIMEOUT_S)
         assert health.json() == {"status": "ok", "backend": "lmdb"}
+        node = line[1] + "/v1/nodes/profile:1"
+        assert httpx.get(node, timeout=JOIN_TIMEOUT_S).status_code == 401
+        auth = {"Authorization": f"Bearer {key}"}
+        assert httpx.get(node, headers=auth, timeout=JOIN_TIMEOUT_S).status_code == 200
         server.stop(signal.SIGINT)  # Ctrl-C: uvicorn shuts the app down (click says Aborted!)
         assert "Application shutdown complete" in server.output
     finally:

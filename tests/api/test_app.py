@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from api.seed import NOW, SEED, TestClient
 from hopcast import Graph
 from hopcast.durations import DAY, HOUR
@@ -472,3 +474,16 @@ def test_the_openapi_document_resolves_its_request_and_error_schemas(client: Tes
     traverse = doc["paths"]["/v1/query/traverse"]["post"]
     assert traverse["requestBody"]["content"]["application/json"]["examples"]
     assert traverse["responses"]["400"]["content"]["application/json"]["example"]["error"]
+
+
+@pytest.mark.parametrize("lookback", ["0w", "00d", "0.5us"])
+def test_a_lookback_under_a_microsecond_is_the_shortest_one_not_an_error(
+    client: TestClient, lookback: str
+) -> None:
+    body = ok(
+        client.post(
+            "/v1/query/traverse",
+            json={"start": "account:1", "hops": ["has_profile"], "limits": {"lookback": lookback}},
+        )
+    )
+    assert body["nodes"] == []  # nothing is 1 µs old

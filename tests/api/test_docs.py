@@ -30,7 +30,8 @@ def _check_offline(client: TestClient) -> list[str]:
         got = client.get(ref)
         assert got.status_code == 200, f"{ref}: {got.status_code}"
         assert len(got.content) > 0, ref
-    spec = re.search(r"url:\s*'([^']+)'", html)
+    init = next(r for r in refs if r.endswith("/init.js"))
+    spec = re.search(r'"url":\s*"([^"]+)"', client.get(init).text)
     assert spec is not None and client.get(spec.group(1)).status_code == 200
     return refs
 
@@ -44,7 +45,15 @@ def test_the_docs_page_and_every_file_it_loads_are_served_by_the_app(
 
 
 def test_the_docs_page_turns_off_the_online_validator(client: TestClient) -> None:
-    assert '"validatorUrl": null' in client.get("/docs").text
+    assert '"validatorUrl": null' in client.get("/docs/init.js").text
+
+
+def test_the_docs_page_holds_no_inline_script(client: TestClient) -> None:
+    page = client.get("/docs")
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page.text, re.S)
+    assert scripts and all("src=" in attrs and not body.strip() for attrs, body in scripts)
+    assert not re.search(r"\son\w+\s*=", page.text), "an inline event handler"
+    assert "script-src 'self'" in page.headers["content-security-policy"]
 
 
 def test_the_ingest_app_serves_its_docs_offline_too() -> None:

@@ -1,6 +1,7 @@
 """The OpenAPI contract, checked by schemathesis against the API served by uvicorn on a loopback
 port over a demo store (the seeded graph, live events in several states with payloads, an ingest
-journal; a fixed clock).
+journal; a fixed clock), with authentication on: every request carries an admin key, and the
+checks that drop it expect the documented 401.
 
 Every phase runs: the documented examples, coverage (boundary values of every declared bound,
 valid and invalid), fuzzing, and stateful sequences that follow the document's links (a created
@@ -76,7 +77,7 @@ def documented_rules(document: dict[str, Any]) -> dict[str, dict[int, set[str]]]
 RULES: dict[str, dict[int, set[str]]] = {}
 
 
-def config() -> schemathesis.Config:
+def config(key: str) -> schemathesis.Config:
     operations: list[dict[str, Any]] = [
         {
             "include-name": label,
@@ -97,6 +98,7 @@ def config() -> schemathesis.Config:
     return schemathesis.Config.from_dict(
         {
             "seed": SEED,
+            "auth": {"openapi": {"bearer": {"bearer": key}}},
             "generation": {
                 "max-examples": MAX_EXAMPLES,
                 "deterministic": True,
@@ -139,7 +141,9 @@ def a_rule_refusal_names_a_documented_rule(
 _STORE: Demo = demo()
 RULES.update(documented_rules(_STORE.app.openapi()))
 _SERVED = served(_STORE.app)
-schema = schemathesis.openapi.from_url(f"{_SERVED.__enter__()}/openapi.json", config=config())
+schema = schemathesis.openapi.from_url(
+    f"{_SERVED.__enter__()}/openapi.json", config=config(_STORE.key)
+)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -44,7 +44,7 @@ def serving(store: str, *extra: str) -> Iterator[str]:
     """``hopcast --store STORE serve --workers 2 --port 0``, until it answers /healthz; yields
     its base URL."""
     proc = subprocess.Popen(
-        [HOPCAST, "--store", store, "serve", "--workers", "2", "--port", "0", *extra],
+        [HOPCAST, "--store", store, "serve", "--workers", "2", "--port", "0", "--insecure", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

@@ -117,7 +117,9 @@ def store_url(request: pytest.FixtureRequest, redis_prefix: str) -> str:
 def serving(store_url: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``hopcast --store URL serve --workers 2 --port 0`` in a subprocess, once it has said
     where it listens (the socket listens before the workers start: requests wait for them)."""
-    server = Child([HOPCAST, "--store", store_url, "serve", "--workers", "2", "--port", "0"])
+    server = Child(
+        [HOPCAST, "--store", store_url, "serve", "--workers", "2", "--port", "0", "--insecure"]
+    )
     try:
         (line,) = server.wait_for(
             r"hopcast API on (http://127\.0\.0\.1:\d+) with 2 workers", "the API"
@@ -195,7 +197,7 @@ def test_two_workers_over_redis_answer_like_lmdb_and_see_new_writes(
 
 def test_serve_refuses_workers_for_a_graph_in_memory() -> None:
     done = subprocess.run(
-        [HOPCAST, "--store", "memory://", "serve", "--workers", "2"],
+        [HOPCAST, "--store", "memory://", "serve", "--workers", "2", "--insecure"],
         capture_output=True,
         text=True,
         timeout=60,

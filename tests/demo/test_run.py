@@ -8,6 +8,7 @@ import json
 import re
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,14 @@ STOP_S = 120
 SERVING = r"device page  (http://127\.0\.0\.1:\d+)/web/device\.html"
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=REQUEST_TIMEOUT_S) as r:
+#: The operator key the demo prints (and hands to the console in the URL fragment).
+KEY = re.compile(r"API key +(hck_[0-9a-f]{12}_[A-Za-z0-9_-]{43})")
+
+
+def _get(url: str, key: str | None = None) -> Any:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as r:
         body = r.read()
     return json.loads(body) if r.headers.get_content_type() == "application/json" else body
 
@@ -59,6 +66,13 @@ def test_hopcast_run_ingests_the_live_records_serves_them_and_stops_cleanly_on_s
     try:
         (serving,) = demo.wait_for(SERVING, "the API")
         base = serving[1]
+        printed = KEY.search(demo.output)
+        assert printed is not None, demo.output
+        key = printed[1]
+        assert f"{base}/web/console.html#key={key}" in demo.output
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _get(f"{base}/v1/live/events")
+        assert refused.value.code == 401
         served_at = time.time_ns() // 1000
         # A heavy member's journey fills with edges streamed from the browse log and the
         # playback table (Debezium), stamped after the API came up.
@@ -66,7 +80,7 @@ def test_hopcast_run_ingests_the_live_records_serves_them_and_stops_cleanly_on_s
         types: set[str] = set()
         while time.monotonic() < deadline and not {"browsed", "started_watching"} <= types:
             time.sleep(0.5)
-            journey = _get(f"{base}/v1/nodes/account:0/journey?since={served_at}&limit=200")
+            journey = _get(f"{base}/v1/nodes/account:0/journey?since={served_at}&limit=200", key)
             assert all(e["ts"] >= served_at for e in journey["entries"])
             types = {e["type"] for e in journey["entries"]}
         assert {"browsed", "started_watching"} <= types, types
@@ -74,7 +88,7 @@ def test_hopcast_run_ingests_the_live_records_serves_them_and_stops_cleanly_on_s
         dead: dict[str, float] = {}
         while time.monotonic() < deadline and sum(dead.values()) < 3:
             time.sleep(0.5)
-            text = _get(base + "/metrics").decode()
+            text = _get(base + "/metrics", key).decode()
             dead = _metric(text, "hopcast_ingest_dead_letters_total")
         events = _metric(text, "hopcast_ingest_events_total")
         assert {f'{{source="{s}"}}' for s in SOURCES} <= set(events)

@@ -5,6 +5,7 @@ pieces of :mod:`hopcast.demo.scenario` on their own."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 import urllib.request
@@ -27,8 +28,9 @@ HOPCAST = [sys.executable, "-c", "from hopcast.cli import main; main()"]
 REQUEST_TIMEOUT_S = 30
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=REQUEST_TIMEOUT_S) as r:
+def _get(url: str, key: str) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as r:
         return json.loads(r.read())
 
 
@@ -75,26 +77,29 @@ def test_hopcast_run_takes_a_scripted_event_live_and_every_device_gets_the_trigg
             r"device page  (http://127\.0\.0\.1:\d+)/web/device\.html", "the API"
         )
         base = page[1]
+        printed = re.search(r"API key +(hck_\S+)", demo.output)
+        assert printed is not None, demo.output
+        key = printed[1]  # the demo's operator key
         # printed once the event is scheduled and its rows are materialised
         (line,) = demo.wait_for(r"live event   (\S+) .* goes live in 8 s", "the scheduled event")
         event = line[1]
-        events = _get(f"{base}/v1/live/events")["events"]
+        events = _get(f"{base}/v1/live/events", key)["events"]
         assert [e["id"] for e in events] == [event]
         # its rows come from the graph, in at most 3 segments
-        seg = _get(f"{base}/v1/console/events/{event}/segments")
+        seg = _get(f"{base}/v1/console/events/{event}/segments", key)
         assert seg["node"].startswith("live_event:")
         assert 1 <= len(seg["segments"]) <= 3 and seg["segments"][-1]["key"] == "all"
         assert seg["cardinality"] == 3 * len(seg["segments"])
 
         def live() -> Any:
-            doc = _get(f"{base}/v1/live/events/{event}")
+            doc = _get(f"{base}/v1/live/events/{event}", key)
             return doc if doc["state"] == "live" else None
 
         went = _until("the event goes live", live, demo, 60)
         assert went["went_live_at"] >= went["original_starts_at"]
 
         def updated() -> Any:
-            doc = _get(f"{base}/v1/console/dashboard?event={event}")
+            doc = _get(f"{base}/v1/console/dashboard?event={event}", key)
             ttu = doc["time_to_update"]
             return doc if ttu and ttu["stage"] == "live" and ttu["devices"] == devices else None
 
@@ -105,7 +110,7 @@ def test_hopcast_run_takes_a_scripted_event_live_and_every_device_gets_the_trigg
         # the CDF is coherent (how fast is bench/broadcast.py's question, not this test's)
         ttu = dash["time_to_update"]
         assert 0 <= ttu["p50_ms"] <= ttu["p99_ms"] <= ttu["max_ms"]
-        ingest = _get(f"{base}/v1/console/ingest")
+        ingest = _get(f"{base}/v1/console/ingest", key)
         assert ingest["engine"] is True and ingest["events"] > 0
         assert demo.stop() == 0, demo.output
     finally:

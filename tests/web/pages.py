@@ -6,6 +6,9 @@ The server is the production wiring of ``hopcast serve --gateway-port P --dev-to
 :class:`Router` to a :class:`Gateway` in the same event loop, the app from :func:`create_app`
 serving the pages at ``/web/`` and the console routes — built here piece by piece only to give
 the gateway a one-second heartbeat, so a dropped connection is noticed in 2.5 s instead of 75 s.
+Authentication is on, as in ``hopcast run``: an operator key (:attr:`Hopcast.key`) that the
+helpers send and that :func:`open_console` hands to the console in the URL fragment; the device
+page uses the device token it is issued.
 """
 
 from __future__ import annotations
@@ -26,7 +29,11 @@ from typing import Any
 import uvicorn
 
 from hopcast.api.app import create_app
+from hopcast.api.browser import LOOPBACK_HOSTS
 from hopcast.api.live import GatewayBinding
+from hopcast.api.policy import Security
+from hopcast.auth import KeyFile
+from hopcast.durations import now_us
 from hopcast.graphdb import Graph
 from hopcast.live.fanout import InProcessTransport, Router
 from hopcast.live.gateway import Gateway
@@ -86,12 +93,15 @@ class Hopcast:
     port: int
     gateway_port: int
     service: LiveService
+    #: An operator key of the server's key file (the console's).
+    key: str
+    #: An admin key: what the helpers below send (they also write the graph).
+    admin: str
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.base + path, data, {"content-type": "application/json"}, method=method
-        )
+        headers = {"content-type": "application/json", "authorization": f"Bearer {self.admin}"}
+        req = urllib.request.Request(self.base + path, data, headers, method=method)
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
                 raw = r.read()
@@ -146,7 +156,11 @@ def _serving(store: Path, ports: Ports) -> Iterator[Hopcast]:
         token_leeway_s=TOKEN_LEEWAY_S,
     )
     binding = GatewayBinding(gateway, "127.0.0.1", gateway_port, secret, dev_tokens=True)
-    app = create_app(graph, live=service, gateway=binding)
+    keys = KeyFile(store.parent / "keys.json")
+    _, key = keys.create("web console", ["operator"], now_us())
+    _, admin = keys.create("web tests", ["admin"], now_us())
+    security = Security(keys=keys, allowed_hosts=LOOPBACK_HOSTS)
+    app = create_app(graph, live=service, gateway=binding, security=security)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
     )
@@ -159,7 +173,7 @@ def _serving(store: Path, ports: Ports) -> Iterator[Hopcast]:
         while not server.started and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert server.started, f"the API (and its gateway) did not start within {START_S:g} s"
-        yield Hopcast(f"http://127.0.0.1:{port}", port, gateway_port, service)
+        yield Hopcast(f"http://127.0.0.1:{port}", port, gateway_port, service, key, admin)
     finally:
         server.should_exit = True
         thread.join(START_S)
@@ -196,11 +210,14 @@ def open_device(context: Any, hopcast: Hopcast, event: str, *, hash: str = "") -
     return page
 
 
-def open_console(context: Any, hopcast: Hopcast) -> Any:
-    """Open the operator console (its uncaught errors collect in ``page.errors``)."""
+def open_console(context: Any, hopcast: Hopcast, *, key: str | None = "") -> Any:
+    """Open the operator console with an API key in the URL fragment (``hopcast.key`` unless
+    ``key`` is given; None: no key). Its uncaught errors collect in ``page.errors``."""
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.errors = errors
-    page.goto(f"{hopcast.base}/web/console.html")
+    given = hopcast.key if key == "" else key
+    fragment = "" if given is None else f"#key={given}"
+    page.goto(f"{hopcast.base}/web/console.html{fragment}")
     return page

@@ -90,7 +90,7 @@ def test_a_missing_console_endpoint_is_shown_in_its_panel(
 ) -> None:
     page = context.new_page()
     page.route("**/v1/console/ingest", lambda route: route.fulfill(status=404, body="Not Found"))
-    page.goto(f"{hopcast.base}/web/console.html")
+    page.goto(f"{hopcast.base}/web/console.html#key={hopcast.key}")
     page.wait_for_selector("#ingest-message:has-text('is not available on this server')")
     # the other panels carry on
     page.wait_for_selector("#dashboard-message", state="hidden")
@@ -199,3 +199,30 @@ def test_recommendations_from_the_graph_are_computed_and_listed_by_segment(
     assert page.locator("#recs-message").is_hidden()
     page.screenshot(path=str(artifacts / "recommendations.png"), full_page=True)
     assert page.errors == []
+
+
+def test_the_console_takes_its_key_from_the_fragment_and_removes_it_from_the_address(
+    context: Any, hopcast: Hopcast
+) -> None:
+    hopcast.create_event("final", "The Final", starts_at="10m")
+    console = open_console(context, hopcast)
+    console.wait_for_selector("tr[data-event=final]")
+    assert console.evaluate("() => location.hash") == ""
+    assert "key=" not in console.url
+    assert console.evaluate("() => sessionStorage.getItem('hopcast.key')") == hopcast.key
+    assert console.locator("#key-form").is_hidden()
+    assert console.errors == []
+
+
+def test_a_console_without_a_key_asks_for_one_and_works_once_given(
+    context: Any, hopcast: Hopcast
+) -> None:
+    hopcast.create_event("final", "The Final", starts_at="10m")
+    console = open_console(context, hopcast, key=None)
+    console.wait_for_selector("#key-form", state="visible")
+    assert console.locator("tr[data-event=final]").count() == 0
+    console.fill("#key-form input[name=key]", hopcast.key)
+    console.click("#key-form button[type=submit]")
+    console.wait_for_selector("#key-form", state="hidden")
+    console.wait_for_selector("tr[data-event=final]")  # the next poll carries the key
+    assert console.errors == []

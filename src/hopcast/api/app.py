@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 from fastapi import FastAPI, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from hopcast.api import bounds, console, docs, errors, openapi
+from hopcast.api import policy as policies
 from hopcast.api.bodies import (
     MutationsRequest,
     TraverseRequest,
@@ -43,11 +45,14 @@ from hopcast.api.bodies import (
     resolve_time,
     to_mutations,
 )
+from hopcast.api.browser import BrowserGuard
 from hopcast.api.errors import ApiError
 from hopcast.api.guard import RequestGuard
 from hopcast.api.live import GatewayBinding, live_router
 from hopcast.api.metrics import METRICS_CONTENT_TYPE, ApiMetrics, MetricsMiddleware
+from hopcast.api.policy import Auth, Security, policy, public
 from hopcast.api.responses import JSON
+from hopcast.auth.roles import Role
 from hopcast.errors import InvalidQuery, NotFound
 from hopcast.graph.limits import DEFAULT_MAX_FUTURE_US, EXPIRED, FUTURE_TIME, arrival_problem
 from hopcast.graph.mutations import Mutation
@@ -335,6 +340,7 @@ def create_app(
     ingest: IngestStats | None = None,
     console_routes: bool | None = None,
     max_future_us: int | None = DEFAULT_MAX_FUTURE_US,
+    security: Security | None = None,
 ) -> FastAPI:
     """Build the API app over ``graph``.
 
@@ -356,6 +362,13 @@ def create_app(
             there is a live service or ingest stats.
         max_future_us: how far past the server's clock a mutation's ``ts`` may lie (default
             an hour); later ones are refused with a 422 ``future_time``. None: no bound.
+        security: API keys, allowed hosts and CORS origins (:class:`~hopcast.api.policy.
+            Security`). Default: **no authentication** and any ``Host`` — for tests and for
+            embedding behind a door of one's own; every ``hopcast`` command that serves
+            requires keys or an explicit ``--insecure`` on loopback. Every route declares its
+            policy either way (:mod:`hopcast.api.policy`), and the browser protections of
+            :mod:`hopcast.api.browser` (JSON bodies only, ``Origin`` checked, security
+            headers) are always on.
 
     Raises:
         ValueError: for a negative ``max_body_bytes`` or ``max_mutations < 1``.
@@ -379,8 +392,14 @@ def create_app(
         docs_url=None,  # docs.install serves the page with installed assets instead of a CDN
         redoc_url=None,
     )
+    security = security if security is not None else Security()
+    device_secret = security.device_secret
+    if device_secret is None and gateway is not None:
+        device_secret = gateway.secret
     app.state.graph = graph
     app.state.metrics = metrics
+    app.state.auth = Auth(security.keys, device_secret)
+    app.state.rate_limits = None  # a limiter with .check(subject, bucket) may be set here
     errors.install(app)
     openapi.install(
         app,
@@ -390,7 +409,22 @@ def create_app(
         max_mutations=max_mutations,
     )
     docs.install(app)
+    policies.install(app)
+    # Outermost last: metrics count every answer; the browser guard refuses foreign hosts and
+    # cross-site writes before anything else runs and adds its headers to every answer (413s
+    # and 500s included); CORS (when configured) answers preflights; RequestGuard bounds bodies.
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
+    if security.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(security.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["authorization", "content-type", "if-none-match", "idempotency-key"],
+            expose_headers=["etag", "retry-after", "x-hopcast-worker"],
+        )
+    app.add_middleware(
+        BrowserGuard, allowed_hosts=security.allowed_hosts, cors_origins=security.cors_origins
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts 413s and 500s
     schema_json = JSON(graph.schema.to_dict()).body
 
@@ -410,6 +444,7 @@ def create_app(
 
     @app.get(
         "/v1/nodes",
+        dependencies=[policy(Role.READER)],
         tags=["nodes"],
         summary="Several nodes",
         description=f"Nodes in the order asked; `null` where absent. At most {q.MAX_IDS} ids.",
@@ -425,6 +460,7 @@ def create_app(
 
     @app.get(
         "/v1/nodes/{node_id:node_id}/neighbours",
+        dependencies=[policy(Role.READER)],
         tags=["queries"],
         summary="Neighbours (one hop)",
         description="Edges of the node, newest first (`selection=latest`) or in storage order "
@@ -457,6 +493,7 @@ def create_app(
 
     @app.post(
         "/v1/query/traverse",
+        dependencies=[policy(Role.READER)],
         tags=["queries"],
         summary="k-hop traversal",
         description="Breadth-first, one round per hop, under layered limits (per depth, per edge "
@@ -472,6 +509,7 @@ def create_app(
 
     @app.get(
         "/v1/nodes/{node_id:node_id}/journey",
+        dependencies=[policy(Role.READER)],
         tags=["queries"],
         summary="A member's journey",
         description="Interactions of the account, its profiles and devices, newest first, paged: "
@@ -500,6 +538,7 @@ def create_app(
 
     @app.get(
         "/v1/nodes/{node_id:node_id}/count",
+        dependencies=[policy(Role.READER)],
         tags=["queries"],
         summary="Count edges",
         description="Live edges of the node in the time window, in total and per edge type.",
@@ -525,6 +564,7 @@ def create_app(
 
     app.get(
         "/v1/nodes/{node_id:node_id}",
+        dependencies=[policy(Role.READER)],
         tags=["nodes"],
         summary="One node",
         description="The node's last-seen time and current properties.",
@@ -533,6 +573,7 @@ def create_app(
 
     @app.get(
         "/v1/edges/exists",
+        dependencies=[policy(Role.READER)],
         tags=["queries"],
         summary="Does an edge exist?",
         description="Whether `src -[edge]-> dst` exists (either way round for a two-way edge), "
@@ -548,6 +589,7 @@ def create_app(
 
     @app.get(
         "/v1/path",
+        dependencies=[policy(Role.READER)],
         tags=["queries"],
         summary="Shortest path",
         description="Breadth-first search from `src`; the first path found to `dst` is a "
@@ -578,6 +620,7 @@ def create_app(
 
     @app.post(
         "/v1/mutations",
+        dependencies=[policy(Role.WRITER, limit="mutations")],
         tags=["writes"],
         summary="Apply mutations",
         description="Validates every mutation against the schema, then applies them in one "
@@ -620,6 +663,7 @@ def create_app(
 
     @app.get(
         "/v1/schema",
+        dependencies=[public("the graph's types, which the public OpenAPI document lists too")],
         tags=["schema"],
         summary="The graph schema",
         description="Node types, edge types with their mappings, retention and the journey.",
@@ -630,6 +674,7 @@ def create_app(
 
     @app.get(
         "/healthz",
+        dependencies=[public("liveness: holds no data")],
         tags=["operations"],
         summary="Health",
         description="200 if the graph store answers a read; 503 otherwise.",
@@ -642,6 +687,7 @@ def create_app(
 
     @app.get(
         "/metrics",
+        dependencies=[policy(Role.READER)],
         tags=["operations"],
         summary="Prometheus metrics",
         description="Request counts and latency per route template and status, mutations "
@@ -674,7 +720,7 @@ def create_app(
     if WEB_DIR.is_dir():
         app.mount("/web", StaticFiles(directory=WEB_DIR, html=True), name="web")
 
-        @app.get("/", include_in_schema=False)
+        @app.get("/", include_in_schema=False, dependencies=[public("a redirect to the pages")])
         async def home() -> Response:
             return RedirectResponse("/web/")
 

@@ -105,7 +105,9 @@ class LimitsRequest(msgspec.Struct, forbid_unknown_fields=True):
         except ValueError as exc:
             raise InvalidQuery(f"limits.lookback: {exc}") from None
         return q.Limits(
-            lookback_us=lookback,
+            # A duration the document's pattern allows but that is under 1 µs ("0w", "0.5us")
+            # is the shortest lookback there is, not an error the document does not state.
+            lookback_us=max(1, lookback),
             edges_per_hop=self.edges_per_hop,
             per_depth={int(depth): n for depth, n in self.per_depth.items()},
             per_edge_type=dict(self.per_edge_type),

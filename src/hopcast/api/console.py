@@ -41,7 +41,9 @@ from starlette.responses import Response
 from hopcast.api import bounds, openapi
 from hopcast.api.bodies import NodeIdText, anchored, decode, edge_types, resolve_time
 from hopcast.api.errors import ApiError
+from hopcast.api.policy import policy
 from hopcast.api.responses import JSON
+from hopcast.auth.roles import Role
 from hopcast.errors import InvalidInput, InvalidQuery, NotFound
 from hopcast.graph.keys import MAX_TS
 from hopcast.graph.limits import MAX_INT
@@ -608,6 +610,7 @@ def _router(
 
     @router.post(
         "/reports",
+        dependencies=[policy(Role.OPERATOR, device=True)],
         summary="Device reports",
         description="Devices report what they hold (`prefetched`: the stages cached for an "
         "event) and what they show (`updated`: a stage and schedule version since `at`, µs). "
@@ -638,6 +641,7 @@ def _router(
 
     @router.get(
         "/dashboard",
+        dependencies=[policy(Role.READER)],
         summary="Live dashboard",
         description="Connected devices, prefetch coverage of the stage devices need next, the "
         "time-to-update CDF of the event's last trigger, and the origin's prefetch requests per "
@@ -705,6 +709,7 @@ def _router(
 
     @router.post(
         "/events/{event_id}/materialise",
+        dependencies=[policy(Role.OPERATOR, limit="operator")],
         summary="Materialise recommendations from the graph",
         description="Computes the event's recommendation rows from the graph (segments of "
         "members by affinity to the event, its teams and genres; rows ranked by co-watching and "
@@ -767,6 +772,7 @@ def _router(
 
     @router.get(
         "/events/{event_id}/segments",
+        dependencies=[policy(Role.READER)],
         summary="Segments of a materialisation",
         description="The event's graph materialisation: segments with their rows, and with "
         "`member` that member's segment and the lookup's time.",
@@ -849,6 +855,7 @@ def _router(
 
     @router.get(
         "/graph/search",
+        dependencies=[policy(Role.READER)],
         summary="Find nodes",
         description="Nodes whose id starts with `q` (with `type`, `q` may omit the type). An "
         "exact id is always checked in the graph; prefixes are matched against the node "
@@ -900,6 +907,7 @@ def _router(
 
     @router.get(
         "/graph/neighbourhood/{node_id:node_id}",
+        dependencies=[policy(Role.READER)],
         summary="A node's neighbourhood",
         description="Nodes and edges within `depth` (1 or 2) hops in both directions, newest "
         f"edges first, `limit` edges per node, at most {MAX_NEIGHBOURHOOD_NODES} nodes; unique "
@@ -994,6 +1002,7 @@ def _router(
 
     @router.get(
         "/graph/journey/{node_id:node_id}",
+        dependencies=[policy(Role.READER)],
         summary="A member's journey as a timeline",
         description="The interactions of an account (or of a profile's account) across its "
         "profiles and devices, newest first, each with its vertical (`streaming`, `browse`, "
@@ -1078,6 +1087,7 @@ def _router(
 
     @router.get(
         "/ingest",
+        dependencies=[policy(Role.READER)],
         summary="Ingest status",
         description="Events and mutations per second, lag per source, freshness (event time → "
         "queryable) and dead letters of the pipeline running in this process; `engine: false` "

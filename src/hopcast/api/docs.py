@@ -9,13 +9,16 @@ the page around them. Swagger UI's online validator badge is turned off (it woul
 
 from __future__ import annotations
 
+import html
+import json
 from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
+
+from hopcast.api.policy import public
 
 #: Where the Swagger UI files are served.
 ASSETS = "/docs/assets"
@@ -27,6 +30,8 @@ PARAMETERS = {
     "showExtensions": True,
     "showCommonExtensions": True,
     "validatorUrl": None,
+    #: Swagger UI keeps the key entered in *Authorize* across reloads of the page.
+    "persistAuthorization": True,
 }
 
 
@@ -46,21 +51,37 @@ def assets_dir() -> Path:
 
 
 def install(app: FastAPI, docs_url: str = "/docs") -> None:
-    """Serve the Swagger UI page at ``docs_url`` and its files at :data:`ASSETS`.
+    """Serve the Swagger UI page at ``docs_url``, its start-up script at ``docs_url + "/init.js"``
+    and its files at :data:`ASSETS`.
 
-    Build ``app`` with ``docs_url=None`` so FastAPI's CDN page does not take the route first.
+    The page holds no inline script (the pages' Content-Security-Policy allows scripts from the
+    origin only): the settings FastAPI's page writes inline are served as a script file. Build
+    ``app`` with ``docs_url=None`` so FastAPI's CDN page does not take the route first.
     """
     openapi_url = app.openapi_url or "/openapi.json"
-    title = f"{app.title} — API"
+    title = html.escape(f"{app.title} — API")
     app.mount(ASSETS, StaticFiles(directory=assets_dir()), name="docs-assets")
+    init_url = f"{docs_url}/init.js"
+    settings = {"url": openapi_url, **PARAMETERS}
+    init = (
+        f"window.ui = SwaggerUIBundle(Object.assign({json.dumps(settings)}, "
+        "{presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset]}));\n"
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<link rel="stylesheet" href="{ASSETS}/swagger-ui.css">
+<link rel="icon" href="{ASSETS}/favicon.png"></head>
+<body><div id="swagger-ui"></div>
+<script src="{ASSETS}/swagger-ui-bundle.js"></script>
+<script src="{init_url}"></script>
+</body></html>
+"""
+    no_data = public("the API's documentation page: holds no data")
 
-    @app.get(docs_url, include_in_schema=False)
+    @app.get(docs_url, include_in_schema=False, dependencies=[no_data])
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=openapi_url,
-            title=title,
-            swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{ASSETS}/favicon.png",
-            swagger_ui_parameters=PARAMETERS,
-        )
+        return HTMLResponse(page)
+
+    @app.get(init_url, include_in_schema=False, dependencies=[no_data])
+    async def swagger_init() -> Response:
+        return Response(init, media_type="text/javascript")

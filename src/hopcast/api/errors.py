@@ -25,6 +25,13 @@ body is not valid JSON                       400    ``malformed_json``
 ``InvalidMutation``                          422    ``invalid_mutation``
 parameter or body field of the wrong type    422    ``validation_error``
 ``NotFound``                                 404    ``not_found``
+no or bad credential (``WWW-Authenticate``)  401    ``unauthorized``
+a key without the route's role               403    ``forbidden``
+a cross-origin state-changing request        403    ``cross_origin``
+a body that is not JSON                      415    ``unsupported_media_type``
+a ``Host`` this server does not serve        421    ``unknown_host``
+over the rate limit (``Retry-After``)        429    ``rate_limited``
+the key file cannot be read                  503    ``keys_unavailable``
 no such route                                404    ``not_found``
 method not allowed on the route              405    ``method_not_allowed``
 body larger than ``max_body_bytes``          413    ``body_too_large``
@@ -95,11 +102,20 @@ STORAGE_MESSAGE = "the graph store failed; the server log has the details"
 class ApiError(Exception):
     """An error the API layer itself detects (not the graph): status, kind and message."""
 
-    def __init__(self, status: int, kind: str, message: str, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
         self.message = message
+        self.headers = dict(headers or {})
         self.extra = extra
 
 
@@ -233,7 +249,9 @@ def install(app: FastAPI) -> None:
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return error(exc.status, exc.kind, exc.message, **exc.extra)
+        response = error(exc.status, exc.kind, exc.message, **exc.extra)
+        response.headers.update(exc.headers)
+        return response
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

@@ -57,10 +57,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from hopcast.api import bounds, docs, errors, openapi
+from hopcast.api.browser import BrowserGuard
 from hopcast.api.errors import ApiError
 from hopcast.api.guard import RequestGuard
 from hopcast.api.metrics import METRICS_CONTENT_TYPE
+from hopcast.api.policy import Auth, Security, policy
+from hopcast.api.policy import install as policy_install
 from hopcast.api.responses import JSON
+from hopcast.auth.roles import Role
 from hopcast.errors import NotFound
 from hopcast.stream.sources.journal import MAX_KEY_BYTES, Journal, KeyReused
 
@@ -196,6 +200,7 @@ def ingest_router(
 
     @router.post(
         "/v1/ingest/{source}",
+        dependencies=[policy(Role.WRITER, limit="ingest")],
         tags=["ingest"],
         summary="Ingest records",
         status_code=202,
@@ -300,19 +305,34 @@ def ingest_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_records: int = MAX_RECORDS,
+    security: Security | None = None,
 ) -> FastAPI:
-    """A small app: the ingest route and ``GET /metrics`` (``registry``, e.g. the engine's)."""
+    """A small app: the ingest route and ``GET /metrics`` (``registry``, e.g. the engine's).
+
+    ``security`` as for :func:`hopcast.api.create_app` (default: no authentication)."""
     reg = registry if registry is not None else CollectorRegistry()
+    security = security if security is not None else Security()
     app = FastAPI(
         title="hopcast ingest", default_response_class=JSON, docs_url=None, redoc_url=None
     )
+    app.state.auth = Auth(security.keys)
+    app.state.rate_limits = None
     errors.install(app)
     openapi.install(app)
     docs.install(app)
+    policy_install(app)
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        BrowserGuard, allowed_hosts=security.allowed_hosts, cors_origins=security.cors_origins
+    )
     app.include_router(ingest_router(journals, reg, max_records=max_records))
 
-    @app.get("/metrics", tags=["operations"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        dependencies=[policy(Role.READER)],
+    )
     async def metrics() -> Response:
         return Response(generate_latest(reg), media_type=METRICS_CONTENT_TYPE)
 

@@ -50,7 +50,9 @@ from starlette.responses import Response
 from hopcast.api import bounds, openapi
 from hopcast.api.bodies import anchored, decode
 from hopcast.api.errors import ApiError
+from hopcast.api.policy import policy, public
 from hopcast.api.responses import JSON, error
+from hopcast.auth.roles import Role
 from hopcast.durations import parse_duration
 from hopcast.errors import IllegalTransition, InvalidInput, NotFound
 from hopcast.live.gateway import Gateway
@@ -353,6 +355,15 @@ class RevokeRequest(msgspec.Struct, forbid_unknown_fields=True):
     note: str = ""
 
 
+#: Why the content-addressed payloads are public: a payload is immutable and named by a
+#: 128-bit hash of its body (nobody guesses one), served ``Cache-Control: public`` so a CDN can
+#: hold it; the manifest that tells a device which ids to fetch needs a token or a key.
+_PAYLOADS_PUBLIC = "content-addressed and immutable, cacheable by a CDN; ids come from manifests"
+#: Why the development token route is public: it exists only with ``dev_tokens`` (the demo and
+#: development, never `hopcast serve`), and handing a device token to anyone who asks is its
+#: whole purpose; a device token passes only on the routes devices call.
+_DEV_TOKENS_PUBLIC = "development only (dev_tokens): issues device tokens to anyone by design"
+
 #: Longest dev token; a demo device reconnects for longer than a match, shorter than a day.
 MAX_DEV_TOKEN_TTL_US = 24 * 3600 * 1_000_000
 
@@ -469,6 +480,7 @@ def live_router(
 
     @router.post(
         "/events",
+        dependencies=[policy(Role.OPERATOR, limit="operator")],
         summary="Schedule a live event",
         description="Creates the event in `scheduled`; its prefetch window opens `prefetch_lead` "
         "before `starts_at` (default 30m, at most a day). Times are µs since the epoch, ISO-8601 "
@@ -514,6 +526,7 @@ def live_router(
 
     @router.get(
         "/events",
+        dependencies=[policy(Role.READER, device=True)],
         summary="Every live event",
         description="All stored events, by id, in their JSON form.",
         responses=_responses({"events": [event_doc_example()]}),
@@ -523,6 +536,7 @@ def live_router(
 
     @router.get(
         "/events/{event_id}",
+        dependencies=[policy(Role.READER, device=True)],
         summary="One live event",
         description="State, version, times, `delay_us`, the commands accepted now, the pending "
         "timer and the history of transitions.",
@@ -533,6 +547,7 @@ def live_router(
 
     @router.post(
         "/events/{event_id}/reschedule",
+        dependencies=[policy(Role.OPERATOR, limit="operator")],
         summary="Reschedule or delay",
         description="New `starts_at` and/or `ends_at` (`null` removes the end), or a `delay` "
         "(`5m`; `-5m` brings the event forward) that shifts the start and the end — only the "
@@ -577,6 +592,7 @@ def live_router(
             f"/events/{{event_id}}/{path}",
             handler,
             methods=["POST"],
+            dependencies=[policy(Role.OPERATOR, limit="operator")],
             summary=summary,
             description=f"{summary}. 409 when the event's state does not accept `{kind.value}`.",
             responses=_responses(EVENT_EXAMPLE, 404, 409),
@@ -593,6 +609,7 @@ def live_router(
 
     @router.post(
         "/events/{event_id}/materialise",
+        dependencies=[policy(Role.OPERATOR, limit="operator")],
         summary="Publish fixture payloads",
         description="Puts and publishes the demo payloads of every stage for the given segments "
         "(default: the demo segmenter's) through the real payload store, until recommendation "
@@ -624,6 +641,7 @@ def live_router(
 
     @router.get(
         "/events/{event_id}/cardinality",
+        dependencies=[policy(Role.READER)],
         summary="Cardinality",
         description="Distinct payloads the origin serves for the event, against the `(stage, "
         "segment)` entries that point at them, overall and per stage.",
@@ -642,6 +660,7 @@ def live_router(
 
     @router.get(
         "/events/{event_id}/manifest",
+        dependencies=[policy(Role.READER, device=True)],
         summary="Prefetch manifest",
         description="Everything a device of `segment` prefetches for the event in one request: "
         "stage → payload id, the payload bodies inline, and the prefetch window (`opens_at`, "
@@ -660,6 +679,7 @@ def live_router(
 
     @router.get(
         "/events/{event_id}/payload",
+        dependencies=[policy(Role.READER, device=True)],
         summary="One stage's payload",
         description="The payload of `stage` (default: the event's current stage) for `segment`, "
         "through the segment fallbacks: a device's fallback fetch when a trigger names a stage "
@@ -688,6 +708,7 @@ def live_router(
 
     @router.get(
         "/payloads/{payload_id}",
+        dependencies=[public(_PAYLOADS_PUBLIC)],
         summary="A payload by id",
         description="Content-addressed and immutable: `Cache-Control: public, max-age=<a year>, "
         f"immutable`, ETag = the id; at most {MAX_PAYLOAD_BYTES} bytes.",
@@ -709,6 +730,7 @@ def live_router(
 
         @router.post(
             "/tokens",
+            dependencies=[public(_DEV_TOKENS_PUBLIC)],
             summary="A device token (development only)",
             description="Issues a signed device token for `device` and `channels` to anyone who "
             "asks, with the gateway's WebSocket URL. Enabled only in development and the demo; "

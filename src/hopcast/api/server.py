@@ -22,6 +22,7 @@ list in Redis when ``redis_url`` is given (what ``hopcast live gateway`` nodes r
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib.util
 import os
@@ -36,6 +37,8 @@ from uvicorn.supervisors import Multiprocess
 
 from hopcast.api.app import MAX_BODY_BYTES, create_app
 from hopcast.api.live import GatewayBinding
+from hopcast.api.policy import Security
+from hopcast.auth.keys import KeyFile
 from hopcast.config import LIVE_SECRET_ENV as LIVE_SECRET_ENV
 from hopcast.config import live_secret as live_secret
 from hopcast.errors import ConfigError
@@ -52,7 +55,7 @@ from hopcast.tls import check_pair, server_context
 if TYPE_CHECKING:
     from hopcast.live.redisfan import RedisTransport
 
-#: Loopback by default: the API has no authentication, so exposing it is an explicit choice.
+#: Loopback by default: exposing the API is an explicit choice (and needs API keys).
 DEFAULT_HOST = "127.0.0.1"
 #: Clear of the ports development servers usually take (8000, 8080, 8888) and of well-known
 #: services, so the demo starts next to them without a clash.
@@ -64,6 +67,9 @@ _ENV_SCHEMA = "HOPCAST_API_SCHEMA"
 _ENV_MAX_BODY = "HOPCAST_API_MAX_BODY_BYTES"
 _ENV_REDIS_PREFIX = "HOPCAST_API_REDIS_PREFIX"
 _ENV_CONSISTENCY = "HOPCAST_API_CONSISTENCY"
+_ENV_KEYS = "HOPCAST_API_KEYS"  # the key file; absent: no authentication
+_ENV_ALLOWED_HOSTS = "HOPCAST_API_ALLOWED_HOSTS"  # newline-separated; absent: any host
+_ENV_CORS_ORIGINS = "HOPCAST_API_CORS_ORIGINS"  # newline-separated
 
 #: The response header in which a worker of a multi-worker server names itself (its pid).
 WORKER_HEADER = "x-hopcast-worker"
@@ -106,6 +112,7 @@ def make_server(
     tls_key: str | None = None,
     token_leeway_s: float = TOKEN_LEEWAY_S,
     max_per_subject: int = DEFAULT_MAX_PER_SUBJECT,
+    security: Security | None = None,
 ) -> uvicorn.Server:
     """A configured, not yet started uvicorn server for ``graph`` (one process).
 
@@ -123,6 +130,8 @@ def make_server(
     set ``server.should_exit = True`` from another thread to stop it. With ``live`` the app also
     serves ``/v1/live`` (schedule, prefetch) and runs the schedule's timers; only one process per
     store may do that, which is why :func:`serve` with several workers serves the graph only.
+    ``security`` as for :func:`hopcast.api.create_app` (default: no authentication); device
+    tokens are verified with the gateway's secret, else ``$HOPCAST_LIVE_SECRET`` if set.
     """
     check_pair(tls_cert, tls_key)
     context = None if tls_cert is None or tls_key is None else server_context(tls_cert, tls_key)
@@ -157,7 +166,17 @@ def make_server(
             ssl_context=context,
             revocations=revocations,
         )
-    app: ASGIApp = create_app(graph, max_body_bytes=max_body_bytes, live=service, gateway=binding)
+    # Gateway nodes elsewhere verify with the shared secret: so do the routes devices call.
+    shared = os.environ.get(LIVE_SECRET_ENV)
+    if security is not None and security.device_secret is None and binding is None and shared:
+        security = dataclasses.replace(security, device_secret=live_secret(required=True))
+    app: ASGIApp = create_app(
+        graph,
+        max_body_bytes=max_body_bytes,
+        live=service,
+        gateway=binding,
+        security=security,
+    )
     if redis is not None:
         app = _WithTransport(app, redis)
     config = uvicorn.Config(
@@ -231,6 +250,7 @@ def serve(
     tls_key: str | None = None,
     token_leeway_s: float = TOKEN_LEEWAY_S,
     max_per_subject: int = DEFAULT_MAX_PER_SUBJECT,
+    security: Security | None = None,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); prints the URL first, with the port bound.
 
@@ -250,6 +270,9 @@ def serve(
         tls_cert, tls_key: PEM certificate chain and key: HTTPS (and ``wss://``) instead of
             plain HTTP.
         token_leeway_s, max_per_subject: the gateway's token leeway and per-subject cap.
+        security: keys, allowed hosts, CORS origins (default: no authentication, any host;
+            the ``hopcast serve`` command always passes one). Every worker reads the key file
+            itself and sees a change within a second.
 
     Raises:
         ConfigError: ``workers < 1``, ``workers > 1`` with a graph in memory or a schema not
@@ -275,6 +298,7 @@ def serve(
             tls_key=tls_key,
             token_leeway_s=token_leeway_s,
             max_per_subject=max_per_subject,
+            security=security,
         )
         with _listen(host, port) as sock:
             address = url(host, sock.getsockname()[1], scheme)
@@ -283,6 +307,7 @@ def serve(
                 print(f"live gateway on {ws}://{host}:{gateway_port}", flush=True)
             if redis_url is not None:
                 print(f"live triggers published to {redis_url}", flush=True)
+            _announce(security)
             print(f"hopcast API on {address} (docs: {address}/docs)", flush=True)
             server.run(sockets=[sock])
         return
@@ -310,6 +335,7 @@ def serve(
     os.environ[_ENV_SCHEMA] = str(schema)
     os.environ[_ENV_MAX_BODY] = str(max_body_bytes)
     os.environ[_ENV_CONSISTENCY] = Consistency(consistency).value
+    _export_security(security)
     config = uvicorn.Config(
         f"{__name__}:worker_app",
         factory=True,
@@ -325,6 +351,7 @@ def serve(
     with _listen(host, port) as sock:
         sock.set_inheritable(True)  # every worker process serves this one socket
         address = url(host, sock.getsockname()[1], scheme)
+        _announce(security)
         print(
             f"hopcast API on {address} with {workers} workers (docs: {address}/docs); "
             "graph routes only: the live schedule runs in a single-worker server",
@@ -364,10 +391,43 @@ def worker_app() -> FastAPI:
         graph = Graph.open(schema=schema, kv=kv, consistency=consistency)
     else:
         graph = Graph.open(store, schema, consistency=consistency)
-    app = create_app(graph, max_body_bytes=max_body)
+    app = create_app(graph, max_body_bytes=max_body, security=_imported_security())
     app.add_middleware(_WorkerHeader)
     _freeze_heap()
     return app
+
+
+def _announce(security: Security | None) -> None:
+    """Say how the server guards its door (one line, before the address)."""
+    if security is not None and security.keys is not None:
+        print(f"API keys from {security.keys.path}", flush=True)
+    else:
+        print("no authentication: every route is open (loopback only)", flush=True)
+
+
+def _export_security(security: Security | None) -> None:
+    """Hand ``security`` to the worker processes (through their environment)."""
+    for name in (_ENV_KEYS, _ENV_ALLOWED_HOSTS, _ENV_CORS_ORIGINS):
+        os.environ.pop(name, None)
+    if security is None:
+        return
+    if security.keys is not None:
+        os.environ[_ENV_KEYS] = str(security.keys.path)
+    if security.allowed_hosts is not None:
+        os.environ[_ENV_ALLOWED_HOSTS] = "\n".join(security.allowed_hosts)
+    os.environ[_ENV_CORS_ORIGINS] = "\n".join(security.cors_origins)
+
+
+def _imported_security() -> Security:
+    """The security :func:`_export_security` handed to this worker process."""
+    keys = os.environ.get(_ENV_KEYS)
+    hosts = os.environ.get(_ENV_ALLOWED_HOSTS)
+    origins = os.environ.get(_ENV_CORS_ORIGINS, "")
+    return Security(
+        keys=KeyFile(keys) if keys else None,
+        allowed_hosts=None if hosts is None else tuple(hosts.splitlines()),
+        cors_origins=tuple(o for o in origins.splitlines() if o),
+    )
 
 
 #: Store URL schemes of the Redis backend (see :func:`hopcast.kv.open_kv`).

@@ -9,6 +9,7 @@
       info                                                          what the store holds
       schema check FILE                                             validate a schema
       serve                                                         run the HTTP API
+      auth create|list|revoke                                       API keys and roles
 
 The store is ``--store`` (default ``$HOPCAST_STORE`` or ``./data/graph``; ``memory://`` for a
 throw-away one) with the schema ``--schema`` (default ``$HOPCAST_SCHEMA`` or the demo schema).
@@ -33,6 +34,7 @@ from rich.console import Console
 
 from hopcast import __version__
 from hopcast.cli import render
+from hopcast.cli.auth import auth, security_options, server_security
 from hopcast.cli.common import (
     DEFAULT_STORE,
     Settings,
@@ -160,6 +162,7 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
     help="Serve HTTPS (and the gateway as wss://) with this certificate chain (with --tls-key).",
 )
 @click.option("--tls-key", metavar="PEM", default=None, help="The private key of --tls-cert.")
+@security_options
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -171,13 +174,21 @@ def serve(
     consistency: str,
     tls_cert: str | None,
     tls_key: str | None,
+    keys: str | None,
+    insecure: bool,
+    allowed_hosts: tuple[str, ...],
+    cors_origins: tuple[str, ...],
 ) -> None:
     """Run the HTTP API on the store (needs the server extras: hopcast[server]).
 
     With --workers N every worker opens --store and --schema on its own (responses name the
     worker in the X-Hopcast-Worker header); e.g. `hopcast --store redis://10.0.0.5:6379/0
     serve --workers 4` on several hosts behind a load balancer.
+
+    Needs at least one API key (`hopcast auth create`; the key file is --keys, by default
+    keys.json in the --store directory) unless started with --insecure, on loopback only.
     """
+    security = server_security(settings, host, keys, insecure, allowed_hosts, cors_origins)
     try:
         api = importlib.import_module("hopcast.api")
     except ImportError as exc:
@@ -197,6 +208,7 @@ def serve(
             consistency=consistency,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            security=security,
         )
 
 
@@ -226,6 +238,7 @@ cli.add_command(deadletters)
 cli.add_command(run_command)
 cli.add_command(services)
 cli.add_command(flink)
+cli.add_command(auth)
 
 
 def main() -> None:

@@ -21,7 +21,9 @@ positions when started again. SIGTERM or SIGINT (Ctrl-C) finish the current batc
 ``--until-idle`` exits once a batch finds nothing to read (one-off loads). ``--listen`` serves
 ``GET /metrics`` (the engine's Prometheus metrics) and, for ``journal:`` sources,
 ``POST /v1/ingest/{source}`` (:mod:`hopcast.api.ingest`; needs ``hopcast[server]``); once it
-serves, it says where on stderr (``listening on http://HOST:PORT``: port 0 is a free port). A live
+serves, it says where on stderr (``listening on http://HOST:PORT``: port 0 is a free port). Like
+``hopcast serve`` it needs an API key (``--keys``; a ``writer`` key to ingest) unless started
+with ``--insecure`` on a loopback host. A live
 display on stderr shows events/s, lag, freshness p50/p99 and dead letters (``--progress``,
 default when stderr is a terminal); logs are one JSON object a line with ``--log-format json``.
 
@@ -49,6 +51,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from hopcast.cli.auth import security_options, server_security
 from hopcast.cli.common import Settings, json_option, print_json, wants_json
 from hopcast.durations import now_us
 from hopcast.errors import (
@@ -189,7 +192,7 @@ LISTEN_START_S = 60.0
 
 @contextmanager
 def _listening(
-    address: str | None, engine: EmbeddedEngine, sources: list[Source]
+    address: str | None, engine: EmbeddedEngine, sources: list[Source], security: Any = None
 ) -> Iterator[None]:
     """Serve /metrics and the journal ingest route in a background thread while the engine runs."""
     if address is None:
@@ -214,7 +217,7 @@ def _listening(
         raise ConfigError(f"--listen {address}: cannot listen there: {exc}") from exc
     # The HTTP side owns its writers: they outlive the engine's sources until the server stops.
     journals = {s.name: Journal(s.directory) for s in sources if isinstance(s, JournalSource)}
-    app = ingest_app(journals, engine.metrics.registry)
+    app = ingest_app(journals, engine.metrics.registry, security=security)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=int(port), log_level="warning", access_log=False)
     )
@@ -290,7 +293,13 @@ def ingest() -> None:
     help="Merge overlapping updates per node and edge within a batch before writing.",
 )
 @click.option("--until-idle", is_flag=True, help="Exit once a batch finds nothing to read.")
-@click.option("--listen", metavar="HOST:PORT", help="Serve /metrics and POST /v1/ingest/{source}.")
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Serve /metrics and POST /v1/ingest/{source} (needs an API key, or --insecure on "
+    "loopback).",
+)
+@security_options
 @click.option("--progress/--no-progress", default=None, help="Live display on stderr.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option(
@@ -311,6 +320,10 @@ def run(
     coalesce: bool,
     until_idle: bool,
     listen: str | None,
+    keys: str | None,
+    insecure: bool,
+    allowed_hosts: tuple[str, ...],
+    cors_origins: tuple[str, ...],
     progress: bool | None,
     log_format: str,
     log_level: str,
@@ -326,6 +339,10 @@ def run(
     """
     setup_logging(log_format, log_level)
     built = parse_sources(sources)
+    security = None
+    if listen is not None:  # refuse an unguarded server before opening anything
+        host = listen.rpartition(":")[0]
+        security = server_security(settings, host, keys, insecure, allowed_hosts, cors_origins)
     with Graph.open(settings.store, settings.schema) as graph:
         maps = load_mappings(mappings, graph)
         try:
@@ -343,7 +360,7 @@ def run(
         engine.install_signal_handlers()
         show = sys.stderr.isatty() if progress is None else progress
         started = time.monotonic()
-        with _listening(listen, engine, built):
+        with _listening(listen, engine, built, security):
             if show:
                 console = Console(stderr=True)
                 with Live(progress_view(engine), console=console, refresh_per_second=4) as live:

@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from hopcast.auth.keys import client_headers
 from hopcast.errors import HopcastError, InvalidInput, NotFound
 
 #: Seconds to wait for an answer: a deep traversal takes well under a second, so 30 s only
@@ -71,7 +72,9 @@ def _send(url: str, query: dict[str, str], body: Doc | None) -> tuple[int, bytes
         return send_urllib(url, query, body)
     method = "GET" if body is None else "POST"
     try:
-        resp = httpx.request(method, url, params=query, json=body, timeout=HTTP_TIMEOUT_S)
+        resp = httpx.request(
+            method, url, params=query, json=body, headers=client_headers(), timeout=HTTP_TIMEOUT_S
+        )
     except httpx.HTTPError as exc:
         raise HopcastError(f"cannot reach {url}: {exc}") from exc
     return resp.status_code, resp.content
@@ -82,7 +85,7 @@ def send_urllib(url: str, query: dict[str, str], body: Doc | None) -> tuple[int,
     full = f"{url}?{urllib.parse.urlencode(query)}" if query else url
     data = None if body is None else json.dumps(body).encode()
     headers = {"content-type": "application/json", "accept": "application/json"}
-    request = urllib.request.Request(full, data=data, headers=headers)
+    request = urllib.request.Request(full, data=data, headers=headers | client_headers())
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as resp:
             return int(resp.status), bytes(resp.read())

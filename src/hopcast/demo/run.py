@@ -16,7 +16,9 @@ Steps (:func:`run_demo`):
 4. serve the API (graph, live, metrics — the engine's too, at ``/metrics``) and the live
    WebSocket gateway on ``port + 1`` with development tokens (``port`` 0: each on a free
    port), and print example queries with real ids and the addresses bound (the API's port is
-   bound before step 2, so a taken port fails at once);
+   bound before step 2, so a taken port fails at once). The API requires keys: a fresh
+   ``operator`` key (``graph/keys.json``; the previous run's is revoked) is printed once, with
+   the console's URL carrying it in the fragment (``console.html#key=…``);
 5. generate the company's activity in real time (``rate`` interactions/s, stamped with the wall
    clock) as records: request logs, Debezium change events, game and live events, with late,
    redelivered and deliberately bad records (:mod:`hopcast.demo.records`), appended to rotated
@@ -98,6 +100,31 @@ REPORT_S = 5.0
 BATCH_RECORDS = 1_000
 LINGER_MS = 10.0
 BATCH_MS = 50.0
+
+
+#: The demo's API key file, in its LMDB store directory (where `hopcast --store DIR auth …`
+#: finds it; reset with the data directory unless --keep).
+KEYS_FILE = "keys.json"
+#: The name of the operator key each run creates (the previous run's is revoked).
+DEMO_KEY_NAME = "demo console"
+
+
+def demo_security(path: Path, host: str) -> tuple[Any, str]:
+    """The demo server's security and a fresh operator key (printed once, with the console's
+    URL carrying it in the fragment). Keys of earlier runs with the same name are revoked, so
+    only the printed one opens the console."""
+    from hopcast.api.browser import LOOPBACK_HOSTS
+    from hopcast.api.policy import Security
+    from hopcast.auth.keys import KeyFile
+
+    keys = KeyFile(path)
+    now = now_us()
+    if keys.exists():
+        for old in keys.active():
+            if old.name == DEMO_KEY_NAME:
+                keys.revoke(old.id, now)
+    _, key = keys.create(DEMO_KEY_NAME, ["operator"], now)
+    return Security(keys=keys, allowed_hosts=(*LOOPBACK_HOSTS, host)), key
 
 
 @dataclass
@@ -342,6 +369,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         if stop.is_set():
             console.print("stopped while loading")
             return 0
+        security, key = demo_security(store / KEYS_FILE, opts.host)
         server = make_server(
             graph,
             opts.host,
@@ -349,6 +377,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
             log_level="warning",
             gateway_port=opts.port + 1 if opts.port else 0,
             dev_tokens=True,
+            security=security,
         )
         sources: list[Source] = [
             outputs.playback.source()
@@ -369,7 +398,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         snapshot = 0 if reuse else writer.write(records.snapshot(max(now_us(), now + 1)))
         return _serve(
             opts, console, company, records, outputs, server, listener, engine, snapshot, stop,
-            graph,
+            graph, key,
         )  # fmt: skip
     finally:
         if listener is not None:
@@ -471,6 +500,7 @@ def _serve(
     snapshot: int,
     stop: threading.Event,
     graph: Graph,
+    key: str,
 ) -> int:
     writer = outputs.writer
     failures: list[BaseException] = []
@@ -532,7 +562,7 @@ def _serve(
             )
             gen.started = time.monotonic()
             gen_thread.start()
-            _print_examples(console, opts, company, where)
+            _print_examples(console, opts, company, where, key)
             scenario = _scenario(opts, console, server, graph, company, where)
             _watch(opts, console, engine, gen, writer, stop, scenario)
     finally:
@@ -576,7 +606,7 @@ def _startup_failed(opts: DemoOptions) -> str:
 
 
 def _print_examples(
-    console: Console, opts: DemoOptions, company: Company, where: Addresses
+    console: Console, opts: DemoOptions, company: Company, where: Addresses, key: str
 ) -> None:
     base = where.api
     account = (company.heavy_account_ids() or company.account_ids())[0]
@@ -586,13 +616,15 @@ def _print_examples(
     console.print(
         "\n".join(
             [
+                f"console      {base}/web/console.html#key={key}",
+                f"API key      {key}   (operator; send 'Authorization: Bearer <key>')",
                 f"device page  {base}/web/device.html",
-                f"console      {base}/web/console.html",
                 f"API docs     {base}/docs",
                 f"metrics      {base}/metrics   (hopcast_ingest_* : the pipeline)",
                 f"neighbours   {base}/v1/nodes/{profile}/neighbours?edge=started_watching&limit=5",
                 f"journey      {base}/v1/nodes/{account}/journey?since=1h&limit=20",
                 f"count        {base}/v1/nodes/{profile}/count?edge=browsed&since=7d",
+                f"curl         curl -H 'Authorization: Bearer {key}' {base}/v1/live/events",
                 f"traverse     hopcast --store {store} query traverse {account} "
                 "--hop has_profile --hop started_watching --hop in_genre",
                 f"title        {base}/v1/nodes/{title}",

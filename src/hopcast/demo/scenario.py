@@ -118,6 +118,7 @@ class _Device:
         self.fleet = fleet
         self.id = f"demo-{index:05d}"
         self.member = member
+        self.token = token  # also the credential of its prefetch requests
         self.cache = _Cache(self)
         self.waiting: dict[str, tuple[str, int]] = {}  # payload ref -> (stage, version)
         self.client: DeviceCore = LightClient(
@@ -161,14 +162,16 @@ class _Device:
             f"/v1/live/events/{quote(event, safe='')}/payload"
             f"?stage={quote(stage, safe='')}&segment={quote(self.member, safe='')}"
         )
-        answer = await self.fleet.pool.get(path, "payload")
+        answer = await self.fleet.pool.get(path, "payload", bearer=self.token)
         return answer.found(f"payload {ref}")
 
     async def fetch_manifest(self, path: str) -> bytes | None:
-        return (await self.fleet.pool.get(path, "manifest")).found("manifest")
+        answer = await self.fleet.pool.get(path, "manifest", bearer=self.token)
+        return answer.found("manifest")
 
     async def refresh_token(self) -> str:
-        return await self.fleet.token(self.id)
+        self.token = await self.fleet.token(self.id)
+        return self.token
 
     async def prefetch(self, event: str, opens_at: int, closes_at: int) -> None:
         path = (

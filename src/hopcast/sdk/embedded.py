@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from hopcast.auth.keys import client_headers
 from hopcast.config import LIVE_SECRET_ENV
 from hopcast.errors import HopcastError
 from hopcast.ports import PortReservation
@@ -81,6 +82,7 @@ class EmbeddedSystem:
             str(self.port),
             "--gateway-port",
             str(self.gateway_port),
+            "--insecure",  # a throw-away server on loopback for the load harness
         ]
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -134,7 +136,7 @@ def http_call(method: str, url: str, body: Any = None, timeout: float = 30) -> t
         OSError: no answer (refused, reset, timeout).
     """
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data, method=method)
+    request = urllib.request.Request(url, data, headers=client_headers(), method=method)
     if data is not None:
         request.add_header("content-type", "application/json")
     try:

@@ -299,6 +299,7 @@ class _Device:
         spec = fleet.spec
         self.fleet = fleet
         self.index = index
+        self.token = token  # also the credential of its prefetch requests
         self.id = f"sim-{index:07d}"
         self.segment = spec.segments[index % len(spec.segments)]
         self.gateway = index % len(spec.gateways)
@@ -359,14 +360,16 @@ class _Device:
             f"/v1/live/events/{quote(event, safe='')}/payload"
             f"?stage={quote(stage, safe='')}&segment={quote(self.segment, safe='')}"
         )
-        answer = await self.fleet.pool.get(path, "payload" if ours else "other")
+        answer = await self.fleet.pool.get(path, "payload" if ours else "other", bearer=self.token)
         return answer.found(f"payload {ref}")
 
     async def fetch_manifest(self, path: str) -> bytes | None:
-        return (await self.fleet.pool.get(path, "manifest")).found("manifest")
+        answer = await self.fleet.pool.get(path, "manifest", bearer=self.token)
+        return answer.found("manifest")
 
     async def refresh_token(self) -> str:
-        return await self.fleet.token_for(self.id)
+        self.token = await self.fleet.token_for(self.id)
+        return self.token
 
     # -- what the simulator observes ---------------------------------------------------------
 

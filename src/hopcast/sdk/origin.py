@@ -95,21 +95,27 @@ class OriginPool:
         self.log: list[tuple[int, str]] = []
         self.failures = 0
 
-    async def get(self, path: str, kind: str) -> Answer:
-        """``GET path``; ``kind`` labels the request in :attr:`log`.
+    async def get(self, path: str, kind: str, *, bearer: str | None = None) -> Answer:
+        """``GET path``; ``kind`` labels the request in :attr:`log`; ``bearer``: a device token
+        or API key sent as ``Authorization: Bearer`` (the prefetch routes need one).
 
         Raises:
             OriginError: no answer (connection refused, reset, timeout, malformed answer).
         """
-        return await self.request("GET", path, kind)
+        return await self.request("GET", path, kind, bearer=bearer)
 
-    async def request(self, method: str, path: str, kind: str, body: bytes = b"") -> Answer:
-        """Send one request and read its answer (``body`` as JSON when not empty).
+    async def request(
+        self, method: str, path: str, kind: str, body: bytes = b"", *, bearer: str | None = None
+    ) -> Answer:
+        """Send one request and read its answer (``body`` as JSON when not empty; ``bearer``
+        as ``Authorization: Bearer``).
 
         Raises:
             OriginError: no answer (connection refused, reset, timeout, malformed answer).
         """
         head = f"{method} {path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
+        if bearer:
+            head += f"Authorization: Bearer {bearer}\r\n"
         if body or method != "GET":
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         wire = head.encode() + b"\r\n" + body

@@ -41,8 +41,50 @@ class ApiError extends Error {
   }
 }
 
+// -- the API key ------------------------------------------------------------------------------
+// The key arrives once in the URL fragment (console.html#key=…: a fragment never reaches a
+// server or a log), leaves the address bar at once, and lives in sessionStorage (this tab only,
+// gone when it closes). Every request sends it as Authorization: Bearer — never a cookie, so
+// another site cannot make the browser use it. A 401 asks for a key.
+
+const KEY_STORE = "hopcast.key";
+
+function takeKeyFromFragment() {
+  const m = /^#key=([A-Za-z0-9_-]{1,128})$/.exec(location.hash);
+  if (!m) return;
+  sessionStorage.setItem(KEY_STORE, m[1]);
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
+const apiKey = () => sessionStorage.getItem(KEY_STORE);
+
+function askForKey(message) {
+  const form = $("#key-form");
+  if (!form) return;
+  form.hidden = false;
+  $("#key-message").textContent = message;
+}
+
+function setUpKeyForm() {
+  const form = $("#key-form");
+  if (!form) return;
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const key = form.elements.key.value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY_STORE, key);
+    form.reset();
+    form.hidden = true;
+  });
+  if (!apiKey()) askForKey("This console needs an API key with the operator role.");
+}
+
+takeKeyFromFragment();
+
 async function api(method, path, body) {
   const init = { method, cache: "no-store", headers: {} };
+  const key = apiKey();
+  if (key) init.headers.authorization = `Bearer ${key}`;
   if (body !== undefined) {
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -62,6 +104,7 @@ async function api(method, path, body) {
   }
   if (!r.ok) {
     const what = doc && doc.message ? doc.message : text.slice(0, 200) || r.statusText;
+    if (r.status === 401) askForKey(`The API refused the key: ${what}`);
     if (r.status === 404 && !(doc && doc.error === "not_found" && doc.message)) {
       throw new ApiError(404, `${path.split("?")[0]} is not available on this server (404)`);
     }
@@ -386,6 +429,7 @@ function tick() {
   }
 }
 
+setUpKeyForm();
 setInterval(tick, 500);
 loadEvents();
 pollDashboard();

@@ -111,16 +111,31 @@ function note(message) {
 
 // -- HTTP helpers ----------------------------------------------------------------------------
 
+// The device token (POST /v1/live/tokens) is also the credential of the schedule, manifest,
+// payload and report requests: the API lets a device token call exactly those routes. Requests
+// wait for the first token; a refreshed token replaces it.
+let deviceToken = null;
+let tokenArrived = null;
+const tokenReady = new Promise((resolve) => {
+  tokenArrived = resolve;
+});
+
+async function authHeaders(extra = {}) {
+  await tokenReady;
+  return { ...extra, authorization: `Bearer ${deviceToken}` };
+}
+
 async function getJSON(url) {
-  const r = await fetch(url, { cache: "no-store" });
+  const r = await fetch(url, { cache: "no-store", headers: await authHeaders() });
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
   return r.json();
 }
 
-async function postJSON(url, body) {
+async function postJSON(url, body, { auth = true } = {}) {
+  const json = { "content-type": "application/json" };
   const r = await fetch(url, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: auth ? await authHeaders(json) : json,
     body: JSON.stringify(body),
   });
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
@@ -227,7 +242,7 @@ async function fetchManifest(eventId) {
   const plan = plans.get(eventId) || {};
   plans.set(eventId, plan);
   plan.pending = true;
-  const headers = plan.etag ? { "if-none-match": plan.etag } : {};
+  const headers = await authHeaders(plan.etag ? { "if-none-match": plan.etag } : {});
   let retryS = null;
   try {
     const url = `/v1/live/events/${enc(eventId)}/manifest?segment=${enc(SEGMENT)}`;
@@ -290,7 +305,7 @@ async function prefetchArtwork(payload) {
 async function fetchPayload(ref) {
   const [event, stage] = ref.split("/");
   const url = `/v1/live/events/${enc(event)}/payload?stage=${enc(stage)}&segment=${enc(SEGMENT)}`;
-  const r = await fetch(url, { cache: "no-store" });
+  const r = await fetch(url, { cache: "no-store", headers: await authHeaders() });
   if (r.status === 404) return null;
   if (!r.ok) throw new Error(`payload: HTTP ${r.status}`);
   const payload = await r.json();
@@ -303,8 +318,11 @@ async function fetchPayload(ref) {
 let client = null;
 
 async function issueToken() {
-  const issued = await postJSON("/v1/live/tokens", { device: DEVICE, channels: CHANNELS, ttl: TOKEN_TTL });
+  const body = { device: DEVICE, channels: CHANNELS, ttl: TOKEN_TTL };
+  const issued = await postJSON("/v1/live/tokens", body, { auth: false });
   if (issued.url) issued.url = reachable(issued.url);
+  deviceToken = issued.token;
+  tokenArrived();
   return issued;
 }
 

@@ -175,6 +175,7 @@ def test_a_record_acknowledged_with_202_survives_kill_9_and_is_ingested(tmp_path
 def test_ingest_run_listens_for_http_records_and_serves_its_metrics(tmp_path: Path) -> None:
     args = [*HOPCAST, "--store", str(tmp_path / "g"), "ingest", "run", "--no-progress", "--json"]
     args += ["--source", f"playback=journal:{tmp_path / 'j'}", "--listen", "127.0.0.1:0"]
+    args += ["--insecure"]  # loopback, a throw-away store
     proc = Child(args, capture_stdout=True)
     try:
         # it says on stderr where it serves (the free port it bound), once it does
