@@ -752,9 +752,10 @@ def live_router(
     if binding is not None and binding.revocations is not None:
         source, gateway = binding.revocations, binding.gateway
 
-        # policy: admin
+        # Revoking devices is an incident action on the whole fleet: admin keys only.
         @router.post(
             "/tokens/revoke",
+            dependencies=[policy(Role.ADMIN, limit="operator")],
             summary="Revoke device tokens",
             description="Adds a revocation by `token_id` (a token's `jti` claim) or `subject` "
             "(every token of that device issued until now) to the list every gateway polls, "
