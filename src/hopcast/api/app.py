@@ -29,7 +29,7 @@ from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -47,6 +47,8 @@ from hopcast.api.errors import ApiError
 from hopcast.api.guard import RequestGuard
 from hopcast.api.live import GatewayBinding, live_router
 from hopcast.api.metrics import METRICS_CONTENT_TYPE, ApiMetrics, MetricsMiddleware
+from hopcast.api.ratelimit import MUTATIONS, RateLimits, limited
+from hopcast.api.ratelimit import install as install_rate_limits
 from hopcast.api.responses import JSON
 from hopcast.errors import InvalidQuery, NotFound
 from hopcast.graph.limits import DEFAULT_MAX_FUTURE_US, EXPIRED, FUTURE_TIME, arrival_problem
@@ -335,6 +337,7 @@ def create_app(
     ingest: IngestStats | None = None,
     console_routes: bool | None = None,
     max_future_us: int | None = DEFAULT_MAX_FUTURE_US,
+    rate_limits: RateLimits | None = None,
 ) -> FastAPI:
     """Build the API app over ``graph``.
 
@@ -356,6 +359,9 @@ def create_app(
             there is a live service or ingest stats.
         max_future_us: how far past the server's clock a mutation's ``ts`` may lie (default
             an hour); later ones are refused with a 422 ``future_time``. None: no bound.
+        rate_limits: per-key rate limits of the write, ingest and operator routes
+            (:mod:`hopcast.api.ratelimit`), as ``app.state.rate_limits``; None: no limits.
+            ``hopcast serve`` passes the defaults.
 
     Raises:
         ValueError: for a negative ``max_body_bytes`` or ``max_mutations < 1``.
@@ -382,6 +388,7 @@ def create_app(
     app.state.graph = graph
     app.state.metrics = metrics
     errors.install(app)
+    install_rate_limits(app, rate_limits, metrics.registry)
     openapi.install(
         app,
         graph.schema,
@@ -578,6 +585,7 @@ def create_app(
 
     @app.post(
         "/v1/mutations",
+        dependencies=[Depends(limited(MUTATIONS))],
         tags=["writes"],
         summary="Apply mutations",
         description="Validates every mutation against the schema, then applies them in one "

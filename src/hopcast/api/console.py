@@ -33,7 +33,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
-from fastapi import APIRouter, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -41,6 +41,7 @@ from starlette.responses import Response
 from hopcast.api import bounds, openapi
 from hopcast.api.bodies import NodeIdText, anchored, decode, edge_types, resolve_time
 from hopcast.api.errors import ApiError
+from hopcast.api.ratelimit import OPERATOR, limited
 from hopcast.api.responses import JSON
 from hopcast.errors import InvalidInput, InvalidQuery, NotFound
 from hopcast.graph.keys import MAX_TS
@@ -705,6 +706,7 @@ def _router(
 
     @router.post(
         "/events/{event_id}/materialise",
+        dependencies=[Depends(limited(OPERATOR))],
         summary="Materialise recommendations from the graph",
         description="Computes the event's recommendation rows from the graph (segments of "
         "members by affinity to the event, its teams and genres; rows ranked by co-watching and "

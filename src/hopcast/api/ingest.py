@@ -49,7 +49,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, FastAPI, Header, Path, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -60,6 +60,7 @@ from hopcast.api import bounds, docs, errors, openapi
 from hopcast.api.errors import ApiError
 from hopcast.api.guard import RequestGuard
 from hopcast.api.metrics import METRICS_CONTENT_TYPE
+from hopcast.api.ratelimit import INGEST, limited
 from hopcast.api.responses import JSON
 from hopcast.errors import NotFound
 from hopcast.stream.sources.journal import MAX_KEY_BYTES, Journal, KeyReused
@@ -196,6 +197,7 @@ def ingest_router(
 
     @router.post(
         "/v1/ingest/{source}",
+        dependencies=[Depends(limited(INGEST))],
         tags=["ingest"],
         summary="Ingest records",
         status_code=202,

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import msgspec
-from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from prometheus_client import CollectorRegistry, Counter
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -43,6 +43,7 @@ from starlette.responses import Response
 from hopcast.api import bounds, openapi
 from hopcast.api.bodies import anchored, decode
 from hopcast.api.errors import ApiError
+from hopcast.api.ratelimit import OPERATOR, limited
 from hopcast.api.responses import JSON, error
 from hopcast.durations import parse_duration
 from hopcast.errors import IllegalTransition, InvalidInput, NotFound
@@ -373,6 +374,7 @@ def live_router(
                 await server.close()
 
     router = APIRouter(prefix="/v1/live", tags=["live"], lifespan=lifespan)
+    operator = [Depends(limited(OPERATOR))]  # the operator commands' rate limit
 
     def parse(kind: InputKind, raw: bytes, struct: type[T]) -> T:
         """Decode a command's body (a value outside its declared bound is a 400
@@ -435,6 +437,7 @@ def live_router(
 
     @router.post(
         "/events",
+        dependencies=operator,
         summary="Schedule a live event",
         description="Creates the event in `scheduled`; its prefetch window opens `prefetch_lead` "
         "before `starts_at` (default 30m, at most a day). Times are µs since the epoch, ISO-8601 "
@@ -499,6 +502,7 @@ def live_router(
 
     @router.post(
         "/events/{event_id}/reschedule",
+        dependencies=operator,
         summary="Reschedule or delay",
         description="New `starts_at` and/or `ends_at` (`null` removes the end), or a `delay` "
         "(`5m`; `-5m` brings the event forward) that shifts the start and the end — only the "
@@ -543,6 +547,7 @@ def live_router(
             f"/events/{{event_id}}/{path}",
             handler,
             methods=["POST"],
+            dependencies=operator,
             summary=summary,
             description=f"{summary}. 409 when the event's state does not accept `{kind.value}`.",
             responses=_responses(EVENT_EXAMPLE, 404, 409),
@@ -559,6 +564,7 @@ def live_router(
 
     @router.post(
         "/events/{event_id}/materialise",
+        dependencies=operator,
         summary="Publish fixture payloads",
         description="Puts and publishes the demo payloads of every stage for the given segments "
         "(default: the demo segmenter's) through the real payload store, until recommendation "

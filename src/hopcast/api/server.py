@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import json
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,7 @@ from uvicorn.supervisors import Multiprocess
 
 from hopcast.api.app import MAX_BODY_BYTES, create_app
 from hopcast.api.live import GatewayBinding
+from hopcast.api.ratelimit import DEFAULT_RATES, Rate, RateLimits
 from hopcast.config import LIVE_SECRET_ENV as LIVE_SECRET_ENV
 from hopcast.config import live_secret as live_secret
 from hopcast.errors import ConfigError
@@ -55,6 +58,7 @@ _ENV_SCHEMA = "HOPCAST_API_SCHEMA"
 _ENV_MAX_BODY = "HOPCAST_API_MAX_BODY_BYTES"
 _ENV_REDIS_PREFIX = "HOPCAST_API_REDIS_PREFIX"
 _ENV_CONSISTENCY = "HOPCAST_API_CONSISTENCY"
+_ENV_RATE_LIMITS = "HOPCAST_API_RATE_LIMITS"  # JSON {bucket: [per_second, burst]}, or null
 
 #: The response header in which a worker of a multi-worker server names itself (its pid).
 WORKER_HEADER = "x-hopcast-worker"
@@ -81,13 +85,15 @@ def make_server(
     gateway_port: int | None = None,
     dev_tokens: bool = False,
     redis_url: str | None = None,
+    rate_limits: Mapping[str, Rate] | None = DEFAULT_RATES,
 ) -> uvicorn.Server:
     """A configured, not yet started uvicorn server for ``graph`` (one process).
 
     With ``gateway_port`` the live WebSocket gateway runs in the same event loop, fed by the
     schedule's triggers; ``dev_tokens`` adds ``POST /v1/live/tokens`` (development only). With
     ``redis_url`` the triggers are also published into Redis for gateway nodes in other
-    processes and hosts (``hopcast live gateway``; needs ``hopcast[redis]``).
+    processes and hosts (``hopcast live gateway``; needs ``hopcast[redis]``). ``rate_limits``:
+    the per-key rates (:mod:`hopcast.api.ratelimit`; None: no limits).
 
     Call ``server.run()`` (blocks; pass ``sockets=[sock]`` to serve an already-bound socket) and
     set ``server.should_exit = True`` from another thread to stop it. With ``live`` the app also
@@ -114,7 +120,13 @@ def make_server(
             secret,
             dev_tokens,
         )
-    app: ASGIApp = create_app(graph, max_body_bytes=max_body_bytes, live=service, gateway=binding)
+    app: ASGIApp = create_app(
+        graph,
+        max_body_bytes=max_body_bytes,
+        live=service,
+        gateway=binding,
+        rate_limits=_limits(rate_limits),
+    )
     if redis is not None:
         app = _WithTransport(app, redis)
     config = uvicorn.Config(
@@ -182,6 +194,7 @@ def serve(
     gateway_port: int | None = None,
     redis_url: str | None = None,
     consistency: Consistency | str = DEFAULT_CONSISTENCY,
+    rate_limits: Mapping[str, Rate] | None = DEFAULT_RATES,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); prints the URL first, with the port bound.
 
@@ -198,6 +211,8 @@ def serve(
         workers: server processes.
         consistency: the workers' node-cache model (:mod:`hopcast.query.cache`); with one
             worker, ``graph``'s own applies.
+        rate_limits: the per-key rates of every worker (:mod:`hopcast.api.ratelimit`; each
+            worker counts on its own); None: no limits.
 
     Raises:
         ConfigError: ``workers < 1``, ``workers > 1`` with a graph in memory or a schema not
@@ -215,6 +230,7 @@ def serve(
             max_body_bytes=max_body_bytes,
             gateway_port=gateway_port,
             redis_url=redis_url,
+            rate_limits=rate_limits,
         )
         with _listen(host, port) as sock:
             address = url(host, sock.getsockname()[1])
@@ -249,6 +265,11 @@ def serve(
     os.environ[_ENV_SCHEMA] = str(schema)
     os.environ[_ENV_MAX_BODY] = str(max_body_bytes)
     os.environ[_ENV_CONSISTENCY] = Consistency(consistency).value
+    os.environ[_ENV_RATE_LIMITS] = json.dumps(
+        None
+        if rate_limits is None
+        else {b: [r.per_second, r.burst] for b, r in rate_limits.items()}
+    )
     config = uvicorn.Config(
         f"{__name__}:worker_app",
         factory=True,
@@ -269,6 +290,10 @@ def serve(
         )
         # What uvicorn.run does with workers, on the socket bound here.
         Multiprocess(config, sockets=[sock]).run()
+
+
+def _limits(rates: Mapping[str, Rate] | None) -> RateLimits | None:
+    return None if rates is None else RateLimits(rates)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -301,7 +326,12 @@ def worker_app() -> FastAPI:
         graph = Graph.open(schema=schema, kv=kv, consistency=consistency)
     else:
         graph = Graph.open(store, schema, consistency=consistency)
-    app = create_app(graph, max_body_bytes=max_body)
+    rates_json = os.environ.get(_ENV_RATE_LIMITS)
+    rates: Mapping[str, Rate] | None = DEFAULT_RATES
+    if rates_json is not None:
+        loaded = json.loads(rates_json)
+        rates = None if loaded is None else {b: Rate(r[0], r[1]) for b, r in loaded.items()}
+    app = create_app(graph, max_body_bytes=max_body, rate_limits=_limits(rates))
     app.add_middleware(_WorkerHeader)
     _freeze_heap()
     return app

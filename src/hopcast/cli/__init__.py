@@ -40,6 +40,7 @@ from hopcast.cli.common import (
     exit_code,
     json_option,
     print_json,
+    rate_limit_option,
     wants_json,
 )
 from hopcast.cli.flink import flink
@@ -153,6 +154,7 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
     help="Node reads see every write acknowledged before them, by any worker "
     "(read-your-writes), or may lag other workers' writes by up to 1 s (bounded).",
 )
+@rate_limit_option
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -162,6 +164,7 @@ def serve(
     gateway_port: int | None,
     redis_url: str | None,
     consistency: str,
+    rate_limits: Any,
 ) -> None:
     """Run the HTTP API on the store (needs the server extras: hopcast[server]).
 
@@ -186,6 +189,7 @@ def serve(
             gateway_port=gateway_port,
             redis_url=redis_url,
             consistency=consistency,
+            rate_limits=rate_limits,
         )
 
 

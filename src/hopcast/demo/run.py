@@ -100,6 +100,12 @@ LINGER_MS = 10.0
 BATCH_MS = 50.0
 
 
+def _default_rates() -> dict[str, Any]:
+    from hopcast.api.ratelimit import DEFAULT_RATES  # the server extra, as make_server
+
+    return dict(DEFAULT_RATES)
+
+
 @dataclass
 class DemoOptions:
     """What ``hopcast run`` does (its options; see :mod:`hopcast.cli.run`)."""
@@ -124,6 +130,8 @@ class DemoOptions:
     devices: int = 200
     #: Bound on the event's recommendation segments.
     max_segments: int = 8
+    #: Per-key rate limits of the API (:mod:`hopcast.api.ratelimit`); None: none.
+    rate_limits: dict[str, Any] | None = field(default_factory=_default_rates)
 
 
 @dataclass
@@ -349,6 +357,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
             log_level="warning",
             gateway_port=opts.port + 1 if opts.port else 0,
             dev_tokens=True,
+            rate_limits=opts.rate_limits,
         )
         sources: list[Source] = [
             outputs.playback.source()
