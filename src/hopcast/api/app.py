@@ -24,12 +24,13 @@ Why the handlers look the way they do:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -57,6 +58,7 @@ from hopcast.graph.schema import EdgeType, NodeType, Schema
 from hopcast.graph.store import ApplyResult
 from hopcast.graphdb import Graph
 from hopcast.live.service import LiveService
+from hopcast.looplag import LoopLag
 from hopcast.query import spec as q
 
 if TYPE_CHECKING:
@@ -325,6 +327,20 @@ def _arrivals(
     return kept, expired
 
 
+def _loop_lag_router(monitor: LoopLag) -> APIRouter:
+    """No routes: a lifespan that runs the event-loop lag monitor while the app is up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        monitor.start()
+        try:
+            yield
+        finally:
+            await monitor.stop()
+
+    return APIRouter(lifespan=lifespan)
+
+
 def create_app(
     graph: Graph,
     *,
@@ -389,6 +405,8 @@ def create_app(
     app.state.metrics = metrics
     errors.install(app)
     install_rate_limits(app, rate_limits, metrics.registry)
+    app.state.loop_lag = LoopLag(metrics.registry)
+    app.include_router(_loop_lag_router(app.state.loop_lag))
     openapi.install(
         app,
         graph.schema,

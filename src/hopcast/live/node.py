@@ -48,6 +48,7 @@ from hopcast.live.gateway import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTI
 from hopcast.live.gateway import HEARTBEAT_S, Gateway, GatewayServer
 from hopcast.live.redisfan import DEFAULT_PREFIX as DEFAULT_PREFIX
 from hopcast.live.redisnode import RedisMirror, RedisPushRegistry
+from hopcast.looplag import LoopLag
 from hopcast.ports import reuse_port_holder
 
 logger = logging.getLogger(__name__)
@@ -128,11 +129,13 @@ async def run_node(
         OSError: the port cannot be bound.
     """
     registry = CollectorRegistry()
+    lag = LoopLag(registry)  # hopcast_event_loop_lag_seconds on this node's /metrics
     mirror = RedisMirror(settings.redis_url, prefix=settings.prefix, metrics_registry=registry)
     await mirror.start()
     ttl_us = int(REGISTRY_TTL_HEARTBEATS * settings.heartbeat_s * 1_000_000)
     push = RedisPushRegistry(settings.redis_url, ttl_us, prefix=settings.prefix)
     metrics = None
+    lag.start()
     try:
         gateway = Gateway(
             mirror,
@@ -162,6 +165,7 @@ async def run_node(
             metrics.server_close()
         await push.close()
         await mirror.close()
+        await lag.stop()
 
 
 def _raise_open_files_limit() -> None:
