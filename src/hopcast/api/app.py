@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from hopcast.api import bounds, console, docs, errors, openapi
+from hopcast.api import bounds, console, docs, errors, jobs, openapi
 from hopcast.api.bodies import (
     MutationsRequest,
     TraverseRequest,
@@ -57,6 +57,7 @@ from hopcast.graph.mutations import Mutation
 from hopcast.graph.schema import EdgeType, NodeType, Schema
 from hopcast.graph.store import ApplyResult
 from hopcast.graphdb import Graph
+from hopcast.live.jobs import Jobs
 from hopcast.live.service import LiveService
 from hopcast.looplag import LoopLag
 from hopcast.query import spec as q
@@ -680,7 +681,10 @@ def create_app(
 
     if live is not None:
         app.state.live = live
+        app.state.jobs = Jobs(jobs.classify_failure)  # materialise jobs (hopcast.api.jobs)
+        jobs.install(app)
         app.include_router(live_router(live, metrics.registry, binding=gateway))
+        app.include_router(jobs.jobs_router())
         if live.materialiser is None:
             live.use_graph(graph)
     wanted = live is not None or ingest is not None

@@ -21,7 +21,8 @@ Fan-out: for each ``(channel, frame)`` the source delivers, the **same bytes** a
 every open subscriber with ``websockets.broadcast`` — no per-device encoding, closed
 connections skipped — through an :class:`~hopcast.live.outbox.Outbox`, which writes at most
 ``CHUNK`` connections per slice of the event loop and yields in between, so a fleet-wide
-trigger never holds the loop for long (the subscribers are fixed when the frame is queued). Nothing waits for a slow device; instead the transport's write
+trigger never holds the loop for long (the subscribers are fixed when the frame is queued).
+Nothing waits for a slow device; instead the transport's write
 buffer has a high-water mark (``write_limit``): when a connection crosses it, asyncio calls
 ``pause_writing``, and the gateway evicts it right after the current broadcast (``bye slow``,
 then close; the ``bye`` is best effort since the device is not reading). Heartbeats: one ``ping``
