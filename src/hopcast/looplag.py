@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Final
@@ -135,9 +136,9 @@ class LoopLag(Collector):
                 await task
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        # perf_counter, not loop.time(): uvloop's clock has millisecond steps
         interval = self.interval_s
         while True:
-            asked = loop.time() + interval
+            asked = time.perf_counter() + interval
             await asyncio.sleep(interval)
-            self.observe(loop.time() - asked)
+            self.observe(time.perf_counter() - asked)
