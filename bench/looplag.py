@@ -49,6 +49,7 @@ from hopcast.api import create_app  # noqa: E402
 from hopcast.api.live import GatewayBinding  # noqa: E402
 from hopcast.live.fanout import InProcessTransport, Router  # noqa: E402
 from hopcast.live.gateway import Gateway  # noqa: E402
+from hopcast.live.outbox import CHUNK  # noqa: E402
 from hopcast.live.service import LiveService  # noqa: E402
 from hopcast.ports import listening_socket  # noqa: E402
 
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             s.gateway._outbox._chunk = 10**9  # every socket in one go, as before the outbox
             console.print("going live (one go) …")
             rows += go_live(s, procs, args.rounds, "one-go")
-            s.gateway._outbox._chunk = 1_000
+            s.gateway._outbox._chunk = CHUNK
             console.print(f"materialising {args.segments} segments …")
             rows.append(materialise(s, args.segments))
         finally:

@@ -30,8 +30,8 @@ FLEET = 10_000
 #: What one fake write costs the loop (a busy wait): about twice a real WebSocket write, so
 #: the whole fleet written in one go would hold the loop for ~0.4 s.
 WRITE_COST_S = 40e-6
-#: Longest lag the monitor may see while the fleet is written in chunks: a chunk costs ~40 ms
-#: here; the rest is room for a busy 2-core machine (writing the fleet at once costs ~0.4 s).
+#: Longest lag the monitor may see while the fleet is written in chunks: a chunk (500 writes)
+#: costs ~20 ms here; the rest is room for a busy 2-core machine (the fleet in one go: ~0.4 s).
 LAG_BOUND_S = 0.2
 #: Bound on any wait for the outbox to finish; a healthy run needs a fraction of it.
 WAIT_S = 30.0

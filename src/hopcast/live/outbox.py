@@ -41,11 +41,13 @@ class _Entry(Generic[C]):
     done: int = 0  # targets written so far
 
 
-#: Connection-writes per slice of the event loop. Measured on the 2-core benchmark host with
-#: 3,000 loopback WebSocket connections under uvloop: 15-31 µs per write (``websockets.
-#: broadcast``), so 1,000 writes take 15-30 ms — inside the ~50 ms a slice may take, with room
-#: for whatever else runs in the same loop iteration.
-CHUNK: Final = 1_000
+#: Connection-writes per slice of the event loop. Measured on the 2-core benchmark host: 15-31 µs
+#: per write with 3,000 loopback connections and the clients idle, 27-48 µs while 10,000
+#: devices in client processes compete for the cores (bench/looplag.py: 10,000 written in
+#: 275-480 ms). 500 writes take 8-24 ms, which leaves room within the ~50 ms a slice may take
+#: for what else runs in the same loop iteration: there, 500 measured 27-47 ms of loop lag at
+#: most per go-live, 1,000 measured 64-113 ms.
+CHUNK: Final = 500
 
 #: Writes recipients a frame; a gateway passes ``websockets.broadcast`` (skips closed ones).
 Writer = Callable[[Sequence[C], bytes], None]
