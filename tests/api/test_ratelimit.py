@@ -124,12 +124,15 @@ def test_rates_from_options_override_the_defaults_and_off_disables() -> None:
         rates_from(["off", "operator=1/s"])
 
 
-def test_hopcast_serve_refuses_a_malformed_rate_limit_with_a_usage_error() -> None:
+@pytest.mark.parametrize("command", ["serve", "run"])
+def test_hopcast_serve_and_run_refuse_a_malformed_rate_limit_with_a_usage_error(
+    command: str,
+) -> None:
     from click.testing import CliRunner
 
     from hopcast.cli import cli
 
-    result = CliRunner().invoke(cli, ["serve", "--rate-limit", "mutations=fast"])
+    result = CliRunner().invoke(cli, [command, "--rate-limit", "mutations=fast"])
     assert result.exit_code == 2
     assert "BUCKET=COUNT/UNIT" in result.output
 

@@ -17,7 +17,7 @@ from hopcast.api import create_app
 from hopcast.live import messages as m
 from hopcast.live.fanout import InProcessTransport, Router
 from hopcast.live.gateway import Gateway
-from hopcast.live.outbox import Outbox
+from hopcast.live.outbox import CHUNK, Outbox
 from hopcast.live.schedule import Create
 from hopcast.live.service import LiveService
 from hopcast.looplag import LoopLag
@@ -25,14 +25,18 @@ from hopcast.looplag import LoopLag
 SECRET = bytes(range(32))
 NOW = 1_700_000_000_000_000
 MINUTE = 60_000_000
-#: Fake sockets in the fleet tests: a large fleet on one loop.
-FLEET = 10_000
-#: What one fake write costs the loop (a busy wait): about twice a real WebSocket write, so
-#: the whole fleet written in one go would hold the loop for ~0.4 s.
-WRITE_COST_S = 40e-6
-#: Longest lag the monitor may see while the fleet is written in chunks: a chunk (500 writes)
-#: costs ~20 ms here; the rest is room for a busy 2-core machine (the fleet in one go: ~0.4 s).
-LAG_BOUND_S = 0.2
+#: Fake sockets in the loop-lag test: a large fleet on one loop.
+FLEET = 20_000
+#: What one fake write costs the loop there (a busy wait): a slow real write, so the whole
+#: fleet written in one go holds the loop for 2 s.
+WRITE_COST_S = 100e-6
+#: Longest lag the monitor may see while that fleet is written in chunks: a chunk (500 writes)
+#: costs ~50 ms; the rest is room for a loaded 2-core machine, which can stall a process for
+#: hundreds of milliseconds. Written in one go the fleet holds the loop 2 s: the test fails.
+LAG_BOUND_S = 1.0
+#: Fake sockets (and the cost of a write) in the HTTP test: more than one chunk.
+HTTP_FLEET = 2_000
+HTTP_WRITE_COST_S = 20e-6
 #: Bound on any wait for the outbox to finish; a healthy run needs a fraction of it.
 WAIT_S = 30.0
 
@@ -124,26 +128,27 @@ def _busy(seconds: float) -> None:
 
 class FakeSocket:
     """What ``websockets.broadcast`` touches on a connection; each write costs the loop
-    :data:`WRITE_COST_S`."""
+    ``cost_s``."""
 
-    __slots__ = ("protocol", "received", "send_in_progress", "state")
+    __slots__ = ("cost_s", "protocol", "received", "send_in_progress", "state")
 
-    def __init__(self) -> None:
+    def __init__(self, cost_s: float) -> None:
         self.protocol = self
         self.state = WsState.OPEN
         self.send_in_progress = None
         self.received: list[bytes] = []
+        self.cost_s = cost_s
 
     def send_text(self, data: bytes) -> None:
         self.received.append(data)
-        _busy(WRITE_COST_S)
+        _busy(self.cost_s)
 
     def send_data(self) -> None:
         pass
 
 
-def _fleet_on(gateway: Gateway, channel: str) -> list[FakeSocket]:
-    fleet = [FakeSocket() for _ in range(FLEET)]
+def _fleet_on(gateway: Gateway, channel: str, size: int, cost_s: float) -> list[FakeSocket]:
+    fleet = [FakeSocket(cost_s) for _ in range(size)]
     gateway._subs[channel] = set(fleet)  # type: ignore[arg-type]  # in-process fakes
     return fleet
 
@@ -153,17 +158,31 @@ def test_a_trigger_to_thousands_of_sockets_never_holds_the_loop() -> None:
         router = Router(InProcessTransport())
         gateway = Gateway(router, SECRET, node_id="t")
         router.subscribe(gateway._on_frame)
-        fleet = _fleet_on(gateway, "global")
+        fleet = _fleet_on(gateway, "global", FLEET, WRITE_COST_S)
+        outbox = gateway._outbox
         lag = LoopLag(interval_s=0.005)
         lag.start()
         await asyncio.sleep(0.05)
         lag.reset_recent()
+        between: list[int] = []  # writes made between two turns of another task
+
+        async def observer() -> None:
+            last = outbox.writes
+            while True:
+                await asyncio.sleep(0)
+                between.append(outbox.writes - last)
+                last = outbox.writes
+
+        watching = asyncio.create_task(observer())
+        await asyncio.sleep(0)
         started = time.perf_counter()
         router.publish_all([_trigger()])
         published_s = time.perf_counter() - started
-        await asyncio.wait_for(gateway._outbox.drain(), WAIT_S)
+        await asyncio.wait_for(outbox.drain(), WAIT_S)
         await asyncio.sleep(0.02)  # one more sample after the last chunk
+        watching.cancel()
         await lag.stop()
+        assert max(between) <= CHUNK, "no turn of the loop writes more than a chunk"
         assert all(len(s.received) == 1 for s in fleet)
         assert m.decode(fleet[0].received[0]) == m.decode(fleet[-1].received[0])
         worst = lag.stats()["max"]
@@ -193,7 +212,7 @@ def test_going_live_over_http_answers_before_the_fleet_is_written_and_the_fleet_
         service.add_sink(router.publish_all)
         gateway = Gateway(router, SECRET, node_id="t")
         router.subscribe(gateway._on_frame)
-        fleet = _fleet_on(gateway, "global")
+        fleet = _fleet_on(gateway, "global", HTTP_FLEET, HTTP_WRITE_COST_S)
         service.command(Create("final", "The Final", NOW + 10 * MINUTE, None, MINUTE), NOW)
         await asyncio.wait_for(gateway._outbox.drain(), WAIT_S)  # the "scheduled" trigger
         app = create_app(graph, live=service)
@@ -208,5 +227,23 @@ def test_going_live_over_http_answers_before_the_fleet_is_written_and_the_fleet_
         stages = {m.decode(s.received[-1]).stage for s in fleet}  # type: ignore[union-attr]
         assert stages == {"live"}
         graph.close()
+
+    asyncio.run(main())
+
+
+def test_a_writer_that_raises_does_not_stall_the_frames_behind_it() -> None:
+    async def main() -> None:
+        rec = Recorder()
+
+        def flaky(targets: Sequence[int], frame: bytes) -> None:
+            if frame == b"bad":
+                raise RuntimeError("a bug in the writer")
+            rec(targets, frame)
+
+        outbox = Outbox(flaky, chunk=2)
+        outbox.send([1, 2, 3], b"bad")
+        outbox.send([1, 2, 3], b"good")
+        await asyncio.wait_for(outbox.drain(), WAIT_S)
+        assert [t for f, ts in rec.calls if f == b"good" for t in ts] == [1, 2, 3]
 
     asyncio.run(main())

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 C = TypeVar("C")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -90,7 +93,10 @@ class Outbox(Generic[C]):
             return
         if not self._queue and len(recipients) <= self._chunk:
             targets = list(recipients)
-            self._write(targets, frame)
+            try:
+                self._write(targets, frame)
+            except Exception:
+                logger.exception("writing a frame to %d connections failed", len(targets))
             self.frames += 1
             self.writes += len(targets)
             return
@@ -126,7 +132,10 @@ class Outbox(Generic[C]):
                 entry = self._queue[0]
                 start = entry.done
                 end = min(len(entry.targets), start + budget)
-                self._write(entry.targets[start:end], entry.frame)
+                try:
+                    self._write(entry.targets[start:end], entry.frame)
+                except Exception:  # a writer bug must not stall every frame behind it
+                    logger.exception("writing a frame to %d connections failed", end - start)
                 self.writes += end - start
                 budget -= end - start
                 entry.done = end
