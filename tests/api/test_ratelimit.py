@@ -262,3 +262,40 @@ def test_without_rate_limits_nothing_is_refused(tmp_path: Path) -> None:
 
 def test_the_series_lists_every_bucket_from_zero(stack: Stack) -> None:
     assert stack.refused() == {MUTATIONS: 0.0, INGEST: 0.0, OPERATOR: 0.0}
+
+
+def test_hopcast_serves_server_limits_by_default_and_answers_429_over_http() -> None:
+    """make_server (what `hopcast serve` runs) installs the default rates; a real uvicorn
+    server answers the 429 with its Retry-After header."""
+    import socket
+    import threading
+
+    import httpx
+
+    from hopcast.api import make_server
+
+    graph = Graph.open(clock=lambda: NOW)
+    try:
+        default = make_server(graph, log_level="warning").config.app
+        assert default.state.rate_limits.rates == DEFAULT_RATES
+        assert make_server(graph, rate_limits=None).config.app.state.rate_limits is None
+        server = make_server(graph, log_level="warning", rate_limits={OPERATOR: Rate(0.01, 1)})
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        port = sock.getsockname()[1]
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+                assert http.post("/v1/live/events/nope/start").status_code == 404
+                refused = http.post("/v1/live/events/nope/start")
+        finally:
+            server.should_exit = True
+            thread.join(30)
+            sock.close()
+        assert not thread.is_alive(), "the server did not stop"
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "100"  # one token at 0.01/s
+    finally:
+        graph.close()
