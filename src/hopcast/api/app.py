@@ -602,6 +602,20 @@ def create_app(
 
     # -- writes --------------------------------------------------------------------------------
 
+    def write(raw: bytes) -> tuple[ApplyResult, list[dict[str, Any]]]:
+        """Decode, validate and apply a mutations body (on a threadpool thread)."""
+        body = decode(raw, MutationsRequest)
+        if len(body.mutations) > max_mutations:
+            raise ApiError(
+                413,
+                "too_many_mutations",
+                f"{len(body.mutations)} mutations in one request; at most {max_mutations}",
+            )
+        items = [whole_numbers_of(item, graph.schema) for item in body.mutations]
+        batch = graph.store.validate(to_mutations(items))
+        kept, expired = _arrivals(batch, graph, max_future_us)
+        return (graph.apply(kept) if kept else ApplyResult(0, 0)), expired
+
     @app.post(
         "/v1/mutations",
         dependencies=[Depends(limited(MUTATIONS))],
@@ -621,17 +635,9 @@ def create_app(
         openapi_extra=openapi.request_body("MutationsRequest", openapi.MUTATIONS_REQUESTS),
     )
     async def mutations(request: Request) -> Response:
-        body = decode(await request.body(), MutationsRequest)
-        if len(body.mutations) > max_mutations:
-            raise ApiError(
-                413,
-                "too_many_mutations",
-                f"{len(body.mutations)} mutations in one request; at most {max_mutations}",
-            )
-        items = [whole_numbers_of(item, graph.schema) for item in body.mutations]
-        batch = graph.store.validate(to_mutations(items))
-        kept, expired = _arrivals(batch, graph, max_future_us)
-        result = await run_in_threadpool(graph.apply, kept) if kept else ApplyResult(0, 0)
+        # Decoding and validating a full body (~6,500 mutations in 1 MiB) took 120-160 ms of
+        # the event loop; with the commit, all of it runs in the threadpool.
+        result, expired = await run_in_threadpool(write, await request.body())
         metrics.mutations_applied.inc(result.applied)
         metrics.mutations_skipped.inc(result.skipped + len(expired))
         return JSON(
