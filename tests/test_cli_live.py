@@ -4,7 +4,9 @@ its test client in place of the HTTP transport)."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -282,3 +284,28 @@ def test_live_token_without_a_secret_says_what_to_set(monkeypatch: pytest.Monkey
     result = CliRunner().invoke(cli, ["live", "token", "tv-1", "--channel", "x"])
     assert result.exit_code == 2
     assert "HOPCAST_LIVE_SECRET" in result.output
+
+
+def test_materialise_with_url_follows_the_servers_job_until_it_is_done(
+    server: LiveService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server answers 202 with a job when the work outlasts ?wait; the command polls it."""
+    remote_run("create", "final", "--title", "The Final", "--starts-at", "10m")
+    real = server.materialise
+    polled: list[str] = []
+    monkeypatch.setattr(importlib.import_module("hopcast.cli.live"), "JOB_POLL_S", 0.01)
+    original_call = remote.call
+
+    def call(base: str, route: str, params: Any, body: Any = None) -> Any:
+        polled.append(route)
+        return original_call(base, route, params, body)
+
+    def slow(event_id: str, now: int, segments: Any = None, progress: Any = None) -> Any:
+        time.sleep(1.5)  # longer than the command's ?wait=1: it gets a job to follow
+        return real(event_id, now, segments, progress)
+
+    monkeypatch.setattr(server, "materialise", slow)
+    monkeypatch.setattr(remote, "call", call)
+    done = doc(remote_run("materialise", "final", "--segment", "kids.US.en.b0", "--json"))
+    assert done["entries"] == 10
+    assert any(route.startswith("/v1/live/jobs/") for route in polled)

@@ -231,14 +231,17 @@ def test_materialise_from_the_graph_and_prefetch_by_member(stack: Stack) -> None
     stack.create()
     c = stack.client
     doc = ok(
-        c.post(f"{C}/events/final/materialise", json={"node": "live_event:1", "max_segments": 4})
+        c.post(
+            f"{C}/events/final/materialise?wait=60",
+            json={"node": "live_event:1", "max_segments": 4},
+        )
     )
     assert doc["changed"] and doc["node"] == "live_event:1"
     keys = [s["key"] for s in doc["segments"]]
     assert keys == ["team.a", "viewers", "all"]
     assert doc["cardinality"] == 9 and doc["members"] == 3
     # nothing changed: the same payloads
-    again = ok(c.post(f"{C}/events/final/materialise", json={}))
+    again = ok(c.post(f"{C}/events/final/materialise?wait=60", json={}))
     assert again["changed"] and again["new_payloads"] == 0  # forced, content-addressed
     seg = ok(c.get(f"{C}/events/final/segments?member=profile:1"))
     assert seg["member"]["segment"] == "team.a" and seg["member"]["lookup_us"] >= 0
@@ -265,16 +268,23 @@ def test_materialise_from_the_graph_and_prefetch_by_member(stack: Stack) -> None
 def test_materialise_errors(stack: Stack) -> None:
     stack.create()
     c = stack.client
-    err(c.post(f"{C}/events/nope/materialise", json={"node": "live_event:1"}), 404, "not_found")
-    err(c.post(f"{C}/events/final/materialise"), 422, "no_graph_node")  # none for "final"
-    err(c.post(f"{C}/events/final/materialise", json={"node": "live_event:2"}), 404)
-    err(c.post(f"{C}/events/final/materialise", json={"max_segments": "x"}), 422)
     err(
-        c.post(f"{C}/events/final/materialise", json={"node": "live_event:1", "max_segments": 0}),
+        c.post(f"{C}/events/nope/materialise?wait=60", json={"node": "live_event:1"}),
+        404,
+        "not_found",
+    )
+    err(c.post(f"{C}/events/final/materialise?wait=60"), 422, "no_graph_node")  # none for "final"
+    err(c.post(f"{C}/events/final/materialise?wait=60", json={"node": "live_event:2"}), 404)
+    err(c.post(f"{C}/events/final/materialise?wait=60", json={"max_segments": "x"}), 422)
+    err(
+        c.post(
+            f"{C}/events/final/materialise?wait=60",
+            json={"node": "live_event:1", "max_segments": 0},
+        ),
         400,
     )
     err(c.get(f"{C}/events/final/segments"), 404, "not_found")
-    ok(c.post(f"{C}/events/final/materialise", json={"node": "live_event:1"}))
+    ok(c.post(f"{C}/events/final/materialise?wait=60", json={"node": "live_event:1"}))
     err(c.get(f"{C}/events/final/segments?member=nocolon"), 400, "invalid_query")
     err(c.get(f"{C}/events/final/segments?member=planet:1"), 400, "invalid_query")
 
@@ -441,12 +451,12 @@ def test_materialise_guesses_the_node_of_an_event_created_without_one(stack: Sta
     stack.create("final")  # titled "The Final", like live_event:1
     stack.service.command(Create("quiz", "QUIZ NIGHT ", NOW + HOUR, None, 5 * MINUTE), NOW)
     stack.service.command(Create("other", "Something else", NOW + HOUR, None, 5 * MINUTE), NOW)
-    err(c.post(f"{C}/events/final/materialise"), 422, "no_graph_node")  # nothing known yet
+    err(c.post(f"{C}/events/final/materialise?wait=60"), 422, "no_graph_node")  # nothing known yet
     stack.app.state.console.directory.add(["live_event:1", "live_event:2"])
-    assert ok(c.post(f"{C}/events/final/materialise"))["node"] == "live_event:1"
-    assert ok(c.post(f"{C}/events/quiz/materialise"))["node"] == "live_event:2"  # by name
+    assert ok(c.post(f"{C}/events/final/materialise?wait=60"))["node"] == "live_event:1"
+    assert ok(c.post(f"{C}/events/quiz/materialise?wait=60"))["node"] == "live_event:2"  # by name
     # no name matches: the largest audience (live_event:1 has a watcher, live_event:2 none)
-    assert ok(c.post(f"{C}/events/other/materialise"))["node"] == "live_event:1"
+    assert ok(c.post(f"{C}/events/other/materialise?wait=60"))["node"] == "live_event:1"
     # once materialised, the node stays
     stack.app.state.console.directory.add(["live_event:3"])
-    assert ok(c.post(f"{C}/events/quiz/materialise", json={}))["node"] == "live_event:2"
+    assert ok(c.post(f"{C}/events/quiz/materialise?wait=60", json={}))["node"] == "live_event:2"

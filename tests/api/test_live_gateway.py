@@ -77,7 +77,7 @@ def test_a_device_gets_a_token_connects_and_sees_the_operators_commands(tmp_path
                 base + "/v1/live/events",
                 {"id": "final", "title": "The Final", "starts_at": "1h"},
             )
-            await asyncio.to_thread(_post, base + "/v1/live/events/final/materialise", {})
+            await asyncio.to_thread(_post, base + "/v1/live/events/final/materialise?wait=60", {})
             await asyncio.to_thread(_post, base + "/v1/live/events/final/start", {})
             await _until(lambda: len(client.stats.applied) >= 1, "the start trigger")
             # the trigger named the live payload; the device lacked it and fetched it once

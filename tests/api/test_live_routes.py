@@ -275,14 +275,14 @@ def test_commands_and_triggers_are_counted(live: Live) -> None:
 def materialised(live: Live) -> None:
     live.create()
     body = {"segments": ["adult.US.en.b0", "kids.US.en.b0"]}
-    doc = live.post("materialise", body).json()
+    doc = live.post("materialise?wait=60", body).json()
     assert doc["entries"] == 15
     assert doc["segments"] == 3
 
 
 def test_materialise_without_a_body_publishes_the_demo_segments(live: Live) -> None:
     live.create()
-    doc = live.post("materialise").json()
+    doc = live.post("materialise?wait=60").json()
     assert doc["segments"] == 177
     assert doc["stages"] == ["ended", "interrupted", "live", "prefetch", "scheduled"]
     assert (
@@ -292,7 +292,7 @@ def test_materialise_without_a_body_publishes_the_demo_segments(live: Live) -> N
 
 def test_materialise_refuses_a_malformed_segment(live: Live) -> None:
     live.create()
-    response = live.post("materialise", {"segments": ["no spaces"]})
+    response = live.post("materialise?wait=60", {"segments": ["no spaces"]})
     assert response.status_code == 400
 
 
@@ -404,6 +404,7 @@ def test_the_openapi_document_lists_every_live_route_and_its_409(live: Live) -> 
         *(f"/v1/live/events/{{event_id}}/{a}" for a in ("interrupt", "resume", "materialise")),
         *(f"/v1/live/events/{{event_id}}/{a}" for a in ("cardinality", "manifest", "payload")),
         "/v1/live/payloads/{payload_id}",
+        "/v1/live/jobs/{job_id}",
     }
     create = doc["paths"]["/v1/live/events"]["post"]
     assert "409" in create["responses"] and "201" in create["responses"]

@@ -95,6 +95,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "node_id": "profile:1",
         "payload_id": payload_id,
         "source": "logs",
+        "job_id": "0123456789abcdef",  # no such job: allowed callers get a 404
     }
     assert materialised
     try:
@@ -272,4 +273,4 @@ def test_a_policy_with_a_limit_answers_429_with_retry_after_when_the_limiter_say
     assert second.status_code == 429 and second.headers["retry-after"] == "2"
     assert second.json()["error"] == "rate_limited"
     assert reads.status_code == 200
-    assert calls == [(record.id, "mutations"), (record.id, "mutations")]
+    assert calls == [(f"key:{record.id}", "mutations")] * 2

@@ -114,7 +114,7 @@ class Hopcast:
         doc = self.request(
             "POST", "/v1/live/events", {"id": event, "title": title, "starts_at": starts_at}
         )
-        self.request("POST", f"/v1/live/events/{event}/materialise", {"segments": []})
+        self.request("POST", f"/v1/live/events/{event}/materialise?wait=60", {"segments": []})
         return doc  # type: ignore[no-any-return]
 
     def command(self, event: str, verb: str, body: Any = None) -> dict[str, Any]:

@@ -167,7 +167,7 @@ def test_a_device_that_missed_the_prefetch_fetches_the_stage_once_after_a_jitter
     # nothing is published yet: the manifest answers 404 and the page has nothing cached
     page.wait_for_function("() => window.hopcastDevice && window.hopcastDevice.status === 'open'")
     page.wait_for_selector("#rows-empty")
-    hopcast.request("POST", "/v1/live/events/late/materialise", {"segments": []})
+    hopcast.request("POST", "/v1/live/events/late/materialise?wait=60", {"segments": []})
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
     hopcast.command("late", "start")

@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, Protocol
 
@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hopcast.api import bounds, openapi
+from hopcast.api import bounds, jobs, openapi
 from hopcast.api.bodies import NodeIdText, anchored, decode, edge_types, resolve_time
 from hopcast.api.errors import ApiError
 from hopcast.api.policy import policy
@@ -49,6 +49,7 @@ from hopcast.graph.keys import MAX_TS
 from hopcast.graph.limits import MAX_INT
 from hopcast.graph.store import Edge
 from hopcast.graphdb import Graph
+from hopcast.live.fixtures import STAGE_KINDS
 from hopcast.live.gateway import Gateway
 from hopcast.live.materialise import MAX_SEGMENTS
 from hopcast.live.producer import Trigger
@@ -449,6 +450,27 @@ def _ok(example: Any, *errors: int) -> dict[int | str, dict[str, Any]]:
 # -- examples (docs/console-api.md has the full contract) ------------------------------------------
 
 _T = 1_700_000_000_000_000
+
+#: A graph materialisation's report, for the documentation.
+GRAPH_MATERIALISED_EXAMPLE: dict[str, Any] = {
+    "event": "final",
+    "node": "live_event:4",
+    "version": _T,
+    "changed": True,
+    "new_payloads": 12,
+    "max_segments": 8,
+    "cardinality": 12,
+    "members": 412,
+    "audience": 530,
+    "segments": [
+        {
+            "key": "team.7",
+            "label": "fans of Red Rovers",
+            "members": 130,
+            "rows": ["Popular with fans of Red Rovers", "Playing"],
+        }
+    ],
+}
 DASHBOARD_EXAMPLE = {
     "now": _T + 500_000,
     "event": {
@@ -717,34 +739,23 @@ def _router(
         "member → segment map that prefetch uses (`segment=<profile id>`). `node`: the event's "
         "graph node (default: the previous run's, else `live_event:<id>`, else the known "
         "`live_event` node named like the event's title, else the one with the largest "
-        "audience); `max_segments` bounds the segments (default 8).",
-        responses=_ok(
-            {
-                "event": "final",
-                "node": "live_event:4",
-                "version": _T,
-                "changed": True,
-                "new_payloads": 12,
-                "max_segments": 8,
-                "cardinality": 12,
-                "members": 412,
-                "audience": 530,
-                "segments": [
-                    {
-                        "key": "team.7",
-                        "label": "fans of Red Rovers",
-                        "members": 130,
-                        "rows": ["Popular with fans of Red Rovers", "Playing"],
-                    }
-                ],
-            },
+        "audience); `max_segments` bounds the segments (default 8). A job: answers 202 with "
+        "it (poll its `url`: progress in writes), or with `wait` the report (200) if the job "
+        "finishes within that many seconds; 409 while the event has a job running, 429 "
+        "`jobs_busy` when too much work is queued.",
+        status_code=202,
+        responses=jobs.responses(GRAPH_MATERIALISED_EXAMPLE)
+        | _ok(
+            GRAPH_MATERIALISED_EXAMPLE,
             400,
             404,
             422,
         ),
         openapi_extra=openapi.body(MaterialiseGraphRequest, required=False),
     )
-    async def materialise(event_id: EventId, request: Request) -> Response:
+    async def materialise(
+        event_id: EventId, request: Request, wait: jobs.WaitParam = 0
+    ) -> Response:
         service = need_live()
         raw = await request.body()
         body = (
@@ -754,13 +765,17 @@ def _router(
         )
         if body.node is not None:
             _known_type(graph, "node", body.node)
+        service.get(event_id)  # 404 before anything is queued
+        m = service.materialiser
+        bound = body.max_segments or (m.max_segments if m is not None else 1)
+        writes = bound * len(STAGE_KINDS) + 1  # a payload per stage and segment, the map
 
-        def run() -> dict[str, Any]:
+        def run(progress: Callable[[int, int], None]) -> dict[str, Any]:
             now = service.clock()
             node = body.node or _guess_node(graph, service, console.directory, event_id, now)
             try:
                 report = service.materialise_graph(
-                    event_id, now, node=node, max_segments=body.max_segments
+                    event_id, now, node=node, max_segments=body.max_segments, progress=progress
                 )
             except InvalidInput as exc:
                 # The body fits its schema (node and max_segments are checked on decoding), so
@@ -768,7 +783,9 @@ def _router(
                 raise ApiError(422, "no_graph_node", str(exc)) from None
             return report.to_dict()
 
-        return JSON(await run_in_threadpool(run))
+        registry = jobs.jobs_of(request.app)
+        job = registry.submit("materialise_graph", event_id, writes, run)
+        return await jobs.answer(registry, job, wait)
 
     @router.get(
         "/events/{event_id}/segments",

@@ -10,8 +10,10 @@ service.
   **409** ``illegal_transition`` whose message lists the commands accepted now; malformed times
   or ids are **400**, a body of the wrong shape **422**, an unknown event **404**.
 * Handlers are ``async`` and call the service on the event loop thread, so the trigger sinks
-  run there too (see :mod:`hopcast.live.service`). A command is one small KV write; the fixture
-  materialisation, hundreds of writes, runs in the threadpool.
+  run there too (see :mod:`hopcast.live.service`). A command is one small KV write and
+  returns once its triggers are queued (the gateway writes them to devices in chunks,
+  :mod:`hopcast.live.outbox`); the fixture materialisation, thousands of writes, is a job
+  (:mod:`hopcast.api.jobs`) on a bounded pool of its own.
 * Prefetch answers come from :mod:`hopcast.live.prefetch` as they are (ETag, 304 on
   ``If-None-Match``, jittered ``Cache-Control``); their 404s get the usual error body and keep
   ``Cache-Control: no-store``.
@@ -44,10 +46,9 @@ import msgspec
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import Metric
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hopcast.api import bounds, openapi
+from hopcast.api import bounds, jobs, openapi
 from hopcast.api.bodies import anchored, decode
 from hopcast.api.errors import ApiError
 from hopcast.api.policy import policy, public
@@ -55,6 +56,7 @@ from hopcast.api.responses import JSON, error
 from hopcast.auth.roles import Role
 from hopcast.durations import parse_duration
 from hopcast.errors import IllegalTransition, InvalidInput, NotFound
+from hopcast.live.fixtures import demo_segmenter, fixture_entries
 from hopcast.live.gateway import Gateway
 from hopcast.live.payloads import DEFAULT_SEGMENT, MAX_PAYLOAD_BYTES
 from hopcast.live.prefetch import DEFAULT_LEAD_US, PrefetchResponse
@@ -226,6 +228,14 @@ def _example_event() -> dict[str, Any]:
 
 
 EVENT_EXAMPLE = _example_event()
+MATERIALISED_EXAMPLE = {
+    "event": "final",
+    "version": _T,
+    "stages": ["ended", "interrupted", "live", "prefetch", "scheduled"],
+    "segments": 177,
+    "entries": 885,
+    "cardinality": 42,
+}
 
 _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     400: (
@@ -414,6 +424,7 @@ def live_router(
                 stop.set()
                 await task
         finally:
+            jobs.jobs_of(app).shutdown()  # queued jobs are dropped; running ones finish
             if server is not None:
                 await server.close()
 
@@ -610,34 +621,39 @@ def live_router(
     @router.post(
         "/events/{event_id}/materialise",
         dependencies=[policy(Role.OPERATOR, limit="operator")],
-        summary="Publish fixture payloads",
-        description="Puts and publishes the demo payloads of every stage for the given segments "
-        "(default: the demo segmenter's) through the real payload store, until recommendation "
-        "rows come from the graph. Reports the entries written and the resulting cardinality.",
-        responses=_responses(
-            {
-                "event": "final",
-                "version": _T,
-                "stages": ["ended", "interrupted", "live", "prefetch", "scheduled"],
-                "segments": 177,
-                "entries": 885,
-                "cardinality": 42,
-            },
-            400,
-            404,
-            422,
-        ),
+        summary="Publish fixture payloads (a job)",
+        description="Starts a job that puts and publishes the demo payloads of every stage for "
+        "the given segments (default: the demo segmenter's; at most "
+        f"{MAX_MATERIALISE_SEGMENTS}) through the real payload store, until recommendation rows "
+        "come from the graph; answers 202 with the job (poll its `url`: progress in writes). "
+        "With `wait`, answers the result (200: the entries written and the resulting "
+        "cardinality) if the job finishes within that many seconds. 409 while the event has a "
+        "job running; 429 `jobs_busy` when too much work is queued.",
+        status_code=202,
+        responses=_responses(MATERIALISED_EXAMPLE, 400, 404, 422)
+        | jobs.responses(MATERIALISED_EXAMPLE),
         openapi_extra=openapi.body(MaterialiseRequest, required=False),
     )
-    async def materialise(event_id: EventId, request: Request) -> Response:
+    async def materialise(
+        event_id: EventId, request: Request, wait: jobs.WaitParam = 0
+    ) -> Response:
         raw = await request.body()
         body = (
             decode(raw, MaterialiseRequest, "invalid_input")
             if raw.strip()
             else MaterialiseRequest()
         )
-        doc = await run_in_threadpool(service.materialise, event_id, service.clock(), body.segments)
-        return JSON(doc)
+        service.get(event_id)  # 404 before anything is queued
+        segments = body.segments
+        count = len(demo_segmenter().segments()) if segments is None else len(set(segments))
+        now = service.clock()
+
+        def work(progress: Callable[[int, int], None]) -> dict[str, Any]:
+            return service.materialise(event_id, now, segments, progress)
+
+        registry = jobs.jobs_of(request.app)
+        job = registry.submit("materialise", event_id, fixture_entries(count), work)
+        return await jobs.answer(registry, job, wait)
 
     @router.get(
         "/events/{event_id}/cardinality",

@@ -29,10 +29,9 @@ UI's *Authorize* button sends the key.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi import Security as Credentials
@@ -41,7 +40,8 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from hopcast.api.errors import ApiError, logger
-from hopcast.auth.keys import KeyFile, Principal
+from hopcast.api.ratelimit import charge
+from hopcast.auth.keys import KeyFile
 from hopcast.auth.policy import Allowed, Policy, decide
 from hopcast.auth.roles import Role
 from hopcast.durations import now_us
@@ -58,12 +58,6 @@ bearer = HTTPBearer(
     description="An API key (`hopcast auth create`), or a device token on the routes devices "
     "call. Send `Authorization: Bearer <key>`.",
 )
-
-
-class RateLimits(Protocol):
-    """What the app's rate limiter offers (``app.state.rate_limits``)."""
-
-    def check(self, subject: str, bucket: str) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -105,19 +99,8 @@ class _Check:
                 raise ApiError(verdict.status, verdict.error, verdict.message, headers=headers)
             request.state.principal = verdict.principal
             request.state.device = verdict.device
-        limits: RateLimits | None = getattr(request.app.state, "rate_limits", None)
-        if limits is not None and self.policy.limit is not None:
-            principal: Principal | None = request.state.principal
-            subject = principal.key_id if principal is not None else _client(request)
-            wait = limits.check(subject, self.policy.limit)
-            if wait is not None:
-                seconds = max(1, math.ceil(wait))
-                raise ApiError(
-                    429,
-                    "rate_limited",
-                    f"too many requests in the {self.policy.limit!r} bucket; retry in {seconds} s",
-                    headers={"Retry-After": str(seconds)},
-                )
+        if self.policy.limit is not None:
+            charge(request, self.policy.limit)
 
 
 class _Public(_Check):
@@ -149,10 +132,6 @@ def _devices(auth: Auth) -> Callable[[str], str | None]:
             return None
 
     return device_of
-
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client is not None else "unknown"
 
 
 def policy(role: Role, *, device: bool = False, limit: str | None = None) -> Any:

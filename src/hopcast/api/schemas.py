@@ -223,6 +223,20 @@ COMPONENTS: dict[str, Schema] = {
             "replayed": _BOOL,
         }
     ),
+    "Job": _obj(
+        {
+            "id": _STR,
+            "kind": _STR,
+            "event": _STR,
+            "state": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+            "progress": _obj({"done": _COUNT, "total": _COUNT}),
+            "age_s": _NUM,
+            "running_s": _nullable(_NUM),
+            "result": _nullable(_PROPS),
+            "error": _nullable(_obj({"status": _INT, "error": _STR, "message": _STR})),
+            "url": _STR,
+        }
+    ),
 }
 
 #: The component of each route's JSON success response: ``(method, path) -> name``.
@@ -262,6 +276,14 @@ SUCCESS: dict[tuple[str, str], str] = {
     ("get", "/v1/console/graph/journey/{node_id}"): "Timeline",
     ("get", "/v1/console/ingest"): "IngestStatus",
     ("post", "/v1/ingest/{source}"): "Ingested",
+    ("get", "/v1/live/jobs/{job_id}"): "Job",
+}
+
+#: Where one status of a route answers another shape than :data:`SUCCESS` says:
+#: ``(method, path, status) -> name`` (a route that starts a job answers 202 with the job).
+SUCCESS_BY_STATUS: dict[tuple[str, str, str], str] = {
+    ("post", "/v1/live/events/{event_id}/materialise", "202"): "Job",
+    ("post", "/v1/console/events/{event_id}/materialise", "202"): "Job",
 }
 
 
@@ -280,7 +302,9 @@ def document(doc: dict[str, Any]) -> None:
                 content = response.get("content", {}).get("application/json")
                 if content is None:
                     continue
-                name = SUCCESS.get((method, path))
+                name = SUCCESS_BY_STATUS.get((method, path, str(status))) or SUCCESS.get(
+                    (method, path)
+                )
                 if name is None:
                     raise RuntimeError(f"{method.upper()} {path}: no response schema declared")
                 content["schema"] = _ref(name)

@@ -25,8 +25,10 @@ from __future__ import annotations
 import dataclasses
 import gc
 import importlib.util
+import json
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +40,7 @@ from uvicorn.supervisors import Multiprocess
 from hopcast.api.app import MAX_BODY_BYTES, create_app
 from hopcast.api.live import GatewayBinding
 from hopcast.api.policy import Security
+from hopcast.api.ratelimit import DEFAULT_RATES, Rate, RateLimits
 from hopcast.auth.keys import KeyFile
 from hopcast.config import LIVE_SECRET_ENV as LIVE_SECRET_ENV
 from hopcast.config import live_secret as live_secret
@@ -70,6 +73,7 @@ _ENV_CONSISTENCY = "HOPCAST_API_CONSISTENCY"
 _ENV_KEYS = "HOPCAST_API_KEYS"  # the key file; absent: no authentication
 _ENV_ALLOWED_HOSTS = "HOPCAST_API_ALLOWED_HOSTS"  # newline-separated; absent: any host
 _ENV_CORS_ORIGINS = "HOPCAST_API_CORS_ORIGINS"  # newline-separated
+_ENV_RATE_LIMITS = "HOPCAST_API_RATE_LIMITS"  # JSON {bucket: [per_second, burst]}, or null
 
 #: The response header in which a worker of a multi-worker server names itself (its pid).
 WORKER_HEADER = "x-hopcast-worker"
@@ -113,6 +117,7 @@ def make_server(
     token_leeway_s: float = TOKEN_LEEWAY_S,
     max_per_subject: int = DEFAULT_MAX_PER_SUBJECT,
     security: Security | None = None,
+    rate_limits: Mapping[str, Rate] | None = DEFAULT_RATES,
 ) -> uvicorn.Server:
     """A configured, not yet started uvicorn server for ``graph`` (one process).
 
@@ -122,6 +127,7 @@ def make_server(
     processes and hosts (``hopcast live gateway``; needs ``hopcast[redis]``). With ``tls_cert``
     and ``tls_key`` the API serves HTTPS and the gateway ``wss://``; ``token_leeway_s`` and
     ``max_per_subject`` are the gateway's (:class:`~hopcast.live.gateway.Gateway`).
+    ``rate_limits``: the per-key rates (:mod:`hopcast.api.ratelimit`; None: no limits).
 
     Raises:
         ConfigError: only one of ``tls_cert`` and ``tls_key``, or they cannot be loaded.
@@ -176,6 +182,7 @@ def make_server(
         live=service,
         gateway=binding,
         security=security,
+        rate_limits=_limits(rate_limits),
     )
     if redis is not None:
         app = _WithTransport(app, redis)
@@ -251,6 +258,7 @@ def serve(
     token_leeway_s: float = TOKEN_LEEWAY_S,
     max_per_subject: int = DEFAULT_MAX_PER_SUBJECT,
     security: Security | None = None,
+    rate_limits: Mapping[str, Rate] | None = DEFAULT_RATES,
 ) -> None:
     """Serve the API until interrupted (Ctrl-C); prints the URL first, with the port bound.
 
@@ -273,6 +281,8 @@ def serve(
         security: keys, allowed hosts, CORS origins (default: no authentication, any host;
             the ``hopcast serve`` command always passes one). Every worker reads the key file
             itself and sees a change within a second.
+        rate_limits: the per-key rates of every worker (:mod:`hopcast.api.ratelimit`; each
+            worker counts on its own); None: no limits.
 
     Raises:
         ConfigError: ``workers < 1``, ``workers > 1`` with a graph in memory or a schema not
@@ -299,6 +309,7 @@ def serve(
             token_leeway_s=token_leeway_s,
             max_per_subject=max_per_subject,
             security=security,
+            rate_limits=rate_limits,
         )
         with _listen(host, port) as sock:
             address = url(host, sock.getsockname()[1], scheme)
@@ -336,6 +347,11 @@ def serve(
     os.environ[_ENV_MAX_BODY] = str(max_body_bytes)
     os.environ[_ENV_CONSISTENCY] = Consistency(consistency).value
     _export_security(security)
+    os.environ[_ENV_RATE_LIMITS] = json.dumps(
+        None
+        if rate_limits is None
+        else {b: [r.per_second, r.burst] for b, r in rate_limits.items()}
+    )
     config = uvicorn.Config(
         f"{__name__}:worker_app",
         factory=True,
@@ -359,6 +375,10 @@ def serve(
         )
         # What uvicorn.run does with workers, on the socket bound here.
         Multiprocess(config, sockets=[sock]).run()
+
+
+def _limits(rates: Mapping[str, Rate] | None) -> RateLimits | None:
+    return None if rates is None else RateLimits(rates)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -391,7 +411,17 @@ def worker_app() -> FastAPI:
         graph = Graph.open(schema=schema, kv=kv, consistency=consistency)
     else:
         graph = Graph.open(store, schema, consistency=consistency)
-    app = create_app(graph, max_body_bytes=max_body, security=_imported_security())
+    rates_json = os.environ.get(_ENV_RATE_LIMITS)
+    rates: Mapping[str, Rate] | None = DEFAULT_RATES
+    if rates_json is not None:
+        loaded = json.loads(rates_json)
+        rates = None if loaded is None else {b: Rate(r[0], r[1]) for b, r in loaded.items()}
+    app = create_app(
+        graph,
+        max_body_bytes=max_body,
+        rate_limits=_limits(rates),
+        security=_imported_security(),
+    )
     app.add_middleware(_WorkerHeader)
     _freeze_heap()
     return app

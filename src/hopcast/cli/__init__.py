@@ -42,6 +42,7 @@ from hopcast.cli.common import (
     exit_code,
     json_option,
     print_json,
+    rate_limit_option,
     wants_json,
 )
 from hopcast.cli.flink import flink
@@ -163,6 +164,7 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
 )
 @click.option("--tls-key", metavar="PEM", default=None, help="The private key of --tls-cert.")
 @security_options
+@rate_limit_option
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -178,6 +180,7 @@ def serve(
     insecure: bool,
     allowed_hosts: tuple[str, ...],
     cors_origins: tuple[str, ...],
+    rate_limits: Any,
 ) -> None:
     """Run the HTTP API on the store (needs the server extras: hopcast[server]).
 
@@ -209,6 +212,7 @@ def serve(
             tls_cert=tls_cert,
             tls_key=tls_key,
             security=security,
+            rate_limits=rate_limits,
         )
 
 

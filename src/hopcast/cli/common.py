@@ -171,3 +171,32 @@ def emit(
         print_json(doc)
     else:
         render(Console(highlight=False), doc)
+
+
+def _rates(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    """``--rate-limit`` values → the rates per bucket (None: ``off``); a bad one is a usage
+    error naming the syntax."""
+    from hopcast.api.ratelimit import DEFAULT_RATES, rates_from  # the server extra
+
+    if not value:
+        return dict(DEFAULT_RATES)
+    try:
+        return rates_from(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def rate_limit_option(fn: Fn) -> Fn:
+    """``--rate-limit BUCKET=COUNT/UNIT[:BURST]`` (repeatable) or ``--rate-limit off``; the
+    command gets ``rate_limits``: bucket → Rate, or None when off."""
+    return click.option(
+        "--rate-limit",
+        "rate_limits",
+        multiple=True,
+        metavar="BUCKET=COUNT/UNIT[:BURST]",
+        callback=_rates,
+        help="Per-key rate limit of a bucket (mutations, ingest, operator), e.g. "
+        "mutations=50/s:100 (50 a second, bursts of 100; UNIT s, m or h); repeatable. "
+        "Defaults: mutations=50/s:100, ingest=200/s:400, operator=5/s:20. 'off' disables "
+        "rate limiting.",
+    )(fn)

@@ -26,6 +26,7 @@ A command the event's state does not accept prints one line, ``error: live event
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 import click
 from rich import box
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -43,7 +45,7 @@ from hopcast.cli.render import age, iso
 from hopcast.cli.simulate import simulate_command
 from hopcast.config import live_secret
 from hopcast.durations import DAY, HOUR, MINUTE, SECOND, format_duration, now_us, parse_duration
-from hopcast.errors import InvalidInput, NotFound
+from hopcast.errors import HopcastError, InvalidInput, NotFound
 from hopcast.kv import open_kv
 from hopcast.live.prefetch import DEFAULT_LEAD_US
 from hopcast.live.schedule import Cancel, Command, Create, EndNow, Interrupt, Resume, StartNow
@@ -282,16 +284,78 @@ def materialise(
 ) -> None:
     """Publish fixture payloads for every stage of ID through the real payload store.
 
+    With --url the server runs it as a job; its progress is shown (on a terminal) until done.
+
     JSON: {"event", "version", "stages", "segments", "entries", "cardinality"}.
     """
     wanted = list(segments) or None
-    if url:
-        body = {} if wanted is None else {"segments": wanted}
-        doc = remote.call(url, _event_route(event_id, "materialise"), {}, body)
-    else:
-        with _service(settings) as service:
-            doc = service.materialise(event_id, now_us(), wanted)
+    with _progress(f"materialising {event_id}") as progress:
+        if url:
+            body = {} if wanted is None else {"segments": wanted}
+            doc = remote.call(url, _event_route(event_id, "materialise"), {"wait": 1}, body)
+            doc = _follow_job(url, doc, progress)
+        else:
+            with _service(settings) as service:
+                doc = service.materialise(event_id, now_us(), wanted, progress)
     emit(settings, as_json, doc, _render_materialised)
+
+
+#: How often ``materialise --url`` asks for its job's progress: a few times a second is smooth
+#: on a terminal and a negligible load on the server.
+JOB_POLL_S = 0.25
+
+
+@contextmanager
+def _progress(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr (a terminal only); yields ``progress(done, total)``."""
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("writes"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    task = bar.add_task(what, total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        yield update
+
+
+def _follow_job(url: str, doc: Doc, progress: Callable[[int, int], None]) -> Doc:
+    """The result of a server's job (``hopcast.api.jobs``): poll its url, reporting progress,
+    until it is done; a doc that is not a job is the result already.
+
+    Raises:
+        NotFound, InvalidInput, HopcastError: the job failed (as the request would have).
+    """
+    while _is_job(doc) and doc["state"] in ("queued", "running"):
+        progress(doc["progress"]["done"], doc["progress"]["total"])
+        time.sleep(JOB_POLL_S)
+        doc = remote.call(url, doc["url"], {})
+    if not _is_job(doc):
+        return doc
+    if doc["state"] == "failed":
+        err = doc["error"] or {}
+        message = err.get("message") or "the job failed"
+        if err.get("status") == 404:
+            raise NotFound(message)
+        if 400 <= err.get("status", 500) < 500:
+            raise InvalidInput(message)
+        raise HopcastError(f"server error (HTTP {err.get('status')}): {message}")
+    progress(doc["progress"]["done"], doc["progress"]["total"])
+    result: Doc = doc["result"]
+    return result
+
+
+def _is_job(doc: Doc) -> bool:
+    return isinstance(doc.get("progress"), dict) and "url" in doc and "state" in doc
 
 
 @live.command()

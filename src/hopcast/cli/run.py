@@ -24,9 +24,11 @@ Ctrl-C or SIGTERM stop everything cleanly (exit 0).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from hopcast.cli.common import rate_limit_option
 from hopcast.demo.logs import DEFAULT_ROTATE_BYTES
 from hopcast.demo.records import DEFAULT_BAD_SHARE
 
@@ -118,6 +120,7 @@ from hopcast.demo.records import DEFAULT_BAD_SHARE
     show_default=True,
     help="Most recommendation segments of the live event.",
 )
+@rate_limit_option
 def run_command(
     data: Path,
     keep: bool,
@@ -135,6 +138,7 @@ def run_command(
     event_in: float,
     devices: int,
     max_segments: int,
+    rate_limits: Any,
 ) -> int:
     """Run the demo company through the embedded pipeline and serve the API (make demo)."""
     from hopcast.demo.run import DemoOptions, run_demo
@@ -157,6 +161,7 @@ def run_command(
             event_in=event_in,
             devices=devices,
             max_segments=max_segments,
+            rate_limits=rate_limits,
         )
     )
     if code:

@@ -127,6 +127,12 @@ def demo_security(path: Path, host: str) -> tuple[Any, str]:
     return Security(keys=keys, allowed_hosts=(*LOOPBACK_HOSTS, host)), key
 
 
+def _default_rates() -> dict[str, Any]:
+    from hopcast.api.ratelimit import DEFAULT_RATES  # the server extra, as make_server
+
+    return dict(DEFAULT_RATES)
+
+
 @dataclass
 class DemoOptions:
     """What ``hopcast run`` does (its options; see :mod:`hopcast.cli.run`)."""
@@ -151,6 +157,8 @@ class DemoOptions:
     devices: int = 200
     #: Bound on the event's recommendation segments.
     max_segments: int = 8
+    #: Per-key rate limits of the API (:mod:`hopcast.api.ratelimit`); None: none.
+    rate_limits: dict[str, Any] | None = field(default_factory=_default_rates)
 
 
 @dataclass
@@ -378,6 +386,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
             gateway_port=opts.port + 1 if opts.port else 0,
             dev_tokens=True,
             security=security,
+            rate_limits=opts.rate_limits,
         )
         sources: list[Source] = [
             outputs.playback.source()

@@ -20,7 +20,7 @@ cardinality the store reports is smaller than segments x stages.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from hopcast.live.payloads import (
     DEFAULT_SEGMENT,
@@ -154,12 +154,14 @@ def materialise_fixture(
     now: int,
     version: int = 1,
     stages: Iterable[str] = DEMO_STAGES,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, PayloadRef]]:
     """Put and publish the demo payloads of an event for every stage and segment.
 
     :data:`~hopcast.live.payloads.DEFAULT_SEGMENT` is always included, so every device finds a
     payload through the fallbacks. Idempotent: running it again with the same ``version``
-    changes nothing.
+    changes nothing. ``progress`` is called with ``(entries done, entries in all)`` after each
+    entry (an exception it raises stops the work there).
 
     Returns:
         ``{stage: {segment: ref}}`` of what was materialised (``store.cardinality(event_id,
@@ -170,10 +172,20 @@ def materialise_fixture(
         KeyError: for a stage outside :data:`STAGE_KINDS`.
     """
     wanted = sorted({*segments, DEFAULT_SEGMENT})
+    stages = list(stages)
+    total = len(stages) * len(wanted)
     out: dict[str, dict[str, PayloadRef]] = {}
     for stage in stages:
         for segment in wanted:
             ref = store.put(fixture_payload(event_id, stage, segment), now)
             store.publish(event_id, stage, segment, ref.id, version, now)
             out.setdefault(stage, {})[segment] = ref
+            if progress is not None:
+                progress(sum(len(by) for by in out.values()), total)
     return out
+
+
+def fixture_entries(segments: int, stages: int = len(DEMO_STAGES)) -> int:
+    """The ``(stage, segment)`` entries :func:`materialise_fixture` writes for ``segments``
+    segment keys (plus the default one): the work of a request, known before it runs."""
+    return stages * (segments + 1)

@@ -31,8 +31,11 @@ token cannot push the real device off). A binary frame gets ``error malformed`` 
 1003 (the protocol is text only).
 
 Fan-out: for each ``(channel, frame)`` the source delivers, the **same bytes** are written to
-every open subscriber with ``websockets.broadcast`` — no ``await``, no per-device encoding,
-closed connections skipped. Nothing waits for a slow device; instead the transport's write
+every open subscriber with ``websockets.broadcast`` — no per-device encoding, closed
+connections skipped — through an :class:`~hopcast.live.outbox.Outbox`, which writes at most
+``CHUNK`` connections per slice of the event loop and yields in between, so a fleet-wide
+trigger never holds the loop for long (the subscribers are fixed when the frame is queued).
+Nothing waits for a slow device; instead the transport's write
 buffer has a high-water mark (``write_limit``): when a connection crosses it, asyncio calls
 ``pause_writing``, and the gateway evicts it right after the current broadcast (``bye slow``,
 then close; the ``bye`` is best effort since the device is not reading). Heartbeats: one ``ping``
@@ -70,7 +73,7 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import assert_never
 
@@ -88,6 +91,7 @@ from hopcast.live.gcwatch import FREEZE_STEP as FREEZE_STEP
 from hopcast.live.gcwatch import FreezePolicy as FreezePolicy
 from hopcast.live.gcwatch import GcMonitor as GcMonitor
 from hopcast.live.messages import ByeReason, CloseCodes, ErrorCode, Position
+from hopcast.live.outbox import Outbox
 from hopcast.live.revocation import POLL_S, RevocationList, RevocationSource
 from hopcast.live.tokens import (
     DEFAULT_KEY_ID,
@@ -215,6 +219,10 @@ def _connection_class(on_backlog: Callable[[_Connection], None]) -> type[_Connec
     return GatewayConnection
 
 
+def _broadcast(conns: Sequence[ServerConnection], frame: bytes) -> None:
+    broadcast(conns, frame, text=True)
+
+
 def _write(conn: ServerConnection, frame: bytes) -> None:
     """Queue ``frame`` as a text frame without waiting; skipped if the connection is closing."""
     broadcast((conn,), frame, text=True)
@@ -326,6 +334,8 @@ class Gateway:
         self._devices: set[_Connection] = set()  # welcomed ones
         self._subs: dict[str, set[_Connection]] = {}  # channel -> subscribers
         self._backlogged: list[_Connection] = []
+        # fan-out written in chunks, yielding to the loop between them (hopcast.live.outbox)
+        self._outbox: Outbox[_Connection] = Outbox(_broadcast)
         self._tasks: set[asyncio.Task[None]] = set()
         self._freeze = FreezePolicy(freeze_step)
         self.gc = GcMonitor()
@@ -427,6 +437,7 @@ class Gateway:
         self._closing = True
         if self._unsubscribe is not None:
             self._unsubscribe()
+        self._outbox.close()  # devices resume from their positions when they come back
         for task in (self._heartbeat_task, self._revocation_task):
             if task is not None:
                 task.cancel()
@@ -755,7 +766,7 @@ class Gateway:
         """The source's callback: the same bytes to every open subscriber, no waiting."""
         subscribers = self._subs.get(channel)
         if subscribers:
-            broadcast(subscribers, frame, text=True)
+            self._outbox.send(subscribers, frame)
             self._m.frames.inc()
             self._m.writes.inc(len(subscribers))
 
@@ -816,7 +827,7 @@ class Gateway:
 
     def _beat(self) -> None:
         """One heartbeat: 1. one ``ping`` frame to every device; 2. evict the silent ones."""
-        broadcast(self._devices, m.encode(m.Ping(ts=self._clock())), text=True)
+        self._outbox.send(self._devices, m.encode(m.Ping(ts=self._clock())))
         silent_since = asyncio.get_running_loop().time() - LIVENESS_INTERVALS * self._heartbeat_s
         for conn in [c for c in self._devices if c.hc_heard < silent_since]:
             self._evict(conn, ByeReason.TIMEOUT)

@@ -58,7 +58,7 @@ import logging
 import re
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -774,6 +774,7 @@ class Materialiser:
         node: str | None = None,
         max_segments: int | None = None,
         force: bool = True,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Report:
         """Compute and publish the event's payloads and member map from the graph.
 
@@ -782,6 +783,8 @@ class Materialiser:
         materially (fewer than ``min_changes`` changed pairs, or the same digest when there is no
         baseline in memory); 4. :func:`plan`, read the names, :func:`build_payloads`; 5. put
         and publish every payload (version ``now``), rewrite the member map, store the state.
+        ``progress`` is called with ``(writes done, writes in all)`` as 5 goes (an exception it
+        raises stops the work there; what was published stays).
 
         Raises:
             InvalidInput: a malformed event id or ``max_segments``; no graph node for the event.
@@ -817,7 +820,7 @@ class Materialiser:
             names = names_of(self.graph, ids, now)
             built = build_payloads(result, inputs.event, inputs.related, names)
             state, new = self._publish(
-                event_id, target, bound, now, dig, inputs, result, built, names, previous
+                event_id, target, bound, now, dig, inputs, result, built, names, previous, progress
             )  # 5
             self._baselines[event_id] = _Baseline(print_, dig)
         return Report(state, changed=True, new_payloads=new)
@@ -879,12 +882,15 @@ class Materialiser:
         built: Mapping[str, Mapping[str, Payload]],
         names: Mapping[str, str],
         previous: MaterialState | None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> tuple[MaterialState, int]:
         known = {
             pid for by in (previous.payloads.values() if previous else ()) for pid in by.values()
         }
         ids: dict[str, dict[str, str]] = {}
         refs: dict[int, str] = {}
+        total = sum(len(by) for by in built.values()) + 1  # + the member map and state
+        done = 0
         for stage, by_segment in built.items():
             for segment, payload in by_segment.items():
                 ref_id = refs.get(id(payload))
@@ -892,6 +898,9 @@ class Materialiser:
                     ref_id = refs[id(payload)] = self.payloads.put(payload, now).id
                 self.payloads.publish(event_id, stage, segment, ref_id, now, now)
                 ids.setdefault(stage, {})[segment] = ref_id
+                done += 1
+                if progress is not None:
+                    progress(done, total)
         distinct = {pid for by in ids.values() for pid in by.values()}
         segments = []
         for seg in result.segments:

@@ -55,6 +55,7 @@ from hopcast.live.gateway import TOKEN_LEEWAY_S as TOKEN_LEEWAY_S
 from hopcast.live.redisfan import DEFAULT_PREFIX as DEFAULT_PREFIX
 from hopcast.live.redisnode import RedisMirror, RedisPushRegistry
 from hopcast.live.redisrevoke import RedisRevocations
+from hopcast.looplag import LoopLag
 from hopcast.ports import reuse_port_holder
 from hopcast.tls import server_context
 
@@ -146,12 +147,14 @@ async def run_node(
     if settings.tls_cert is not None and settings.tls_key is not None:
         context = server_context(settings.tls_cert, settings.tls_key)
     registry = CollectorRegistry()
+    lag = LoopLag(registry)  # hopcast_event_loop_lag_seconds on this node's /metrics
     mirror = RedisMirror(settings.redis_url, prefix=settings.prefix, metrics_registry=registry)
     await mirror.start()
     ttl_us = int(REGISTRY_TTL_HEARTBEATS * settings.heartbeat_s * 1_000_000)
     push = RedisPushRegistry(settings.redis_url, ttl_us, prefix=settings.prefix)
     revocations = RedisRevocations(settings.redis_url, prefix=settings.prefix)
     metrics = None
+    lag.start()
     try:
         gateway = Gateway(
             mirror,
@@ -187,6 +190,7 @@ async def run_node(
         await revocations.close()
         await push.close()
         await mirror.close()
+        await lag.stop()
 
 
 def _raise_open_files_limit() -> None:

@@ -361,12 +361,19 @@ class LiveService:
 
     # -- payloads and prefetch ---------------------------------------------------------------------
 
-    def materialise(self, event_id: str, now: int, segments: Iterable[str] | None = None) -> Doc:
+    def materialise(
+        self,
+        event_id: str,
+        now: int,
+        segments: Iterable[str] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Doc:
         """Publish the fixture payloads of an event for every stage and segment, through the
         real payload store (a stand-in for recommendation rows computed from the graph).
 
         Args:
             segments: segment keys; None means every segment of the demo segmenter.
+            progress: called with ``(entries done, entries in all)`` as the work goes.
 
         Returns:
             ``{"event", "version", "stages", "segments", "entries", "cardinality"}``.
@@ -378,7 +385,9 @@ class LiveService:
         self.schedule.load(event_id)
         wanted = demo_segmenter().segments() if segments is None else list(segments)
         # The publication version only has to grow between runs: the materialisation time does.
-        done = materialise_fixture(self.payloads, event_id, wanted, now, version=now)
+        done = materialise_fixture(
+            self.payloads, event_id, wanted, now, version=now, progress=progress
+        )
         return {
             "event": event_id,
             "version": now,
@@ -408,6 +417,7 @@ class LiveService:
         *,
         node: str | None = None,
         max_segments: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Report:
         """Materialise an event's recommendation rows from the graph, for every stage and
         segment (:meth:`Materialiser.materialise <hopcast.live.materialise.Materialiser.
@@ -421,7 +431,9 @@ class LiveService:
         self.schedule.load(event_id)
         if self.materialiser is None:
             raise InvalidInput("this live service has no graph to materialise from")
-        return self.materialiser.materialise(event_id, now, node=node, max_segments=max_segments)
+        return self.materialiser.materialise(
+            event_id, now, node=node, max_segments=max_segments, progress=progress
+        )
 
     def refresh_recommendations(self, now: int) -> list[Report]:
         """Re-materialise every event that is materialised from the graph and not over, if the

@@ -355,7 +355,9 @@ class _Run:
                 },
             )
             segments = self._segments()
-            self._api("POST", f"/v1/live/events/{event}/materialise", {"segments": segments})
+            # wait for the job (hopcast.api.jobs): the devices prefetch what it publishes
+            path = f"/v1/live/events/{event}/materialise?wait=60"
+            self._api("POST", path, {"segments": segments})
             opens_at, closes_at = window(doc["starts_at"], lead, doc["prefetch_opens_at"])
             self.timeline |= {
                 "created_at": created,

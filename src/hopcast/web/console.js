@@ -247,9 +247,25 @@ async function loadSegments() {
   }
 }
 
+// A materialise route answers 202 with a job (or, finished within `wait`, its result): poll the
+// job's url until it is done, showing its progress; its result or its error is the answer.
+async function runJob(path, body, label) {
+  let doc = await api("POST", `${path}?wait=2`, body);
+  while (doc && doc.url && doc.progress && (doc.state === "queued" || doc.state === "running")) {
+    show("#events-message", `${label}: ${doc.state}, ${fmtNum(doc.progress.done)} of ${fmtNum(doc.progress.total)} writes`, "ok");
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    doc = await api("GET", doc.url);
+  }
+  if (doc && doc.url && doc.progress) {
+    if (doc.state === "failed") throw new ApiError(doc.error.status, `${label}: ${doc.error.message}`);
+    return doc.result;
+  }
+  return doc;
+}
+
 async function materialiseFromGraph(eventId) {
   try {
-    const doc = await api("POST", `/v1/console/events/${enc(eventId)}/materialise`, {});
+    const doc = await runJob(`/v1/console/events/${enc(eventId)}/materialise`, {}, eventId);
     show("#events-message", `${eventId}: ${doc.segments.length} segments, ${doc.members} members placed, cardinality ${doc.cardinality}${doc.changed ? "" : " (unchanged)"}`, "ok");
     state.dashEvent = eventId;
     renderEvents();
@@ -277,9 +293,9 @@ $("#create").addEventListener("submit", async (e) => {
     if (form.get("materialise")) {
       // rows from the graph when it has the event; otherwise the fixture rows
       try {
-        await api("POST", `/v1/console/events/${enc(id)}/materialise`, {});
+        await runJob(`/v1/console/events/${enc(id)}/materialise`, {}, id);
       } catch (_) {
-        await api("POST", `/v1/live/events/${enc(id)}/materialise`, { segments: [] });
+        await runJob(`/v1/live/events/${enc(id)}/materialise`, { segments: [] }, id);
       }
     }
     show("#events-message", `created ${id}`, "ok");
