@@ -17,7 +17,9 @@ options) and the gateway ``wss://`` with the same certificate; the printed URLs 
 
 Device-token revocation (:mod:`hopcast.live.revocation`): the in-process gateway polls the
 list in Redis when ``redis_url`` is given (what ``hopcast live gateway`` nodes read too), else in
-``<store>/revocations.json`` for an LMDB store, else in memory.
+``<store>/revocations.json`` for an LMDB store, else beside a Redis store's keys
+(``<store prefix>live:revocations``, shared by every process on that store), else (a memory or
+Redis Cluster store) in this process's memory only.
 """
 
 from __future__ import annotations
@@ -88,6 +90,12 @@ def revocation_source(kv: KVStore, redis_url: str | None) -> RevocationSource:
     path = getattr(kv, "path", None)
     if kv.name == "lmdb" and path is not None:
         return FileRevocations.in_directory(path)
+    if kv.name == "redis":
+        from hopcast.live.redisrevoke import for_store
+
+        shared = for_store(kv)
+        if shared is not None:
+            return shared
     return MemoryRevocations()
 
 
