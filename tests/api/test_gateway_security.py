@@ -27,9 +27,11 @@ from fastapi.testclient import TestClient
 
 from hopcast.api.server import make_server
 from hopcast.cli import cli
+from hopcast.config import LIVE_SECRET_ENV
 from hopcast.errors import ConfigError, TokenError
 from hopcast.graphdb import Graph
 from hopcast.live import messages as m
+from hopcast.live import tokens
 from hopcast.live.revocation import FILE_NAME, FileRevocations
 from hopcast.ports import listening_socket
 from hopcast.sdk.client import DeviceClient
@@ -179,6 +181,53 @@ def test_a_malformed_revocation_is_a_4xx_with_a_message(
         graph.close()
     assert 400 <= r.status_code < 500, r.text
     assert message in r.text
+
+
+def test_a_revocation_kept_beyond_the_bound_is_a_400_and_writes_nothing(tmp_path: Path) -> None:
+    graph = Graph.open(tmp_path / "store", sync=False)
+    server = make_server(graph, "127.0.0.1", 0, gateway_port=0)
+    try:
+        with TestClient(server.config.app) as client:
+            r = client.post("/v1/live/tokens/revoke", json={"subject": "x", "keep": 10**26})
+    finally:
+        graph.close()
+    assert r.status_code == 400 and "at most 366 days" in r.text, r.text
+    assert not (tmp_path / "store" / FILE_NAME).exists()
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "unwritable"])
+def test_a_revocation_the_list_cannot_take_is_a_503_naming_the_file_not_a_500(
+    tmp_path: Path, damage: str
+) -> None:
+    store = tmp_path / "store"
+    graph = Graph.open(store, sync=False)
+    server = make_server(graph, "127.0.0.1", 0, gateway_port=0)
+    path = store / FILE_NAME
+    if damage == "corrupt":
+        path.write_text("{garbage")
+    else:
+        path.mkdir()  # a directory where the file should be: neither readable nor replaceable
+    try:
+        with TestClient(server.config.app, raise_server_exceptions=False) as client:
+            r = client.post("/v1/live/tokens/revoke", json={"subject": "tv"})
+    finally:
+        graph.close()
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == "revocation_list_unavailable"
+    assert str(path) in r.json()["message"]
+
+
+def test_the_dev_token_route_answers_the_token_id_that_revokes_that_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = bytes(range(32))
+    monkeypatch.setenv(LIVE_SECRET_ENV, secret.hex())
+    with serving(tmp_path) as served:
+        issued = served.post("/v1/live/tokens", {"device": "tv-1", "channels": ["global"]})
+        claims = tokens.verify(secret, issued["token"], time.time_ns() // 1000)
+        assert issued["token_id"] == claims.token_id and claims.token_id is not None
+        answer = served.post("/v1/live/tokens/revoke", {"token_id": issued["token_id"]})
+        assert answer["value"] == issued["token_id"]
 
 
 # -- TLS -----------------------------------------------------------------------------------------
