@@ -43,6 +43,7 @@ from hopcast.cli.common import (
     wants_json,
 )
 from hopcast.cli.flink import flink
+from hopcast.cli.gateway import device_limit_options, token_leeway_s
 from hopcast.cli.ingest import deadletters, ingest
 from hopcast.cli.live import live
 from hopcast.cli.query import query
@@ -160,6 +161,7 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
     help="Serve HTTPS (and the gateway as wss://) with this certificate chain (with --tls-key).",
 )
 @click.option("--tls-key", metavar="PEM", default=None, help="The private key of --tls-cert.")
+@device_limit_options
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -171,6 +173,8 @@ def serve(
     consistency: str,
     tls_cert: str | None,
     tls_key: str | None,
+    max_per_device: int | None,
+    token_leeway: str | None,
 ) -> None:
     """Run the HTTP API on the store (needs the server extras: hopcast[server]).
 
@@ -186,6 +190,9 @@ def serve(
         raise HopcastError(
             f"`hopcast serve` needs the server extras: pip install 'hopcast[server]' ({exc})"
         ) from exc
+    limits: dict[str, Any] = {"token_leeway_s": token_leeway_s(token_leeway)}
+    if max_per_device is not None:
+        limits["max_per_subject"] = max_per_device
     with Graph.open(settings.store, settings.schema, consistency=consistency) as graph:
         api.serve(
             graph,
@@ -197,6 +204,7 @@ def serve(
             consistency=consistency,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            **limits,
         )
 
 
