@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import generate_latest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -294,6 +296,33 @@ def test_a_revoked_token_id_closes_its_connection_and_is_refused_at_hello(tmp_pa
             assert stats["revocations_open"] == 1 and stats["revocations_hello"] == 1
             assert stats["auth_failures_revoked"] == 1
 
+    run(main)
+
+
+def test_a_corrupt_revocation_file_is_logged_once_its_list_kept_and_a_repair_takes_effect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        source = FileRevocations.in_directory(tmp_path)
+        first = now_us()
+        await source.add(revocation("subject", "old", first), first)
+        async with running(revocations=source, revocation_poll_s=POLL_S) as env:
+            assert len(env.gateway.revocations) == 1
+            d = await device(env, tokens.issue(SECRET, "tv", ("global",), now_us(), HOUR))
+            source.path.write_text("{garbage")
+            await asyncio.sleep(10 * POLL_S)  # ten polls of the corrupt file
+            assert len(env.gateway.revocations) == 1  # the last good list stays in force
+            warned = [r for r in caplog.records if "keeps its revocation list" in r.message]
+            assert len(warned) == 1, [r.message for r in warned]  # once, not once per poll
+            assert "move it aside" in warned[0].getMessage()
+            source.path.unlink()  # the operator moves it aside, then revokes again
+            now = now_us()
+            await FileRevocations.in_directory(tmp_path).add(revocation("subject", "tv", now), now)
+            await d.closed()
+            assert [b.reason for b in byes(d)] == [m.ByeReason.REVOKED]
+            assert any("reads its revocation list again" in r.message for r in caplog.records)
+
+    caplog.set_level(logging.WARNING, logger="hopcast.live.gateway")
     run(main)
 
 

@@ -313,6 +313,7 @@ class Gateway:
         self._revocation_poll_s = revocation_poll_s
         self._revoked = RevocationList()
         self._revocation_task: asyncio.Task[None] | None = None
+        self._revocation_problem: str | None = None  # the last load's error, logged once
         self._welcome = m.encode(m.Welcome(node=node_id, heartbeat_ms=round(heartbeat_s * 1000)))
         last = RETRY_BUCKETS - 1
         self._byes = {
@@ -666,7 +667,7 @@ class Gateway:
         Returns:
             How many connections were closed.
         """
-        if revoked == self._revoked:
+        if revoked is self._revoked or revoked == self._revoked:
             return 0
         self._revoked = revoked
         closed = 0
@@ -683,8 +684,14 @@ class Gateway:
         try:
             revoked = await self._revocation_source.load(self._clock())
         except HopcastError as exc:
-            logger.warning("gateway %s keeps its revocation list: %s", self._node_id, exc)
+            # Logged when the problem changes, not at every poll (one line a second otherwise).
+            if str(exc) != self._revocation_problem:
+                self._revocation_problem = str(exc)
+                logger.warning("gateway %s keeps its revocation list: %s", self._node_id, exc)
             return
+        if self._revocation_problem is not None:
+            self._revocation_problem = None
+            logger.warning("gateway %s reads its revocation list again", self._node_id)
         self.apply_revocations(revoked)
 
     async def _poll_revocations(self) -> None:
