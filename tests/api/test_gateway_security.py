@@ -203,18 +203,30 @@ def test_a_revocation_the_list_cannot_take_is_a_503_naming_the_file_not_a_500(
     graph = Graph.open(store, sync=False)
     server = make_server(graph, "127.0.0.1", 0, gateway_port=0)
     path = store / FILE_NAME
-    if damage == "corrupt":
-        path.write_text("{garbage")
-    else:
-        path.mkdir()  # a directory where the file should be: neither readable nor replaceable
     try:
         with TestClient(server.config.app, raise_server_exceptions=False) as client:
+            if damage == "corrupt":  # damaged while serving (at start it refuses to start)
+                path.write_text("{garbage")
+            else:
+                path.mkdir()  # a directory where the file should be: not readable, not replaced
             r = client.post("/v1/live/tokens/revoke", json={"subject": "tv"})
     finally:
         graph.close()
     assert r.status_code == 503, r.text
     assert r.json()["error"] == "revocation_list_unavailable"
     assert str(path) in r.json()["message"]
+
+
+def test_serve_with_a_gateway_refuses_to_start_on_a_corrupt_revocation_file(
+    tmp_path: Path,
+) -> None:
+    graph = Graph.open(tmp_path / "store", sync=False)
+    (tmp_path / "store" / FILE_NAME).write_text("[{]")
+    try:
+        with pytest.raises(ConfigError, match="cannot read the revocation list"):
+            make_server(graph, "127.0.0.1", 0, gateway_port=0)
+    finally:
+        graph.close()
 
 
 def test_the_dev_token_route_answers_the_token_id_that_revokes_that_token(

@@ -24,6 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from hopcast.durations import HOUR, SECOND, now_us
+from hopcast.errors import ConfigError
 from hopcast.live import messages as m
 from hopcast.live import tokens
 from hopcast.live.revocation import FileRevocations, revocation
@@ -323,6 +324,17 @@ def test_a_corrupt_revocation_file_is_logged_once_its_list_kept_and_a_repair_tak
             assert any("reads its revocation list again" in r.message for r in caplog.records)
 
     caplog.set_level(logging.WARNING, logger="hopcast.live.gateway")
+    run(main)
+
+
+def test_a_gateway_refuses_to_start_on_a_revocation_list_it_cannot_read(tmp_path: Path) -> None:
+    async def main() -> None:
+        source = FileRevocations.in_directory(tmp_path)
+        source.path.write_text("{garbage")  # starting with no list would let revoked tokens in
+        with pytest.raises(ConfigError, match="move it aside"):
+            async with running(revocations=source, revocation_poll_s=POLL_S):
+                pass
+
     run(main)
 
 

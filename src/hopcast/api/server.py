@@ -40,6 +40,7 @@ from hopcast.api.app import MAX_BODY_BYTES, create_app
 from hopcast.api.live import GatewayBinding
 from hopcast.config import LIVE_SECRET_ENV as LIVE_SECRET_ENV
 from hopcast.config import live_secret as live_secret
+from hopcast.durations import now_us
 from hopcast.errors import ConfigError
 from hopcast.graphdb import Graph
 from hopcast.kv import KVStore, open_kv
@@ -125,7 +126,8 @@ def make_server(
     ``max_per_subject`` are the gateway's (:class:`~hopcast.live.gateway.Gateway`).
 
     Raises:
-        ConfigError: only one of ``tls_cert`` and ``tls_key``, or they cannot be loaded.
+        ConfigError: only one of ``tls_cert`` and ``tls_key``, or they cannot be loaded; the
+            gateway's revocation file cannot be read.
 
     Call ``server.run()`` (blocks; pass ``sockets=[sock]`` to serve an already-bound socket) and
     set ``server.should_exit = True`` from another thread to stop it. With ``live`` the app also
@@ -148,6 +150,10 @@ def make_server(
     if service is not None and gateway_port is not None:
         secret = live_secret()
         revocations = revocation_source(graph.store.kv, redis_url)
+        if isinstance(revocations, FileRevocations):
+            # The gateway refuses to start on a list it cannot read (it would let revoked
+            # tokens back in); say why here, as a clear error, before anything starts.
+            revocations.load_sync(now_us())
         gateway = Gateway(
             router,
             secret,

@@ -389,13 +389,17 @@ class Gateway:
 
         Raises:
             ConfigError: this gateway is already serving or was closed.
+            HopcastError: the revocation source cannot be read (a corrupt file, Redis down).
             OSError: the address cannot be bound.
         """
         if self._server is not None:
             raise ConfigError("a Gateway serves once; create another one")
         loop = asyncio.get_running_loop()
         if self._revocation_source is not None:
-            await self._load_revocations()  # hellos are checked against the list from the start
+            # Hellos are checked against the list from the start. One that cannot be read
+            # refuses the start (HopcastError): starting with an empty list would let every
+            # revoked token back in. Later read failures keep the last list instead.
+            self.apply_revocations(await self._revocation_source.load(self._clock()))
         self._server = await serve(
             self._handle,
             host,

@@ -269,6 +269,10 @@ class FileRevocations:
     async def load(self, now: int) -> RevocationList:
         return self._read(now)
 
+    def load_sync(self, now: int) -> RevocationList:
+        """:meth:`load` for callers without an event loop (a check before a server starts)."""
+        return self._read(now)
+
     async def add(self, entry: Revocation, now: int) -> RevocationList:
         return self.add_sync(entry, now)
 
