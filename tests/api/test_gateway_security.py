@@ -35,6 +35,7 @@ from hopcast.live import tokens
 from hopcast.live.revocation import FILE_NAME, FileRevocations
 from hopcast.ports import listening_socket
 from hopcast.sdk.client import DeviceClient
+from hopcast.tls import not_after, server_context
 
 #: Upper bound on any wait; a healthy run needs well under a second.
 WAIT_S = 20.0
@@ -248,7 +249,12 @@ def test_the_dev_token_route_answers_the_token_id_that_revokes_that_token(
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1 (EC P-256, one day), made with the openssl CLI."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    return certificate_in(tmp_path)
+
+
+def certificate_in(directory: Path) -> tuple[str, str]:
+    """:func:`certificate` written to ``directory``."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
         [
             OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -316,3 +322,24 @@ def test_serve_refuses_a_certificate_without_its_key(tmp_path: Path) -> None:
             make_server(graph, "127.0.0.1", 0, tls_cert="nope.pem", tls_key="nope.pem")
     finally:
         graph.close()
+
+
+def test_serve_refuses_an_expired_certificate_and_a_key_of_another_certificate(
+    tmp_path: Path, certificate: tuple[str, str]
+) -> None:
+    cert, key = certificate
+    expires = not_after(cert)
+    assert expires is not None and time.time() < expires <= time.time() + 86_400 + 60
+    with pytest.raises(ConfigError, match=r"expired at .*Z: renew it"):
+        server_context(cert, key, now_s=expires + 1)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_key = certificate_in(other)
+    result = CliRunner().invoke(
+        cli,
+        [
+            *("--store", str(tmp_path / "store"), "serve", "--gateway-port", "1"),
+            *("--tls-cert", cert, "--tls-key", other_key),
+        ],
+    )
+    assert result.exit_code == 2 and "KEY_VALUES_MISMATCH" in result.output, result.output
