@@ -144,7 +144,12 @@ def test_a_fresh_token_for_another_subject_is_refused_and_the_connection_closed(
             (error,) = [f for f in d.frames if isinstance(f, m.Error)]
             assert error.code == m.ErrorCode.UNAUTHORIZED and "same subject" in error.reason
             assert d.ws.close_code == 1008
-            assert env.gateway.stats()["token_refreshes_refused"] == 1
+            stats = env.gateway.stats()
+            assert stats["token_refreshes_refused"] == 1
+            # counted as a token swap, not as a garbled token
+            assert (
+                stats["auth_failures_wrong_subject"] == 1 and stats["auth_failures_malformed"] == 0
+            )
 
     run(main)
 

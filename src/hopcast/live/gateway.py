@@ -611,9 +611,10 @@ class Gateway:
         assert old is not None  # welcomed connections only
         claims = self._verify(token, "open")
         if isinstance(claims, Claims) and claims.device != old.device:
-            self._m.auth_failures.labels(TokenProblem.MALFORMED).inc()
+            self._m.auth_failures.labels(TokenProblem.WRONG_SUBJECT).inc()
             claims = TokenError(
-                TokenProblem.MALFORMED, f"a fresh token must name the same subject {old.device!r}"
+                TokenProblem.WRONG_SUBJECT,
+                f"a fresh token must name the same subject {old.device!r}",
             )
         if isinstance(claims, TokenError):
             self._m.refreshes.labels("refused").inc()

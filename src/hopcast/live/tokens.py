@@ -81,6 +81,9 @@ class TokenProblem(enum.StrEnum):
     NOT_YET_VALID = "not_yet_valid"
     #: Verified, but revoked by id or subject (raised by the gateway, not by :func:`verify`).
     REVOKED = "revoked"
+    #: Verified, but a fresh token on an open connection names another subject than the
+    #: connection's (raised by the gateway): a token swap, not a garbled token.
+    WRONG_SUBJECT = "wrong_subject"
 
 
 @dataclass(frozen=True, slots=True)
