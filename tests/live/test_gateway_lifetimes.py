@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from hopcast.durations import HOUR, SECOND, now_us
 from hopcast.errors import ConfigError
+from hopcast.live import gateway as gw
 from hopcast.live import messages as m
 from hopcast.live import tokens
 from hopcast.live.revocation import FileRevocations, revocation
@@ -462,5 +463,42 @@ def test_every_lifetime_series_is_exported_from_the_start() -> None:
                 'hopcast_gateway_evictions_total{reason="revoked"}',
             ):
                 assert f"\n{series} 0.0" in text, series
+
+    run(main)
+
+
+# -- message budget ----------------------------------------------------------------------------
+
+
+def test_a_device_flooding_token_messages_gets_bye_too_many_messages_and_close_1008() -> None:
+    async def main() -> None:
+        async with running() as env:
+            tok = tokens.issue(SECRET, "tv", ("global",), now_us(), HOUR)
+            flood = [m.encode(m.FreshToken(token=tok))] * (4 * gw.MESSAGE_BURST)
+            frames, code = await raw_session(env.url, hello(tok), *flood)
+            assert isinstance(frames[0], m.Welcome)
+            assert isinstance(frames[-1], m.Bye), frames[-3:]
+            assert frames[-1].reason == m.ByeReason.TOO_MANY_MESSAGES and code == 1008
+            stats = env.gateway.stats()
+            # the burst was served, the rest refused (a few more may have refilled meanwhile)
+            assert gw.MESSAGE_BURST - 1 <= stats["token_refreshes_ok"] < 2 * gw.MESSAGE_BURST
+            assert stats["evictions_too_many_messages"] == 1
+
+    run(main)
+
+
+def test_a_device_within_the_message_budget_keeps_its_connection() -> None:
+    async def main() -> None:
+        # A tiny budget so the test sends little: 3 at once, then 20 a second.
+        async with running(message_rate=20.0, message_burst=3) as env:
+            async with connect(env.url, compression=None, ping_interval=None) as ws:
+                await ws.send(hello(), text=True)
+                assert isinstance(m.decode_from_server(await ws.recv()), m.Welcome)
+                for i in range(20):  # one every 0.1 s: 2 refilled between two
+                    await ws.send(m.encode(m.Ping(ts=i)), text=True)
+                    async with asyncio.timeout(WAIT_S):
+                        assert m.decode_from_server(await ws.recv()) == m.Pong(ts=i)
+                    await asyncio.sleep(0.1)
+            assert env.gateway.stats()["evictions_too_many_messages"] == 0
 
     run(main)

@@ -28,7 +28,10 @@ an open connection whose token becomes revoked gets ``bye revoked`` and close co
 Per-subject cap: a ``hello`` whose subject already holds ``max_per_subject`` connections gets
 ``bye too_many_connections`` (close 1013); the connections already open are kept (a leaked
 token cannot push the real device off). A binary frame gets ``error malformed`` and close code
-1003 (the protocol is text only).
+1003 (the protocol is text only). Message budget: a welcomed connection may send
+:data:`MESSAGE_RATE` messages a second with bursts of :data:`MESSAGE_BURST` (a token bucket in
+two attributes of the connection); beyond, ``bye too_many_messages`` and close code 1008, so
+one device cannot spend the event loop (shared with the API under ``hopcast serve``) on floods.
 
 Fan-out: for each ``(channel, frame)`` the source delivers, the **same bytes** are written to
 every open subscriber with ``websockets.broadcast`` — no ``await``, no per-device encoding,
@@ -146,6 +149,14 @@ REFRESH_LEAD_S = 60.0
 #: half-open ones left by network changes until the heartbeat notices them (75 s); 8 covers
 #: that and a few browser tabs, and bounds a leaked token to 8 of a node's 19,000 slots.
 DEFAULT_MAX_PER_SUBJECT = 8
+#: Messages a connection may send per second, sustained (a token bucket per connection). A
+#: device sends a handful per connection (``hello``, ``subscribe``, a ``pong`` per heartbeat, a
+#: ``token`` per refresh); unbounded, two devices flooding ``token`` messages (150k a second,
+#: one HMAC each) held the API of ``hopcast serve`` at 0.5 s a request on the shared loop.
+MESSAGE_RATE = 10.0
+#: Messages a connection may send at once before the rate applies: a page subscribing to its
+#: channels one ``subscribe`` at a time after a reconnect stays well inside.
+MESSAGE_BURST = 50
 #: Distinct ``bye`` frames per reason, encoded once: 32 evenly spaced delays spread a fleet as
 #: well as per-device randomness without encoding a frame per device.
 RETRY_BUCKETS = 32
@@ -204,6 +215,7 @@ class _Connection(ServerConnection):
     hc_channels: tuple[str, ...] = ()
     hc_heard: float = 0.0  # loop time of the last frame received
     hc_timer: asyncio.TimerHandle | None = None  # the token's next refresh request or expiry
+    hc_budget: float = 0.0  # messages the device may still send now (token bucket)
 
 
 def _connection_class(on_backlog: Callable[[_Connection], None]) -> type[_Connection]:
@@ -250,6 +262,8 @@ class Gateway:
         max_per_subject: int = DEFAULT_MAX_PER_SUBJECT,
         revocations: RevocationSource | None = None,
         revocation_poll_s: float = POLL_S,
+        message_rate: float = MESSAGE_RATE,
+        message_burst: int = MESSAGE_BURST,
     ) -> None:
         """
         Args:
@@ -276,6 +290,8 @@ class Gateway:
             revocations: where revoked tokens and subjects are listed (polled); none: no
                 revocation except through :meth:`apply_revocations`.
             revocation_poll_s: how often ``revocations`` is read.
+            message_rate, message_burst: messages a connection may send per second, sustained,
+                and at once; beyond them ``bye too_many_messages`` and close code 1008.
 
         Raises:
             ConfigError: a setting is out of range, a secret is shorter than
@@ -292,6 +308,8 @@ class Gateway:
             raise ConfigError(
                 "token_leeway_s must be >= 0, max_per_subject >= 1, revocation_poll_s > 0"
             )
+        if message_rate <= 0 or message_burst < 1:
+            raise ConfigError("message_rate must be > 0 and message_burst >= 1")
         if registry is not None and registry.ttl_us <= heartbeat_s * 1e6:
             raise ConfigError("the push registry's TTL must exceed the heartbeat interval")
         self._source = source
@@ -309,6 +327,8 @@ class Gateway:
         self._leeway_us = round(token_leeway_s * 1_000_000)
         self._max_per_subject = max_per_subject
         self._per_subject: dict[str, int] = {}
+        self._message_rate = message_rate
+        self._message_burst = float(message_burst)
         self._revocation_source = revocations
         self._revocation_poll_s = revocation_poll_s
         self._revoked = RevocationList()
@@ -545,9 +565,19 @@ class Gateway:
                 self._registry.register(claims.device, self._node_id, self._clock())
             )
         loop = asyncio.get_running_loop()
+        conn.hc_budget = self._message_burst - 1  # the hello was the first message
         while True:
             data = await conn.recv(decode=None)
-            conn.hc_heard = loop.time()
+            now = loop.time()
+            conn.hc_budget = min(
+                self._message_burst,
+                conn.hc_budget + (now - conn.hc_heard) * self._message_rate,
+            )
+            conn.hc_heard = now
+            if conn.hc_budget < 1:
+                await self._flooded(conn)
+                return
+            conn.hc_budget -= 1
             if isinstance(data, bytes):
                 await self._refuse_binary(conn)
                 return
@@ -716,6 +746,13 @@ class Gateway:
     def _forbid(self, conn: _Connection, reason: str) -> None:
         self._m.rejections.labels(ErrorCode.FORBIDDEN).inc()
         _write(conn, m.encode(m.Error(code=ErrorCode.FORBIDDEN, reason=reason)))
+
+    async def _flooded(self, conn: _Connection) -> None:
+        """Over the message budget: ``bye too_many_messages`` and close code 1008."""
+        self._m.evictions.labels(ByeReason.TOO_MANY_MESSAGES.value).inc()
+        self._unsubscribe_channels(conn, conn.hc_channels)
+        self._bye(conn, ByeReason.TOO_MANY_MESSAGES)
+        await self._close(conn, CloseCode.POLICY_VIOLATION, ByeReason.TOO_MANY_MESSAGES)
 
     async def _refuse_binary(self, conn: _Connection) -> None:
         """A binary frame: ``error malformed`` and close code 1003 (unsupported data)."""
