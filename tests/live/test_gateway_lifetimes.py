@@ -474,7 +474,8 @@ def test_a_device_flooding_token_messages_gets_bye_too_many_messages_and_close_1
     async def main() -> None:
         async with running() as env:
             tok = tokens.issue(SECRET, "tv", ("global",), now_us(), HOUR)
-            flood = [m.encode(m.FreshToken(token=tok))] * (4 * gw.MESSAGE_BURST)
+            # Over the budget by half a burst: told and closed (a further burst: aborted).
+            flood = [m.encode(m.FreshToken(token=tok))] * (gw.MESSAGE_BURST * 3 // 2)
             frames, code = await raw_session(env.url, hello(tok), *flood)
             assert isinstance(frames[0], m.Welcome)
             assert isinstance(frames[-1], m.Bye), frames[-3:]
@@ -500,5 +501,43 @@ def test_a_device_within_the_message_budget_keeps_its_connection() -> None:
                         assert m.decode_from_server(await ws.recv()) == m.Pong(ts=i)
                     await asyncio.sleep(0.1)
             assert env.gateway.stats()["evictions_too_many_messages"] == 0
+
+    run(main)
+
+
+def test_a_websocket_ping_flood_before_hello_is_cut_off_by_the_frame_budget() -> None:
+    async def main() -> None:
+        async with running() as env:
+            host, port = env.url.removeprefix("ws://").rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await reader.readuntil(b"\r\n\r\n")
+            received = bytearray()
+
+            async def read() -> None:
+                with contextlib.suppress(ConnectionError):
+                    while chunk := await reader.read(65536):
+                        received.extend(chunk)
+
+            reading = asyncio.create_task(read())
+            ping = bytes([0x89, 0x80]) + b"\0\0\0\0"  # a masked, empty ping control frame
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100):  # 100 x 1,000 pings, no hello: websockets answers each
+                    writer.write(ping * 1000)
+                    await writer.drain()
+                    await asyncio.sleep(0)
+            try:
+                async with asyncio.timeout(WAIT_S):
+                    await reading  # the gateway closed or aborted the connection
+            except TimeoutError:
+                raise AssertionError("the flooding connection was never closed") from None
+            writer.close()
+            # websockets answers the pings of one read (up to 256 KiB, ~44,000 pings) before the
+            # budget sees them; the flood is cut off there, not after all 100,000.
+            assert received.count(b"\x8a\x00") < 50_000
+            assert env.gateway.stats()["evictions_too_many_messages"] == 1
 
     run(main)

@@ -28,10 +28,13 @@ an open connection whose token becomes revoked gets ``bye revoked`` and close co
 Per-subject cap: a ``hello`` whose subject already holds ``max_per_subject`` connections gets
 ``bye too_many_connections`` (close 1013); the connections already open are kept (a leaked
 token cannot push the real device off). A binary frame gets ``error malformed`` and close code
-1003 (the protocol is text only). Message budget: a welcomed connection may send
-:data:`MESSAGE_RATE` messages a second with bursts of :data:`MESSAGE_BURST` (a token bucket in
-two attributes of the connection); beyond, ``bye too_many_messages`` and close code 1008, so
-one device cannot spend the event loop (shared with the API under ``hopcast serve``) on floods.
+1003 (the protocol is text only). Frame budget: a connection, welcomed or not, may send
+:data:`MESSAGE_RATE` frames a second with bursts of :data:`MESSAGE_BURST` — WebSocket pings
+included, which websockets answers before any handler sees them (a token bucket in two
+attributes of the connection, charged in ``process_event``); beyond, ``bye
+too_many_messages`` and close code 1008, and a connection that keeps sending a further burst
+is aborted, so one client cannot spend the event loop (shared with the API under ``hopcast
+serve``) on floods.
 
 Fan-out: for each ``(channel, frame)`` the source delivers, the **same bytes** are written to
 every open subscriber with ``websockets.broadcast`` — no ``await``, no per-device encoding,
@@ -80,7 +83,8 @@ from typing import assert_never
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
+from websockets.frames import CloseCode, Frame
+from websockets.protocol import Event
 from websockets.protocol import State as WsState
 
 from hopcast.durations import now_us
@@ -215,14 +219,29 @@ class _Connection(ServerConnection):
     hc_channels: tuple[str, ...] = ()
     hc_heard: float = 0.0  # loop time of the last frame received
     hc_timer: asyncio.TimerHandle | None = None  # the token's next refresh request or expiry
-    hc_budget: float = 0.0  # messages the device may still send now (token bucket)
+    hc_budget: float = 0.0  # frames the device may still send now (token bucket)
+    hc_budget_at: float = 0.0  # loop time the budget was last charged (0: never)
+    hc_evicted: bool = False  # _evict has run: a close is under way
 
 
-def _connection_class(on_backlog: Callable[[_Connection], None]) -> type[_Connection]:
+def _connection_class(
+    on_backlog: Callable[[_Connection], None],
+    on_frame: Callable[[_Connection], None],
+    burst: float,
+) -> type[_Connection]:
     class GatewayConnection(_Connection):
+        hc_budget = burst  # a new connection starts with a full budget
+
         def pause_writing(self) -> None:
             super().pause_writing()
             on_backlog(self)  # the write buffer crossed the high-water mark
+
+        def process_event(self, event: Event) -> None:
+            # Every frame the device sends, control frames included: websockets answers a
+            # ping itself, before any handler sees it, so the budget is charged here.
+            if isinstance(event, Frame):
+                on_frame(self)
+            super().process_event(event)
 
     return GatewayConnection
 
@@ -432,7 +451,9 @@ class Gateway:
             ping_timeout=None,
             open_timeout=self._hello_timeout_s,
             close_timeout=self._close_timeout_s,
-            create_connection=_connection_class(self._on_backlog),
+            create_connection=_connection_class(
+                self._on_backlog, self._charge, self._message_burst
+            ),
             reuse_port=reuse_port,
             backlog=LISTEN_BACKLOG,
             ssl=ssl_context,
@@ -565,19 +586,9 @@ class Gateway:
                 self._registry.register(claims.device, self._node_id, self._clock())
             )
         loop = asyncio.get_running_loop()
-        conn.hc_budget = self._message_burst - 1  # the hello was the first message
         while True:
             data = await conn.recv(decode=None)
-            now = loop.time()
-            conn.hc_budget = min(
-                self._message_burst,
-                conn.hc_budget + (now - conn.hc_heard) * self._message_rate,
-            )
-            conn.hc_heard = now
-            if conn.hc_budget < 1:
-                await self._flooded(conn)
-                return
-            conn.hc_budget -= 1
+            conn.hc_heard = loop.time()
             if isinstance(data, bytes):
                 await self._refuse_binary(conn)
                 return
@@ -747,13 +758,6 @@ class Gateway:
         self._m.rejections.labels(ErrorCode.FORBIDDEN).inc()
         _write(conn, m.encode(m.Error(code=ErrorCode.FORBIDDEN, reason=reason)))
 
-    async def _flooded(self, conn: _Connection) -> None:
-        """Over the message budget: ``bye too_many_messages`` and close code 1008."""
-        self._m.evictions.labels(ByeReason.TOO_MANY_MESSAGES.value).inc()
-        self._unsubscribe_channels(conn, conn.hc_channels)
-        self._bye(conn, ByeReason.TOO_MANY_MESSAGES)
-        await self._close(conn, CloseCode.POLICY_VIOLATION, ByeReason.TOO_MANY_MESSAGES)
-
     async def _refuse_binary(self, conn: _Connection) -> None:
         """A binary frame: ``error malformed`` and close code 1003 (unsupported data)."""
         self._m.binary_refusals.inc()
@@ -808,6 +812,25 @@ class Gateway:
             self._m.frames.inc()
             self._m.writes.inc(len(subscribers))
 
+    def _charge(self, conn: _Connection) -> None:
+        """One frame received (from websockets' ``data_received``): take it from the
+        connection's budget, refilled at ``message_rate`` up to ``message_burst``. Over it:
+        ``bye too_many_messages`` and close 1008; still sending a burst past that: abort."""
+        now = conn.loop.time()
+        budget = conn.hc_budget
+        if conn.hc_budget_at:
+            budget = min(
+                self._message_burst, budget + (now - conn.hc_budget_at) * self._message_rate
+            )
+        conn.hc_budget_at = now
+        conn.hc_budget = budget - 1
+        if conn.hc_budget >= 0:
+            return
+        if conn.hc_budget < -self._message_burst:
+            conn.transport.abort()  # ignores the close: stop spending anything on it
+        else:
+            self._evict(conn, ByeReason.TOO_MANY_MESSAGES)  # once: only an open one is evicted
+
     def _on_backlog(self, conn: _Connection) -> None:
         # Called inside a write (maybe mid-broadcast): evict once the current callback is done.
         self._backlogged.append(conn)
@@ -822,9 +845,13 @@ class Gateway:
     def _evict(
         self, conn: _Connection, reason: ByeReason, code: int = CloseCode.POLICY_VIOLATION
     ) -> None:
-        """Stop streaming to ``conn``, tell it why (best effort), close it in the background."""
-        if conn.protocol.state is not WsState.OPEN:
+        """Stop streaming to ``conn``, tell it why (best effort), close it in the background.
+        Once per connection: its state stays OPEN until the background close runs, and a second
+        cause in between (more frames of a flood, a revocation after an expiry) would send a
+        second ``bye`` and count twice."""
+        if conn.protocol.state is not WsState.OPEN or conn.hc_evicted:
             return
+        conn.hc_evicted = True
         self._unsubscribe_channels(conn, conn.hc_channels)
         self._bye(conn, reason)
         self._m.evictions.labels(reason.value).inc()

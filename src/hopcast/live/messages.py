@@ -108,9 +108,10 @@ Revocation, connection cap, binary frames
     connections at once (default 8); a ``hello`` beyond it gets ``bye``
     ``too_many_connections`` (with ``retry_after_ms``) and close code 1013; the connections
     already open are kept. A binary frame gets ``error`` ``malformed`` and close code 1003.
-    A device sends messages within a budget of 10 a second with bursts of 50 (a token bucket
-    per connection; a well-behaved device sends a handful per connection); beyond it, ``bye``
-    ``too_many_messages`` and close code 1008.
+    A device sends frames (messages and WebSocket pings alike) within a budget of 10 a second
+    with bursts of 50 (a token bucket per connection, from the opening handshake; a
+    well-behaved device sends a handful per connection); beyond it, ``bye``
+    ``too_many_messages`` and close code 1008 (a device still flooding is cut off).
 
 Errors and shutdown
     ``error`` codes are :class:`ErrorCode`; after ``malformed``, ``unauthorized``,
