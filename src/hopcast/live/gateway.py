@@ -153,12 +153,14 @@ REFRESH_LEAD_S = 60.0
 #: half-open ones left by network changes until the heartbeat notices them (75 s); 8 covers
 #: that and a few browser tabs, and bounds a leaked token to 8 of a node's 19,000 slots.
 DEFAULT_MAX_PER_SUBJECT = 8
-#: Messages a connection may send per second, sustained (a token bucket per connection). A
-#: device sends a handful per connection (``hello``, ``subscribe``, a ``pong`` per heartbeat, a
-#: ``token`` per refresh); unbounded, two devices flooding ``token`` messages (150k a second,
-#: one HMAC each) held the API of ``hopcast serve`` at 0.5 s a request on the shared loop.
+#: Frames a connection may send per second, sustained (a token bucket per connection, every
+#: frame counted, WebSocket pings too). A device sends a handful per connection (``hello``,
+#: ``subscribe``, a ``pong`` per heartbeat, a ``token`` per refresh). Unbounded, two clients
+#: flooding ``token`` messages (150k a second, one HMAC each) held the API of ``hopcast serve``
+#: at 0.5 s a request on the shared loop, and two flooding WebSocket pings (never a hello) at
+#: 2 to 6 s; with the budget, 4 to 9 ms.
 MESSAGE_RATE = 10.0
-#: Messages a connection may send at once before the rate applies: a page subscribing to its
+#: Frames a connection may send at once before the rate applies: a page subscribing to its
 #: channels one ``subscribe`` at a time after a reconnect stays well inside.
 MESSAGE_BURST = 50
 #: Distinct ``bye`` frames per reason, encoded once: 32 evenly spaced delays spread a fleet as
