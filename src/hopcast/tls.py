@@ -10,15 +10,23 @@ ones have known weaknesses and every current client speaks 1.2 or 1.3.
 from __future__ import annotations
 
 import ssl
+import time
 
 from hopcast.errors import ConfigError
 
 
-def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+def server_context(cert_file: str, key_file: str, now_s: float | None = None) -> ssl.SSLContext:
     """A server context presenting ``cert_file`` (PEM chain) with ``key_file`` (PEM key).
 
+    Args:
+        cert_file, key_file: the PEM files.
+        now_s: the time the certificate must still be valid at, seconds since the epoch
+            (default: now).
+
     Raises:
-        ConfigError: a file is missing or unreadable, or the key does not match the certificate.
+        ConfigError: a file is missing or unreadable, the key does not match the certificate,
+            or the certificate has expired (every client that verifies it would refuse it: a
+            server that starts anyway only looks up).
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -28,7 +36,23 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
         raise ConfigError(
             f"cannot load TLS certificate {cert_file!r} / key {key_file!r}: {exc}"
         ) from exc
+    expires = not_after(cert_file)
+    if expires is not None and expires <= (time.time() if now_s is None else now_s):
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+        raise ConfigError(f"TLS certificate {cert_file!r} expired at {when}: renew it")
     return context
+
+
+def not_after(cert_file: str) -> float | None:
+    """When the first certificate of ``cert_file`` expires (seconds since the epoch), or
+    ``None`` if this Python cannot tell (the decoder used is CPython's own, not public API)."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:
+        return None
+    try:
+        return float(ssl.cert_time_to_seconds(decode(cert_file)["notAfter"]))
+    except (OSError, ssl.SSLError, KeyError, ValueError):
+        return None
 
 
 def client_context(ca_file: str | None = None) -> ssl.SSLContext:

@@ -27,12 +27,15 @@ from fastapi.testclient import TestClient
 
 from hopcast.api.server import make_server
 from hopcast.cli import cli
+from hopcast.config import LIVE_SECRET_ENV
 from hopcast.errors import ConfigError, TokenError
 from hopcast.graphdb import Graph
 from hopcast.live import messages as m
+from hopcast.live import tokens
 from hopcast.live.revocation import FILE_NAME, FileRevocations
 from hopcast.ports import listening_socket
 from hopcast.sdk.client import DeviceClient
+from hopcast.tls import not_after, server_context
 
 #: Upper bound on any wait; a healthy run needs well under a second.
 WAIT_S = 20.0
@@ -181,13 +184,77 @@ def test_a_malformed_revocation_is_a_4xx_with_a_message(
     assert message in r.text
 
 
+def test_a_revocation_kept_beyond_the_bound_is_a_400_and_writes_nothing(tmp_path: Path) -> None:
+    graph = Graph.open(tmp_path / "store", sync=False)
+    server = make_server(graph, "127.0.0.1", 0, gateway_port=0)
+    try:
+        with TestClient(server.config.app) as client:
+            r = client.post("/v1/live/tokens/revoke", json={"subject": "x", "keep": 10**26})
+    finally:
+        graph.close()
+    assert r.status_code == 400 and "at most 366 days" in r.text, r.text
+    assert not (tmp_path / "store" / FILE_NAME).exists()
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "unwritable"])
+def test_a_revocation_the_list_cannot_take_is_a_503_naming_the_file_not_a_500(
+    tmp_path: Path, damage: str
+) -> None:
+    store = tmp_path / "store"
+    graph = Graph.open(store, sync=False)
+    server = make_server(graph, "127.0.0.1", 0, gateway_port=0)
+    path = store / FILE_NAME
+    try:
+        with TestClient(server.config.app, raise_server_exceptions=False) as client:
+            if damage == "corrupt":  # damaged while serving (at start it refuses to start)
+                path.write_text("{garbage")
+            else:
+                path.mkdir()  # a directory where the file should be: not readable, not replaced
+            r = client.post("/v1/live/tokens/revoke", json={"subject": "tv"})
+    finally:
+        graph.close()
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == "revocation_list_unavailable"
+    assert str(path) in r.json()["message"]
+
+
+def test_serve_with_a_gateway_refuses_to_start_on_a_corrupt_revocation_file(
+    tmp_path: Path,
+) -> None:
+    graph = Graph.open(tmp_path / "store", sync=False)
+    (tmp_path / "store" / FILE_NAME).write_text("[{]")
+    try:
+        with pytest.raises(ConfigError, match="cannot read the revocation list"):
+            make_server(graph, "127.0.0.1", 0, gateway_port=0)
+    finally:
+        graph.close()
+
+
+def test_the_dev_token_route_answers_the_token_id_that_revokes_that_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = bytes(range(32))
+    monkeypatch.setenv(LIVE_SECRET_ENV, secret.hex())
+    with serving(tmp_path) as served:
+        issued = served.post("/v1/live/tokens", {"device": "tv-1", "channels": ["global"]})
+        claims = tokens.verify(secret, issued["token"], time.time_ns() // 1000)
+        assert issued["token_id"] == claims.token_id and claims.token_id is not None
+        answer = served.post("/v1/live/tokens/revoke", {"token_id": issued["token_id"]})
+        assert answer["value"] == issued["token_id"]
+
+
 # -- TLS -----------------------------------------------------------------------------------------
 
 
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1 (EC P-256, one day), made with the openssl CLI."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    return certificate_in(tmp_path)
+
+
+def certificate_in(directory: Path) -> tuple[str, str]:
+    """:func:`certificate` written to ``directory``."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
         [
             OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -255,3 +322,24 @@ def test_serve_refuses_a_certificate_without_its_key(tmp_path: Path) -> None:
             make_server(graph, "127.0.0.1", 0, tls_cert="nope.pem", tls_key="nope.pem")
     finally:
         graph.close()
+
+
+def test_serve_refuses_an_expired_certificate_and_a_key_of_another_certificate(
+    tmp_path: Path, certificate: tuple[str, str]
+) -> None:
+    cert, key = certificate
+    expires = not_after(cert)
+    assert expires is not None and time.time() < expires <= time.time() + 86_400 + 60
+    with pytest.raises(ConfigError, match=r"expired at .*Z: renew it"):
+        server_context(cert, key, now_s=expires + 1)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_key = certificate_in(other)
+    result = CliRunner().invoke(
+        cli,
+        [
+            *("--store", str(tmp_path / "store"), "serve", "--gateway-port", "1"),
+            *("--tls-cert", cert, "--tls-key", other_key),
+        ],
+    )
+    assert result.exit_code == 2 and "KEY_VALUES_MISMATCH" in result.output, result.output

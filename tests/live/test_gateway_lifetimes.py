@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import generate_latest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from hopcast.durations import HOUR, SECOND, now_us
+from hopcast.errors import ConfigError
+from hopcast.live import gateway as gw
 from hopcast.live import messages as m
 from hopcast.live import tokens
 from hopcast.live.revocation import FileRevocations, revocation
@@ -141,7 +145,12 @@ def test_a_fresh_token_for_another_subject_is_refused_and_the_connection_closed(
             (error,) = [f for f in d.frames if isinstance(f, m.Error)]
             assert error.code == m.ErrorCode.UNAUTHORIZED and "same subject" in error.reason
             assert d.ws.close_code == 1008
-            assert env.gateway.stats()["token_refreshes_refused"] == 1
+            stats = env.gateway.stats()
+            assert stats["token_refreshes_refused"] == 1
+            # counted as a token swap, not as a garbled token
+            assert (
+                stats["auth_failures_wrong_subject"] == 1 and stats["auth_failures_malformed"] == 0
+            )
 
     run(main)
 
@@ -297,6 +306,44 @@ def test_a_revoked_token_id_closes_its_connection_and_is_refused_at_hello(tmp_pa
     run(main)
 
 
+def test_a_corrupt_revocation_file_is_logged_once_its_list_kept_and_a_repair_takes_effect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        source = FileRevocations.in_directory(tmp_path)
+        first = now_us()
+        await source.add(revocation("subject", "old", first), first)
+        async with running(revocations=source, revocation_poll_s=POLL_S) as env:
+            assert len(env.gateway.revocations) == 1
+            d = await device(env, tokens.issue(SECRET, "tv", ("global",), now_us(), HOUR))
+            source.path.write_text("{garbage")
+            await asyncio.sleep(10 * POLL_S)  # ten polls of the corrupt file
+            assert len(env.gateway.revocations) == 1  # the last good list stays in force
+            warned = [r for r in caplog.records if "keeps its revocation list" in r.message]
+            assert len(warned) == 1, [r.message for r in warned]  # once, not once per poll
+            assert "move it aside" in warned[0].getMessage()
+            source.path.unlink()  # the operator moves it aside, then revokes again
+            now = now_us()
+            await FileRevocations.in_directory(tmp_path).add(revocation("subject", "tv", now), now)
+            await d.closed()
+            assert [b.reason for b in byes(d)] == [m.ByeReason.REVOKED]
+            assert any("reads its revocation list again" in r.message for r in caplog.records)
+
+    caplog.set_level(logging.WARNING, logger="hopcast.live.gateway")
+    run(main)
+
+
+def test_a_gateway_refuses_to_start_on_a_revocation_list_it_cannot_read(tmp_path: Path) -> None:
+    async def main() -> None:
+        source = FileRevocations.in_directory(tmp_path)
+        source.path.write_text("{garbage")  # starting with no list would let revoked tokens in
+        with pytest.raises(ConfigError, match="move it aside"):
+            async with running(revocations=source, revocation_poll_s=POLL_S):
+                pass
+
+    run(main)
+
+
 def test_a_revoked_subject_loses_its_earlier_tokens_but_a_later_one_is_accepted(
     tmp_path: Path,
 ) -> None:
@@ -416,5 +463,81 @@ def test_every_lifetime_series_is_exported_from_the_start() -> None:
                 'hopcast_gateway_evictions_total{reason="revoked"}',
             ):
                 assert f"\n{series} 0.0" in text, series
+
+    run(main)
+
+
+# -- message budget ----------------------------------------------------------------------------
+
+
+def test_a_device_flooding_token_messages_gets_bye_too_many_messages_and_close_1008() -> None:
+    async def main() -> None:
+        async with running() as env:
+            tok = tokens.issue(SECRET, "tv", ("global",), now_us(), HOUR)
+            # Over the budget by half a burst: told and closed (a further burst: aborted).
+            flood = [m.encode(m.FreshToken(token=tok))] * (gw.MESSAGE_BURST * 3 // 2)
+            frames, code = await raw_session(env.url, hello(tok), *flood)
+            assert isinstance(frames[0], m.Welcome)
+            assert isinstance(frames[-1], m.Bye), frames[-3:]
+            assert frames[-1].reason == m.ByeReason.TOO_MANY_MESSAGES and code == 1008
+            stats = env.gateway.stats()
+            # the burst was served, the rest refused (a few more may have refilled meanwhile)
+            assert gw.MESSAGE_BURST - 1 <= stats["token_refreshes_ok"] < 2 * gw.MESSAGE_BURST
+            assert stats["evictions_too_many_messages"] == 1
+
+    run(main)
+
+
+def test_a_device_within_the_message_budget_keeps_its_connection() -> None:
+    async def main() -> None:
+        # A tiny budget so the test sends little: 3 at once, then 20 a second.
+        async with running(message_rate=20.0, message_burst=3) as env:
+            async with connect(env.url, compression=None, ping_interval=None) as ws:
+                await ws.send(hello(), text=True)
+                assert isinstance(m.decode_from_server(await ws.recv()), m.Welcome)
+                for i in range(20):  # one every 0.1 s: 2 refilled between two
+                    await ws.send(m.encode(m.Ping(ts=i)), text=True)
+                    async with asyncio.timeout(WAIT_S):
+                        assert m.decode_from_server(await ws.recv()) == m.Pong(ts=i)
+                    await asyncio.sleep(0.1)
+            assert env.gateway.stats()["evictions_too_many_messages"] == 0
+
+    run(main)
+
+
+def test_a_websocket_ping_flood_before_hello_is_cut_off_by_the_frame_budget() -> None:
+    async def main() -> None:
+        async with running() as env:
+            host, port = env.url.removeprefix("ws://").rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await reader.readuntil(b"\r\n\r\n")
+            received = bytearray()
+
+            async def read() -> None:
+                with contextlib.suppress(ConnectionError):
+                    while chunk := await reader.read(65536):
+                        received.extend(chunk)
+
+            reading = asyncio.create_task(read())
+            ping = bytes([0x89, 0x80]) + b"\0\0\0\0"  # a masked, empty ping control frame
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100):  # 100 x 1,000 pings, no hello: websockets answers each
+                    writer.write(ping * 1000)
+                    await writer.drain()
+                    await asyncio.sleep(0)
+            try:
+                async with asyncio.timeout(WAIT_S):
+                    await reading  # the gateway closed or aborted the connection
+            except TimeoutError:
+                raise AssertionError("the flooding connection was never closed") from None
+            writer.close()
+            # websockets answers the pings of one read (up to 256 KiB, ~44,000 pings) before the
+            # budget sees them; the flood is cut off there, not after all 100,000.
+            assert received.count(b"\x8a\x00") < 50_000
+            assert env.gateway.stats()["evictions_too_many_messages"] == 1
 
     run(main)

@@ -8,13 +8,14 @@ import asyncio
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from hopcast.cli import cli
 from hopcast.config import LIVE_SECRET_ENV
-from hopcast.durations import HOUR, SECOND
+from hopcast.durations import HOUR, SECOND, now_us
 from hopcast.errors import ConfigError, InvalidInput
 from hopcast.live import revocation as rv
 from hopcast.live import tokens
@@ -133,3 +134,110 @@ def test_the_cli_issues_a_token_with_its_id_and_revokes_it_into_the_store(
         cli, ["--store", store, "live", "revoke", "--token-id", "a", "--subject", "b"]
     )
     assert both.exit_code == 2 and "exactly one" in both.output
+
+
+# -- bounds and polling cost (found by attacking the list) -------------------------------------
+
+
+def test_a_revocation_kept_longer_than_a_year_is_refused_so_no_unreadable_time_is_written() -> None:
+    with pytest.raises(InvalidInput, match="at most 366 days"):
+        revocation("subject", "tv", NOW, retention_us=10**30)
+    assert revocation("subject", "tv", NOW, retention_us=rv.MAX_RETENTION_US).until > NOW
+
+
+def test_a_revocation_file_over_its_size_bound_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "revocations.json"
+    FileRevocations(path).add_sync(revocation("token_id", "t1", NOW), NOW)
+    monkeypatch.setattr(rv, "MAX_FILE_BYTES", path.stat().st_size - 1)
+    read: list[Path] = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda p: read.append(p) or real(p))
+    with pytest.raises(ConfigError, match="bytes, over the"):
+        asyncio.run(FileRevocations(path).load(NOW))
+    assert read == []  # refused on its size alone
+
+
+def test_a_revocation_file_with_more_entries_than_the_bound_is_refused_with_the_remedy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "revocations.json"
+    for i in range(3):
+        FileRevocations(path).add_sync(revocation("token_id", f"t{i}", NOW), NOW)
+    monkeypatch.setattr(rv, "MAX_ENTRIES", 2)
+    with pytest.raises(ConfigError, match="holds 3 entries, over 2: repair it, or move it aside"):
+        asyncio.run(FileRevocations(path).load(NOW))
+
+
+def test_polling_an_unchanged_file_reuses_its_snapshot_until_an_entry_expires(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "revocations.json"
+    FileRevocations(path).add_sync(revocation("token_id", "t1", NOW, retention_us=HOUR), NOW)
+    source = FileRevocations(path)
+    first = asyncio.run(source.load(NOW))
+    assert asyncio.run(source.load(NOW + HOUR - 1)) is first  # no rebuild per poll
+    assert len(asyncio.run(source.load(NOW + HOUR))) == 0  # the entry's time is up: pruned
+
+
+def test_the_redis_list_is_read_whole_only_when_it_changed_or_an_entry_expired(
+    redis_url: str, redis_prefix: str
+) -> None:
+    from hopcast.live.redisrevoke import RedisRevocations
+
+    async def main() -> None:
+        reader = RedisRevocations(redis_url, prefix=redis_prefix)
+        writer = RedisRevocations(redis_url, prefix=redis_prefix)
+        reads = 0
+        real = reader._client.hgetall
+
+        async def counted(key: str) -> Any:
+            nonlocal reads
+            reads += 1
+            return await real(key)
+
+        reader._client.hgetall = counted
+        try:
+            await writer.add(revocation("token_id", "t1", NOW, retention_us=HOUR), NOW)
+            first = await reader.load(NOW)
+            assert (await reader.load(NOW + 1)) is first and reads == 1
+            # Re-adding the same key keeps HLEN: the version counter still tells the change.
+            await writer.add(revocation("token_id", "t1", NOW + 5, retention_us=2 * HOUR), NOW)
+            again = await reader.load(NOW + 6)
+            assert reads == 2 and next(iter(again)).revoked_at == NOW + 5
+            assert len(await reader.load(NOW + 2 * HOUR + 5)) == 0 and reads == 3
+        finally:
+            await reader.close()
+            await writer.close()
+
+    asyncio.run(main())
+
+
+def test_hopcast_serve_and_live_revoke_on_a_redis_store_share_the_list_beside_its_keys(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hopcast.api.server import revocation_source
+    from hopcast.kv import open_kv
+    from hopcast.live.redisrevoke import RedisRevocations
+
+    store = f"{redis_url}?prefix={redis_prefix}"
+    monkeypatch.setenv(LIVE_SECRET_ENV, SECRET.hex())
+    done = CliRunner().invoke(cli, ["--store", store, "live", "revoke", "--subject", "tv"])
+    assert done.exit_code == 0, done.output
+    kv = open_kv(store)
+
+    async def main() -> None:
+        source = revocation_source(kv, None)  # what `hopcast serve` on this store polls
+        assert isinstance(source, RedisRevocations)
+        assert source.key == f"{redis_prefix}live:revocations"
+        try:
+            (entry,) = await source.load(now_us())
+            assert entry.key == "subject:tv"
+        finally:
+            await source.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        kv.close()

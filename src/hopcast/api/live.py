@@ -55,7 +55,7 @@ from hopcast.api.policy import policy, public
 from hopcast.api.responses import JSON, error
 from hopcast.auth.roles import Role
 from hopcast.durations import parse_duration
-from hopcast.errors import IllegalTransition, InvalidInput, NotFound
+from hopcast.errors import HopcastError, IllegalTransition, InvalidInput, NotFound
 from hopcast.live.fixtures import demo_segmenter, fixture_entries
 from hopcast.live.gateway import Gateway
 from hopcast.live.payloads import DEFAULT_SEGMENT, MAX_PAYLOAD_BYTES
@@ -87,6 +87,7 @@ from hopcast.live.service import (
     run_timers,
 )
 from hopcast.live.tokens import issue as issue_token
+from hopcast.live.tokens import new_token_id
 
 T = TypeVar("T")
 
@@ -749,7 +750,8 @@ def live_router(
             dependencies=[public(_DEV_TOKENS_PUBLIC)],
             summary="A device token (development only)",
             description="Issues a signed device token for `device` and `channels` to anyone who "
-            "asks, with the gateway's WebSocket URL. Enabled only in development and the demo; "
+            "asks, with its id (`token_id`, for revocation) and the gateway's WebSocket URL. "
+            "Enabled only in development and the demo; "
             "in production a login service issues tokens with the same secret.",
         )
         async def dev_token(request: Request) -> Response:
@@ -761,9 +763,12 @@ def live_router(
                 raise InvalidInput(f"ttl: {exc}") from None
             if not 0 < ttl <= MAX_DEV_TOKEN_TTL_US:
                 raise InvalidInput(f"ttl must be positive and at most {MAX_DEV_TOKEN_TTL_US} µs")
-            token = issue_token(secret, body.device, tuple(body.channels), now, ttl)
+            token_id = new_token_id()  # answered, so the token can be revoked by id
+            token = issue_token(
+                secret, body.device, tuple(body.channels), now, ttl, token_id=token_id
+            )
             url = getattr(request.app.state, "gateway_url", None)
-            return JSON({"token": token, "expires_at": now + ttl, "url": url})
+            return JSON({"token": token, "token_id": token_id, "expires_at": now + ttl, "url": url})
 
     if binding is not None and binding.revocations is not None:
         source, gateway = binding.revocations, binding.gateway
@@ -796,7 +801,14 @@ def live_router(
             )
             assert value is not None
             entry = revocation(kind, value, now, retention_us=keep, note=body.note)
-            revoked = await source.add(entry, now)
+            try:
+                revoked = await source.add(entry, now)
+            except InvalidInput:
+                raise  # the list is full: the caller's to resolve (400)
+            except HopcastError as exc:
+                # The list cannot be read or written (a corrupt file, a full disk, Redis down):
+                # nothing was revoked, and the operator must hear why, not a bare 500.
+                raise ApiError(503, "revocation_list_unavailable", str(exc)) from None
             closed = gateway.apply_revocations(revoked)
             return JSON(
                 {

@@ -17,7 +17,9 @@ options) and the gateway ``wss://`` with the same certificate; the printed URLs 
 
 Device-token revocation (:mod:`hopcast.live.revocation`): the in-process gateway polls the
 list in Redis when ``redis_url`` is given (what ``hopcast live gateway`` nodes read too), else in
-``<store>/revocations.json`` for an LMDB store, else in memory.
+``<store>/revocations.json`` for an LMDB store, else beside a Redis store's keys
+(``<store prefix>live:revocations``, shared by every process on that store), else (a memory or
+Redis Cluster store) in this process's memory only.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from hopcast.api.ratelimit import DEFAULT_RATES, Rate, RateLimits
 from hopcast.auth.keys import KeyFile
 from hopcast.config import LIVE_SECRET_ENV as LIVE_SECRET_ENV
 from hopcast.config import live_secret as live_secret
+from hopcast.durations import now_us
 from hopcast.errors import ConfigError
 from hopcast.graphdb import Graph
 from hopcast.kv import KVStore, open_kv
@@ -98,6 +101,12 @@ def revocation_source(kv: KVStore, redis_url: str | None) -> RevocationSource:
     path = getattr(kv, "path", None)
     if kv.name == "lmdb" and path is not None:
         return FileRevocations.in_directory(path)
+    if kv.name == "redis":
+        from hopcast.live.redisrevoke import for_store
+
+        shared = for_store(kv)
+        if shared is not None:
+            return shared
     return MemoryRevocations()
 
 
@@ -130,7 +139,8 @@ def make_server(
     ``rate_limits``: the per-key rates (:mod:`hopcast.api.ratelimit`; None: no limits).
 
     Raises:
-        ConfigError: only one of ``tls_cert`` and ``tls_key``, or they cannot be loaded.
+        ConfigError: only one of ``tls_cert`` and ``tls_key``, or they cannot be loaded; the
+            gateway's revocation file cannot be read.
 
     Call ``server.run()`` (blocks; pass ``sockets=[sock]`` to serve an already-bound socket) and
     set ``server.should_exit = True`` from another thread to stop it. With ``live`` the app also
@@ -155,6 +165,10 @@ def make_server(
     if service is not None and gateway_port is not None:
         secret = live_secret()
         revocations = revocation_source(graph.store.kv, redis_url)
+        if isinstance(revocations, FileRevocations):
+            # The gateway refuses to start on a list it cannot read (it would let revoked
+            # tokens back in); say why here, as a clear error, before anything starts.
+            revocations.load_sync(now_us())
         gateway = Gateway(
             router,
             secret,

@@ -46,6 +46,7 @@ from hopcast.cli.common import (
     wants_json,
 )
 from hopcast.cli.flink import flink
+from hopcast.cli.gateway import device_limit_options, token_leeway_s
 from hopcast.cli.ingest import deadletters, ingest
 from hopcast.cli.live import live
 from hopcast.cli.query import query
@@ -165,6 +166,7 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
 @click.option("--tls-key", metavar="PEM", default=None, help="The private key of --tls-cert.")
 @security_options
 @rate_limit_option
+@device_limit_options
 @click.pass_obj
 def serve(
     settings: Settings,
@@ -181,6 +183,8 @@ def serve(
     allowed_hosts: tuple[str, ...],
     cors_origins: tuple[str, ...],
     rate_limits: Any,
+    max_per_device: int | None,
+    token_leeway: str | None,
 ) -> None:
     """Run the HTTP API on the store (needs the server extras: hopcast[server]).
 
@@ -200,6 +204,9 @@ def serve(
         raise HopcastError(
             f"`hopcast serve` needs the server extras: pip install 'hopcast[server]' ({exc})"
         ) from exc
+    limits: dict[str, Any] = {"token_leeway_s": token_leeway_s(token_leeway)}
+    if max_per_device is not None:
+        limits["max_per_subject"] = max_per_device
     with Graph.open(settings.store, settings.schema, consistency=consistency) as graph:
         api.serve(
             graph,
@@ -213,6 +220,7 @@ def serve(
             tls_key=tls_key,
             security=security,
             rate_limits=rate_limits,
+            **limits,
         )
 
 

@@ -14,6 +14,8 @@ or ``Router(RedisTransport(url))`` in Python). See :mod:`hopcast.live.node`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -21,6 +23,50 @@ from hopcast.config import live_secret
 from hopcast.durations import SECOND, parse_duration
 from hopcast.errors import InvalidInput
 from hopcast.tls import check_pair, server_context
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+#: Longest ``--token-leeway``: past an hour an expired token keeps working longer than device
+#: tokens commonly live, which is no lifetime at all; clock skew and a token fetch need seconds.
+MAX_TOKEN_LEEWAY = "1h"
+
+
+def token_leeway_s(text: str | None) -> float:
+    """``--token-leeway`` in seconds (the gateway's default when not given).
+
+    Raises:
+        InvalidInput: not a duration, or over :data:`MAX_TOKEN_LEEWAY`.
+    """
+    from hopcast.live.gateway import TOKEN_LEEWAY_S
+
+    if text is None:
+        return TOKEN_LEEWAY_S
+    try:
+        leeway = parse_duration(text)
+    except ValueError as exc:
+        raise InvalidInput(f"--token-leeway: {exc}") from None
+    if leeway > parse_duration(MAX_TOKEN_LEEWAY):
+        raise InvalidInput(f"--token-leeway: at most {MAX_TOKEN_LEEWAY}, got {text!r}")
+    return leeway / SECOND
+
+
+def device_limit_options(command: F) -> F:
+    """``--max-per-device`` and ``--token-leeway``: the same flags, names and checks on
+    ``hopcast serve`` and ``hopcast live gateway``."""
+    command = click.option(
+        "--token-leeway",
+        default=None,
+        help="A token is good until its expiry plus this, on open connections too; the gateway "
+        f"asks for a fresh one before [default: 30s; at most {MAX_TOKEN_LEEWAY}].",
+    )(command)
+    return click.option(
+        "--max-per-device",
+        type=click.IntRange(1),
+        default=None,
+        help="Connections one device id (token subject) may hold per gateway process; the "
+        "newest are refused [default: 8].",
+    )(command)
 
 
 @click.command()
@@ -55,19 +101,7 @@ from hopcast.tls import check_pair, server_context
     help="Connections per worker [default: 19000].",
 )
 @click.option("--prefix", default=None, help="Redis key prefix [default: hopcast:live:].")
-@click.option(
-    "--max-per-device",
-    type=click.IntRange(1),
-    default=None,
-    help="Connections one device id (token subject) may hold per worker; the newest are "
-    "refused [default: 8].",
-)
-@click.option(
-    "--token-leeway",
-    default=None,
-    help="A token is good until its expiry plus this, on open connections too; the gateway "
-    "asks for a fresh one before [default: 30s].",
-)
+@device_limit_options
 @click.option("--tls-cert", metavar="PEM", default=None, help="Serve wss:// with this chain.")
 @click.option("--tls-key", metavar="PEM", default=None, help="The private key of --tls-cert.")
 def gateway(
@@ -95,12 +129,7 @@ def gateway(
     check_pair(tls_cert, tls_key)
     if tls_cert is not None and tls_key is not None:
         server_context(tls_cert, tls_key)  # a clear error before any worker starts
-    leeway_s = node.TOKEN_LEEWAY_S
-    if token_leeway is not None:
-        try:
-            leeway_s = parse_duration(token_leeway) / SECOND
-        except ValueError as exc:
-            raise InvalidInput(f"--token-leeway: {exc}") from None
+    leeway_s = token_leeway_s(token_leeway)
     settings = node.NodeSettings(
         redis_url=redis_url,
         host=host,

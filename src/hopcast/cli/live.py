@@ -552,8 +552,9 @@ def revoke(
     """Revoke device tokens by id or subject: every gateway reading the list closes the
     connections using them (`bye revoked`) within a second and refuses them at hello.
 
-    The list is, in order: the server's with --url; the Redis one with --redis; else
-    <store>/revocations.json, which `hopcast serve --gateway-port` on that store polls.
+    The list is, in order: the server's with --url; the Redis one with --redis; else the
+    store's: <store>/revocations.json, or on a Redis store the hash beside its keys, which
+    `hopcast serve --gateway-port` on that store polls.
     """
     import asyncio
 
@@ -573,24 +574,39 @@ def revoke(
             raise InvalidInput(f"--keep: {exc}") from None
         now = now_us()
         entry = revocation(kind, value, now, retention_us=retention, note=note)
-        source: RevocationSource
+        source: RevocationSource | None = None
+        directory = store_dir(settings.store)
         if redis_url is not None:
             from hopcast.live.redisfan import DEFAULT_PREFIX
             from hopcast.live.redisrevoke import RedisRevocations
 
             source = RedisRevocations(redis_url, prefix=prefix or DEFAULT_PREFIX)
+        elif directory is None:
+            # A Redis store: the list beside its keys, which `hopcast serve` on it polls.
+            from hopcast.kv import open_kv
+            from hopcast.live.redisrevoke import for_store
+
+            kv = open_kv(settings.store)
+            try:
+                source = for_store(kv)
+            finally:
+                kv.close()
+            if source is None:
+                raise InvalidInput(
+                    "--store is neither a directory nor one Redis server: use --redis or --url"
+                )
+        if source is not None:
+            shared = source
 
             async def add() -> int:
                 try:
-                    return len(await source.add(entry, now))
+                    return len(await shared.add(entry, now))
                 finally:
-                    await source.close()
+                    await shared.close()
 
             entries = asyncio.run(add())
         else:
-            directory = store_dir(settings.store)
-            if directory is None:
-                raise InvalidInput("--store is not a directory: use --redis or --url")
+            assert directory is not None
             entries = len(FileRevocations.in_directory(directory).add_sync(entry, now))
         doc = {
             "kind": kind,

@@ -28,7 +28,13 @@ an open connection whose token becomes revoked gets ``bye revoked`` and close co
 Per-subject cap: a ``hello`` whose subject already holds ``max_per_subject`` connections gets
 ``bye too_many_connections`` (close 1013); the connections already open are kept (a leaked
 token cannot push the real device off). A binary frame gets ``error malformed`` and close code
-1003 (the protocol is text only).
+1003 (the protocol is text only). Frame budget: a connection, welcomed or not, may send
+:data:`MESSAGE_RATE` frames a second with bursts of :data:`MESSAGE_BURST` — WebSocket pings
+included, which websockets answers before any handler sees them (a token bucket in two
+attributes of the connection, charged in ``process_event``); beyond, ``bye
+too_many_messages`` and close code 1008, and a connection that keeps sending a further burst
+is aborted, so one client cannot spend the event loop (shared with the API under ``hopcast
+serve``) on floods.
 
 Fan-out: for each ``(channel, frame)`` the source delivers, the **same bytes** are written to
 every open subscriber with ``websockets.broadcast`` — no per-device encoding, closed
@@ -80,7 +86,8 @@ from typing import assert_never
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
+from websockets.frames import CloseCode, Frame
+from websockets.protocol import Event
 from websockets.protocol import State as WsState
 
 from hopcast.durations import now_us
@@ -150,6 +157,16 @@ REFRESH_LEAD_S = 60.0
 #: half-open ones left by network changes until the heartbeat notices them (75 s); 8 covers
 #: that and a few browser tabs, and bounds a leaked token to 8 of a node's 19,000 slots.
 DEFAULT_MAX_PER_SUBJECT = 8
+#: Frames a connection may send per second, sustained (a token bucket per connection, every
+#: frame counted, WebSocket pings too). A device sends a handful per connection (``hello``,
+#: ``subscribe``, a ``pong`` per heartbeat, a ``token`` per refresh). Unbounded, two clients
+#: flooding ``token`` messages (150k a second, one HMAC each) held the API of ``hopcast serve``
+#: at 0.5 s a request on the shared loop, and two flooding WebSocket pings (never a hello) at
+#: 2 to 6 s; with the budget, 4 to 9 ms.
+MESSAGE_RATE = 10.0
+#: Frames a connection may send at once before the rate applies: a page subscribing to its
+#: channels one ``subscribe`` at a time after a reconnect stays well inside.
+MESSAGE_BURST = 50
 #: Distinct ``bye`` frames per reason, encoded once: 32 evenly spaced delays spread a fleet as
 #: well as per-device randomness without encoding a frame per device.
 RETRY_BUCKETS = 32
@@ -208,13 +225,29 @@ class _Connection(ServerConnection):
     hc_channels: tuple[str, ...] = ()
     hc_heard: float = 0.0  # loop time of the last frame received
     hc_timer: asyncio.TimerHandle | None = None  # the token's next refresh request or expiry
+    hc_budget: float = 0.0  # frames the device may still send now (token bucket)
+    hc_budget_at: float = 0.0  # loop time the budget was last charged (0: never)
+    hc_evicted: bool = False  # _evict has run: a close is under way
 
 
-def _connection_class(on_backlog: Callable[[_Connection], None]) -> type[_Connection]:
+def _connection_class(
+    on_backlog: Callable[[_Connection], None],
+    on_frame: Callable[[_Connection], None],
+    burst: float,
+) -> type[_Connection]:
     class GatewayConnection(_Connection):
+        hc_budget = burst  # a new connection starts with a full budget
+
         def pause_writing(self) -> None:
             super().pause_writing()
             on_backlog(self)  # the write buffer crossed the high-water mark
+
+        def process_event(self, event: Event) -> None:
+            # Every frame the device sends, control frames included: websockets answers a
+            # ping itself, before any handler sees it, so the budget is charged here.
+            if isinstance(event, Frame):
+                on_frame(self)
+            super().process_event(event)
 
     return GatewayConnection
 
@@ -258,6 +291,8 @@ class Gateway:
         max_per_subject: int = DEFAULT_MAX_PER_SUBJECT,
         revocations: RevocationSource | None = None,
         revocation_poll_s: float = POLL_S,
+        message_rate: float = MESSAGE_RATE,
+        message_burst: int = MESSAGE_BURST,
     ) -> None:
         """
         Args:
@@ -284,6 +319,8 @@ class Gateway:
             revocations: where revoked tokens and subjects are listed (polled); none: no
                 revocation except through :meth:`apply_revocations`.
             revocation_poll_s: how often ``revocations`` is read.
+            message_rate, message_burst: messages a connection may send per second, sustained,
+                and at once; beyond them ``bye too_many_messages`` and close code 1008.
 
         Raises:
             ConfigError: a setting is out of range, a secret is shorter than
@@ -300,6 +337,8 @@ class Gateway:
             raise ConfigError(
                 "token_leeway_s must be >= 0, max_per_subject >= 1, revocation_poll_s > 0"
             )
+        if message_rate <= 0 or message_burst < 1:
+            raise ConfigError("message_rate must be > 0 and message_burst >= 1")
         if registry is not None and registry.ttl_us <= heartbeat_s * 1e6:
             raise ConfigError("the push registry's TTL must exceed the heartbeat interval")
         self._source = source
@@ -317,10 +356,13 @@ class Gateway:
         self._leeway_us = round(token_leeway_s * 1_000_000)
         self._max_per_subject = max_per_subject
         self._per_subject: dict[str, int] = {}
+        self._message_rate = message_rate
+        self._message_burst = float(message_burst)
         self._revocation_source = revocations
         self._revocation_poll_s = revocation_poll_s
         self._revoked = RevocationList()
         self._revocation_task: asyncio.Task[None] | None = None
+        self._revocation_problem: str | None = None  # the last load's error, logged once
         self._welcome = m.encode(m.Welcome(node=node_id, heartbeat_ms=round(heartbeat_s * 1000)))
         last = RETRY_BUCKETS - 1
         self._byes = {
@@ -398,13 +440,17 @@ class Gateway:
 
         Raises:
             ConfigError: this gateway is already serving or was closed.
+            HopcastError: the revocation source cannot be read (a corrupt file, Redis down).
             OSError: the address cannot be bound.
         """
         if self._server is not None:
             raise ConfigError("a Gateway serves once; create another one")
         loop = asyncio.get_running_loop()
         if self._revocation_source is not None:
-            await self._load_revocations()  # hellos are checked against the list from the start
+            # Hellos are checked against the list from the start. One that cannot be read
+            # refuses the start (HopcastError): starting with an empty list would let every
+            # revoked token back in. Later read failures keep the last list instead.
+            self.apply_revocations(await self._revocation_source.load(self._clock()))
         self._server = await serve(
             self._handle,
             host,
@@ -417,7 +463,9 @@ class Gateway:
             ping_timeout=None,
             open_timeout=self._hello_timeout_s,
             close_timeout=self._close_timeout_s,
-            create_connection=_connection_class(self._on_backlog),
+            create_connection=_connection_class(
+                self._on_backlog, self._charge, self._message_burst
+            ),
             reuse_port=reuse_port,
             backlog=LISTEN_BACKLOG,
             ssl=ssl_context,
@@ -617,9 +665,10 @@ class Gateway:
         assert old is not None  # welcomed connections only
         claims = self._verify(token, "open")
         if isinstance(claims, Claims) and claims.device != old.device:
-            self._m.auth_failures.labels(TokenProblem.MALFORMED).inc()
+            self._m.auth_failures.labels(TokenProblem.WRONG_SUBJECT).inc()
             claims = TokenError(
-                TokenProblem.MALFORMED, f"a fresh token must name the same subject {old.device!r}"
+                TokenProblem.WRONG_SUBJECT,
+                f"a fresh token must name the same subject {old.device!r}",
             )
         if isinstance(claims, TokenError):
             self._m.refreshes.labels("refused").inc()
@@ -677,7 +726,7 @@ class Gateway:
         Returns:
             How many connections were closed.
         """
-        if revoked == self._revoked:
+        if revoked is self._revoked or revoked == self._revoked:
             return 0
         self._revoked = revoked
         closed = 0
@@ -694,8 +743,14 @@ class Gateway:
         try:
             revoked = await self._revocation_source.load(self._clock())
         except HopcastError as exc:
-            logger.warning("gateway %s keeps its revocation list: %s", self._node_id, exc)
+            # Logged when the problem changes, not at every poll (one line a second otherwise).
+            if str(exc) != self._revocation_problem:
+                self._revocation_problem = str(exc)
+                logger.warning("gateway %s keeps its revocation list: %s", self._node_id, exc)
             return
+        if self._revocation_problem is not None:
+            self._revocation_problem = None
+            logger.warning("gateway %s reads its revocation list again", self._node_id)
         self.apply_revocations(revoked)
 
     async def _poll_revocations(self) -> None:
@@ -770,6 +825,25 @@ class Gateway:
             self._m.frames.inc()
             self._m.writes.inc(len(subscribers))
 
+    def _charge(self, conn: _Connection) -> None:
+        """One frame received (from websockets' ``data_received``): take it from the
+        connection's budget, refilled at ``message_rate`` up to ``message_burst``. Over it:
+        ``bye too_many_messages`` and close 1008; still sending a burst past that: abort."""
+        now = conn.loop.time()
+        budget = conn.hc_budget
+        if conn.hc_budget_at:
+            budget = min(
+                self._message_burst, budget + (now - conn.hc_budget_at) * self._message_rate
+            )
+        conn.hc_budget_at = now
+        conn.hc_budget = budget - 1
+        if conn.hc_budget >= 0:
+            return
+        if conn.hc_budget < -self._message_burst:
+            conn.transport.abort()  # ignores the close: stop spending anything on it
+        else:
+            self._evict(conn, ByeReason.TOO_MANY_MESSAGES)  # once: only an open one is evicted
+
     def _on_backlog(self, conn: _Connection) -> None:
         # Called inside a write (maybe mid-broadcast): evict once the current callback is done.
         self._backlogged.append(conn)
@@ -784,9 +858,13 @@ class Gateway:
     def _evict(
         self, conn: _Connection, reason: ByeReason, code: int = CloseCode.POLICY_VIOLATION
     ) -> None:
-        """Stop streaming to ``conn``, tell it why (best effort), close it in the background."""
-        if conn.protocol.state is not WsState.OPEN:
+        """Stop streaming to ``conn``, tell it why (best effort), close it in the background.
+        Once per connection: its state stays OPEN until the background close runs, and a second
+        cause in between (more frames of a flood, a revocation after an expiry) would send a
+        second ``bye`` and count twice."""
+        if conn.protocol.state is not WsState.OPEN or conn.hc_evicted:
             return
+        conn.hc_evicted = True
         self._unsubscribe_channels(conn, conn.hc_channels)
         self._bye(conn, reason)
         self._m.evictions.labels(reason.value).inc()

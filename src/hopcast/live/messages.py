@@ -108,6 +108,10 @@ Revocation, connection cap, binary frames
     connections at once (default 8); a ``hello`` beyond it gets ``bye``
     ``too_many_connections`` (with ``retry_after_ms``) and close code 1013; the connections
     already open are kept. A binary frame gets ``error`` ``malformed`` and close code 1003.
+    A device sends frames (messages and WebSocket pings alike) within a budget of 10 a second
+    with bursts of 50 (a token bucket per connection, from the opening handshake; a
+    well-behaved device sends a handful per connection); beyond it, ``bye``
+    ``too_many_messages`` and close code 1008 (a device still flooding is cut off).
 
 Errors and shutdown
     ``error`` codes are :class:`ErrorCode`; after ``malformed``, ``unauthorized``,
@@ -194,6 +198,9 @@ class ByeReason(enum.StrEnum):
     #: The token's subject already holds the gateway's per-subject limit of connections (close
     #: code 1013); the existing ones are kept.
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    #: The device sent messages faster than the gateway's per-connection budget (close code
+    #: 1008); a device sends a handful per connection, so this is a bug or an attack.
+    TOO_MANY_MESSAGES = "too_many_messages"
 
 
 class CloseCodes:

@@ -51,9 +51,19 @@ POLL_S = 1.0
 #: development route issues at most 24 h); a token outliving its revocation entry would be
 #: accepted again.
 DEFAULT_RETENTION_US = 7 * DAY
+#: Longest an entry may be kept: a year, longer than any device token should live (an entry
+#: only has to outlive the tokens it revokes), and a bound on ``until`` so an operator's typo
+#: (``--keep 99999999d``) cannot write a time no date type can show.
+MAX_RETENTION_US = 366 * DAY
 #: Most entries in a list: revocation answers incidents, not routine logouts (short token
-#: lifetimes do that); 10,000 entries are ~1 MB of JSON, read in a few milliseconds.
+#: lifetimes do that). 10,000 entries with 16-character ids and no notes are ~1 MB of JSON
+#: (about 40 ms to decode and index here, once per change).
 MAX_ENTRIES = 10_000
+#: Largest revocation file a reader accepts, checked (with ``stat``) before it is read: an entry
+#: at its very longest (a value and a note of control characters, each escaped to 6 bytes) is
+#: under 4 KiB of JSON, so :data:`MAX_ENTRIES` of them fit. A larger file was not written by
+#: hopcast and would stall every gateway's event loop while it decodes.
+MAX_FILE_BYTES = MAX_ENTRIES * 4 * 1024
 #: The file's name under the data directory.
 FILE_NAME = "revocations.json"
 
@@ -99,8 +109,8 @@ def revocation(
     """A checked entry made at ``now``.
 
     Raises:
-        InvalidInput: an unknown kind, a value of the wrong length, a non-positive retention or
-            a note over 512 characters.
+        InvalidInput: an unknown kind, a value of the wrong length, a retention not in
+            (0, :data:`MAX_RETENTION_US`] or a note over 512 characters.
     """
     try:
         kind = RevocationKind(kind)
@@ -108,8 +118,11 @@ def revocation(
         raise InvalidInput(f"revoke by 'token_id' or 'subject', not {kind!r}") from None
     if not 1 <= len(value) <= MAX_NAME_CHARS:
         raise InvalidInput(f"a {kind.value} has 1 to {MAX_NAME_CHARS} characters")
-    if retention_us <= 0:
-        raise InvalidInput(f"a revocation must be kept a positive time, got {retention_us} µs")
+    if not 0 < retention_us <= MAX_RETENTION_US:
+        raise InvalidInput(
+            f"a revocation is kept a positive time of at most {MAX_RETENTION_US // DAY} days, "
+            f"got {retention_us} µs"
+        )
     if len(note) > 512:
         raise InvalidInput("a revocation note has at most 512 characters")
     return Revocation(kind=kind, value=value, revoked_at=now, until=now + retention_us, note=note)
@@ -133,6 +146,16 @@ class RevocationList:
         self._subjects = {
             e.value: e.revoked_at for e in live.values() if e.kind is RevocationKind.SUBJECT
         }
+        #: The earliest ``until`` of the entries (None: empty): until then, this snapshot is
+        #: the same list at any later ``now``, so a poll can reuse it without rebuilding.
+        self.next_expiry: int | None = min((e.until for e in live.values()), default=None)
+
+    def current_at(self, now: int) -> RevocationList:
+        """This list as it stands at ``now``: itself while no entry has expired (O(1), the
+        common case of a poll), else a pruned copy."""
+        if self.next_expiry is None or now < self.next_expiry:
+            return self
+        return RevocationList(self._entries.values(), now)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -141,6 +164,8 @@ class RevocationList:
         return iter(sorted(self._entries.values(), key=lambda e: (e.revoked_at, e.key)))
 
     def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
         return isinstance(other, RevocationList) and self._entries == other._entries
 
     __hash__ = None  # type: ignore[assignment]
@@ -186,12 +211,17 @@ class RevocationSource(Protocol):
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(list[Revocation]).decode
+#: What a reader's error tells the operator to do (gateways keep their last list meanwhile).
+_REPAIR = "repair it, or move it aside to start an empty list"
 
 
 class FileRevocations:
     """A :class:`RevocationSource` in a JSON file (a list of entries).
 
-    Readers skip the read while the file's modification time and size are unchanged. Writers
+    Readers skip the read while the file's modification time and size are unchanged (and
+    reuse the snapshot itself while none of its entries expires, so a poll of an unchanged
+    list costs a ``stat``); a file over :data:`MAX_FILE_BYTES` or :data:`MAX_ENTRIES` is
+    refused before it is decoded or indexed. Writers
     take an exclusive ``flock`` on ``<file>.lock``, read, add, and replace the file atomically,
     so concurrent writers do not lose each other's entries and readers never see half a file.
     A missing file is an empty list.
@@ -216,14 +246,31 @@ class FileRevocations:
             raise ConfigError(f"cannot read the revocation list {self.path}: {exc}") from exc
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._seen:
+            if st.st_size > MAX_FILE_BYTES:
+                raise ConfigError(
+                    f"the revocation list {self.path} is {st.st_size} bytes, over the "
+                    f"{MAX_FILE_BYTES} a list of {MAX_ENTRIES} entries can take: {_REPAIR}"
+                )
             try:
                 entries = _decode(self.path.read_bytes())
             except (OSError, msgspec.DecodeError) as exc:
-                raise ConfigError(f"cannot read the revocation list {self.path}: {exc}") from exc
-            self._seen, self._cached = stamp, RevocationList(entries)
-        return RevocationList(self._cached, now)
+                raise ConfigError(
+                    f"cannot read the revocation list {self.path}: {exc}: {_REPAIR}"
+                ) from exc
+            if len(entries) > MAX_ENTRIES:
+                raise ConfigError(
+                    f"the revocation list {self.path} holds {len(entries)} entries, over "
+                    f"{MAX_ENTRIES}: {_REPAIR}"
+                )
+            self._seen, self._cached = stamp, RevocationList(entries, now)
+        self._cached = self._cached.current_at(now)
+        return self._cached
 
     async def load(self, now: int) -> RevocationList:
+        return self._read(now)
+
+    def load_sync(self, now: int) -> RevocationList:
+        """:meth:`load` for callers without an event loop (a check before a server starts)."""
         return self._read(now)
 
     async def add(self, entry: Revocation, now: int) -> RevocationList:
@@ -263,7 +310,8 @@ class MemoryRevocations:
         self._list = RevocationList()
 
     async def load(self, now: int) -> RevocationList:
-        return RevocationList(self._list, now)
+        self._list = self._list.current_at(now)
+        return self._list
 
     async def add(self, entry: Revocation, now: int) -> RevocationList:
         self._list = self._list.with_entry(entry, now)

@@ -81,6 +81,9 @@ class TokenProblem(enum.StrEnum):
     NOT_YET_VALID = "not_yet_valid"
     #: Verified, but revoked by id or subject (raised by the gateway, not by :func:`verify`).
     REVOKED = "revoked"
+    #: Verified, but a fresh token on an open connection names another subject than the
+    #: connection's (raised by the gateway): a token swap, not a garbled token.
+    WRONG_SUBJECT = "wrong_subject"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +177,7 @@ def issue(
             )
     if ttl_us <= 0:
         raise InvalidInput(f"ttl must be positive, got {ttl_us}")
-    jti = secrets.token_urlsafe(TOKEN_ID_BYTES) if token_id is None else token_id
+    jti = new_token_id() if token_id is None else token_id
     if not _TOKEN_ID.fullmatch(jti):
         raise InvalidInput(f"token id must match [A-Za-z0-9_-]{{1,{MAX_NAME_CHARS}}}: {jti!r}")
     start = now if not_before is None else not_before
@@ -251,6 +254,12 @@ def verify(
         key_id=key_id,
         token_id=payload.jti,
     )
+
+
+def new_token_id() -> str:
+    """A random token id (the ``jti`` :func:`issue` makes when given none), for an issuer that
+    hands the id back with the token so it can be revoked by id."""
+    return secrets.token_urlsafe(TOKEN_ID_BYTES)
 
 
 def _check_secret(secret: bytes, key_id: str) -> None:
