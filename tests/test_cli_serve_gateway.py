@@ -38,7 +38,7 @@ def served(tmp_path: Path) -> Iterator[str]:
         child = Child(
             [
                 *(sys.executable, "-c", "from hopcast.cli import main; main()"),
-                *("--store", str(tmp_path / "store"), "serve", "--port", "0"),
+                *("--store", str(tmp_path / "store"), "serve", "--insecure", "--port", "0"),
                 *("--gateway-port", str(gateway.port), "--max-per-device", "2"),
                 *("--token-leeway", "0s"),
             ],
@@ -113,7 +113,9 @@ def test_serve_takes_the_token_leeway_a_token_expired_a_second_ago_is_refused_at
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("command", [["serve"], ["live", "gateway", "--redis", "redis://x:1"]])
+@pytest.mark.parametrize(
+    "command", [["serve", "--insecure"], ["live", "gateway", "--redis", "redis://x:1"]]
+)
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -126,7 +128,7 @@ def test_serve_and_live_gateway_refuse_the_same_bad_device_limits(
     command: list[str], flags: list[str], message: str, tmp_path: Path
 ) -> None:
     args = ["--store", str(tmp_path / "store"), *command, "--gateway-port", "1", *flags]
-    if command != ["serve"]:
+    if command[0] != "serve":
         args.remove("--gateway-port")
         args.remove("1")
     result = CliRunner().invoke(cli, args, env={LIVE_SECRET_ENV: SECRET.hex()})

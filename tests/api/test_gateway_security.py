@@ -338,7 +338,7 @@ def test_serve_refuses_an_expired_certificate_and_a_key_of_another_certificate(
     result = CliRunner().invoke(
         cli,
         [
-            *("--store", str(tmp_path / "store"), "serve", "--gateway-port", "1"),
+            *("--store", str(tmp_path / "store"), "serve", "--insecure", "--gateway-port", "1"),
             *("--tls-cert", cert, "--tls-key", other_key),
         ],
     )
