@@ -216,3 +216,32 @@ def test_32_posts_reset_mid_flight_and_retried_journal_every_record_once(
     assert duplicates == 0
     assert sorted(journaled) == sorted(expected)
     assert replayed > 0, "no reset came after the append: the test proved nothing"
+
+
+def test_the_standalone_ingest_listener_rate_limits_its_route_with_retry_after(
+    journal: Journal,
+) -> None:
+    """``hopcast ingest run --listen`` serves this app: its ingest route draws from the
+    ``ingest`` bucket like the API's, and a refused post appends nothing."""
+    from hopcast.api.ratelimit import Rate
+
+    client = TestClient(ingest_app({"logs": journal}, rate_limits={"ingest": Rate(1 / 3600, 2)}))
+    answers = [client.post("/v1/ingest/logs", content=b'{"a": %d}\n' % i) for i in range(3)]
+    assert [a.status_code for a in answers] == [202, 202, 429], answers[-1].text
+    assert answers[-1].json()["error"] == "rate_limited"
+    assert int(answers[-1].headers["retry-after"]) >= 1
+    assert read_all(journal.directory) == [b'{"a": 0}', b'{"a": 1}']
+    metrics = client.get("/metrics").text
+    assert 'hopcast_api_rate_limited_total{bucket="ingest"} 1.0' in metrics
+
+
+def test_ingest_run_refuses_a_malformed_rate_limit_as_a_usage_error(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hopcast.cli import cli
+
+    args = ["--store", str(tmp_path / "g"), "ingest", "run", "--until-idle", "--insecure"]
+    args += ["--listen", "127.0.0.1:0", "--source", f"logs=journal:{tmp_path / 'j'}"]
+    result = CliRunner().invoke(cli, [*args, "--rate-limit", "ingest=lots"])
+    assert result.exit_code == 2, result.output
+    assert "--rate-limit" in result.output

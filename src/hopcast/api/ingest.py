@@ -63,6 +63,8 @@ from hopcast.api.guard import RequestGuard
 from hopcast.api.metrics import METRICS_CONTENT_TYPE
 from hopcast.api.policy import Auth, Security, policy
 from hopcast.api.policy import install as policy_install
+from hopcast.api.ratelimit import Rate, RateLimits
+from hopcast.api.ratelimit import install as install_rate_limits
 from hopcast.api.responses import JSON
 from hopcast.auth.roles import Role
 from hopcast.errors import NotFound
@@ -316,17 +318,20 @@ def ingest_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     max_records: int = MAX_RECORDS,
     security: Security | None = None,
+    rate_limits: Mapping[str, Rate] | None = None,
 ) -> FastAPI:
     """A small app: the ingest route and ``GET /metrics`` (``registry``, e.g. the engine's).
 
-    ``security`` as for :func:`hopcast.api.create_app` (default: no authentication)."""
+    ``security`` as for :func:`hopcast.api.create_app` (default: no authentication);
+    ``rate_limits``: the rates per bucket (:mod:`hopcast.api.ratelimit`; the route draws from
+    ``ingest``), None: no limits."""
     reg = registry if registry is not None else CollectorRegistry()
     security = security if security is not None else Security()
     app = FastAPI(
         title="hopcast ingest", default_response_class=JSON, docs_url=None, redoc_url=None
     )
     app.state.auth = Auth(security.keys)
-    app.state.rate_limits = None
+    install_rate_limits(app, None if rate_limits is None else RateLimits(rate_limits), reg)
     errors.install(app)
     openapi.install(app)
     docs.install(app)

@@ -52,7 +52,7 @@ from rich.live import Live
 from rich.table import Table
 
 from hopcast.cli.auth import security_options, server_security
-from hopcast.cli.common import Settings, json_option, print_json, wants_json
+from hopcast.cli.common import Settings, json_option, print_json, rate_limit_option, wants_json
 from hopcast.durations import now_us
 from hopcast.errors import (
     ConfigError,
@@ -192,7 +192,11 @@ LISTEN_START_S = 60.0
 
 @contextmanager
 def _listening(
-    address: str | None, engine: EmbeddedEngine, sources: list[Source], security: Any = None
+    address: str | None,
+    engine: EmbeddedEngine,
+    sources: list[Source],
+    security: Any = None,
+    rate_limits: Any = None,
 ) -> Iterator[None]:
     """Serve /metrics and the journal ingest route in a background thread while the engine runs."""
     if address is None:
@@ -217,7 +221,7 @@ def _listening(
         raise ConfigError(f"--listen {address}: cannot listen there: {exc}") from exc
     # The HTTP side owns its writers: they outlive the engine's sources until the server stops.
     journals = {s.name: Journal(s.directory) for s in sources if isinstance(s, JournalSource)}
-    app = ingest_app(journals, engine.metrics.registry, security=security)
+    app = ingest_app(journals, engine.metrics.registry, security=security, rate_limits=rate_limits)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=int(port), log_level="warning", access_log=False)
     )
@@ -300,6 +304,7 @@ def ingest() -> None:
     "loopback).",
 )
 @security_options
+@rate_limit_option
 @click.option("--progress/--no-progress", default=None, help="Live display on stderr.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option(
@@ -324,6 +329,7 @@ def run(
     insecure: bool,
     allowed_hosts: tuple[str, ...],
     cors_origins: tuple[str, ...],
+    rate_limits: Any,
     progress: bool | None,
     log_format: str,
     log_level: str,
@@ -360,7 +366,7 @@ def run(
         engine.install_signal_handlers()
         show = sys.stderr.isatty() if progress is None else progress
         started = time.monotonic()
-        with _listening(listen, engine, built, security):
+        with _listening(listen, engine, built, security, rate_limits):
             if show:
                 console = Console(stderr=True)
                 with Live(progress_view(engine), console=console, refresh_per_second=4) as live:
