@@ -182,6 +182,8 @@ def test_every_answer_carries_the_security_headers_refusals_too(api: Api) -> Non
     ):
         assert answer.headers["x-content-type-options"] == "nosniff", answer.status_code
         assert answer.headers["referrer-policy"] == "no-referrer", answer.status_code
+        # plain HTTP: no HSTS (browsers ignore it there; loopback must stay reachable)
+        assert "strict-transport-security" not in answer.headers, answer.status_code
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in WEB.glob("*.html")))

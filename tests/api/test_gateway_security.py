@@ -279,6 +279,8 @@ def test_https_and_wss_verify_against_a_self_signed_certificate_and_plain_http_f
         assert issued["url"].startswith("wss://127.0.0.1:")
         with urllib.request.urlopen(served.base + "/healthz", timeout=WAIT_S, context=trusted) as r:
             assert r.status == 200
+            # a browser that reached the API over TLS keeps to TLS (never sent over plain HTTP)
+            assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
         # not trusted without the CA: the verification fails
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
             urllib.request.urlopen(served.base + "/healthz", timeout=WAIT_S)

@@ -19,7 +19,10 @@ page is what needs no credential or reaches the API some other way; for every HT
 
 3. **Headers on every response**: ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
    no-referrer``, and on HTML :data:`CONTENT_SECURITY_POLICY` (scripts from this origin only,
-   none inline; no framing, no plugins, no ``<base>``).
+   none inline; no framing, no plugins, no ``<base>``). Over HTTPS (``--tls-cert``) also
+   ``Strict-Transport-Security`` (:data:`HSTS_MAX_AGE_S`), so a browser that has once reached
+   the API over TLS never sends a key to it in clear text again; never over plain HTTP, where
+   browsers ignore it and a loopback or development server must stay reachable.
 
 CORS stays closed unless origins are configured (``--cors-origin``): then
 :func:`hopcast.api.create_app` adds Starlette's ``CORSMiddleware`` for exactly those.
@@ -56,6 +59,10 @@ _ALWAYS = (
     (b"referrer-policy", b"no-referrer"),
 )
 _CSP = (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())
+#: How long a browser keeps to HTTPS after one answer over it: a year, the common preload value.
+#: Without ``includeSubDomains``: the API's name says nothing about its siblings.
+HSTS_MAX_AGE_S = 365 * 24 * 3600
+_HSTS = (b"strict-transport-security", f"max-age={HSTS_MAX_AGE_S}".encode())
 
 
 def host_name(host_header: str) -> str:
@@ -101,6 +108,8 @@ class BrowserGuard:
                 content_type = Headers(raw=headers).get("content-type", "")
                 if content_type.startswith("text/html") and _CSP[0] not in names:
                     extra.append(_CSP)
+                if scope.get("scheme") == "https" and _HSTS[0] not in names:
+                    extra.append(_HSTS)
                 message = {**message, "headers": headers + extra}
             await send(message)
 
