@@ -340,3 +340,32 @@ def test_a_client_cannot_pick_its_rate_limit_subject_with_x_forwarded_for() -> N
         assert answers == [404, 429, 429], "X-Forwarded-For gave the client a fresh bucket"
     finally:
         graph.close()
+
+
+def test_the_ingest_route_draws_from_each_keys_ingest_bucket(tmp_path: Path) -> None:
+    """`hopcast ingest run --listen` serves the ingest route in its own app: over its rate a
+    key gets 429 with Retry-After and nothing is journaled, while another key is not held up."""
+    from hopcast.api.ingest import ingest_app
+    from hopcast.api.policy import Security
+    from hopcast.auth.keys import KeyFile
+
+    keys = KeyFile(tmp_path / "keys.json")
+    _, first = keys.create("collector-1", ["writer"], 0)
+    _, second = keys.create("collector-2", ["writer"], 0)
+    journal = Journal(tmp_path / "journal")
+    limits = RateLimits({INGEST: Rate(0.01, 1)})
+    app = ingest_app({"logs": journal}, security=Security(keys=keys), rate_limits=limits)
+    client = TestClient(app)
+
+    def send(key: str, n: int) -> object:
+        headers = {"authorization": f"Bearer {key}"}
+        return client.post("/v1/ingest/logs", json=[{"n": n}], headers=headers)
+
+    assert send(first, 1).status_code == 202
+    end = journal.end.offset
+    refused = send(first, 2)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["Retry-After"] == "100"  # one token at 0.01/s
+    assert refused.json()["bucket"] == INGEST
+    assert journal.end.offset == end, "a refused batch was journaled"
+    assert send(second, 3).status_code == 202

@@ -63,6 +63,8 @@ from hopcast.api.guard import RequestGuard
 from hopcast.api.metrics import METRICS_CONTENT_TYPE
 from hopcast.api.policy import Auth, Security, policy
 from hopcast.api.policy import install as policy_install
+from hopcast.api.ratelimit import RateLimits
+from hopcast.api.ratelimit import install as install_rate_limits
 from hopcast.api.responses import JSON
 from hopcast.auth.roles import Role
 from hopcast.errors import NotFound
@@ -316,18 +318,21 @@ def ingest_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     max_records: int = MAX_RECORDS,
     security: Security | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> FastAPI:
     """A small app: the ingest route and ``GET /metrics`` (``registry``, e.g. the engine's).
 
-    ``security`` as for :func:`hopcast.api.create_app` (default: no authentication)."""
+    ``security`` and ``rate_limits`` as for :func:`hopcast.api.create_app` (default: no
+    authentication, no limits; ``hopcast ingest run --listen`` passes the default rates, so
+    the ingest route draws from each key's ``ingest`` bucket)."""
     reg = registry if registry is not None else CollectorRegistry()
     security = security if security is not None else Security()
     app = FastAPI(
         title="hopcast ingest", default_response_class=JSON, docs_url=None, redoc_url=None
     )
     app.state.auth = Auth(security.keys)
-    app.state.rate_limits = None
     errors.install(app)
+    install_rate_limits(app, rate_limits, reg)
     openapi.install(app)
     docs.install(app)
     policy_install(app)

@@ -205,6 +205,7 @@ def _listening(
         import uvicorn
 
         from hopcast.api.ingest import ingest_app
+        from hopcast.api.ratelimit import DEFAULT_RATES, RateLimits
         from hopcast.api.server import PROXY_HEADERS
     except ImportError as exc:
         raise ConfigError(
@@ -218,7 +219,8 @@ def _listening(
         raise ConfigError(f"--listen {address}: cannot listen there: {exc}") from exc
     # The HTTP side owns its writers: they outlive the engine's sources until the server stops.
     journals = {s.name: Journal(s.directory) for s in sources if isinstance(s, JournalSource)}
-    app = ingest_app(journals, engine.metrics.registry, security=security)
+    limits = RateLimits(DEFAULT_RATES)  # the ingest bucket per key, as `hopcast serve`
+    app = ingest_app(journals, engine.metrics.registry, security=security, rate_limits=limits)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
