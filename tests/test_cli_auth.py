@@ -127,3 +127,21 @@ def test_a_revoked_key_is_refused_by_every_worker_within_a_second(tmp_path: Path
         assert refused_by == workers, f"not every worker answered: {refused_by} of {workers}"
     finally:
         server.stop()
+
+
+def test_serve_refuses_insecure_with_the_host_check_turned_off(tmp_path: Path) -> None:
+    """Without keys the Host allow-list is the only thing between a rebinding web page and the
+    API: `--insecure --allowed-host '*'` is refused (server_security, which `hopcast serve` and
+    `hopcast ingest run --listen` call before opening anything); named hosts are fine."""
+    import pytest
+
+    from hopcast.cli.auth import server_security
+    from hopcast.cli.common import Settings
+    from hopcast.errors import ConfigError
+
+    settings = Settings(store=str(tmp_path / "g"), schema=None, json=False)
+    with pytest.raises(ConfigError, match="DNS rebinding"):
+        server_security(settings, "127.0.0.1", None, True, ["*"], [])
+    named = server_security(settings, "127.0.0.1", None, True, ["x.test"], [])
+    assert named.keys is None and "x.test" in named.allowed_hosts
+    assert not (tmp_path / "g").exists(), "the store was opened"

@@ -15,7 +15,7 @@ import pytest
 from api.contract import served
 from hopcast import Graph
 from hopcast.api import create_app
-from hopcast.api.browser import LOOPBACK_HOSTS
+from hopcast.api.browser import LOOPBACK_HOSTS, host_name
 from hopcast.api.policy import Security
 from hopcast.auth import KeyFile
 from hopcast.durations import HOUR, MINUTE, now_us
@@ -193,3 +193,22 @@ def test_no_page_file_holds_inline_script_or_handlers(page: str) -> None:
         assert "src=" in attrs and not body.strip(), f"inline script in {page}"
     assert not re.search(r"<[^>]+\son[a-z]+\s*=", text), f"inline handler in {page}"
     assert "javascript:" not in text
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1:80@evil.example", "localhost:abc", "[::1]evil", "[::1]:1x", "[::1]@x"]
+)
+def test_a_host_header_that_is_not_a_name_and_a_numeric_port_is_refused(
+    api: Api, host: str
+) -> None:
+    answer = httpx.get(f"{api.base}/healthz", headers={"Host": host})
+    assert answer.status_code == 421, f"{host!r} was served"
+    assert answer.json()["error"] == "unknown_host"
+
+
+def test_host_name_takes_off_only_a_port_of_ascii_digits() -> None:
+    assert host_name("LocalHost:8321") == "localhost"
+    assert host_name("[::1]:8321") == host_name("[::1]") == "::1"
+    assert host_name("127.0.0.1:") == "127.0.0.1"  # an empty port is a port (RFC 3986)
+    for odd in ("localhost:\u0663", "localhost:123456", "a:b@c", "[::1]x"):
+        assert host_name(odd) == odd.lower(), odd

@@ -345,3 +345,37 @@ def test_serve_refuses_an_expired_certificate_and_a_key_of_another_certificate(
         ],
     )
     assert result.exit_code == 2 and "KEY_VALUES_MISMATCH" in result.output, result.output
+
+
+def test_a_revoked_device_token_passes_no_http_route_devices_call(tmp_path: Path) -> None:
+    """Revocation bars a token from the schedule, manifests and reports too, not only from the
+    gateway: the routes devices call check the gateway's revocation list (by id and subject)."""
+    from hopcast.api.policy import Security
+    from hopcast.auth.keys import KeyFile
+
+    keys = KeyFile(tmp_path / "keys.json")
+    _, admin = keys.create("admin", ["admin"], 0)
+    graph = Graph.open(tmp_path / "store", sync=False)
+    server = make_server(
+        graph, "127.0.0.1", 0, gateway_port=0, dev_tokens=True, security=Security(keys=keys)
+    )
+    as_admin = {"authorization": f"Bearer {admin}"}
+    try:
+        with TestClient(server.config.app) as client:
+
+            def events(token: str) -> int:
+                headers = {"authorization": f"Bearer {token}"}
+                return client.get("/v1/live/events", headers=headers).status_code
+
+            by_id = client.post("/v1/live/tokens", json={"device": "tv-1", "channels": ["g"]})
+            by_subject = client.post("/v1/live/tokens", json={"device": "tv-2", "channels": ["g"]})
+            first, second = by_id.json()["token"], by_subject.json()["token"]
+            assert (events(first), events(second)) == (200, 200)
+            for revocation in ({"token_id": by_id.json()["token_id"]}, {"subject": "tv-2"}):
+                answer = client.post("/v1/live/tokens/revoke", json=revocation, headers=as_admin)
+                assert answer.status_code == 200, answer.text
+            assert (events(first), events(second)) == (401, 401)
+            kept = client.post("/v1/live/tokens", json={"device": "tv-3", "channels": ["g"]})
+            assert events(kept.json()["token"]) == 200, "an unrevoked token is still let in"
+    finally:
+        graph.close()

@@ -299,3 +299,73 @@ def test_hopcast_serves_server_limits_by_default_and_answers_429_over_http() -> 
         assert refused.headers["Retry-After"] == "100"  # one token at 0.01/s
     finally:
         graph.close()
+
+
+def test_a_client_cannot_pick_its_rate_limit_subject_with_x_forwarded_for() -> None:
+    """Without a key the subject is the client's address: the TCP peer, never a header. A
+    served server (what `hopcast serve --insecure` runs) keeps refusing a client that sends a
+    new X-Forwarded-For with each request, and reports the peer's address, not the header's."""
+    import socket
+    import threading
+
+    import httpx
+
+    from hopcast.api import make_server
+    from hopcast.api.server import PROXY_HEADERS
+
+    assert PROXY_HEADERS is False
+    graph = Graph.open(clock=lambda: NOW)
+    try:
+        server = make_server(graph, log_level="warning", rate_limits={OPERATOR: Rate(0.01, 1)})
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        port = sock.getsockname()[1]
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+                answers = [
+                    http.post(
+                        "/v1/live/events/nope/start",
+                        headers={"X-Forwarded-For": f"10.0.0.{i}", "X-Real-IP": f"10.0.1.{i}"},
+                    ).status_code
+                    for i in range(1, 4)
+                ]
+        finally:
+            server.should_exit = True
+            thread.join(30)
+            sock.close()
+        assert not thread.is_alive(), "the server did not stop"
+        assert answers == [404, 429, 429], "X-Forwarded-For gave the client a fresh bucket"
+    finally:
+        graph.close()
+
+
+def test_the_ingest_route_draws_from_each_keys_ingest_bucket(tmp_path: Path) -> None:
+    """`hopcast ingest run --listen` serves the ingest route in its own app: over its rate a
+    key gets 429 with Retry-After and nothing is journaled, while another key is not held up."""
+    from hopcast.api.ingest import ingest_app
+    from hopcast.api.policy import Security
+    from hopcast.auth.keys import KeyFile
+
+    keys = KeyFile(tmp_path / "keys.json")
+    _, first = keys.create("collector-1", ["writer"], 0)
+    _, second = keys.create("collector-2", ["writer"], 0)
+    journal = Journal(tmp_path / "journal")
+    limits = {INGEST: Rate(0.01, 1)}
+    app = ingest_app({"logs": journal}, security=Security(keys=keys), rate_limits=limits)
+    client = TestClient(app)
+
+    def send(key: str, n: int) -> object:
+        headers = {"authorization": f"Bearer {key}"}
+        return client.post("/v1/ingest/logs", json=[{"n": n}], headers=headers)
+
+    assert send(first, 1).status_code == 202
+    end = journal.end.offset
+    refused = send(first, 2)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["Retry-After"] == "100"  # one token at 0.01/s
+    assert refused.json()["bucket"] == INGEST
+    assert journal.end.offset == end, "a refused batch was journaled"
+    assert send(second, 3).status_code == 202

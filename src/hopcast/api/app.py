@@ -421,7 +421,10 @@ def create_app(
         device_secret = gateway.secret
     app.state.graph = graph
     app.state.metrics = metrics
-    app.state.auth = Auth(security.keys, device_secret)
+    # The gateway's revocation list (polled from the shared one) also bars revoked device
+    # tokens from the HTTP routes devices call.
+    revoked = None if gateway is None else (lambda: gateway.gateway.revocations)
+    app.state.auth = Auth(security.keys, device_secret, revoked=revoked)
     app.state.rate_limits = None  # a limiter with .check(subject, bucket) may be set here
     errors.install(app)
     install_rate_limits(app, rate_limits, metrics.registry)

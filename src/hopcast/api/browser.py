@@ -30,6 +30,7 @@ CORS stays closed unless origins are configured (``--cors-origin``): then
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 
 from starlette.datastructures import Headers
@@ -63,14 +64,29 @@ _CSP = (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())
 #: Without ``includeSubDomains``: the API's name says nothing about its siblings.
 HSTS_MAX_AGE_S = 365 * 24 * 3600
 _HSTS = (b"strict-transport-security", f"max-age={HSTS_MAX_AGE_S}".encode())
+_PORT_SUFFIX = re.compile(r"(?::[0-9]{0,5})?")
 
 
 def host_name(host_header: str) -> str:
-    """The name in a ``Host`` header, lower-case, without the port (IPv6 without brackets)."""
+    """The name in a ``Host`` header, lower-case, without the port (IPv6 without brackets).
+
+    Only a port of digits is taken off: anything else after the name (``127.0.0.1:80@evil``,
+    ``localhost:abc``) is no ``host[:port]``, and the whole header is returned, which no
+    allow-list entry matches."""
     host = host_header.strip().lower()
     if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        name, bracket, port = host[1:].partition("]")
+        return name if bracket and _is_port_suffix(port) else host
+    if host.count(":") == 1:
+        name, _, port = host.partition(":")
+        return name if _is_port_suffix(":" + port) else host
+    return host
+
+
+def _is_port_suffix(text: str) -> bool:
+    """``""``, or ``":"`` and at most 5 ASCII digits: what may follow a host name (RFC 3986
+    ``[":" port]``, the port possibly empty)."""
+    return _PORT_SUFFIX.fullmatch(text) is not None
 
 
 class BrowserGuard:

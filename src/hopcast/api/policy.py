@@ -47,6 +47,7 @@ from hopcast.auth.roles import Role
 from hopcast.durations import now_us
 from hopcast.errors import ConfigError, TokenError
 from hopcast.live import tokens
+from hopcast.live.revocation import RevocationList
 
 #: The OpenAPI extension that records a route's policy on its operation.
 POLICY_EXTENSION = "x-hopcast-policy"
@@ -68,11 +69,15 @@ class Auth:
         keys: the key file; None: no authentication (every route open).
         device_secret: verifies device tokens on the routes devices call; None: none pass.
         clock: µs since the epoch, for device tokens' validity window.
+        revoked: the device-token revocation list in force (the gateway's, which polls the
+            shared list); a token it revokes passes no route, as it opens no connection.
+            None: no list (no gateway in this process).
     """
 
     keys: KeyFile | None = None
     device_secret: bytes | None = None
     clock: Callable[[], int] = field(default=now_us)
+    revoked: Callable[[], RevocationList] | None = None
 
 
 class _Check:
@@ -127,9 +132,12 @@ def _devices(auth: Auth) -> Callable[[str], str | None]:
         if secret is None:
             return None
         try:
-            return tokens.verify(secret, token, auth.clock()).device
+            claims = tokens.verify(secret, token, auth.clock())
         except TokenError:
             return None
+        if auth.revoked is not None and auth.revoked().reason(claims) is not None:
+            return None
+        return claims.device
 
     return device_of
 

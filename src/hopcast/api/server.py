@@ -78,6 +78,12 @@ _ENV_ALLOWED_HOSTS = "HOPCAST_API_ALLOWED_HOSTS"  # newline-separated; absent: a
 _ENV_CORS_ORIGINS = "HOPCAST_API_CORS_ORIGINS"  # newline-separated
 _ENV_RATE_LIMITS = "HOPCAST_API_RATE_LIMITS"  # JSON {bucket: [per_second, burst]}, or null
 
+#: uvicorn's ``proxy_headers`` (on by default, trusting 127.0.0.1) would take the client's
+#: address and scheme from ``X-Forwarded-For``/``-Proto`` sent by any local process: a client
+#: could then name its own rate-limit subject (a fresh bucket per request). hopcast reads the
+#: peer of the TCP connection; behind a proxy, the key (not the address) is the subject.
+PROXY_HEADERS = False
+
 #: The response header in which a worker of a multi-worker server names itself (its pid).
 WORKER_HEADER = "x-hopcast-worker"
 
@@ -208,6 +214,7 @@ def make_server(
         http=_HTTP,
         access_log=False,
         log_level=log_level,
+        proxy_headers=PROXY_HEADERS,
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
     )
@@ -375,6 +382,7 @@ def serve(
         loop=_LOOP,
         http=_HTTP,
         access_log=False,
+        proxy_headers=PROXY_HEADERS,
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
     )

@@ -125,6 +125,14 @@ def server_security(
                 f"(--host 127.0.0.1), not on {host!r}; create a key with `hopcast auth create "
                 "--name NAME --role admin` instead"
             )
+        if "*" in allowed_hosts:
+            # Without keys, the Host check is what keeps a web page out (DNS rebinding: a
+            # hostile name resolved to 127.0.0.1 is the page's own origin, so its writes pass
+            # the Origin check too); --insecure cannot also turn it off.
+            raise ConfigError(
+                "--insecure with --allowed-host '*' would let any web page the browser on this "
+                "host opens use the API (DNS rebinding); name the hosts, or use an API key"
+            )
         return Security(keys=None, allowed_hosts=hosts, cors_origins=origins)
     path = keys_path(settings, keys)
     store = KeyFile(path)

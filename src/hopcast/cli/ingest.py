@@ -209,6 +209,7 @@ def _listening(
         import uvicorn
 
         from hopcast.api.ingest import ingest_app
+        from hopcast.api.server import PROXY_HEADERS
     except ImportError as exc:
         raise ConfigError(
             f"--listen needs the server extras: pip install 'hopcast[server]' ({exc})"
@@ -223,7 +224,14 @@ def _listening(
     journals = {s.name: Journal(s.directory) for s in sources if isinstance(s, JournalSource)}
     app = ingest_app(journals, engine.metrics.registry, security=security, rate_limits=rate_limits)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=int(port), log_level="warning", access_log=False)
+        uvicorn.Config(
+            app,
+            host=host,
+            port=int(port),
+            log_level="warning",
+            access_log=False,
+            proxy_headers=PROXY_HEADERS,
+        )
     )
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="ingest-http", daemon=True
