@@ -41,7 +41,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from api.contract import Demo, demo, served
+from api.contract import Demo, SettledJobs, demo, served
 from hopcast.api.openapi import RULES_EXTENSION
 
 #: Examples per operation and phase: enough to reach every bound's edge (the coverage phase
@@ -140,7 +140,7 @@ def a_rule_refusal_names_a_documented_rule(
 #: (schemathesis reads the document when the tests are collected) until its tests are done.
 _STORE: Demo = demo()
 RULES.update(documented_rules(_STORE.app.openapi()))
-_SERVED = served(_STORE.app)
+_SERVED = served(SettledJobs(_STORE.app))
 schema = schemathesis.openapi.from_url(
     f"{_SERVED.__enter__()}/openapi.json", config=config(_STORE.key)
 )
