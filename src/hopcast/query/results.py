@@ -136,11 +136,12 @@ class Cuts:
         return f"Cuts({self.count}: {self.kept!r})"
 
 
-@dataclass(slots=True)
-class NeighboursResult:
-    node: str
-    edges: list[Edge]
-    cuts: Cuts = field(default_factory=Cuts)
+class _CutAnswer:
+    """What every answer that a limit can cut says about it: ``truncated`` (a limit dropped
+    something) and ``reason`` (which, from :attr:`cuts`)."""
+
+    __slots__ = ()
+    cuts: Cuts
 
     @property
     def truncated(self) -> bool:
@@ -149,6 +150,13 @@ class NeighboursResult:
     @property
     def reason(self) -> str | None:
         return self.cuts.reason()
+
+
+@dataclass(slots=True)
+class NeighboursResult(_CutAnswer):
+    node: str
+    edges: list[Edge]
+    cuts: Cuts = field(default_factory=Cuts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,18 +184,10 @@ class Reached:
 
 
 @dataclass(slots=True)
-class TraverseResult:
+class TraverseResult(_CutAnswer):
     nodes: list[Reached]
     work: int
     cuts: Cuts = field(default_factory=Cuts)
-
-    @property
-    def truncated(self) -> bool:
-        return bool(self.cuts)
-
-    @property
-    def reason(self) -> str | None:
-        return self.cuts.reason()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -199,20 +199,12 @@ class TraverseResult:
 
 
 @dataclass(slots=True)
-class JourneyResult:
+class JourneyResult(_CutAnswer):
     node: str
     members: list[str]
     entries: list[Edge]
     cursor: str | None
     cuts: Cuts = field(default_factory=Cuts)
-
-    @property
-    def truncated(self) -> bool:
-        return bool(self.cuts)
-
-    @property
-    def reason(self) -> str | None:
-        return self.cuts.reason()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -257,7 +249,7 @@ class ExistsResult:
 
 
 @dataclass(slots=True)
-class PathResult:
+class PathResult(_CutAnswer):
     found: bool
     nodes: list[str]
     edges: list[Edge]
@@ -267,14 +259,6 @@ class PathResult:
     @property
     def hops(self) -> int:
         return len(self.edges)
-
-    @property
-    def truncated(self) -> bool:
-        return bool(self.cuts)
-
-    @property
-    def reason(self) -> str | None:
-        return self.cuts.reason()
 
     def to_dict(self) -> dict[str, Any]:
         return {
