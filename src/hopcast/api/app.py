@@ -30,7 +30,7 @@ from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
-from fastapi import APIRouter, FastAPI, Path, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse, Response
@@ -98,17 +98,7 @@ def _mark(kind: str) -> dict[str, Any]:
 
 _ID_TEXT = "Node id `type:key` (at most 250 bytes of UTF-8)."
 
-NodeId = Annotated[
-    str,
-    Path(
-        description=_ID_TEXT,
-        examples=["profile:1"],
-        min_length=3,
-        max_length=bounds.MAX_NODE_ID_CHARS,
-        pattern=bounds.NODE_ID,
-        json_schema_extra=_mark("node_id"),
-    ),
-]
+NodeId = Annotated[str, bounds.node_id_path(_ID_TEXT, "profile:1", "node_id")]
 EdgeParam = Annotated[
     str | None,
     Query(
@@ -151,15 +141,7 @@ UntilParam = Annotated[
 
 
 AccountId = Annotated[
-    str,
-    Path(
-        description="The account (journey root) id.",
-        examples=["account:1"],
-        min_length=3,
-        max_length=bounds.MAX_NODE_ID_CHARS,
-        pattern=bounds.NODE_ID,
-        json_schema_extra=_mark("journey_root"),
-    ),
+    str, bounds.node_id_path("The account (journey root) id.", "account:1", "journey_root")
 ]
 IdsParam = Annotated[
     str,

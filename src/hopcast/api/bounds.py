@@ -27,8 +27,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from itertools import accumulate
-from typing import Final
+from typing import Any, Final
 
+from fastapi import Path
 from starlette.convertors import Convertor, register_url_convertor
 
 from hopcast.graph.keys import MAX_TS
@@ -299,3 +300,16 @@ def meaning(pattern: str) -> str:
         if found is not None:
             return found
     return f"text matching {pattern!r}"
+
+
+def node_id_path(description: str, example: str, mark: str) -> Any:
+    """A node-id path parameter: ``type:key``, 3 to :data:`MAX_NODE_ID_CHARS` characters matching
+    :data:`NODE_ID`, marked ``mark`` for the document's rules (:data:`MARK`)."""
+    return Path(
+        description=description,
+        examples=[example],
+        min_length=3,
+        max_length=MAX_NODE_ID_CHARS,
+        pattern=NODE_ID,
+        json_schema_extra={MARK: mark},
+    )

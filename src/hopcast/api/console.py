@@ -515,25 +515,17 @@ EventId = Annotated[
 ]
 NodeId = Annotated[
     str,
-    Path(
-        description="Node id `type:key` (at most 250 bytes of UTF-8).",
-        examples=["profile:12-0"],
-        min_length=3,
-        max_length=bounds.MAX_NODE_ID_CHARS,
-        pattern=bounds.NODE_ID,
-        json_schema_extra={bounds.MARK: "node_id"},
+    bounds.node_id_path(
+        "Node id `type:key` (at most 250 bytes of UTF-8).", "profile:12-0", "node_id"
     ),
 ]
 #: Where a timeline starts: a journey root (an account) or a profile (its account's timeline).
 TimelineRoot = Annotated[
     str,
-    Path(
-        description="An account, or a profile (the timeline of its account); `type:key`.",
-        examples=["account:12"],
-        min_length=3,
-        max_length=bounds.MAX_NODE_ID_CHARS,
-        pattern=bounds.NODE_ID,
-        json_schema_extra={bounds.MARK: "timeline_root"},
+    bounds.node_id_path(
+        "An account, or a profile (the timeline of its account); `type:key`.",
+        "account:12",
+        "timeline_root",
     ),
 ]
 
