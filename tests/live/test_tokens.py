@@ -146,6 +146,23 @@ def test_signed_claims_that_are_not_valid_json_are_malformed() -> None:
     assert _refused(SECRET, f"{signing_input}.{mac}") is TokenProblem.MALFORMED
 
 
+def test_a_validly_signed_token_that_lives_longer_than_a_revocation_is_kept_is_refused() -> None:
+    """Revocations are pruned after 7 days; a token signed (by another issuer with the same
+    secret) to live longer would be accepted again afterwards, so verify refuses it."""
+    claims = {"sub": "tv-42", "ch": ["global"], "iat": NOW, "nbf": NOW, "exp": NOW}
+    for lifetime, accepted in ((t.MAX_TTL_US, True), (t.MAX_TTL_US + 1, False)):
+        claims["exp"] = NOW + lifetime
+        signing_input = "hc1.k0." + _b64(json.dumps(claims).encode())
+        mac = _b64(hmac.new(SECRET, signing_input.encode(), hashlib.sha256).digest())
+        token = f"{signing_input}.{mac}"
+        if accepted:
+            assert t.verify(SECRET, token, NOW + 1).expires_at == NOW + lifetime
+        else:
+            with pytest.raises(TokenError, match="over 604800000000 µs") as info:
+                t.verify(SECRET, token, NOW + 1)
+            assert info.value.problem is TokenProblem.MALFORMED
+
+
 @pytest.mark.parametrize(
     "token",
     [
@@ -272,6 +289,7 @@ def test_a_key_id_outside_the_url_safe_alphabet_is_a_config_error() -> None:
         ({"scopes": ["ev*nt"]}, "'*' allowed only at the end"),
         ({"scopes": [""]}, "scope ''"),
         ({"ttl_us": 0}, "ttl must be positive"),
+        ({"ttl_us": t.MAX_TTL_US + 1}, "at most 604800 s"),
         ({"scopes": ["c" * (MAX_NAME_CHARS - 3) + f"{i:03}" for i in range(64)]}, "limit 4096"),
     ],
 )

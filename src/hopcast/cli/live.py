@@ -494,7 +494,9 @@ def _render_cardinality(console: Console, doc: Doc) -> None:
 @click.option(
     "--channel", "channels", multiple=True, required=True, help="Channel the device may follow."
 )
-@click.option("--ttl", default="1h", show_default=True, help="Lifetime, e.g. 1h or 30m.")
+@click.option(
+    "--ttl", default="1h", show_default=True, help="Lifetime, e.g. 1h or 30m; at most 7d."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine output: one JSON document.")
 @click.pass_obj
 def token(
@@ -522,7 +524,11 @@ def token(
 @click.option("--token-id", default=None, help="Revoke one token: its id (the jti claim).")
 @click.option("--subject", default=None, help="Revoke every token of this device issued until now.")
 @click.option(
-    "--keep", default="7d", show_default=True, help="How long the entry is kept (then pruned)."
+    "--keep",
+    default="7d",
+    show_default=True,
+    help="How long the entry is kept (then pruned); a token living longer than that is "
+    "accepted again once pruned (tokens live at most 7d).",
 )
 @click.option("--note", default="", help="Why (kept with the entry).")
 @click.option(

@@ -42,15 +42,15 @@ from msgspec import Meta
 from hopcast.durations import DAY
 from hopcast.errors import ConfigError, InvalidInput
 from hopcast.live.messages import MAX_NAME_CHARS
-from hopcast.live.tokens import Claims
+from hopcast.live.tokens import MAX_TTL_US, Claims
 
 #: How often a gateway re-reads its revocation source: "within seconds" on every process, for
 #: one small read (a stat for the file, one HGETALL for Redis) per process per second.
 POLL_S = 1.0
-#: How long an entry is kept by default: a week, longer than a device token should live (the
-#: development route issues at most 24 h); a token outliving its revocation entry would be
-#: accepted again.
-DEFAULT_RETENTION_US = 7 * DAY
+#: How long an entry is kept by default: as long as the longest token can live
+#: (:data:`hopcast.live.tokens.MAX_TTL_US`, a week, which issue and verify enforce); a token
+#: outliving its revocation entry would be accepted again.
+DEFAULT_RETENTION_US = MAX_TTL_US
 #: Longest an entry may be kept: a year, longer than any device token should live (an entry
 #: only has to outlive the tokens it revokes), and a bound on ``until`` so an operator's typo
 #: (``--keep 99999999d``) cannot write a time no date type can show.

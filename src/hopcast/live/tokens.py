@@ -61,6 +61,11 @@ MIN_SECRET_BYTES = 32
 #: ``exp``; NTP keeps hosts within milliseconds, 30 s covers a badly synced one.
 DEFAULT_LEEWAY_US = 30 * SECOND
 
+#: Longest token lifetime (``exp - nbf``) that :func:`issue` makes and :func:`verify` accepts.
+#: A revocation is kept :data:`hopcast.live.revocation.DEFAULT_RETENTION_US` (7 days) and then
+#: pruned, so a token outliving that would be accepted again once its revocation is gone;
+#: devices refresh their token on an open connection long before this.
+MAX_TTL_US = 7 * 24 * 3600 * SECOND
 #: Random bytes in a default token id: 96 bits make a collision among billions of tokens
 #: negligible, in 16 base64url characters.
 TOKEN_ID_BYTES = 12
@@ -148,7 +153,7 @@ def issue(
         device_id: the device, 1 to ``MAX_NAME_CHARS`` characters.
         scopes: channel names or ``prefix*`` patterns, 1 to ``MAX_CHANNELS`` of them.
         now: the issue time, µs since the epoch.
-        ttl_us: how long the token stays valid, > 0.
+        ttl_us: how long the token stays valid, 0 < ttl_us <= :data:`MAX_TTL_US`.
         key_id: the secret's id, ``[A-Za-z0-9_-]{1,32}``; verifiers look the secret up by it.
         not_before: when the token becomes valid (default ``now``).
         token_id: the ``jti`` claim, ``[A-Za-z0-9_-]{1,128}`` (default: 96 random bits,
@@ -175,8 +180,11 @@ def issue(
                 f"scope {scope!r}: a channel name of 1 to {MAX_NAME_CHARS} characters, "
                 "with '*' allowed only at the end"
             )
-    if ttl_us <= 0:
-        raise InvalidInput(f"ttl must be positive, got {ttl_us}")
+    if not 0 < ttl_us <= MAX_TTL_US:
+        raise InvalidInput(
+            f"ttl must be positive and at most {MAX_TTL_US // SECOND} s (7 days: revocations "
+            f"are kept that long), got {ttl_us} µs"
+        )
     jti = new_token_id() if token_id is None else token_id
     if not _TOKEN_ID.fullmatch(jti):
         raise InvalidInput(f"token id must match [A-Za-z0-9_-]{{1,{MAX_NAME_CHARS}}}: {jti!r}")
@@ -201,7 +209,9 @@ def verify(
     """Check a token's signature and validity window and return its claims.
 
     Steps: 1. shape; 2. key id in ``keys``; 3. MAC, compared in constant time; 4. claims;
-    5. ``not_before - leeway <= now < expires_at + leeway``.
+    5. ``not_before - leeway <= now < expires_at + leeway``, and a lifetime
+    (``expires_at - not_before``) of at most :data:`MAX_TTL_US`, so no token outlives the
+    revocation that names it.
 
     Args:
         keys: key id → secret (the keyring; several during a rotation), or one secret, taken
@@ -214,8 +224,8 @@ def verify(
         The verified claims.
 
     Raises:
-        TokenError: ``malformed``, ``unknown_key``, ``bad_signature``, ``expired`` or
-            ``not_yet_valid``.
+        TokenError: ``malformed`` (also a lifetime over :data:`MAX_TTL_US`), ``unknown_key``,
+            ``bad_signature``, ``expired`` or ``not_yet_valid``.
         ConfigError: a secret in ``keys`` is too short.
     """
     keyring = {DEFAULT_KEY_ID: keys} if isinstance(keys, bytes) else keys
@@ -241,6 +251,11 @@ def verify(
     except (binascii.Error, msgspec.DecodeError) as exc:
         raise TokenError(TokenProblem.MALFORMED, f"claims: {exc}") from None
     # 5. Validity window.
+    if payload.exp - payload.nbf > MAX_TTL_US:
+        raise TokenError(
+            TokenProblem.MALFORMED,
+            f"lifetime {payload.exp - payload.nbf} µs is over {MAX_TTL_US} µs (7 days)",
+        )
     if now < payload.nbf - leeway_us:
         raise TokenError(TokenProblem.NOT_YET_VALID, f"valid from {payload.nbf}, now is {now}")
     if now >= payload.exp + leeway_us:
