@@ -74,6 +74,7 @@ from hopcast.stream.engines.buckets import (
     read_totals,
     route,
 )
+from hopcast.stream.engines.sidestore import StoreTablesMapping
 from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
 
 try:
@@ -228,11 +229,11 @@ def _release_graph(spec: JobSpec) -> None:
             entry[0].close()
 
 
-def load_mapping(spec: JobSpec, graph: Graph) -> Mapping:
-    """The source's mapping, checked for what the Flink engine runs.
+def load_mapping(spec: JobSpec, graph: Graph) -> StoreTablesMapping:
+    """The source's mapping, its side tables kept in the graph store (see "Side tables").
 
     Raises:
-        ConfigError: if there is none, or it reads side tables.
+        ConfigError: if there is none.
     """
     maps = Mapping.load_dir(spec.mappings, graph.schema)
     mapping = maps.get(spec.source)
@@ -241,14 +242,7 @@ def load_mapping(spec: JobSpec, graph: Graph) -> Mapping:
         raise ConfigError(
             f"no mapping for source {spec.source!r} in {spec.mappings} (mapped: {known})"
         )
-    if mapping.enrich:
-        tables = ", ".join(sorted({e.table for e in mapping.enrich}))
-        raise ConfigError(
-            f"source {spec.source!r}: its mapping enriches from side tables ({tables}); the "
-            "Flink engine runs one job per source and cannot share side tables between jobs: "
-            "run this source with 'hopcast ingest run'"
-        )
-    return mapping
+    return StoreTablesMapping(mapping, graph.store.kv)
 
 
 class PipelineFunction(ProcessFunction):  # type: ignore[misc]
