@@ -272,3 +272,71 @@ def test_every_change_of_one_row_goes_to_one_bucket() -> None:
     buckets = {b for b, r in route(rows[:20], 16)}
     assert len(buckets) == 1
     assert route(rows, 1 << 20)[-1][0] not in buckets  # another table, another identity
+
+
+def write_rows(graph: Graph, *rows: SideRow) -> None:
+    graph.store.apply([], extra=side_extra(graph.store, rows))
+
+
+def test_a_change_makes_the_other_tasks_re_read_only_the_rows_it_wrote(graph: Graph) -> None:
+    clock = Clock()
+    write_rows(graph, *(SideRow("titles", str(i), 1, {"name": f"t{i}"}) for i in range(5)))
+    reader = StoreSideTable("titles", graph.store.kv, check_ms=CHECK_MS, clock=clock)
+    assert [reader.get(str(i)) for i in range(5)] == [{"name": f"t{i}"} for i in range(5)]
+    write_rows(graph, SideRow("titles", "3", 2, {"name": "renamed"}))
+    clock.t += CHECK_MS / 1000
+    reads = reader.reads
+    assert reader.get("0") == {"name": "t0"}
+    assert reader.reads == reads + 2  # the token and the log; row 0 stays cached
+    assert reader.get("3") == {"name": "renamed"}
+    assert reader.reads == reads + 3  # row 3 read again
+    assert [reader.get(str(i)) for i in (1, 2, 4)] and reader.reads == reads + 3
+
+
+def test_a_write_too_big_to_log_its_keys_drops_the_readers_whole_cache(
+    graph: Graph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hopcast.stream.engines import sidestore
+
+    monkeypatch.setattr(sidestore, "MAX_LOGGED_KEYS", 2)
+    clock = Clock()
+    write_rows(graph, *(SideRow("titles", str(i), 1, {"name": f"t{i}"}) for i in range(5)))
+    reader = StoreSideTable("titles", graph.store.kv, check_ms=CHECK_MS, clock=clock)
+    assert reader.get("0") == {"name": "t0"}
+    write_rows(graph, *(SideRow("titles", str(i), 2, {"name": f"u{i}"}) for i in range(1, 5)))
+    clock.t += CHECK_MS / 1000
+    reads = reader.reads
+    assert reader.get("0") == {"name": "t0"}
+    assert reader.reads == reads + 3  # token, log, and row 0 again: the cache was dropped
+
+
+def test_a_reader_that_has_not_looked_for_half_the_log_life_drops_its_whole_cache(
+    graph: Graph,
+) -> None:
+    from hopcast.stream.engines.sidestore import LOG_KEEP_S
+
+    clock = Clock()
+    write_rows(graph, SideRow("titles", "0", 1, {"name": "t0"}))
+    reader = StoreSideTable("titles", graph.store.kv, check_ms=CHECK_MS, clock=clock)
+    assert reader.get("0") == {"name": "t0"}
+    write_rows(graph, SideRow("titles", "1", 1, {"name": "t1"}))
+    clock.t += LOG_KEEP_S / 2 + 1  # what it missed may have been pruned
+    reads = reader.reads
+    assert reader.get("0") == {"name": "t0"}
+    assert reader.reads == reads + 3
+
+
+def test_writers_prune_change_log_entries_older_than_the_log_life(graph: Graph) -> None:
+    import msgspec
+
+    from hopcast.durations import now_us
+    from hopcast.stream.engines.sidestore import LOG_KEEP_S
+
+    old = now_us() - int(LOG_KEEP_S * 1e6) - 1
+    graph.store.apply(
+        [], extra=[(GEN_NS, b"titles", b"l-old", msgspec.msgpack.encode((old, ["x"])))]
+    )
+    write_rows(graph, SideRow("titles", "0", 1, {"name": "t0"}))
+    with graph.store.kv.reader() as r:
+        log = [i.key for i in r.scan(GEN_NS, b"titles", NOW, b"l", b"m")]
+    assert len(log) == 1 and log[0] != b"l-old"

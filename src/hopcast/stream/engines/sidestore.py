@@ -18,11 +18,15 @@ reads it:
   *generation token* of that table (namespace :data:`GEN_NS`).
 * **Reading.** ``enrich`` reads a row through a per-task cache (positive and negative entries,
   at most ``max_rows``). At most every ``check_ms`` a read first reads the table's generation
-  token (one small store read); if it changed, the cache is dropped. A task also sees its own
-  changes at once, before their window is written.
+  token (one small store read); if it changed, the task reads the table's change log (each
+  write's keys, kept :data:`LOG_KEEP_S`) and forgets the rows written since it last looked, so
+  a change costs each task one re-read of the changed rows, not of its whole cache (a write of
+  more than :data:`MAX_LOGGED_KEYS` rows, or a log not read for ``LOG_KEEP_S / 2``, drops the
+  whole cache). A task also sees its own changes at once, before their window is written.
 
 What a reader can see: every row change committed to the store more than ``check_ms`` before the
-read (the token is written atomically with the rows, and a token is never reused). A change is
+read (the token and the log entry are written atomically with the rows, a token is never reused,
+and writers' clocks agree within ``LOG_KEEP_S / 2``). A change is
 committed when its window is written, ``window_ms`` after the changelog record was processed
 (longer while the store is away: the writer retries). So an enrichment sees a catalogue change
 at most about ``window_ms + check_ms`` after the catalogue job processed it; there is no order
@@ -66,10 +70,19 @@ from hopcast.stream.mapping import Mapping
 from hopcast.stream.operators import Pipeline, SideTable
 from hopcast.stream.record import Record
 
-#: Where each side table's generation token lives: record = table name, item key = ``b"g"``.
-#: (``st.`` like :data:`SIDE_NS`: not graph data.)
+#: Where each side table's generation token and change log live: record = table name, item
+#: ``b"g"`` = the token, items ``b"l" + token`` = what the write of that token changed
+#: (``[writer time µs, keys or None]``). (``st.`` like :data:`SIDE_NS`: not graph data.)
 GEN_NS = "st.sidegen"
 _GEN_KEY = b"g"
+_LOG = b"l"
+_LOG_END = b"m"
+#: How long a change-log entry is kept (writers prune older ones). A reader that has not read
+#: the log for half of it drops its whole cache instead (an entry it missed may be gone), so
+#: writers' clocks may be up to that far apart.
+LOG_KEEP_S = 60.0
+#: Keys one change-log entry lists at most; a bigger write (a snapshot) says "everything".
+MAX_LOGGED_KEYS = 1_000
 
 #: How often a reading task asks whether a table changed (one small read per table per task per
 #: interval). 100 ms keeps enrichment within a tenth of a second of the store, well under the
@@ -122,11 +135,12 @@ def configure(kv: KVStore) -> None:
 def side_extra(store: GraphStore, rows: Sequence[SideRow]) -> list[tuple[str, bytes, bytes, bytes]]:
     """The items that write ``rows`` (for :meth:`GraphStore.apply`'s ``extra``): per row the
     newest change of the batch, unless the store holds that row at the same version or a newer
-    one; and a fresh generation token for every table that changes. Empty when nothing changes
-    (a replay).
+    one; and for every table that changes a fresh generation token with its change-log entry
+    (the keys written). Empty when nothing changes (a replay).
 
     Reads the stored versions: call it in the attempt that writes (a row has one writer task,
-    its bucket's, so nothing changes it in between).
+    its bucket's, so nothing changes it in between). Prunes change-log entries older than
+    :data:`LOG_KEEP_S` on the way (a write of its own: harmless if the batch then fails).
     """
     if not rows:
         return []
@@ -137,7 +151,7 @@ def side_extra(store: GraphStore, rows: Sequence[SideRow]) -> list[tuple[str, by
             newest[(r.table, r.key)] = r
     configure(store.kv)
     out: list[tuple[str, bytes, bytes, bytes]] = []
-    tables: set[str] = set()
+    changed: dict[str, list[str]] = {}
     now = now_us()
     with store.kv.reader() as reader:
         for (table, key), r in newest.items():
@@ -149,10 +163,22 @@ def side_extra(store: GraphStore, rows: Sequence[SideRow]) -> list[tuple[str, by
                 if r.version is not None and version is not None and version > r.version:
                     continue  # a newer change is stored
             out.append((SIDE_NS, table.encode(), key.encode(), _encode((r.version, r.row))))
-            tables.add(table)
-    for table in sorted(tables):
+            changed.setdefault(table, []).append(key)
+        stale = [
+            (table, i.key)
+            for table in changed
+            for i in reader.scan(GEN_NS, table.encode(), now, _LOG, _LOG_END)
+            if _decode(i.value)[0] < now - LOG_KEEP_S * 1e6
+        ]
+    if stale:
+        with store.kv.writer() as w:
+            for table, entry in stale:
+                w.delete(GEN_NS, table.encode(), entry)
+    for table, keys in sorted(changed.items()):
         token = now.to_bytes(8, "big") + os.urandom(8)  # never reused: readers compare tokens
+        logged = keys if len(keys) <= MAX_LOGGED_KEYS else None
         out.append((GEN_NS, table.encode(), _GEN_KEY, token))
+        out.append((GEN_NS, table.encode(), _LOG + token, _encode((now, logged))))
     return out
 
 
@@ -195,6 +221,9 @@ class StoreSideTable(SideTable):
         self._changes: list[SideRow] = []
         self._token: bytes | None = None
         self._checked = -math.inf
+        #: change-log entries seen at the last read of the log, and when that was
+        self._seen: set[bytes] = set()
+        self._scanned = -math.inf
         #: store reads of rows and tokens (for tests and benchmarks)
         self.reads = 0
 
@@ -222,14 +251,31 @@ class StoreSideTable(SideTable):
         return entry[2]
 
     def _poll(self, now: float) -> None:
+        """Every ``check_ms``: if the table's token changed, read its change log and forget the
+        rows written since the last read (all rows if the log cannot tell)."""
         if now - self._checked < self.check_s:
             return
         self._checked = now
         self.reads += 1
         token = _read_token(self.kv, self.name)
-        if token != self._token:
-            self._token = token
+        if token == self._token:
+            return
+        self._token = token  # read before the log: a write after it changes the token again
+        self.reads += 1
+        with self.kv.reader() as r:
+            log = {
+                bytes(i.key): _decode(i.value)[1]
+                for i in r.scan(GEN_NS, self.name.encode(), now_us(), _LOG, _LOG_END)
+            }
+        new = [keys for entry, keys in log.items() if entry not in self._seen]
+        if now - self._scanned > LOG_KEEP_S / 2 or any(keys is None for keys in new):
             self._cache.clear()
+        else:
+            for keys in new:
+                for key in keys:
+                    self._cache.pop(key, None)
+        self._seen = set(log)
+        self._scanned = now
 
     def __len__(self) -> int:
         return sum(1 for key in self._keys() if self.get(key) is not None)
@@ -326,6 +372,8 @@ __all__ = [
     "DEFAULT_MAX_AGE_MS",
     "DEFAULT_MAX_ROWS",
     "GEN_NS",
+    "LOG_KEEP_S",
+    "MAX_LOGGED_KEYS",
     "SideRow",
     "SideRowPipeline",
     "StoreSideTable",
