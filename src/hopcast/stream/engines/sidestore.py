@@ -26,9 +26,9 @@ reads it:
 
 What a reader can see: every row change committed to the store more than ``check_ms`` before the
 read (the token and the log entry are written atomically with the rows, a token is never reused,
-and writers' clocks agree within ``LOG_KEEP_S / 2``). A change is
-committed when its window is written, ``window_ms`` after the changelog record was processed
-(longer while the store is away: the writer retries). So an enrichment sees a catalogue change
+and writers' clocks agree within ``LOG_KEEP_S / 2``). A change is committed when its window is
+written, ``window_ms`` after the changelog record was processed (longer while the store is
+away: the writer retries). So an enrichment sees a catalogue change
 at most about ``window_ms + check_ms`` after the catalogue job processed it; there is no order
 between jobs: an event processed before the change it follows in real time (another topic,
 another job) is enriched with the row as it was, or, if the row did not exist yet, goes on
