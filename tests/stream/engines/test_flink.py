@@ -128,7 +128,12 @@ def enriched(graph: Graph, data: DemoInput) -> int:
 
 
 def _start_job(
-    store: str, source_spec: str, checkpoints: Path, log: Path, *extra: str
+    store: str,
+    source_spec: str,
+    checkpoints: Path,
+    log: Path,
+    *extra: str,
+    schema: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     out = log.open("ab")
     return subprocess.Popen(
@@ -136,6 +141,7 @@ def _start_job(
             HOPCAST,
             "--store",
             store,
+            *(("--schema", str(schema)) if schema is not None else ()),
             "flink",
             "run",
             "--source",
@@ -209,6 +215,60 @@ def test_a_job_killed_mid_stream_restores_its_checkpoint_and_ends_equal_to_a_cle
             _stop(proc, log)
             assert dump(graph) == want, differences(want, dump(graph))
         assert "resuming from checkpoint" in log.read_text()  # the second run restored
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+
+
+def test_an_enriching_job_killed_mid_stream_restores_and_ends_equal_to_a_clean_run(
+    kafka_bootstrap: str, redis_store: str, prefix: str, tmp_path: Path
+) -> None:
+    """Playback enriching from the titles the catalogue job stored: killed with kill -9 and
+    restored, its replayed records read the stored table again and the graph ends the same."""
+    data = seed(kafka_bootstrap, prefix, 6000)
+    maps, schema = enriching_mappings(tmp_path / "maps")
+    names = ("catalogue", "playback")
+    reference = embedded_reference(
+        kafka_bootstrap, prefix, data, tmp_path / "lmdb", names,
+        mappings=maps, schema=schema, first=("catalogue",),
+    )  # fmt: skip
+    want = dump(reference)
+    reference.close()
+    catalogue = FlinkJob(
+        "catalogue",
+        KafkaInput.parse("catalogue", spec(kafka_bootstrap, prefix, "catalogue")),
+        redis_store,
+        schema=str(schema),
+        mappings=maps,
+        bounded=True,
+        checkpoint_dir=tmp_path / "chk-catalogue",
+    )
+    assert catalogue.execute() == "FINISHED"
+    source_spec = f"playback={spec(kafka_bootstrap, prefix, 'playback')}"
+    checkpoints = tmp_path / "chk"
+    log = tmp_path / "job.log"
+    args = ("--mappings", str(maps))
+    proc = _start_job(
+        redis_store, source_spec, checkpoints, log, *args, "--max-batch", "1", schema=schema
+    )
+    try:
+        with Graph.open(redis_store, schema) as graph:
+
+            def progressed() -> bool:
+                return (
+                    latest_checkpoint(checkpoints) is not None
+                    and read_totals(graph.store, "hopcast-playback").written > 200
+                )
+
+            wait_until(progressed, 120, "a checkpoint and some writes")
+            _kill_group(proc)
+            assert 0 < len(dump(graph)) < len(want)  # killed mid-stream
+            proc = _start_job(redis_store, source_spec, checkpoints, log, *args, schema=schema)
+            wait_until(lambda: dump(graph) == want, 180, "the restored job to catch up")
+            _stop(proc, log)
+            assert dump(graph) == want, differences(want, dump(graph))
+            assert enriched(graph, data) > 20
+        assert "resuming from checkpoint" in log.read_text()
     finally:
         if proc.poll() is None:
             _kill_group(proc)
