@@ -9,6 +9,7 @@ from typing import Any
 
 from hopcast.demo.kafka import DemoInput, demo_input, publish, topic_name
 from hopcast.demo.records import SOURCES
+from hopcast.graph import schema as schema_module
 from hopcast.graphdb import Graph
 from hopcast.kv.lmdb import LmdbKV
 from hopcast.kv.redis import RedisKV
@@ -35,24 +36,77 @@ def spec(bootstrap: str, prefix: str, source: str) -> str:
 
 
 def embedded_reference(
-    bootstrap: str, prefix: str, data: DemoInput, path: Path, names: tuple[str, ...] = SOURCES
+    bootstrap: str,
+    prefix: str,
+    data: DemoInput,
+    path: Path,
+    names: tuple[str, ...] = SOURCES,
+    *,
+    mappings: Path = DEMO_MAPPINGS,
+    schema: Path | None = None,
+    first: tuple[str, ...] = (),
 ) -> Graph:
-    """The embedded engine's graph of the sources' topics, in LMDB (open; the caller closes)."""
-    graph = Graph.open(path)
-    sources = [
-        KafkaSource(name, bootstrap, [topic_name(prefix, name)], group_id=f"ref-{prefix}")
-        for name in names
-    ]
-    maps = Mapping.load_dir(DEMO_MAPPINGS, graph.schema)
-    engine = engine_for(graph, sources, maps, batch_ms=50)
-    engine.open()
-    want = sum(1 for r in data.records() if r.source in names)
-    deadline = time.monotonic() + 120
-    while engine.stats.events < want and time.monotonic() < deadline:
-        engine.step()
-    engine.close()
-    assert engine.stats.events == want, (engine.stats.events, want)
+    """The embedded engine's graph of the sources' topics, in LMDB (open; the caller closes).
+
+    The sources in ``first`` are read to their end before the others start (reference data
+    that enrichments read: then every enrichment sees the final side tables, as it does when
+    one job per source runs after the other)."""
+    graph = Graph.open(path, schema)
+    maps = Mapping.load_dir(mappings, graph.schema)
+    phases = [tuple(n for n in first if n in names), tuple(n for n in names if n not in first)]
+    for phase in phases:
+        if not phase:
+            continue
+        sources = [
+            KafkaSource(name, bootstrap, [topic_name(prefix, name)], group_id=f"ref-{prefix}")
+            for name in phase
+        ]
+        engine = engine_for(graph, sources, maps, batch_ms=50)
+        engine.open()
+        want = sum(1 for r in data.records() if r.source in phase)
+        deadline = time.monotonic() + 120
+        while engine.stats.events < want and time.monotonic() < deadline:
+            engine.step()
+        engine.close()
+        assert engine.stats.events == want, (phase, engine.stats.events, want)
     return graph
+
+
+def enriching_mappings(directory: Path) -> tuple[Path, Path]:
+    """The demo mappings and schema in ``directory``, with playback enriching from the side
+    table the catalogue keeps (``titles``): ``started_watching`` gains the title's ``kind``
+    (required: a watch of an unknown title is ``enrichment_missing``). Returns (mapping dir,
+    schema file). (No demo mapping enriches; an enrichment has no ``when``, so ``live``, whose
+    ``team_follow`` events carry no ``event_id``, cannot join ``live_events``.)"""
+    maps = directory / "mappings"
+    maps.mkdir(parents=True)
+    for f in DEMO_MAPPINGS.glob("*.yaml"):
+        (maps / f.name).write_text(f.read_text())
+    _edit(
+        maps / "playback.yaml",
+        ("format: debezium\n",
+         "format: debezium\nenrich:\n"
+         '  - {table: titles, key: "{row.title_id}", as: title, required: true}\n'),
+        ('          device: "device:{row.device_id}"\n',
+         '          device: "device:{row.device_id}"\n          kind: "{title.kind}"\n'),
+    )  # fmt: skip
+    schema = directory / "schema.yaml"
+    demo = Path(schema_module.__file__).with_name("demo_schema.yaml").read_text()
+    edited = demo.replace(
+        "      position_s: int\n      device: str\n",
+        "      position_s: int\n      device: str\n      kind: str\n",
+    )
+    assert edited.count("kind: str") == 2
+    schema.write_text(edited)
+    return maps, schema
+
+
+def _edit(path: Path, *replacements: tuple[str, str]) -> None:
+    text = path.read_text()
+    for old, new in replacements:
+        assert text.count(old) == 1, (path.name, old)
+        text = text.replace(old, new)
+    path.write_text(text)
 
 
 def dump(graph: Graph) -> Dump:

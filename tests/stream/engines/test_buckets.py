@@ -21,11 +21,11 @@ class FailingStore:
     def __init__(self, store: Any, fail: int) -> None:
         self._store, self.fail = store, fail
 
-    def apply(self, mutations: Any, checkpoints: Any = None) -> Any:
+    def apply(self, mutations: Any, checkpoints: Any = None, **options: Any) -> Any:
         if self.fail:
             self.fail -= 1
             raise StorageError("connection refused")
-        return self._store.apply(mutations, checkpoints)
+        return self._store.apply(mutations, checkpoints, **options)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)

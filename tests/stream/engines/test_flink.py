@@ -4,6 +4,7 @@ Redis restart mid-stream."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,14 +15,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flinkkit import dead_letters, differences, dump, embedded_reference, seed, spec
+from flinkkit import (
+    dead_letters,
+    differences,
+    dump,
+    embedded_reference,
+    enriching_mappings,
+    seed,
+    spec,
+)
 
+from hopcast.demo.kafka import DemoInput
 from hopcast.demo.records import SOURCES
 from hopcast.errors import ConfigError
+from hopcast.graph.mutations import NodeUpsert
 from hopcast.graphdb import Graph
 from hopcast.ports import PortReservation
-from hopcast.stream.engines.buckets import read_totals
-from hopcast.stream.engines.flink import FlinkJob, KafkaInput, latest_checkpoint
+from hopcast.stream.deadletter import DeadLetter, Reason
+from hopcast.stream.engines.buckets import BucketWriter, Totals, read_totals
+from hopcast.stream.engines.flink import FlinkJob, KafkaInput, latest_checkpoint, load_mapping
+from hopcast.stream.engines.sidestore import SideRow
+from hopcast.stream.record import Position, Record
 
 pytestmark = pytest.mark.slow
 
@@ -59,21 +73,30 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[
 def test_flink_on_redis_and_the_embedded_engine_on_lmdb_build_identical_graphs(
     kafka_bootstrap: str, redis_store: str, prefix: str, tmp_path: Path
 ) -> None:
+    """The demo mappings, with playback enriching from the catalogue's side table:
+    under Flink the catalogue job writes the tables to the store and the other jobs read them
+    (the reference reads the catalogue first, as the jobs run one after the other)."""
     data = seed(kafka_bootstrap, prefix, 2500)
-    reference = embedded_reference(kafka_bootstrap, prefix, data, tmp_path / "lmdb")
+    maps, schema = enriching_mappings(tmp_path / "maps")
+    reference = embedded_reference(
+        kafka_bootstrap, prefix, data, tmp_path / "lmdb",
+        mappings=maps, schema=schema, first=("catalogue",),
+    )  # fmt: skip
     try:
         for source in SOURCES:  # one job per source topic, as in production
             job = FlinkJob(
                 source,
                 KafkaInput.parse(source, spec(kafka_bootstrap, prefix, source)),
                 redis_store,
+                schema=str(schema),
+                mappings=maps,
                 parallelism=2,
                 bounded=True,
                 checkpoint_dir=tmp_path / "chk" / source,
                 checkpoint_interval_ms=1000,
             )
             assert job.execute() == "FINISHED"
-        with Graph.open(redis_store) as flink_graph:
+        with Graph.open(redis_store, schema) as flink_graph:
             want, got = dump(reference), dump(flink_graph)
             assert len(want) > 5000
             assert got == want, differences(want, got)
@@ -82,12 +105,35 @@ def test_flink_on_redis_and_the_embedded_engine_on_lmdb_build_identical_graphs(
             assert len(letters) == sum(1 for r in data.records() if r.bad is not None) > 10
             totals = sum(read_totals(flink_graph.store, f"hopcast-{s}").mutations for s in SOURCES)
             assert totals > 0
+            assert enriched(flink_graph, data) > 20  # the watches read the catalogue's table
     finally:
         reference.close()
 
 
+def enriched(graph: Graph, data: DemoInput) -> int:
+    """How many watches' edges carry the kind of their title (from the side table)."""
+    kinds = 0
+    for r in data.records():
+        if r.bad is not None or r.source != "playback":
+            continue
+        doc = json.loads(r.value)
+        if doc.get("op") in ("c", "u", "r"):
+            row = doc["after"]
+            edges = graph.neighbours(
+                f"profile:{row['profile_id']}", "started_watching", limit=1000, lookback="100d"
+            ).edges
+            kind = {e.dst: e.props.get("kind") for e in edges}.get(f"title:{row['title_id']}")
+            kinds += kind in ("movie", "show", "documentary")
+    return kinds
+
+
 def _start_job(
-    store: str, source_spec: str, checkpoints: Path, log: Path, *extra: str
+    store: str,
+    source_spec: str,
+    checkpoints: Path,
+    log: Path,
+    *extra: str,
+    schema: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     out = log.open("ab")
     return subprocess.Popen(
@@ -95,6 +141,7 @@ def _start_job(
             HOPCAST,
             "--store",
             store,
+            *(("--schema", str(schema)) if schema is not None else ()),
             "flink",
             "run",
             "--source",
@@ -173,21 +220,91 @@ def test_a_job_killed_mid_stream_restores_its_checkpoint_and_ends_equal_to_a_cle
             _kill_group(proc)
 
 
-def test_a_mapping_that_reads_side_tables_is_refused_before_anything_runs(
+def test_an_enriching_job_killed_mid_stream_restores_and_ends_equal_to_a_clean_run(
+    kafka_bootstrap: str, redis_store: str, prefix: str, tmp_path: Path
+) -> None:
+    """Playback enriching from the titles the catalogue job stored: killed with kill -9 and
+    restored, its replayed records read the stored table again and the graph ends the same."""
+    data = seed(kafka_bootstrap, prefix, 6000)
+    maps, schema = enriching_mappings(tmp_path / "maps")
+    names = ("catalogue", "playback")
+    reference = embedded_reference(
+        kafka_bootstrap, prefix, data, tmp_path / "lmdb", names,
+        mappings=maps, schema=schema, first=("catalogue",),
+    )  # fmt: skip
+    want = dump(reference)
+    reference.close()
+    catalogue = FlinkJob(
+        "catalogue",
+        KafkaInput.parse("catalogue", spec(kafka_bootstrap, prefix, "catalogue")),
+        redis_store,
+        schema=str(schema),
+        mappings=maps,
+        bounded=True,
+        checkpoint_dir=tmp_path / "chk-catalogue",
+    )
+    assert catalogue.execute() == "FINISHED"
+    source_spec = f"playback={spec(kafka_bootstrap, prefix, 'playback')}"
+    checkpoints = tmp_path / "chk"
+    log = tmp_path / "job.log"
+    args = ("--mappings", str(maps))
+    proc = _start_job(
+        redis_store, source_spec, checkpoints, log, *args, "--max-batch", "1", schema=schema
+    )
+    try:
+        with Graph.open(redis_store, schema) as graph:
+
+            def progressed() -> bool:
+                return (
+                    latest_checkpoint(checkpoints) is not None
+                    and read_totals(graph.store, "hopcast-playback").written > 200
+                )
+
+            wait_until(progressed, 120, "a checkpoint and some writes")
+            _kill_group(proc)
+            assert 0 < len(dump(graph)) < len(want)  # killed mid-stream
+            proc = _start_job(redis_store, source_spec, checkpoints, log, *args, schema=schema)
+            wait_until(lambda: dump(graph) == want, 180, "the restored job to catch up")
+            _stop(proc, log)
+            assert dump(graph) == want, differences(want, dump(graph))
+            assert enriched(graph, data) > 20
+        assert "resuming from checkpoint" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+
+
+def test_a_mapping_that_reads_side_tables_runs_on_the_tables_in_the_graph_store(
     tmp_path: Path,
 ) -> None:
     maps = tmp_path / "maps"
     maps.mkdir()
     (maps / "x.yaml").write_text(
-        "version: 1\nsource: x\nformat: json\n"
-        "enrich:\n  - {table: titles, key: '{title_id}', as: title}\n"
-        "rules:\n  - name: n\n    emit:\n      - node: 'title:{title_id}'\n"
+        "version: 1\nsource: x\nformat: json\ntime: {field: ts, format: us}\n"
+        "enrich:\n  - {table: titles, key: '{title_id}', as: title, required: true}\n"
+        "rules:\n  - name: n\n    emit:\n"
+        "      - node: 'title:{title_id}'\n        props: {name: '{title.name}'}\n"
     )
     job = FlinkJob(
         "x", KafkaInput.parse("x", "kafka:127.0.0.1:1/x"), str(tmp_path / "g"), mappings=maps
     )
-    with pytest.raises(ConfigError, match="side tables"):
-        job.check()
+    job.check()  # accepted: the side tables are the store's
+    now = 1_764_147_600_000_000
+    with Graph.open(tmp_path / "g") as graph:
+        # what the catalogue job's window writer stores for a changelog row
+        BucketWriter(graph.store, "hopcast-catalogue").write(
+            0, [SideRow("titles", "5", now - 10, {"name": "Dune"})], Totals()
+        )
+        pipeline = load_mapping(job.spec(), graph).pipeline(graph.schema)
+
+        def process(title_id: str) -> list[object]:
+            value = json.dumps({"title_id": title_id, "ts": now - 5}).encode()
+            return pipeline.process(Record("x", Position("x:0", 0), value), now)
+
+        (upsert,) = process("5")
+        assert isinstance(upsert, NodeUpsert) and upsert.props == {"name": "Dune"}
+        (letter,) = process("6")
+        assert isinstance(letter, DeadLetter) and letter.reason == Reason.ENRICHMENT_MISSING
 
 
 def test_specs_other_than_kafka_are_refused_with_a_hint() -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -38,6 +38,7 @@ from hopcast.graph.mutations import Mutation, NodeDelete, NodeUpsert, to_dict
 from hopcast.graph.store import ApplyResult, GraphStore
 from hopcast.stream.deadletter import DeadLetter, DeadLetterStore, Reason
 from hopcast.stream.dedup import Coalescer
+from hopcast.stream.engines.sidestore import SideRow, side_extra
 from hopcast.stream.record import Position, Record
 from hopcast.stream.sources.kafka import partition_name
 
@@ -78,8 +79,10 @@ def kafka_record(
     )
 
 
-def identity(mutation: Mutation) -> str:
+def identity(mutation: Mutation | SideRow) -> str:
     """The node or edge a mutation writes (what the coalescer files it under)."""
+    if isinstance(mutation, SideRow):  # a side-table row: one writer per (table, key)
+        return f"\x01{mutation.table}\x00{mutation.key}"
     if isinstance(mutation, NodeUpsert | NodeDelete):
         return mutation.node
     return f"{mutation.type}\x00{mutation.src}\x00{mutation.dst}"
@@ -91,10 +94,10 @@ def bucket_of(key: str, buckets: int) -> int:
 
 
 def route(
-    outputs: Iterable[Mutation | DeadLetter], buckets: int
-) -> list[tuple[int, Mutation | DeadLetter]]:
+    outputs: Iterable[Mutation | DeadLetter | SideRow], buckets: int
+) -> list[tuple[int, Mutation | DeadLetter | SideRow]]:
     """Each output of a record with its bucket (a dead letter's by its id)."""
-    out: list[tuple[int, Mutation | DeadLetter]] = []
+    out: list[tuple[int, Mutation | DeadLetter | SideRow]] = []
     for o in outputs:
         key = o.id if isinstance(o, DeadLetter) else identity(o)
         out.append((bucket_of(key, buckets), o))
@@ -192,7 +195,7 @@ class BucketWriter:
         self.deadletters = DeadLetterStore(store.kv)
 
     def write(
-        self, bucket: int, entries: Iterable[Mutation | DeadLetter], totals: Totals
+        self, bucket: int, entries: Iterable[Mutation | DeadLetter | SideRow], totals: Totals
     ) -> WindowResult:
         """Coalesce ``entries`` and write them with ``totals`` (updated in place) in one write.
 
@@ -201,16 +204,19 @@ class BucketWriter:
         """
         coalescer = Coalescer(window_us=0, max_keys=1 << 62)
         letters: list[DeadLetter] = []
+        side: list[SideRow] = []  # side-table rows: written with the window (sidestore)
         n_mutations = 0
         now = self.clock()
         for e in entries:
             if isinstance(e, DeadLetter):
                 letters.append(e)
+            elif isinstance(e, SideRow):
+                side.append(e)
             else:
                 n_mutations += 1
                 coalescer.add(e, now)
         mutations = coalescer.flush()
-        if not mutations and not letters:
+        if not mutations and not letters and not side:
             return WindowResult(0, 0, 0, 0, None, 0)
         deadline = time.monotonic() + self.patience_s
         delay = WRITE_BACKOFF_S
@@ -218,7 +224,9 @@ class BucketWriter:
         while True:
             attempts += 1
             try:
-                return self._write_once(bucket, mutations, letters, n_mutations, totals, attempts)
+                return self._write_once(
+                    bucket, mutations, letters, n_mutations, totals, attempts, side
+                )
             except StorageError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -240,8 +248,10 @@ class BucketWriter:
         n_mutations: int,
         totals: Totals,
         attempts: int,
+        side: Sequence[SideRow] = (),
     ) -> WindowResult:
         more: list[DeadLetter] = []
+        extra = side_extra(self.store, side)
         if mutations:
             valid, rejected = self.store.partition(mutations)
             if rejected:  # fits the mapping's schema, not the store's: dead-letter, never drop
@@ -260,7 +270,7 @@ class BucketWriter:
         )
         progress = {progress_name(self.job, bucket): _totals_encode(new)}
         try:
-            result = self.store.apply(mutations, progress)
+            result = self.store.apply(mutations, progress, extra=extra)
         except StorageError as exc:
             if not isinstance(exc, StorageRefused):
                 raise
@@ -268,14 +278,14 @@ class BucketWriter:
         except Exception as exc:  # a bug must not stop the job: isolate the mutation
             result, mutations, refused = self._isolate(mutations, exc)
         else:
-            refused = []
-        if refused:
+            refused, extra = [], []  # the side rows went with the window
+        if refused or extra:
             self.deadletters.put(*refused)
             more += refused
             new.written -= len(refused)
             new.dead_letters += len(refused)
             progress = {progress_name(self.job, bucket): _totals_encode(new)}
-            self.store.apply([], progress, validated=True)
+            self.store.apply([], progress, validated=True, extra=extra)
         for f in totals.__struct_fields__:
             setattr(totals, f, getattr(new, f))
         oldest = min((m.ts for m in mutations), default=None)
