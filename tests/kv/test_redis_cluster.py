@@ -477,3 +477,40 @@ def test_batches_and_reads_go_on_while_slots_move(fresh_redis_cluster: Any) -> N
     finally:
         client.close()
         kv.close()
+
+
+def test_a_journal_left_by_the_release_before_sectioned_scripts_is_rolled_forward(
+    url: str,
+) -> None:
+    """Journal entries hold the slot scripts' arguments; an entry written by the release whose
+    scripts took 6-field operations still rolls forward after an upgrade."""
+    from redis.crc import key_slot
+
+    from hopcast.kv.base import HEADER
+    from hopcast.kv.redis import _journal_encode, _member
+
+    prefix = fresh_prefix()
+    kv = RedisKV(url, prefix=prefix)
+    kv.configure("ns", None)
+    kv.configure("short", HOUR)
+    groups = []
+    for i in range(6):
+        ns = "short" if i % 2 else "ns"
+        expires_at = NOW + HOUR if i % 2 else 0
+        z, h = kv._keys(ns, b"r%d" % i)
+        blob = HEADER.pack(NOW, 1, expires_at, 0) + b"old"
+        member = _member(ns, b"r%d" % i, b"k")
+        groups.append(([kv._exp_of(key_slot(z)), z, h], [b"P", 2, b"k", blob, expires_at, member]))
+    batch = b"legacy-batch"
+    journal = _journal_encode(([("src", b"9")], groups))
+    kv._begin(keys=[kv._jnl, kv._jage, kv._meta], args=[batch, journal])
+    kv.close()
+    again = RedisKV(url, prefix=prefix, journal_grace_ms=0)
+    try:
+        assert again.checkpoints() == {"src": b"9"}
+        for i in range(6):
+            item = again.get("short" if i % 2 else "ns", b"r%d" % i, b"k", NOW)
+            assert item is not None and item.value == b"old", i
+        assert again.sweep(NOW + HOUR) == 3  # the old scripts' expiry entries are swept
+    finally:
+        again.close()
