@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.cluster
 from rich.console import Console
 from rich.table import Table
 
@@ -83,13 +85,14 @@ def mutation_batches(edges: int, seed: int) -> list[list[Mutation]]:
 
 
 def redis_cpu(client: Any) -> tuple[float, float]:
-    """(server CPU seconds, script µs) so far, summed over every node of a Cluster."""
-    cpu = client.info("cpu")
-    stats = client.info("commandstats")
-    if "used_cpu_user" not in cpu:  # a Cluster answers per node
+    """(server CPU seconds, script µs) so far, summed over every primary of a Cluster."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        nodes = client.get_primaries()
+        cpu = client.info("cpu", target_nodes=nodes)
+        stats = client.info("commandstats", target_nodes=nodes)
         per_node = [(c, stats.get(n, {})) for n, c in cpu.items()]
     else:
-        per_node = [(cpu, stats)]
+        per_node = [(client.info("cpu"), client.info("commandstats"))]
     seconds = sum(c["used_cpu_user"] + c["used_cpu_sys"] for c, _ in per_node)
     script = sum(s.get("cmdstat_evalsha", {}).get("usec", 0) for _, s in per_node)
     return seconds, float(script)
@@ -190,6 +193,86 @@ def load_raw(client: Any, commands: list[list[Any]]) -> None:
         pipe.execute()
 
 
+#: Records the atomicity probe writes in every batch: enough to land on every primary of a
+#: 3-node Cluster many times over, few enough that one sequential read of all is quick.
+PROBE_RECORDS = 48
+#: Seconds the probe writes in a full and in a quick run.
+PROBE_SECONDS, QUICK_PROBE_SECONDS = 20.0, 4.0
+
+
+def atomicity_probe(url: str, seconds: float) -> dict[str, float]:
+    """How often, and for how long, a reader sees a batch half-applied.
+
+    For ``seconds``, a writer puts batch ``i`` into :data:`PROBE_RECORDS` records (item value
+    ``i``, checkpoint ``i``), one batch after another; a reader process reads the records one
+    by one, in order, over and over. Batches are applied in order, so a read that finds an
+    older batch in a record than a record read *before* it saw a batch not yet whole: a torn
+    read. On one server a batch is one script and a torn read cannot happen (the probe's own
+    check); on a Cluster it is visible while the batch's slot groups are applied.
+
+    Returns:
+        batches, sweeps (reads of all records), torn sweeps (those that saw a torn batch),
+        their share, and the writer's apply time per batch (p50, p99, max, ms): how long each
+        batch is partly visible.
+    """
+    prefix = f"probe-{os.urandom(4).hex()}:"  # a fresh store: no batches of an earlier run
+    writer = RedisKV(url, prefix=prefix)
+    writer.configure("probe", None)
+    ctx = multiprocessing.get_context("spawn")  # its own interpreter: no GIL shared with us
+    stop, ready, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    reader = ctx.Process(target=probe_reader, args=(url, prefix, stop, ready, results), daemon=True)
+    reader.start()
+    if not ready.wait(60):
+        raise RuntimeError("the probe's reader process did not start within 60 s")
+    apply_ms: list[float] = []
+    try:
+        end, i = time.perf_counter() + seconds, 0
+        while time.perf_counter() < end:
+            i += 1
+            t0 = time.perf_counter()
+            with writer.writer() as w:
+                for j in range(PROBE_RECORDS):
+                    w.put("probe", b"p%d" % j, b"v", b"%d" % i, i + 1, 0)
+                w.set_checkpoint("probe", b"%d" % i)
+            apply_ms.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        stop.set()
+        writer.close()
+    sweeps, torn = results.get(timeout=60)
+    reader.join(60)
+    apply_ms.sort()
+    return {
+        "batches": len(apply_ms),
+        "sweeps": sweeps,
+        "torn sweeps": torn,
+        "torn share": torn / max(1, sweeps),
+        "apply p50 ms": apply_ms[len(apply_ms) // 2],
+        "apply p99 ms": apply_ms[min(len(apply_ms) - 1, int(len(apply_ms) * 0.99))],
+        "apply max ms": apply_ms[-1],
+    }
+
+
+def probe_reader(url: str, prefix: str, stop: Any, ready: Any, results: Any) -> None:
+    """The probe's reader (a process of its own): sweeps until ``stop``, then puts
+    (sweeps, torn sweeps) on ``results``."""
+    reader = RedisKV(url, prefix=prefix)
+    rids = [b"p%d" % i for i in range(PROBE_RECORDS)]
+    sweeps = torn = 0
+    ready.set()
+    with reader.reader() as r:
+        while not stop.is_set():
+            seen, tore = -1, False
+            for rid in rids:
+                item = r.get("probe", rid, b"v", NOW)
+                value = -1 if item is None else int(item.value)
+                tore = tore or value < seen
+                seen = max(seen, value)
+            sweeps += 1
+            torn += tore
+    reader.close()
+    results.put((sweeps, torn))
+
+
 def run(edges: int, quick: bool, cluster: bool, seed: int) -> list[dict[str, Any]]:
     params = {"edges": edges, "batch": BATCH, "quick": quick, "seed": seed}
     params |= {"load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
@@ -257,6 +340,17 @@ def run(edges: int, quick: bool, cluster: bool, seed: int) -> list[dict[str, Any
         raw_rate = mutations / t.wall
         raw_cpu_s = t.client + t.server_cpu
 
+        probe_seconds = QUICK_PROBE_SECONDS if quick else PROBE_SECONDS
+
+        def probe(system: str, target: str) -> None:
+            with console.status(f"atomicity probe on {system}"):
+                found = atomicity_probe(target, probe_seconds)
+            for measure, value in found.items():
+                unit = "ms" if measure.endswith("ms") else ("share" if "share" in measure else "n")
+                row(system, f"probe: {measure}", value, unit)
+            console.print(f"{system} atomicity probe: {found}")
+
+        probe("hopcast-redis", url)
         row("redis/lmdb", "writes/s", redis_rate / lmdb_rate, "x")
         row("hopcast-redis/raw-redis", "writes/s", redis_rate / raw_rate, "x")
         row("hopcast-redis/raw-redis", "writes/cpu-s", raw_cpu_s / redis_cpu_s, "x")
@@ -272,6 +366,7 @@ def run(edges: int, quick: bool, cluster: bool, seed: int) -> list[dict[str, Any
                     load_store(GraphStore(ckv, schema, clock=clock), work)
             record("hopcast-redis-cluster", t, mutations)
             row("redis-cluster/lmdb", "writes/s", mutations / t.wall / lmdb_rate, "x")
+            probe("hopcast-redis-cluster", curl)
     gc.unfreeze()
     return rows
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+import threading
+import time
 
 import pytest
 
@@ -98,3 +101,38 @@ def test_the_key_prefix_can_come_with_the_url(redis_url: str, redis_prefix: str)
     with RedisKV(url, prefix=f"{redis_prefix}other:") as kv:  # the argument wins
         assert kv.prefix == f"{redis_prefix}other:"
         assert kv.get("ns", b"r", b"k", NOW) is None
+
+
+def test_on_one_server_a_reader_never_finds_a_batch_torn(redis_url: str, redis_prefix: str) -> None:
+    """One server applies a batch as one script: a reader that reads one record after another
+    while batches go in never finds an older batch in a record than in one it read before (a
+    Redis Cluster can: ``test_redis_cluster.py``)."""
+    writer = RedisKV(redis_url, prefix=redis_prefix)
+    reader = RedisKV(redis_url, prefix=redis_prefix)
+    writer.configure("ns", None)
+    rids = [b"r%d" % i for i in range(40)]
+    stop = threading.Event()
+    sweeps: list[bool] = []  # per sweep: torn?
+
+    def read() -> None:
+        while not stop.is_set():
+            values = [reader.get("ns", rid, b"k", NOW) for rid in rids]
+            found = [-1 if v is None else int(v.value) for v in values]
+            sweeps.append(any(b < a for a, b in itertools.pairwise(found)))
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for i in range(300):
+            with writer.writer() as w:
+                for rid in rids:
+                    w.put("ns", rid, b"k", b"%d" % i, i + 1, 0)
+            if i % 20 == 0:
+                time.sleep(0.001)  # let the reader in
+    finally:
+        stop.set()
+        thread.join()
+        writer.close()
+        reader.close()
+    assert sweeps, "the reader never finished a sweep"
+    assert not any(sweeps)

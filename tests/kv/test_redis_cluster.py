@@ -514,3 +514,41 @@ def test_a_journal_left_by_the_release_before_sectioned_scripts_is_rolled_forwar
         assert again.sweep(NOW + HOUR) == 3  # the old scripts' expiry entries are swept
     finally:
         again.close()
+
+
+def test_a_reader_between_slot_groups_sees_the_batch_torn_and_whole_once_the_block_returns(
+    url: str,
+) -> None:
+    """The Cluster caveat, pinned: while a multi-slot batch is applied, a reader that reads
+    one record after another can find the new batch in one record and the old one in a record
+    read later (each record is whole); once the writer's block has returned, every record
+    reads the new batch."""
+    prefix = fresh_prefix()
+    kv = RedisKV(url, prefix=prefix)
+    reader = RedisKV(url, prefix=prefix)
+    rids = [b"r%d" % i for i in range(40)]
+    seen_between: list[list[bytes]] = []
+    try:
+        kv.configure("ns", None)
+        with kv.writer() as w:
+            for rid in rids:
+                w.put("ns", rid, b"k", b"old", NOW, 0)
+        real = kv._apply_groups
+
+        def with_a_reader_between(groups: list[tuple[list[bytes], list[bytes | int]]]) -> None:
+            real(groups[:1])
+            seen_between.append([reader.get("ns", rid, b"k", NOW).value for rid in rids])  # type: ignore[union-attr]
+            real(groups[1:])
+
+        kv._apply_groups = with_a_reader_between  # type: ignore[method-assign]
+        with kv.writer() as w:
+            for rid in rids:
+                w.put("ns", rid, b"k", b"new", NOW + 1, 0)
+            w.set_checkpoint("src", b"1")
+        (between,) = seen_between
+        assert 0 < between.count(b"new") < len(rids), "a half-applied batch is visible"
+        assert [reader.get("ns", rid, b"k", NOW).value for rid in rids] == [b"new"] * 40  # type: ignore[union-attr]
+        assert reader.checkpoints() == {"src": b"1"}
+    finally:
+        kv.close()
+        reader.close()

@@ -231,9 +231,11 @@ _APPLY = (
     f"local CHUNK = {_LUA_CHUNK}\n"
     + """
 local function many(cmd, key, args, first, last)
+  local total = 0
   for i = first, last, CHUNK do
-    redis.call(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, last)))
+    total = total + redis.call(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, last)))
   end
+  return total
 end
 local function newer(new, old)
   for i = 1, 16 do
@@ -252,18 +254,19 @@ local function apply(exp, cp, meta)
     i = i + 2
     if n > 0 then
       local last = i + 2 * n - 1
-      many('HSET', h, ARGV, i, last)
-      local zs = {}
-      for j = i, last, 2 do zs[#zs + 1] = '0'; zs[#zs + 1] = ARGV[j] end
-      many('ZADD', z, zs, 1, #zs)
+      -- HSET counts the fields it added: only those need an entry in the sorted set
+      if many('HSET', h, ARGV, i, last) > 0 then
+        local zs = {}
+        for j = i, last, 2 do zs[#zs + 1] = '0'; zs[#zs + 1] = ARGV[j] end
+        many('ZADD', z, zs, 1, #zs)
+      end
       i = last + 1
     end
     n = tonumber(ARGV[i])
     i = i + 1
     if n > 0 then
       local last = i + n - 1
-      many('HDEL', h, ARGV, i, last)
-      many('ZREM', z, ARGV, i, last)
+      if many('HDEL', h, ARGV, i, last) > 0 then many('ZREM', z, ARGV, i, last) end
       i = last + 1
     end
   end
@@ -1408,8 +1411,13 @@ class _RedisWrite(WriteTxn):
         for (ns, rid), (puts, dels, idx, cond, _) in records.items():
             keys += self._keys(ns, rid)
             k = len(keys) - 1  # the record's sorted set, as a Lua index (from 1)
-            args += (k, len(puts) // 2, *puts, len(dels), *dels)
-            index += idx
+            args.append(k)
+            args.append(len(puts) // 2)
+            args += puts
+            args.append(len(dels))
+            args += dels
+            if idx:
+                index += idx
             for i in range(0, len(cond), 4):
                 conditional += (k, *cond[i : i + 4])
         args += (len(conditional) // 5, *conditional)
