@@ -14,7 +14,9 @@ catalogue and members, then interactions with realistic skew; batches of
   entries, under another prefix), sent with redis-py as plain pipelined commands, one
   pipeline per batch, one variadic ``HSET`` and ``ZADD`` per record and one ``ZADD`` into the
   expiry index -- no reads, no script, no LWW. The commands are built before the clock
-  starts, so this is Redis and the socket alone.
+  starts, so this is Redis and the socket alone;
+* ``raw-redis-no-expiry-index``  the same without the expiry index's ``ZADD``: what a layout
+  without a per-item expiry index (e.g. one entry per record) could reach at best.
 
 With ``--cluster`` a 3-node Redis Cluster (``deploy/redis.sh cluster-start``) adds
 ``hopcast-redis-cluster``.
@@ -335,10 +337,21 @@ def run(edges: int, quick: bool, cluster: bool, seed: int) -> list[dict[str, Any
             commands = raw_commands(raw_kv, schema, work)
             with Timing(client) as t:
                 load_raw(client, commands)
-        del commands
         record("raw-redis", t, mutations)
         raw_rate = mutations / t.wall
         raw_cpu_s = t.client + t.server_cpu
+
+        with console.status("Redis, raw pipelined commands without the expiry index"):
+            bare_kv = RedisKV(url, prefix="bare:")
+            stack.callback(bare_kv.close)
+            bare = [
+                [c for c in b if c[1] != bare_kv._exp] for b in raw_commands(bare_kv, schema, work)
+            ]
+            del commands
+            with Timing(client) as t:
+                load_raw(client, bare)
+            del bare
+        record("raw-redis-no-expiry-index", t, mutations)
 
         probe_seconds = QUICK_PROBE_SECONDS if quick else PROBE_SECONDS
 

@@ -18,7 +18,8 @@ Layout (every key starts with the store's ``prefix``)::
     <prefix>meta                    <prefix>{<prefix>g}meta   hash: namespace -> TTL in µs
     <prefix>cp                      <prefix>{<prefix>g}cp     hash: source -> position
     <prefix>exp                     <prefix>x{<slot tag>}     sorted set: expiring items,
-                                                              score = expires_at (µs)
+                                                              score = expires_at (µs); may
+                                                              hold stale entries (see TTL)
                                     <prefix>{<prefix>g}jnl    hash: batch id -> journal
                                     <prefix>{<prefix>g}jage   sorted set: batch id -> server ms
 
@@ -36,6 +37,19 @@ value from what the transaction sees (stored data plus its own writes) and is *a
 in the script against the stored version, so a concurrent writer in another process can never
 be overwritten by an older version: LWW holds on the server. Writers in one process are
 serialised by a lock, as on the other backends.
+
+What a block sends is its final state, each item once: the last put or delete of every item
+it changed, grouped by record. Per record the script runs one variadic HDEL + ZREM (deletes)
+and one HSET (puts), plus a ZADD of the put keys only when HSET added a field; the expiry
+entries of the whole batch are one variadic ZADD. An item goes as a conditional (LWW-checked)
+put only if every change the block made to it was a ``put_lww``; after an unconditional put or
+a delete of it in the same block, its final put is unconditional (that is what running the
+changes in order gives). Puts and deletes are sent blind: :meth:`WriteTxn.discard` queues a
+delete without reading the item (the graph store's removal of an edge's old list positions),
+``delete`` still reads it to answer whether it existed. The read-ahead of a batch
+(:meth:`WriteTxn.prefetch`) is one script call on one server (one pipeline per node of a
+Cluster). So a graph-store batch costs three round trips on one server -- the node-delete
+marker page, the read-ahead, the commit -- whatever its size.
 
 *One server*: the whole batch -- data, deletes, the expiry index, namespace declarations and
 checkpoints -- is **one Lua script**, which Redis runs atomically.
@@ -87,7 +101,12 @@ store's next batch. One Redis server: no retries (as before), errors translated 
 
 TTL: expiry is decided at read time from ``expires_at`` and the ``now`` passed in, exactly as
 the reference does, and :meth:`RedisKV.sweep` removes expired items through the expiry index
-(on a Cluster: the per-slot indexes found by SCAN on every primary). Redis's own key expiry is
+(on a Cluster: the per-slot indexes found by SCAN on every primary). Every put with an expiry
+sets its item's entry (score = its ``expires_at``); a delete, or a put without expiry, leaves
+the old entry behind instead of removing it (one command per item saved on the write path).
+The sweep therefore reads each due entry's item and removes the item only if it still expires
+at or before ``now`` by its own header; a stale entry is dropped when its score comes due and
+costs its memory until then. Redis's own key expiry is
 not used: ``now`` is the caller's clock (tests and replays use generation times far from the
 wall clock) and a record's keys hold items with different expiry times, so a Redis EXPIRE could
 drop items a reader at an earlier ``now`` must still see. Expiry-index scores are doubles:
@@ -103,6 +122,7 @@ import struct
 import threading
 import time
 import urllib.parse
+from binascii import crc_hqx
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -160,6 +180,11 @@ _TRANSIENT = (
     ClusterError,  # "TTL exhausted": redirections without end while slots move
     SlotNotCoveredError,
 )
+
+
+#: Errors after which a Cluster's slot map is read again: a slot is served elsewhere now
+#: (MOVED, ASK), or a node did not answer (a replica may have taken over).
+_REROUTE = (AskError, _redis.ConnectionError, _redis.TimeoutError)
 
 
 def _is_error(result: object) -> bool:
@@ -484,7 +509,7 @@ def slot_tag(slot: int) -> bytes:
                 missing, i = REDIS_CLUSTER_HASH_SLOTS, 0
                 while missing:
                     tag = b"%x" % i
-                    s = key_slot(tag)
+                    s = crc_hqx(tag, 0) % REDIS_CLUSTER_HASH_SLOTS  # key_slot without braces
                     if table[s] is None:
                         table[s] = tag
                         missing -= 1
@@ -787,8 +812,8 @@ class RedisKV(KVStore):
         raise AssertionError("unreachable")
 
     def _apply_groups(self, groups: list[tuple[list[bytes], list[bytes | int]]]) -> None:
-        """Send every slot group in one cluster pipeline (all primaries at once); groups that
-        failed on a transient error are sent again (with backoff, see :meth:`_retrying`).
+        """Send every slot group, all primaries at once; groups that failed on a transient
+        error are sent again (with backoff, see :meth:`_retrying`).
 
         Raises:
             StorageError: if a group could not be applied (the others may have been).
@@ -796,25 +821,94 @@ class RedisKV(KVStore):
         todo = list(groups)
 
         def attempt() -> None:
-            def fill(pipe: Any) -> None:
-                for keys, args in todo:
-                    # a journal left by an older release holds its 6-field operations
-                    legacy = bool(args) and isinstance(args[0], bytes)
-                    self._queue(pipe, self._legacy_group if legacy else self._group, keys, args)
-
-            results = self._pipeline(fill)
+            results = self._send_groups(todo)
             failed = [(g, r) for g, r in zip(todo, results, strict=True) if _is_error(r)]
             if not failed:
                 todo.clear()
                 return
             todo[:] = [g for g, _ in failed]
-            first = failed[0][1]
+            errors = [r for _, r in failed]
+            if any(isinstance(e, _redis.exceptions.NoScriptError) for e in errors):
+                self._load_scripts()
+            if any(isinstance(e, _REROUTE) for e in errors):
+                with suppress(*_ERRORS):  # the slot map moved (or a node failed): read it again
+                    self._r.nodes_manager.initialize()
+            first = next((e for e in errors if isinstance(e, _TRANSIENT)), errors[0])
+            if isinstance(first, _redis.exceptions.NoScriptError):
+                first = TryAgainError(str(first))  # type: ignore[no-untyped-call]  # loaded now: retry
             if len(failed) < len(results):
                 # Keep the exception's type (transient or not) but say how much is missing.
                 first.args = (f"{len(failed)} of {len(groups)} slot groups not applied: {first}",)
             raise first
 
         self._retrying("commit failed", attempt)
+
+    def _send_groups(self, groups: list[tuple[list[bytes], list[bytes | int]]]) -> list[Any]:
+        """Each slot group's script result or error, in order (see :meth:`_send_per_node`)."""
+        sha, legacy = self._group.sha, self._legacy_group.sha
+        commands: list[tuple[int, tuple[Any, ...]]] = []
+        for keys, args in groups:
+            # a journal left by an older release holds its 6-field operations
+            script = legacy if args and isinstance(args[0], bytes) else sha
+            commands.append((key_slot(keys[0]), ("EVALSHA", script, len(keys), *keys, *args)))
+        return self._send_per_node(commands)
+
+    def _send_per_node(self, commands: list[tuple[int, tuple[Any, ...]]]) -> list[Any]:
+        """Each ``(slot, command)``'s reply or error, in order, on a Cluster. The commands of
+        one primary go down one connection as one packed write (redis-py's cluster pipeline
+        works out every command's slot and node from its keys again), written to every primary
+        before any reply is read, so the nodes work concurrently. A command whose slot lives
+        elsewhere answers MOVED/ASK; a lost connection fails that primary's commands with the
+        connection error. Both are transient for the caller.
+        """
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        nodes = self._r.nodes_manager
+        for i, (slot, _) in enumerate(commands):
+            node = nodes.get_node_from_slot(slot)
+            entry = by_node.get(node.name)
+            if entry is None:
+                entry = by_node[node.name] = (node, [])
+            entry[1].append(i)
+        results: list[Any] = [None] * len(commands)
+        sent: list[tuple[Any, Any, list[int]]] = []  # (pool, connection, command indices)
+        unread: set[int] = set()  # connections (by id) with replies still on the wire
+        try:
+            for node, indices in by_node.values():
+                try:
+                    pool = self._r.get_redis_connection(node).connection_pool
+                    conn = pool.get_connection()
+                except _ERRORS as exc:
+                    for i in indices:
+                        results[i] = exc
+                    continue
+                sent.append((pool, conn, indices))
+                try:
+                    conn.send_packed_command(conn.pack_commands([commands[i][1] for i in indices]))
+                    unread.add(id(conn))
+                except _ERRORS as exc:
+                    conn.disconnect()
+                    for i in indices:
+                        results[i] = exc
+            for _, conn, indices in sent:
+                if id(conn) not in unread:
+                    continue
+                for n, i in enumerate(indices):
+                    try:
+                        results[i] = conn.read_response()
+                    except _redis.ResponseError as exc:
+                        results[i] = exc
+                    except _ERRORS as exc:
+                        for j in indices[n:]:
+                            results[j] = exc
+                        break
+                else:
+                    unread.discard(id(conn))
+        finally:
+            for pool, conn, _ in sent:
+                if id(conn) in unread:
+                    conn.disconnect()  # replies left unread would answer the next command
+                pool.release(conn)
+        return results
 
     def _commit_cluster(
         self,
@@ -1217,12 +1311,18 @@ class _RedisWrite(WriteTxn):
         hashes = [self._keys(ns, rid)[1] for ns, rid, _ in wanted]
         try:
             if kv.cluster:
+                blobs = kv._send_per_node(
+                    [(key_slot(h), ("HGET", h, k[2])) for h, k in zip(hashes, wanted, strict=True)]
+                )
+                retry = [i for i, b in enumerate(blobs) if isinstance(b, Exception)]
+                if retry:  # slots moving, a node failing over: redis-py's pipeline settles them
 
-                def fill(pipe: Any) -> None:
-                    for h, (_, _, key) in zip(hashes, wanted, strict=True):
-                        pipe.hget(h, key)
+                    def fill(pipe: Any) -> None:
+                        for i in retry:
+                            pipe.hget(hashes[i], wanted[i][2])
 
-                blobs = kv._pipeline(fill)
+                    for i, blob in zip(retry, kv._pipeline(fill), strict=True):
+                        blobs[i] = blob
             else:
                 blobs = kv._read_ahead(keys=hashes, args=[k[2] for k in wanted])
         except _ERRORS as exc:
@@ -1438,7 +1538,7 @@ class _RedisWrite(WriteTxn):
         ] = {}
         for (ns, rid), (puts, dels, idx, cond, _) in self._records().items():
             z, h = self._keys(ns, rid)
-            slot = key_slot(z)
+            slot = key_slot(z)  # one string search and a C CRC: cheap next to the rest
             group = by_slot.get(slot)
             if group is None:
                 group = by_slot[slot] = ([kv._exp_of(slot)], [], [0], [], [])
