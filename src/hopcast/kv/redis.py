@@ -86,10 +86,15 @@ groups, through the KV and through the graph store, and shows the replay of the 
 diverging where the journal does not.
 
 What Redis Cluster does not give: readers may see a batch half-applied until it is finished or
-rolled forward (each record is always whole); a writer in another process that writes the same
-items with unconditional puts while a journal waits to be rolled forward can be overwritten by
-it (LWW puts cannot). Namespace declarations go with the journal (or just before a one-group
-batch); they are idempotent.
+rolled forward (each record is always whole). Bounded: while the writer applies the batch (its
+slot groups go to every primary at once: milliseconds, see ``bench/store_writes.py``'s
+atomicity probe, which finds torn reads on a Cluster and none on one server), or, if the writer
+stops half-way, until the writer's next batch or a store opened on the Cluster rolls the
+journal forward (after :data:`JOURNAL_GRACE_MS`). ``tests/kv/test_redis_cluster.py`` pins
+both. A reader that needs every record of a batch at once reads one server. A writer in another
+process that writes the same items with unconditional puts while a journal waits to be rolled
+forward can be overwritten by it (LWW puts cannot). Namespace declarations go with the journal
+(or just before a one-group batch); they are idempotent.
 
 Connection failures, timeouts, CLUSTERDOWN, TRYAGAIN and redirections that redis-py could not
 settle (a MOVED storm while slots move) are retried: every step of a Cluster batch (all are
