@@ -342,13 +342,26 @@ _COMMIT = _APPLY + "return apply(KEYS[1], KEYS[2], KEYS[3])\n"
 #: (zset, hash) pairs of that slot; no namespace or checkpoint sections.
 _GROUP = _APPLY + "return apply(KEYS[1], nil, nil)\n"
 
-#: The stored blobs of items, for a transaction's read-ahead (one server). KEYS = the items'
-#: hashes, ARGV = their item keys; a missing item is false.
-_READ = """
-local out = {}
-for i = 1, #KEYS do out[i] = redis.call('HGET', KEYS[i], ARGV[i]) end
+#: The stored blobs of items, for a transaction's read-ahead (one server): one HMGET per
+#: record. KEYS = the records' hashes; ARGV = per hash, the number of its item keys, then the
+#: keys. Returns the blobs in ARGV's order, false for a missing item.
+_READ = (
+    f"local CHUNK = {_LUA_CHUNK}\n"
+    + """
+local out, i = {}, 1
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  local last = i + n - 1
+  for first = i, last, CHUNK do
+    local vs = redis.call('HMGET', KEYS[k], unpack(ARGV, first, math.min(first + CHUNK - 1, last)))
+    for j = 1, #vs do out[#out + 1] = vs[j] end
+  end
+  i = i + n
+end
 return out
 """
+)
 
 #: The slot-group script of releases before the sectioned ARGV above, kept to roll forward a
 #: write journal such a release left behind: ARGV holds operations of 6 fields each (op, key
@@ -1329,7 +1342,19 @@ class _RedisWrite(WriteTxn):
                     for i, blob in zip(retry, kv._pipeline(fill), strict=True):
                         blobs[i] = blob
             else:
-                blobs = kv._read_ahead(keys=hashes, args=[k[2] for k in wanted])
+                by_hash: dict[bytes, list[int]] = {}
+                for i, h in enumerate(hashes):
+                    by_hash.setdefault(h, []).append(i)
+                args: list[bytes | int] = []
+                order: list[int] = []
+                for positions in by_hash.values():
+                    args.append(len(positions))
+                    args += [wanted[i][2] for i in positions]
+                    order += positions
+                got = kv._read_ahead(keys=list(by_hash), args=args)
+                blobs = [None] * len(wanted)
+                for i, blob in zip(order, got, strict=True):
+                    blobs[i] = blob
         except _ERRORS as exc:
             raise kv._fail("cannot read ahead", exc) from exc
         for k, blob in zip(wanted, blobs, strict=True):
