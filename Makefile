@@ -86,9 +86,9 @@ bench-scale: $(STAMP) services
 bench-scale-quick: $(STAMP) services
 	$(PYTHON) bench/scale.py --quick
 
-# Starts its own Redis (and with --cluster a Redis Cluster) on free loopback ports, stops it after.
+# Starts its own Redis and a 3-node Redis Cluster on free loopback ports, stops them after.
 bench-store-writes: $(STAMP) services
-	$(PYTHON) bench/store_writes.py
+	$(PYTHON) bench/store_writes.py --cluster
 
 bench-store-writes-quick: $(STAMP) services
 	$(PYTHON) bench/store_writes.py --quick
