@@ -7,7 +7,8 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: help install services demo test check fmt lint typecheck test-fast bench bench-graph bench-graph-quick \
 	bench-ingest bench-ingest-quick bench-broadcast bench-broadcast-quick bench-scale bench-scale-quick \
-	bench-soak bench-soak-quick bench-looplag bench-looplag-quick clean
+	bench-soak bench-soak-quick bench-looplag bench-looplag-quick bench-store-writes \
+	bench-store-writes-quick clean
 
 help:
 	@echo "make demo        run the whole system on the embedded default (hopcast run: the demo company's"
@@ -18,6 +19,7 @@ help:
 	@echo "                 make bench-ingest: demo records through the engine into LMDB, one core;"
 	@echo "                 make bench-broadcast: live trigger to 10k-100k devices vs python-socketio;"
 	@echo "                 make bench-scale: the Flink job vs the embedded engine, queries on Redis vs LMDB;"
+	@echo "                 make bench-store-writes: graph-store writes into Redis vs LMDB vs raw Redis;"
 	@echo "                 make bench-soak: hopcast run for 30 min at 2k events/s, memory and freshness flat?;"
 	@echo "                 make bench-looplag: event-loop lag while 10k devices go live and a materialise runs)"
 
@@ -57,7 +59,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck test-fast
 
-bench: bench-graph bench-ingest bench-broadcast bench-scale bench-soak bench-looplag
+bench: bench-graph bench-ingest bench-broadcast bench-scale bench-store-writes bench-soak bench-looplag
 
 bench-graph: $(STAMP)
 	$(PYTHON) bench/graph.py
@@ -83,6 +85,13 @@ bench-scale: $(STAMP) services
 
 bench-scale-quick: $(STAMP) services
 	$(PYTHON) bench/scale.py --quick
+
+# Starts its own Redis and a 3-node Redis Cluster on free loopback ports, stops them after.
+bench-store-writes: $(STAMP) services
+	$(PYTHON) bench/store_writes.py --cluster
+
+bench-store-writes-quick: $(STAMP) services
+	$(PYTHON) bench/store_writes.py --quick
 
 # hopcast run (2,000 interactions/s, 1,000 devices) for 30 minutes: anonymous memory and
 # freshness sampled every 10 s, flat after warm-up or not (exit 1).

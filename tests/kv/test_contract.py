@@ -316,3 +316,63 @@ def test_items_read_ahead_in_a_writer_read_as_without_and_see_its_own_writes(kv:
         assert gone is None or gone.tombstone
     item = kv.get("ns", b"r1", b"b", NOW)
     assert item is not None and item.value == b"mine"
+
+
+def test_discard_removes_an_item_whether_or_not_it_is_stored(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    put(kv, "ns", b"r", b"a")
+    put(kv, "ns", b"r", b"b")
+    with kv.writer() as w:
+        w.discard("ns", b"r", b"a")
+        w.discard("ns", b"r", b"never")
+        w.discard("ns", b"nobody", b"a")
+        assert w.get("ns", b"r", b"a") is None  # the block sees its own discard
+    with kv.reader() as r:
+        assert keys(list(r.scan("ns", b"r", NOW))) == [b"b"]
+        assert r.count("ns", b"r", NOW) == 1
+
+
+def test_several_changes_of_one_item_in_a_block_end_as_the_last_one(kv: KVStore) -> None:
+    """What a block does to an item is decided in order: a delete before a ``put_lww`` lets
+    an older version in (the newer one is gone), a put after a ``put_lww`` wins regardless."""
+    kv.configure("ns", None)
+    with kv.writer() as w:
+        for key in (b"a", b"b", b"c", b"d"):
+            w.put("ns", b"r", key, b"stored", 10, 0)
+    with kv.writer() as w:
+        assert w.delete("ns", b"r", b"a")
+        assert w.put_lww("ns", b"r", b"a", b"older", 5, 0)
+        w.discard("ns", b"r", b"b")
+        assert w.put_lww("ns", b"r", b"b", b"older", 5, 0)
+        assert w.put_lww("ns", b"r", b"c", b"newer", 20, 0)
+        w.put("ns", b"r", b"c", b"older", 5, 0)
+        w.put("ns", b"r", b"d", b"gone", 30, 0)
+        assert w.delete("ns", b"r", b"d")
+        assert w.put_lww("ns", b"r", b"e", b"first", 5, 0)
+        assert w.put_lww("ns", b"r", b"e", b"second", 6, 0)
+    with kv.reader() as r:
+        got = {i.key: (i.value, i.ts) for i in r.scan("ns", b"r", NOW)}
+    assert got == {
+        b"a": (b"older", 5),
+        b"b": (b"older", 5),
+        b"c": (b"older", 5),
+        b"e": (b"second", 6),
+    }
+
+
+def test_a_rewrite_or_delete_of_an_expiring_item_changes_what_sweep_removes(kv: KVStore) -> None:
+    kv.configure("ns", None)
+    with kv.writer() as w:
+        w.put("ns", b"r", b"kept", b"", 1000, 0, ttl_us=100)  # expires at 1100
+        w.put("ns", b"r", b"later", b"", 1000, 0, ttl_us=100)
+        w.put("ns", b"r", b"gone", b"", 1000, 0, ttl_us=100)
+    with kv.writer() as w:
+        w.put("ns", b"r", b"kept", b"", 1001, 0)  # now without expiry
+        w.put("ns", b"r", b"later", b"", 1001, 0, ttl_us=1000)  # now expires at 2001
+        assert w.delete("ns", b"r", b"gone")
+    assert kv.sweep(1500) == 0
+    with kv.reader() as r:
+        assert keys(list(r.scan("ns", b"r", 1500))) == [b"kept", b"later"]
+    assert kv.sweep(2001) == 1
+    with kv.writer() as w:
+        assert keys(list(w.scan("ns", b"r"))) == [b"kept"]

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
+from hopcast.demo.company import Company, CompanyConfig
+from hopcast.durations import DAY
+from hopcast.graph import keys as graph_keys
+from hopcast.graph.mutations import EdgeDelete, EdgeUpsert, Mutation, NodeDelete, NodeUpsert
+from hopcast.graph.schema import Schema
+from hopcast.graph.store import GraphStore
 from hopcast.kv import KVStore, open_kv
 from hopcast.kv import redis as redis_kv
-from hopcast.kv.base import visible
+from hopcast.kv.base import Item, visible
+from hopcast.kv.lmdb import LmdbKV
 from hopcast.kv.redis import RedisKV
 
 NOW = 1_000_000_000_000
@@ -98,3 +109,90 @@ def test_the_key_prefix_can_come_with_the_url(redis_url: str, redis_prefix: str)
     with RedisKV(url, prefix=f"{redis_prefix}other:") as kv:  # the argument wins
         assert kv.prefix == f"{redis_prefix}other:"
         assert kv.get("ns", b"r", b"k", NOW) is None
+
+
+def test_on_one_server_a_reader_never_finds_a_batch_torn(redis_url: str, redis_prefix: str) -> None:
+    """One server applies a batch as one script: a reader that reads one record after another
+    while batches go in never finds an older batch in a record than in one it read before (a
+    Redis Cluster can: ``test_redis_cluster.py``)."""
+    writer = RedisKV(redis_url, prefix=redis_prefix)
+    reader = RedisKV(redis_url, prefix=redis_prefix)
+    writer.configure("ns", None)
+    rids = [b"r%d" % i for i in range(40)]
+    stop = threading.Event()
+    sweeps: list[bool] = []  # per sweep: torn?
+
+    def read() -> None:
+        while not stop.is_set():
+            values = [reader.get("ns", rid, b"k", NOW) for rid in rids]
+            found = [-1 if v is None else int(v.value) for v in values]
+            sweeps.append(any(b < a for a, b in itertools.pairwise(found)))
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for i in range(300):
+            with writer.writer() as w:
+                for rid in rids:
+                    w.put("ns", rid, b"k", b"%d" % i, i + 1, 0)
+            if i % 20 == 0:
+                time.sleep(0.001)  # let the reader in
+    finally:
+        stop.set()
+        thread.join()
+        writer.close()
+        reader.close()
+    assert sweeps, "the reader never finished a sweep"
+    assert not any(sweeps)
+
+
+def stored(kv: KVStore, records: set[tuple[str, bytes]]) -> dict[tuple[str, bytes], list[Item]]:
+    """Every stored item (tombstones included) of ``records``."""
+    with kv.writer() as w:
+        return {(ns, rid): list(w.scan(ns, rid)) for ns, rid in sorted(records)}
+
+
+def test_graph_batches_leave_the_items_lmdb_leaves(store: RedisKV, tmp_path: Path) -> None:
+    """The demo company's records, then replays, older and newer rewrites of its edges, edge
+    and node deletes, in batches through the graph store: Redis (one server and Cluster) ends
+    with exactly LMDB's items, versions and tombstones included."""
+    company = Company(CompanyConfig(accounts=20, titles=60, games=5, seed=3), start_ts=0)
+    start = 1_700_000_000_000_000
+    first = [*company.catalogue(), *company.members(), *company.activity(1500, start, start + DAY)]
+    rng = random.Random(4)
+    edges = [m for m in first if isinstance(m, EdgeUpsert)]
+    nodes = sorted({m.node for m in first if isinstance(m, NodeUpsert)})
+    later: list[Mutation] = list(rng.sample(first, 300))  # replays
+    for e in rng.sample(edges, 300):
+        shift = rng.choice([-5, 0, 7])
+        ts = max(0, e.ts + shift)
+        later.append(EdgeUpsert(e.src, e.type, e.dst, ts, f"{e.id}/{shift}", e.props))
+    for e in rng.sample(edges, 60):
+        later.append(
+            EdgeDelete(e.src, e.type, e.dst, max(0, e.ts + rng.choice([-1, 1])), f"{e.id}/d")
+        )
+    for n in rng.sample(nodes, 8):
+        later.append(NodeDelete(n, start + DAY // 2, f"{n}/d"))
+    rng.shuffle(later)
+    schema = Schema.demo()
+    lmdb = LmdbKV(str(tmp_path / "lmdb"), sync=False)
+    try:
+        for kv in (lmdb, store):
+            graph = GraphStore(kv, schema, clock=lambda: start)
+            work = first + later
+            for i in range(0, len(work), 250):
+                graph.apply(work[i : i + 250], {"src": b"%d" % i})
+        records: set[tuple[str, bytes]] = set()
+        for m in first:
+            if isinstance(m, NodeUpsert):
+                records.add((graph_keys.node_ns(m.node.partition(":")[0]), m.node.encode()))
+            elif isinstance(m, EdgeUpsert):
+                records.add((graph_keys.out_ns(m.type), m.src.encode()))
+                records.add((graph_keys.in_ns(m.type), m.dst.encode()))
+                records.add((graph_keys.key_ns(m.type), m.src.encode()))
+        want, got = stored(lmdb, records), stored(store, records)
+        assert sum(map(len, want.values())) > 3000
+        assert got == want
+        assert store.checkpoints() == lmdb.checkpoints()
+    finally:
+        lmdb.close()

@@ -477,3 +477,78 @@ def test_batches_and_reads_go_on_while_slots_move(fresh_redis_cluster: Any) -> N
     finally:
         client.close()
         kv.close()
+
+
+def test_a_journal_left_by_the_release_before_sectioned_scripts_is_rolled_forward(
+    url: str,
+) -> None:
+    """Journal entries hold the slot scripts' arguments; an entry written by the release whose
+    scripts took 6-field operations still rolls forward after an upgrade."""
+    from redis.crc import key_slot
+
+    from hopcast.kv.base import HEADER
+    from hopcast.kv.redis import _journal_encode, _member
+
+    prefix = fresh_prefix()
+    kv = RedisKV(url, prefix=prefix)
+    kv.configure("ns", None)
+    kv.configure("short", HOUR)
+    groups = []
+    for i in range(6):
+        ns = "short" if i % 2 else "ns"
+        expires_at = NOW + HOUR if i % 2 else 0
+        z, h = kv._keys(ns, b"r%d" % i)
+        blob = HEADER.pack(NOW, 1, expires_at, 0) + b"old"
+        member = _member(ns, b"r%d" % i, b"k")
+        groups.append(([kv._exp_of(key_slot(z)), z, h], [b"P", 2, b"k", blob, expires_at, member]))
+    batch = b"legacy-batch"
+    journal = _journal_encode(([("src", b"9")], groups))
+    kv._begin(keys=[kv._jnl, kv._jage, kv._meta], args=[batch, journal])
+    kv.close()
+    again = RedisKV(url, prefix=prefix, journal_grace_ms=0)
+    try:
+        assert again.checkpoints() == {"src": b"9"}
+        for i in range(6):
+            item = again.get("short" if i % 2 else "ns", b"r%d" % i, b"k", NOW)
+            assert item is not None and item.value == b"old", i
+        assert again.sweep(NOW + HOUR) == 3  # the old scripts' expiry entries are swept
+    finally:
+        again.close()
+
+
+def test_a_reader_between_slot_groups_sees_the_batch_torn_and_whole_once_the_block_returns(
+    url: str,
+) -> None:
+    """The Cluster caveat, pinned: while a multi-slot batch is applied, a reader that reads
+    one record after another can find the new batch in one record and the old one in a record
+    read later (each record is whole); once the writer's block has returned, every record
+    reads the new batch."""
+    prefix = fresh_prefix()
+    kv = RedisKV(url, prefix=prefix)
+    reader = RedisKV(url, prefix=prefix)
+    rids = [b"r%d" % i for i in range(40)]
+    seen_between: list[list[bytes]] = []
+    try:
+        kv.configure("ns", None)
+        with kv.writer() as w:
+            for rid in rids:
+                w.put("ns", rid, b"k", b"old", NOW, 0)
+        real = kv._apply_groups
+
+        def with_a_reader_between(groups: list[tuple[list[bytes], list[bytes | int]]]) -> None:
+            real(groups[:1])
+            seen_between.append([reader.get("ns", rid, b"k", NOW).value for rid in rids])  # type: ignore[union-attr]
+            real(groups[1:])
+
+        kv._apply_groups = with_a_reader_between  # type: ignore[method-assign]
+        with kv.writer() as w:
+            for rid in rids:
+                w.put("ns", rid, b"k", b"new", NOW + 1, 0)
+            w.set_checkpoint("src", b"1")
+        (between,) = seen_between
+        assert 0 < between.count(b"new") < len(rids), "a half-applied batch is visible"
+        assert [reader.get("ns", rid, b"k", NOW).value for rid in rids] == [b"new"] * 40  # type: ignore[union-attr]
+        assert reader.checkpoints() == {"src": b"1"}
+    finally:
+        kv.close()
+        reader.close()

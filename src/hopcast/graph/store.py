@@ -428,8 +428,8 @@ class GraphStore:
             if (old.ts, old.token) >= (m.ts, tok):
                 return False
             if not old.tombstone:
-                w.delete(out_ns, src, keys.time_item(old.ts, dst))
-                w.delete(in_ns, dst, keys.time_item(old.ts, src))
+                w.discard(out_ns, src, keys.time_item(old.ts, dst))
+                w.discard(in_ns, dst, keys.time_item(old.ts, src))
         raw = _encode(m.props) if m.props else b""
         inv = keys.inv_ts(m.ts)
         pending.append((out_ns, src, inv + dst, raw, m.ts, tok))
@@ -446,8 +446,8 @@ class GraphStore:
             if (old.ts, old.token) >= (m.ts, tok):
                 return False
             if not old.tombstone:
-                w.delete(out_ns, src, keys.time_item(old.ts, dst))
-                w.delete(in_ns, dst, keys.time_item(old.ts, src))
+                w.discard(out_ns, src, keys.time_item(old.ts, dst))
+                w.discard(in_ns, dst, keys.time_item(old.ts, src))
         w.put(key_ns, src, dst, b"", m.ts, tok, tombstone=True)
         return old is not None and not old.tombstone
 
@@ -485,8 +485,8 @@ class GraphStore:
                 for item in doomed:
                     other = item.key[8:]
                     src, dst = (rid, other) if physical == "out" else (other, rid)
-                    w.delete(out_ns, src, keys.time_item(item.ts, dst))
-                    w.delete(in_ns, dst, keys.time_item(item.ts, src))
+                    w.discard(out_ns, src, keys.time_item(item.ts, dst))
+                    w.discard(in_ns, dst, keys.time_item(item.ts, src))
                     w.put(key_ns, src, dst, b"", m.ts, tok, tombstone=True)
                     changed = True
         return changed

@@ -292,6 +292,11 @@ class WriteTxn(ABC):
     def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
         """Remove an item physically (no tombstone). Returns whether it existed."""
 
+    def discard(self, ns: str, rid: bytes, key: bytes) -> None:
+        """:meth:`delete` for a caller that does not need the answer, so that a networked
+        backend removes the item at commit without reading it first."""
+        self.delete(ns, rid, key)
+
     @abstractmethod
     def scan(
         self,

@@ -18,7 +18,8 @@ Layout (every key starts with the store's ``prefix``)::
     <prefix>meta                    <prefix>{<prefix>g}meta   hash: namespace -> TTL in µs
     <prefix>cp                      <prefix>{<prefix>g}cp     hash: source -> position
     <prefix>exp                     <prefix>x{<slot tag>}     sorted set: expiring items,
-                                                              score = expires_at (µs)
+                                                              score = expires_at (µs); may
+                                                              hold stale entries (see TTL)
                                     <prefix>{<prefix>g}jnl    hash: batch id -> journal
                                     <prefix>{<prefix>g}jage   sorted set: batch id -> server ms
 
@@ -36,6 +37,19 @@ value from what the transaction sees (stored data plus its own writes) and is *a
 in the script against the stored version, so a concurrent writer in another process can never
 be overwritten by an older version: LWW holds on the server. Writers in one process are
 serialised by a lock, as on the other backends.
+
+What a block sends is its final state, each item once: the last put or delete of every item
+it changed, grouped by record. Per record the script runs one variadic HDEL + ZREM (deletes)
+and one HSET (puts), plus a ZADD of the put keys only when HSET added a field; the expiry
+entries of the whole batch are one variadic ZADD. An item goes as a conditional (LWW-checked)
+put only if every change the block made to it was a ``put_lww``; after an unconditional put or
+a delete of it in the same block, its final put is unconditional (that is what running the
+changes in order gives). Puts and deletes are sent blind: :meth:`WriteTxn.discard` queues a
+delete without reading the item (the graph store's removal of an edge's old list positions),
+``delete`` still reads it to answer whether it existed. The read-ahead of a batch
+(:meth:`WriteTxn.prefetch`) is one script call on one server (one pipeline per node of a
+Cluster). So a graph-store batch costs three round trips on one server -- the node-delete
+marker page, the read-ahead, the commit -- whatever its size.
 
 *One server*: the whole batch -- data, deletes, the expiry index, namespace declarations and
 checkpoints -- is **one Lua script**, which Redis runs atomically.
@@ -72,10 +86,15 @@ groups, through the KV and through the graph store, and shows the replay of the 
 diverging where the journal does not.
 
 What Redis Cluster does not give: readers may see a batch half-applied until it is finished or
-rolled forward (each record is always whole); a writer in another process that writes the same
-items with unconditional puts while a journal waits to be rolled forward can be overwritten by
-it (LWW puts cannot). Namespace declarations go with the journal (or just before a one-group
-batch); they are idempotent.
+rolled forward (each record is always whole). Bounded: while the writer applies the batch (its
+slot groups go to every primary at once: milliseconds, see ``bench/store_writes.py``'s
+atomicity probe, which finds torn reads on a Cluster and none on one server), or, if the writer
+stops half-way, until the writer's next batch or a store opened on the Cluster rolls the
+journal forward (after :data:`JOURNAL_GRACE_MS`). ``tests/kv/test_redis_cluster.py`` pins
+both. A reader that needs every record of a batch at once reads one server. A writer in another
+process that writes the same items with unconditional puts while a journal waits to be rolled
+forward can be overwritten by it (LWW puts cannot). Namespace declarations go with the journal
+(or just before a one-group batch); they are idempotent.
 
 Connection failures, timeouts, CLUSTERDOWN, TRYAGAIN and redirections that redis-py could not
 settle (a MOVED storm while slots move) are retried: every step of a Cluster batch (all are
@@ -87,7 +106,12 @@ store's next batch. One Redis server: no retries (as before), errors translated 
 
 TTL: expiry is decided at read time from ``expires_at`` and the ``now`` passed in, exactly as
 the reference does, and :meth:`RedisKV.sweep` removes expired items through the expiry index
-(on a Cluster: the per-slot indexes found by SCAN on every primary). Redis's own key expiry is
+(on a Cluster: the per-slot indexes found by SCAN on every primary). Every put with an expiry
+sets its item's entry (score = its ``expires_at``); a delete, or a put without expiry, leaves
+the old entry behind instead of removing it (one command per item saved on the write path).
+The sweep therefore reads each due entry's item and removes the item only if it still expires
+at or before ``now`` by its own header; a stale entry is dropped when its score comes due and
+costs its memory until then. Redis's own key expiry is
 not used: ``now`` is the caller's clock (tests and replays use generation times far from the
 wall clock) and a record's keys hold items with different expiry times, so a Redis EXPIRE could
 drop items a reader at an earlier ``now`` must still see. Expiry-index scores are doubles:
@@ -103,6 +127,7 @@ import struct
 import threading
 import time
 import urllib.parse
+from binascii import crc_hqx
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -162,6 +187,11 @@ _TRANSIENT = (
 )
 
 
+#: Errors after which a Cluster's slot map is read again: a slot is served elsewhere now
+#: (MOVED, ASK), or a node did not answer (a replica may have taken over).
+_REROUTE = (AskError, _redis.ConnectionError, _redis.TimeoutError)
+
+
 def _is_error(result: object) -> bool:
     return isinstance(result, BaseException)
 
@@ -205,12 +235,38 @@ if #ks == 0 then return {ks, {}} end
 return {ks, redis.call('HMGET', KEYS[2], unpack(ks))}
 """
 
-#: The write loop shared by the one-server batch and the Cluster's per-slot groups. ARGV holds
-#: operations of 6 fields each: op, key index, item key, blob, expires_at, index member.
-#: 'P' put, 'L' put if newer (LWW on the header's (ts, token)), 'D' delete, 'C' checkpoint
-#: (fields 2-3: source, position), 'N' declare a namespace if absent (fields 2-3: ns, ttl).
-#: The key index points at the record's sorted set; its hash follows it in KEYS.
-_APPLY = """
+#: Arguments a script passes to one ``redis.call`` at most: Lua's ``unpack`` refuses more than
+#: a few thousand values (LUAI_MAXCSTACK is 8000 in Redis), so variadic commands are chunked.
+#: Even, so that field/value and score/member pairs never split.
+_LUA_CHUNK = 1000
+
+#: The write shared by the one-server batch and the Cluster's per-slot groups. ARGV is read in
+#: sections, each led by its count (all arguments are strings; counts are decimal):
+#:
+#: 1. records: count, then per record: its sorted set's index in KEYS (the hash follows it),
+#:    the number of puts, (item key, blob) per put, the number of deletes, item key per delete.
+#:    Puts and deletes are unconditional and each item appears once per batch (the transaction
+#:    coalesces), so a record is one variadic HDEL + ZREM and one HSET + ZADD.
+#: 2. conditional puts (``put_lww``): count, then (key index, item key, blob, expiry score or
+#:    '', expiry member) per put; written only if the blob's (ts, token) header is strictly
+#:    newer than the stored one.
+#: 3. the expiry index: count of (score, member) pairs, then the pairs (one variadic ZADD).
+#: 4. namespaces to declare if absent: count, then names (only with a ``meta`` key).
+#: 5. checkpoints: count of (source, position) pairs, then the pairs (only with a ``cp`` key).
+#:
+#: A delete or a put without expiry leaves the item's expiry-index entry behind: the sweep
+#: reads the item before removing it, so a stale entry only costs its memory until its score
+#: comes due (see :meth:`RedisKV.sweep`).
+_APPLY = (
+    f"local CHUNK = {_LUA_CHUNK}\n"
+    + """
+local function many(cmd, key, args, first, last)
+  local total = 0
+  for i = first, last, CHUNK do
+    total = total + redis.call(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, last)))
+  end
+  return total
+end
 local function newer(new, old)
   for i = 1, 16 do
     local a, b = string.byte(new, i), string.byte(old, i)
@@ -220,51 +276,130 @@ local function newer(new, old)
   return false
 end
 local function apply(exp, cp, meta)
-  local i = 1
-  while i <= #ARGV do
-    local op = ARGV[i]
-    if op == 'C' then
-      redis.call('HSET', cp, ARGV[i + 1], ARGV[i + 2])
-    elseif op == 'N' then
-      redis.call('HSETNX', meta, ARGV[i + 1], ARGV[i + 2])
-    else
-      local k = tonumber(ARGV[i + 1])
-      local z, h, key, m = KEYS[k], KEYS[k + 1], ARGV[i + 2], ARGV[i + 5]
-      if op == 'D' then
-        if redis.call('HDEL', h, key) == 1 then
-          redis.call('ZREM', z, key)
-          redis.call('ZREM', exp, m)
-        end
-      else
-        local blob = ARGV[i + 3]
-        local write = true
-        if op == 'L' then
-          local old = redis.call('HGET', h, key)
-          if old and not newer(blob, old) then write = false end
-        end
-        if write then
-          redis.call('HSET', h, key, blob)
-          redis.call('ZADD', z, 0, key)
-          if ARGV[i + 4] == '0' then
-            redis.call('ZREM', exp, m)
-          else
-            redis.call('ZADD', exp, ARGV[i + 4], m)
-          end
-        end
+  local i = 2
+  for _ = 1, tonumber(ARGV[1]) do
+    local k = tonumber(ARGV[i])
+    local z, h = KEYS[k], KEYS[k + 1]
+    local n = tonumber(ARGV[i + 1])
+    i = i + 2
+    if n > 0 then
+      local last = i + 2 * n - 1
+      -- HSET counts the fields it added: only those need an entry in the sorted set
+      if many('HSET', h, ARGV, i, last) > 0 then
+        local zs = {}
+        for j = i, last, 2 do zs[#zs + 1] = '0'; zs[#zs + 1] = ARGV[j] end
+        many('ZADD', z, zs, 1, #zs)
       end
+      i = last + 1
     end
-    i = i + 6
+    n = tonumber(ARGV[i])
+    i = i + 1
+    if n > 0 then
+      local last = i + n - 1
+      if many('HDEL', h, ARGV, i, last) > 0 then many('ZREM', z, ARGV, i, last) end
+      i = last + 1
+    end
+  end
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    local k = tonumber(ARGV[i])
+    local z, h, key, blob = KEYS[k], KEYS[k + 1], ARGV[i + 1], ARGV[i + 2]
+    local old = redis.call('HGET', h, key)
+    if not old or newer(blob, old) then
+      redis.call('HSET', h, key, blob)
+      redis.call('ZADD', z, 0, key)
+      if ARGV[i + 3] ~= '' then redis.call('ZADD', exp, ARGV[i + 3], ARGV[i + 4]) end
+    end
+    i = i + 5
+  end
+  n = tonumber(ARGV[i])
+  i = i + 1
+  if n > 0 then
+    many('ZADD', exp, ARGV, i, i + 2 * n - 1)
+    i = i + 2 * n
+  end
+  if meta then
+    n = tonumber(ARGV[i])
+    i = i + 1
+    for j = i, i + n - 1 do redis.call('HSETNX', meta, ARGV[j], '') end
+    i = i + n
+  end
+  if cp then
+    n = tonumber(ARGV[i])
+    i = i + 1
+    if n > 0 then many('HSET', cp, ARGV, i, i + 2 * n - 1) end
   end
   return 1
 end
 """
+)
 
 #: One atomic write batch on one server. KEYS[1..3] = exp, cp, meta; then (zset, hash) pairs.
 _COMMIT = _APPLY + "return apply(KEYS[1], KEYS[2], KEYS[3])\n"
 
 #: One slot's share of a batch on a Cluster. KEYS[1] = the slot's expiry index, then
-#: (zset, hash) pairs of that slot; no 'C' or 'N' operations.
+#: (zset, hash) pairs of that slot; no namespace or checkpoint sections.
 _GROUP = _APPLY + "return apply(KEYS[1], nil, nil)\n"
+
+#: The stored blobs of items, for a transaction's read-ahead (one server): one HMGET per
+#: record. KEYS = the records' hashes; ARGV = per hash, the number of its item keys, then the
+#: keys. Returns the blobs in ARGV's order, false for a missing item.
+_READ = (
+    f"local CHUNK = {_LUA_CHUNK}\n"
+    + """
+local out, i = {}, 1
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  local last = i + n - 1
+  for first = i, last, CHUNK do
+    local vs = redis.call('HMGET', KEYS[k], unpack(ARGV, first, math.min(first + CHUNK - 1, last)))
+    for j = 1, #vs do out[#out + 1] = vs[j] end
+  end
+  i = i + n
+end
+return out
+"""
+)
+
+#: The slot-group script of releases before the sectioned ARGV above, kept to roll forward a
+#: write journal such a release left behind: ARGV holds operations of 6 fields each (op, key
+#: index, item key, blob, expires_at, index member); 'P' put, 'L' put if newer, 'D' delete.
+_LEGACY_GROUP = """
+local function newer(new, old)
+  for i = 1, 16 do
+    local a, b = string.byte(new, i), string.byte(old, i)
+    if i == 1 or i == 9 then a = bit.bxor(a, 128); b = bit.bxor(b, 128) end
+    if a ~= b then return a > b end
+  end
+  return false
+end
+local exp = KEYS[1]
+for i = 1, #ARGV, 6 do
+  local op, k = ARGV[i], tonumber(ARGV[i + 1])
+  local z, h, key, m = KEYS[k], KEYS[k + 1], ARGV[i + 2], ARGV[i + 5]
+  if op == 'D' then
+    if redis.call('HDEL', h, key) == 1 then
+      redis.call('ZREM', z, key)
+      redis.call('ZREM', exp, m)
+    end
+  else
+    local blob = ARGV[i + 3]
+    local old = op == 'L' and redis.call('HGET', h, key)
+    if not old or newer(blob, old) then
+      redis.call('HSET', h, key, blob)
+      redis.call('ZADD', z, 0, key)
+      if ARGV[i + 4] == '0' then
+        redis.call('ZREM', exp, m)
+      else
+        redis.call('ZADD', exp, ARGV[i + 4], m)
+      end
+    end
+  end
+end
+return 1
+"""
 
 #: Open a journal entry (Cluster). KEYS = jnl, jage, meta; ARGV = batch id, journal, then the
 #: namespaces the batch declares.
@@ -340,19 +475,35 @@ COUNT_PAGES = 2
 
 _NOW = struct.Struct(">Q")
 
-#: Remove expired items. KEYS[1] = exp, then (zset, hash) pairs; ARGV[1] = now, then
-#: (index member, item key) per pair. Re-checks the index score so a rewrite is not removed.
+#: Remove expired items. KEYS[1] = exp, then (zset, hash) pairs; ARGV[1] = now, ARGV[2] = now
+#: as 8 bytes (as in :data:`_COUNT`), then (index member, item key) per pair. An index entry
+#: whose score has come due goes; its item goes with it only if the item is still stored and
+#: expires (per its own header) at or before now: a delete, or a rewrite without expiry, leaves
+#: its old entry behind, and a rewrite with expiry moves the entry's score, so an entry never
+#: removes an item that is not due.
 _SWEEP = """
+local function later(blob, now)
+  for i = 1, 8 do
+    local a, b = string.byte(blob, 16 + i), string.byte(now, i)
+    if i == 1 then a = bit.bxor(a, 128) end
+    if a ~= b then return a > b end
+  end
+  return false
+end
+local never = string.rep('\0', 8)
 local now = tonumber(ARGV[1])
 local removed = 0
 for j = 2, #KEYS, 2 do
-  local m, key = ARGV[j], ARGV[j + 1]
+  local m, key = ARGV[j + 1], ARGV[j + 2]
   local s = redis.call('ZSCORE', KEYS[1], m)
   if s and tonumber(s) <= now then
     redis.call('ZREM', KEYS[1], m)
-    redis.call('HDEL', KEYS[j + 1], key)
-    redis.call('ZREM', KEYS[j], key)
-    removed = removed + 1
+    local v = redis.call('HGET', KEYS[j + 1], key)
+    if v and string.sub(v, 17, 24) ~= never and not later(v, ARGV[2]) then
+      redis.call('HDEL', KEYS[j + 1], key)
+      redis.call('ZREM', KEYS[j], key)
+      removed = removed + 1
+    end
   end
 end
 return removed
@@ -376,7 +527,7 @@ def slot_tag(slot: int) -> bytes:
                 missing, i = REDIS_CLUSTER_HASH_SLOTS, 0
                 while missing:
                     tag = b"%x" % i
-                    s = key_slot(tag)
+                    s = crc_hqx(tag, 0) % REDIS_CLUSTER_HASH_SLOTS  # key_slot without braces
                     if table[s] is None:
                         table[s] = tag
                         missing -= 1
@@ -523,6 +674,8 @@ class RedisKV(KVStore):
             self._page: Any = client.register_script(_PAGE)
             self._commit: Any = client.register_script(_COMMIT)
             self._group: Any = client.register_script(_GROUP)
+            self._legacy_group: Any = client.register_script(_LEGACY_GROUP)
+            self._read_ahead: Any = client.register_script(_READ)
             self._begin: Any = client.register_script(_BEGIN)
             self._finish: Any = client.register_script(_FINISH)
             self._ages: Any = client.register_script(_AGES)
@@ -562,7 +715,7 @@ class RedisKV(KVStore):
 
     def _load_scripts(self) -> None:
         scripts = [self._page, self._group, self._begin, self._finish, self._ages, self._sweep]
-        scripts += [self._count, self._commit]
+        scripts += [self._count, self._commit, self._legacy_group, self._read_ahead]
         for script in scripts:
             script.sha = self._r.script_load(script.script)
 
@@ -677,8 +830,8 @@ class RedisKV(KVStore):
         raise AssertionError("unreachable")
 
     def _apply_groups(self, groups: list[tuple[list[bytes], list[bytes | int]]]) -> None:
-        """Send every slot group in one cluster pipeline (all primaries at once); groups that
-        failed on a transient error are sent again (with backoff, see :meth:`_retrying`).
+        """Send every slot group, all primaries at once; groups that failed on a transient
+        error are sent again (with backoff, see :meth:`_retrying`).
 
         Raises:
             StorageError: if a group could not be applied (the others may have been).
@@ -686,23 +839,94 @@ class RedisKV(KVStore):
         todo = list(groups)
 
         def attempt() -> None:
-            def fill(pipe: Any) -> None:
-                for keys, args in todo:
-                    self._queue(pipe, self._group, keys, args)
-
-            results = self._pipeline(fill)
+            results = self._send_groups(todo)
             failed = [(g, r) for g, r in zip(todo, results, strict=True) if _is_error(r)]
             if not failed:
                 todo.clear()
                 return
             todo[:] = [g for g, _ in failed]
-            first = failed[0][1]
+            errors = [r for _, r in failed]
+            if any(isinstance(e, _redis.exceptions.NoScriptError) for e in errors):
+                self._load_scripts()
+            if any(isinstance(e, _REROUTE) for e in errors):
+                with suppress(*_ERRORS):  # the slot map moved (or a node failed): read it again
+                    self._r.nodes_manager.initialize()
+            first = next((e for e in errors if isinstance(e, _TRANSIENT)), errors[0])
+            if isinstance(first, _redis.exceptions.NoScriptError):
+                first = TryAgainError(str(first))  # type: ignore[no-untyped-call]  # loaded now: retry
             if len(failed) < len(results):
                 # Keep the exception's type (transient or not) but say how much is missing.
                 first.args = (f"{len(failed)} of {len(groups)} slot groups not applied: {first}",)
             raise first
 
         self._retrying("commit failed", attempt)
+
+    def _send_groups(self, groups: list[tuple[list[bytes], list[bytes | int]]]) -> list[Any]:
+        """Each slot group's script result or error, in order (see :meth:`_send_per_node`)."""
+        sha, legacy = self._group.sha, self._legacy_group.sha
+        commands: list[tuple[int, tuple[Any, ...]]] = []
+        for keys, args in groups:
+            # a journal left by an older release holds its 6-field operations
+            script = legacy if args and isinstance(args[0], bytes) else sha
+            commands.append((key_slot(keys[0]), ("EVALSHA", script, len(keys), *keys, *args)))
+        return self._send_per_node(commands)
+
+    def _send_per_node(self, commands: list[tuple[int, tuple[Any, ...]]]) -> list[Any]:
+        """Each ``(slot, command)``'s reply or error, in order, on a Cluster. The commands of
+        one primary go down one connection as one packed write (redis-py's cluster pipeline
+        works out every command's slot and node from its keys again), written to every primary
+        before any reply is read, so the nodes work concurrently. A command whose slot lives
+        elsewhere answers MOVED/ASK; a lost connection fails that primary's commands with the
+        connection error. Both are transient for the caller.
+        """
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        nodes = self._r.nodes_manager
+        for i, (slot, _) in enumerate(commands):
+            node = nodes.get_node_from_slot(slot)
+            entry = by_node.get(node.name)
+            if entry is None:
+                entry = by_node[node.name] = (node, [])
+            entry[1].append(i)
+        results: list[Any] = [None] * len(commands)
+        sent: list[tuple[Any, Any, list[int]]] = []  # (pool, connection, command indices)
+        unread: set[int] = set()  # connections (by id) with replies still on the wire
+        try:
+            for node, indices in by_node.values():
+                try:
+                    pool = self._r.get_redis_connection(node).connection_pool
+                    conn = pool.get_connection()
+                except _ERRORS as exc:
+                    for i in indices:
+                        results[i] = exc
+                    continue
+                sent.append((pool, conn, indices))
+                try:
+                    conn.send_packed_command(conn.pack_commands([commands[i][1] for i in indices]))
+                    unread.add(id(conn))
+                except _ERRORS as exc:
+                    conn.disconnect()
+                    for i in indices:
+                        results[i] = exc
+            for _, conn, indices in sent:
+                if id(conn) not in unread:
+                    continue
+                for n, i in enumerate(indices):
+                    try:
+                        results[i] = conn.read_response()
+                    except _redis.ResponseError as exc:
+                        results[i] = exc
+                    except _ERRORS as exc:
+                        for j in indices[n:]:
+                            results[j] = exc
+                        break
+                else:
+                    unread.discard(id(conn))
+        finally:
+            for pool, conn, _ in sent:
+                if id(conn) in unread:
+                    conn.disconnect()  # replies left unread would answer the next command
+                pool.release(conn)
+        return results
 
     def _commit_cluster(
         self,
@@ -870,6 +1094,7 @@ class RedisKV(KVStore):
     def sweep(self, now: int, limit: int | None = None) -> int:
         self._check()
         removed = 0
+        when = _NOW.pack((now + (1 << 63)) & 0xFFFF_FFFF_FFFF_FFFF)  # as _COUNT compares it
         try:
             for exp in self._exp_keys():
                 while limit is None or removed < limit:
@@ -878,7 +1103,7 @@ class RedisKV(KVStore):
                     if not members:
                         break
                     keys: list[bytes] = [exp]
-                    args: list[bytes | int] = [now]
+                    args: list[bytes | int] = [now, when]
                     for m in members:
                         ns, rid, key = _unmember(m)
                         keys += self._keys(ns, rid)
@@ -1053,50 +1278,89 @@ def _finish(
 #: A buffered change: the item written, or None for a delete.
 _Change = Item | None
 
-#: A buffered operation: (op, record index, item key, blob, expires_at, index member).
-_Op = tuple[bytes, int, bytes, bytes, int | bytes, bytes]
+#: Builds an :class:`Item` from a full tuple without the named tuple's Python-level
+#: ``__new__`` (a write buffers one per item).
+_item = tuple.__new__
+
+#: Arguments of a slot group or of the one-server batch script.
+_Args = list[bytes | int | str]
+
+#: A record's share of a block: unconditional puts (flat key, blob), deletes, the expiry-index
+#: entries of those puts (flat score, member), conditional puts (flat key, blob, score or
+#: b"", member), and (in a list of one) the record's expiry-index member prefix.
+_Record = tuple[list[bytes], list[bytes], list[bytes | int], list[bytes | int], list[bytes]]
 
 
 class _RedisWrite(WriteTxn):
+    """A buffered write: reads see its changes; :meth:`commit` sends them.
+
+    Each item changed is sent once, in its final state (the last put or delete of it in the
+    block): as an unconditional put or delete if any change of it in the block was one, else
+    as a conditional put that the script checks against the version stored at commit time.
+    """
+
     def __init__(self, kv: RedisKV) -> None:
         self._kv = kv
         self._changes: dict[tuple[str, bytes, bytes], _Change] = {}
-        self._records: dict[tuple[str, bytes], int] = {}
-        self._record_keys: list[tuple[bytes, bytes]] = []
-        self._ops: list[_Op] = []
+        #: changed items whose every change in this block was a ``put_lww``
+        self._lww: set[tuple[str, bytes, bytes]] = set()
         self._checkpoints: dict[str, bytes] = {}
         self._declared: list[str] = []
         #: stored items read ahead by :meth:`prefetch` (None: not stored)
         self._read: dict[tuple[str, bytes, bytes], Item | None] = {}
+        #: the Redis keys of the records this block touched
+        self._names: dict[tuple[str, bytes], tuple[bytes, bytes]] = {}
+
+    def _keys(self, ns: str, rid: bytes) -> tuple[bytes, bytes]:
+        names = self._names.get((ns, rid))
+        if names is None:
+            names = self._names[(ns, rid)] = self._kv._keys(ns, rid)
+        return names
 
     def prefetch(self, items: Iterable[tuple[str, bytes, bytes]]) -> None:
-        """Read the stored items in one pipeline (per node of a Cluster), for ``get``."""
+        """Read the stored items in one script call (one server) or one pipeline (per node of
+        a Cluster), for ``get``."""
         kv = self._kv
         wanted = list(
             dict.fromkeys(k for k in items if k not in self._changes and k not in self._read)
         )
         if not wanted:
             return
-
-        def fill(pipe: Any) -> None:
-            for ns, rid, key in wanted:
-                pipe.hget(kv._keys(ns, rid)[1], key)
-
+        hashes = [self._keys(ns, rid)[1] for ns, rid, _ in wanted]
         try:
-            blobs = kv._pipeline(fill)
+            if kv.cluster:
+                blobs = kv._send_per_node(
+                    [(key_slot(h), ("HGET", h, k[2])) for h, k in zip(hashes, wanted, strict=True)]
+                )
+                retry = [i for i, b in enumerate(blobs) if isinstance(b, Exception)]
+                if retry:  # slots moving, a node failing over: redis-py's pipeline settles them
+
+                    def fill(pipe: Any) -> None:
+                        for i in retry:
+                            pipe.hget(hashes[i], wanted[i][2])
+
+                    for i, blob in zip(retry, kv._pipeline(fill), strict=True):
+                        blobs[i] = blob
+            else:
+                by_hash: dict[bytes, list[int]] = {}
+                for i, h in enumerate(hashes):
+                    by_hash.setdefault(h, []).append(i)
+                args: list[bytes | int] = []
+                order: list[int] = []
+                for positions in by_hash.values():
+                    args.append(len(positions))
+                    args += [wanted[i][2] for i in positions]
+                    order += positions
+                got = kv._read_ahead(keys=list(by_hash), args=args)
+                blobs = [None] * len(wanted)
+                for i, blob in zip(order, got, strict=True):
+                    blobs[i] = blob
         except _ERRORS as exc:
             raise kv._fail("cannot read ahead", exc) from exc
         for k, blob in zip(wanted, blobs, strict=True):
             if isinstance(blob, Exception):
                 raise kv._fail(f"cannot read {k[0]!r}", blob)
-            self._read[k] = None if blob is None else _decode(k[2], blob)
-
-    def _record(self, ns: str, rid: bytes) -> int:
-        r = self._records.get((ns, rid))
-        if r is None:
-            r = self._records[(ns, rid)] = len(self._record_keys)
-            self._record_keys.append(self._kv._keys(ns, rid))
-        return r
+            self._read[k] = _decode(k[2], blob) if blob else None
 
     def _stored(self, ns: str, rid: bytes, key: bytes) -> Item | None:
         k = (ns, rid, key)
@@ -1116,32 +1380,15 @@ class _RedisWrite(WriteTxn):
         return self._stored(ns, rid, key)
 
     def _namespace_ttl(self, ns: str) -> int | None:
+        ttls = self._kv._ttls
+        if ns in ttls:
+            return ttls[ns]
         if ns in self._declared:
             return None
         known, ttl = self._kv._ns_ttl(ns)
         if not known:
             self._declared.append(ns)
         return ttl
-
-    def _write(
-        self,
-        op: bytes,
-        ns: str,
-        rid: bytes,
-        key: bytes,
-        value: bytes,
-        ts: int,
-        token: int,
-        ttl_us: int | None,
-        tombstone: bool,
-    ) -> None:
-        ns_ttl = self._namespace_ttl(ns)
-        ttl = ttl_us if ttl_us is not None else ns_ttl
-        expires_at = expiry(ts, ttl, tombstone)
-        value = bytes(value)
-        blob = _encode(value, ts, token, expires_at, tombstone)
-        self._ops.append((op, self._record(ns, rid), key, blob, expires_at, _member(ns, rid, key)))
-        self._changes[(ns, rid, key)] = Item(key, value, ts, token, expires_at, tombstone)
 
     def put(
         self,
@@ -1154,7 +1401,14 @@ class _RedisWrite(WriteTxn):
         ttl_us: int | None = None,
         tombstone: bool = False,
     ) -> None:
-        self._write(b"P", ns, rid, key, value, ts, token, ttl_us, tombstone)
+        ttl = ttl_us if ttl_us is not None else self._namespace_ttl(ns)
+        k = (ns, rid, key)
+        value = bytes(value)
+        self._changes[k] = _item(
+            Item, (key, value, ts, token, expiry(ts, ttl, tombstone), tombstone)
+        )
+        if self._lww:
+            self._lww.discard(k)
 
     def put_lww(
         self,
@@ -1170,20 +1424,44 @@ class _RedisWrite(WriteTxn):
         old = self.get(ns, rid, key)
         if old is not None and (ts, token) <= (old.ts, old.token):
             return False
-        # 'L': the script re-checks against the version stored at commit time.
-        self._write(b"L", ns, rid, key, value, ts, token, ttl_us, tombstone)
+        # Unless the block changed it unconditionally, the script re-checks the version
+        # stored at commit time.
+        ttl = ttl_us if ttl_us is not None else self._namespace_ttl(ns)
+        k = (ns, rid, key)
+        if k not in self._changes or k in self._lww:
+            self._lww.add(k)
+        value = bytes(value)
+        self._changes[k] = _item(
+            Item, (key, value, ts, token, expiry(ts, ttl, tombstone), tombstone)
+        )
         return True
 
     def put_many(self, items: Iterable[tuple[str, bytes, bytes, bytes, int, int]]) -> None:
+        changes, lww = self._changes, self._lww
+        ttls: dict[str, int | None] = {}
         for ns, rid, key, value, ts, token in items:
-            self._write(b"P", ns, rid, key, value, ts, token, None, False)
+            if ns in ttls:
+                ttl = ttls[ns]
+            else:
+                ttl = ttls[ns] = self._namespace_ttl(ns)
+            k = (ns, rid, key)
+            expires_at = 0 if ttl is None else ts + ttl
+            changes[k] = _item(Item, (key, bytes(value), ts, token, expires_at, False))
+            if lww:
+                lww.discard(k)
 
     def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
         existed = self.get(ns, rid, key) is not None
         if existed:
-            self._ops.append((b"D", self._record(ns, rid), key, b"", b"", _member(ns, rid, key)))
-            self._changes[(ns, rid, key)] = None
+            self.discard(ns, rid, key)
         return existed
+
+    def discard(self, ns: str, rid: bytes, key: bytes) -> None:
+        """Delete without reading first: the script removes the item if it is stored."""
+        k = (ns, rid, key)
+        self._changes[k] = None
+        if self._lww:
+            self._lww.discard(k)
 
     def scan(
         self,
@@ -1209,7 +1487,7 @@ class _RedisWrite(WriteTxn):
         self._checkpoints[source] = bytes(position)
 
     def commit(self) -> None:
-        if not (self._ops or self._checkpoints or self._declared):
+        if not (self._changes or self._checkpoints or self._declared):
             return
         kv = self._kv
         if kv.cluster:
@@ -1224,40 +1502,88 @@ class _RedisWrite(WriteTxn):
                 raise kv._fail("commit failed", exc) from exc
         kv._ttls.update(dict.fromkeys(set(self._declared) - kv._ttls.keys()))
 
-    def _single(self) -> tuple[list[bytes], list[bytes | str | int]]:
+    def _records(self) -> dict[tuple[str, bytes], _Record]:
+        """The block's changes by record, in the order records were first changed, each item
+        once in its final state (see :data:`_Record`)."""
+        records: dict[tuple[str, bytes], _Record] = {}
+        lww = self._lww
+        pack = _header_pack
+        for k, item in self._changes.items():
+            ns, rid, key = k
+            rec = records.get((ns, rid))
+            if rec is None:
+                rec = records[(ns, rid)] = ([], [], [], [], [])
+            if item is None:
+                rec[1].append(key)
+                continue
+            ts, token, expires_at = item[2], item[3], item[4]
+            blob = pack(ts, token, expires_at, FLAG_TOMBSTONE if item[5] else 0) + item[1]
+            conditional = lww and k in lww
+            if conditional or expires_at:
+                prefix = rec[4]
+                if not prefix:
+                    prefix.append(_member(ns, rid, b""))
+                if conditional:
+                    rec[3].extend((key, blob, expires_at or b"", prefix[0] + key))
+                    continue
+                rec[2].extend((expires_at, prefix[0] + key))
+            rec[0].extend((key, blob))
+        return records
+
+    def _single(self) -> tuple[list[bytes], _Args]:
         """KEYS and ARGV of the one-server batch script."""
         kv = self._kv
+        records = self._records()
         keys: list[bytes] = [kv._exp, kv._cp, kv._meta]
-        for z, h in self._record_keys:
-            keys += (z, h)
-        args: list[bytes | str | int] = []
-        for ns in self._declared:
-            args += [b"N", ns, b"", b"", b"", b""]
-        for op, r, key, blob, expires_at, member in self._ops:
-            args += [op, 4 + 2 * r, key, blob, expires_at, member]
+        args: _Args = [len(records)]
+        conditional: _Args = []
+        index: list[bytes | int] = []
+        for (ns, rid), (puts, dels, idx, cond, _) in records.items():
+            keys += self._keys(ns, rid)
+            k = len(keys) - 1  # the record's sorted set, as a Lua index (from 1)
+            args.append(k)
+            args.append(len(puts) // 2)
+            args += puts
+            args.append(len(dels))
+            args += dels
+            if idx:
+                index += idx
+            for i in range(0, len(cond), 4):
+                conditional += (k, *cond[i : i + 4])
+        args += (len(conditional) // 5, *conditional)
+        args += (len(index) // 2, *index, len(self._declared), *self._declared)
+        args.append(len(self._checkpoints))
         for source, position in self._checkpoints.items():
-            args += [b"C", source, position, b"", b"", b""]
+            args += (source, position)
         return keys, args
 
     def _groups(self) -> list[tuple[list[bytes], list[bytes | int]]]:
-        """The batch as one (KEYS, ARGV) per hash slot, each for the group script."""
+        """The batch as one (KEYS, ARGV) per hash slot, each for the group script, in the
+        order the slots were first written."""
         kv = self._kv
-        by_slot: dict[int, tuple[list[bytes], list[bytes | int]]] = {}
-        # record index -> (its group, its zset's index in the group's KEYS)
-        local: dict[int, tuple[tuple[list[bytes], list[bytes | int]], int]] = {}
-        for op, r, key, blob, expires_at, member in self._ops:
-            where = local.get(r)
-            if where is None:
-                z, h = self._record_keys[r]
-                slot = key_slot(z)
-                group = by_slot.get(slot)
-                if group is None:
-                    group = by_slot[slot] = ([kv._exp_of(slot)], [])
-                where = local[r] = (group, len(group[0]) + 1)  # Lua indices start at 1
-                group[0].extend((z, h))
-            group, k = where
-            group[1].extend((op, k, key, blob, expires_at, member))
-        return list(by_slot.values())
+        # per slot: KEYS, the records' arguments, their count, conditional puts, index pairs
+        by_slot: dict[
+            int,
+            tuple[list[bytes], list[bytes | int], list[int], list[bytes | int], list[bytes | int]],
+        ] = {}
+        for (ns, rid), (puts, dels, idx, cond, _) in self._records().items():
+            z, h = self._keys(ns, rid)
+            slot = key_slot(z)  # one string search and a C CRC: cheap next to the rest
+            group = by_slot.get(slot)
+            if group is None:
+                group = by_slot[slot] = ([kv._exp_of(slot)], [], [0], [], [])
+            group[0].extend((z, h))
+            k = len(group[0]) - 1
+            group[1].extend((k, len(puts) // 2, *puts, len(dels), *dels))
+            group[2][0] += 1
+            group[4].extend(idx)
+            for i in range(0, len(cond), 4):
+                group[3].extend((k, *cond[i : i + 4]))
+        out: list[tuple[list[bytes], list[bytes | int]]] = []
+        for keys, recs, n, cond, idx in by_slot.values():
+            args: list[bytes | int] = [n[0], *recs, len(cond) // 5, *cond, len(idx) // 2, *idx]
+            out.append((keys, args))
+        return out
 
 
 __all__ = ["RedisKV", "cluster_url", "slot_tag"]
