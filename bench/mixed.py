@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readers", type=int, default=16, help="closed-loop read clients")
     ap.add_argument("--writers", type=int, default=32, help="write clients (open loop)")
     ap.add_argument("--write-rate", type=float, default=2000.0, help="mutations per second")
-    ap.add_argument("--batch", type=int, default=1, help="mutations per POST")
+    ap.add_argument("--batch", type=int, default=10, help="mutations per POST")
     ap.add_argument("--workers", type=int, default=1, help="hopcast serve --workers")
     ap.add_argument("--only", choices=("hopcast", "sqlite3"), help="run one system")
     ap.add_argument("--seed", type=int, default=7)

@@ -250,7 +250,7 @@ class GroupCommitter:
             self._queue.append(pending)
             self._queued_bytes += len(raw)
             self.queue_depth.set(len(self._queue))
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:  # (re)start: the first request, or after close()
                 self._closing = False
                 self._thread = threading.Thread(
                     target=self._run, name="hopcast-group-commit", daemon=True
@@ -287,6 +287,8 @@ class GroupCommitter:
         with self._cond:
             while not self._queue:
                 if self._closing:
+                    # Under the lock: a request queued after this starts a new thread.
+                    self._thread = None
                     return None
                 self._cond.wait()
             group = [self._queue.popleft()]
@@ -299,6 +301,14 @@ class GroupCommitter:
             return group
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            with self._cond:
+                if self._thread is threading.current_thread():  # it died of an exception
+                    self._thread = None
+
+    def _serve(self) -> None:
         while (group := self._take()) is not None:
             try:
                 self._handle(group)
