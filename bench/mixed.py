@@ -235,6 +235,16 @@ class Conn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def call(self, method: str, path: str, body: bytes | None = None) -> int:
+        """The answer's status; 599 when the server dropped the connection (reopened next)."""
+        try:
+            return await self._call(method, path, body)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            if self.writer is not None:
+                self.writer.close()
+            self.writer = None
+            return 599
+
+    async def _call(self, method: str, path: str, body: bytes | None) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None

@@ -32,9 +32,9 @@ from pydantic import BaseModel
 #: Page cache per connection (64 MiB): the quick graph fits; at 1M edges the OS page cache
 #: holds the rest, as it does for LMDB's memory map.
 CACHE_KIB = 65_536
-#: How long a writer waits for SQLite's write lock before failing (a 503 would follow); long
-#: enough that the benchmark's writers queue rather than fail.
-BUSY_TIMEOUT_MS = 5_000
+#: How long a writer waits for SQLite's write lock before failing with a 503; long enough that
+#: the benchmark's writers queue rather than fail (5 s was not, under 2k writes/s).
+BUSY_TIMEOUT_MS = 30_000
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, ts INTEGER NOT NULL,"
@@ -140,7 +140,10 @@ def create_app(path: str) -> Any:
     def mutations(body: Mutations) -> dict[str, int]:
         conn = db()
         applied = 0
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:  # still locked after the busy timeout
+            raise HTTPException(503, f"the database is busy: {exc}") from None
         try:
             for m in body.mutations:
                 if m.kind == "edge_upsert":

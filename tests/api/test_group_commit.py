@@ -50,29 +50,35 @@ def metric(text: str, name: str) -> float:
 
 
 class Gate:
-    """Holds the committer's writer thread inside its first ``prepare`` until released."""
+    """Holds the committer's writer thread on its first group until released."""
 
     def __init__(self, committer: GroupCommitter) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
-        original = committer._prepare
+        original = committer._handle
         first = [True]
 
-        def prepare(raw: bytes) -> Any:
+        def handle(group: Any) -> None:
             if first[0]:
                 first[0] = False
                 self.entered.set()
                 assert self.release.wait(WAIT_S), "the test never released the writer thread"
-            return original(raw)
+            original(group)
 
-        committer._prepare = prepare
+        committer._handle = handle  # type: ignore[method-assign]
 
 
 async def in_one_group(
-    client: httpx.AsyncClient, app: Any, plug: bytes, bodies: list[bytes]
+    client: httpx.AsyncClient,
+    app: Any,
+    plug: bytes,
+    bodies: list[bytes],
+    queued: int | None = None,
 ) -> tuple[httpx.Response, list[httpx.Response]]:
     """Send ``plug`` (committed alone), then ``bodies`` while the writer is held, so that they
-    are queued together and taken as one group; return every answer."""
+    are queued together and taken as one group; return every answer. ``queued``: how many of
+    them reach the queue (default all; a body refused on arrival does not)."""
+    queued = len(bodies) if queued is None else queued
     gate = Gate(app.state.committer)
     first = asyncio.create_task(client.post("/v1/mutations", content=plug))
     assert await asyncio.to_thread(gate.entered.wait, WAIT_S), "the plug never reached the writer"
@@ -81,9 +87,9 @@ async def in_one_group(
     deadline = loop.time() + WAIT_S
     while True:
         depth = metric((await client.get("/metrics")).text, "hopcast_write_queue_depth")
-        if depth == len(bodies):
+        if depth == queued:
             break
-        assert loop.time() < deadline, f"only {depth} of {len(bodies)} requests were queued"
+        assert loop.time() < deadline, f"{depth} requests queued, not {queued}"
         await asyncio.sleep(0.01)
     gate.release.set()
     return await first, list(await asyncio.gather(*rest))
@@ -171,9 +177,14 @@ def test_requests_queued_together_share_one_commit_and_each_gets_its_own_answer(
         assert plugged is not None and plugged.ts == now  # the newer version stayed
 
 
-def test_a_bad_request_in_a_group_fails_alone_with_its_own_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline", [True, False], ids=["decoded-on-arrival", "decoded-in-group"])
+def test_a_bad_request_in_a_group_fails_alone_with_its_own_error(
+    tmp_path: Path, inline: bool
+) -> None:
     now = now_us()
     with app_over(lmdb_kv(tmp_path)) as (app, graph):
+        if not inline:  # every body decoded and validated on the writer thread, in its group
+            app.state.committer.inline_prepare_bytes = 0
 
         async def scenario() -> list[httpx.Response]:
             async with client_of(app) as client:
@@ -191,6 +202,7 @@ def test_a_bad_request_in_a_group_fails_alone_with_its_own_error(tmp_path: Path)
                         body(edge("profile:5", "title:1", now + 400 * DAY, "future")),
                         body(edge("profile:2", "title:2", now, "good-2")),
                     ],
+                    queued=2 if inline else 5,
                 )
                 return rest
 
