@@ -98,9 +98,11 @@ async def in_one_group(
 @contextmanager
 def app_over(kv: KVStore) -> Iterator[tuple[Any, Graph]]:
     graph = Graph(GraphStore(kv, Schema.demo()))
+    app = create_app(graph)
     try:
-        yield create_app(graph), graph
+        yield app, graph
     finally:
+        app.state.committer.close()
         graph.store.close()
 
 
@@ -234,6 +236,7 @@ def test_a_store_refusal_reaches_only_the_request_that_caused_it(
 
     monkeypatch.setattr(GraphStore, "apply", refusing)
     with app_over(lmdb_kv(tmp_path)) as (app, graph):
+        app.state.committer.in_this_process()  # where the patched apply is
 
         async def scenario() -> tuple[list[httpx.Response], httpx.Response]:
             async with client_of(app) as client:
@@ -376,3 +379,58 @@ def test_the_committer_refuses_bounds_below_one(tmp_path: Path) -> None:
         prepare: Callable[[bytes], Any] = lambda raw: ([], [])  # noqa: E731
         with pytest.raises(ValueError, match=">= 1"):
             GroupCommitter(graph.store, prepare, CollectorRegistry(), max_queued_requests=0)
+
+
+def test_writes_through_the_writer_process_are_read_back_at_once(tmp_path: Path) -> None:
+    """On LMDB the groups are applied by a child process; the API process reads each write as
+    soon as it is answered, node cache included."""
+    now = now_us()
+    with Graph.open(tmp_path / "graph") as graph:
+        app = create_app(graph)
+        assert app.state.committer._process is not None, "LMDB should use the writer process"
+
+        async def scenario() -> None:
+            async with client_of(app) as client:
+                for i in range(5):
+                    await client.get("/v1/nodes/account:1")  # cached, if it exists
+                    upsert = {
+                        "kind": "node_upsert",
+                        "node": "account:1",
+                        "ts": now + i,
+                        "id": f"v{i}",
+                        "props": {"plan": f"v{i}"},
+                    }
+                    r = await client.post("/v1/mutations", content=body(upsert))
+                    assert r.status_code == 200 and r.json()["applied"] == 1, r.text
+                    got = (await client.get("/v1/nodes/account:1")).json()
+                    assert got["props"] == {"plan": f"v{i}"}, f"round {i}: read {got}"
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            app.state.committer.close()
+
+
+def test_a_writer_process_that_died_is_replaced_on_the_next_write(tmp_path: Path) -> None:
+    now = now_us()
+    with app_over(lmdb_kv(tmp_path)) as (app, graph):
+        committer = app.state.committer
+
+        async def post(i: int) -> httpx.Response:
+            async with client_of(app) as client:
+                return await client.post(
+                    "/v1/mutations", content=body(edge(f"profile:{i}", "title:1", now, f"k{i}"))
+                )
+
+        try:
+            assert asyncio.run(post(1)).status_code == 200
+            child = committer._process._proc
+            assert child is not None and child.poll() is None, "no writer process runs"
+            child.kill()
+            child.wait()
+            second = asyncio.run(post(2))
+            assert second.status_code == 200, second.text
+            assert committer._process._proc.pid != child.pid
+            assert len(graph.neighbours("profile:2", "browsed").edges) == 1
+        finally:
+            committer.close()

@@ -42,8 +42,8 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -53,9 +53,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.concurrency import run_in_threadpool
 
 from hopcast.api.errors import ApiError
+from hopcast.errors import StorageError
+from hopcast.graph.groupwriter import Joined, WriterProcess, reopen_spec
 from hopcast.graph.mutations import Mutation
 from hopcast.graph.store import ApplyResult, GraphStore
-from hopcast.kv.base import KVStore, ReadTxn, WriteTxn
 
 logger = logging.getLogger("hopcast.api")
 
@@ -83,6 +84,10 @@ COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0)
 #: thread waits for the interpreter lock whenever the loop is busy with reads: under load a
 #: small body's hop costs more than its decoding.
 INLINE_PREPARE_BYTES = 16 << 10
+#: The writer thread ends after this long without a request (the next one starts it again,
+#: which costs well under a millisecond), so an app that is dropped without being shut down
+#: (tests, embedders) does not keep a thread, and through it the store, alive.
+IDLE_EXIT_S = 10.0
 #: How long closing waits for the queued requests to be committed.
 CLOSE_TIMEOUT_S = 30.0
 
@@ -124,47 +129,6 @@ def _settle(
         future.set_result(outcome)
 
 
-class _OpenWrite(KVStore):
-    """The graph's KV as a second :class:`GraphStore` sees it: ``writer()`` joins the write the
-    committer has open (no commit of its own), so several ``apply`` calls share one commit.
-    Everything else goes to the KV itself."""
-
-    def __init__(self, kv: KVStore) -> None:
-        self._kv = kv
-        self.name = kv.name
-        self.txn: WriteTxn | None = None
-
-    def configure(self, ns: str, ttl_us: int | None) -> None:
-        self._kv.configure(ns, ttl_us)
-
-    def configure_many(self, ttls: dict[str, int | None]) -> None:
-        self._kv.configure_many(ttls)
-
-    def ttl(self, ns: str) -> int | None:
-        return self._kv.ttl(ns)
-
-    def reader(self) -> AbstractContextManager[ReadTxn]:
-        return self._kv.reader()
-
-    def writer(self) -> AbstractContextManager[WriteTxn]:
-        return self._joined()
-
-    @contextmanager
-    def _joined(self) -> Iterator[WriteTxn]:
-        if self.txn is None:
-            raise RuntimeError("no group write is open")
-        yield self.txn
-
-    def sweep(self, now: int, limit: int | None = None) -> int:
-        raise RuntimeError("the group committer's view of the store does not sweep")
-
-    def namespaces(self) -> list[str]:
-        return self._kv.namespaces()
-
-    def close(self) -> None:  # the KV belongs to the graph
-        pass
-
-
 class GroupCommitter:
     """Applies queued mutation requests in groups, one store write per group.
 
@@ -189,6 +153,7 @@ class GroupCommitter:
         max_queued_bytes: int = MAX_QUEUED_BYTES,
         max_group_bytes: int = MAX_GROUP_BYTES,
         inline_prepare_bytes: int = INLINE_PREPARE_BYTES,
+        writer_process: bool = True,
     ) -> None:
         if max_queued_requests < 1 or max_queued_bytes < 1 or max_group_bytes < 1:
             raise ValueError("the group committer's bounds must be >= 1")
@@ -203,14 +168,13 @@ class GroupCommitter:
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._touched: set[str] = set()
-        self._open = _OpenWrite(store.kv)
-        self._grouped: GraphStore | None = None
+        self._joined: Joined | None = None
         try:
-            self._grouped = GraphStore(self._open, store.schema, store.clock)
-            self._grouped.on_write(self._touched.update)
+            self._joined = Joined(store)
         except Exception:  # a store this view cannot join: correct, one commit per request
             logger.exception("group commit unavailable; one commit per mutation request")
+        spec = reopen_spec(store.kv) if writer_process else None
+        self._process = None if spec is None else WriterProcess(spec, store.schema)
         self.group_requests = Histogram(
             "hopcast_write_group_requests",
             "Mutation requests committed together in one store write",
@@ -277,19 +241,39 @@ class GroupCommitter:
         return await pending.future
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
-        """Commit what is queued, then stop the writer thread (a later submit restarts it)."""
+        """Commit what is queued, then stop the writer thread and process (a later submit
+        restarts them)."""
         with self._cond:
             self._closing = True
             self._cond.notify()
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
+        if self._process is not None:
+            self._process.close()
+
+    def start(self) -> None:
+        """Start the writer process now (else the first group starts it). A failure is logged;
+        the first group tries again."""
+        if self._process is not None:
+            try:
+                self._process.start()
+            except StorageError as exc:
+                logger.error("%s", exc)
+
+    def in_this_process(self) -> None:
+        """Apply groups on the writer thread from now on, not in a writer process."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.close()
 
     def router(self) -> APIRouter:
-        """No routes: a lifespan that stops the writer thread when the app shuts down."""
+        """No routes: a lifespan that starts the writer process with the app (so that the
+        first write does not wait for it) and stops the writer when the app shuts down."""
 
         @asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            await run_in_threadpool(self.start)
             try:
                 yield
             finally:
@@ -303,11 +287,10 @@ class GroupCommitter:
         """The next group (None: closing and nothing left)."""
         with self._cond:
             while not self._queue:
-                if self._closing:
+                if self._closing or (not self._cond.wait(IDLE_EXIT_S) and not self._queue):
                     # Under the lock: a request queued after this starts a new thread.
                     self._thread = None
                     return None
-                self._cond.wait()
             group = [self._queue.popleft()]
             size = len(group[0].raw)
             while self._queue and size + len(self._queue[0].raw) <= self.max_group_bytes:
@@ -350,53 +333,38 @@ class GroupCommitter:
         for p in group:
             if p.error is None and not p.kept:
                 p.result = ApplyResult(0, 0)
-        t0 = perf_counter()
-        if len(writing) == 1 or (writing and self._grouped is None):
-            self._one_by_one(writing)
-        elif writing:
-            self._together(writing)
         if writing:
+            t0 = perf_counter()
+            self._write(writing)
             self.commit_seconds.observe(perf_counter() - t0)
             self.group_requests.observe(len(writing))
         self._answer(group)
 
-    def _together(self, writing: list[_Pending]) -> None:
-        """Every request's mutations in one store write; on any failure nothing of it is
-        written, and each request is applied on its own."""
-        assert self._grouped is not None
-        results: list[ApplyResult] = []
-        self._touched.clear()
-        try:
-            with self.store.kv.writer() as txn:
-                self._open.txn = txn
+    def _write(self, writing: list[_Pending]) -> None:
+        batches = [p.kept for p in writing]
+        touched: set[str] = set()
+        if self._process is not None:
+            results, touched = self._process.apply(batches)
+        elif self._joined is not None:
+            results = self._joined.apply(batches)
+            touched = set(self._joined.touched)
+        else:
+            results = []
+            for batch in batches:
                 try:
-                    for p in writing:
-                        results.append(self._grouped.apply(p.kept, validated=True))
-                finally:
-                    self._open.txn = None
-        except Exception as exc:
-            logger.info(
-                "a group write of %d requests failed (%s); applying each on its own",
-                len(writing),
-                exc,
-            )
-            self._one_by_one(writing)
-            return
+                    results.append(self.store.apply(batch, validated=True))
+                except Exception as exc:
+                    results.append(exc)
         for p, result in zip(writing, results, strict=True):
-            p.result = result
-        if self._touched:
-            touched = set(self._touched)
+            if isinstance(result, Exception):
+                p.error = result
+            else:
+                p.result = result
+        if touched:
             # The graph store's own listeners (the query engine's node cache), after the
-            # commit as GraphStore.apply calls them.
+            # commit, as GraphStore.apply calls them for a write it commits itself.
             for listener in self.store._listeners:
                 listener(touched)
-
-    def _one_by_one(self, writing: Iterable[_Pending]) -> None:
-        for p in writing:
-            try:
-                p.result = self.store.apply(p.kept, validated=True)
-            except Exception as exc:
-                p.error = exc
 
     def _answer(self, group: list[_Pending]) -> None:
         for p in group:
