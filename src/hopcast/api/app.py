@@ -12,8 +12,9 @@ Why the handlers look the way they do:
   microseconds (LMDB is memory-mapped, the memory store is a dict); a hop to the threadpool would
   cost more than the read. Writes are different: a durable LMDB commit waits for ``fsync``, so
   ``POST /v1/mutations`` hands its body to the app's group committer
-  (:mod:`hopcast.api.groupcommit`): one writer thread decodes, validates and applies the
-  requests that arrived together in one commit, and the event loop keeps serving reads.
+  (:mod:`hopcast.api.groupcommit`), which applies the requests that arrived together in one
+  commit off the event loop (a writer thread; on LMDB a writer process), and the event loop
+  keeps serving reads.
 * Handlers return :class:`~hopcast.api.responses.JSON` (msgspec-encoded) built from the results'
   ``to_dict()``, so FastAPI neither validates nor re-encodes responses.
 * POST bodies are read as bytes (bounded by :class:`~hopcast.api.guard.RequestGuard`) and decoded

@@ -2,8 +2,8 @@
 
 A durable LMDB commit waits for ``fsync`` (about 5 ms on a common SSD, more under load), and the
 store has one writer at a time, so one commit per request caps a server near 200 write requests
-a second however many arrive, and each waits behind all the others: 88-180 ms at p50 under 2k
-requests/s, while 32 threadpool threads fought the readers for the interpreter lock.
+a second however many arrive, and each waits behind all the others (88-180 ms at p50 under the
+read mix, measured before this module).
 
 Here each app has one :class:`GroupCommitter`: a bounded queue and one writer thread. A request
 hands its body to :meth:`GroupCommitter.submit` and awaits its own answer. A small body is
@@ -11,14 +11,16 @@ decoded and validated there and then (:data:`INLINE_PREPARE_BYTES`; bad input is
 once with its 4xx and never queued), a large one later on the writer thread. The thread takes
 every request queued meanwhile (up to :data:`MAX_GROUP_BYTES` of bodies), decodes and validates
 the large ones each on its own (a bad body fails its own request with its own 4xx, nothing
-else), applies all the valid ones in **one** store write -- one :meth:`GraphStore.apply` per
-request, all inside one transaction, so each request gets its own ``applied``/``skipped``
-counts -- and answers every
-request only after that write is committed (durable on a store opened with ``sync``). So under
-load each commit carries many requests, and when the server is idle a request is committed at
-once (no waiting for company). The event loop never runs a write: reads go on while a group
-commits (LMDB readers do not wait for the writer; Redis writes are round trips that release the
-interpreter lock).
+else), and applies all the valid ones in **one** store write -- one :meth:`GraphStore.apply`
+per request, all inside one transaction, so each request gets its own ``applied``/``skipped``
+counts (:class:`hopcast.graph.groupwriter.Joined`) -- and answers every request only after that
+write is committed (durable on a store opened with ``sync``). So under load each commit carries
+many requests, and when the server is idle a request is committed at once (no waiting for
+company). The event loop never runs a write: reads go on while a group commits (LMDB readers do
+not wait for the writer). On an LMDB store the group's write runs in a writer process that
+opens the same store (:class:`hopcast.graph.groupwriter.WriterProcess`: a thread would wait for
+the busy event loop to release the interpreter lock after every LMDB call); on Redis (round
+trips, which release the lock) and in memory it runs on the thread.
 
 If a group's write fails (a store refusal of one request's data, or the store failing), nothing
 of it was written; each of its requests is then applied on its own, so a refusal reaches only
