@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 .PHONY: help install services demo test check fmt lint typecheck test-fast bench bench-graph bench-graph-quick \
 	bench-ingest bench-ingest-quick bench-broadcast bench-broadcast-quick bench-scale bench-scale-quick \
 	bench-soak bench-soak-quick bench-looplag bench-looplag-quick bench-store-writes \
-	bench-store-writes-quick clean
+	bench-store-writes-quick bench-mixed bench-mixed-quick clean
 
 help:
 	@echo "make demo        run the whole system on the embedded default (hopcast run: the demo company's"
@@ -21,7 +21,8 @@ help:
 	@echo "                 make bench-scale: the Flink job vs the embedded engine, queries on Redis vs LMDB;"
 	@echo "                 make bench-store-writes: graph-store writes into Redis vs LMDB vs raw Redis;"
 	@echo "                 make bench-soak: hopcast run for 30 min at 2k events/s, memory and freshness flat?;"
-	@echo "                 make bench-looplag: event-loop lag while 10k devices go live and a materialise runs)"
+	@echo "                 make bench-looplag: event-loop lag while 10k devices go live and a materialise runs;"
+	@echo "                 make bench-mixed: HTTP reads with concurrent writes vs FastAPI + sqlite3)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11+)"; exit 1; }
@@ -59,7 +60,8 @@ typecheck: $(STAMP)
 
 check: lint typecheck test-fast
 
-bench: bench-graph bench-ingest bench-broadcast bench-scale bench-store-writes bench-soak bench-looplag
+bench: bench-graph bench-ingest bench-broadcast bench-scale bench-store-writes bench-soak bench-looplag \
+	bench-mixed
 
 bench-graph: $(STAMP)
 	$(PYTHON) bench/graph.py
@@ -106,6 +108,14 @@ bench-looplag: $(STAMP)
 
 bench-looplag-quick: $(STAMP)
 	$(PYTHON) bench/looplag.py --quick
+
+# hopcast serve and a FastAPI + sqlite3 peer on the same graph: the read mix alone, then with
+# 2,000 writes/s; read QPS kept and write latency.
+bench-mixed: $(STAMP)
+	$(PYTHON) bench/mixed.py
+
+bench-mixed-quick: $(STAMP)
+	$(PYTHON) bench/mixed.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data bench/results/tmp

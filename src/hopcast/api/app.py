@@ -11,8 +11,10 @@ Why the handlers look the way they do:
 * Read handlers are ``async def`` and call the graph inline. An embedded read costs tens of
   microseconds (LMDB is memory-mapped, the memory store is a dict); a hop to the threadpool would
   cost more than the read. Writes are different: a durable LMDB commit waits for ``fsync``, so
-  ``POST /v1/mutations`` runs :meth:`Graph.apply` in the threadpool and the event loop keeps
-  serving reads meanwhile.
+  ``POST /v1/mutations`` hands its body to the app's group committer
+  (:mod:`hopcast.api.groupcommit`), which applies the requests that arrived together in one
+  commit off the event loop (a writer thread; on LMDB a writer process), and the event loop
+  keeps serving reads.
 * Handlers return :class:`~hopcast.api.responses.JSON` (msgspec-encoded) built from the results'
   ``to_dict()``, so FastAPI neither validates nor re-encodes responses.
 * POST bodies are read as bytes (bounded by :class:`~hopcast.api.guard.RequestGuard`) and decoded
@@ -31,7 +33,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from fastapi import APIRouter, FastAPI, Query, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -48,6 +49,7 @@ from hopcast.api.bodies import (
 )
 from hopcast.api.browser import BrowserGuard
 from hopcast.api.errors import ApiError
+from hopcast.api.groupcommit import RETRY_AFTER_S, GroupCommitter
 from hopcast.api.guard import RequestGuard
 from hopcast.api.live import GatewayBinding, live_router
 from hopcast.api.metrics import METRICS_CONTENT_TYPE, ApiMetrics, MetricsMiddleware
@@ -60,7 +62,6 @@ from hopcast.errors import InvalidQuery, NotFound
 from hopcast.graph.limits import DEFAULT_MAX_FUTURE_US, EXPIRED, FUTURE_TIME, arrival_problem
 from hopcast.graph.mutations import Mutation
 from hopcast.graph.schema import EdgeType, NodeType, Schema
-from hopcast.graph.store import ApplyResult
 from hopcast.graphdb import Graph
 from hopcast.live.jobs import Jobs
 from hopcast.live.service import LiveService
@@ -313,6 +314,29 @@ def _arrivals(
         else:
             expired.append({"index": i, "id": mu.id, "message": problem[1]})
     return kept, expired
+
+
+#: The 503 answers of POST /v1/mutations: the write queue is full, or the store failed.
+_WRITE_503: dict[str, Any] = {
+    "description": "The write queue is full (`write_queue_full`: retry after `Retry-After` "
+    "seconds; nothing was written) or the graph store is unavailable (`storage_unavailable`).",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying (with `write_queue_full`).",
+            "schema": {"type": "integer", "example": RETRY_AFTER_S},
+        }
+    },
+    "content": {
+        "application/json": {
+            "schema": {"$ref": "#/components/schemas/Error"},
+            "example": {
+                "error": "write_queue_full",
+                "message": "1024 write requests are waiting for the store; retry after 1 s "
+                "(nothing was written)",
+            },
+        }
+    },
+}
 
 
 def _loop_lag_router(monitor: LoopLag) -> APIRouter:
@@ -629,8 +653,9 @@ def create_app(
 
     # -- writes --------------------------------------------------------------------------------
 
-    def write(raw: bytes) -> tuple[ApplyResult, list[dict[str, Any]]]:
-        """Decode, validate and apply a mutations body (on a threadpool thread)."""
+    def prepare(raw: bytes) -> tuple[list[Mutation], list[dict[str, Any]]]:
+        """Decode and validate a mutations body: what to write, and what expired on arrival
+        (see :class:`GroupCommitter` for the thread it runs on)."""
         body = decode(raw, MutationsRequest)
         if len(body.mutations) > max_mutations:
             raise ApiError(
@@ -640,8 +665,11 @@ def create_app(
             )
         items = [whole_numbers_of(item, graph.schema) for item in body.mutations]
         batch = graph.store.validate(to_mutations(items))
-        kept, expired = _arrivals(batch, graph, max_future_us)
-        return (graph.apply(kept) if kept else ApplyResult(0, 0)), expired
+        return _arrivals(batch, graph, max_future_us)
+
+    committer = GroupCommitter(graph.store, prepare, metrics.registry)
+    app.state.committer = committer
+    app.include_router(committer.router())
 
     @app.post(
         "/v1/mutations",
@@ -657,14 +685,19 @@ def create_app(
         "`skipped` counts the writes that changed nothing, by reason: `lost_to_newer` (a newer "
         "or equal version is stored) and `expired` (older than the type's retention on arrival: "
         "invisible once written, so not written; each is listed in `expired` with its index). "
-        f"At most {max_mutations} mutations per request.",
-        responses=openapi.responses(openapi.MUTATIONS, 400, 413, 422),
+        f"At most {max_mutations} mutations per request. Concurrent requests share one "
+        "commit (group commit); each gets its own answer. 503 `write_queue_full` (with "
+        "`Retry-After`, nothing written) when too many writes are waiting; 503 "
+        "`storage_unavailable` when the store fails.",
+        responses=openapi.responses(openapi.MUTATIONS, 400, 413, 422) | {503: _WRITE_503},
         openapi_extra=openapi.request_body("MutationsRequest", openapi.MUTATIONS_REQUESTS),
     )
     async def mutations(request: Request) -> Response:
         # Decoding and validating a full body (~6,500 mutations in 1 MiB) took 120-160 ms of
-        # the event loop; with the commit, all of it runs in the threadpool.
-        result, expired = await run_in_threadpool(write, await request.body())
+        # the event loop: a body over 16 KiB is decoded on the committer's thread, a small one
+        # on arrival (groupcommit.INLINE_PREPARE_BYTES); the commit never runs on the loop.
+        done = await committer.submit(await request.body())
+        result, expired = done.result, done.expired
         metrics.mutations_applied.inc(result.applied)
         metrics.mutations_skipped.inc(result.skipped + len(expired))
         return JSON(
