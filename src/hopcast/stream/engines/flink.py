@@ -501,11 +501,6 @@ class FlinkJob:
             raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.spread < 1:
             raise ConfigError(f"spread must be >= 1, got {self.spread}")
-        if self.checkpoint_interval_ms > 0 and self.checkpoint_dir is None:
-            raise ConfigError(
-                "checkpoints need a checkpoint_dir (windows held in state overflow the "
-                "JobManager's 5 MB memory storage)"
-            )
         if self.jobmanager is not None:
             host, sep, port = self.jobmanager.rpartition(":")
             if not sep or not host or not port.isdigit():
@@ -566,6 +561,17 @@ class FlinkJob:
         return jars
 
     def configuration(self, restore: str | None) -> Configuration:
+        """The job's Flink settings.
+
+        Raises:
+            ConfigError: for checkpoints without a ``checkpoint_dir`` (windows held in state
+                overflow the JobManager's 5 MB memory storage).
+        """
+        if self.checkpoint_interval_ms > 0 and self.checkpoint_dir is None:
+            raise ConfigError(
+                "checkpoints need a checkpoint_dir (windows held in state overflow the "
+                "JobManager's 5 MB memory storage)"
+            )
         conf = Configuration()
         settings = {
             "pipeline.name": self.name,
@@ -667,7 +673,7 @@ class FlinkJob:
         env = self.build(restore)
         client: JobClient = env.execute_async(self.name)
         job_id = str(client.get_job_id())
-        log.info("submitted", extra={"event": "submitted", "job": job_id, "name": self.name})
+        log.info("submitted", extra={"event": "submitted", "job": job_id, "job_name": self.name})
         stop = stop or threading.Event()
         spec = self.spec()
         graph = Graph.open(spec.store, spec.schema) if on_progress is not None else None
@@ -707,15 +713,27 @@ class FlinkJob:
     def _stop(self, client: JobClient) -> str:
         if self.checkpoint_dir is not None and self.checkpoint_interval_ms > 0:
             try:
-                path = client.stop_with_savepoint(
-                    False, self.checkpoint_dir.resolve().as_uri()
-                ).result()
+                path = _stop_with_savepoint(client, self.checkpoint_dir.resolve().as_uri())
                 log.info("stopped with a savepoint", extra={"event": "stopped", "path": path})
                 return "FINISHED"
             except Exception as exc:  # fall back to a cancel
                 log.warning("savepoint failed, cancelling", extra={"error": _cause(exc)})
         client.cancel().result()
         return "CANCELED"
+
+
+def _stop_with_savepoint(client: JobClient, directory: str) -> str:
+    """Stop the job with a (canonical) savepoint in ``directory``; its path. PyFlink 2.2's
+    ``JobClient.stop_with_savepoint`` calls a Java method that no longer exists (Flink 2 added
+    the savepoint format argument), so this calls the Java client itself."""
+    from pyflink.common.completable_future import CompletableFuture
+
+    jvm = get_gateway().jvm
+    canonical = jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    j_client = client._j_job_client
+    return str(
+        CompletableFuture(j_client.stopWithSavepoint(False, directory, canonical), str).result()
+    )
 
 
 def _cause(exc: BaseException) -> str:
