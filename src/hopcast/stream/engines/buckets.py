@@ -38,7 +38,7 @@ import msgspec
 
 from hopcast.durations import now_us
 from hopcast.errors import SchemaViolation, StorageError, StorageRefused
-from hopcast.graph.mutations import Mutation, to_dict
+from hopcast.graph.mutations import Mutation, NodeDelete, NodeUpsert, to_dict
 from hopcast.graph.store import ApplyResult, GraphStore
 from hopcast.stream.deadletter import DeadLetter, DeadLetterStore, Reason
 from hopcast.stream.dedup import Coalescer
@@ -80,6 +80,30 @@ def kafka_record(
             (k, bytes(v) if v is not None else b"") for k, v in sorted((headers or {}).items())
         ),
     )
+
+
+def identity(mutation: Mutation) -> str:
+    """The node or edge a mutation writes (what the coalescer files it under)."""
+    if isinstance(mutation, NodeUpsert | NodeDelete):
+        return mutation.node
+    return f"{mutation.type}\x00{mutation.src}\x00{mutation.dst}"
+
+
+def bucket_of(key: str, buckets: int) -> int:
+    """A stable bucket in ``[0, buckets)`` (CRC-32: the same in every process and run)."""
+    return zlib.crc32(key.encode()) % buckets
+
+
+def route(
+    outputs: Iterable[Mutation | DeadLetter], buckets: int
+) -> dict[int, list[Mutation | DeadLetter]]:
+    """Outputs by bucket, in order: a mutation's by the node or edge it writes (so every write
+    to one node or edge has one writer), a dead letter's by its id."""
+    out: dict[int, list[Mutation | DeadLetter]] = {}
+    for o in outputs:
+        key = o.id if isinstance(o, DeadLetter) else identity(o)
+        out.setdefault(bucket_of(key, buckets), []).append(o)
+    return out
 
 
 class Totals(msgspec.Struct, array_like=True):
@@ -379,6 +403,56 @@ class WindowCounts:
 Process = Callable[[Record, int], list[Mutation | DeadLetter]]
 
 
+def map_window(
+    process: Process,
+    *,
+    source: str,
+    topic: str,
+    partition: int,
+    offsets: Sequence[int],
+    keys: Sequence[bytes | None],
+    values: Sequence[bytes | None],
+    timestamps_ms: Sequence[int | None],
+    now: int,
+) -> tuple[list[Mutation | DeadLetter], int]:
+    """Run one window's records (columns, as :func:`write_window` takes them) through
+    ``process``, in offset order; the outputs and how many records became dead letters.
+
+    Raises:
+        ValueError: if the columns differ in length.
+    """
+    order = _order(offsets, keys, values, timestamps_ms)
+    outputs: list[Mutation | DeadLetter] = []
+    letters = 0
+    for i in order:
+        record = kafka_record(
+            source, topic, partition, offsets[i], keys[i], values[i], timestamps_ms[i]
+        )
+        out = process(record, now)
+        if len(out) == 1 and isinstance(out[0], DeadLetter):
+            letters += 1
+        outputs += out
+    return outputs, letters
+
+
+def _order(
+    offsets: Sequence[int],
+    keys: Sequence[bytes | None],
+    values: Sequence[bytes | None],
+    timestamps_ms: Sequence[int | None],
+) -> Sequence[int]:
+    """The indexes of a window's columns in offset order."""
+    n = len(offsets)
+    if not len(keys) == len(values) == len(timestamps_ms) == n:
+        raise ValueError(
+            f"a window's columns differ in length: {n} offsets, {len(keys)} keys, "
+            f"{len(values)} values, {len(timestamps_ms)} timestamps"
+        )
+    if any(offsets[i] >= offsets[i + 1] for i in range(n - 1)):
+        return sorted(range(n), key=offsets.__getitem__)
+    return range(n)
+
+
 def write_window(
     process: Process,
     writer: BucketWriter,
@@ -405,14 +479,7 @@ def write_window(
         StorageError: if the store kept failing for the writer's patience.
     """
     n = len(offsets)
-    if not len(keys) == len(values) == len(timestamps_ms) == n:
-        raise ValueError(
-            f"a window's columns differ in length: {n} offsets, {len(keys)} keys, "
-            f"{len(values)} values, {len(timestamps_ms)} timestamps"
-        )
-    order: Sequence[int] = range(n)
-    if any(offsets[i] >= offsets[i + 1] for i in range(n - 1)):
-        order = sorted(range(n), key=offsets.__getitem__)  # a group's writes follow its offsets
+    order = _order(offsets, keys, values, timestamps_ms)  # a group's writes follow its offsets
     todo = [i for i in order if offsets[i] > totals.offset]
     counts = WindowCounts(skipped=n - len(todo))
     letters = 0

@@ -12,7 +12,7 @@ lives in :mod:`hopcast.stream.engines.buckets`. Topology of the job ``hopcast-<s
     │               Flink's keyed state (checkpointed with the offsets)                  JVM
     ▼  one row per group and window (chained: no task boundary)
     pipeline-writer the source's mapping run record by record (decode, filter/project,    Python
-    │               changelog, map, validate: exactly the embedded engine's
+    │  (p = 1)     changelog, map, validate: exactly the embedded engine's
     │               Pipeline.process); a bad record becomes ONE dead letter with its raw
     │               payload and Kafka position; then the window is coalesced (dedup per
     │               node/edge identity) and written: dead letters, then ONE idempotent
@@ -20,6 +20,16 @@ lives in :mod:`hopcast.stream.engines.buckets`. Topology of the job ``hopcast-<s
     │               group's running totals and newest offset
     ▼
     discard         (a sink is required; progress is read from the store)
+
+With parallelism above 1 the mapping and the write are two steps, so that every write to one
+node or edge has one writer (:class:`BucketWriterFunction` says why)::
+
+    window ─▶ pipeline (Python: the mapping, as above; its outputs split by bucket of the node
+              │          or edge they write, one element per bucket and window)
+              ▼  key_by(bucket)
+              bucket-writer (Python: coalesce, write with the bucket's totals in keyed state)
+              ▼
+              discard
 
 Why this shape: every per-record step a built-in operator can do (reading Kafka, picking
 columns, windowing, hashing groups to tasks) runs in the JVM, and Python is entered once per
@@ -34,11 +44,13 @@ processing time, so a window closes on the clock even when no further record arr
 
 Delivery: checkpoints (on by default, every ``checkpoint_interval_ms``; ``checkpoint_dir`` is
 required with them, since buffered windows overflow the JobManager's 5 MB memory storage) hold
-the Kafka offsets and the windows not written yet, so a crash replays from the last checkpoint.
-A group's records reach its one task in offset order, and each write stores the group's newest
+the Kafka offsets and the windows not written yet, so a crash replays from the last checkpoint;
+a window is written while its task handles it, before any later checkpoint. At parallelism 1 a
+group's records reach the task in offset order, and each write stores the group's newest
 offset with its mutations, atomically; after a restore, records at or below that offset are
-skipped: at-least-once delivery, exactly-once *effect* and exact totals (whatever is rewritten
-anyway is a no-op under last-write-wins). Checkpoints are retained on cancellation and after a
+skipped. Above 1, each bucket's totals live in Flink's keyed state and are restored with the
+offsets. Either way: at-least-once delivery, exactly-once *effect* and exact totals (whatever
+is rewritten is a no-op under last-write-wins). Checkpoints are retained on cancellation and after a
 crash; :meth:`FlinkJob.execute` restores from the newest complete one in ``checkpoint_dir`` (or
 the path given), so stopping and starting a job resumes it. A store that goes away makes the
 writer back off and retry (the job waits; backpressure stops the reading); only after
@@ -85,8 +97,10 @@ from hopcast.stream.engines.buckets import (
     BucketWriter,
     Totals,
     group_name,
+    map_window,
     read_group_totals,
     read_totals,
+    route,
     write_window,
 )
 from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
@@ -96,7 +110,12 @@ try:
     from pyflink.common.job_client import JobClient
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.datastream.connectors.base import Sink
-    from pyflink.datastream.functions import ProcessFunction, RuntimeContext
+    from pyflink.datastream.functions import (
+        KeyedProcessFunction,
+        ProcessFunction,
+        RuntimeContext,
+    )
+    from pyflink.datastream.state import ValueStateDescriptor
     from pyflink.java_gateway import get_gateway
     from pyflink.table import StreamTableEnvironment
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -120,6 +139,9 @@ DEFAULT_CHECKPOINT_MS = 2_000
 #: window). Fixed, not derived from the parallelism: the groups name the stored progress, so
 #: a job restarted with another parallelism still finds it.
 DEFAULT_SPREAD = 4
+#: Writer keys per task of a job with parallelism above 1 (see :class:`BucketWriterFunction`):
+#: a few per task, so they spread over the tasks; each group's window is one write per bucket.
+BUCKETS_PER_TASK = 2
 #: How far the ingestion-time watermark of a bounded run trails the clock: records are stamped
 #: with the wall clock as they are read, so only a clock stepping back could make one late.
 WATERMARK_DELAY_MS = 1_000
@@ -204,6 +226,7 @@ class JobSpec:
     schema: str | None
     mappings: str
     spread: int
+    buckets: int
     window_ms: int
     max_batch: int
     patience_s: float
@@ -325,6 +348,95 @@ class WindowFunction(ProcessFunction):  # type: ignore[misc]
         if counts.freshness_us is not None:
             self.last_freshness_ms = counts.freshness_us // 1000
         yield counts.records
+
+    def close(self) -> None:
+        if getattr(self, "_open", False):
+            self._open = False
+            _release_graph(self.spec)
+
+
+class PipelineStage(ProcessFunction):  # type: ignore[misc]
+    """Parallelism above 1: one window of one group → the pipeline → its outputs by bucket of
+    the node or edge they write, one element per bucket (see :class:`BucketWriterFunction`)."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.graph = _open_graph(self.spec)
+        self._open = True
+        self.pipeline = load_mapping(self.spec, self.graph).pipeline(self.graph.schema)
+        group = runtime_context.get_metrics_group()
+        self.records = group.counter("hopcast_records")
+        self.mutations = group.counter("hopcast_mutations")
+        self.letters = group.counter("hopcast_dead_letters")
+        from hopcast.durations import now_us
+
+        self.now = now_us
+
+    def process_element(self, value: Any, ctx: Any) -> Iterator[tuple[int, Any]]:
+        topic, partition, _sub, offsets, keys, values, timestamps = value
+        outputs, letters = map_window(
+            self.pipeline.process,
+            source=self.spec.source,
+            topic=topic,
+            partition=partition,
+            offsets=offsets,
+            keys=keys,
+            values=values,
+            timestamps_ms=timestamps,
+            now=self.now(),
+        )
+        self.records.inc(len(offsets))
+        self.letters.inc(letters)
+        self.mutations.inc(len(outputs) - letters)
+        yield from route(outputs, self.spec.buckets).items()
+
+    def close(self) -> None:
+        if getattr(self, "_open", False):
+            self._open = False
+            _release_graph(self.spec)
+
+
+class BucketWriterFunction(KeyedProcessFunction):  # type: ignore[misc]
+    """Parallelism above 1: writes each bucket's share of a window as it arrives (coalesced,
+    with the bucket's running totals, kept in keyed state). Every write to one node or edge has
+    this one writer: the store's last-write-wins is checked per item on the server, but a
+    write's index entries are derived from what its writer read, so two processes writing one
+    edge at once could leave a stale index entry."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.graph = _open_graph(self.spec)
+        self._open = True
+        self.writer = BucketWriter(
+            self.graph.store,
+            self.spec.job,
+            patience_s=self.spec.patience_s,
+            on_retry=lambda exc: self.retries.inc(),  # counted while the store is failing
+        )
+        self.totals = runtime_context.get_state(
+            ValueStateDescriptor("totals", Types.PICKLED_BYTE_ARRAY())
+        )
+        group = runtime_context.get_metrics_group()
+        self.written = group.counter("hopcast_mutations_written")
+        self.windows = group.counter("hopcast_windows")
+        self.retries = group.counter("hopcast_write_retries")
+        self.last_freshness_ms = 0
+        group.gauge("hopcast_freshness_ms", lambda: int(self.last_freshness_ms))
+
+    def process_element(self, value: Any, ctx: Any) -> Iterator[int]:
+        bucket, entries = value
+        totals = self.totals.value() or Totals()
+        result = self.writer.write(bucket, entries, totals)
+        self.totals.update(totals)
+        self.written.inc(result.written)
+        self.windows.inc()
+        if result.freshness_us is not None:
+            self.last_freshness_ms = result.freshness_us // 1000
+        yield result.written
 
     def close(self) -> None:
         if getattr(self, "_open", False):
@@ -460,8 +572,9 @@ class FlinkJob:
         mappings: the mapping directory (default: the demo company's).
         parallelism: tasks per operator (Kafka partitions are spread over them).
         window_ms: how long a window collects a group's records before they are written.
-        max_batch: the most records of a window in one store write (a larger window is
-            written in several).
+        max_batch: at parallelism 1, the most records of a window in one store write (a
+            larger window is written in several); above 1 each bucket's share of a window is
+            one write.
         spread: groups per Kafka partition (see :data:`DEFAULT_SPREAD`).
         checkpoint_dir: where checkpoints are kept (and restored from).
         checkpoint_interval_ms: how often (0 turns checkpointing off).
@@ -517,6 +630,7 @@ class FlinkJob:
             schema=self.schema,
             mappings=str(self.mappings),
             spread=self.spread,
+            buckets=BUCKETS_PER_TASK * self.parallelism,
             window_ms=self.window_ms,
             max_batch=self.max_batch,
             patience_s=self.patience_s,
@@ -642,11 +756,23 @@ class FlinkJob:
                 )
             )
         )
-        written = (
-            windows.process(WindowFunction(spec), output_type=Types.INT())
-            .name("pipeline-writer")
-            .uid("hopcast-pipeline-writer")
-        )
+        if self.parallelism == 1:  # one task writes everything: map and write in one step
+            written = (
+                windows.process(WindowFunction(spec), output_type=Types.INT())
+                .name("pipeline-writer")
+                .uid("hopcast-pipeline-writer")
+            )
+        else:  # one writer per node and edge: a key_by, crossed once per window and bucket
+            entry = Types.TUPLE([Types.INT(), Types.PICKLED_BYTE_ARRAY()])
+            written = (
+                windows.process(PipelineStage(spec), output_type=entry)
+                .name("pipeline")
+                .uid("hopcast-pipeline")
+                .key_by(lambda e: e[0], key_type=Types.INT())
+                .process(BucketWriterFunction(spec), output_type=Types.INT())
+                .name("bucket-writer")
+                .uid("hopcast-bucket-writer")
+            )
         discard = get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2
         written.sink_to(Sink(discard.DiscardingSink())).name("discard").uid("hopcast-discard")
         return env
