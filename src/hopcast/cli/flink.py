@@ -10,7 +10,7 @@ company's records on Kafka to try it.
     hopcast flink seed --bootstrap HOST:PORT [--events 20000] [--prefix P] [--partitions 3]
 
 ``flink run`` runs ONE source's job (Netflix runs one job per source topic; start one per
-source): Kafka → the source's mapping → windowed dedup in Flink state → batched, idempotent
+source): Kafka → windows in Flink state → the source's mapping → coalesced, idempotent
 last-write-wins writes into ``--store`` (Redis: ``redis://…``; an LMDB directory works too). On
 the local MiniCluster by default; ``--jobmanager`` submits to a Flink cluster. Checkpoints go to
 ``--checkpoint-dir`` (default ``./data/flink/<source>``) and a new run restores the newest one,
@@ -57,14 +57,15 @@ def flink() -> None:
     type=click.IntRange(1),
     default=200,
     show_default=True,
-    help="Dedup window: how long writes to a node or edge are coalesced before they are written.",
+    help="How long a window collects records (in Flink state) before they go through the "
+    "mapping and are written, coalesced per node and edge.",
 )
 @click.option(
     "--max-batch",
     type=click.IntRange(1),
     default=5000,
     show_default=True,
-    help="Entries that make a bucket write before its window ends.",
+    help="The most records of a window in one store write (a larger window takes several).",
 )
 @click.option(
     "--checkpoint-dir",

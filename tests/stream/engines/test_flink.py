@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flinkkit import (
@@ -274,6 +275,52 @@ def test_an_enriching_job_killed_mid_stream_restores_and_ends_equal_to_a_clean_r
             _kill_group(proc)
 
 
+def test_a_bounded_job_killed_after_its_input_ended_restores_and_finishes_equal_to_a_clean_run(
+    kafka_bootstrap: str, redis_store: str, prefix: str, tmp_path: Path
+) -> None:
+    """kill -9 once the bounded input has been read into the job's windows and half of it is
+    written; the next bounded run writes what was missing and ends with the clean run's graph,
+    its dead letters and exact totals. From the end of input until its last window is written
+    the writer holds its task, so no checkpoint completes in between: the restart resumes from
+    one taken before the end, or from the start, and skips the records already written by the
+    offsets stored with them (not counted twice: the totals prove it)."""
+    source = "browse"
+    data = seed(kafka_bootstrap, prefix, 6000)
+    reference = embedded_reference(kafka_bootstrap, prefix, data, tmp_path / "lmdb", (source,))
+    want, want_letters = dump(reference), dead_letters(reference)
+    reference.close()
+    records = sum(1 for r in data.records() if r.source == source)
+    bad = sum(1 for r in data.records() if r.source == source and r.bad is not None)
+    source_spec = f"{source}={spec(kafka_bootstrap, prefix, source)}"
+    checkpoints = tmp_path / "chk"
+    log = tmp_path / "job.log"
+    # Windows of 10 s take the whole input (read in a second or two) into Flink state before
+    # any is written; one record per write then keeps the job writing long enough to be killed.
+    slow = ("--bounded", "--window-ms", "10000", "--max-batch", "1")
+    proc = _start_job(redis_store, source_spec, checkpoints, log, *slow)
+    job = f"hopcast-{source}"
+    try:
+        with Graph.open(redis_store) as graph:
+
+            def half_written() -> bool:
+                assert proc.poll() is None, "the job ended before it could be killed"
+                return read_totals(graph.store, job).windows >= records // 2
+
+            wait_until(half_written, 240, "half of the records written, one per write")
+            _kill_group(proc)
+            assert read_totals(graph.store, job).windows < records  # killed before the end
+            # the same windows (the checkpoint holds them), written in large writes
+            proc = _start_job(redis_store, source_spec, checkpoints, log, *slow[:3])
+            assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+            assert dump(graph) == want, differences(want, dump(graph))
+            assert dead_letters(graph) == want_letters
+            totals = read_totals(graph.store, job)
+            assert totals.dead_letters == bad > 0  # each bad record counted once
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+
+
 def test_a_mapping_that_reads_side_tables_runs_on_the_tables_in_the_graph_store(
     tmp_path: Path,
 ) -> None:
@@ -426,7 +473,7 @@ def test_redis_killed_and_restarted_mid_stream_the_job_backs_off_and_loses_nothi
 CLUSTER_START_S = 240
 
 
-def test_jobmanager_submits_the_job_to_a_standalone_flink_cluster(
+def test_jobmanager_submits_jobs_to_a_standalone_cluster_of_two_taskmanagers(
     kafka_bootstrap: str,
     redis_store: str,
     prefix: str,
@@ -434,46 +481,60 @@ def test_jobmanager_submits_the_job_to_a_standalone_flink_cluster(
     reserved_port: PortReservation,
     request: pytest.FixtureRequest,
 ) -> None:
-    """deploy/flink.sh cluster-start runs a real JobManager and TaskManager; the job runs there
-    (not on a MiniCluster in this process) and builds the embedded engine's graph."""
+    """deploy/flink.sh cluster-start runs a real JobManager and two TaskManager processes of one
+    slot each; a parallelism-2 job runs on both (not on a MiniCluster in this process), a second
+    job runs after it on the same TaskManagers, and each builds the embedded engine's graph."""
+    import json
+    import urllib.request
+
     script = Path(__file__).resolve().parents[3] / "deploy" / "flink.sh"
-    rpc = PortReservation()  # the JobManager's RPC port, which the TaskManager is told
+    rpc = PortReservation()  # the JobManager's RPC port, which the TaskManagers are told
     request.addfinalizer(rpc.close)
-    port = reserved_port.port  # its REST port, which the job is submitted to
+    port = reserved_port.port  # its REST port, which the jobs are submitted to
     directory = tmp_path / "cluster"
     common = ["--port", str(port), "--dir", str(directory)]
     start = [str(script), "cluster-start", *common, "--rpc-port", str(rpc.port)]
     started = subprocess.run(
-        [*start, "--python", sys.executable],
+        [*start, "--taskmanagers", "2", "--slots", "1", "--python", sys.executable],
         capture_output=True,
         text=True,
         timeout=CLUSTER_START_S,
     )
     assert started.returncode == 0, started.stderr + started.stdout
+
+    def rest(path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+            return json.loads(r.read())
+
     try:
-        source = "members"
+        assert len(rest("/taskmanagers")["taskmanagers"]) == 2
+        sources = ("members", "playback")
         data = seed(kafka_bootstrap, prefix, 1500)
-        reference = embedded_reference(kafka_bootstrap, prefix, data, tmp_path / "lmdb", (source,))
+        reference = embedded_reference(kafka_bootstrap, prefix, data, tmp_path / "lmdb", sources)
         want = dump(reference)
         reference.close()
-        done = subprocess.run(
-            [HOPCAST, "--store", redis_store, "--json", "flink", "run", "--source",
-             f"{source}={spec(kafka_bootstrap, prefix, source)}", "--bounded",
-             "--jobmanager", f"127.0.0.1:{port}", "--checkpoint-dir", str(tmp_path / "chk"),
-             "--no-progress"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        import json
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/jobs/overview", timeout=30) as r:
-            overview = json.loads(r.read())
-        assert [j["name"] for j in overview["jobs"]] == [f"hopcast-{source}"]
-        assert overview["jobs"][0]["state"] == "FINISHED"
+        for source in sources:  # the second job meets TaskManagers that ran the first
+            done = subprocess.run(
+                [HOPCAST, "--store", redis_store, "--json", "flink", "run", "--source",
+                 f"{source}={spec(kafka_bootstrap, prefix, source)}", "--bounded",
+                 "--parallelism", "2", "--jobmanager", f"127.0.0.1:{port}",
+                 "--checkpoint-dir", str(tmp_path / "chk" / source), "--no-progress"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr[-3000:]
+        jobs = rest("/jobs/overview")["jobs"]
+        assert sorted(j["name"] for j in jobs) == sorted(f"hopcast-{s}" for s in sources)
+        assert {j["state"] for j in jobs} == {"FINISHED"}
+        for job in jobs:  # each job's parallel tasks ran in both TaskManager processes
+            ran_on = set()
+            for vertex in rest(f"/jobs/{job['jid']}")["vertices"]:
+                detail = rest(f"/jobs/{job['jid']}/vertices/{vertex['id']}/taskmanagers")
+                if vertex["parallelism"] == 2:
+                    ran_on |= {tm["taskmanager-id"] for tm in detail["taskmanagers"]}
+            assert len(ran_on) == 2, (job["name"], ran_on)
         with Graph.open(redis_store) as graph:
-            assert dump(graph) == want
+            assert dump(graph) == want, differences(want, dump(graph))
     finally:
         subprocess.run([str(script), "cluster-stop", *common], capture_output=True, timeout=120)

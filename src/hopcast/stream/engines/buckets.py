@@ -1,24 +1,28 @@
-"""What the Flink engine's operators do, without pyflink: Kafka rows to records, records to
-bucketed outputs, and a bucket's window written to the graph store.
+"""What the Flink engine's Python stage does, without pyflink: one window of Kafka records (as
+the job's SQL windows hand them over, column by column) through the source's pipeline and into
+the graph store, with the group's running totals and Kafka position in the same write.
 
-:mod:`hopcast.stream.engines.flink` wires these into a PyFlink job; keeping them here keeps that
+:mod:`hopcast.stream.engines.flink` wires this into a PyFlink job; keeping it here keeps that
 module a thin adapter (principle 1) and lets the logic be tested without a JVM.
 
 * :func:`kafka_record` builds the :class:`~hopcast.stream.record.Record` the embedded engine's
   Kafka source would build from the same message (partition ``"<topic>:<n>"``, Kafka's offset,
   the message timestamp as event time), so both engines feed the mapping the same values.
-* :func:`bucket_of` spreads a mutation over ``buckets`` keys by its *identity* (its node, or its
-  edge ``(type, src, dst)``): every write to one node or edge lands in one bucket, so coalescing a
-  bucket's window gives exactly what the store's last-write-wins rules would keep.
-* :class:`BucketWriter` writes one window of one bucket: dead letters first, then the coalesced
-  mutations and the bucket's running totals in ONE :meth:`GraphStore.apply`, retrying storage
-  errors with a doubling back-off (a store that restarts makes the job wait, not fail, and the
-  window stays in Flink state until it is written).
+* A *group* is the slice ``(topic, partition, offset mod spread)`` of a source: the job's SQL
+  window collects each group's records in offset order, and one task writes one group, so a
+  group's writes follow its offsets.
+* :func:`write_window` runs one window of one group through the pipeline (record by record,
+  exactly the embedded engine's ``Pipeline.process``) and writes it with :class:`BucketWriter`
+  in writes of at most ``max_batch`` records: dead letters first, then the coalesced mutations
+  (dedup per node and edge identity) and the group's :class:`Totals` -- whose ``offset`` is the
+  newest offset written -- in ONE :meth:`GraphStore.apply`, retrying storage errors with a
+  doubling back-off (a store that restarts makes the job wait, not fail).
 
-Why nothing is lost and nothing doubles: a window lives in Flink's keyed state until it is
-written, and Flink's checkpoints hold that state together with the Kafka offsets. A restore from
-a checkpoint replays the records after it and re-fires the restored windows; whatever had
-already been written is written again, which last-write-wins makes a no-op (writes are
+Why nothing is lost and nothing doubles: a window lives in Flink's state until it is written,
+and Flink's checkpoints hold that state together with the Kafka offsets. A restore replays the
+records after the checkpoint and re-fires the restored windows; a record at or below its group's
+stored ``offset`` was written (with the totals, atomically) and is skipped, so the totals stay
+exact, and anything written twice regardless is a no-op under last-write-wins (writes are
 idempotent on ``(ts, id)``; dead letters are stored under a digest of their source position).
 """
 
@@ -95,21 +99,24 @@ def bucket_of(key: str, buckets: int) -> int:
 
 def route(
     outputs: Iterable[Mutation | DeadLetter | SideRow], buckets: int
-) -> list[tuple[int, Mutation | DeadLetter | SideRow]]:
-    """Each output of a record with its bucket (a dead letter's by its id)."""
-    out: list[tuple[int, Mutation | DeadLetter | SideRow]] = []
+) -> dict[int, list[Mutation | DeadLetter | SideRow]]:
+    """Outputs by bucket, in order: a mutation's by the node or edge it writes (so every write
+    to one node or edge has one writer), a side-table row's by its table and key, a dead
+    letter's by its id."""
+    out: dict[int, list[Mutation | DeadLetter | SideRow]] = {}
     for o in outputs:
         key = o.id if isinstance(o, DeadLetter) else identity(o)
-        out.append((bucket_of(key, buckets), o))
+        out.setdefault(bucket_of(key, buckets), []).append(o)
     return out
 
 
 class Totals(msgspec.Struct, array_like=True):
-    """A bucket's running totals, stored with its writes (checkpoint ``flink:<job>/<bucket>``).
+    """A group's running totals, stored with its writes (checkpoint ``flink:<job>/<group>``).
 
     ``mutations`` arrived, ``written`` after coalescing, ``dead_letters`` stored, ``windows``
-    written, ``last_write_us`` wall time of the last write,
-    ``newest_ts_us`` the newest generation time written.
+    (writes) done, ``last_write_us`` wall time of the last write, ``newest_ts_us`` the newest
+    generation time written, ``offset`` the newest Kafka offset of the group written (-1:
+    none; meaningless in a sum of groups).
     """
 
     mutations: int = 0
@@ -118,15 +125,32 @@ class Totals(msgspec.Struct, array_like=True):
     windows: int = 0
     last_write_us: int = 0
     newest_ts_us: int = 0
+    offset: int = -1
 
 
 _totals_encode = msgspec.msgpack.Encoder().encode
 _totals_decode = msgspec.msgpack.Decoder(Totals).decode
 
 
-def progress_name(job: str, bucket: int) -> str:
-    """The checkpoint name of a bucket's totals."""
-    return f"{PROGRESS_PREFIX}{job}/{bucket}"
+def progress_name(job: str, group: str | int) -> str:
+    """The checkpoint name of a group's totals."""
+    return f"{PROGRESS_PREFIX}{job}/{group}"
+
+
+def group_name(topic: str, partition: int, sub: int) -> str:
+    """A group's name: its Kafka partition (``topic:n``) and its slice of the offsets."""
+    return f"{partition_name(topic, partition)}/{sub}"
+
+
+def read_group_totals(store: GraphStore, job: str, group: str) -> Totals:
+    """The stored totals of one group (empty if it has written nothing)."""
+    raw = store.checkpoints().get(progress_name(job, group))
+    if raw is None:
+        return Totals()
+    try:
+        return _totals_decode(raw)
+    except msgspec.DecodeError:
+        return Totals()
 
 
 def read_totals(store: GraphStore, job: str) -> Totals:
@@ -195,9 +219,14 @@ class BucketWriter:
         self.deadletters = DeadLetterStore(store.kv)
 
     def write(
-        self, bucket: int, entries: Iterable[Mutation | DeadLetter | SideRow], totals: Totals
+        self,
+        bucket: str | int,
+        entries: Iterable[Mutation | DeadLetter | SideRow],
+        totals: Totals,
+        offset: int | None = None,
     ) -> WindowResult:
-        """Coalesce ``entries`` and write them with ``totals`` (updated in place) in one write.
+        """Coalesce ``entries`` and write them with ``totals`` (updated in place; its ``offset``
+        becomes ``offset`` when given) in one write.
 
         Raises:
             StorageError: if the store kept failing for ``patience_s``.
@@ -216,7 +245,7 @@ class BucketWriter:
                 n_mutations += 1
                 coalescer.add(e, now)
         mutations = coalescer.flush()
-        if not mutations and not letters and not side:
+        if not mutations and not letters and not side and offset is None:
             return WindowResult(0, 0, 0, 0, None, 0)
         deadline = time.monotonic() + self.patience_s
         delay = WRITE_BACKOFF_S
@@ -225,7 +254,7 @@ class BucketWriter:
             attempts += 1
             try:
                 return self._write_once(
-                    bucket, mutations, letters, n_mutations, totals, attempts, side
+                    bucket, mutations, letters, n_mutations, totals, attempts, offset, side
                 )
             except StorageError as exc:
                 if time.monotonic() + delay > deadline:
@@ -242,12 +271,13 @@ class BucketWriter:
 
     def _write_once(
         self,
-        bucket: int,
+        bucket: str | int,
         mutations: list[Mutation],
         letters: list[DeadLetter],
         n_mutations: int,
         totals: Totals,
         attempts: int,
+        offset: int | None,
         side: Sequence[SideRow] = (),
     ) -> WindowResult:
         more: list[DeadLetter] = []
@@ -267,6 +297,7 @@ class BucketWriter:
             totals.windows + 1,
             now,
             max([totals.newest_ts_us, *(m.ts for m in mutations)]),
+            totals.offset if offset is None else max(totals.offset, offset),
         )
         progress = {progress_name(self.job, bucket): _totals_encode(new)}
         try:
@@ -363,3 +394,123 @@ class BucketWriter:
             self.clock(),
             "write",
         )
+
+
+@dataclass(slots=True)
+class WindowCounts:
+    """What :func:`write_window` did with one window (the job's metrics)."""
+
+    records: int = 0  # run through the pipeline
+    skipped: int = 0  # at or below the group's stored offset: written before a restore
+    mutations: int = 0
+    dead_letters: int = 0  # of the pipeline (a write's own rejections are in ``written``'s)
+    written: int = 0
+    writes: int = 0
+    freshness_us: int | None = None
+
+
+#: A pipeline's per-record call: mutations, dead letters and changed side-table rows.
+Process = Callable[[Record, int], list[Mutation | DeadLetter | SideRow]]
+
+
+def map_window(
+    process: Process,
+    *,
+    source: str,
+    topic: str,
+    partition: int,
+    offsets: Sequence[int],
+    keys: Sequence[bytes | None],
+    values: Sequence[bytes | None],
+    timestamps_ms: Sequence[int | None],
+    now: int,
+) -> tuple[list[Mutation | DeadLetter | SideRow], int]:
+    """Run one window's records (columns, as :func:`write_window` takes them) through
+    ``process``, in offset order; the outputs and how many records became dead letters.
+
+    Raises:
+        ValueError: if the columns differ in length.
+    """
+    order = _order(offsets, keys, values, timestamps_ms)
+    outputs: list[Mutation | DeadLetter | SideRow] = []
+    letters = 0
+    for i in order:
+        record = kafka_record(
+            source, topic, partition, offsets[i], keys[i], values[i], timestamps_ms[i]
+        )
+        out = process(record, now)
+        if len(out) == 1 and isinstance(out[0], DeadLetter):
+            letters += 1
+        outputs += out
+    return outputs, letters
+
+
+def _order(
+    offsets: Sequence[int],
+    keys: Sequence[bytes | None],
+    values: Sequence[bytes | None],
+    timestamps_ms: Sequence[int | None],
+) -> Sequence[int]:
+    """The indexes of a window's columns in offset order."""
+    n = len(offsets)
+    if not len(keys) == len(values) == len(timestamps_ms) == n:
+        raise ValueError(
+            f"a window's columns differ in length: {n} offsets, {len(keys)} keys, "
+            f"{len(values)} values, {len(timestamps_ms)} timestamps"
+        )
+    if any(offsets[i] >= offsets[i + 1] for i in range(n - 1)):
+        return sorted(range(n), key=offsets.__getitem__)
+    return range(n)
+
+
+def write_window(
+    process: Process,
+    writer: BucketWriter,
+    *,
+    source: str,
+    topic: str,
+    partition: int,
+    group: str,
+    totals: Totals,
+    offsets: Sequence[int],
+    keys: Sequence[bytes | None],
+    values: Sequence[bytes | None],
+    timestamps_ms: Sequence[int | None],
+    max_batch: int,
+    clock: Callable[[], int] = now_us,
+) -> WindowCounts:
+    """Run one window of one group (its records as columns, in offset order) through
+    ``process`` (the pipeline's, called once per record as the embedded engine calls it) and
+    write it in writes of at most ``max_batch`` records, each with the group's ``totals``
+    (updated in place) and its newest offset. Records at or below ``totals.offset`` are skipped.
+
+    Raises:
+        ValueError: if the columns differ in length.
+        StorageError: if the store kept failing for the writer's patience.
+    """
+    n = len(offsets)
+    order = _order(offsets, keys, values, timestamps_ms)  # a group's writes follow its offsets
+    todo = [i for i in order if offsets[i] > totals.offset]
+    counts = WindowCounts(skipped=n - len(todo))
+    letters = 0
+    for start in range(0, len(todo), max_batch):
+        chunk = todo[start : start + max_batch]
+        now = clock()
+        outputs: list[Mutation | DeadLetter | SideRow] = []
+        for i in chunk:
+            record = kafka_record(
+                source, topic, partition, offsets[i], keys[i], values[i], timestamps_ms[i]
+            )
+            out = process(record, now)
+            if len(out) == 1 and isinstance(out[0], DeadLetter):
+                letters += 1
+            outputs += out
+        result = writer.write(group, outputs, totals, offsets[chunk[-1]])
+        counts.records += len(chunk)
+        counts.mutations += result.mutations
+        counts.written += result.written
+        counts.writes += 1
+        if result.freshness_us is not None:
+            counts.freshness_us = result.freshness_us
+    counts.dead_letters = letters
+    return counts

@@ -1,42 +1,68 @@
-"""The Flink engine: one PyFlink DataStream job per source topic, running the operators the
-embedded engine runs, with Flink's state, timers and checkpoints.
+"""The Flink engine: one PyFlink job per source topic, running the operators the embedded engine
+runs, with Flink's state, windows and checkpoints.
 
 The only module that imports ``pyflink`` (``pip install 'hopcast[flink]'``); the logic it wires
 lives in :mod:`hopcast.stream.engines.buckets`. Topology of the job ``hopcast-<source>``::
 
-    Kafka topic(s) ── Flink's Kafka connector (raw key and value, partition, offset,
-    │                  timestamp, headers; offsets kept in Flink's checkpoints)
-    ▼
-    pipeline        the source's mapping (decode, filter/project, changelog, map, validate),
-    │               exactly the embedded engine's Pipeline.process; a bad record becomes ONE
-    │               dead letter with its raw payload and its Kafka position
-    ▼  key_by(bucket of the mutation's node or edge)
-    window-writer   keyed state per bucket: outputs are appended to a ListState; a
-    │               processing-time timer at the end of the window (``window_ms``, or earlier
-    │               when ``max_batch`` entries wait) coalesces the window with the dedup
-    │               operator and writes it: dead letters, then ONE idempotent last-write-wins
-    │               batch into the graph store (with the bucket's running totals)
+    Kafka topic(s) ── Flink's Kafka connector, in SQL: raw key and value, topic, partition,
+    │                 offset, timestamp as ms (offsets kept in Flink's checkpoints)      JVM
+    ▼  hash by group = (topic, partition, offset mod spread)
+    window          a tumbling window (``window_ms``) per group: ARRAY_AGG of the group's
+    │               offsets, keys, values and timestamps, in the order read; buffered in
+    │               Flink's keyed state (checkpointed with the offsets)                  JVM
+    ▼  one row per group and window (chained: no task boundary)
+    pipeline-writer the source's mapping run record by record (decode, filter/project,    Python
+    │  (p = 1)     changelog, map, validate: exactly the embedded engine's
+    │               Pipeline.process); a bad record becomes ONE dead letter with its raw
+    │               payload and Kafka position; then the window is coalesced (dedup per
+    │               node/edge identity) and written: dead letters, then ONE idempotent
+    │               last-write-wins batch (at most ``max_batch`` records' worth) with the
+    │               group's running totals and newest offset
     ▼
     discard         (a sink is required; progress is read from the store)
 
-Delivery: checkpoints (on by default, every ``checkpoint_interval_ms``) hold the Kafka offsets
-and the windows not written yet, so a crash replays from the last checkpoint and re-writes at
-worst what was written since: at-least-once application, exactly-once *effect*, because every
-write is idempotent under last-write-wins. Checkpoints are retained on cancellation and after a
-crash; :meth:`FlinkJob.execute` restores from the newest complete one in ``checkpoint_dir``
-(or the path given), so stopping and starting a job resumes it. A store that goes away makes
-the writer back off and retry (the job waits; backpressure stops the reading); only after
+With parallelism above 1 the mapping and the write are two steps, so that every write to one
+node or edge has one writer (:class:`BucketWriterFunction` says why)::
+
+    window ─▶ pipeline (Python: the mapping, as above; its outputs split by bucket of the node
+              │          or edge they write, one element per bucket and window)
+              ▼  key_by(bucket)
+              bucket-writer (Python: coalesce, write with the bucket's totals in keyed state)
+              ▼
+              discard
+
+Why this shape: every per-record step a built-in operator can do (reading Kafka, picking
+columns, windowing, hashing groups to tasks) runs in the JVM, and Python is entered once per
+group and window, not once per record; two Python stages with a ``key_by`` between them (the
+first design) cost more at that task boundary than the work itself. Kafka headers are not
+passed (converting the headers map costs more than a record's mapping, and no mapping reads
+them): records reach the mapping with empty headers.
+
+Time: a bounded run's windows use ingestion time (the clock as a record is read) with a
+watermark, so the end of input closes and writes every window; an unbounded run's use
+processing time, so a window closes on the clock even when no further record arrives.
+
+Delivery: checkpoints (on by default, every ``checkpoint_interval_ms``; ``checkpoint_dir`` is
+required with them, since buffered windows overflow the JobManager's 5 MB memory storage) hold
+the Kafka offsets and the windows not written yet, so a crash replays from the last checkpoint;
+a window is written while its task handles it, before any later checkpoint. At parallelism 1 a
+group's records reach the task in offset order, and each write stores the group's newest
+offset with its mutations, atomically; after a restore, records at or below that offset are
+skipped. Above 1, each bucket's totals live in Flink's keyed state and are restored with the
+offsets. Either way: at-least-once delivery, exactly-once *effect* and exact totals (whatever
+is rewritten is a no-op under last-write-wins). Checkpoints are retained on cancellation and after a
+crash; :meth:`FlinkJob.execute` restores from the newest complete one in ``checkpoint_dir`` (or
+the path given), so stopping and starting a job resumes it. A store that goes away makes the
+writer back off and retry (the job waits; backpressure stops the reading); only after
 ``patience_s`` does the task fail, and Flink restarts it from the last checkpoint
 (exponential-delay restart strategy).
 
-Bounded runs (``bounded=True``: read up to the offsets that are the latest at start, then
-finish) flush every window at the end of input: each bucket also holds an event-time timer at
-the end of time, which the final watermark fires.
-
-Execution: the Python functions run in Flink's *thread* mode (embedded CPython through pemja;
-about 18x faster than process mode for keyed state here). Locally the job runs on a MiniCluster
-in a JVM started by PyFlink; ``jobmanager="host:port"`` submits it to a running Flink cluster
-instead (its TaskManagers need the same Python environment: ``pip install 'hopcast[flink]'``).
+Execution: the Python function runs in Flink's *thread* mode (embedded CPython through pemja),
+so all Python of one TaskManager shares one interpreter lock: parallelism within one
+TaskManager adds no Python CPU, more TaskManager processes do (``deploy/flink.sh cluster-start
+--taskmanagers N``). Locally the job runs on a MiniCluster in a JVM started by PyFlink;
+``jobmanager="host:port"`` submits it to a running Flink cluster instead (its TaskManagers need
+the same Python environment: ``pip install 'hopcast[flink]'``).
 
 Side tables (``changelog`` and ``enrich``) live in the graph store
 (:mod:`hopcast.stream.engines.sidestore`), because with one job per source and parallel tasks no
@@ -60,10 +86,11 @@ dict look-up (``bench/enrich.py``: 0.7-1.5 µs on LMDB and Redis, with the table
 second or every 50 ms; a cold read costs 12 µs on LMDB, 160 µs a round trip to Redis here).
 
 Metrics: Flink's own (Kafka lag ``pendingRecords``, checkpoint durations, backpressure) plus, per
-task, ``hopcast_records``, ``hopcast_mutations``, ``hopcast_dead_letters``,
-``hopcast_mutations_written``, ``hopcast_windows``, ``hopcast_write_retries`` and the gauge
-``hopcast_freshness_ms`` (write time minus the oldest generation time of the last window);
-``metrics_port`` exposes them all for Prometheus through the reporter PyFlink ships.
+task, ``hopcast_records``, ``hopcast_records_skipped`` (replayed, already written),
+``hopcast_mutations``, ``hopcast_dead_letters``, ``hopcast_mutations_written``,
+``hopcast_windows`` (writes), ``hopcast_write_retries`` and the gauge ``hopcast_freshness_ms``
+(write time minus the oldest generation time of the last write); ``metrics_port`` exposes them
+all for Prometheus through the reporter PyFlink ships.
 """
 
 from __future__ import annotations
@@ -82,13 +109,15 @@ from urllib.parse import parse_qsl
 
 from hopcast.errors import ConfigError, SourceError, StorageError
 from hopcast.graphdb import Graph
-from hopcast.stream.deadletter import DeadLetter
 from hopcast.stream.engines.buckets import (
     BucketWriter,
     Totals,
-    kafka_record,
+    group_name,
+    map_window,
+    read_group_totals,
     read_totals,
     route,
+    write_window,
 )
 from hopcast.stream.engines.sidestore import StoreTablesMapping
 from hopcast.stream.mapping import DEMO_MAPPINGS, Mapping
@@ -103,7 +132,7 @@ try:
         ProcessFunction,
         RuntimeContext,
     )
-    from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+    from pyflink.datastream.state import ValueStateDescriptor
     from pyflink.java_gateway import get_gateway
     from pyflink.table import StreamTableEnvironment
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -121,10 +150,18 @@ JARS_ENV = "HOPCAST_FLINK_JARS"
 DEFAULT_WINDOW_MS = 200
 DEFAULT_MAX_BATCH = 5_000
 DEFAULT_CHECKPOINT_MS = 2_000
-#: Buckets per unit of parallelism: enough that the writer's keys spread evenly over tasks.
-BUCKETS_PER_TASK = 8
-#: The end of time for the end-of-input timer (one below Long.MAX_VALUE, the final watermark).
-_END_OF_TIME = (1 << 63) - 2
+#: Groups per Kafka partition (a group is ``offset mod spread`` of one partition): enough that a
+#: partition's windows spread over the tasks of a job with more tasks than partitions, few
+#: enough that a window of a group stays large (one Python call and one write per group and
+#: window). Fixed, not derived from the parallelism: the groups name the stored progress, so
+#: a job restarted with another parallelism still finds it.
+DEFAULT_SPREAD = 4
+#: Writer keys per task of a job with parallelism above 1 (see :class:`BucketWriterFunction`):
+#: a few per task, so they spread over the tasks; each group's window is one write per bucket.
+BUCKETS_PER_TASK = 2
+#: How far the ingestion-time watermark of a bounded run trails the clock: records are stamped
+#: with the wall clock as they are read, so only a clock stepping back could make one late.
+WATERMARK_DELAY_MS = 1_000
 
 
 def connector_jar() -> Path:
@@ -205,6 +242,7 @@ class JobSpec:
     store: str
     schema: str | None
     mappings: str
+    spread: int
     buckets: int
     window_ms: int
     max_batch: int
@@ -261,8 +299,75 @@ def load_mapping(spec: JobSpec, graph: Graph) -> StoreTablesMapping:
     return StoreTablesMapping(mapping, graph.store.kv)
 
 
-class PipelineFunction(ProcessFunction):  # type: ignore[misc]
-    """Kafka row → record → the mapping's pipeline → ``(bucket, mutation | dead letter)``."""
+class WindowFunction(ProcessFunction):  # type: ignore[misc]
+    """One window of one group (a row of the job's SQL) → the pipeline → the graph store."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.graph = _open_graph(self.spec)
+        self._open = True
+        self.pipeline = load_mapping(self.spec, self.graph).pipeline(self.graph.schema)
+        self.writer = BucketWriter(
+            self.graph.store,
+            self.spec.job,
+            patience_s=self.spec.patience_s,
+            on_retry=lambda exc: self.retries.inc(),  # counted while the store is failing
+        )
+        #: each group's totals, read from the store on its first window (this task is the only
+        #: writer of its groups; after a restore they are read again)
+        self.totals: dict[str, Totals] = {}
+        group = runtime_context.get_metrics_group()
+        self.records = group.counter("hopcast_records")
+        self.mutations = group.counter("hopcast_mutations")
+        self.letters = group.counter("hopcast_dead_letters")
+        self.written = group.counter("hopcast_mutations_written")
+        self.windows = group.counter("hopcast_windows")
+        self.retries = group.counter("hopcast_write_retries")
+        self.skipped = group.counter("hopcast_records_skipped")
+        self.last_freshness_ms = 0
+        group.gauge("hopcast_freshness_ms", lambda: int(self.last_freshness_ms))
+
+    def process_element(self, value: Any, ctx: Any) -> Iterator[int]:
+        topic, partition, sub, offsets, keys, values, timestamps = value
+        name = group_name(topic, partition, sub)
+        totals = self.totals.get(name)
+        if totals is None:
+            totals = self.totals[name] = read_group_totals(self.graph.store, self.spec.job, name)
+        counts = write_window(
+            self.pipeline.process,
+            self.writer,
+            source=self.spec.source,
+            topic=topic,
+            partition=partition,
+            group=name,
+            totals=totals,
+            offsets=offsets,
+            keys=keys,
+            values=values,
+            timestamps_ms=timestamps,
+            max_batch=self.spec.max_batch,
+        )
+        self.records.inc(counts.records)
+        self.skipped.inc(counts.skipped)
+        self.mutations.inc(counts.mutations)
+        self.letters.inc(counts.dead_letters)
+        self.written.inc(counts.written)
+        self.windows.inc(counts.writes)
+        if counts.freshness_us is not None:
+            self.last_freshness_ms = counts.freshness_us // 1000
+        yield counts.records
+
+    def close(self) -> None:
+        if getattr(self, "_open", False):
+            self._open = False
+            _release_graph(self.spec)
+
+
+class PipelineStage(ProcessFunction):  # type: ignore[misc]
+    """Parallelism above 1: one window of one group → the pipeline → its outputs by bucket of
+    the node or edge they write, one element per bucket (see :class:`BucketWriterFunction`)."""
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
@@ -280,24 +385,22 @@ class PipelineFunction(ProcessFunction):  # type: ignore[misc]
         self.now = now_us
 
     def process_element(self, value: Any, ctx: Any) -> Iterator[tuple[int, Any]]:
-        topic, partition, offset, key, raw, ts, headers = value
-        record = kafka_record(
-            self.spec.source,
-            topic,
-            partition,
-            offset,
-            key,
-            raw,
-            _millis(ts),
-            _headers(headers),
+        topic, partition, _sub, offsets, keys, values, timestamps = value
+        outputs, letters = map_window(
+            self.pipeline.process,
+            source=self.spec.source,
+            topic=topic,
+            partition=partition,
+            offsets=offsets,
+            keys=keys,
+            values=values,
+            timestamps_ms=timestamps,
+            now=self.now(),
         )
-        outputs = self.pipeline.process(record, self.now())
-        self.records.inc()
-        if len(outputs) == 1 and isinstance(outputs[0], DeadLetter):
-            self.letters.inc()
-        else:
-            self.mutations.inc(len(outputs))
-        yield from route(outputs, self.spec.buckets)
+        self.records.inc(len(offsets))
+        self.letters.inc(letters)
+        self.mutations.inc(len(outputs) - letters)
+        yield from route(outputs, self.spec.buckets).items()
 
     def close(self) -> None:
         if getattr(self, "_open", False):
@@ -305,8 +408,12 @@ class PipelineFunction(ProcessFunction):  # type: ignore[misc]
             _release_graph(self.spec)
 
 
-class WindowWriter(KeyedProcessFunction):  # type: ignore[misc]
-    """Per bucket: buffer in keyed state, write a coalesced window when its timer fires."""
+class BucketWriterFunction(KeyedProcessFunction):  # type: ignore[misc]
+    """Parallelism above 1: writes each bucket's share of a window as it arrives (coalesced,
+    with the bucket's running totals, kept in keyed state). Every write to one node or edge has
+    this one writer: the store's last-write-wins is checked per item on the server, but a
+    write's index entries are derived from what its writer read, so two processes writing one
+    edge at once could leave a stale index entry."""
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
@@ -320,15 +427,9 @@ class WindowWriter(KeyedProcessFunction):  # type: ignore[misc]
             patience_s=self.spec.patience_s,
             on_retry=lambda exc: self.retries.inc(),  # counted while the store is failing
         )
-        self.buffer = runtime_context.get_list_state(
-            ListStateDescriptor("window", Types.PICKLED_BYTE_ARRAY())
-        )
         self.totals = runtime_context.get_state(
             ValueStateDescriptor("totals", Types.PICKLED_BYTE_ARRAY())
         )
-        #: entries waiting per bucket since its timers were set (this task's memory only: after
-        #: a restore it is empty, and the first entry of a bucket sets its timers again)
-        self.waiting: dict[int, int] = {}
         group = runtime_context.get_metrics_group()
         self.written = group.counter("hopcast_mutations_written")
         self.windows = group.counter("hopcast_windows")
@@ -336,38 +437,16 @@ class WindowWriter(KeyedProcessFunction):  # type: ignore[misc]
         self.last_freshness_ms = 0
         group.gauge("hopcast_freshness_ms", lambda: int(self.last_freshness_ms))
 
-    def process_element(self, value: Any, ctx: Any) -> Iterator[tuple[int, int]]:
-        bucket, entry = value
-        self.buffer.add(entry)
-        n = self.waiting.get(bucket)
-        if n is None:
-            timers = ctx.timer_service()
-            timers.register_processing_time_timer(
-                timers.current_processing_time() + self.spec.window_ms
-            )
-            timers.register_event_time_timer(_END_OF_TIME)
-            n = 0
-        self.waiting[bucket] = n + 1
-        if n + 1 >= self.spec.max_batch:
-            yield from self._write(bucket)
-
-    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[tuple[int, int]]:
-        yield from self._write(ctx.get_current_key())
-
-    def _write(self, bucket: int) -> Iterator[tuple[int, int]]:
-        self.waiting.pop(bucket, None)
-        entries = list(self.buffer.get() or ())
-        if not entries:
-            return
+    def process_element(self, value: Any, ctx: Any) -> Iterator[int]:
+        bucket, entries = value
         totals = self.totals.value() or Totals()
         result = self.writer.write(bucket, entries, totals)
         self.totals.update(totals)
-        self.buffer.clear()
         self.written.inc(result.written)
         self.windows.inc()
         if result.freshness_us is not None:
             self.last_freshness_ms = result.freshness_us // 1000
-        yield (result.written, result.dead_letters)
+        yield result.written
 
     def close(self) -> None:
         if getattr(self, "_open", False):
@@ -375,35 +454,15 @@ class WindowWriter(KeyedProcessFunction):  # type: ignore[misc]
             _release_graph(self.spec)
 
 
-def _millis(ts: Any) -> int | None:
-    """A TIMESTAMP_LTZ(3) as PyFlink hands it over, in ms since the epoch: a ``java.time.Instant``
-    in thread mode, a ``datetime`` in process mode."""
-    if ts is None:
-        return None
-    if isinstance(ts, int):
-        return ts
-    if hasattr(ts, "toEpochMilli"):
-        return int(ts.toEpochMilli())
-    return round(float(ts.timestamp()) * 1000)
-
-
-def _headers(raw: Any) -> dict[str, bytes | None] | None:
-    """The headers MAP as a dict (a Python dict, or a ``java.util.Map`` in thread mode)."""
-    if raw is None or isinstance(raw, dict):
-        return raw
-    out: dict[str, bytes | None] = {}
-    for entry in raw.entrySet().toArray():
-        value = entry.getValue()
-        out[str(entry.getKey())] = None if value is None else bytes(value)
-    return out
-
-
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
 def kafka_ddl(table: str, kafka: KafkaInput, *, group: str, bounded: bool) -> str:
-    """The CREATE TABLE of the job's Kafka input: raw bytes and the message's metadata."""
+    """The CREATE TABLE of the job's Kafka input: raw key and value, the message's position and
+    timestamp, and the time its windows use: for a bounded run, the wall clock as a record is
+    read (``rt``, with a watermark, so the end of input closes every window); otherwise
+    processing time (``pt``: windows close on the clock even when no record comes)."""
     options = {
         "connector": "kafka",
         "topic": ";".join(kafka.topics),
@@ -428,6 +487,13 @@ def kafka_ddl(table: str, kafka: KafkaInput, *, group: str, bounded: bool) -> st
     for k, v in kafka.client:
         options[f"properties.{k}"] = v
     with_ = ",\n  ".join(f"{_quote(k)} = {_quote(v)}" for k, v in options.items())
+    if bounded:
+        clock = (
+            "  `rt` AS CAST(CURRENT_TIMESTAMP AS TIMESTAMP_LTZ(3)),\n"
+            f"  WATERMARK FOR `rt` AS `rt` - INTERVAL '{WATERMARK_DELAY_MS / 1000:g}' SECOND\n"
+        )
+    else:
+        clock = "  `pt` AS PROCTIME()\n"
     return (
         f"CREATE TABLE `{table}` (\n"
         "  `k` BYTES,\n"
@@ -436,9 +502,25 @@ def kafka_ddl(table: str, kafka: KafkaInput, *, group: str, bounded: bool) -> st
         "  `part` INT METADATA FROM 'partition' VIRTUAL,\n"
         "  `off` BIGINT METADATA FROM 'offset' VIRTUAL,\n"
         "  `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,\n"
-        "  `hdr` MAP<STRING, BYTES> METADATA FROM 'headers' VIRTUAL\n"
+        f"{clock}"
         f") WITH (\n  {with_}\n)"
     )
+
+
+def window_query(table: str, *, bounded: bool, window_ms: int, spread: int) -> str:
+    """The job's windows: per tumbling window and group ``(topic, partition, offset mod
+    spread)``, the group's records as columns (offsets, keys, values, timestamps in ms), in the
+    order they were read. All per-record work up to here runs in the JVM."""
+    column = "rt" if bounded else "pt"
+    return (
+        "SELECT tp, part, MOD(off, {spread}) AS sub, ARRAY_AGG(off) AS offs, ARRAY_AGG(k) AS ks, "
+        "ARRAY_AGG(v) AS vs, "
+        "ARRAY_AGG(EXTRACT(EPOCH FROM ts) * 1000 + MOD(EXTRACT(MILLISECOND FROM ts), 1000)) "
+        "AS tss\n"
+        f"FROM TABLE(TUMBLE(TABLE `{table}`, DESCRIPTOR(`{column}`), "
+        f"INTERVAL '{window_ms / 1000:.3f}' SECOND))\n"
+        "GROUP BY window_start, window_end, tp, part, MOD(off, {spread})"
+    ).replace("{spread}", str(spread))
 
 
 def python_path() -> str:
@@ -499,9 +581,11 @@ class FlinkJob:
         schema: the graph schema file, if the store does not hold one.
         mappings: the mapping directory (default: the demo company's).
         parallelism: tasks per operator (Kafka partitions are spread over them).
-        window_ms: how long a bucket collects before it is written.
-        max_batch: entries that make a bucket write before its window ends.
-        buckets: writer keys (default ``8 x parallelism``).
+        window_ms: how long a window collects a group's records before they are written.
+        max_batch: at parallelism 1, the most records of a window in one store write (a
+            larger window is written in several); above 1 each bucket's share of a window is
+            one write.
+        spread: groups per Kafka partition (see :data:`DEFAULT_SPREAD`).
         checkpoint_dir: where checkpoints are kept (and restored from).
         checkpoint_interval_ms: how often (0 turns checkpointing off).
         restore: ``"latest"`` (the newest checkpoint in ``checkpoint_dir``, if any), a
@@ -521,7 +605,7 @@ class FlinkJob:
     parallelism: int = 1
     window_ms: int = DEFAULT_WINDOW_MS
     max_batch: int = DEFAULT_MAX_BATCH
-    buckets: int | None = None
+    spread: int = DEFAULT_SPREAD
     checkpoint_dir: Path | None = None
     checkpoint_interval_ms: int = DEFAULT_CHECKPOINT_MS
     restore: str | None = "latest"
@@ -538,8 +622,8 @@ class FlinkJob:
             raise ConfigError(f"window_ms must be >= 1, got {self.window_ms}")
         if self.max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
-        if self.buckets is not None and self.buckets < 1:
-            raise ConfigError(f"buckets must be >= 1, got {self.buckets}")
+        if self.spread < 1:
+            raise ConfigError(f"spread must be >= 1, got {self.spread}")
         if self.jobmanager is not None:
             host, sep, port = self.jobmanager.rpartition(":")
             if not sep or not host or not port.isdigit():
@@ -555,7 +639,8 @@ class FlinkJob:
             store=self.store,
             schema=self.schema,
             mappings=str(self.mappings),
-            buckets=self.buckets or BUCKETS_PER_TASK * self.parallelism,
+            spread=self.spread,
+            buckets=BUCKETS_PER_TASK * self.parallelism,
             window_ms=self.window_ms,
             max_batch=self.max_batch,
             patience_s=self.patience_s,
@@ -600,6 +685,17 @@ class FlinkJob:
         return jars
 
     def configuration(self, restore: str | None) -> Configuration:
+        """The job's Flink settings.
+
+        Raises:
+            ConfigError: for checkpoints without a ``checkpoint_dir`` (windows held in state
+                overflow the JobManager's 5 MB memory storage).
+        """
+        if self.checkpoint_interval_ms > 0 and self.checkpoint_dir is None:
+            raise ConfigError(
+                "checkpoints need a checkpoint_dir (windows held in state overflow the "
+                "JobManager's 5 MB memory storage)"
+            )
         conf = Configuration()
         settings = {
             "pipeline.name": self.name,
@@ -662,22 +758,31 @@ class FlinkJob:
         t_env = StreamTableEnvironment.create(env)
         table = f"kafka_{self.source}".replace("-", "_")
         t_env.execute_sql(kafka_ddl(table, self.kafka, group=self.name, bounded=self.bounded))
-        rows = t_env.to_data_stream(
-            t_env.sql_query(f"SELECT tp, part, off, k, v, ts, hdr FROM `{table}`")
-        )
         spec = self.spec()
-        entry = Types.TUPLE([Types.INT(), Types.PICKLED_BYTE_ARRAY()])
-        routed = (
-            rows.process(PipelineFunction(spec), output_type=entry)
-            .name("pipeline")
-            .uid("hopcast-pipeline")
+        windows = t_env.to_data_stream(
+            t_env.sql_query(
+                window_query(
+                    table, bounded=self.bounded, window_ms=self.window_ms, spread=spec.spread
+                )
+            )
         )
-        written = (
-            routed.key_by(lambda e: e[0], key_type=Types.INT())
-            .process(WindowWriter(spec), output_type=Types.TUPLE([Types.INT(), Types.INT()]))
-            .name("window-writer")
-            .uid("hopcast-window-writer")
-        )
+        if self.parallelism == 1:  # one task writes everything: map and write in one step
+            written = (
+                windows.process(WindowFunction(spec), output_type=Types.INT())
+                .name("pipeline-writer")
+                .uid("hopcast-pipeline-writer")
+            )
+        else:  # one writer per node and edge: a key_by, crossed once per window and bucket
+            entry = Types.TUPLE([Types.INT(), Types.PICKLED_BYTE_ARRAY()])
+            written = (
+                windows.process(PipelineStage(spec), output_type=entry)
+                .name("pipeline")
+                .uid("hopcast-pipeline")
+                .key_by(lambda e: e[0], key_type=Types.INT())
+                .process(BucketWriterFunction(spec), output_type=Types.INT())
+                .name("bucket-writer")
+                .uid("hopcast-bucket-writer")
+            )
         discard = get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2
         written.sink_to(Sink(discard.DiscardingSink())).name("discard").uid("hopcast-discard")
         return env
@@ -704,7 +809,7 @@ class FlinkJob:
         env = self.build(restore)
         client: JobClient = env.execute_async(self.name)
         job_id = str(client.get_job_id())
-        log.info("submitted", extra={"event": "submitted", "job": job_id, "name": self.name})
+        log.info("submitted", extra={"event": "submitted", "job": job_id, "job_name": self.name})
         stop = stop or threading.Event()
         spec = self.spec()
         graph = Graph.open(spec.store, spec.schema) if on_progress is not None else None
@@ -744,15 +849,27 @@ class FlinkJob:
     def _stop(self, client: JobClient) -> str:
         if self.checkpoint_dir is not None and self.checkpoint_interval_ms > 0:
             try:
-                path = client.stop_with_savepoint(
-                    False, self.checkpoint_dir.resolve().as_uri()
-                ).result()
+                path = _stop_with_savepoint(client, self.checkpoint_dir.resolve().as_uri())
                 log.info("stopped with a savepoint", extra={"event": "stopped", "path": path})
                 return "FINISHED"
             except Exception as exc:  # fall back to a cancel
                 log.warning("savepoint failed, cancelling", extra={"error": _cause(exc)})
         client.cancel().result()
         return "CANCELED"
+
+
+def _stop_with_savepoint(client: JobClient, directory: str) -> str:
+    """Stop the job with a (canonical) savepoint in ``directory``; its path. PyFlink 2.2's
+    ``JobClient.stop_with_savepoint`` calls a Java method that no longer exists (Flink 2 added
+    the savepoint format argument), so this calls the Java client itself."""
+    from pyflink.common.completable_future import CompletableFuture
+
+    jvm = get_gateway().jvm
+    canonical = jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    j_client = client._j_job_client
+    return str(
+        CompletableFuture(j_client.stopWithSavepoint(False, directory, canonical), str).result()
+    )
 
 
 def _cause(exc: BaseException) -> str:
