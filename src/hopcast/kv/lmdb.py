@@ -317,6 +317,21 @@ class LmdbKV(KVStore):
                 break
         return removed
 
+    def backup(self, path: str | os.PathLike[str]) -> None:
+        """Write a consistent copy of the store (its newest committed state) to the empty
+        or missing directory ``path``, while readers and the writer go on.
+
+        Raises:
+            StorageError: if the copy cannot be written.
+        """
+        self._check()
+        target = Path(path)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            self._env.copy(str(target))
+        except (OSError, _lmdb.Error) as exc:
+            raise StorageError(f"cannot back up {self.path} to {target}: {exc}") from exc
+
     def stats(self) -> dict[str, int]:
         """Entries per namespace, for metrics and ``hopcast info``."""
         out: dict[str, int] = {}
