@@ -129,6 +129,7 @@ def stored_edges(n: int, titles: int, now: int) -> Iterator[EdgeUpsert]:
     """``n`` interaction edges of a population of other members (``profile:s<i>``) over the
     demo catalogue's ``titles``, from a month to two days before ``now``."""
     rng = random.Random(n)
+    rnd = rng.random
     half = STORED_PER_MEMBER // 2
     oldest = now - 30 * DAY
     span = 28 * DAY // SECOND
@@ -140,15 +141,14 @@ def stored_edges(n: int, titles: int, now: int) -> Iterator[EdgeUpsert]:
         for i, t in enumerate(picked):
             if made >= n:
                 return
-            ts = oldest + rng.randrange(span) * SECOND
+            ts = oldest + int(rnd() * span) * SECOND
+            mid = f"s{member}.{i}"
             if i < half:
                 props: dict[str, Any] = {"row": "trending", "page": "home"}
-                yield EdgeUpsert(prof, "browsed", f"title:{t}", ts, f"s{member}.{i}", props)
+                yield EdgeUpsert(prof, "browsed", f"title:{t}", ts, mid, props, made)
             else:
-                props = {"position_s": rng.randrange(7200), "device": f"device:s{member}"}
-                yield EdgeUpsert(
-                    prof, "started_watching", f"title:{t}", ts, f"s{member}.{i}", props
-                )
+                props = {"position_s": int(rnd() * 7200), "device": f"device:s{member}"}
+                yield EdgeUpsert(prof, "started_watching", f"title:{t}", ts, mid, props, made)
             made += 1
         member += 1
 
