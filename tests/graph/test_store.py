@@ -493,3 +493,37 @@ def test_sweep_removes_an_expired_node(store: GraphStore) -> None:
     store.apply([NodeUpsert("device:1", t0, "a", {"os": "tvos"})])
     assert store.sweep(NOW) == 1
     assert node(store, "device:1", now=t0) is None
+
+
+def test_a_bulk_load_of_new_edges_stores_what_apply_would_in_chunks(tmp_path: Path) -> None:
+    edges = [
+        EdgeUpsert(f"profile:{p}", "browsed", f"title:{t}", B - (p * 7 + t) * 1000, f"b{p}.{t}")
+        for p in range(30)
+        for t in range(p % 5, 40, 3)
+    ]
+    edges.append(EdgeUpsert("title:1", "in_genre", "genre:drama", B, "g1"))
+    loaded = GraphStore(LmdbKV(tmp_path / "bulk"), SCHEMA, clock=lambda: NOW)
+    applied = GraphStore(LmdbKV(tmp_path / "apply"), SCHEMA, clock=lambda: NOW)
+    seen: list[int] = []
+    assert loaded.load_edges(iter(edges), chunk=100, progress=seen.append) == len(edges)
+    assert seen == [*range(100, len(edges), 100), len(edges)]  # a commit per chunk
+    applied.apply(edges)
+    for p in range(30):
+        assert out(loaded, f"profile:{p}", "browsed") == out(applied, f"profile:{p}", "browsed")
+    for t in range(40):
+        assert in_(loaded, f"title:{t}", "browsed") == in_(applied, f"title:{t}", "browsed")
+        assert out(loaded, f"title:{t}", "in_genre") == out(applied, f"title:{t}", "in_genre")
+    with loaded.read(NOW) as a, applied.read(NOW) as b:
+        assert a.edge("profile:3", "browsed", "title:6") == b.edge(
+            "profile:3", "browsed", "title:6"
+        )
+        assert a.edge("profile:3", "browsed", "title:6") is not None
+    loaded.close()
+    applied.close()
+
+
+def test_a_bulk_load_refuses_an_edge_that_does_not_fit_the_schema(tmp_path: Path) -> None:
+    store = GraphStore(LmdbKV(tmp_path / "bulk"), SCHEMA, clock=lambda: NOW)
+    with pytest.raises(SchemaViolation):
+        store.load_edges([EdgeUpsert("profile:1", "no_such_type", "title:1", B, "x")])
+    store.close()

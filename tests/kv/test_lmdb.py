@@ -197,3 +197,20 @@ def test_opening_a_path_that_cannot_be_created_is_a_storage_error(tmp_path: Path
     blocker.write_text("not a directory")
     with pytest.raises(StorageError):
         LmdbKV(blocker / "env")
+
+
+def test_a_backup_holds_the_committed_state_and_opens_as_a_store(
+    path: Path, tmp_path: Path
+) -> None:
+    kv = LmdbKV(path)
+    kv.configure("ns", None)
+    _put(kv, b"first")
+    with kv.writer() as w:  # a checkpoint written with the data, as the graph store does
+        w.set_checkpoint("src/0", b"pos-1")
+    kv.backup(tmp_path / "copy")
+    _put(kv, b"second", ts=2)  # after the backup: not in it
+    kv.close()
+    copy = LmdbKV(tmp_path / "copy")
+    assert _value(copy) == b"first"
+    assert copy.checkpoints() == {"src/0": b"pos-1"}
+    copy.close()

@@ -190,6 +190,10 @@ GRAPH_META_NS = "g.meta"
 NODE_DELETES = b"node-deletes"
 
 
+#: Edges per transaction of :meth:`GraphStore.load_edges`: about 150 MB of rows in memory,
+#: and few enough commits that their fsyncs do not count.
+LOAD_CHUNK = 250_000
+
 #: The sort key of edge writes, ``(type, src, dst, ts)`` (in C: no Python call per write).
 _edge_key = attrgetter("type", "src", "dst", "ts")
 
@@ -311,14 +315,7 @@ class GraphStore:
                 if changed:
                     touched.add(m.node)
                     applied += 1
-            pending: list[tuple[str, bytes, bytes, bytes, int, int]] = []
-            for e, tok in _newest_per_edge(edge_ops):
-                if type(e) is EdgeUpsert:
-                    applied += self._edge_upsert(w, e, tok, deleted, with_deletes, pending)
-                else:
-                    assert isinstance(e, EdgeDelete)
-                    applied += self._edge_delete(w, e)
-            w.put_many(pending)
+            applied += self._write_edges(w, edge_ops, deleted, with_deletes)
             for ns, rid, key, value in extra:
                 w.put(ns, rid, key, value, 0, 0)
             for source, position in (checkpoints or {}).items():
@@ -327,6 +324,61 @@ class GraphStore:
             for listener in self._listeners:
                 listener(touched)
         return ApplyResult(applied, len(batch) - applied)
+
+    def load_edges(
+        self,
+        edges: Iterable[EdgeUpsert],
+        *,
+        chunk: int = LOAD_CHUNK,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Bulk-write edges that the store does not hold yet; returns how many were written.
+
+        Each edge is validated as by :meth:`apply`, then written without apply's
+        last-write-wins reads: three unconditional puts, sorted per namespace, one transaction
+        per ``chunk`` edges (each committed alone, without checkpoints). For loading a fresh
+        store, or edges disjoint from the stored ones: an edge already stored, or given twice,
+        would keep a stale entry in its time-ordered lists — write those with :meth:`apply`.
+
+        Args:
+            progress: called with the number of edges written so far after every chunk.
+
+        Raises:
+            SchemaViolation: if an edge does not fit the schema (the chunks before it stay).
+            StorageRefused, StorageError: as :meth:`apply`.
+        """
+        written = 0
+        batch: list[Mutation] = []
+        for e in edges:
+            batch.append(e)
+            if len(batch) >= chunk:
+                written += self._load_chunk(batch)
+                batch = []
+                if progress is not None:
+                    progress(written)
+        if batch:
+            written += self._load_chunk(batch)
+            if progress is not None:
+                progress(written)
+        return written
+
+    def _load_chunk(self, batch: list[Mutation]) -> int:
+        rows: list[tuple[str, bytes, bytes, bytes, int, int]] = []
+        append = rows.append
+        inv_ts = keys.inv_ts
+        for m in self.validate(batch):
+            if type(m) is not EdgeUpsert:
+                raise SchemaViolation(f"load_edges takes edge upserts, not {type(m).__name__}")
+            out_ns, in_ns, key_ns = self._ns[m.type]
+            src, dst, ts, tok = m.src.encode(), m.dst.encode(), m.ts, token_of(m)
+            raw = _encode(m.props) if m.props else b""
+            inv = inv_ts(ts)
+            append((out_ns, src, inv + dst, raw, ts, tok))
+            append((in_ns, dst, inv + src, raw, ts, tok))
+            append((key_ns, src, dst, raw, ts, tok))
+        with self.kv.writer() as w:
+            w.put_many(rows)
+        return len(batch)
 
     def _reads(
         self,
@@ -401,41 +453,72 @@ class GraphStore:
         w.put(ns, rid, keys.NODE_ITEM, _encode(props) if props else b"", ts, tk)
         return True
 
-    def _edge_upsert(
+    def _write_edges(
+        self,
+        w: WriteTxn,
+        edge_ops: list[EdgeUpsert | EdgeDelete],
+        deleted: dict[str, tuple[int, int] | None],
+        with_deletes: set[str],
+    ) -> int:
+        """Apply the newest write of each edge in key-sorted ``edge_ops``; returns how many
+        changed the graph.
+
+        An upsert that wins reads the edge's key item, deletes its old entries from both
+        time-ordered lists and queues its three puts, written in bulk at the end (each edge
+        appears once per batch, so nothing reads them before). The hottest loop of ingest:
+        everything per edge is inlined.
+        """
+        applied = 0
+        pending: list[tuple[str, bytes, bytes, bytes, int, int]] = []
+        append = pending.append
+        get, discard = w.get, w.discard  # discard: a blind delete (no read on Redis)
+        ns_of = self._ns
+        inv_ts = keys.inv_ts
+        for m, tok in _newest_per_edge(edge_ops):
+            if type(m) is not EdgeUpsert:
+                assert isinstance(m, EdgeDelete)
+                applied += self._edge_delete(w, m)
+                continue
+            ts = m.ts
+            if with_deletes and self._endpoint_deleted(w, m, (ts, tok), deleted, with_deletes):
+                continue  # an endpoint was deleted after this edge was generated
+            out_ns, in_ns, key_ns = ns_of[m.type]
+            src, dst = m.src.encode(), m.dst.encode()
+            old = get(key_ns, src, dst)
+            if old is not None:
+                old_ts = old[2]
+                if old_ts > ts or (old_ts == ts and old[3] >= tok):
+                    continue
+                if not old[5]:  # not a tombstone: its list entries go
+                    old_inv = inv_ts(old_ts)
+                    discard(out_ns, src, old_inv + dst)
+                    discard(in_ns, dst, old_inv + src)
+            props = m.props
+            raw = _encode(props) if props else b""
+            inv = inv_ts(ts)
+            append((out_ns, src, inv + dst, raw, ts, tok))
+            append((in_ns, dst, inv + src, raw, ts, tok))
+            append((key_ns, src, dst, raw, ts, tok))
+            applied += 1
+        w.put_many(pending)
+        return applied
+
+    def _endpoint_deleted(
         self,
         w: WriteTxn,
         m: EdgeUpsert,
-        tok: int,
+        version: tuple[int, int],
         deleted: dict[str, tuple[int, int] | None],
         with_deletes: set[str],
-        pending: list[tuple[str, bytes, bytes, bytes, int, int]],
     ) -> bool:
-        """Apply one edge upsert; its three puts are appended to ``pending`` (written in bulk
-        at the end of the batch: each edge appears once per batch, so nothing reads them
-        before)."""
-        out_ns, in_ns, key_ns = self._ns[m.type]
-        version = (m.ts, tok)
-        if with_deletes:
-            for end in (m.src, m.dst):
-                if end.partition(":")[0] not in with_deletes:
-                    continue
-                gone = self._deleted_at(w, end, deleted)
-                if gone is not None and gone > version:
-                    return False  # an endpoint was deleted after this edge was generated
-        src, dst = m.src.encode(), m.dst.encode()
-        old = w.get(key_ns, src, dst)
-        if old is not None:
-            if (old.ts, old.token) >= (m.ts, tok):
-                return False
-            if not old.tombstone:
-                w.discard(out_ns, src, keys.time_item(old.ts, dst))
-                w.discard(in_ns, dst, keys.time_item(old.ts, src))
-        raw = _encode(m.props) if m.props else b""
-        inv = keys.inv_ts(m.ts)
-        pending.append((out_ns, src, inv + dst, raw, m.ts, tok))
-        pending.append((in_ns, dst, inv + src, raw, m.ts, tok))
-        pending.append((key_ns, src, dst, raw, m.ts, tok))
-        return True
+        """Whether an endpoint of ``m`` was deleted at a newer version than ``m``."""
+        for end in (m.src, m.dst):
+            if end.partition(":")[0] not in with_deletes:
+                continue
+            gone = self._deleted_at(w, end, deleted)
+            if gone is not None and gone > version:
+                return True
+        return False
 
     def _edge_delete(self, w: WriteTxn, m: EdgeDelete) -> bool:
         out_ns, in_ns, key_ns = self._ns[m.type]

@@ -59,6 +59,7 @@ MAX_READERS = 512
 SWEEP_CHUNK = 10_000
 
 _LEN = struct.Struct(">H")
+_pack_len = _LEN.pack
 _header_unpack = HEADER.unpack_from
 _header_pack = HEADER.pack
 #: Builds an Item without NamedTuple's keyword-handling constructor (hot path).
@@ -316,6 +317,21 @@ class LmdbKV(KVStore):
                 break
         return removed
 
+    def backup(self, path: str | os.PathLike[str]) -> None:
+        """Write a consistent copy of the store (its newest committed state) to the empty
+        or missing directory ``path``, while readers and the writer go on.
+
+        Raises:
+            StorageError: if the copy cannot be written.
+        """
+        self._check()
+        target = Path(path)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            self._env.copy(str(target))
+        except (OSError, _lmdb.Error) as exc:
+            raise StorageError(f"cannot back up {self.path} to {target}: {exc}") from exc
+
     def stats(self) -> dict[str, int]:
         """Entries per namespace, for metrics and ``hopcast info``."""
         out: dict[str, int] = {}
@@ -570,14 +586,18 @@ class _LmdbWrite(WriteTxn):
         return db
 
     def get(self, ns: str, rid: bytes, key: bytes) -> Item | None:
+        # Once per edge of every write (the LWW check): the prefix and the Item are inlined.
         db = self._kv._dbs.get(ns) or self._find_db(ns)
         if db is None:
             return None
-        raw = self._txn.get(_prefix(rid) + key, db=db)
+        n = len(rid)
+        if n > 0xFFFF:
+            raise StorageRefused(f"record id too long ({n} bytes; the limit is 65535)")
+        raw = self._txn.get(_pack_len(n) + rid + key, db=db)
         if raw is None:
             return None
         ts, token, exp, flags = _header_unpack(raw)
-        return Item(key, raw[HEADER_SIZE:], ts, token, exp, bool(flags))
+        return _new_item(Item, (key, raw[HEADER_SIZE:], ts, token, exp, flags != 0))
 
     def put(
         self,
@@ -610,18 +630,31 @@ class _LmdbWrite(WriteTxn):
 
     def put_many(self, items: Iterable[tuple[str, bytes, bytes, bytes, int, int]]) -> None:
         kv = self._kv
+        ttls = kv._ttls
         by_ns: dict[str, list[tuple[bytes, bytes]]] = {}
-        pack_len = _LEN.pack
+        pack_len = _pack_len
         pack = _header_pack
+        # Consecutive items usually share a namespace (the graph store writes an edge's
+        # three items together), so the namespace's rows and TTL are looked up once per run.
+        cur_ns: str | None = None
+        rows: list[tuple[bytes, bytes]] = []
+        append = rows.append
+        ttl: int | None = None
         for ns, rid, key, value, ts, token in items:
-            rows = by_ns.get(ns)
-            if rows is None:
-                rows = by_ns[ns] = []
-            ttl = kv._ttls.get(ns)
-            exp = 0 if ttl is None else ts + ttl
-            if len(rid) > 0xFFFF:
-                raise StorageRefused(f"record id too long ({len(rid)} bytes; the limit is 65535)")
-            rows.append((pack_len(len(rid)) + rid + key, pack(ts, token, exp, 0) + value))
+            if ns != cur_ns:
+                got = by_ns.get(ns)
+                if got is None:
+                    got = by_ns[ns] = []
+                rows, append, ttl, cur_ns = got, got.append, ttls.get(ns), ns
+            n = len(rid)
+            if n > 0xFFFF:
+                raise StorageRefused(f"record id too long ({n} bytes; the limit is 65535)")
+            append(
+                (
+                    pack_len(n) + rid + key,
+                    pack(ts, token, 0 if ttl is None else ts + ttl, 0) + value,
+                )
+            )
         for ns, rows in by_ns.items():
             rows.sort()
             cur = self._txn.cursor(db=kv._dbs.get(ns) or self._wdb(ns))
@@ -634,7 +667,10 @@ class _LmdbWrite(WriteTxn):
         db = self._kv._dbs.get(ns) or self._find_db(ns)
         if db is None:
             return False
-        return bool(self._txn.delete(_prefix(rid) + key, db=db))
+        n = len(rid)
+        if n > 0xFFFF:
+            raise StorageRefused(f"record id too long ({n} bytes; the limit is 65535)")
+        return bool(self._txn.delete(_pack_len(n) + rid + key, db=db))
 
     def scan(
         self,

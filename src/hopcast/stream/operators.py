@@ -498,15 +498,20 @@ class Pipeline:
                 stage = "end"
                 raise RecordRejected(Reason.UNMATCHED, "no step turned the event into mutations")
             stage = "validate"
+            oldest, newest = MAX_TS, 0
             for m in out:
                 ts = getattr(m, "ts", None)
                 if type(ts) is not int or not 0 <= ts <= MAX_TS:
                     raise SchemaViolation(f"ts {ts!r} is not µs since the epoch in [0, 2**62)")
+                if ts < oldest:
+                    oldest = ts
+                if ts > newest:
+                    newest = ts
             if self.schema is not None:
                 validate = self.schema.validate
                 valid = [validate(m) for m in out]  # type: ignore[arg-type]
                 stage = "arrival"
-                return list(self._arrival(valid, now))
+                return self._arrival(valid, now, oldest, newest)  # type: ignore[return-value]
             return out
         except RecordRejected as exc:
             return [self._dead(record, now, stage, exc.reason, exc.message)]
@@ -518,14 +523,13 @@ class Pipeline:
             message = f"{type(exc).__name__}: {exc}"
             return [self._dead(record, now, stage, Reason.INTERNAL_ERROR, message)]
 
-    def _arrival(self, out: list[Mutation], now: int) -> list[Mutation]:
-        """``out`` without the mutations that expired before they arrived; raises for a
-        generation time too far ahead, or for a record whose every mutation expired."""
+    def _arrival(self, out: list[Mutation], now: int, oldest: int, newest: int) -> list[Mutation]:
+        """``out`` (whose generation times lie in ``[oldest, newest]``) without the mutations
+        that expired before they arrived; raises for a generation time too far ahead, or for
+        a record whose every mutation expired."""
         floor = None if self._min_retention is None else now - self._min_retention
         ceiling = None if self.max_future_us is None else now + self.max_future_us
-        if all(
-            (floor is None or m.ts > floor) and (ceiling is None or m.ts <= ceiling) for m in out
-        ):
+        if (floor is None or oldest > floor) and (ceiling is None or newest <= ceiling):
             return out  # the common case: nothing near either bound
         assert self.schema is not None
         kept: list[Mutation] = []

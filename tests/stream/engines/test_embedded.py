@@ -598,3 +598,36 @@ def _strip_lsn(value: bytes) -> bytes:
     doc = json.loads(value)
     del doc["source"]["lsn"]
     return json.dumps(doc).encode()
+
+
+class _CheckingSource(ListSource):
+    """Fails the run if it is told a batch is done before the batch's positions are stored."""
+
+    def __init__(self, name: str, values: list[bytes], store: Any) -> None:
+        super().__init__(name, values)
+        self._store, self.told = store, 0
+
+    def commit(self, positions: Any) -> None:
+        stored = stored_positions(self._store, [self.name])[self.name]
+        for partition, pos in positions.items():
+            held = stored.get(partition)
+            assert held is not None and held.offset >= pos.offset, (
+                f"told {pos} while the store holds {held}"
+            )
+        self.told += 1
+        super().commit(positions)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_source_is_told_a_batch_is_done_only_once_its_positions_are_stored(
+    graph: Graph, overlap: bool, tmp_path: Path
+) -> None:
+    sources = [_CheckingSource(n, v, graph.store) for n, v in RECORDS.items()]
+    maps = Mapping.load_dir(DEMO_MAPPINGS, graph.schema)
+    engine = engine_for(graph, sources, maps, batch_records=113, overlap_writes=overlap)
+    engine.run(until_idle=True)
+    assert engine.stats.events == 3000
+    assert sum(s.told for s in sources) >= 3000 // 113
+    with Graph.open(tmp_path / "clean") as clean:
+        run_all(clean, lists(RECORDS), overlap_writes=not overlap)
+        assert graph_dump(clean) == graph_dump(graph)

@@ -52,8 +52,21 @@ Why this is exactly-once in effect:
   ``hopcast ingest set-position`` repairs one): replaying that source from the start without
   a word would be wrong either way.
 
-Backpressure: one thread polls, processes and writes in turn, so a slow store slows polling and
-at most one batch is in memory (sources keep their own bounded buffers).
+Durability: every batch is ONE LMDB transaction, fsync'd before it returns (``LmdbKV``'s
+``sync=True``, the default), holding the batch's mutations and positions. A source is told a
+batch is done (step 4: PostgreSQL confirms the LSN, the journal deletes segments, Kafka commits
+offsets for monitoring) only after that write has returned, so whatever a crash or a power cut
+can take from the store is still in the source, and a restart replays it. In :meth:`run` the
+write of batch N runs in a writer thread while batch N+1 is polled and processed
+(``overlap_writes``, on by default): the fsync no longer stalls the pipeline, and the
+guarantees do not change — writes stay in order, one at a time, and the sources hear of batch N
+only after its write returned. Skipping fsyncs (``sync=False``, or syncing on a timer) was not
+taken: LMDB documents that a system crash under ``MDB_NOSYNC`` can corrupt the environment,
+not only lose its tail, unless the file system keeps the order of writes.
+
+Backpressure: one thread polls and processes, one writes; at most one batch is being written
+while the next is read, so a slow store slows polling and at most two batches are in memory
+(sources keep their own bounded buffers).
 
 Checkpoint names are ``<source>/<partition>`` and the value is
 :meth:`Position.to_bytes <hopcast.stream.record.Position.to_bytes>`.
@@ -82,12 +95,14 @@ positions): start, stop, signals, sources opened (with their resume positions), 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -318,6 +333,30 @@ class BatchResult:
     mutations: int
     dead_letters: int
     positions: dict[str, dict[str, Position]]
+    #: ``time.perf_counter()`` when the batch's write committed (its records queryable);
+    #: 0.0 for a batch without records.
+    committed_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One micro-batch between its processing and its write (see :meth:`EmbeddedEngine.run`)."""
+
+    batches: list[tuple[str, list[Record]]]
+    records: int
+    mutations: list[Mutation]
+    #: per record: its mutations (kept to isolate a record the store rejects)
+    per_record: list[tuple[Record, list[Mutation]]]
+    letters: list[DeadLetter]
+    positions: dict[str, dict[str, Position]]
+    by_source: dict[str, int]
+    #: the side-table rows the batch changed, taken when its processing ended
+    side: list[tuple[str, bytes, bytes, bytes]]
+    #: perf_counter at: poll start, poll end, processing end, write start, write end
+    times: list[float]
+    #: the clock (µs) and perf_counter when the write committed
+    committed_us: int = 0
+    committed_at: float = 0.0
 
 
 def checkpoint_name(source: str, partition: str) -> str:
@@ -382,6 +421,11 @@ class EmbeddedEngine:
         source_retries: consecutive source failures (:class:`~hopcast.errors.SourceError`: a
             broker or database away) survived by closing every source, backing off (0.5 s doubling
             up to 30 s) and reopening them at the stored positions; one more is raised.
+        overlap_writes: in :meth:`run`, write each batch in a writer thread while the next
+            one is polled and processed (:meth:`step` is always sequential). Every write is
+            still one fsync'd transaction, written in order, and the sources are told a batch
+            is done only after its write returned: the durability is that of ``False``, and
+            the time a commit waits for the disk is spent processing the next batch instead.
     """
 
     def __init__(
@@ -398,6 +442,7 @@ class EmbeddedEngine:
         clock: Callable[[], int] = now_us,
         tables: Mapping[str, TrackedSideTable] | None = None,
         source_retries: int = DEFAULT_SOURCE_RETRIES,
+        overlap_writes: bool = True,
     ) -> None:
         if batch_records < 1:
             raise ValueError(f"batch_records must be >= 1, got {batch_records}")
@@ -430,6 +475,7 @@ class EmbeddedEngine:
         )
         self.tables = dict(tables or {})
         self.source_retries = source_retries
+        self.overlap_writes = overlap_writes
         self._expired_seen: dict[str, int] = {}
         self._next_source = 0
 
@@ -495,29 +541,68 @@ class EmbeddedEngine:
             on_batch: called after every batch (progress displays).
         """
         log.info("engine started", extra={"event": "start", "sources": list(self._pipelines)})
+        writer = (
+            ThreadPoolExecutor(1, thread_name_prefix="hopcast-ingest-write")
+            if self.overlap_writes
+            else None
+        )
+        #: the batch being written by ``writer`` (at most one: backpressure as before)
+        inflight: tuple[_Batch, Future[None]] | None = None
+
+        def finish_inflight(commit_sources: bool = True) -> BatchResult | None:
+            nonlocal inflight
+            if inflight is None:
+                return None
+            batch, written = inflight
+            inflight = None
+            written.result()  # a write that failed for good raises here
+            return self._finish(batch, commit_sources)
+
         try:
-            n = 0
-            failures = 0
+            started = done = failures = 0
+
+            def report(result: BatchResult | None) -> None:
+                nonlocal done
+                if result is not None:
+                    done += 1
+                    if on_batch is not None:
+                        on_batch(result)
+
             while not self._stop.is_set():
                 try:
                     if not self._opened:
                         self.open()
-                    result = self.step()
+                    batch = self._collect()
                 except SourceError as exc:
+                    # What was read before the failure is written; its sources are told
+                    # nothing (they are reopened at the stored positions next).
+                    report(finish_inflight(commit_sources=False))
                     failures += 1
                     if failures > self.source_retries:
                         raise
                     self._source_failed(exc, failures)
                     continue
                 failures = 0
-                n += 1
-                if on_batch is not None:
-                    on_batch(result)
-                if until_idle and result.records == 0:
+                started += 1
+                # 1. the previous batch's write has returned: tell its sources, report it
+                report(finish_inflight())
+                # 2. this batch: written in the writer thread while the next one is read
+                if writer is None or not batch.records:
+                    self._store(batch)
+                    report(self._finish(batch))
+                else:
+                    inflight = (batch, writer.submit(self._store, batch))
+                if until_idle and batch.records == 0:
                     break
-                if max_batches is not None and n >= max_batches:
+                if max_batches is not None and started >= max_batches:
                     break
+            report(finish_inflight())
         finally:
+            if inflight is not None:  # leaving on an error: let the write end, tell no one
+                with contextlib.suppress(BaseException):
+                    inflight[1].result()
+            if writer is not None:
+                writer.shutdown(wait=True)
             self.close()
             log.info(
                 "engine stopped",
@@ -557,13 +642,18 @@ class EmbeddedEngine:
 
     def step(self) -> BatchResult:
         """Poll, process, write and commit one micro-batch (see the module docstring)."""
+        batch = self._collect()
+        self._store(batch)
+        return self._finish(batch)
+
+    def _collect(self) -> _Batch:
+        """Steps 1 and 2 of a batch: poll the sources and process the records."""
         t0 = time.perf_counter()
         batches = self._poll()
         t1 = time.perf_counter()
         now = self.clock()
         coalescer = Coalescer(window_us=0, max_keys=1 << 62) if self.coalesce else None
         mutations: list[Mutation] = []
-        #: per record: its mutations (kept to isolate a record the store rejects)
         per_record: list[tuple[Record, list[Mutation]]] = []
         letters: list[DeadLetter] = []
         positions: dict[str, dict[str, Position]] = {}
@@ -587,24 +677,55 @@ class EmbeddedEngine:
                     mutations.extend(ms)
         if coalescer is not None:
             mutations = coalescer.flush()
-        t2 = time.perf_counter()
         n_records = sum(len(r) for _, r in batches)
-        if n_records:
+        side = side_items(self.tables) if n_records else []
+        t2 = time.perf_counter()
+        return _Batch(
+            batches,
+            n_records,
+            mutations,
+            per_record,
+            letters,
+            positions,
+            by_source,
+            side,
+            [t0, t1, t2, t2, t2],
+        )
+
+    def _store(self, batch: _Batch) -> None:
+        """Step 3 of a batch: write it (in the writer thread when writes overlap)."""
+        batch.times[3] = time.perf_counter()
+        if batch.records:
             checkpoints = {
                 checkpoint_name(src, p): pos.to_bytes()
-                for src, parts in positions.items()
+                for src, parts in batch.positions.items()
                 for p, pos in parts.items()
             }
-            mutations, more = self._write(mutations, per_record, letters, checkpoints)
-            letters += more
-        t3 = time.perf_counter()
-        if n_records:
+            batch.mutations, more = self._write(
+                batch.mutations, batch.per_record, batch.letters, checkpoints, batch.side
+            )
+            batch.letters += more
+            batch.committed_us = self.clock()
+            batch.committed_at = time.perf_counter()
+        batch.times[4] = time.perf_counter()
+
+    def _finish(self, batch: _Batch, commit_sources: bool = True) -> BatchResult:
+        """Step 4 of a batch, after its write returned: tell the sources, account for it."""
+        t = time.perf_counter()
+        if batch.records and commit_sources:
             for source, _ in self.sources:
-                if positions.get(source.name):
-                    source.commit(positions[source.name])
-        t4 = time.perf_counter()
-        self._account(batches, mutations, by_source, letters, positions, (t0, t1, t2, t3, t4))
-        return BatchResult(n_records, len(mutations), len(letters), positions)
+                if batch.positions.get(source.name):
+                    source.commit(batch.positions[source.name])
+        t0, t1, t2, t3, t4 = batch.times
+        commit_s = time.perf_counter() - t
+        self._account(batch, (t1 - t0, t2 - t1, t4 - t3, commit_s))
+        return BatchResult(
+            batch.records,
+            len(batch.mutations),
+            len(batch.letters),
+            batch.positions,
+            batch.committed_at,
+        )
 
     def _poll(self) -> list[tuple[str, list[Record]]]:
         """Up to ``batch_records`` records from the sources (see :class:`EmbeddedEngine`).
@@ -666,6 +787,7 @@ class EmbeddedEngine:
         per_record: list[tuple[Record, list[Mutation]]],
         letters: list[DeadLetter],
         checkpoints: dict[str, bytes],
+        side: list[tuple[str, bytes, bytes, bytes]],
     ) -> tuple[list[Mutation], list[DeadLetter]]:
         """Store one batch; returns the mutations handed to the store and the records that the
         store refused, as dead letters.
@@ -685,7 +807,6 @@ class EmbeddedEngine:
            ``WRITE_RETRIES`` times, then raised: nothing of the batch's positions is stored, so
            a restart reads it again.
         """
-        side = side_items(self.tables)
         for attempt in range(WRITE_RETRIES + 1):
             try:
                 if letters:
@@ -802,15 +923,11 @@ class EmbeddedEngine:
             )
         )
 
-    def _account(
-        self,
-        batches: list[tuple[str, list[Record]]],
-        mutations: list[Mutation],
-        by_source: Mapping[str, int],
-        letters: list[DeadLetter],
-        positions: Mapping[str, Mapping[str, Position]],
-        t: tuple[float, float, float, float, float],
-    ) -> None:
+    def _account(self, batch: _Batch, stages: tuple[float, float, float, float]) -> None:
+        """Metrics, stats and logs of a finished batch; ``stages`` are the seconds of its
+        poll, process, write and commit."""
+        batches, mutations, letters = batch.batches, batch.mutations, batch.letters
+        by_source, positions = batch.by_source, batch.positions
         m, st = self.metrics, self.stats
         n_records = 0
         for name, records in batches:
@@ -852,15 +969,10 @@ class EmbeddedEngine:
             st.batches += 1
             m.batches.inc()
             m.batch_records.observe(n_records)
-            for stage, a, b in (
-                ("poll", t[0], t[1]),
-                ("process", t[1], t[2]),
-                ("write", t[2], t[3]),
-                ("commit", t[3], t[4]),
-            ):
-                m.stage.labels(stage).observe(b - a)
+            for stage, seconds in zip(("poll", "process", "write", "commit"), stages, strict=True):
+                m.stage.labels(stage).observe(seconds)
         if mutations:
-            committed = self.clock()
+            committed = batch.committed_us
             step = max(1, len(mutations) // FRESHNESS_SAMPLES)
             for i in range(0, len(mutations), step):
                 ts = getattr(mutations[i], "ts", None)
@@ -877,9 +989,9 @@ class EmbeddedEngine:
                     "records": n_records,
                     "mutations": len(mutations),
                     "dead_letters": len(letters),
-                    "poll_s": round(t[1] - t[0], 6),
-                    "process_s": round(t[2] - t[1], 6),
-                    "write_s": round(t[3] - t[2], 6),
+                    "poll_s": round(stages[0], 6),
+                    "process_s": round(stages[1], 6),
+                    "write_s": round(stages[2], 6),
                     "positions": {
                         s: {p: pos.offset for p, pos in parts.items()}
                         for s, parts in positions.items()
