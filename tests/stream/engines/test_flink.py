@@ -226,7 +226,10 @@ def test_an_enriching_job_killed_mid_stream_restores_and_ends_equal_to_a_clean_r
 ) -> None:
     """Playback enriching from the titles the catalogue job stored: killed with kill -9 and
     restored, its replayed records read the stored table again and the graph ends the same."""
-    data = seed(kafka_bootstrap, prefix, 6000)
+    # 36k interactions make ~5.8k playback records: one per write, the job is still writing
+    # when its first checkpoint is in (6k made 970, all written before it on a fast run; 36k
+    # left 5.5k of 14.4k graph items written at the kill here)
+    data = seed(kafka_bootstrap, prefix, 36000)
     maps, schema = enriching_mappings(tmp_path / "maps")
     names = ("catalogue", "playback")
     reference = embedded_reference(
