@@ -187,8 +187,9 @@ _TRANSIENT = (
 )
 
 
-#: Errors after which a Cluster's slot map is read again: a slot is served elsewhere now
-#: (MOVED, ASK), or a node did not answer (a replica may have taken over).
+#: Errors after which a Cluster's slot map is updated: a slot is served elsewhere now (MOVED:
+#: that slot's owner is recorded; ASK: retried, the migration ends it), or a node did not
+#: answer (a replica may have taken over: the whole map is read again).
 _REROUTE = (AskError, _redis.ConnectionError, _redis.TimeoutError)
 
 
@@ -848,9 +849,18 @@ class RedisKV(KVStore):
             errors = [r for _, r in failed]
             if any(isinstance(e, _redis.exceptions.NoScriptError) for e in errors):
                 self._load_scripts()
-            if any(isinstance(e, _REROUTE) for e in errors):
-                with suppress(*_ERRORS):  # the slot map moved (or a node failed): read it again
-                    self._r.nodes_manager.initialize()
+            nodes = self._r.nodes_manager
+            for e in errors:
+                if isinstance(e, _redis.exceptions.MovedError):
+                    # The slot's new owner, recorded as redis-py records a MOVED. Not a re-read of
+                    # the whole map: that disconnects every pool's connections, those other
+                    # threads are using too (a reader then fails mid-reply).
+                    nodes.update_moved_exception(e)
+                    with suppress(*_ERRORS):
+                        nodes.get_node_from_slot(e.slot_id)
+            if any(isinstance(e, _REROUTE) and not isinstance(e, AskError) for e in errors):
+                with suppress(*_ERRORS):  # a node did not answer (a replica may have taken over)
+                    nodes.initialize()
             first = next((e for e in errors if isinstance(e, _TRANSIENT)), errors[0])
             if isinstance(first, _redis.exceptions.NoScriptError):
                 first = TryAgainError(str(first))  # type: ignore[no-untyped-call]  # loaded now: retry
