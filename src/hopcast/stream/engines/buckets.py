@@ -432,9 +432,27 @@ def map_window(
         ValueError: if the columns differ in length.
     """
     order = _order(offsets, keys, values, timestamps_ms)
+    columns = (offsets, keys, values, timestamps_ms)
+    return _process(process, order, source, topic, partition, columns, now)
+
+
+def _process(
+    process: Process,
+    indexes: Iterable[int],
+    source: str,
+    topic: str,
+    partition: int,
+    columns: tuple[
+        Sequence[int], Sequence[bytes | None], Sequence[bytes | None], Sequence[int | None]
+    ],
+    now: int,
+) -> tuple[list[Mutation | DeadLetter | SideRow], int]:
+    """The records at ``indexes`` of a window's columns through ``process``: their outputs,
+    and how many records became dead letters."""
+    offsets, keys, values, timestamps_ms = columns
     outputs: list[Mutation | DeadLetter | SideRow] = []
     letters = 0
-    for i in order:
+    for i in indexes:
         record = kafka_record(
             source, topic, partition, offsets[i], keys[i], values[i], timestamps_ms[i]
         )
@@ -495,16 +513,11 @@ def write_window(
     letters = 0
     for start in range(0, len(todo), max_batch):
         chunk = todo[start : start + max_batch]
-        now = clock()
-        outputs: list[Mutation | DeadLetter | SideRow] = []
-        for i in chunk:
-            record = kafka_record(
-                source, topic, partition, offsets[i], keys[i], values[i], timestamps_ms[i]
-            )
-            out = process(record, now)
-            if len(out) == 1 and isinstance(out[0], DeadLetter):
-                letters += 1
-            outputs += out
+        columns = (offsets, keys, values, timestamps_ms)
+        outputs, chunk_letters = _process(
+            process, chunk, source, topic, partition, columns, clock()
+        )
+        letters += chunk_letters
         result = writer.write(group, outputs, totals, offsets[chunk[-1]])
         counts.records += len(chunk)
         counts.mutations += result.mutations
