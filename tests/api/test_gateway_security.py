@@ -379,3 +379,67 @@ def test_a_revoked_device_token_passes_no_http_route_devices_call(tmp_path: Path
             assert events(kept.json()["token"]) == 200, "an unrevoked token is still let in"
     finally:
         graph.close()
+
+
+def test_a_server_without_a_gateway_bars_revoked_device_tokens_from_device_routes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hopcast serve` verifying device tokens with the shared secret (its gateways run
+    elsewhere) polls the same revocation list the gateways poll: a token revoked by id, or
+    by subject, is refused on the routes devices call within seconds; others still pass."""
+    from hopcast.api.policy import Security
+    from hopcast.auth.keys import KeyFile
+    from hopcast.live.revocation import revocation
+
+    secret = bytes(range(32))
+    monkeypatch.setenv(LIVE_SECRET_ENV, secret.hex())
+    keys = KeyFile(tmp_path / "keys.json")
+    keys.create("admin", ["admin"], 0)
+    graph = Graph.open(tmp_path / "store", sync=False)
+    server = make_server(graph, "127.0.0.1", 0, security=Security(keys=keys))
+    now = time.time_ns() // 1000
+    by_id = tokens.issue(secret, "tv-1", ["g"], now, 3_600_000_000, token_id="first")
+    by_subject = tokens.issue(secret, "tv-2", ["g"], now, 3_600_000_000)
+    kept = tokens.issue(secret, "tv-3", ["g"], now, 3_600_000_000)
+    try:
+        with TestClient(server.config.app) as client:
+
+            def events(token: str) -> int:
+                headers = {"authorization": f"Bearer {token}"}
+                return client.get("/v1/live/events", headers=headers).status_code
+
+            assert [events(t) for t in (by_id, by_subject, kept)] == [200, 200, 200]
+            listed = FileRevocations.in_directory(tmp_path / "store")
+            later = time.time_ns() // 1000
+            listed.add_sync(revocation("token_id", "first", later), later)
+            listed.add_sync(revocation("subject", "tv-2", later), later)
+            deadline = time.monotonic() + 30
+            while [events(t) for t in (by_id, by_subject)] != [401, 401]:
+                assert time.monotonic() < deadline, (
+                    "the revoked tokens still pass 30 s after the list changed "
+                    f"(answers {[events(t) for t in (by_id, by_subject)]}); the poll is 1 s"
+                )
+                time.sleep(0.05)
+            assert events(kept) == 200, "an unrevoked token is still let in"
+    finally:
+        graph.close()
+
+
+def test_a_server_without_a_gateway_refuses_to_start_on_an_unreadable_revocation_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serving with an empty list would let every revoked token back in: a list that cannot
+    be read stops the start with a clear error, as it does for a gateway."""
+    from hopcast.api.policy import Security
+    from hopcast.auth.keys import KeyFile
+
+    monkeypatch.setenv(LIVE_SECRET_ENV, bytes(range(32)).hex())
+    keys = KeyFile(tmp_path / "keys.json")
+    keys.create("admin", ["admin"], 0)
+    graph = Graph.open(tmp_path / "store", sync=False)
+    (tmp_path / "store" / FILE_NAME).write_text("[{]")
+    try:
+        with pytest.raises(ConfigError, match="cannot read the revocation list"):
+            make_server(graph, "127.0.0.1", 0, security=Security(keys=keys))
+    finally:
+        graph.close()

@@ -26,7 +26,7 @@ Why the handlers look the way they do:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -58,12 +58,14 @@ from hopcast.api.ratelimit import RateLimits
 from hopcast.api.ratelimit import install as install_rate_limits
 from hopcast.api.responses import JSON
 from hopcast.auth.roles import Role
+from hopcast.durations import now_us
 from hopcast.errors import InvalidQuery, NotFound
 from hopcast.graph.limits import DEFAULT_MAX_FUTURE_US, EXPIRED, FUTURE_TIME, arrival_problem
 from hopcast.graph.mutations import Mutation
 from hopcast.graph.schema import EdgeType, NodeType, Schema
 from hopcast.graphdb import Graph
 from hopcast.live.jobs import Jobs
+from hopcast.live.revocation import RevocationList, RevocationWatch
 from hopcast.live.service import LiveService
 from hopcast.looplag import LoopLag
 from hopcast.query import spec as q
@@ -353,6 +355,21 @@ def _loop_lag_router(monitor: LoopLag) -> APIRouter:
     return APIRouter(lifespan=lifespan)
 
 
+def _revocation_router(watch: RevocationWatch) -> APIRouter:
+    """No routes: a lifespan that reads the device-token revocation list before the app serves
+    (a list that cannot be read refuses the start) and polls it while the app is up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await watch.start()
+        try:
+            yield
+        finally:
+            await watch.stop()
+
+    return APIRouter(lifespan=lifespan)
+
+
 def create_app(
     graph: Graph,
     *,
@@ -428,8 +445,14 @@ def create_app(
     app.state.graph = graph
     app.state.metrics = metrics
     # The gateway's revocation list (polled from the shared one) also bars revoked device
-    # tokens from the HTTP routes devices call.
-    revoked = None if gateway is None else (lambda: gateway.gateway.revocations)
+    # tokens from the HTTP routes devices call; without a gateway, the app polls the list itself.
+    revoked: Callable[[], RevocationList] | None = None
+    if gateway is not None:
+        revoked = lambda: gateway.gateway.revocations  # noqa: E731
+    elif device_secret is not None and security.revocations is not None:
+        watch = RevocationWatch(security.revocations, now_us)
+        revoked = watch.current
+        app.include_router(_revocation_router(watch))
     app.state.auth = Auth(security.keys, device_secret, revoked=revoked)
     app.state.rate_limits = None  # a limiter with .check(subject, bucket) may be set here
     errors.install(app)

@@ -47,7 +47,7 @@ from hopcast.auth.roles import Role
 from hopcast.durations import now_us
 from hopcast.errors import ConfigError, TokenError
 from hopcast.live import tokens
-from hopcast.live.revocation import RevocationList
+from hopcast.live.revocation import RevocationList, RevocationSource
 
 #: The OpenAPI extension that records a route's policy on its operation.
 POLICY_EXTENSION = "x-hopcast-policy"
@@ -222,9 +222,15 @@ class Security:
         allowed_hosts: ``Host`` names served; None: any (see :mod:`hopcast.api.browser`).
         cors_origins: other origins allowed to call the API from a browser.
         device_secret: verifies device tokens; default: the gateway's, if the app runs one.
+        revocations: where revoked device tokens are listed, for an app that verifies device
+            tokens without a gateway of its own (it polls the list like a gateway:
+            :class:`~hopcast.live.revocation.RevocationWatch`). Ignored with a gateway, whose
+            list is used. None with a ``device_secret`` and no gateway: revocation is not
+            checked on HTTP (``hopcast serve`` always passes its store's list).
     """
 
     keys: KeyFile | None = None
     allowed_hosts: tuple[str, ...] | None = None
     cors_origins: tuple[str, ...] = ()
     device_secret: bytes | None = None
+    revocations: RevocationSource | None = None

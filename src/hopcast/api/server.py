@@ -196,6 +196,18 @@ def make_server(
     shared = os.environ.get(LIVE_SECRET_ENV)
     if security is not None and security.device_secret is None and binding is None and shared:
         security = dataclasses.replace(security, device_secret=live_secret(required=True))
+    if (
+        security is not None
+        and security.device_secret is not None
+        and binding is None
+        and security.revocations is None
+    ):
+        # Without a gateway here, the routes devices call still honour revocations: the app
+        # polls the list the gateways poll (the store's file, or Redis).
+        source = revocation_source(graph.store.kv, redis_url)
+        if isinstance(source, FileRevocations):
+            source.load_sync(now_us())  # unreadable: a clear error before anything starts
+        security = dataclasses.replace(security, revocations=source)
     app: ASGIApp = create_app(
         graph,
         max_body_bytes=max_body_bytes,

@@ -27,12 +27,14 @@ matches (``bye revoked``); ``hello`` is checked against the latest snapshot.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import fcntl
+import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Protocol
 
@@ -40,7 +42,7 @@ import msgspec
 from msgspec import Meta
 
 from hopcast.durations import DAY
-from hopcast.errors import ConfigError, InvalidInput
+from hopcast.errors import ConfigError, HopcastError, InvalidInput
 from hopcast.live.messages import MAX_NAME_CHARS
 from hopcast.live.tokens import MAX_TTL_US, Claims
 
@@ -207,6 +209,73 @@ class RevocationSource(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+logger = logging.getLogger(__name__)
+
+
+class RevocationWatch:
+    """The list in force for a process that checks device tokens without a gateway of its own
+    (``hopcast serve`` verifying with the shared ``$HOPCAST_LIVE_SECRET``, API workers): it
+    polls ``source`` every ``poll_s`` as a gateway does, so a revocation bars a token from the
+    HTTP routes devices call within about ``poll_s``, in every process.
+
+    :meth:`start` reads the list once and raises if it cannot (serving with an empty list would
+    let every revoked token back in); a later read that fails keeps the last list and logs once
+    per distinct problem, like the gateway.
+    """
+
+    def __init__(
+        self,
+        source: RevocationSource,
+        clock: Callable[[], int],
+        *,
+        poll_s: float = POLL_S,
+    ) -> None:
+        self._source = source
+        self._clock = clock
+        self._poll_s = poll_s
+        self._list = RevocationList()
+        self._task: asyncio.Task[None] | None = None
+        self._problem: str | None = None
+
+    def current(self) -> RevocationList:
+        """The latest list read."""
+        return self._list
+
+    async def start(self) -> None:
+        """Read the list (raises :class:`~hopcast.errors.HopcastError` if it cannot be read),
+        then poll it in the background until :meth:`stop`."""
+        self._list = await self._source.load(self._clock())
+        self._task = asyncio.get_running_loop().create_task(self._poll())
+
+    async def refresh(self) -> None:
+        """Read the list now; a failure keeps the last one (logged when the problem changes)."""
+        try:
+            revoked = await self._source.load(self._clock())
+        except HopcastError as exc:
+            if str(exc) != self._problem:
+                self._problem = str(exc)
+                logger.warning("keeping the last device-token revocation list: %s", exc)
+            return
+        if self._problem is not None:
+            self._problem = None
+            logger.warning("the device-token revocation list is read again")
+        self._list = revoked
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            await self.refresh()
+
+    async def stop(self) -> None:
+        """Stop polling and close the source."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._source.close()
 
 
 _encode = msgspec.json.Encoder().encode
