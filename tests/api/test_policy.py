@@ -274,3 +274,52 @@ def test_a_policy_with_a_limit_answers_429_with_retry_after_when_the_limiter_say
     assert second.json()["error"] == "rate_limited"
     assert reads.status_code == 200
     assert calls == [(f"key:{record.id}", "mutations")] * 2
+
+
+def test_a_device_token_reports_for_its_own_device_only(served: Served) -> None:
+    """One device token must not fill an event's device bound with invented devices (or speak
+    for another device); an operator key may relay a fleet's reports."""
+    own = {"kind": "prefetched", "device": "tv-1", "event": EVENT, "stages": ["live"]}
+    other = {**own, "device": "tv-2"}
+    as_device = {"Authorization": f"Bearer {served.device}"}
+    as_operator = {"Authorization": f"Bearer {served.by_role[Role.OPERATOR]}"}
+    url = "/v1/console/reports"
+    mine = served.client.post(url, json={"reports": [own]}, headers=as_device)
+    assert mine.status_code == 202, mine.text
+    mixed = served.client.post(url, json={"reports": [own, other]}, headers=as_device)
+    assert mixed.status_code == 403 and "cannot report for device 'tv-2'" in mixed.text
+    relayed = served.client.post(url, json={"reports": [own, other]}, headers=as_operator)
+    assert relayed.status_code == 202, relayed.text
+
+
+def test_device_reports_draw_on_the_reports_bucket_as_the_device(tmp_path: Path) -> None:
+    calls: list[tuple[str, str]] = []
+
+    class Limiter:
+        def check(self, subject: str, bucket: str) -> float | None:
+            calls.append((subject, bucket))
+            return 3.0 if len(calls) > 1 else None
+
+    now = now_us()
+    keys = KeyFile(tmp_path / "keys.json")
+    keys.create("admin", ["admin"], now)
+    with Graph.open() as graph:
+        live = LiveService(graph.store.kv)
+        app = create_app(graph, live=live, security=Security(keys=keys, device_secret=SECRET))
+        app.state.rate_limits = Limiter()
+        token = tokens.issue(SECRET, "tv-9", ["*"], now, HOUR)
+        report = {"kind": "prefetched", "device": "tv-9", "event": EVENT, "stages": []}
+        with TestClient(app) as client:
+            auth = {"Authorization": f"Bearer {token}"}
+            first = client.post("/v1/console/reports", json={"reports": [report]}, headers=auth)
+            second = client.post("/v1/console/reports", json={"reports": [report]}, headers=auth)
+    assert first.status_code == 202, first.text
+    assert second.status_code == 429 and second.headers["retry-after"] == "3"
+    assert calls == [("device:tv-9", "reports")] * 2
+
+
+def test_the_policy_buckets_are_the_limiter_buckets() -> None:
+    from hopcast.api import ratelimit
+    from hopcast.auth import policy as auth_policy
+
+    assert set(auth_policy.BUCKETS) == set(ratelimit.BUCKETS) == set(ratelimit.DEFAULT_RATES)

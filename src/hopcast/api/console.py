@@ -42,6 +42,7 @@ from hopcast.api import bounds, jobs, openapi
 from hopcast.api.bodies import NodeIdText, anchored, decode, edge_types, resolve_time
 from hopcast.api.errors import ApiError
 from hopcast.api.policy import policy
+from hopcast.api.ratelimit import REPORTS
 from hopcast.api.responses import JSON
 from hopcast.auth.roles import Role
 from hopcast.errors import InvalidInput, InvalidQuery, NotFound
@@ -624,12 +625,13 @@ def _router(
 
     @router.post(
         "/reports",
-        dependencies=[policy(Role.OPERATOR, device=True)],
+        dependencies=[policy(Role.OPERATOR, device=True, limit=REPORTS)],
         summary="Device reports",
         description="Devices report what they hold (`prefetched`: the stages cached for an "
         "event) and what they show (`updated`: a stage and schedule version since `at`, µs). "
         f"At most {MAX_REPORTS} per request. The dashboard's coverage and time to update come "
-        "from these.",
+        "from these. A device token reports for its own device only (403 otherwise); an "
+        "operator key may relay a fleet's reports.",
         status_code=202,
         responses={
             202: {
@@ -646,6 +648,17 @@ def _router(
             raise ApiError(
                 413, "too_many_reports", f"{len(body.reports)} reports; at most {MAX_REPORTS}"
             )
+        own = getattr(request.state, "device", None)
+        if own is not None:
+            # A device token speaks for its device: reports for others would let one token
+            # fill an event's device bound with invented devices and skew the dashboard.
+            for r in body.reports:
+                if r.device != own:
+                    raise ApiError(
+                        403,
+                        "forbidden",
+                        f"a device token for {own!r} cannot report for device {r.device!r}",
+                    )
         for r in body.reports:
             if isinstance(r, PrefetchedReport):
                 console.reports.prefetched(r.device, r.event, r.stages)

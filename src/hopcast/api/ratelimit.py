@@ -3,8 +3,9 @@
 A **subject** is who pays: the API key's id when the request carries one (the route policy puts
 the principal on ``request.state.principal``), else the client's address. A **bucket** is a
 class of work with its own rate: ``mutations`` (``POST /v1/mutations``), ``ingest``
-(``POST /v1/ingest/{source}``) and ``operator`` (live-event commands, materialise). Reads are
-not limited here: they are bounded per request by the query limits.
+(``POST /v1/ingest/{source}``), ``operator`` (live-event commands, materialise) and ``reports``
+(``POST /v1/console/reports``, which devices call). Reads are not limited here: they are
+bounded per request by the query limits. A device token pays as ``device:<id>``.
 
 Each bucket holds up to ``burst`` tokens and refills at ``per_second``; a request takes one
 token, and a request that finds less than one is refused with **429** ``rate_limited`` and
@@ -45,7 +46,8 @@ from hopcast.errors import ConfigError
 MUTATIONS: Final = "mutations"
 INGEST: Final = "ingest"
 OPERATOR: Final = "operator"
-BUCKETS: Final = (MUTATIONS, INGEST, OPERATOR)
+REPORTS: Final = "reports"
+BUCKETS: Final = (MUTATIONS, INGEST, OPERATOR, REPORTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +84,15 @@ class Rate:
 #: * ``operator`` 5/s, burst 20: people and scripts running a live event issue a command every
 #:   few seconds; a script that creates and starts a dozen events at once fits in the burst,
 #:   while a runaway loop cannot flood the fleet with stage changes or queue materialise jobs.
+#: * ``reports`` 10/s, burst 50: a device batches its reports and sends one request a few
+#:   seconds after a stage change, so a device never comes near it; a backend relaying a fleet's
+#:   reports with one key sends up to 1,000 per request (500 a second in a burst, 10 requests a
+#:   second after), while a token or key in a loop cannot keep the console's locks busy.
 DEFAULT_RATES: Final[Mapping[str, Rate]] = {
     MUTATIONS: Rate(50.0, 100),
     INGEST: Rate(200.0, 400),
     OPERATOR: Rate(5.0, 20),
+    REPORTS: Rate(10.0, 50),
 }
 
 #: Buckets tracked at most. One bucket is ~200 bytes (a key tuple, two floats, dict slots), so
@@ -270,11 +277,15 @@ def install(app: FastAPI, limits: RateLimits | None, registry: object | None = N
 
 def subject_of(request: Request) -> str:
     """Who pays for ``request``: ``key:<id>`` of the principal the route policy authenticated,
-    else ``host:<client address>`` (``host:-`` when the server does not know it)."""
+    ``device:<id>`` for a device token, else ``host:<client address>`` (``host:-`` when the
+    server does not know it)."""
     principal = getattr(request.state, "principal", None)
     key_id = getattr(principal, "key_id", None)
     if key_id:
         return f"key:{key_id}"
+    device = getattr(request.state, "device", None)
+    if device:
+        return f"device:{device}"
     client = request.client
     return f"host:{client.host if client is not None else '-'}"
 

@@ -39,7 +39,7 @@ from hopcast.auth.keys import PREFIX, Principal
 from hopcast.auth.roles import Role, granted
 
 #: The rate-limit buckets a policy may name (the limiter's configuration has one for each).
-BUCKETS = ("mutations", "ingest", "operator")
+BUCKETS = ("mutations", "ingest", "operator", "reports")
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,8 +195,8 @@ def rate_limit_option(fn: Fn) -> Fn:
         multiple=True,
         metavar="BUCKET=COUNT/UNIT[:BURST]",
         callback=_rates,
-        help="Per-key rate limit of a bucket (mutations, ingest, operator), e.g. "
+        help="Per-key rate limit of a bucket (mutations, ingest, operator, reports), e.g. "
         "mutations=50/s:100 (50 a second, bursts of 100; UNIT s, m or h); repeatable. "
-        "Defaults: mutations=50/s:100, ingest=200/s:400, operator=5/s:20. 'off' disables "
-        "rate limiting.",
+        "Defaults: mutations=50/s:100, ingest=200/s:400, operator=5/s:20, reports=10/s:50. "
+        "'off' disables rate limiting.",
     )(fn)
