@@ -33,7 +33,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# The demo needs the server extra only (~85 MB installed, about a minute), not the [dev] extras
+# (PyFlink, Playwright, Beam: ~1.3 GB). A venv already holding [dev] is used as it is.
+DEMO_STAMP := $(VENV)/.installed-demo
+$(DEMO_STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11+)"; exit 1; }
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then \
+		echo "using the [dev] install in $(VENV)"; \
+	else \
+		$(PYTHON) -m pip install --quiet --upgrade pip && \
+		$(PYTHON) -m pip install --quiet -e '.[server]'; \
+	fi
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/hopcast run
 
 test: $(STAMP) services
