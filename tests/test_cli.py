@@ -718,3 +718,19 @@ def test_demo_forwards_its_own_options_and_help(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["demo", "--help"])
     assert result.exit_code == 0
     assert "--accounts" in result.output and "--duration" in result.output
+
+
+def test_a_table_sent_to_a_pipe_is_not_wrapped_at_80_columns(tmp_path: Path) -> None:
+    """Output to a pipe or a file (no terminal, no $COLUMNS) keeps each row on one line, so
+    `hopcast … | grep` sees whole rows; rich alone would fold them at 80 columns."""
+    piped = CliRunner(env={"COLUMNS": None, "HOPCAST_STORE": None, "HOPCAST_SCHEMA": None})
+    device = "device:" + "d" * 60
+    line = _edge("account:42", "logged_in_from", device, T_DEVICE_9, {"ip_country": "NL"})
+    store = str(tmp_path / "graph")
+    applied = piped.invoke(cli, ["--store", store, "apply", str(_write(tmp_path / "g", [line]))])
+    assert applied.exit_code == 0, applied.output
+    result = _run(piped, store, "query", "neighbours", "account:42", "--edge", "logged_in_from")
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if device in line]
+    assert len(rows) == 1 and '{"ip_country": "NL"}' in rows[0], result.stdout
+    assert len(rows[0]) > 80, rows[0]

@@ -30,7 +30,6 @@ import importlib
 from typing import Any
 
 import click
-from rich.console import Console
 
 from hopcast import __version__
 from hopcast.cli import render
@@ -41,6 +40,7 @@ from hopcast.cli.common import (
     error,
     exit_code,
     json_option,
+    make_console,
     print_json,
     rate_limit_option,
     wants_json,
@@ -113,7 +113,7 @@ def schema_check(settings: Settings, file: str, as_json: bool) -> None:
     if wants_json(settings, as_json):
         print_json(doc)
     else:
-        render.schema(Console(highlight=False), doc, file)
+        render.schema(make_console(), doc, file)
 
 
 @cli.command()

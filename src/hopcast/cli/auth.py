@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from hopcast.auth.keys import KeyFile
 from hopcast.auth.roles import Role
-from hopcast.cli.common import Settings, print_json, store_dir, wants_json
+from hopcast.cli.common import Settings, make_console, print_json, store_dir, wants_json
 from hopcast.durations import now_us
 from hopcast.errors import ConfigError
 
@@ -174,7 +173,7 @@ def create(
     if wants_json(settings, as_json):
         print_json({**record.to_dict(with_hash=False), "key": key, "file": str(path)})
         return
-    out = Console(highlight=False)
+    out = make_console()
     out.print(f"key id   {record.id}  ({record.name}; {', '.join(r.value for r in record.roles)})")
     out.print(f"key      {key}")
     out.print(
@@ -203,7 +202,7 @@ def list_keys(settings: Settings, keys: str | None, as_json: bool) -> None:
             _when(r.created),
             "-" if r.revoked is None else _when(r.revoked),
         )
-    Console(highlight=False).print(table)
+    make_console().print(table)
 
 
 @auth.command("revoke")
@@ -218,9 +217,7 @@ def revoke(settings: Settings, key_id: str, keys: str | None, as_json: bool) -> 
     if wants_json(settings, as_json):
         print_json(record.to_dict(with_hash=False))
         return
-    Console(highlight=False).print(
-        f"revoked {record.id} ({record.name}) at {_when(record.revoked)}"
-    )
+    make_console().print(f"revoked {record.id} ({record.name}) at {_when(record.revoked)}")
 
 
 def _when(us: int | None) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,22 @@ class Settings:
     json: bool
 
 
+#: Width of output that is not a terminal (a pipe or a file) when ``$COLUMNS`` does not say:
+#: wide enough that no table row or line of ours wraps, so ``hopcast … | grep`` and ``> file``
+#: see whole rows (rich's own default there is 80 columns). Tables take only the width they need.
+PIPE_WIDTH = 512
+
+
+def make_console(*, stderr: bool = False, highlight: bool = False) -> Console:
+    """A rich console for a command's output (stdout, or ``stderr``): the terminal's width on a
+    terminal, ``$COLUMNS`` if set, else :data:`PIPE_WIDTH`."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None
+    if "COLUMNS" not in os.environ and not (hasattr(stream, "isatty") and stream.isatty()):
+        width = PIPE_WIDTH
+    return Console(stderr=stderr, highlight=highlight, width=width)
+
+
 def exit_code(exc: HopcastError) -> int:
     """:data:`EXIT_BAD_INPUT` when the caller can fix the input, else :data:`EXIT_ERROR`."""
     bad_input = (InvalidInput, NotFound, ConfigError, SchemaError)
@@ -52,7 +70,7 @@ def exit_code(exc: HopcastError) -> int:
 
 def error(message: str) -> None:
     """Print ``error: <message>`` as one red line on stderr (line breaks become spaces)."""
-    console = Console(stderr=True, highlight=False)
+    console = make_console(stderr=True)
     console.print(Text(f"error: {' '.join(message.split())}", style="red"), soft_wrap=True)
 
 
@@ -170,7 +188,7 @@ def emit(
     if wants_json(settings, as_json):
         print_json(doc)
     else:
-        render(Console(highlight=False), doc)
+        render(make_console(), doc)
 
 
 def _rates(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:

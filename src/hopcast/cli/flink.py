@@ -31,9 +31,8 @@ from types import FrameType
 from typing import Any
 
 import click
-from rich.console import Console
 
-from hopcast.cli.common import Settings, json_option, print_json, wants_json
+from hopcast.cli.common import Settings, json_option, make_console, print_json, wants_json
 from hopcast.errors import ConfigError
 
 
@@ -139,7 +138,7 @@ def run(
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     show = sys.stderr.isatty() if progress is None else progress
-    err = Console(stderr=True, highlight=False)
+    err = make_console(stderr=True)
     started = time.monotonic()
     last: list[Any] = [None]
 
@@ -172,7 +171,7 @@ def run(
     if wants_json(settings, as_json):
         print_json(doc)
     else:
-        Console(highlight=False).print(
+        make_console().print(
             f"{doc['job']} {status.lower()}: {doc['mutations']:,} mutations → {doc['written']:,} "
             f"written, {doc['dead_letters']:,} dead letters in {doc['seconds']} s"
         )
@@ -206,7 +205,7 @@ def seed(
 
     data = demo_input(events, accounts=accounts, seed=seed)
     records = data.records()
-    err = Console(stderr=True, highlight=False)
+    err = make_console(stderr=True)
     err.print(f"publishing {len(records):,} records to {bootstrap}")
     counts = publish(
         bootstrap,
@@ -220,4 +219,4 @@ def seed(
         print_json(doc)
     else:
         for topic, n in sorted(counts.items()):
-            Console(highlight=False).print(f"{topic:<24} {n:>9,}")
+            make_console().print(f"{topic:<24} {n:>9,}")

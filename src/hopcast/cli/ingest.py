@@ -47,12 +47,19 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
 from hopcast.cli.auth import security_options, server_security
-from hopcast.cli.common import Settings, json_option, print_json, rate_limit_option, wants_json
+from hopcast.cli.common import (
+    Settings,
+    json_option,
+    make_console,
+    print_json,
+    rate_limit_option,
+    wants_json,
+)
 from hopcast.durations import now_us
 from hopcast.errors import (
     ConfigError,
@@ -376,7 +383,7 @@ def run(
         started = time.monotonic()
         with _listening(listen, engine, built, security, rate_limits):
             if show:
-                console = Console(stderr=True)
+                console = make_console(stderr=True, highlight=True)
                 with Live(progress_view(engine), console=console, refresh_per_second=4) as live:
                     last = [0.0]
 
@@ -401,7 +408,7 @@ def run(
     if wants_json(settings, as_json):
         print_json(doc)
     else:
-        Console(highlight=False).print(
+        make_console().print(
             f"ingested {doc['events']:,} events → {doc['mutations']:,} mutations, "
             f"{doc['dead_letters']:,} dead letters in {doc['seconds']} s"
         )
@@ -443,7 +450,7 @@ def positions(settings: Settings, source: str | None, as_json: bool) -> None:
         table.add_row(
             r["source"], r["partition"], "" if r["offset"] is None else str(r["offset"]), r["state"]
         )
-    Console(highlight=False).print(table if rows else "no stored positions")
+    make_console().print(table if rows else "no stored positions")
 
 
 @ingest.command("set-position")
@@ -471,7 +478,7 @@ def set_position(settings: Settings, source: str, partition: str, offset: str) -
         name = checkpoint_name(source, partition)
         graph.store.apply([], {name: Position(partition, after).to_bytes()}, validated=True)
     where = "from its start" if after < 0 else f"after offset {after}"
-    Console(highlight=False).print(f"{name}: resumes {where}")
+    make_console().print(f"{name}: resumes {where}")
 
 
 @click.group("deadletters")
@@ -511,7 +518,7 @@ def list_(
     table.add_column("message", overflow="fold")
     for d in page.items:
         table.add_row(d.id, d.reason, d.source, str(d.position), d.message[:120])
-    Console().print(table)
+    make_console(highlight=True).print(table)
 
 
 @deadletters.command("show")
@@ -532,7 +539,7 @@ def show(settings: Settings, letter_id: str, as_json: bool) -> None:
     if wants_json(settings, as_json):
         print_json(doc)
         return
-    console = Console(highlight=False)
+    console = make_console()
     for key in ("id", "reason", "message", "source", "position", "stage", "mapping", "time"):
         console.print(f"[bold]{key}[/bold]: {doc[key]}")
     console.print("[bold]payload[/bold]:")
@@ -585,7 +592,7 @@ def replay(
     if wants_json(settings, as_json):
         print_json(result)
     else:
-        Console(highlight=False).print(
+        make_console().print(
             f"replayed {result['replayed']}: {result['ingested']} ingested "
             f"({result['mutations']} mutations), {result['failed']} failed again"
         )

@@ -39,7 +39,15 @@ from rich.table import Table
 from rich.text import Text
 
 from hopcast.cli import remote
-from hopcast.cli.common import Doc, Settings, emit, query_options, store_dir, wants_json
+from hopcast.cli.common import (
+    Doc,
+    Settings,
+    emit,
+    make_console,
+    query_options,
+    store_dir,
+    wants_json,
+)
 from hopcast.cli.gateway import gateway
 from hopcast.cli.render import age, iso
 from hopcast.cli.simulate import simulate_command
@@ -109,7 +117,7 @@ def _command(
 def _show(settings: Settings, as_json: bool, doc: Doc, url: str | None) -> None:
     emit(settings, as_json, doc, _render_result)
     if not url and not wants_json(settings, as_json) and doc.get("triggers"):
-        Console(stderr=True, highlight=False).print(
+        make_console(stderr=True).print(
             Text(
                 "note: the local store changed; a running server announces it only after a "
                 "restart (use --url to command a server)",
@@ -308,7 +316,7 @@ JOB_POLL_S = 0.25
 @contextmanager
 def _progress(what: str) -> Iterator[Callable[[int, int], None]]:
     """A progress bar on stderr (a terminal only); yields ``progress(done, total)``."""
-    console = Console(stderr=True)
+    console = make_console(stderr=True, highlight=True)
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hopcast.cli.common import Doc, Fn, Settings, json_option, print_json, wants_json
+from hopcast.cli.common import Doc, Fn, Settings, json_option, make_console, print_json, wants_json
 from hopcast.errors import HopcastError
 
 #: The scripts that provision the services (package data; the repo's deploy/ links here).
@@ -242,7 +242,7 @@ def _emit(settings: Settings, as_json: bool, rows: list[Doc]) -> None:
     if wants_json(settings, as_json):
         print_json(doc)
     else:
-        _render(Console(highlight=False), doc)
+        _render(make_console(), doc)
 
 
 def _progress(text: str, nl: bool = True) -> None:

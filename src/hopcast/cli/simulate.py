@@ -23,10 +23,9 @@ from typing import Any
 
 import click
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
-from hopcast.cli.common import Settings, print_json, wants_json
+from hopcast.cli.common import Settings, make_console, print_json, wants_json
 from hopcast.config import LIVE_SECRET_ENV, live_secret
 from hopcast.durations import SECOND, parse_duration
 from hopcast.errors import InvalidInput
@@ -168,7 +167,7 @@ def simulate_command(
         assert result.report_path is not None
         print_json(json.loads(result.report_path.read_text()))
         return
-    console = Console(highlight=False)
+    console = make_console()
     console.print(summary_table(result))
     click.echo(f"report  {result.report_path}")  # plain: paths must not wrap
     for chart in result.charts:

@@ -30,6 +30,7 @@ from hopcast.cli.common import (
     emit,
     error,
     json_option,
+    make_console,
     open_existing,
     print_json,
     wants_json,
@@ -139,7 +140,7 @@ def apply(
     it does not exist.
     """
     run = ApplyRun()
-    err = Console(stderr=True, highlight=False)
+    err = make_console(stderr=True)
     total = _file_size(source)
     progress = Progress(*_columns(total), console=err, transient=True, disable=not err.is_terminal)
     with Graph.open(settings.store, settings.schema) as graph, progress:
@@ -200,7 +201,7 @@ def _report(as_json: bool, run: ApplyRun, err: Console) -> None:
     if as_json:
         print_json(run.to_dict())
     else:
-        Console(highlight=False).print(
+        make_console().print(
             f"{run.lines:,} line(s): {run.mutations:,} mutation(s) applied "
             f"({run.applied:,} changed the graph, {run.skipped:,} lost to newer or equal "
             f"versions), {len(run.bad):,} bad line(s)",
@@ -229,7 +230,7 @@ def sweep(settings: Settings, limit: int | None, as_json: bool) -> None:
     JSON: {"removed": n, "namespaces": {ns: {"before": n, "after": n}}} listing the namespaces
     that changed (entry counts need a backend that keeps them, e.g. LMDB).
     """
-    err = Console(stderr=True, highlight=False)
+    err = make_console(stderr=True)
     with open_existing(settings) as graph:
         before = _entries(graph)
         columns = (SpinnerColumn(), TextColumn("sweeping expired items"), TimeElapsedColumn())
