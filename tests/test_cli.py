@@ -734,3 +734,24 @@ def test_a_table_sent_to_a_pipe_is_not_wrapped_at_80_columns(tmp_path: Path) -> 
     rows = [line for line in result.stdout.splitlines() if device in line]
     assert len(rows) == 1 and '{"ip_country": "NL"}' in rows[0], result.stdout
     assert len(rows[0]) > 80, rows[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--bogus"], "No such option '--bogus' (see 'hopcast --help')"),
+        (
+            ["query", "neighbours"],
+            "Missing argument 'NODE' (see 'hopcast query neighbours --help')",
+        ),
+        (["query", "neighbors", "x"], "Did you mean 'neighbours'? (see 'hopcast query --help')"),
+        (["query", "neighbours", "x", "--limit", "many"], "'many' is not a valid integer"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_help_to_read_and_exit_2(
+    runner: CliRunner, args: list[str], says: str
+) -> None:
+    result = runner.invoke(cli, args, prog_name="hopcast")
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\\n") == 0, result.stderr
+    assert result.stderr.startswith("error: ") and says in result.stderr, result.stderr

@@ -61,8 +61,33 @@ from hopcast.query.cache import DEFAULT_CONSISTENCY, Consistency
 __all__ = ["cli", "main"]
 
 
+class _UsageError(click.UsageError):
+    """A usage error shown as one red line with the help to read (click's own is four: usage,
+    a hint, a blank line and the error)."""
+
+    def __init__(self, original: click.UsageError) -> None:
+        super().__init__(original.format_message(), original.ctx)
+
+    def show(self, file: Any = None) -> None:
+        where = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        error(f"{self.format_message().rstrip('.')}{where}")
+
+
 class _Cli(click.Group):
-    """The root group: every HopcastError becomes one red line and an exit code."""
+    """The root group: every HopcastError becomes one red line and an exit code; so does a
+    usage error (exit 2, as click's)."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _UsageError(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -70,6 +95,10 @@ class _Cli(click.Group):
         except HopcastError as exc:
             error(str(exc))
             raise click.exceptions.Exit(exit_code(exc)) from None
+        except click.UsageError as exc:
+            if isinstance(exc, _UsageError):
+                raise
+            raise _UsageError(exc) from None
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
