@@ -76,17 +76,20 @@ ROUTE = "/v1/live/events"
 
 
 @contextmanager
-def _service(settings: Settings, create: bool = False) -> Iterator[LiveService]:
-    """A service over the local store; unless ``create``, the store must exist.
+def _service(settings: Settings) -> Iterator[LiveService]:
+    """A service over the local store, which must exist: an event created in a new store would
+    be served by no server (the usual slip: forgetting ``--url`` while ``make demo`` runs).
 
     Raises:
         NotFound: the store directory holds no store.
     """
     path = store_dir(settings.store)
-    if not create and path is not None and not (path / "data.mdb").is_file():
+    if path is not None and not (path / "data.mdb").is_file():
+        what = "does not exist" if not path.exists() else "holds no hopcast store"
         raise NotFound(
-            f"store {str(path)!r} holds no live events; create one with `hopcast live create`, "
-            "point --store (or $HOPCAST_STORE) at an existing store, or use --url"
+            f"store {str(path)!r} {what}: to reach a running server pass --url (e.g. "
+            "--url http://127.0.0.1:8321, where `make demo` serves), or point --store (or "
+            "$HOPCAST_STORE) at an existing store (`hopcast serve --store DIR` creates one)"
         )
     kv = open_kv(settings.store)
     try:
@@ -171,7 +174,7 @@ def create(
         start = parse_instant(starts_at, now)
         end = None if ends_at is None else parse_instant(ends_at, now)
         command = Create(event_id, title, start, end, parse_lead(lead))
-        with _service(settings, create=True) as service:
+        with _service(settings) as service:
             doc = result_doc(service.command(command, now))
     _show(settings, as_json, doc, url)
 
