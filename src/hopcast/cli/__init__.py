@@ -256,14 +256,11 @@ def serve(
 @cli.command(
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     add_help_option=False,
+    hidden=True,  # an older name of `hopcast run`, kept working; the help lists `run` only
 )
 @click.pass_context
 def demo(ctx: click.Context) -> None:
-    """Run the synthetic company live on the embedded default (what `make demo` runs).
-
-    Options are the demo's own (`hopcast demo --help`): --store, --keep, --host, --port,
-    --accounts, --history, --rate, --duration.
-    """
+    """The older name of `hopcast run` (the same command and options)."""
     from hopcast.demo import run
 
     ctx.exit(run.main(list(ctx.args)))
