@@ -363,6 +363,17 @@ def test_a_missing_store_is_reported_and_not_created(runner: CliRunner, tmp_path
     assert not missing.exists()
 
 
+def test_a_data_directory_holding_a_store_in_graph_names_it(
+    runner: CliRunner, store: str, tmp_path: Path
+) -> None:
+    """`hopcast run --store data/demo` keeps its graph in data/demo/graph: pointing a query at
+    the data directory says where the store is instead of only "no store"."""
+    assert Path(store) == tmp_path / "graph"
+    result = _run(runner, str(tmp_path), "query", "node", "account:42")
+    assert result.exit_code == 2
+    assert f"pass --store {tmp_path / 'graph'}" in " ".join(result.stderr.split()), result.stderr
+
+
 def test_info_on_a_directory_without_a_store_says_so(runner: CliRunner, tmp_path: Path) -> None:
     result = _run(runner, str(tmp_path), "info")
     assert result.exit_code == 2

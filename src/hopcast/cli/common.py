@@ -154,6 +154,16 @@ def store_dir(store: str) -> Path | None:
     return Path(rest) if scheme == "lmdb" and rest else None
 
 
+def missing_store(path: Path) -> str:
+    """Why ``path`` is no store, pointing at the store inside it if it holds one (``hopcast
+    run --store data/demo`` keeps its graph in ``data/demo/graph``)."""
+    what = "does not exist" if not path.exists() else "holds no hopcast store"
+    inner = path / "graph"
+    if (inner / "data.mdb").is_file():
+        what += f" (the store in it is {str(inner)!r}: pass --store {inner})"
+    return f"store {str(path)!r} {what}"
+
+
 def open_existing(settings: Settings) -> Graph:
     """Open a store that must already exist: reading never creates an empty store.
 
@@ -163,9 +173,8 @@ def open_existing(settings: Settings) -> Graph:
     """
     path = store_dir(settings.store)
     if path is not None and not (path / "data.mdb").is_file():
-        what = "does not exist" if not path.exists() else "holds no hopcast store"
         raise NotFound(
-            f"store {str(path)!r} {what}; create it with `hopcast apply FILE`, "
+            f"{missing_store(path)}; create it with `hopcast apply FILE`, "
             "or point --store (or $HOPCAST_STORE) at an existing store"
         )
     # No fsync: a reader writes nothing but the (idempotent) namespace settings.

@@ -44,6 +44,7 @@ from hopcast.cli.common import (
     Settings,
     emit,
     make_console,
+    missing_store,
     query_options,
     store_dir,
     wants_json,
@@ -85,9 +86,8 @@ def _service(settings: Settings) -> Iterator[LiveService]:
     """
     path = store_dir(settings.store)
     if path is not None and not (path / "data.mdb").is_file():
-        what = "does not exist" if not path.exists() else "holds no hopcast store"
         raise NotFound(
-            f"store {str(path)!r} {what}: to reach a running server pass --url (e.g. "
+            f"{missing_store(path)}: to reach a running server pass --url (e.g. "
             "--url http://127.0.0.1:8321, where `make demo` serves), or point --store (or "
             "$HOPCAST_STORE) at an existing store (`hopcast serve --store DIR` creates one)"
         )
