@@ -410,3 +410,35 @@ def test_an_ended_event_s_map_expires_with_its_payloads(service: LiveService) ->
     # materialising again pins everything again
     service.materialise_graph(EVENT, NOW + 4, node=NODE)
     assert m.segment_of(EVENT, "profile:1", later + 1) == "team.a"
+
+
+def test_an_event_borrowing_another_events_node_is_shown_under_its_own_title(
+    service: LiveService, graph: Graph
+) -> None:
+    """An event created without a graph node of its own (e.g. from the console) takes the
+    audience of another event's node, not its name: its payloads carry its own title and no
+    sport, while the viewers row still says whose audience it is; refreshes keep the title."""
+    service.command(Create("ux-final", "UX Final", NOW + HOUR, None, 30 * MINUTE), NOW)
+
+    def titles(event: str, at: int) -> set[tuple[str, str]]:
+        state = service.materialiser.state(event, at) if service.materialiser else None
+        assert state is not None and "live" in state.payloads, "materialised, with a live stage"
+        out = set()
+        for stage in state.payloads:
+            body = service.stage_payload(event, stage, DEFAULT_SEGMENT, None, at).body
+            assert body is not None, stage
+            title = decode_payload(body).title
+            out.add((title.name, title.synopsis))
+        return out
+
+    state = service.materialise_graph("ux-final", NOW, node=NODE).state
+    assert titles("ux-final", NOW) == {("UX Final", "UX Final, live")}
+    assert {s.key: s.label for s in state.segments}[VIEWERS] == "viewers of The Final"
+    for p in range(8, 12):  # a material change, so the refresh republishes
+        graph.upsert_edge(f"profile:{p}", "supports", "team:b", {"source": "app"}, ts=NOW)
+        graph.upsert_edge(f"profile:{p}", "started_watching", "title:2", {"position_s": 0}, ts=NOW)
+    changed = service.refresh_recommendations(NOW + MINUTE)
+    assert [r.changed for r in changed] == [True]
+    assert titles("ux-final", NOW + MINUTE) == {("UX Final", "UX Final, live")}
+    service.materialise_graph(EVENT, NOW + MINUTE, node=NODE)
+    assert titles(EVENT, NOW + MINUTE) == {("The Final", "The Final, live: football")}

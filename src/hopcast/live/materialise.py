@@ -775,8 +775,15 @@ class Materialiser:
         max_segments: int | None = None,
         force: bool = True,
         progress: Callable[[int, int], None] | None = None,
+        title: str | None = None,
     ) -> Report:
         """Compute and publish the event's payloads and member map from the graph.
+
+        ``title``: the scheduled event's own title. The payloads show the event under it (with
+        no sport) when the graph node is another's — an event created without a node of its
+        own borrows the audience of a similar one, not its name: an event "UX Final" must not
+        be shown as "Football Night 0, live: football". The viewers row still names the node
+        the audience came from.
 
         Steps: 1. pick the graph node (given, stored, or ``live_event:<event id>``);
         2. :func:`gather` the inputs; 3. unless ``force``, stop if they did not change
@@ -818,15 +825,21 @@ class Materialiser:
             result = plan(inputs, bound, now, self.params)  # 4
             ids = {t for s in result.segments for t in s.picks} | set(inputs.related)
             names = names_of(self.graph, ids, now)
-            built = build_payloads(result, inputs.event, inputs.related, names)
+            shown = inputs.event
+            if title and title != shown.name:
+                shown = EventInfo(shown.node, title)
+            built = build_payloads(result, shown, inputs.related, names)
             state, new = self._publish(
                 event_id, target, bound, now, dig, inputs, result, built, names, previous, progress
             )  # 5
             self._baselines[event_id] = _Baseline(print_, dig)
         return Report(state, changed=True, new_payloads=new)
 
-    def refresh_if_changed(self, event_id: str, now: int) -> Report | None:
-        """Materialise the event again if the graph changed materially since the last time.
+    def refresh_if_changed(
+        self, event_id: str, now: int, *, title: str | None = None
+    ) -> Report | None:
+        """Materialise the event again if the graph changed materially since the last time
+        (``title`` as for :meth:`materialise`).
 
         Returns:
             None if the event was never materialised from the graph; else the report
@@ -834,7 +847,7 @@ class Materialiser:
         """
         if self.state(event_id, now) is None:
             return None
-        return self.materialise(event_id, now, force=False)
+        return self.materialise(event_id, now, force=False, title=title)
 
     def retire(self, event_id: str, now: int) -> int:
         """The event ended: let its member map and state expire with its payloads (after the

@@ -428,11 +428,16 @@ class LiveService:
             InvalidInput: no graph attached (:meth:`use_graph`), no graph node for the event, or
                 a bad ``max_segments``.
         """
-        self.schedule.load(event_id)
+        event = self.schedule.load(event_id)
         if self.materialiser is None:
             raise InvalidInput("this live service has no graph to materialise from")
         return self.materialiser.materialise(
-            event_id, now, node=node, max_segments=max_segments, progress=progress
+            event_id,
+            now,
+            node=node,
+            max_segments=max_segments,
+            progress=progress,
+            title=event.title,
         )
 
     def refresh_recommendations(self, now: int) -> list[Report]:
@@ -448,7 +453,7 @@ class LiveService:
         for event in self.schedule.events():
             if event.terminal:
                 continue
-            report = self.materialiser.refresh_if_changed(event.id, now)
+            report = self.materialiser.refresh_if_changed(event.id, now, title=event.title)
             if report is not None:
                 reports.append(report)
         return reports
