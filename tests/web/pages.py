@@ -221,3 +221,15 @@ def open_console(context: Any, hopcast: Hopcast, *, key: str | None = "") -> Any
     fragment = "" if given is None else f"#key={given}"
     page.goto(f"{hopcast.base}/web/console.html{fragment}")
     return page
+
+
+#: Words a page must never show: a template or a DOM call given an absent value prints them.
+PLACEHOLDERS = frozenset({"null", "undefined", "NaN", "[object Object]"})
+
+
+def assert_no_placeholders(page: Any) -> None:
+    """The page's visible text holds none of :data:`PLACEHOLDERS` as a word."""
+    text = page.inner_text("body")
+    words = set(text.replace("\n", " ").split())
+    shown = words & PLACEHOLDERS
+    assert not shown, f"the page shows {sorted(shown)}: {text}"

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from web.pages import WAIT_MS, Hopcast, Ports, device_state, open_device, running_hopcast
+from web.pages import (
+    WAIT_MS,
+    Hopcast,
+    Ports,
+    assert_no_placeholders,
+    device_state,
+    open_device,
+    running_hopcast,
+)
 
 #: A real browser and server per test, a few seconds each: kept out of `make check`.
 pytestmark = pytest.mark.slow
@@ -27,6 +35,7 @@ def test_the_trigger_shows_the_live_badge_and_new_artwork_with_no_request(
     assert page.locator("#live-badge").count() == 0
     assert page.get_attribute("#hero", "data-art") == "art/live/final/upcoming.jpg"
     page.screenshot(path=str(artifacts / "device-before.png"))
+    assert_no_placeholders(page)
 
     # The page refreshes the schedule every REFRESH_S ±20% (a delay is not broadcast) and
     # reports its prefetch a few seconds after the fact; start once the report is out and
@@ -59,6 +68,7 @@ def test_the_trigger_shows_the_live_badge_and_new_artwork_with_no_request(
     assert page.locator(".row .tile[data-id='live:final'] .badge.live").count() == 1
     page.wait_for_timeout(1000)  # the artwork transition settles
     page.screenshot(path=str(artifacts / "device-live.png"))
+    assert_no_placeholders(page)
     # the telemetry the dashboard needs follows later, batched: a report, and nothing else
     page.wait_for_function(
         "n => window.hopcastDevice.reports.sent + window.hopcastDevice.reports.failed > n",
@@ -235,3 +245,26 @@ def test_the_page_refreshes_its_short_lived_token_in_place_and_misses_no_stage(
     stages = [t["stage"] for t in device_state(page, "d.triggers") if t["event"] == "derby"]
     assert stages[-2:] == ["live", "ended"], stages
     assert page.errors == []
+
+
+def test_before_the_prefetch_window_the_page_shows_no_null_or_undefined(
+    context: Any, hopcast: Hopcast, artifacts: Path
+) -> None:
+    """An event hours away (its prefetch window not open): the hero has no payload yet, and
+    nothing on the page reads "null" or "undefined" (an absent synopsis once did)."""
+    from web.pages import MEMBER
+
+    hopcast.create_event("later", "The Later Final", starts_at="3h")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{hopcast.base}/web/device.html?member={MEMBER}")
+    page.wait_for_selector("#hero[data-stage=scheduled] h1", timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => (document.querySelector('#countdown') || {}).textContent?.startsWith('Starts in')",
+        timeout=WAIT_MS,
+    )
+    page.screenshot(path=str(artifacts / "device-scheduled.png"))
+    assert_no_placeholders(page)
+    assert "The Later Final" in page.inner_text("body")
+    assert errors == []

@@ -47,6 +47,11 @@ const now = () => Date.now() * 1000;
 const enc = encodeURIComponent;
 const $ = (sel, root = document) => root.querySelector(sel);
 
+// The children that exist: DOM append/replaceChildren turn null and undefined into text.
+function present(...children) {
+  return children.flat().filter((c) => c !== null && c !== undefined);
+}
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -518,7 +523,8 @@ function renderHero(ev, payload) {
     ? el("span", { class: "delay", id: "delay" },
       ev.delay_us > 0 ? `delayed ${fmtDuration(ev.delay_us)}` : `${fmtDuration(-ev.delay_us)} earlier`)
     : null;
-  info.replaceChildren(
+  // el() skips absent children; replaceChildren would print them as "null".
+  info.replaceChildren(...present(
     badgeFor(ev.state),
     el("h1", {}, title),
     payload && payload.title.synopsis ? el("p", { class: "synopsis" }, payload.title.synopsis) : null,
@@ -528,7 +534,7 @@ function renderHero(ev, payload) {
         ? el("button", { class: "primary", id: "watch", onclick: () => go(`#/play/live:${ev.id}`) }, "▶ Watch live")
         : null,
       el("button", { class: "secondary", id: "more", onclick: () => go(`#/title/live:${ev.id}`) }, "More info")),
-  );
+  ));
   return hero;
 }
 
