@@ -226,3 +226,28 @@ def test_a_console_without_a_key_asks_for_one_and_works_once_given(
     console.wait_for_selector("#key-form", state="hidden")
     console.wait_for_selector("tr[data-event=final]")  # the next poll carries the key
     assert console.errors == []
+
+
+def test_ends_after_takes_durations_with_words_and_refuses_what_it_cannot_read(
+    context: Any, hopcast: Hopcast
+) -> None:
+    """ "1 day" sets the end a day after the start; a value that is not a duration is refused
+    with a message before anything is created (it was silently dropped: an event with no end)."""
+    console = open_console(context, hopcast)
+
+    def create(event: str, ends_after: str) -> None:
+        console.fill("#create input[name=id]", event)
+        console.fill("#create input[name=title]", event.title())
+        console.fill("#create input[name=starts_at]", "2h")
+        console.fill("#create input[name=ends_after]", ends_after)
+        console.click("#create button[type=submit]")
+
+    create("day", "1 day")
+    console.wait_for_selector("#events-message:has-text('created day')")
+    event = hopcast.event("day")
+    assert event["ends_at"] - event["starts_at"] == 86_400 * 1_000_000, event
+    create("never", "1 fortnight")
+    console.wait_for_selector("#events-message:has-text('is not a duration')")
+    events = [e["id"] for e in hopcast.request("GET", "/v1/live/events")["events"]]
+    assert "never" not in events, events
+    assert console.errors == []

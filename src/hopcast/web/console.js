@@ -275,20 +275,38 @@ async function materialiseFromGraph(eventId) {
   }
 }
 
+// A duration as the server reads them (a number and a unit: s, m, h, d, w), words too ("1 day",
+// "2 hours", "30 min"); null when it is not one.
+const DURATION_UNITS = { s: 1e6, m: 60e6, h: 3600e6, d: 86400e6, w: 604800e6 };
+const DURATION_WORDS = { sec: "s", second: "s", min: "m", minute: "m", hour: "h", hr: "h", day: "d", week: "w" };
+function durationUs(text) {
+  const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
+  if (!m) return null;
+  if (!m[2]) return null; // a bare number: seconds or µs? ask for a unit
+  const raw = m[2].toLowerCase();
+  const word = raw.replace(/s$/, "");
+  const size = DURATION_UNITS[raw] || DURATION_UNITS[DURATION_WORDS[word]];
+  const us = size ? Math.round(Number(m[1]) * size) : NaN;
+  return Number.isFinite(us) && us > 0 ? us : null;
+}
+window.hopcastDuration = durationUs;
+
 $("#create").addEventListener("submit", async (e) => {
   e.preventDefault();
   const form = new FormData(e.target);
   const id = form.get("id").trim();
   const body = { id, title: form.get("title").trim(), starts_at: form.get("starts_at").trim() || "5m" };
   const after = form.get("ends_after").trim();
+  const afterUs = after ? durationUs(after) : null;
+  if (after && afterUs === null) {
+    // refused before anything is created: an end silently dropped is an event that never ends
+    show("#events-message", `ends after: ${JSON.stringify(after)} is not a duration (e.g. 90m, 2h, 1d)`, "error");
+    return;
+  }
   try {
     const created = await api("POST", "/v1/live/events", body);
-    if (after) {
-      const m = /^(\d+)\s*(s|m|h)$/.exec(after);
-      if (m) {
-        const unit = { s: 1e6, m: 60e6, h: 3600e6 }[m[2]];
-        await api("POST", `/v1/live/events/${enc(id)}/reschedule`, { ends_at: created.starts_at + Number(m[1]) * unit });
-      }
+    if (afterUs !== null) {
+      await api("POST", `/v1/live/events/${enc(id)}/reschedule`, { ends_at: created.starts_at + afterUs });
     }
     if (form.get("materialise")) {
       // rows from the graph when it has the event; otherwise the fixture rows
