@@ -157,7 +157,9 @@ def test_plan_segments_and_row_order() -> None:
     assert by_key["team.b"].picks[0] == "t:w"
     assert len(by_key["team.b"].picks) == 3
     assert by_key[DEFAULT_SEGMENT].members == 0
-    assert by_key[DEFAULT_SEGMENT].label == "viewers of The Final"
+    assert by_key[DEFAULT_SEGMENT].label == "everyone else (new and unplaced members)"
+    labels = [s.label for s in result.segments]
+    assert len(labels) == len(set(labels)), f"two segments named alike: {labels}"
 
 
 def test_plan_respects_max_segments_and_moves_members_to_kept_facets() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from web.pages import Hopcast, open_console, open_device
+from web.pages import Hopcast, assert_no_placeholders, open_console, open_device
 
 #: A real browser and server per test, a few seconds each: kept out of `make check`.
 pytestmark = pytest.mark.slow
@@ -250,4 +250,53 @@ def test_ends_after_takes_durations_with_words_and_refuses_what_it_cannot_read(
     console.wait_for_selector("#events-message:has-text('is not a duration')")
     events = [e["id"] for e in hopcast.request("GET", "/v1/live/events")["events"]]
     assert "never" not in events, events
+    assert console.errors == []
+
+
+@pytest.mark.parametrize(("width", "height"), [(1400, 900), (390, 844)])
+def test_the_dashboard_fits_its_cards_at_desktop_and_phone_widths(
+    context: Any, hopcast: Hopcast, artifacts: Path, width: int, height: int
+) -> None:
+    """A fleet's time to update in seconds ("4,792 / 10,029 ms") once overflowed its card and
+    gave the page a horizontal scrollbar: with such values, no card's value overflows and the
+    page is no wider than the window, at 1400×900 and 390×844; nothing reads null/undefined."""
+    import json
+
+    hopcast.create_event("final", "The Final", starts_at="10m")
+    slow = {
+        "event": "final", "stage": "live", "version": 2, "trigger_ts": 1_700_000_000_000_000,
+        "devices": 9_876, "connected": 10_000, "p50_ms": 4_792.4, "p90_ms": 8_001.2,
+        "p99_ms": 10_029.7, "max_ms": 12_345.6,
+        "cdf": [{"ms": 120.0 * i, "fraction": i / 100} for i in range(1, 101)],
+    }  # fmt: skip
+
+    def dashboard(route: Any) -> None:
+        answer = route.fetch()
+        doc = answer.json()
+        doc["time_to_update"] = slow
+        route.fulfill(response=answer, body=json.dumps(doc))
+
+    context.route("**/v1/console/dashboard*", dashboard)
+    console = open_console(context, hopcast)
+    console.set_viewport_size({"width": width, "height": height})
+    console.wait_for_selector("#m-ttu-sub:has-text('9,876 of 10,000 devices')")
+    overflowing = console.evaluate(
+        """() => [...document.querySelectorAll('.card .value')]
+            .filter((v) => v.scrollWidth > v.clientWidth + 1).map((v) => v.id)"""
+    )
+    assert overflowing == [], f"card values wider than their card: {overflowing}"
+    wide = console.evaluate(
+        """() => {
+            const limit = document.documentElement.clientWidth;
+            if (document.documentElement.scrollWidth <= limit) return [];
+            return [...document.querySelectorAll('body *')]
+                .filter((e) => e.getBoundingClientRect().right > limit + 1)
+                .filter((e) => !e.parentElement || e.parentElement.getBoundingClientRect().right <= limit + 1)
+                .map((e) => `${e.tagName.toLowerCase()}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`);
+        }"""
+    )
+    assert wide == [], f"the page scrolls sideways past {width} px: {wide}"
+    assert "4,792" in console.inner_text("#m-ttu")
+    console.screenshot(path=str(artifacts / f"console-{width}x{height}.png"), full_page=True)
+    assert_no_placeholders(console)
     assert console.errors == []

@@ -393,7 +393,9 @@ def plan(inputs: Inputs, max_segments: int, now: int, params: RankParams = RankP
             SegmentPlan(key, label, len(members), _picks(ranking, fill, params.row_length))
         )
     rest = len(scores) - len(assignments)
-    label = f"viewers of {inputs.event.name}"
+    # Not "viewers of …": that is the viewers facet's label, and the console showed two boxes
+    # by that name. This one is what every member no facet placed gets (new members too).
+    label = "everyone else (new and unplaced members)"
     segments.append(
         SegmentPlan(DEFAULT_SEGMENT, label, rest, _picks(overall, (), params.row_length))
     )

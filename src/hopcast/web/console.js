@@ -348,7 +348,10 @@ function renderDashboard(doc) {
   $("#m-coverage-sub").textContent = pf.stage ? `${fmtNum(pf.devices)} of ${fmtNum(pf.connected)} hold “${pf.stage}”` : "";
   const ttu = doc.time_to_update;
   const ms = (v) => fmtNum(v, v !== null && v < 10 ? 1 : 0);
-  $("#m-ttu").textContent = ttu ? `${ms(ttu.p50_ms)} / ${ms(ttu.p99_ms)} ms` : "–";
+  // p50 large, p99 beside it smaller: "4,792 / 10,029 ms" at one size overflowed the card
+  $("#m-ttu").replaceChildren(...(ttu
+    ? [`${ms(ttu.p50_ms)}`, el("span", { class: "minor" }, ` / ${ms(ttu.p99_ms)} ms`)]
+    : ["–"]));
   $("#m-ttu-sub").textContent = ttu ? `${fmtNum(ttu.devices)} of ${fmtNum(ttu.connected)} devices updated to “${ttu.stage}”` : "no trigger yet";
   $("#cdf-caption").textContent = ttu ? `${ttu.event} → ${ttu.stage} (v${ttu.version}) at ${fmtClock(ttu.trigger_ts)}` : "";
   drawCdf($("#cdf"), ttu);

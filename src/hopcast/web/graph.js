@@ -249,7 +249,10 @@ export function drawCdf(canvas, ttu) {
     ctx.stroke();
     ctx.fillText(`${Math.round(f * 100)}%`, 8, Y(f) + 4);
     const ms = (maxMs * i) / 4;
-    ctx.fillText(`${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms`, X(ms) - 14, H - 12);
+    // the first label starts at its tick, the last ends at it: neither is cut at the edge
+    ctx.textAlign = i === 0 ? "left" : i === 4 ? "right" : "center";
+    ctx.fillText(`${ms < 10 ? ms.toFixed(1) : Math.round(ms).toLocaleString("en-US")} ms`, X(ms), H - 12);
+    ctx.textAlign = "left";
   }
   if (!points.length) {
     ctx.fillStyle = "#8a92a3";
