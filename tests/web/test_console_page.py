@@ -102,6 +102,8 @@ def test_the_graph_explorer_draws_a_neighbourhood_and_a_journey(
 ) -> None:
     hopcast.request("POST", "/v1/mutations", {"mutations": journey_mutations()})
     page = open_console(context, hopcast)
+    # before any search, the journey panel says what it will show (it was an empty box)
+    assert "Find an account" in page.inner_text("#journey-message")
     page.fill("#search input[name=q]", "profile:0-0")
     page.click("#search button[type=submit]")
     page.wait_for_selector("#graph-svg .node.center[data-id='profile:0-0']")
@@ -114,9 +116,16 @@ def test_the_graph_explorer_draws_a_neighbourhood_and_a_journey(
         "#journey-svg circle.entry", "cs => cs.map(c => c.dataset.vertical)"
     )
     assert {"streaming", "games"} <= set(verticals)
-    # clicking a node moves the explorer there
+    caption = page.inner_text("#journey-caption")
+    assert " 1 devices" not in caption and "device" in caption, caption
+    # clicking a node moves the explorer there; a title has no journey: the member's timeline
+    # goes, and the panel says why (it kept the previous member's timeline)
     page.click("#graph-svg .node[data-id='title:1'] circle")
     page.wait_for_selector("#graph-svg .node.center[data-id='title:1']")
+    page.wait_for_selector("#journey-message:has-text('title:1 has no journey')")
+    assert page.locator("#journey-svg circle.entry").count() == 0
+    assert page.inner_text("#journey-caption") == ""
+    assert_no_placeholders(page)
     page.screenshot(path=str(artifacts / "graph.png"), full_page=True)
     assert page.errors == []
 
@@ -289,10 +298,11 @@ def test_the_dashboard_fits_its_cards_at_desktop_and_phone_widths(
         """() => {
             const limit = document.documentElement.clientWidth;
             if (document.documentElement.scrollWidth <= limit) return [];
+            const right = (e) => e.getBoundingClientRect().right;
             return [...document.querySelectorAll('body *')]
-                .filter((e) => e.getBoundingClientRect().right > limit + 1)
-                .filter((e) => !e.parentElement || e.parentElement.getBoundingClientRect().right <= limit + 1)
-                .map((e) => `${e.tagName.toLowerCase()}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`);
+                .filter((e) => right(e) > limit + 1)
+                .filter((e) => !e.parentElement || right(e.parentElement) <= limit + 1)
+                .map((e) => `${e.tagName.toLowerCase()}#${e.id}.${e.className} ${right(e)}`);
         }"""
     )
     assert wide == [], f"the page scrolls sideways past {width} px: {wide}"

@@ -421,6 +421,21 @@ async function explore(nodeId, depth = 1) {
   }
   const type = nodeId.split(":")[0];
   if (type === "account" || type === "profile" || type === "device") loadJourney(nodeId);
+  else clearJourney(`${nodeId} has no journey: a journey belongs to an account (find an account, a profile or a device).`);
+}
+
+// "1 device", "2 devices"
+function plural(n, one, many = `${one}s`) {
+  return `${fmtNum(n)} ${n === 1 ? one : many}`;
+}
+
+// The journey panel shows no timeline but the hint (so it never keeps another member's).
+function clearJourney(hint) {
+  state.journey = null;
+  $("#journey-svg").replaceChildren();
+  $("#journey-caption").textContent = "";
+  $("#journey-legend").replaceChildren();
+  show("#journey-message", hint, "warn");
 }
 
 function showNode(node, hood) {
@@ -436,11 +451,12 @@ function showNode(node, hood) {
 }
 
 async function loadJourney(nodeId) {
+  clearJourney(`loading the journey of ${nodeId} …`);
   try {
     const doc = await api("GET", `/v1/console/graph/journey/${enc(nodeId)}?since=100d&limit=200`);
     state.journey = doc;
     show("#journey-message", null);
-    $("#journey-caption").textContent = `${doc.account}: ${doc.entries.length} interactions on ${doc.devices.length} devices · ${doc.verticals.join(", ")}`;
+    $("#journey-caption").textContent = `${doc.account}: ${plural(doc.entries.length, "interaction")} on ${plural(doc.devices.length, "device")}` + (doc.verticals.length ? ` · ${doc.verticals.join(", ")}` : "");
     drawJourney($("#journey-svg"), doc);
     $("#journey-legend").replaceChildren(
       ...Object.entries(VERTICAL_COLOURS).map(([v, c]) => el("span", { style: `--c:${c}` }, v)));
