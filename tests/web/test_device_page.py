@@ -268,3 +268,34 @@ def test_before_the_prefetch_window_the_page_shows_no_null_or_undefined(
     assert_no_placeholders(page)
     assert "The Later Final" in page.inner_text("body")
     assert errors == []
+
+
+@pytest.mark.parametrize(("width", "height"), [(1400, 900), (390, 844)])
+def test_the_status_line_covers_no_row_title_or_tile(
+    context: Any, hopcast: Hopcast, artifacts: Path, width: int, height: int
+) -> None:
+    """The debug status line once floated over the rows' titles at desktop and phone widths:
+    at both, it overlaps no row title, tile or hero text, and the page is no wider than the
+    window."""
+    hopcast.create_event("final", "The Final", starts_at="10m")
+    page = open_device(context, hopcast, "final")
+    page.set_viewport_size({"width": width, "height": height})
+    page.wait_for_selector(".row .tile")
+    hits = page.evaluate(
+        """() => {
+            const s = document.querySelector('#status').getBoundingClientRect();
+            const meets = (r) => r.left < s.right && s.left < r.right
+                && r.top < s.bottom && s.top < r.bottom;
+            return [...document.querySelectorAll('.row h2, .row .tile, #hero .info > *')]
+                .filter((e) => meets(e.getBoundingClientRect()))
+                .map((e) => e.textContent.slice(0, 40));
+        }"""
+    )
+    assert hits == [], f"the status line covers: {hits}"
+    widths = page.evaluate(
+        "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert widths[0] <= widths[1], f"the page scrolls sideways: {widths}"
+    page.screenshot(path=str(artifacts / f"device-{width}x{height}.png"), full_page=True)
+    assert_no_placeholders(page)
+    assert page.errors == []
