@@ -60,6 +60,12 @@ def test_the_console_creates_an_event_and_its_dashboard_counts_the_device(
     console.click("#create button[type=submit]")
     console.wait_for_selector("tr[data-event=opener][data-state=prefetch]")
     assert hopcast.event("opener")["title"] == "The Opener"
+    # created 10 minutes ahead, inside the 30-minute lead: it starts in prefetch, and says why
+    why = console.inner_text("tr[data-event=opener] .why")
+    assert why == "created less than 30 min before the start: the window opened at once", why
+    assert "prefetch window is open" in console.get_attribute(
+        "tr[data-event=opener] .state", "title"
+    )
 
     device = open_device(context, hopcast, "opener")
     # the device's reports reach the dashboard: connected, prefetched

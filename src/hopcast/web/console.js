@@ -139,6 +139,15 @@ function fmtIn(us) {
   return `${sign}${h ? `${h}:${String(m).padStart(2, "0")}` : m}:${ss}`;
 }
 
+// A span for people: "30 min", "1 h", "1 h 30 min", "45 s".
+function fmtSpan(us) {
+  const s = Math.max(0, Math.round(us / 1e6));
+  if (s < 60) return `${s} s`;
+  const m = Math.round(s / 60);
+  if (m < 60) return `${m} min`;
+  return `${Math.floor(m / 60)} h${m % 60 ? ` ${m % 60} min` : ""}`;
+}
+
 function fmtClock(us) {
   return new Date(us / 1000).toLocaleTimeString();
 }
@@ -199,7 +208,10 @@ function renderEvents() {
       return el("tr", { dataset: { event: ev.id, state: ev.state } },
         el("td", { class: "pick", title: "follow this event on the dashboard", onclick: () => follow(ev.id) },
           el("strong", {}, ev.title), state.dashEvent === ev.id ? " ◉" : "", el("br"), el("small", {}, ev.id)),
-        el("td", {}, el("span", { class: `state ${ev.state}` }, ev.state)),
+        el("td", {}, el("span", { class: `state ${ev.state}`, title: stateHint(ev) }, ev.state),
+          ev.state === "prefetch" && ev.prefetch_lead_us
+            ? [el("br"), el("small", { class: "why" }, prefetchWhy(ev))]
+            : null),
         el("td", { class: "starts", dataset: { startsAt: ev.starts_at } },
           started ? `live since ${fmtClock(ev.went_live_at || ev.stage_changed_at)}` : ev.terminal ? fmtClock(ev.ended_at || ev.cancelled_at || ev.starts_at) : `in ${fmtIn(ev.starts_at - now)}`,
           el("br"), el("small", {}, fmtClock(ev.starts_at))),
@@ -214,6 +226,27 @@ function renderEvents() {
     }),
   );
   if (!rows.length) body.append(el("tr", {}, el("td", { colspan: 5, class: "dim" }, "No events yet: create one above.")));
+}
+
+// What a state means for the fleet (the badge's tooltip): an event created less than its
+// prefetch lead before its start begins in "prefetch", which surprised operators.
+function stateHint(ev) {
+  switch (ev.state) {
+    case "scheduled":
+      return ev.prefetch_opens_at ? `devices start fetching its payloads at ${fmtClock(ev.prefetch_opens_at)}` : "scheduled";
+    case "prefetch":
+      return "the prefetch window is open: devices fetch the payloads now, spread over the window, so the go-live trigger needs no request";
+    default:
+      return ev.state;
+  }
+}
+
+// Why an event is in prefetch: its window opens prefetch_lead before the start, or at once
+// for an event created later than that.
+function prefetchWhy(ev) {
+  const lead = fmtSpan(ev.prefetch_lead_us);
+  const late = ev.created_at && ev.starts_at - ev.created_at < ev.prefetch_lead_us;
+  return late ? `created less than ${lead} before the start: the window opened at once` : `window opens ${lead} before the start`;
 }
 
 function follow(eventId) {
