@@ -495,9 +495,10 @@ def live_router(
         dependencies=[policy(Role.OPERATOR, limit="operator")],
         summary="Schedule a live event",
         description="Creates the event in `scheduled`; its prefetch window opens `prefetch_lead` "
-        "before `starts_at` (default 30m, at most a day). Times are µs since the epoch, ISO-8601 "
-        "(UTC without a zone) or a duration from now such as `10m`. A start at now goes live at "
-        "once; one already past is a 422 `invalid_schedule` (create it, then start it).",
+        "before `starts_at` (default 30m, at most a day), so an event created less than that "
+        "ahead starts in `prefetch` (its window opens at once). Times are µs since the epoch, "
+        "ISO-8601 (UTC without a zone) or a duration from now such as `10m`. A start at now goes "
+        "live at once; one already past is a 422 `invalid_schedule` (create it, then start it).",
         status_code=201,
         responses=_responses(EVENT_EXAMPLE, 400, 409, 422, ok=201),
         openapi_extra=openapi.body(
