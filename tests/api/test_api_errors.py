@@ -359,3 +359,18 @@ def test_a_closed_store_is_a_503(client: TestClient, graph: Graph) -> None:
     graph.close()
     fails(client.get("/healthz"), 503, "storage_unavailable")
     fails(client.get("/v1/nodes/profile:1/neighbours"), 503, "storage_unavailable")
+
+
+def test_data_the_backend_refuses_is_a_422_not_a_503_to_retry(
+    client: TestClient, graph: Graph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend refusing the data (StorageRefused: retrying cannot help) answers 422
+    ``storage_refused`` with the reason; a 503 would send the client into endless retries."""
+    from hopcast.errors import StorageRefused
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise StorageRefused("LMDB refused a key or value: MDB_BAD_VALSIZE")
+
+    monkeypatch.setattr(graph, "node", refuse)
+    got = fails(client.get("/v1/nodes/profile:1"), 422, "storage_refused")
+    assert "MDB_BAD_VALSIZE" in got["message"]

@@ -36,6 +36,7 @@ no such route                                404    ``not_found``
 method not allowed on the route              405    ``method_not_allowed``
 body larger than ``max_body_bytes``          413    ``body_too_large``
 more mutations than ``max_mutations``        413    ``too_many_mutations``
+``StorageRefused`` (data no store can hold)  422    ``storage_refused``
 ``StorageError``                             503    ``storage_unavailable``
 anything else (a bug; logged)                500    ``internal_error``
 ==========================================  ======  =======================
@@ -70,6 +71,7 @@ from hopcast.errors import (
     OutOfBounds,
     SchemaViolation,
     StorageError,
+    StorageRefused,
 )
 
 logger = logging.getLogger("hopcast.api")
@@ -85,6 +87,8 @@ _BY_CLASS: tuple[tuple[type[HopcastError], int, str], ...] = (
     (InvalidQuery, 400, "invalid_query"),
     (InvalidInput, 400, "invalid_input"),
     (NotFound, 404, "not_found"),
+    # The backend refused this data: a 503 would tell the client to retry what cannot succeed.
+    (StorageRefused, 422, "storage_refused"),
     (StorageError, 503, "storage_unavailable"),
 )
 

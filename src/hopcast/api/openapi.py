@@ -414,6 +414,11 @@ RULES: dict[tuple[str, str], dict[str, tuple[int, str]]] = {
             "states the bound for the moment it was served)",
         ),
         "body_too_large": (413, "the body is larger than the server's limit (1 MiB by default)"),
+        "storage_refused": (
+            422,
+            "the storage backend refused a key or value the bounds above let through (a safety "
+            "net: retrying the same write cannot succeed; nothing of the request was written)",
+        ),
     },
     ("post", "/v1/live/events"): {
         "invalid_schedule": (
