@@ -429,6 +429,10 @@ class Pipeline:
             (a filter, a rule with no outputs) is a deliberate drop, never a dead letter.
         max_future_us: how far past ``now`` a generation time may lie (None: no bound).
         expired: ``"dead_letter"`` or ``"drop"`` (see ``schema``).
+        fast: a compiled fast path of the same decoder, steps and schema
+            (:mod:`hopcast.stream.compiled`): ``Record -> (mutations, oldest ts, newest ts)``
+            for an ordinary record, None for any other, which then takes the steps above. It
+            must give the same outputs as the steps; it may raise (the steps then run).
     """
 
     def __init__(
@@ -441,6 +445,7 @@ class Pipeline:
         unmatched: str = "dead_letter",
         max_future_us: int | None = DEFAULT_MAX_FUTURE_US,
         expired: str = "dead_letter",
+        fast: Callable[[Record], tuple[list[Mutation], int, int] | None] | None = None,
     ) -> None:
         if unmatched not in ("dead_letter", "drop"):
             raise ValueError(f"unmatched must be 'dead_letter' or 'drop', got {unmatched!r}")
@@ -467,12 +472,33 @@ class Pipeline:
         self.size = CheckSize(max_bytes)
         self.mapping = mapping
         self.unmatched = unmatched
+        self.fast = fast
 
     def process(self, record: Record, now: int) -> list[Output]:
         """All mutations of ``record`` (canonical, valid), or a single dead letter.
 
         ``now`` (µs) is only used as the dead letter's time. Never raises.
         """
+        fast = self.fast
+        if fast is not None:
+            try:
+                got = fast(record)
+            except Exception:  # anything unusual: the steps below report it
+                got = None
+            if got is not None:
+                out, oldest, newest = got
+                if not out or self.schema is None:
+                    return out  # type: ignore[return-value]
+                retention, ahead = self._min_retention, self.max_future_us
+                if (retention is None or oldest > now - retention) and (
+                    ahead is None or newest <= now + ahead
+                ):
+                    return out  # type: ignore[return-value]
+        return self.process_steps(record, now)
+
+    def process_steps(self, record: Record, now: int) -> list[Output]:
+        """:meth:`process` by the decoder, the steps and the schema, never the fast path:
+        the reference the fast path is tested against."""
         stage = "size"
         try:
             self.size.check(record)
