@@ -42,7 +42,7 @@ from hopcast.graph.mutations import Mutation
 from hopcast.graph.schema import Schema
 from hopcast.stream.deadletter import DeadLetter, Reason
 from hopcast.stream.fields import Condition, Template, TimeSpec, parse_path
-from hopcast.stream.record import CDC_OPS, MISSING, Event, Record
+from hopcast.stream.record import CDC_OPS, MISSING, Event, Record, make_event
 
 #: Largest record value a pipeline accepts by default. Kafka's default message size limit is
 #: 1 MiB; anything bigger is almost certainly not one member event.
@@ -95,14 +95,18 @@ def decode_json(record: Record) -> Event:
         raise RecordRejected(
             Reason.MALFORMED_JSON, f"expected a JSON object, got {type(doc).__name__}"
         )
-    return Event(
+    position = record.position
+    return make_event(
         record.source,
-        record.position,
+        position,
         doc,
-        raw=record.value,
-        event_time=record.event_time,
-        key=record.key,
-        order=record.position.offset,
+        record.value,
+        None,
+        None,
+        record.event_time,
+        record.key,
+        {},
+        position.offset,
     )
 
 
@@ -190,18 +194,19 @@ def decode_debezium(record: Record) -> Event | None:
     lsn = source.get("lsn")
     if type(lsn) is not int or lsn < 0 or op == "r" or source.get("snapshot") not in _STREAMED:
         lsn = None
-    return Event(
+    return make_event(
         record.source,
         record.position,
         data,
-        raw=record.value,
-        op=op,
-        table=table,
-        event_time=event_time if event_time is not None else record.event_time,
-        key=record.key,
+        record.value,
+        op,
+        table,
+        event_time if event_time is not None else record.event_time,
+        record.key,
+        {},
         # A key change is one WAL record made into a delete and a create (same LSN): the
         # create's order comes after the delete's.
-        order=(lsn << 1 | (op == "c")) if lsn is not None else record.position.offset,
+        (lsn << 1 | (op == "c")) if lsn is not None else record.position.offset,
     )
 
 
