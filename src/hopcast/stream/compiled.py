@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -40,7 +40,7 @@ from hopcast.graph.limits import (
     MAX_PROPS_BYTES,
     MIN_INT,
     PROPS_BOUND_PER_ENTRY,
-    _name_problem,
+    props_problem,
     value_problem,
 )
 from hopcast.graph.mutations import EdgeDelete, EdgeUpsert, Mutation, NodeDelete, NodeUpsert
@@ -61,8 +61,6 @@ Fast = Callable[[Record], FastResult]
 
 def _walk(value: Any, parts: Path) -> Any:
     """:meth:`Event.get <hopcast.stream.record.Event.get>`'s loop from ``value`` on."""
-    from collections.abc import Mapping
-
     for part in parts:
         if type(value) is dict:
             value = value.get(part, MISSING)
@@ -402,7 +400,7 @@ def _props(
         if spec is not None:
             if declared is None and not spec.additional:
                 g.emit(d, "return None")  # an undeclared property: a schema violation
-            elif declared is None or _name_problem(name) is not None:
+            elif declared is None or props_problem({name: None}) is not None:
                 g.emit(d, f"{general} = True")
             else:
                 fits = [t for t, allowed in _FITS.items() if declared.type in allowed]

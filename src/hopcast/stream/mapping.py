@@ -64,6 +64,11 @@ Every produced mutation is validated against the graph schema by the pipeline; a
 fails anywhere becomes one dead letter (reason codes in :mod:`hopcast.stream.deadletter`).
 Errors in the file raise :class:`~hopcast.errors.MappingError` naming the file, the path inside
 it and the line: ``games.yaml: rules[0].emit[1].edge (line 14): unknown edge type 'plyas'``.
+
+:meth:`Mapping.pipeline` also compiles the file, once, into one Python function specialised for
+it and the schema (:mod:`hopcast.stream.compiled`): the pipeline's fast path for ordinary
+records. The rules above, run by :mod:`hopcast.stream.rules`, stay the reference: any record
+the compiled function does not prove ordinary takes them, and both give the same outputs.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ A pipeline (:class:`Pipeline`) is a decoder followed by steps:
 3. every mutation's ``ts`` is checked (integer µs in the store's range) and, given a schema,
    the mutation is checked against it and put in its canonical form.
 
+A pipeline built from a mapping file also has a compiled fast path (``fast``, see
+:mod:`hopcast.stream.compiled`) that does all of the above in one generated function for an
+ordinary record; every other record takes the decoder and steps, the reference.
+
 A step signals a bad record by raising :class:`~hopcast.errors.RecordRejected`; the pipeline
 catches it (and any other exception) and returns one
 :class:`~hopcast.stream.deadletter.DeadLetter` for the record instead of its mutations. Nothing
