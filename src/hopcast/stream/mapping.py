@@ -64,6 +64,11 @@ Every produced mutation is validated against the graph schema by the pipeline; a
 fails anywhere becomes one dead letter (reason codes in :mod:`hopcast.stream.deadletter`).
 Errors in the file raise :class:`~hopcast.errors.MappingError` naming the file, the path inside
 it and the line: ``games.yaml: rules[0].emit[1].edge (line 14): unknown edge type 'plyas'``.
+
+:meth:`Mapping.pipeline` also compiles the file, once, into one Python function specialised for
+it and the schema (:mod:`hopcast.stream.compiled`): the pipeline's fast path for ordinary
+records. The rules above, run by :mod:`hopcast.stream.rules`, stay the reference: any record
+the compiled function does not prove ordinary takes them, and both give the same outputs.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ from hopcast.errors import MappingError, RecordRejected
 from hopcast.graph.limits import DEFAULT_MAX_FUTURE_US
 from hopcast.graph.mutations import Mutation
 from hopcast.graph.schema import Schema
+from hopcast.stream.compiled import compile_mapping
 from hopcast.stream.deadletter import Reason
 from hopcast.stream.fields import Condition, Template, TimeSpec, ValueSpec, parse_path
 from hopcast.stream.operators import (
@@ -92,6 +98,7 @@ from hopcast.stream.operators import (
     SideTable,
     Step,
     StepOutput,
+    _json_decode,
     decode_debezium,
     decode_json,
 )
@@ -218,7 +225,10 @@ class Mapping:
         return {e.table for e in self.enrich} | {c.table for c in self.changelog}
 
     def pipeline(
-        self, schema: Schema | None = None, tables: dict[str, SideTable] | None = None
+        self,
+        schema: Schema | None = None,
+        tables: dict[str, SideTable] | None = None,
+        compiled: bool = True,
     ) -> Pipeline:
         """The pipeline of this source: size check, decode, prepare, changelog, enrich, map,
         validate against ``schema``.
@@ -229,6 +239,9 @@ class Mapping:
             tables: side tables by name, shared between the pipelines of one engine (the
                 catalogue's pipeline fills ``titles``, the playback pipeline reads it). Tables
                 this mapping needs and ``tables`` lacks are created and added to it.
+            compiled: give the pipeline the mapping compiled into one function
+                (:mod:`hopcast.stream.compiled`) as its fast path for ordinary records; the
+                outputs are the same either way (False: the interpreted path only).
         """
         shared = tables if tables is not None else {}
         steps: list[Step] = []
@@ -241,15 +254,18 @@ class Mapping:
             table = shared.setdefault(e.table, SideTable(e.table))
             steps.append(Enrich(table, e.key, e.into, e.required))
         steps.append(_MapStep(self))
+        schema = schema if schema is not None else self.schema
+        fast = compile_mapping(self, schema, self.max_bytes, _json_decode) if compiled else None
         return Pipeline(
             _FORMATS[self.format],
             steps,
-            schema=schema if schema is not None else self.schema,
+            schema=schema,
             max_bytes=self.max_bytes,
             mapping=self.file,
             unmatched=self.unmatched,
             max_future_us=self.max_future_us,
             expired=self.expired,
+            fast=fast,
         )
 
     def map(self, event: Event) -> list[Mutation] | None:

@@ -13,6 +13,10 @@ A pipeline (:class:`Pipeline`) is a decoder followed by steps:
 3. every mutation's ``ts`` is checked (integer µs in the store's range) and, given a schema,
    the mutation is checked against it and put in its canonical form.
 
+A pipeline built from a mapping file also has a compiled fast path (``fast``, see
+:mod:`hopcast.stream.compiled`) that does all of the above in one generated function for an
+ordinary record; every other record takes the decoder and steps, the reference.
+
 A step signals a bad record by raising :class:`~hopcast.errors.RecordRejected`; the pipeline
 catches it (and any other exception) and returns one
 :class:`~hopcast.stream.deadletter.DeadLetter` for the record instead of its mutations. Nothing
@@ -42,7 +46,7 @@ from hopcast.graph.mutations import Mutation
 from hopcast.graph.schema import Schema
 from hopcast.stream.deadletter import DeadLetter, Reason
 from hopcast.stream.fields import Condition, Template, TimeSpec, parse_path
-from hopcast.stream.record import CDC_OPS, MISSING, Event, Record
+from hopcast.stream.record import CDC_OPS, MISSING, Event, Record, make_event
 
 #: Largest record value a pipeline accepts by default. Kafka's default message size limit is
 #: 1 MiB; anything bigger is almost certainly not one member event.
@@ -95,14 +99,18 @@ def decode_json(record: Record) -> Event:
         raise RecordRejected(
             Reason.MALFORMED_JSON, f"expected a JSON object, got {type(doc).__name__}"
         )
-    return Event(
+    position = record.position
+    return make_event(
         record.source,
-        record.position,
+        position,
         doc,
-        raw=record.value,
-        event_time=record.event_time,
-        key=record.key,
-        order=record.position.offset,
+        record.value,
+        None,
+        None,
+        record.event_time,
+        record.key,
+        {},
+        position.offset,
     )
 
 
@@ -190,18 +198,19 @@ def decode_debezium(record: Record) -> Event | None:
     lsn = source.get("lsn")
     if type(lsn) is not int or lsn < 0 or op == "r" or source.get("snapshot") not in _STREAMED:
         lsn = None
-    return Event(
+    return make_event(
         record.source,
         record.position,
         data,
-        raw=record.value,
-        op=op,
-        table=table,
-        event_time=event_time if event_time is not None else record.event_time,
-        key=record.key,
+        record.value,
+        op,
+        table,
+        event_time if event_time is not None else record.event_time,
+        record.key,
+        {},
         # A key change is one WAL record made into a delete and a create (same LSN): the
         # create's order comes after the delete's.
-        order=(lsn << 1 | (op == "c")) if lsn is not None else record.position.offset,
+        (lsn << 1 | (op == "c")) if lsn is not None else record.position.offset,
     )
 
 
@@ -429,6 +438,10 @@ class Pipeline:
             (a filter, a rule with no outputs) is a deliberate drop, never a dead letter.
         max_future_us: how far past ``now`` a generation time may lie (None: no bound).
         expired: ``"dead_letter"`` or ``"drop"`` (see ``schema``).
+        fast: a compiled fast path of the same decoder, steps and schema
+            (:mod:`hopcast.stream.compiled`): ``Record -> (mutations, oldest ts, newest ts)``
+            for an ordinary record, None for any other, which then takes the steps above. It
+            must give the same outputs as the steps; it may raise (the steps then run).
     """
 
     def __init__(
@@ -441,6 +454,7 @@ class Pipeline:
         unmatched: str = "dead_letter",
         max_future_us: int | None = DEFAULT_MAX_FUTURE_US,
         expired: str = "dead_letter",
+        fast: Callable[[Record], tuple[list[Mutation], int, int] | None] | None = None,
     ) -> None:
         if unmatched not in ("dead_letter", "drop"):
             raise ValueError(f"unmatched must be 'dead_letter' or 'drop', got {unmatched!r}")
@@ -467,12 +481,33 @@ class Pipeline:
         self.size = CheckSize(max_bytes)
         self.mapping = mapping
         self.unmatched = unmatched
+        self.fast = fast
 
     def process(self, record: Record, now: int) -> list[Output]:
         """All mutations of ``record`` (canonical, valid), or a single dead letter.
 
         ``now`` (µs) is only used as the dead letter's time. Never raises.
         """
+        fast = self.fast
+        if fast is not None:
+            try:
+                got = fast(record)
+            except Exception:  # anything unusual: the steps below report it
+                got = None
+            if got is not None:
+                out, oldest, newest = got
+                if not out or self.schema is None:
+                    return out  # type: ignore[return-value]
+                retention, ahead = self._min_retention, self.max_future_us
+                if (retention is None or oldest > now - retention) and (
+                    ahead is None or newest <= now + ahead
+                ):
+                    return out  # type: ignore[return-value]
+        return self.process_steps(record, now)
+
+    def process_steps(self, record: Record, now: int) -> list[Output]:
+        """:meth:`process` by the decoder, the steps and the schema, never the fast path:
+        the reference the fast path is tested against."""
         stage = "size"
         try:
             self.size.check(record)

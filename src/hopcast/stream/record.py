@@ -169,7 +169,7 @@ class Event:
 
     def with_side(self, name: str, row: Any) -> Event:
         """A copy with ``row`` attached as side input ``name``."""
-        return Event(
+        return make_event(
             self.source,
             self.position,
             self.data,
@@ -185,3 +185,52 @@ class Event:
     def with_time(self, event_time: int) -> Event:
         """A copy with ``event_time`` set (µs since the epoch)."""
         return replace(self, event_time=event_time)
+
+
+_new = object.__new__
+_EVENT_SETTERS = tuple(getattr(Event, name).__set__ for name in Event.__slots__)
+(
+    _set_source,
+    _set_position,
+    _set_data,
+    _set_raw,
+    _set_op,
+    _set_table,
+    _set_event_time,
+    _set_key,
+    _set_side,
+    _set_order,
+) = _EVENT_SETTERS
+assert Event.__slots__ == (
+    "source", "position", "data", "raw", "op", "table", "event_time", "key", "side", "order",
+)  # fmt: skip
+
+
+def make_event(
+    source: str,
+    position: Position,
+    data: Mapping[str, Any],
+    raw: bytes,
+    op: str | None,
+    table: str | None,
+    event_time: int | None,
+    key: bytes | None,
+    side: Mapping[str, Any],
+    order: int | None,
+) -> Event:
+    """``Event(source, position, …, order)`` with every field given, made by setting its
+    slots: the frozen dataclass's ``__init__`` calls ``object.__setattr__`` once per field,
+    which costs more than decoding a small record. Event has no ``__post_init__``, so the
+    result is the same."""
+    event = _new(Event)
+    _set_source(event, source)
+    _set_position(event, position)
+    _set_data(event, data)
+    _set_raw(event, raw)
+    _set_op(event, op)
+    _set_table(event, table)
+    _set_event_time(event, event_time)
+    _set_key(event, key)
+    _set_side(event, side)
+    _set_order(event, order)
+    return event
