@@ -157,7 +157,7 @@ def test_the_document_states_the_rules_no_schema_can() -> None:
     assert RULES["GET /v1/nodes/{node_id}/journey"] == {422: {"invalid_cursor"}}
     assert RULES["POST /v1/mutations"] == {
         413: {"body_too_large"},
-        422: {"out_of_bounds", "future_time"},
+        422: {"out_of_bounds", "future_time", "storage_refused"},
     }
 
 
