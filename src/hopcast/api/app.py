@@ -37,7 +37,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from hopcast.api import bounds, console, docs, errors, jobs, openapi
+from hopcast.api import bounds, console, docs, errors, fastpath, jobs, openapi
 from hopcast.api import policy as policies
 from hopcast.api.bodies import (
     MutationsRequest,
@@ -777,4 +777,7 @@ def create_app(
         async def home() -> Response:
             return RedirectResponse("/web/")
 
+    # The hot routes (node and neighbour reads, mutations) skip FastAPI's per-request
+    # dependency solving when their parameters are plainly valid; same policy, same answers.
+    fastpath.install(app)
     return app
