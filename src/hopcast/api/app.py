@@ -254,6 +254,13 @@ def whole_numbers_of(item: Any, schema: Schema) -> Any:
     ``5.0`` as an integer). Other properties keep the number as written."""
     if not isinstance(item, dict):
         return item
+    props = item.get("props")
+    if (
+        not isinstance(item.get("ts"), float)
+        and not isinstance(item.get("seq"), float)
+        and not (isinstance(props, dict) and any(isinstance(v, float) for v in props.values()))
+    ):
+        return item  # no float anywhere it could matter: as written (the common case)
     out = dict(item)
     for name in ("ts", "seq"):
         out[name] = _whole(out.get(name))
