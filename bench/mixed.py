@@ -408,10 +408,16 @@ def run_phase(url: str, pid: int, targets: Path, args: argparse.Namespace, **kw:
 
 
 #: Series of hopcast's /metrics read around each phase: how the group commit behaved.
+_STAGES = ("wait", "write", "return")
 _GROUP_SERIES = (
     "hopcast_write_group_requests_sum",
     "hopcast_write_group_requests_count",
     "hopcast_write_commit_seconds_sum",
+    *(
+        f'hopcast_write_stage_seconds_{part}{{stage="{stage}"}}'
+        for stage in _STAGES
+        for part in ("sum", "count")
+    ),
 )
 
 
@@ -425,7 +431,7 @@ def group_commit_stats(url: str) -> dict[str, float] | None:
         return None
     found = {}
     for name in _GROUP_SERIES:
-        m = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
         if m is None:
             return None
         found[name] = float(m.group(1))
@@ -440,10 +446,16 @@ def group_commit_delta(before: dict[str, float] | None, after: dict[str, float] 
     commits = d["hopcast_write_group_requests_count"]
     if not commits:
         return None
+    stages = {}
+    for stage in _STAGES:  # the server's view of a write request's time, by stage (mean, ms)
+        n = d[f'hopcast_write_stage_seconds_count{{stage="{stage}"}}']
+        total = d[f'hopcast_write_stage_seconds_sum{{stage="{stage}"}}']
+        stages[stage] = round(total / n * 1e3, 2) if n else None
     return {
         "commits": int(commits),
         "requests_per_commit": round(d["hopcast_write_group_requests_sum"] / commits, 2),
         "commit_ms_mean": round(d["hopcast_write_commit_seconds_sum"] / commits * 1e3, 2),
+        "stage_ms_mean": stages,
     }
 
 

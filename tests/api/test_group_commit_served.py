@@ -107,3 +107,31 @@ def test_a_running_app_shortens_the_switch_interval_and_restores_it(tmp_path: Pa
             assert sys.getswitchinterval() == before
     finally:
         sys.setswitchinterval(outer)
+
+
+def test_metrics_show_where_each_write_requests_time_went(tmp_path: Path) -> None:
+    now = now_us()
+    with app_over(lmdb_kv(tmp_path)) as (app, _):
+
+        async def scenario() -> str:
+            async with client_of(app) as client:
+                answers = await asyncio.gather(
+                    *(
+                        client.post(
+                            "/v1/mutations",
+                            content=body(edge(f"profile:{i}", "title:1", now, f"s{i}")),
+                        )
+                        for i in range(3)
+                    )
+                )
+                assert [r.status_code for r in answers] == [200] * 3
+                return (await client.get("/metrics")).text
+
+        metrics = asyncio.run(scenario())
+        for stage in ("wait", "write", "return"):
+            series = f'hopcast_write_stage_seconds_count{{stage="{stage}"}}'
+            assert metric(metrics, series) == 3, f"{series} did not count each request"
+            total = metric(metrics, f'hopcast_write_stage_seconds_sum{{stage="{stage}"}}')
+            assert total >= 0
+        written = metric(metrics, 'hopcast_write_stage_seconds_sum{stage="write"}')
+        assert written > 0, "a commit takes time: the write stage cannot be empty"

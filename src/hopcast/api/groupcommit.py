@@ -35,7 +35,8 @@ serialises their writers across processes, and Redis applies each write atomical
 
 Metrics (in the app's registry): ``hopcast_write_group_requests`` (requests per commit, a
 histogram), ``hopcast_write_queue_depth`` (requests waiting), ``hopcast_write_commit_seconds``
-(time of each group's write, commit included) and ``hopcast_write_queue_full_total``.
+(time of each group's write, commit included), ``hopcast_write_stage_seconds{stage}`` (where a
+request's time went: :data:`STAGES`) and ``hopcast_write_queue_full_total``.
 """
 
 from __future__ import annotations
@@ -81,6 +82,14 @@ RETRY_AFTER_S = 1
 GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: Bounds of the commit-time histogram, in seconds (an fsync is milliseconds).
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0)
+#: Bounds of the per-stage histogram, in seconds: a stage of a write under load is from well
+#: under a millisecond (the writer was free) to tens of milliseconds (behind a busy loop).
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0)
+#: The stages of a queued write request (``hopcast_write_stage_seconds{stage}``): ``wait``
+#: from queued to taken by the writer thread, ``write`` from taken to answered (decoding a large
+#: body, the group's store write and commit, the writer process's round trip), ``return`` from
+#: answered to the request's handler running again on its event loop.
+STAGES = ("wait", "write", "return")
 #: Bodies up to this size (16 KiB, about 100 mutations: ~2 ms of decoding and validation) are
 #: decoded and validated on the event loop as they arrive; larger ones on the writer thread, so
 #: that a 1 MiB body (~150 ms of decoding) never holds the loop. Work handed to the writer
@@ -127,6 +136,9 @@ class _Pending:
     expired: list[dict[str, Any]] = field(default_factory=list)
     result: ApplyResult | None = None
     error: BaseException | None = None
+    queued_at: float = 0.0
+    taken_at: float = 0.0
+    answered_at: float = 0.0
 
 
 def _settle(
@@ -204,6 +216,16 @@ class GroupCommitter:
             buckets=COMMIT_BUCKETS,
             registry=registry,
         )
+        self.stage_seconds = Histogram(
+            "hopcast_write_stage_seconds",
+            "Time of each stage of a queued mutation request: wait (queued until the writer "
+            "takes it), write (its group's write and commit), return (until its handler runs "
+            "again on the event loop)",
+            ("stage",),
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self._stages = [self.stage_seconds.labels(stage) for stage in STAGES]
         self.queue_full = Counter(
             "hopcast_write_queue_full",
             "Mutation requests refused with 503 because the write queue was full",
@@ -240,6 +262,7 @@ class GroupCommitter:
                     f"{RETRY_AFTER_S} s (nothing was written)",
                     headers={"Retry-After": str(RETRY_AFTER_S)},
                 )
+            pending.queued_at = perf_counter()
             self._queue.append(pending)
             self._queued_bytes += len(raw)
             self.queue_depth.set(len(self._queue))
@@ -250,7 +273,14 @@ class GroupCommitter:
                 )
                 self._thread.start()
             self._cond.notify()
-        return await pending.future
+        try:
+            return await pending.future
+        finally:
+            if pending.answered_at:  # else cancelled before its answer (the client left)
+                wait, write, back = self._stages
+                wait.observe(pending.taken_at - pending.queued_at)
+                write.observe(pending.answered_at - pending.taken_at)
+                back.observe(perf_counter() - pending.answered_at)
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Commit what is queued, then stop the writer thread and process (a later submit
@@ -316,6 +346,9 @@ class GroupCommitter:
                 group.append(self._queue.popleft())
             self._queued_bytes -= size
             self.queue_depth.set(len(self._queue))
+            now = perf_counter()
+            for p in group:
+                p.taken_at = now
             return group
 
     def _run(self) -> None:
@@ -385,6 +418,9 @@ class GroupCommitter:
                 listener(touched)
 
     def _answer(self, group: list[_Pending]) -> None:
+        now = perf_counter()
+        for p in group:
+            p.answered_at = now
         for p in group:
             outcome = None if p.result is None else Outcome(p.result, p.expired)
             error = p.error
