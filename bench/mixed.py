@@ -407,6 +407,58 @@ def run_phase(url: str, pid: int, targets: Path, args: argparse.Namespace, **kw:
 # -- main --------------------------------------------------------------------------------------
 
 
+#: Series of hopcast's /metrics read around each phase: how the group commit behaved.
+_STAGES = ("wait", "write", "return")
+_GROUP_SERIES = (
+    "hopcast_write_group_requests_sum",
+    "hopcast_write_group_requests_count",
+    "hopcast_write_commit_seconds_sum",
+    *(
+        f'hopcast_write_stage_seconds_{part}{{stage="{stage}"}}'
+        for stage in _STAGES
+        for part in ("sum", "count")
+    ),
+)
+
+
+def group_commit_stats(url: str) -> dict[str, float] | None:
+    """The group-commit counters on ``url``'s /metrics (None: not a hopcast server)."""
+    import httpx
+
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    found = {}
+    for name in _GROUP_SERIES:
+        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        if m is None:
+            return None
+        found[name] = float(m.group(1))
+    return found
+
+
+def group_commit_delta(before: dict[str, float] | None, after: dict[str, float] | None) -> Any:
+    """Commits in a phase, requests per commit and the mean commit time (ms), or None."""
+    if before is None or after is None:
+        return None
+    d = {k: after[k] - before[k] for k in _GROUP_SERIES}
+    commits = d["hopcast_write_group_requests_count"]
+    if not commits:
+        return None
+    stages = {}
+    for stage in _STAGES:  # the server's view of a write request's time, by stage (mean, ms)
+        n = d[f'hopcast_write_stage_seconds_count{{stage="{stage}"}}']
+        total = d[f'hopcast_write_stage_seconds_sum{{stage="{stage}"}}']
+        stages[stage] = round(total / n * 1e3, 2) if n else None
+    return {
+        "commits": int(commits),
+        "requests_per_commit": round(d["hopcast_write_group_requests_sum"] / commits, 2),
+        "commit_ms_mean": round(d["hopcast_write_commit_seconds_sum"] / commits * 1e3, 2),
+        "stage_ms_mean": stages,
+    }
+
+
 def measure(
     system: str, url: str, pid: int, targets: Path, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
@@ -419,7 +471,11 @@ def measure(
             {"writers": args.writers, "write_rate": args.write_rate, "batch": args.batch},
         ),
     ):
+        before = group_commit_stats(url) if system == "hopcast" else None
         report = run_phase(url, pid, targets, args, seconds=args.seconds, **kw)
+        report["group_commit"] = group_commit_delta(
+            before, group_commit_stats(url) if before is not None else None
+        )
         report["reads_per_server_cpu_s"] = (
             round(report["reads"] / report["server_cpu_s"], 1) if report["server_cpu_s"] else None
         )
@@ -447,6 +503,7 @@ def summary(rows: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str
                 "write_p50_ms": mx["write_p50_ms"],
                 "write_p99_ms": mx["write_p99_ms"],
                 "writes_per_s": mx["writes_per_s"],
+                "group_commit": mx.get("group_commit"),
             }
             | params
         )
@@ -501,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
         "cores": os.cpu_count(),
         "commit": commit,
         "quick": args.quick,
+        # the machine is shared: its load when the run started (1, 5, 15 min), as `uptime`
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     workdir = Path(tempfile.mkdtemp(prefix="hopcast-mixed-"))
     rows: list[dict[str, Any]] = []

@@ -37,7 +37,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from hopcast.api import bounds, console, docs, errors, jobs, openapi
+from hopcast.api import bounds, console, docs, errors, fastpath, jobs, openapi
 from hopcast.api import policy as policies
 from hopcast.api.bodies import (
     MutationsRequest,
@@ -256,6 +256,13 @@ def whole_numbers_of(item: Any, schema: Schema) -> Any:
     ``5.0`` as an integer). Other properties keep the number as written."""
     if not isinstance(item, dict):
         return item
+    props = item.get("props")
+    if (
+        not isinstance(item.get("ts"), float)
+        and not isinstance(item.get("seq"), float)
+        and not (isinstance(props, dict) and any(isinstance(v, float) for v in props.values()))
+    ):
+        return item  # no float anywhere it could matter: as written (the common case)
     out = dict(item)
     for name in ("ts", "seq"):
         out[name] = _whole(out.get(name))
@@ -800,4 +807,7 @@ def create_app(
         async def home() -> Response:
             return RedirectResponse("/web/")
 
+    # The hot routes (node and neighbour reads, mutations) skip FastAPI's per-request
+    # dependency solving when their parameters are plainly valid; same policy, same answers.
+    fastpath.install(app)
     return app

@@ -268,6 +268,8 @@ def whole_numbers(value: Any, info: mi.Type) -> Any:
     """
     if isinstance(info, mi.Metadata):
         info = info.type
+    if isinstance(info, mi.AnyType):  # kept as written, nested values too (each mutation)
+        return value
     if isinstance(value, float):
         if value.is_integer() and _takes_int_not_float(info):
             return int(value)

@@ -35,13 +35,15 @@ serialises their writers across processes, and Redis applies each write atomical
 
 Metrics (in the app's registry): ``hopcast_write_group_requests`` (requests per commit, a
 histogram), ``hopcast_write_queue_depth`` (requests waiting), ``hopcast_write_commit_seconds``
-(time of each group's write, commit included) and ``hopcast_write_queue_full_total``.
+(time of each group's write, commit included), ``hopcast_write_stage_seconds{stage}`` (where a
+request's time went: :data:`STAGES`) and ``hopcast_write_queue_full_total``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -80,6 +82,14 @@ RETRY_AFTER_S = 1
 GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: Bounds of the commit-time histogram, in seconds (an fsync is milliseconds).
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0)
+#: Bounds of the per-stage histogram, in seconds: a stage of a write under load is from well
+#: under a millisecond (the writer was free) to tens of milliseconds (behind a busy loop).
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0)
+#: The stages of a queued write request (``hopcast_write_stage_seconds{stage}``): ``wait``
+#: from queued to taken by the writer thread, ``write`` from taken to answered (decoding a large
+#: body, the group's store write and commit, the writer process's round trip), ``return`` from
+#: answered to the request's handler running again on its event loop.
+STAGES = ("wait", "write", "return")
 #: Bodies up to this size (16 KiB, about 100 mutations: ~2 ms of decoding and validation) are
 #: decoded and validated on the event loop as they arrive; larger ones on the writer thread, so
 #: that a 1 MiB body (~150 ms of decoding) never holds the loop. Work handed to the writer
@@ -92,6 +102,15 @@ INLINE_PREPARE_BYTES = 16 << 10
 IDLE_EXIT_S = 10.0
 #: How long closing waits for the queued requests to be committed.
 CLOSE_TIMEOUT_S = 30.0
+#: The interpreter's switch interval while a served app runs (seconds; Python's default is
+#: 5 ms). The writer thread needs the interpreter lock about three times per group (taking it,
+#: after sending it to the writer process, after the reply); while the event loop is busy with
+#: reads it gets the lock only when the loop's interval expires, so each of those waits cost up
+#: to 5 ms: measured under the read mix, the wait for the lock after a request was queued was
+#: 0.4 ms at p50 but 7.8 ms at p99 (and 9-35 ms at p50 on a loaded machine). Half a millisecond
+#: bounds each wait at that; the cost is a switch more often when two threads both run, which
+#: in a served process is rare (the loop's thread, and briefly the writer thread).
+SWITCH_INTERVAL_S = 0.0005
 
 #: Decodes and validates one request body: the mutations to write (canonical, validated for
 #: the store's schema) and the JSON entries of those expired on arrival; raises the request's
@@ -117,6 +136,9 @@ class _Pending:
     expired: list[dict[str, Any]] = field(default_factory=list)
     result: ApplyResult | None = None
     error: BaseException | None = None
+    queued_at: float = 0.0
+    taken_at: float = 0.0
+    answered_at: float = 0.0
 
 
 def _settle(
@@ -194,6 +216,16 @@ class GroupCommitter:
             buckets=COMMIT_BUCKETS,
             registry=registry,
         )
+        self.stage_seconds = Histogram(
+            "hopcast_write_stage_seconds",
+            "Time of each stage of a queued mutation request: wait (queued until the writer "
+            "takes it), write (its group's write and commit), return (until its handler runs "
+            "again on the event loop)",
+            ("stage",),
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self._stages = [self.stage_seconds.labels(stage) for stage in STAGES]
         self.queue_full = Counter(
             "hopcast_write_queue_full",
             "Mutation requests refused with 503 because the write queue was full",
@@ -230,6 +262,7 @@ class GroupCommitter:
                     f"{RETRY_AFTER_S} s (nothing was written)",
                     headers={"Retry-After": str(RETRY_AFTER_S)},
                 )
+            pending.queued_at = perf_counter()
             self._queue.append(pending)
             self._queued_bytes += len(raw)
             self.queue_depth.set(len(self._queue))
@@ -240,7 +273,14 @@ class GroupCommitter:
                 )
                 self._thread.start()
             self._cond.notify()
-        return await pending.future
+        try:
+            return await pending.future
+        finally:
+            if pending.answered_at:  # else cancelled before its answer (the client left)
+                wait, write, back = self._stages
+                wait.observe(pending.taken_at - pending.queued_at)
+                write.observe(pending.answered_at - pending.taken_at)
+                back.observe(perf_counter() - pending.answered_at)
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Commit what is queued, then stop the writer thread and process (a later submit
@@ -271,15 +311,21 @@ class GroupCommitter:
 
     def router(self) -> APIRouter:
         """No routes: a lifespan that starts the writer process with the app (so that the
-        first write does not wait for it) and stops the writer when the app shuts down."""
+        first write does not wait for it), shortens the interpreter's switch interval to
+        :data:`SWITCH_INTERVAL_S` while the app runs, and stops the writer when the app shuts
+        down."""
 
         @asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            previous = sys.getswitchinterval()
+            sys.setswitchinterval(min(previous, SWITCH_INTERVAL_S))
             await run_in_threadpool(self.start)
             try:
                 yield
             finally:
                 await run_in_threadpool(self.close)
+                if sys.getswitchinterval() == min(previous, SWITCH_INTERVAL_S):
+                    sys.setswitchinterval(previous)  # unless someone else has changed it since
 
         return APIRouter(lifespan=lifespan)
 
@@ -300,6 +346,9 @@ class GroupCommitter:
                 group.append(self._queue.popleft())
             self._queued_bytes -= size
             self.queue_depth.set(len(self._queue))
+            now = perf_counter()
+            for p in group:
+                p.taken_at = now
             return group
 
     def _run(self) -> None:
@@ -369,6 +418,9 @@ class GroupCommitter:
                 listener(touched)
 
     def _answer(self, group: list[_Pending]) -> None:
+        now = perf_counter()
+        for p in group:
+            p.answered_at = now
         for p in group:
             outcome = None if p.result is None else Outcome(p.result, p.expired)
             error = p.error

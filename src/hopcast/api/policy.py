@@ -29,7 +29,7 @@ UI's *Authorize* button sends the key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -153,6 +153,28 @@ def public(reason: str) -> Any:
     """The dependency of a route anyone may call; ``reason`` says why (it is recorded in the
     OpenAPI document)."""
     return Depends(_Public(Policy(None, reason=reason)))
+
+
+def enforcer(route: APIRoute) -> Callable[[Request], Awaitable[None]] | None:
+    """What the policy dependency of ``route`` does, as one call on a request (for
+    :mod:`hopcast.api.fastpath`), or None when the route's dependencies are not exactly one
+    policy."""
+    dependencies = route.dependant.dependencies
+    if len(dependencies) != 1 or not isinstance(dependencies[0].call, _Check):
+        return None
+    check = dependencies[0].call
+    if isinstance(check, _Guarded):
+
+        async def guarded(request: Request) -> None:
+            credentials = await bearer(request)
+            await check._apply(request, None if credentials is None else credentials.credentials)
+
+        return guarded
+
+    async def public_(request: Request) -> None:
+        await check._apply(request, None)
+
+    return public_
 
 
 def served_routes(app: FastAPI) -> list[Any]:
