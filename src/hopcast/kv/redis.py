@@ -45,8 +45,15 @@ entries of the whole batch are one variadic ZADD. An item goes as a conditional 
 put only if every change the block made to it was a ``put_lww``; after an unconditional put or
 a delete of it in the same block, its final put is unconditional (that is what running the
 changes in order gives). Puts and deletes are sent blind: :meth:`WriteTxn.discard` queues a
-delete without reading the item (the graph store's removal of an edge's old list positions),
-``delete`` still reads it to answer whether it existed. The read-ahead of a batch
+delete without reading the item, ``delete`` still reads it to answer whether it existed.
+:meth:`WriteTxn.put_indexed` (the graph store's edges: the ``key`` item and its entries in the
+``out``/``in`` lists) is decided on the server: the item as a conditional put, each list entry
+against a per-entry marker in its own record that holds the newest version written (see
+:data:`_APPLY`), so the old entry removed is the one stored when the script runs, not the one
+this block read. Writers in several processes writing the same edges at once (API replicas, the
+API beside an ingest engine) thus always leave exactly the winner's entries, on one server and
+on a Cluster (each list converges in its own slot, whatever order the slots' scripts run in);
+``tests/kv/test_redis_concurrent_writers.py`` checks every index against the LWW winners. The read-ahead of a batch
 (:meth:`WriteTxn.prefetch`) is one script call on one server (one pipeline per node of a
 Cluster). So a graph-store batch costs three round trips on one server -- the node-delete
 marker page, the read-ahead, the commit -- whatever its size.
@@ -66,10 +73,10 @@ checkpoints -- is **one Lua script**, which Redis runs atomically.
 
 A crash between groups leaves some groups applied and the checkpoint old. Replaying the
 *mutations* from the old checkpoint over that half-applied state is not enough on its own:
-:class:`~hopcast.graph.store.GraphStore` decides what to write from what it reads (an edge
-upsert finds the edge's previous time position in its ``key`` record and deletes it from the
-``out``/``in`` lists), and a replay that finds the ``key`` record already updated would skip
-the lists that were not. So a batch of more than one group is first written as a **journal**
+:class:`~hopcast.graph.store.GraphStore` decides what to write from what it reads (a node
+upsert merges into the stored node; an edge upsert is skipped when its ``key`` item is
+already as new), and a replay that finds one record already updated would skip the others
+that were not. So a batch of more than one group is first written as a **journal**
 (its exact per-slot scripts' arguments, one HSET in the checkpoint's slot), then applied, and
 the journal entry is removed in the same script that advances the checkpoint. A journal left
 behind (crash, network failure, node restart) is *rolled forward*: by the same store before its
@@ -148,6 +155,7 @@ from hopcast.kv.base import (
     T,
     WriteTxn,
     expiry,
+    time_key,
     visible,
 )
 
@@ -254,6 +262,18 @@ _LUA_CHUNK = 1000
 #: 3. the expiry index: count of (score, member) pairs, then the pairs (one variadic ZADD).
 #: 4. namespaces to declare if absent: count, then names (only with a ``meta`` key).
 #: 5. checkpoints: count of (source, position) pairs, then the pairs (only with a ``cp`` key).
+#: 6. list entries (``put_indexed``): count, then (key index, suffix, blob, expiry score or
+#:    '', the record's expiry member prefix, hint) per entry. The record keeps, per suffix, a
+#:    marker field ``\xff ‖ suffix`` (not in the sorted set, so no read sees it) holding the
+#:    header of the newest write of that entry, tombstones included; a write that is strictly
+#:    newer than the marker removes the entry the marker places (its item and expiry-index
+#:    entry; the hint, the entry the writer read, when there is no marker yet: edges bulk
+#:    loaded without one), writes ``time_key(ts) ‖ suffix`` unless it is a tombstone, and
+#:    becomes the marker. Each list thus converges to its newest write whatever order
+#:    concurrent writers' scripts run in, on one server and per slot of a Cluster. Markers
+#:    carry the entry's expiry and have their own expiry-index entries, so the sweep removes
+#:    them as it removes items.
+#:    Last, so that a journal written before this section existed still parses.
 #:
 #: A delete or a put without expiry leaves the item's expiry-index entry behind: the sweep
 #: reads the item before removing it, so a stale entry only costs its memory until its score
@@ -275,6 +295,13 @@ local function newer(new, old)
     if a ~= b then return a > b end
   end
   return false
+end
+-- the time key of a header's ts: 2**63 - 1 - ts, big-endian (ts >= 0 flips the low 63 bits)
+local function inv(header)
+  local b = {string.byte(header, 1, 8)}
+  b[1] = bit.bxor(b[1], 127)
+  for j = 2, 8 do b[j] = bit.bxor(b[j], 255) end
+  return string.char(unpack(b))
 end
 local function apply(exp, cp, meta)
   local i = 2
@@ -330,6 +357,37 @@ local function apply(exp, cp, meta)
     n = tonumber(ARGV[i])
     i = i + 1
     if n > 0 then many('HSET', cp, ARGV, i, i + 2 * n - 1) end
+    i = i + 2 * n
+  end
+  n = tonumber(ARGV[i] or '0')
+  i = i + 1
+  for _ = 1, n do
+    local k = tonumber(ARGV[i])
+    local z, h, s, blob = KEYS[k], KEYS[k + 1], ARGV[i + 1], ARGV[i + 2]
+    local score, pre = ARGV[i + 3], ARGV[i + 4]
+    local mark = '\\255' .. s
+    local m = redis.call('HGET', h, mark)
+    if not m or newer(blob, m) then
+      local old = ARGV[i + 5]
+      if m then
+        if string.byte(m, 25) % 2 == 0 then old = inv(m) .. s else old = '' end
+      end
+      local tomb = string.byte(blob, 25) % 2 == 1
+      local nk = inv(blob) .. s
+      if old ~= '' and (tomb or old ~= nk) then
+        if redis.call('HDEL', h, old) > 0 then redis.call('ZREM', z, old) end
+        redis.call('ZREM', exp, pre .. old)
+      end
+      if tomb then
+        redis.call('HSET', h, mark, string.sub(blob, 1, 25))
+        if score ~= '' then redis.call('ZADD', exp, score, pre .. mark) end
+      else
+        redis.call('HSET', h, nk, blob, mark, string.sub(blob, 1, 25))
+        redis.call('ZADD', z, 0, nk)
+        if score ~= '' then redis.call('ZADD', exp, score, pre .. nk, score, pre .. mark) end
+      end
+    end
+    i = i + 6
   end
   return 1
 end
@@ -502,8 +560,8 @@ for j = 2, #KEYS, 2 do
     local v = redis.call('HGET', KEYS[j + 1], key)
     if v and string.sub(v, 17, 24) ~= never and not later(v, ARGV[2]) then
       redis.call('HDEL', KEYS[j + 1], key)
-      redis.call('ZREM', KEYS[j], key)
-      removed = removed + 1
+      -- a list's marker (see _APPLY) is not in the sorted set and is not an item
+      removed = removed + redis.call('ZREM', KEYS[j], key)
     end
   end
 end
@@ -1297,8 +1355,11 @@ _Args = list[bytes | int | str]
 
 #: A record's share of a block: unconditional puts (flat key, blob), deletes, the expiry-index
 #: entries of those puts (flat score, member), conditional puts (flat key, blob, score or
-#: b"", member), and (in a list of one) the record's expiry-index member prefix.
-_Record = tuple[list[bytes], list[bytes], list[bytes | int], list[bytes | int], list[bytes]]
+#: b"", member), (in a list of one) the record's expiry-index member prefix, and list entries
+#: of ``put_indexed`` (flat suffix, blob, score or b"", member prefix, hint; see :data:`_APPLY`).
+_Record = tuple[
+    list[bytes], list[bytes], list[bytes | int], list[bytes | int], list[bytes], list[bytes | int]
+]
 
 
 class _RedisWrite(WriteTxn):
@@ -1320,6 +1381,10 @@ class _RedisWrite(WriteTxn):
         self._read: dict[tuple[str, bytes, bytes], Item | None] = {}
         #: the Redis keys of the records this block touched
         self._names: dict[tuple[str, bytes], tuple[bytes, bytes]] = {}
+        #: list entries of ``put_indexed`` by (list ns, list rid, suffix): (blob, hint)
+        self._indexed: dict[tuple[str, bytes, bytes], tuple[bytes, bytes]] = {}
+        #: items of ``_changes`` that only show reads the ``put_indexed`` entries (not sent)
+        self._shadow: set[tuple[str, bytes, bytes]] = set()
 
     def _keys(self, ns: str, rid: bytes) -> tuple[bytes, bytes]:
         names = self._names.get((ns, rid))
@@ -1419,6 +1484,8 @@ class _RedisWrite(WriteTxn):
         )
         if self._lww:
             self._lww.discard(k)
+        if self._shadow:
+            self._shadow.discard(k)
 
     def put_lww(
         self,
@@ -1440,10 +1507,55 @@ class _RedisWrite(WriteTxn):
         k = (ns, rid, key)
         if k not in self._changes or k in self._lww:
             self._lww.add(k)
+        if self._shadow:
+            self._shadow.discard(k)
         value = bytes(value)
         self._changes[k] = _item(
             Item, (key, value, ts, token, expiry(ts, ttl, tombstone), tombstone)
         )
+        return True
+
+    indexes_on_server = True
+
+    def put_indexed(
+        self,
+        ns: str,
+        rid: bytes,
+        key: bytes,
+        value: bytes,
+        ts: int,
+        token: int,
+        lists: Iterable[tuple[str, bytes, bytes]],
+        tombstone: bool = False,
+    ) -> bool:
+        """The item goes as a conditional put (checked against the stored version at
+        commit); each list entry as a marker-checked move (see :data:`_APPLY`), so the server
+        decides which entries stay from what is stored when the script runs, not from what
+        this block read."""
+        stored = self._stored(ns, rid, key)
+        if not self.put_lww(ns, rid, key, value, ts, token, tombstone=tombstone):
+            return False
+        value = bytes(value) if not tombstone else b""
+        flags = FLAG_TOMBSTONE if tombstone else 0
+        read = time_key(stored.ts) if stored is not None and not stored.tombstone else b""
+        new_key = time_key(ts)
+        changes, shadow, indexed = self._changes, self._shadow, self._indexed
+        for lns, lrid, suffix in lists:
+            expires_at = expiry(ts, self._namespace_ttl(lns), tombstone)
+            indexed[(lns, lrid, suffix)] = (
+                _header_pack(ts, token, expires_at, flags) + value,
+                read + suffix if read else b"",
+            )
+            # what reads in this block see: the entry read goes, the new one is there
+            if read:
+                k = (lns, lrid, read + suffix)
+                if k not in changes or k in shadow:
+                    changes[k] = None
+                    shadow.add(k)
+            if not tombstone:
+                k = (lns, lrid, new_key + suffix)
+                changes[k] = _item(Item, (new_key + suffix, value, ts, token, expires_at, False))
+                shadow.add(k)
         return True
 
     def put_many(self, items: Iterable[tuple[str, bytes, bytes, bytes, int, int]]) -> None:
@@ -1459,6 +1571,8 @@ class _RedisWrite(WriteTxn):
             changes[k] = _item(Item, (key, bytes(value), ts, token, expires_at, False))
             if lww:
                 lww.discard(k)
+        if self._shadow:
+            self._shadow.difference_update(self._changes.keys() & self._shadow)
 
     def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
         existed = self.get(ns, rid, key) is not None
@@ -1472,6 +1586,8 @@ class _RedisWrite(WriteTxn):
         self._changes[k] = None
         if self._lww:
             self._lww.discard(k)
+        if self._shadow:
+            self._shadow.discard(k)
 
     def scan(
         self,
@@ -1497,7 +1613,7 @@ class _RedisWrite(WriteTxn):
         self._checkpoints[source] = bytes(position)
 
     def commit(self) -> None:
-        if not (self._changes or self._checkpoints or self._declared):
+        if not (self._changes or self._checkpoints or self._declared or self._indexed):
             return
         kv = self._kv
         if kv.cluster:
@@ -1516,13 +1632,15 @@ class _RedisWrite(WriteTxn):
         """The block's changes by record, in the order records were first changed, each item
         once in its final state (see :data:`_Record`)."""
         records: dict[tuple[str, bytes], _Record] = {}
-        lww = self._lww
+        lww, shadow = self._lww, self._shadow
         pack = _header_pack
         for k, item in self._changes.items():
             ns, rid, key = k
+            if shadow and k in shadow:
+                continue
             rec = records.get((ns, rid))
             if rec is None:
-                rec = records[(ns, rid)] = ([], [], [], [], [])
+                rec = records[(ns, rid)] = ([], [], [], [], [], [])
             if item is None:
                 rec[1].append(key)
                 continue
@@ -1538,6 +1656,15 @@ class _RedisWrite(WriteTxn):
                     continue
                 rec[2].extend((expires_at, prefix[0] + key))
             rec[0].extend((key, blob))
+        for (ns, rid, suffix), (blob, hint) in self._indexed.items():
+            rec = records.get((ns, rid))
+            if rec is None:
+                rec = records[(ns, rid)] = ([], [], [], [], [], [])
+            prefix = rec[4]
+            if not prefix:
+                prefix.append(_member(ns, rid, b""))
+            expires_at = _header_unpack(blob)[2]
+            rec[5].extend((suffix, blob, expires_at or b"", prefix[0], hint))
         return records
 
     def _single(self) -> tuple[list[bytes], _Args]:
@@ -1548,7 +1675,8 @@ class _RedisWrite(WriteTxn):
         args: _Args = [len(records)]
         conditional: _Args = []
         index: list[bytes | int] = []
-        for (ns, rid), (puts, dels, idx, cond, _) in records.items():
+        entries: _Args = []
+        for (ns, rid), (puts, dels, idx, cond, _, ind) in records.items():
             keys += self._keys(ns, rid)
             k = len(keys) - 1  # the record's sorted set, as a Lua index (from 1)
             args.append(k)
@@ -1560,11 +1688,14 @@ class _RedisWrite(WriteTxn):
                 index += idx
             for i in range(0, len(cond), 4):
                 conditional += (k, *cond[i : i + 4])
+            for i in range(0, len(ind), 5):
+                entries += (k, *ind[i : i + 5])
         args += (len(conditional) // 5, *conditional)
         args += (len(index) // 2, *index, len(self._declared), *self._declared)
         args.append(len(self._checkpoints))
         for source, position in self._checkpoints.items():
             args += (source, position)
+        args += (len(entries) // 6, *entries)
         return keys, args
 
     def _groups(self) -> list[tuple[list[bytes], list[bytes | int]]]:
@@ -1574,14 +1705,21 @@ class _RedisWrite(WriteTxn):
         # per slot: KEYS, the records' arguments, their count, conditional puts, index pairs
         by_slot: dict[
             int,
-            tuple[list[bytes], list[bytes | int], list[int], list[bytes | int], list[bytes | int]],
+            tuple[
+                list[bytes],
+                list[bytes | int],
+                list[int],
+                list[bytes | int],
+                list[bytes | int],
+                list[bytes | int],
+            ],
         ] = {}
-        for (ns, rid), (puts, dels, idx, cond, _) in self._records().items():
+        for (ns, rid), (puts, dels, idx, cond, _, ind) in self._records().items():
             z, h = self._keys(ns, rid)
             slot = key_slot(z)  # one string search and a C CRC: cheap next to the rest
             group = by_slot.get(slot)
             if group is None:
-                group = by_slot[slot] = ([kv._exp_of(slot)], [], [0], [], [])
+                group = by_slot[slot] = ([kv._exp_of(slot)], [], [0], [], [], [])
             group[0].extend((z, h))
             k = len(group[0]) - 1
             group[1].extend((k, len(puts) // 2, *puts, len(dels), *dels))
@@ -1589,9 +1727,13 @@ class _RedisWrite(WriteTxn):
             group[4].extend(idx)
             for i in range(0, len(cond), 4):
                 group[3].extend((k, *cond[i : i + 4]))
+            for i in range(0, len(ind), 5):
+                group[5].extend((k, *ind[i : i + 5]))
         out: list[tuple[list[bytes], list[bytes | int]]] = []
-        for keys, recs, n, cond, idx in by_slot.values():
+        for keys, recs, n, cond, idx, ind in by_slot.values():
             args: list[bytes | int] = [n[0], *recs, len(cond) // 5, *cond, len(idx) // 2, *idx]
+            if ind:  # last (see _APPLY); a group without entries keeps the earlier form
+                args += (len(ind) // 6, *ind)
             out.append((keys, args))
         return out
 
