@@ -53,10 +53,10 @@ against a per-entry marker in its own record that holds the newest version writt
 this block read. Writers in several processes writing the same edges at once (API replicas, the
 API beside an ingest engine) thus always leave exactly the winner's entries, on one server and
 on a Cluster (each list converges in its own slot, whatever order the slots' scripts run in);
-``tests/kv/test_redis_concurrent_writers.py`` checks every index against the LWW winners. The read-ahead of a batch
-(:meth:`WriteTxn.prefetch`) is one script call on one server (one pipeline per node of a
-Cluster). So a graph-store batch costs three round trips on one server -- the node-delete
-marker page, the read-ahead, the commit -- whatever its size.
+``tests/kv/test_redis_concurrent_writers.py`` checks every index against the LWW winners.
+The read-ahead of a batch (:meth:`WriteTxn.prefetch`) is one script call on one server
+(one pipeline per node of a Cluster). So a graph-store batch costs three round trips on one
+server -- the node-delete marker page, the read-ahead, the commit -- whatever its size.
 
 *One server*: the whole batch -- data, deletes, the expiry index, namespace declarations and
 checkpoints -- is **one Lua script**, which Redis runs atomically.
@@ -134,9 +134,10 @@ import struct
 import threading
 import time
 import urllib.parse
-from binascii import crc_hqx
+from binascii import crc_hqx, hexlify
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -256,24 +257,29 @@ _LUA_CHUNK = 1000
 #:    the number of puts, (item key, blob) per put, the number of deletes, item key per delete.
 #:    Puts and deletes are unconditional and each item appears once per batch (the transaction
 #:    coalesces), so a record is one variadic HDEL + ZREM and one HSET + ZADD.
-#: 2. conditional puts (``put_lww``): count, then (key index, item key, blob, expiry score or
-#:    '', expiry member) per put; written only if the blob's (ts, token) header is strictly
-#:    newer than the stored one.
+#: 2. conditional puts in the layout of earlier releases (a journal they left): count, then
+#:    (key index, item key, blob, expiry score or '', expiry member) per put; written only if
+#:    the blob's (ts, token) header is strictly newer than the stored one. Now always 0.
 #: 3. the expiry index: count of (score, member) pairs, then the pairs (one variadic ZADD).
 #: 4. namespaces to declare if absent: count, then names (only with a ``meta`` key).
 #: 5. checkpoints: count of (source, position) pairs, then the pairs (only with a ``cp`` key).
-#: 6. list entries (``put_indexed``): count, then (key index, suffix, blob, expiry score or
-#:    '', the record's expiry member prefix, hint) per entry. The record keeps, per suffix, a
-#:    marker field ``\xff ‖ suffix`` (not in the sorted set, so no read sees it) holding the
-#:    header of the newest write of that entry, tombstones included; a write that is strictly
-#:    newer than the marker removes the entry the marker places (its item and expiry-index
-#:    entry; the hint, the entry the writer read, when there is no marker yet: edges bulk
-#:    loaded without one), writes ``time_key(ts) ‖ suffix`` unless it is a tombstone, and
-#:    becomes the marker. Each list thus converges to its newest write whatever order
-#:    concurrent writers' scripts run in, on one server and per slot of a Cluster. Markers
-#:    carry the entry's expiry and have their own expiry-index entries, so the sweep removes
-#:    them as it removes items.
-#:    Last, so that a journal written before this section existed still parses.
+#: 6. per record: its key index, its expiry-member prefix, the number of conditional puts
+#:    (``put_lww``) and (item key, blob, expiry score or '') per put, then the number of list
+#:    entries (``put_indexed``) and (item key ``time_key(ts) ‖ suffix``, blob, expiry score
+#:    or '', hint) per entry. Last,
+#:    so that a journal written before this section existed still parses. A record is one
+#:    HMGET of what it checks, then one variadic HDEL + ZREM, HSET and ZADD.
+#:
+#:    A conditional put is written only if its (ts, token) is strictly newer than the stored
+#:    item's. A list entry is checked against its *marker*: the field ``\xff ‖ suffix`` of the
+#:    list record's hash (never in the sorted set, so no read sees it), the header of the
+#:    newest write of that entry, tombstones included. A write strictly newer than the marker
+#:    removes the entry the marker places (or, with no marker yet -- edges bulk loaded without
+#:    one -- the hint: the entry the writer read), with its expiry-index entry; writes
+#:    ``time_key(ts) ‖ suffix`` unless it is a tombstone; and becomes the marker. Each list
+#:    thus converges to its newest write in whatever order concurrent writers' scripts run, on
+#:    one server and per slot of a Cluster. A live entry's marker goes with the entry when the
+#:    sweep removes it; a tombstone's marker has its own expiry-index entry.
 #:
 #: A delete or a put without expiry leaves the item's expiry-index entry behind: the sweep
 #: reads the item before removing it, so a stale entry only costs its memory until its score
@@ -287,6 +293,15 @@ local function many(cmd, key, args, first, last)
     total = total + redis.call(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, last)))
   end
   return total
+end
+local function hmget(h, ks)
+  if #ks <= CHUNK then return redis.call('HMGET', h, unpack(ks)) end
+  local out = {}
+  for first = 1, #ks, CHUNK do
+    local vs = redis.call('HMGET', h, unpack(ks, first, math.min(first + CHUNK - 1, #ks)))
+    for j = 1, #vs do out[#out + 1] = vs[j] end
+  end
+  return out
 end
 local function newer(new, old)
   for i = 1, 16 do
@@ -359,36 +374,75 @@ local function apply(exp, cp, meta)
     if n > 0 then many('HSET', cp, ARGV, i, i + 2 * n - 1) end
     i = i + 2 * n
   end
+  -- 6. per record: conditional puts, then list entries (see the section's comment)
   n = tonumber(ARGV[i] or '0')
   i = i + 1
+  local expadd, expdel = {}, {}
   for _ = 1, n do
     local k = tonumber(ARGV[i])
-    local z, h, s, blob = KEYS[k], KEYS[k + 1], ARGV[i + 1], ARGV[i + 2]
-    local score, pre = ARGV[i + 3], ARGV[i + 4]
-    local mark = '\\255' .. s
-    local m = redis.call('HGET', h, mark)
-    if not m or newer(blob, m) then
-      local old = ARGV[i + 5]
-      if m then
-        if string.byte(m, 25) % 2 == 0 then old = inv(m) .. s else old = '' end
-      end
-      local tomb = string.byte(blob, 25) % 2 == 1
-      local nk = inv(blob) .. s
-      if old ~= '' and (tomb or old ~= nk) then
-        if redis.call('HDEL', h, old) > 0 then redis.call('ZREM', z, old) end
-        redis.call('ZREM', exp, pre .. old)
-      end
-      if tomb then
-        redis.call('HSET', h, mark, string.sub(blob, 1, 25))
-        if score ~= '' then redis.call('ZADD', exp, score, pre .. mark) end
-      else
-        redis.call('HSET', h, nk, blob, mark, string.sub(blob, 1, 25))
-        redis.call('ZADD', z, 0, nk)
-        if score ~= '' then redis.call('ZADD', exp, score, pre .. nk, score, pre .. mark) end
+    local z, h, pre = KEYS[k], KEYS[k + 1], ARGV[i + 1]
+    local hset, zadd, hdel = {}, {}, {}
+    local nc = tonumber(ARGV[i + 2])
+    i = i + 3
+    if nc > 0 then
+      local ks = {}
+      for j = i, i + 3 * nc - 1, 3 do ks[#ks + 1] = ARGV[j] end
+      local olds = hmget(h, ks)
+      for j = 1, nc do
+        local key, blob, old = ARGV[i], ARGV[i + 1], olds[j]
+        if not old or newer(blob, old) then
+          hset[#hset + 1] = key; hset[#hset + 1] = blob
+          zadd[#zadd + 1] = '0'; zadd[#zadd + 1] = key
+          if ARGV[i + 2] ~= '' then
+            expadd[#expadd + 1] = ARGV[i + 2]; expadd[#expadd + 1] = pre .. key
+          end
+        end
+        i = i + 3
       end
     end
-    i = i + 6
+    local ni = tonumber(ARGV[i])
+    i = i + 1
+    if ni > 0 then
+      local ks = {}
+      for j = i, i + 4 * ni - 1, 4 do ks[#ks + 1] = '\\255' .. string.sub(ARGV[j], 9) end
+      local marks = hmget(h, ks)
+      for j = 1, ni do
+        local nk, blob, score, m = ARGV[i], ARGV[i + 1], ARGV[i + 2], marks[j]
+        if not m or newer(blob, m) then
+          local old = ARGV[i + 3]
+          if m then
+            if string.byte(m, 25) % 2 == 0 then old = inv(m) .. string.sub(nk, 9) else old = '' end
+          end
+          local tomb = string.byte(blob, 25) % 2 == 1
+          if old ~= '' and (tomb or old ~= nk) then
+            hdel[#hdel + 1] = old
+            expdel[#expdel + 1] = pre .. old
+          end
+          hset[#hset + 1] = ks[j]; hset[#hset + 1] = string.sub(blob, 1, 25)
+          if tomb then
+            if score ~= '' then
+              expadd[#expadd + 1] = score; expadd[#expadd + 1] = pre .. ks[j]
+            end
+          else
+            hset[#hset + 1] = nk; hset[#hset + 1] = blob
+            zadd[#zadd + 1] = '0'; zadd[#zadd + 1] = nk
+            if score ~= '' then
+              expadd[#expadd + 1] = score; expadd[#expadd + 1] = pre .. nk
+            end
+          end
+        end
+        i = i + 4
+      end
+    end
+    if #hdel > 0 then
+      many('HDEL', h, hdel, 1, #hdel)
+      many('ZREM', z, hdel, 1, #hdel)
+    end
+    if #hset > 0 then many('HSET', h, hset, 1, #hset) end
+    if #zadd > 0 then many('ZADD', z, zadd, 1, #zadd) end
   end
+  if #expdel > 0 then many('ZREM', exp, expdel, 1, #expdel) end
+  if #expadd > 0 then many('ZADD', exp, expadd, 1, #expadd) end
   return 1
 end
 """
@@ -561,7 +615,18 @@ for j = 2, #KEYS, 2 do
     if v and string.sub(v, 17, 24) ~= never and not later(v, ARGV[2]) then
       redis.call('HDEL', KEYS[j + 1], key)
       -- a list's marker (see _APPLY) is not in the sorted set and is not an item
-      removed = removed + redis.call('ZREM', KEYS[j], key)
+      if redis.call('ZREM', KEYS[j], key) == 1 then
+        removed = removed + 1
+        -- the marker of a list entry that is the newest write of its suffix goes with it
+        if #key > 8 then
+          local mk = '\\255' .. string.sub(key, 9)
+          local mv = redis.call('HGET', KEYS[j + 1], mk)
+          if mv and #mv == 25 and string.sub(mv, 1, 16) == string.sub(v, 1, 16)
+              and not redis.call('ZSCORE', KEYS[j], mk) then
+            redis.call('HDEL', KEYS[j + 1], mk)
+          end
+        end
+      end
     end
   end
 end
@@ -704,6 +769,8 @@ class RedisKV(KVStore):
         self.url = url
         self.prefix = prefix
         self._p = prefix.encode()
+        #: per namespace: the front of its records' sorted set and hash names (see _keys)
+        self._fronts: dict[str, tuple[bytes, bytes]] = {}
         self._closed = False
         self._lock = threading.RLock()
         plain = cluster_url(client_url)
@@ -757,8 +824,12 @@ class RedisKV(KVStore):
     # keys ----------------------------------------------------------------------------------
 
     def _keys(self, ns: str, rid: bytes) -> tuple[bytes, bytes]:
-        tag = b"{" + ns.encode().hex().encode() + b":" + rid.hex().encode() + b"}"
-        return self._p + b"z" + tag, self._p + b"h" + tag
+        fronts = self._fronts.get(ns)
+        if fronts is None:
+            tag = b"{" + hexlify(ns.encode()) + b":"
+            fronts = self._fronts[ns] = (self._p + b"z" + tag, self._p + b"h" + tag)
+        tail = hexlify(rid) + b"}"
+        return fronts[0] + tail, fronts[1] + tail
 
     def _exp_of(self, slot: int) -> bytes:
         """The Cluster expiry index of ``slot``."""
@@ -1353,6 +1424,9 @@ _item = tuple.__new__
 #: Arguments of a slot group or of the one-server batch script.
 _Args = list[bytes | int | str]
 
+#: A ``put_indexed`` list entry's arguments (see section 6 of :data:`_APPLY`).
+_Entry = tuple[bytes, bytes, int | bytes, bytes]
+
 #: A record's share of a block: unconditional puts (flat key, blob), deletes, the expiry-index
 #: entries of those puts (flat score, member), conditional puts (flat key, blob, score or
 #: b"", member), (in a list of one) the record's expiry-index member prefix, and list entries
@@ -1381,10 +1455,11 @@ class _RedisWrite(WriteTxn):
         self._read: dict[tuple[str, bytes, bytes], Item | None] = {}
         #: the Redis keys of the records this block touched
         self._names: dict[tuple[str, bytes], tuple[bytes, bytes]] = {}
-        #: list entries of ``put_indexed`` by (list ns, list rid, suffix): (blob, hint)
-        self._indexed: dict[tuple[str, bytes, bytes], tuple[bytes, bytes]] = {}
-        #: items of ``_changes`` that only show reads the ``put_indexed`` entries (not sent)
-        self._shadow: set[tuple[str, bytes, bytes]] = set()
+        #: per namespace, the front of its expiry-index members (see _member)
+        self._fronts: dict[str, bytes] = {}
+        #: list entries of ``put_indexed`` by list record, then suffix: their arguments in
+        #: section 6 of :data:`_APPLY` (item key, blob, expiry score or b"", hint)
+        self._indexed: dict[tuple[str, bytes], dict[bytes, _Entry]] = {}
 
     def _keys(self, ns: str, rid: bytes) -> tuple[bytes, bytes]:
         names = self._names.get((ns, rid))
@@ -1452,6 +1527,10 @@ class _RedisWrite(WriteTxn):
         k = (ns, rid, key)
         if k in self._changes:
             return self._changes[k]
+        if self._indexed:
+            known, item = self._indexed_view(ns, rid, key)
+            if known:
+                return item
         return self._stored(ns, rid, key)
 
     def _namespace_ttl(self, ns: str) -> int | None:
@@ -1484,8 +1563,6 @@ class _RedisWrite(WriteTxn):
         )
         if self._lww:
             self._lww.discard(k)
-        if self._shadow:
-            self._shadow.discard(k)
 
     def put_lww(
         self,
@@ -1507,8 +1584,6 @@ class _RedisWrite(WriteTxn):
         k = (ns, rid, key)
         if k not in self._changes or k in self._lww:
             self._lww.add(k)
-        if self._shadow:
-            self._shadow.discard(k)
         value = bytes(value)
         self._changes[k] = _item(
             Item, (key, value, ts, token, expiry(ts, ttl, tombstone), tombstone)
@@ -1531,32 +1606,51 @@ class _RedisWrite(WriteTxn):
         """The item goes as a conditional put (checked against the stored version at
         commit); each list entry as a marker-checked move (see :data:`_APPLY`), so the server
         decides which entries stay from what is stored when the script runs, not from what
-        this block read."""
+        this block read. Reads in the block see the entries as this block would leave them
+        (an explicit put or delete of the same list item in the block wins over that view)."""
+        k = (ns, rid, key)
+        changes = self._changes
         stored = self._stored(ns, rid, key)
-        if not self.put_lww(ns, rid, key, value, ts, token, tombstone=tombstone):
+        changed = k in changes
+        old = changes[k] if changed else stored
+        if old is not None and (ts, token) <= (old[2], old[3]):
             return False
-        value = bytes(value) if not tombstone else b""
+        ttls = self._kv._ttls
+        ttl = ttls[ns] if ns in ttls else self._namespace_ttl(ns)
+        value = b"" if tombstone else bytes(value)
+        changes[k] = _item(Item, (key, value, ts, token, expiry(ts, ttl, tombstone), tombstone))
+        lww = self._lww
+        if not changed or k in lww:
+            lww.add(k)  # as put_lww: checked against the stored version at commit
         flags = FLAG_TOMBSTONE if tombstone else 0
-        read = time_key(stored.ts) if stored is not None and not stored.tombstone else b""
+        read = time_key(stored[2]) if stored is not None and not stored[5] else b""
         new_key = time_key(ts)
-        changes, shadow, indexed = self._changes, self._shadow, self._indexed
+        indexed, pack = self._indexed, _header_pack
         for lns, lrid, suffix in lists:
-            expires_at = expiry(ts, self._namespace_ttl(lns), tombstone)
-            indexed[(lns, lrid, suffix)] = (
-                _header_pack(ts, token, expires_at, flags) + value,
+            lttl = ttls[lns] if lns in ttls else self._namespace_ttl(lns)
+            expires_at = expiry(ts, lttl, tombstone)
+            record = indexed.get((lns, lrid))
+            if record is None:
+                record = indexed[(lns, lrid)] = {}
+            record[suffix] = (
+                new_key + suffix,
+                pack(ts, token, expires_at, flags) + value,
+                expires_at or b"",
                 read + suffix if read else b"",
             )
-            # what reads in this block see: the entry read goes, the new one is there
-            if read:
-                k = (lns, lrid, read + suffix)
-                if k not in changes or k in shadow:
-                    changes[k] = None
-                    shadow.add(k)
-            if not tombstone:
-                k = (lns, lrid, new_key + suffix)
-                changes[k] = _item(Item, (new_key + suffix, value, ts, token, expires_at, False))
-                shadow.add(k)
         return True
+
+    def _indexed_view(self, ns: str, rid: bytes, key: bytes) -> tuple[bool, Item | None]:
+        """What this block's list entries make of a list item: (known, item or None)."""
+        record = self._indexed.get((ns, rid))
+        entry = None if record is None else record.get(key[8:])
+        if entry is not None:
+            if entry[0] == key:
+                item = _decode(key, entry[1])
+                return True, None if item.tombstone else item
+            if entry[3] == key:
+                return True, None
+        return False, None
 
     def put_many(self, items: Iterable[tuple[str, bytes, bytes, bytes, int, int]]) -> None:
         changes, lww = self._changes, self._lww
@@ -1571,8 +1665,6 @@ class _RedisWrite(WriteTxn):
             changes[k] = _item(Item, (key, bytes(value), ts, token, expires_at, False))
             if lww:
                 lww.discard(k)
-        if self._shadow:
-            self._shadow.difference_update(self._changes.keys() & self._shadow)
 
     def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
         existed = self.get(ns, rid, key) is not None
@@ -1586,8 +1678,6 @@ class _RedisWrite(WriteTxn):
         self._changes[k] = None
         if self._lww:
             self._lww.discard(k)
-        if self._shadow:
-            self._shadow.discard(k)
 
     def scan(
         self,
@@ -1598,6 +1688,13 @@ class _RedisWrite(WriteTxn):
         reverse: bool = False,
     ) -> Iterator[Item]:
         merged = {i.key: i for i in self._kv._stream(ns, rid, start, stop, reverse, COUNT_BATCH)}
+        for key, blob, _, read in self._indexed.get((ns, rid), {}).values():
+            merged.pop(read, None)
+            item = _decode(key, blob)
+            if item.tombstone:
+                merged.pop(key, None)
+            elif (start is None or key >= start) and (stop is None or key < stop):
+                merged[key] = item
         for (cns, crid, key), change in self._changes.items():
             if cns != ns or crid != rid:
                 continue
@@ -1632,12 +1729,10 @@ class _RedisWrite(WriteTxn):
         """The block's changes by record, in the order records were first changed, each item
         once in its final state (see :data:`_Record`)."""
         records: dict[tuple[str, bytes], _Record] = {}
-        lww, shadow = self._lww, self._shadow
+        lww = self._lww
         pack = _header_pack
         for k, item in self._changes.items():
             ns, rid, key = k
-            if shadow and k in shadow:
-                continue
             rec = records.get((ns, rid))
             if rec is None:
                 rec = records[(ns, rid)] = ([], [], [], [], [], [])
@@ -1646,26 +1741,35 @@ class _RedisWrite(WriteTxn):
                 continue
             ts, token, expires_at = item[2], item[3], item[4]
             blob = pack(ts, token, expires_at, FLAG_TOMBSTONE if item[5] else 0) + item[1]
-            conditional = lww and k in lww
-            if conditional or expires_at:
+            if lww and k in lww:
+                rec[3].extend((key, blob, expires_at or b""))
+                continue
+            if expires_at:
                 prefix = rec[4]
                 if not prefix:
                     prefix.append(_member(ns, rid, b""))
-                if conditional:
-                    rec[3].extend((key, blob, expires_at or b"", prefix[0] + key))
-                    continue
                 rec[2].extend((expires_at, prefix[0] + key))
             rec[0].extend((key, blob))
-        for (ns, rid, suffix), (blob, hint) in self._indexed.items():
+        for (ns, rid), entries in self._indexed.items():
             rec = records.get((ns, rid))
             if rec is None:
                 rec = records[(ns, rid)] = ([], [], [], [], [], [])
-            prefix = rec[4]
-            if not prefix:
-                prefix.append(_member(ns, rid, b""))
-            expires_at = _header_unpack(blob)[2]
-            rec[5].extend((suffix, blob, expires_at or b"", prefix[0], hint))
+            rec[5].extend(chain.from_iterable(entries.values()))
         return records
+
+    def _tail(self, ns: str, rid: bytes, k: int, rec: _Record, out: list[bytes | int]) -> None:
+        """Append a record's share of section 6 of :data:`_APPLY` to ``out``."""
+        if rec[4]:
+            prefix = rec[4][0]
+        else:
+            front = self._fronts.get(ns)
+            if front is None:
+                front = self._fronts[ns] = _member(ns, b"", b"")[:-2]  # len(ns) ‖ ns
+            if len(rid) > 0xFFFF:
+                raise StorageError("record id too long (the limit is 65535 bytes)")
+            prefix = front + _LEN.pack(len(rid)) + rid
+        cond, ind = rec[3], rec[5]
+        out += (k, prefix, len(cond) // 3, *cond, len(ind) // 4, *ind)
 
     def _single(self) -> tuple[list[bytes], _Args]:
         """KEYS and ARGV of the one-server batch script."""
@@ -1673,10 +1777,11 @@ class _RedisWrite(WriteTxn):
         records = self._records()
         keys: list[bytes] = [kv._exp, kv._cp, kv._meta]
         args: _Args = [len(records)]
-        conditional: _Args = []
+        tail: list[bytes | int] = []
+        tails = 0
         index: list[bytes | int] = []
-        entries: _Args = []
-        for (ns, rid), (puts, dels, idx, cond, _, ind) in records.items():
+        for (ns, rid), rec in records.items():
+            puts, dels, idx = rec[0], rec[1], rec[2]
             keys += self._keys(ns, rid)
             k = len(keys) - 1  # the record's sorted set, as a Lua index (from 1)
             args.append(k)
@@ -1686,23 +1791,23 @@ class _RedisWrite(WriteTxn):
             args += dels
             if idx:
                 index += idx
-            for i in range(0, len(cond), 4):
-                conditional += (k, *cond[i : i + 4])
-            for i in range(0, len(ind), 5):
-                entries += (k, *ind[i : i + 5])
-        args += (len(conditional) // 5, *conditional)
+            if rec[3] or rec[5]:
+                self._tail(ns, rid, k, rec, tail)
+                tails += 1
+        args.append(0)  # section 2: conditional puts go in section 6
         args += (len(index) // 2, *index, len(self._declared), *self._declared)
         args.append(len(self._checkpoints))
         for source, position in self._checkpoints.items():
             args += (source, position)
-        args += (len(entries) // 6, *entries)
+        args.append(tails)
+        args += tail
         return keys, args
 
     def _groups(self) -> list[tuple[list[bytes], list[bytes | int]]]:
         """The batch as one (KEYS, ARGV) per hash slot, each for the group script, in the
         order the slots were first written."""
         kv = self._kv
-        # per slot: KEYS, the records' arguments, their count, conditional puts, index pairs
+        # per slot: KEYS, the records' arguments, their count, section 6, its count, index pairs
         by_slot: dict[
             int,
             tuple[
@@ -1710,30 +1815,30 @@ class _RedisWrite(WriteTxn):
                 list[bytes | int],
                 list[int],
                 list[bytes | int],
-                list[bytes | int],
+                list[int],
                 list[bytes | int],
             ],
         ] = {}
-        for (ns, rid), (puts, dels, idx, cond, _, ind) in self._records().items():
+        for (ns, rid), rec in self._records().items():
+            puts, dels = rec[0], rec[1]
             z, h = self._keys(ns, rid)
             slot = key_slot(z)  # one string search and a C CRC: cheap next to the rest
             group = by_slot.get(slot)
             if group is None:
-                group = by_slot[slot] = ([kv._exp_of(slot)], [], [0], [], [], [])
+                group = by_slot[slot] = ([kv._exp_of(slot)], [], [0], [], [0], [])
             group[0].extend((z, h))
             k = len(group[0]) - 1
             group[1].extend((k, len(puts) // 2, *puts, len(dels), *dels))
             group[2][0] += 1
-            group[4].extend(idx)
-            for i in range(0, len(cond), 4):
-                group[3].extend((k, *cond[i : i + 4]))
-            for i in range(0, len(ind), 5):
-                group[5].extend((k, *ind[i : i + 5]))
+            group[5].extend(rec[2])
+            if rec[3] or rec[5]:
+                self._tail(ns, rid, k, rec, group[3])
+                group[4][0] += 1
         out: list[tuple[list[bytes], list[bytes | int]]] = []
-        for keys, recs, n, cond, idx, ind in by_slot.values():
-            args: list[bytes | int] = [n[0], *recs, len(cond) // 5, *cond, len(idx) // 2, *idx]
-            if ind:  # last (see _APPLY); a group without entries keeps the earlier form
-                args += (len(ind) // 6, *ind)
+        for keys, recs, n, tail, tails, idx in by_slot.values():
+            args: list[bytes | int] = [n[0], *recs, 0, len(idx) // 2, *idx]
+            if tails[0]:  # last (see _APPLY); a group without it keeps the earlier form
+                args += (tails[0], *tail)
             out.append((keys, args))
         return out
 
