@@ -178,6 +178,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ConfigError("the Redis backend needs redis-py: pip install 'hopcast[redis]'") from exc
 
 _header_unpack = HEADER.unpack_from
+_time_pack = struct.Struct(">Q").pack
+_TIME_BASE = (1 << 63) - 1  # time_key(ts) == _time_pack(_TIME_BASE - ts)
 _header_pack = HEADER.pack
 _LEN = struct.Struct(">H")
 
@@ -280,7 +282,16 @@ _LUA_CHUNK = 1000
 #:    thus converges to its newest write in whatever order concurrent writers' scripts run, on
 #:    one server and per slot of a Cluster. A live entry's marker goes with the entry when the
 #:    sweep removes it; a tombstone's marker has its own expiry-index entry.
-#:
+#: 7. one server only: items with time-ordered lists (``put_indexed``): the count of
+#:    (key index, expiry-member prefix) pairs of the records named below, the pairs, then the
+#:    number of items and per item: key index, item key, blob, expiry score or '', time key
+#:    (``time_key(ts)``), the number of lists, and per list: key index, suffix, the entry's
+#:    header or '' when it is the item's, expiry score or ''. The script reads the item: if
+#:    the write is strictly newer, it writes the item, removes the entries the *stored* item
+#:    places (``time_key(stored ts) ‖ suffix`` in every list, with their expiry-index
+#:    entries) and, unless it is a tombstone, writes ``time_key(ts) ‖ suffix``. Decided from
+#:    what is stored when the script runs, so concurrent writers leave the winner's entries
+#:    only, with no marker (one script sees every record of the batch).#:
 #: A delete or a put without expiry leaves the item's expiry-index entry behind: the sweep
 #: reads the item before removing it, so a stale entry only costs its memory until its score
 #: comes due (see :meth:`RedisKV.sweep`).
@@ -440,6 +451,74 @@ local function apply(exp, cp, meta)
     end
     if #hset > 0 then many('HSET', h, hset, 1, #hset) end
     if #zadd > 0 then many('ZADD', z, zadd, 1, #zadd) end
+  end
+  -- 7. items with time-ordered lists, one server (see the section's comment)
+  n = tonumber(ARGV[i] or '0')
+  i = i + 1
+  if n > 0 then
+    local front = {}
+    for j = i, i + 2 * n - 1, 2 do front[tonumber(ARGV[j])] = ARGV[j + 1] end
+    i = i + 2 * n
+    local order, acc = {}, {}
+    local function rec(k)
+      local r = acc[k]
+      if not r then
+        r = {{}, {}, {}}
+        acc[k] = r
+        order[#order + 1] = k
+      end
+      return r
+    end
+    local ne = tonumber(ARGV[i])
+    i = i + 1
+    for _ = 1, ne do
+      local k, key, blob = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
+      local score, t = ARGV[i + 3], ARGV[i + 4]
+      local nl = tonumber(ARGV[i + 5])
+      i = i + 6
+      local old = redis.call('HGET', KEYS[k + 1], key)
+      if not old or newer(blob, old) then
+        local r = rec(k)
+        local hs, zs = r[1], r[2]
+        hs[#hs + 1] = key; hs[#hs + 1] = blob
+        zs[#zs + 1] = '0'; zs[#zs + 1] = key
+        if score ~= '' then
+          expadd[#expadd + 1] = score; expadd[#expadd + 1] = front[k] .. key
+        end
+        local was = false
+        if old and string.byte(old, 25) % 2 == 0 then was = inv(old) end
+        local tomb = string.byte(blob, 25) % 2 == 1
+        for j = i, i + 4 * nl - 1, 4 do
+          local lk, s = tonumber(ARGV[j]), ARGV[j + 1]
+          local lr = rec(lk)
+          if was and (tomb or was ~= t) then
+            local gone = was .. s
+            lr[3][#lr[3] + 1] = gone
+            expdel[#expdel + 1] = front[lk] .. gone
+          end
+          if not tomb then
+            local nk, b = t .. s, blob
+            if ARGV[j + 2] ~= '' then b = ARGV[j + 2] .. string.sub(blob, 26) end
+            local lh, lz = lr[1], lr[2]
+            lh[#lh + 1] = nk; lh[#lh + 1] = b
+            lz[#lz + 1] = '0'; lz[#lz + 1] = nk
+            if ARGV[j + 3] ~= '' then
+              expadd[#expadd + 1] = ARGV[j + 3]; expadd[#expadd + 1] = front[lk] .. nk
+            end
+          end
+        end
+      end
+      i = i + 4 * nl
+    end
+    for _, k in ipairs(order) do
+      local r = acc[k]
+      if #r[3] > 0 then
+        many('HDEL', KEYS[k + 1], r[3], 1, #r[3])
+        many('ZREM', KEYS[k], r[3], 1, #r[3])
+      end
+      if #r[1] > 0 then many('HSET', KEYS[k + 1], r[1], 1, #r[1]) end
+      if #r[2] > 0 then many('ZADD', KEYS[k], r[2], 1, #r[2]) end
+    end
   end
   if #expdel > 0 then many('ZREM', exp, expdel, 1, #expdel) end
   if #expadd > 0 then many('ZADD', exp, expadd, 1, #expadd) end
@@ -1460,6 +1539,14 @@ class _RedisWrite(WriteTxn):
         #: list entries of ``put_indexed`` by list record, then suffix: their arguments in
         #: section 6 of :data:`_APPLY` (item key, blob, expiry score or b"", hint)
         self._indexed: dict[tuple[str, bytes], dict[bytes, _Entry]] = {}
+        #: one server: the ``put_indexed`` items, sent as section 7 of :data:`_APPLY` instead
+        #: of conditional puts and list entries: item -> (blob, time key, score or b"", per
+        #: list: (list ns, list rid, suffix, entry header or b"" when it is the item's, score
+        #: or b""))
+        self._edges: dict[
+            tuple[str, bytes, bytes],
+            tuple[bytes, bytes, int | bytes, list[tuple[str, bytes, bytes, bytes, int | bytes]]],
+        ] = {}
 
     def _keys(self, ns: str, rid: bytes) -> tuple[bytes, bytes]:
         names = self._names.get((ns, rid))
@@ -1563,6 +1650,8 @@ class _RedisWrite(WriteTxn):
         )
         if self._lww:
             self._lww.discard(k)
+        if self._edges:
+            self._edges.pop(k, None)
 
     def put_lww(
         self,
@@ -1618,26 +1707,38 @@ class _RedisWrite(WriteTxn):
         ttls = self._kv._ttls
         ttl = ttls[ns] if ns in ttls else self._namespace_ttl(ns)
         value = b"" if tombstone else bytes(value)
-        changes[k] = _item(Item, (key, value, ts, token, expiry(ts, ttl, tombstone), tombstone))
+        kexp = expiry(ts, ttl, tombstone)
+        changes[k] = _item(Item, (key, value, ts, token, kexp, tombstone))
         lww = self._lww
         if not changed or k in lww:
             lww.add(k)  # as put_lww: checked against the stored version at commit
         flags = FLAG_TOMBSTONE if tombstone else 0
         read = time_key(stored[2]) if stored is not None and not stored[5] else b""
-        new_key = time_key(ts)
+        new_key = _time_pack(_TIME_BASE - ts)  # time_key(ts), inlined: once per edge
         indexed, pack = self._indexed, _header_pack
+        single = not self._kv.cluster
+        if single:
+            head = pack(ts, token, kexp, flags)
+            moves: list[tuple[str, bytes, bytes, bytes, int | bytes]] = []
         for lns, lrid, suffix in lists:
             lttl = ttls[lns] if lns in ttls else self._namespace_ttl(lns)
             expires_at = expiry(ts, lttl, tombstone)
             record = indexed.get((lns, lrid))
             if record is None:
                 record = indexed[(lns, lrid)] = {}
+            lhead = pack(ts, token, expires_at, flags)
             record[suffix] = (
                 new_key + suffix,
-                pack(ts, token, expires_at, flags) + value,
+                lhead + value,
                 expires_at or b"",
                 read + suffix if read else b"",
             )
+            if single:
+                moves.append(
+                    (lns, lrid, suffix, b"" if lhead == head else lhead, expires_at or b"")
+                )
+        if single:
+            self._edges[k] = (head + value, new_key, kexp or b"", moves)
         return True
 
     def _indexed_view(self, ns: str, rid: bytes, key: bytes) -> tuple[bool, Item | None]:
@@ -1665,6 +1766,9 @@ class _RedisWrite(WriteTxn):
             changes[k] = _item(Item, (key, bytes(value), ts, token, expires_at, False))
             if lww:
                 lww.discard(k)
+        if self._edges:  # a plain put of a put_indexed item cancels its list moves
+            for k in [k for k in self._edges if k not in lww]:
+                del self._edges[k]
 
     def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
         existed = self.get(ns, rid, key) is not None
@@ -1678,6 +1782,8 @@ class _RedisWrite(WriteTxn):
         self._changes[k] = None
         if self._lww:
             self._lww.discard(k)
+        if self._edges:
+            self._edges.pop(k, None)
 
     def scan(
         self,
@@ -1729,10 +1835,12 @@ class _RedisWrite(WriteTxn):
         """The block's changes by record, in the order records were first changed, each item
         once in its final state (see :data:`_Record`)."""
         records: dict[tuple[str, bytes], _Record] = {}
-        lww = self._lww
+        lww, edges = self._lww, self._edges
         pack = _header_pack
         for k, item in self._changes.items():
             ns, rid, key = k
+            if edges and k in edges:
+                continue  # section 7 (one server)
             rec = records.get((ns, rid))
             if rec is None:
                 rec = records[(ns, rid)] = ([], [], [], [], [], [])
@@ -1750,24 +1858,25 @@ class _RedisWrite(WriteTxn):
                     prefix.append(_member(ns, rid, b""))
                 rec[2].extend((expires_at, prefix[0] + key))
             rec[0].extend((key, blob))
-        for (ns, rid), entries in self._indexed.items():
+        for (ns, rid), entries in self._indexed.items() if self._kv.cluster else ():
             rec = records.get((ns, rid))
             if rec is None:
                 rec = records[(ns, rid)] = ([], [], [], [], [], [])
             rec[5].extend(chain.from_iterable(entries.values()))
         return records
 
+    def _member_front(self, ns: str, rid: bytes) -> bytes:
+        """``_member(ns, rid, b"")``, with the namespace's part cached."""
+        front = self._fronts.get(ns)
+        if front is None:
+            front = self._fronts[ns] = _member(ns, b"", b"")[:-2]  # len(ns) ‖ ns
+        if len(rid) > 0xFFFF:
+            raise StorageError("record id too long (the limit is 65535 bytes)")
+        return front + _LEN.pack(len(rid)) + rid
+
     def _tail(self, ns: str, rid: bytes, k: int, rec: _Record, out: list[bytes | int]) -> None:
         """Append a record's share of section 6 of :data:`_APPLY` to ``out``."""
-        if rec[4]:
-            prefix = rec[4][0]
-        else:
-            front = self._fronts.get(ns)
-            if front is None:
-                front = self._fronts[ns] = _member(ns, b"", b"")[:-2]  # len(ns) ‖ ns
-            if len(rid) > 0xFFFF:
-                raise StorageError("record id too long (the limit is 65535 bytes)")
-            prefix = front + _LEN.pack(len(rid)) + rid
+        prefix = rec[4][0] if rec[4] else self._member_front(ns, rid)
         cond, ind = rec[3], rec[5]
         out += (k, prefix, len(cond) // 3, *cond, len(ind) // 4, *ind)
 
@@ -1776,7 +1885,8 @@ class _RedisWrite(WriteTxn):
         kv = self._kv
         records = self._records()
         keys: list[bytes] = [kv._exp, kv._cp, kv._meta]
-        args: _Args = [len(records)]
+        args: _Args = [0]
+        plain = 0  # records with unconditional puts or deletes (section 1)
         tail: list[bytes | int] = []
         tails = 0
         index: list[bytes | int] = []
@@ -1784,11 +1894,13 @@ class _RedisWrite(WriteTxn):
             puts, dels, idx = rec[0], rec[1], rec[2]
             keys += self._keys(ns, rid)
             k = len(keys) - 1  # the record's sorted set, as a Lua index (from 1)
-            args.append(k)
-            args.append(len(puts) // 2)
-            args += puts
-            args.append(len(dels))
-            args += dels
+            if puts or dels:
+                plain += 1
+                args.append(k)
+                args.append(len(puts) // 2)
+                args += puts
+                args.append(len(dels))
+                args += dels
             if idx:
                 index += idx
             if rec[3] or rec[5]:
@@ -1801,7 +1913,41 @@ class _RedisWrite(WriteTxn):
             args += (source, position)
         args.append(tails)
         args += tail
+        args[0] = plain
+        if self._edges:
+            self._edge_args(records, keys, args)
         return keys, args
+
+    def _edge_args(
+        self, records: dict[tuple[str, bytes], _Record], keys: list[bytes], args: _Args
+    ) -> None:
+        """Append section 7 of :data:`_APPLY` (one server) to ``args``, adding the records
+        it names to ``keys``."""
+        where: dict[tuple[str, bytes], int] = {}
+        for i, r in enumerate(records):
+            where[r] = -(2 * i + 4)  # KEYS after exp, cp, meta: (zset, hash) pairs; < 0: no
+            # expiry-member front sent yet
+        fronts: list[bytes | int] = []
+
+        def index(ns: str, rid: bytes) -> int:
+            k = where.get((ns, rid))
+            if k is None:
+                keys.extend(self._keys(ns, rid))
+                k = len(keys) - 1
+            elif k > 0:
+                return k
+            else:
+                k = -k
+            where[(ns, rid)] = k
+            fronts.extend((k, self._member_front(ns, rid)))
+            return k
+
+        ops: list[bytes | int] = []
+        for k, (blob, tkey, score, moves) in self._edges.items():
+            ops += (index(k[0], k[1]), k[2], blob, score, tkey, len(moves))
+            for lns, lrid, suffix, head, score in moves:
+                ops += (index(lns, lrid), suffix, head, score)
+        args += (len(fronts) // 2, *fronts, len(self._edges), *ops)
 
     def _groups(self) -> list[tuple[list[bytes], list[bytes | int]]]:
         """The batch as one (KEYS, ARGV) per hash slot, each for the group script, in the
@@ -1828,8 +1974,9 @@ class _RedisWrite(WriteTxn):
                 group = by_slot[slot] = ([kv._exp_of(slot)], [], [0], [], [0], [])
             group[0].extend((z, h))
             k = len(group[0]) - 1
-            group[1].extend((k, len(puts) // 2, *puts, len(dels), *dels))
-            group[2][0] += 1
+            if puts or dels:
+                group[1].extend((k, len(puts) // 2, *puts, len(dels), *dels))
+                group[2][0] += 1
             group[5].extend(rec[2])
             if rec[3] or rec[5]:
                 self._tail(ns, rid, k, rec, group[3])
