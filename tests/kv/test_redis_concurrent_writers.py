@@ -233,3 +233,28 @@ def test_a_bulk_loaded_edge_rewritten_keeps_one_entry_and_the_sweep_leaves_no_ma
     ):
         z, h = kv._keys(ns, rid)
         assert kv._r.exists(z) == 0 and kv._r.hgetall(h) == {}, f"{ns} {rid!r} left behind"
+
+
+@pytest.mark.parametrize("backend", ["redis", "redis-cluster"])
+def test_reads_in_the_block_see_the_list_entries_put_indexed_moves(
+    request: pytest.FixtureRequest, redis_prefix: str, backend: str
+) -> None:
+    kv = RedisKV(_url(request, backend), prefix=redis_prefix)
+    request.addfinalizer(kv.close)
+    kv.configure_many({"k": None, "l": None})
+    lists = [("l", b"r", b"x")]
+    with kv.writer() as w:
+        assert w.put_indexed("k", b"r", b"x", b"v1", 10, 1, lists)
+    with kv.writer() as w:
+        assert not w.put_indexed("k", b"r", b"x", b"old", 5, 1, lists)  # older: refused
+        assert w.put_indexed("k", b"r", b"x", b"v2", 20, 1, lists)
+        assert w.get("l", b"r", time_key(10) + b"x") is None
+        assert [(i.key, i.value) for i in w.scan("l", b"r")] == [(time_key(20) + b"x", b"v2")]
+    with kv.writer() as w:
+        assert [(i.key, i.value) for i in w.scan("l", b"r")] == [(time_key(20) + b"x", b"v2")]
+        assert w.put_indexed("k", b"r", b"x", b"", 30, 1, lists, tombstone=True)
+        assert list(w.scan("l", b"r")) == []
+    with kv.writer() as w:
+        assert list(w.scan("l", b"r")) == []
+        item = w.get("k", b"r", b"x")
+        assert item is not None and item.tombstone and item.ts == 30

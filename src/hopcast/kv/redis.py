@@ -47,16 +47,18 @@ a delete of it in the same block, its final put is unconditional (that is what r
 changes in order gives). Puts and deletes are sent blind: :meth:`WriteTxn.discard` queues a
 delete without reading the item, ``delete`` still reads it to answer whether it existed.
 :meth:`WriteTxn.put_indexed` (the graph store's edges: the ``key`` item and its entries in the
-``out``/``in`` lists) is decided on the server: the item as a conditional put, each list entry
+``out``/``in`` lists) is decided on the server, from what is stored when the script runs, not
+from what this block read: on one server the script reads the stored item and moves the list
+entries it places; on a Cluster the lists live in other slots, so each list entry is checked
 against a per-entry marker in its own record that holds the newest version written (see
-:data:`_APPLY`), so the old entry removed is the one stored when the script runs, not the one
-this block read. Writers in several processes writing the same edges at once (API replicas, the
-API beside an ingest engine) thus always leave exactly the winner's entries, on one server and
-on a Cluster (each list converges in its own slot, whatever order the slots' scripts run in);
-``tests/kv/test_redis_concurrent_writers.py`` checks every index against the LWW winners.
-The read-ahead of a batch (:meth:`WriteTxn.prefetch`) is one script call on one server
-(one pipeline per node of a Cluster). So a graph-store batch costs three round trips on one
-server -- the node-delete marker page, the read-ahead, the commit -- whatever its size.
+:data:`_APPLY`, sections 6 and 7). Writers in several processes writing the same edges at
+once (API replicas, the API beside an ingest engine) thus always leave exactly the winner's
+entries, on one server and on a Cluster (each list converges in its own slot, whatever order
+the slots' scripts run in); ``tests/kv/test_redis_concurrent_writers.py`` checks every index
+against the LWW winners. The read-ahead of a batch (:meth:`WriteTxn.prefetch`) is one script
+call on one server (one pipeline per node of a Cluster). So a graph-store batch costs three
+round trips on one server -- the node-delete marker page, the read-ahead, the commit --
+whatever its size.
 
 *One server*: the whole batch -- data, deletes, the expiry index, namespace declarations and
 checkpoints -- is **one Lua script**, which Redis runs atomically.
@@ -1506,6 +1508,11 @@ _Args = list[bytes | int | str]
 #: A ``put_indexed`` list entry's arguments (see section 6 of :data:`_APPLY`).
 _Entry = tuple[bytes, bytes, int | bytes, bytes]
 
+#: A ``put_indexed`` item on one server (see ``_RedisWrite._edges``).
+_Edge = tuple[
+    bytes, bytes, int | bytes, bytes, list[tuple[tuple[str, bytes], bytes, bytes, int | bytes]]
+]
+
 #: A record's share of a block: unconditional puts (flat key, blob), deletes, the expiry-index
 #: entries of those puts (flat score, member), conditional puts (flat key, blob, score or
 #: b"", member), (in a list of one) the record's expiry-index member prefix, and list entries
@@ -1540,13 +1547,12 @@ class _RedisWrite(WriteTxn):
         #: section 6 of :data:`_APPLY` (item key, blob, expiry score or b"", hint)
         self._indexed: dict[tuple[str, bytes], dict[bytes, _Entry]] = {}
         #: one server: the ``put_indexed`` items, sent as section 7 of :data:`_APPLY` instead
-        #: of conditional puts and list entries: item -> (blob, time key, score or b"", per
-        #: list: (list ns, list rid, suffix, entry header or b"" when it is the item's, score
-        #: or b""))
-        self._edges: dict[
-            tuple[str, bytes, bytes],
-            tuple[bytes, bytes, int | bytes, list[tuple[str, bytes, bytes, bytes, int | bytes]]],
-        ] = {}
+        #: of conditional puts and list entries: item -> (blob, time key, score or b"", time
+        #: key read or b"", per list: ((list ns, list rid), suffix, entry header or b"" when
+        #: it is the item's, score or b""))
+        self._edges: dict[tuple[str, bytes, bytes], _Edge] = {}
+        #: one server: ``_indexed`` built from ``_edges`` for reads in the block (on demand)
+        self._view: dict[tuple[str, bytes], dict[bytes, _Entry]] | None = None
 
     def _keys(self, ns: str, rid: bytes) -> tuple[bytes, bytes]:
         names = self._names.get((ns, rid))
@@ -1614,7 +1620,7 @@ class _RedisWrite(WriteTxn):
         k = (ns, rid, key)
         if k in self._changes:
             return self._changes[k]
-        if self._indexed:
+        if self._indexed or self._edges:
             known, item = self._indexed_view(ns, rid, key)
             if known:
                 return item
@@ -1652,6 +1658,7 @@ class _RedisWrite(WriteTxn):
             self._lww.discard(k)
         if self._edges:
             self._edges.pop(k, None)
+            self._view = None
 
     def put_lww(
         self,
@@ -1715,35 +1722,55 @@ class _RedisWrite(WriteTxn):
         flags = FLAG_TOMBSTONE if tombstone else 0
         read = time_key(stored[2]) if stored is not None and not stored[5] else b""
         new_key = _time_pack(_TIME_BASE - ts)  # time_key(ts), inlined: once per edge
-        indexed, pack = self._indexed, _header_pack
-        single = not self._kv.cluster
-        if single:
-            head = pack(ts, token, kexp, flags)
-            moves: list[tuple[str, bytes, bytes, bytes, int | bytes]] = []
+        pack = _header_pack
+        head = pack(ts, token, kexp, flags)
+        if not self._kv.cluster:  # one step for the item and its lists (section 7)
+            moves: list[tuple[tuple[str, bytes], bytes, bytes, int | bytes]] = []
+            for lns, lrid, suffix in lists:
+                lttl = ttls[lns] if lns in ttls else self._namespace_ttl(lns)
+                if lttl == ttl:
+                    moves.append(((lns, lrid), suffix, b"", kexp or b""))
+                else:
+                    lexp = expiry(ts, lttl, tombstone)
+                    moves.append(((lns, lrid), suffix, pack(ts, token, lexp, flags), lexp or b""))
+            self._edges[k] = (head + value, new_key, kexp or b"", read, moves)
+            self._view = None
+            return True
+        indexed = self._indexed
         for lns, lrid, suffix in lists:
             lttl = ttls[lns] if lns in ttls else self._namespace_ttl(lns)
-            expires_at = expiry(ts, lttl, tombstone)
+            lexp = kexp if lttl == ttl else expiry(ts, lttl, tombstone)
             record = indexed.get((lns, lrid))
             if record is None:
                 record = indexed[(lns, lrid)] = {}
-            lhead = pack(ts, token, expires_at, flags)
             record[suffix] = (
                 new_key + suffix,
-                lhead + value,
-                expires_at or b"",
+                (head if lttl == ttl else pack(ts, token, lexp, flags)) + value,
+                lexp or b"",
                 read + suffix if read else b"",
             )
-            if single:
-                moves.append(
-                    (lns, lrid, suffix, b"" if lhead == head else lhead, expires_at or b"")
-                )
-        if single:
-            self._edges[k] = (head + value, new_key, kexp or b"", moves)
         return True
+
+    def _lists(self) -> dict[tuple[str, bytes], dict[bytes, _Entry]]:
+        """The block's ``put_indexed`` list entries by list record, then suffix."""
+        if self._kv.cluster:
+            return self._indexed
+        if self._view is None:
+            view: dict[tuple[str, bytes], dict[bytes, _Entry]] = {}
+            for blob, new_key, _, read, moves in self._edges.values():
+                for record, suffix, head, score in moves:
+                    view.setdefault(record, {})[suffix] = (
+                        new_key + suffix,
+                        (head + blob[HEADER_SIZE:]) if head else blob,
+                        score,
+                        read + suffix if read else b"",
+                    )
+            self._view = view
+        return self._view
 
     def _indexed_view(self, ns: str, rid: bytes, key: bytes) -> tuple[bool, Item | None]:
         """What this block's list entries make of a list item: (known, item or None)."""
-        record = self._indexed.get((ns, rid))
+        record = self._lists().get((ns, rid))
         entry = None if record is None else record.get(key[8:])
         if entry is not None:
             if entry[0] == key:
@@ -1769,6 +1796,7 @@ class _RedisWrite(WriteTxn):
         if self._edges:  # a plain put of a put_indexed item cancels its list moves
             for k in [k for k in self._edges if k not in lww]:
                 del self._edges[k]
+            self._view = None
 
     def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
         existed = self.get(ns, rid, key) is not None
@@ -1784,6 +1812,7 @@ class _RedisWrite(WriteTxn):
             self._lww.discard(k)
         if self._edges:
             self._edges.pop(k, None)
+            self._view = None
 
     def scan(
         self,
@@ -1794,7 +1823,7 @@ class _RedisWrite(WriteTxn):
         reverse: bool = False,
     ) -> Iterator[Item]:
         merged = {i.key: i for i in self._kv._stream(ns, rid, start, stop, reverse, COUNT_BATCH)}
-        for key, blob, _, read in self._indexed.get((ns, rid), {}).values():
+        for key, blob, _, read in self._lists().get((ns, rid), {}).values():
             merged.pop(read, None)
             item = _decode(key, blob)
             if item.tombstone:
@@ -1816,7 +1845,9 @@ class _RedisWrite(WriteTxn):
         self._checkpoints[source] = bytes(position)
 
     def commit(self) -> None:
-        if not (self._changes or self._checkpoints or self._declared or self._indexed):
+        if not (
+            self._changes or self._checkpoints or self._declared or self._indexed or self._edges
+        ):
             return
         kv = self._kv
         if kv.cluster:
@@ -1943,10 +1974,12 @@ class _RedisWrite(WriteTxn):
             return k
 
         ops: list[bytes | int] = []
-        for k, (blob, tkey, score, moves) in self._edges.items():
-            ops += (index(k[0], k[1]), k[2], blob, score, tkey, len(moves))
-            for lns, lrid, suffix, head, score in moves:
-                ops += (index(lns, lrid), suffix, head, score)
+        for k, (blob, tkey, score, _, moves) in self._edges.items():
+            kr = where.get((k[0], k[1]))
+            ops += (kr if kr and kr > 0 else index(k[0], k[1]), k[2], blob, score, tkey, len(moves))
+            for record, suffix, head, lscore in moves:
+                kr = where.get(record)
+                ops += (kr if kr and kr > 0 else index(*record), suffix, head, lscore)
         args += (len(fronts) // 2, *fronts, len(self._edges), *ops)
 
     def _groups(self) -> list[tuple[list[bytes], list[bytes | int]]]:
