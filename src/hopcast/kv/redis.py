@@ -179,6 +179,12 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ConfigError("the Redis backend needs redis-py: pip install 'hopcast[redis]'") from exc
 
+_pack_command: Callable[[tuple[Any, ...]], bytes] | None
+try:  # the extra installs it; redis-py's own packer (per command in Python) otherwise
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - depends on the installed extras
+    _pack_command = None
+
 _header_unpack = HEADER.unpack_from
 _time_pack = struct.Struct(">Q").pack
 _TIME_BASE = (1 << 63) - 1  # time_key(ts) == _time_pack(_TIME_BASE - ts)
@@ -852,6 +858,8 @@ class RedisKV(KVStore):
         self._p = prefix.encode()
         #: per namespace: the front of its records' sorted set and hash names (see _keys)
         self._fronts: dict[str, tuple[bytes, bytes]] = {}
+        #: per Cluster slot, the name of its expiry index (see _exp_of)
+        self._exp_names: dict[int, bytes] = {}
         self._closed = False
         self._lock = threading.RLock()
         plain = cluster_url(client_url)
@@ -914,7 +922,10 @@ class RedisKV(KVStore):
 
     def _exp_of(self, slot: int) -> bytes:
         """The Cluster expiry index of ``slot``."""
-        return self._p + b"x{" + slot_tag(slot) + b"}"
+        name = self._exp_names.get(slot)
+        if name is None:
+            name = self._exp_names[slot] = self._p + b"x{" + slot_tag(slot) + b"}"
+        return name
 
     def _check(self) -> None:
         if self._closed:
@@ -1121,7 +1132,13 @@ class RedisKV(KVStore):
                     continue
                 sent.append((pool, conn, indices))
                 try:
-                    conn.send_packed_command(conn.pack_commands([commands[i][1] for i in indices]))
+                    if _pack_command is not None:  # a Cluster batch is thousands of commands
+                        packed = b"".join([_pack_command(commands[i][1]) for i in indices])
+                        conn.send_packed_command([packed])
+                    else:
+                        conn.send_packed_command(
+                            conn.pack_commands([commands[i][1] for i in indices])
+                        )
                     unread.add(id(conn))
                 except _ERRORS as exc:
                     conn.disconnect()
