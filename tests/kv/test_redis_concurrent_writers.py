@@ -19,6 +19,7 @@ from hopcast.graph import keys
 from hopcast.graph.mutations import EdgeDelete, EdgeUpsert, Mutation, token_of
 from hopcast.graph.schema import Schema
 from hopcast.graph.store import GraphStore, decode_props
+from hopcast.kv import KVStore
 from hopcast.kv.base import time_key
 from hopcast.kv.redis import RedisKV, _unmember
 
@@ -258,3 +259,30 @@ def test_reads_in_the_block_see_the_list_entries_put_indexed_moves(
         assert list(w.scan("l", b"r")) == []
         item = w.get("k", b"r", b"x")
         assert item is not None and item.tombstone and item.ts == 30
+
+
+def test_put_indexed_keeps_one_list_entry_per_item_on_every_backend(kv: KVStore) -> None:
+    """The contract on every backend: the entries follow the newest write; older writes and
+    replays change nothing; a tombstone removes them."""
+    kv.configure_many({"k": None, "l": None, "m": None})
+    lists = [("l", b"a", b"x"), ("m", b"b", b"y")]
+
+    def entries() -> list[tuple[str, bytes, int]]:
+        with kv.writer() as w:
+            return [
+                (ns, i.key, i.ts) for ns, r in (("l", b"a"), ("m", b"b")) for i in w.scan(ns, r)
+            ]
+
+    with kv.writer() as w:
+        assert w.put_indexed("k", b"r", b"x", b"v", 10, 1, lists)
+    with kv.writer() as w:
+        assert w.put_indexed("k", b"r", b"x", b"v", 30, 1, lists)
+        assert not w.put_indexed("k", b"r", b"x", b"v", 20, 1, lists)
+    with kv.writer() as w:
+        assert not w.put_indexed("k", b"r", b"x", b"v", 30, 1, lists)  # a replay
+    assert entries() == [("l", time_key(30) + b"x", 30), ("m", time_key(30) + b"y", 30)]
+    with kv.writer() as w:
+        assert w.put_indexed("k", b"r", b"x", b"", 40, 0, lists, tombstone=True)
+    with kv.writer() as w:
+        assert not w.put_indexed("k", b"r", b"x", b"v", 35, 9, lists)  # older than the delete
+    assert entries() == []

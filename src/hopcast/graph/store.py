@@ -601,8 +601,8 @@ class GraphStore:
                     src, dst = (rid, other) if physical == "out" else (other, rid)
                     if w.indexes_on_server:  # the server moves the list entries
                         lists = ((out_ns, src, dst), (in_ns, dst, src))
-                        w.put_indexed(key_ns, src, dst, b"", m.ts, tok, lists, tombstone=True)
-                        changed = True
+                        if w.put_indexed(key_ns, src, dst, b"", m.ts, tok, lists, tombstone=True):
+                            changed = True
                         continue
                     w.discard(out_ns, src, keys.time_item(item.ts, dst))
                     w.discard(in_ns, dst, keys.time_item(item.ts, src))
