@@ -19,7 +19,9 @@ catalogue and members, then interactions with realistic skew; batches of
   without a per-item expiry index (e.g. one entry per record) could reach at best.
 
 With ``--cluster`` a 3-node Redis Cluster (``deploy/redis.sh cluster-start``) adds
-``hopcast-redis-cluster``.
+``hopcast-redis-cluster``. On a Cluster hopcast also keeps one marker per list entry (the
+newest version written of it, so that concurrent writers of one edge converge in each list's
+own slot; see ``hopcast.kv.redis``): items the raw rows do not write.
 
 Rows follow the benchmark contract (``system``, ``measure``, ``unit``, ``value`` and the run's
 parameters): ``writes/s`` (mutations per second of wall time; for ``raw-redis`` the mutations

@@ -468,6 +468,8 @@ class GraphStore:
         appears once per batch, so nothing reads them before). The hottest loop of ingest:
         everything per edge is inlined.
         """
+        if w.indexes_on_server:
+            return self._write_edges_indexed(w, edge_ops, deleted, with_deletes)
         applied = 0
         pending: list[tuple[str, bytes, bytes, bytes, int, int]] = []
         append = pending.append
@@ -501,6 +503,35 @@ class GraphStore:
             append((key_ns, src, dst, raw, ts, tok))
             applied += 1
         w.put_many(pending)
+        return applied
+
+    def _write_edges_indexed(
+        self,
+        w: WriteTxn,
+        edge_ops: list[EdgeUpsert | EdgeDelete],
+        deleted: dict[str, tuple[int, int] | None],
+        with_deletes: set[str],
+    ) -> int:
+        """:meth:`_write_edges` for a backend that moves the time-ordered list entries on the
+        server (:meth:`WriteTxn.put_indexed`): concurrent writers of one edge in several
+        processes then always end with the winner's entries only."""
+        applied = 0
+        put_indexed, get = w.put_indexed, w.get
+        ns_of = self._ns
+        for m, tok in _newest_per_edge(edge_ops):
+            out_ns, in_ns, key_ns = ns_of[m.type]
+            src, dst = m.src.encode(), m.dst.encode()
+            lists = ((out_ns, src, dst), (in_ns, dst, src))
+            if type(m) is EdgeUpsert:
+                ts = m.ts
+                if with_deletes and self._endpoint_deleted(w, m, (ts, tok), deleted, with_deletes):
+                    continue  # an endpoint was deleted after this edge was generated
+                raw = _encode(m.props) if m.props else b""
+                applied += put_indexed(key_ns, src, dst, raw, ts, tok, lists)
+            else:
+                old = get(key_ns, src, dst)
+                if put_indexed(key_ns, src, dst, b"", m.ts, tok, lists, tombstone=True):
+                    applied += old is not None and not old.tombstone
         return applied
 
     def _endpoint_deleted(
@@ -568,6 +599,11 @@ class GraphStore:
                 for item in doomed:
                     other = item.key[8:]
                     src, dst = (rid, other) if physical == "out" else (other, rid)
+                    if w.indexes_on_server:  # the server moves the list entries
+                        lists = ((out_ns, src, dst), (in_ns, dst, src))
+                        if w.put_indexed(key_ns, src, dst, b"", m.ts, tok, lists, tombstone=True):
+                            changed = True
+                        continue
                     w.discard(out_ns, src, keys.time_item(item.ts, dst))
                     w.discard(in_ns, dst, keys.time_item(item.ts, src))
                     w.put(key_ns, src, dst, b"", m.ts, tok, tombstone=True)

@@ -85,6 +85,16 @@ def expiry(ts: int, ttl_us: int | None, tombstone: bool) -> int:
     return ts + ttl_us
 
 
+_TIME = struct.Struct(">Q")
+_TIME_BASE = (1 << 63) - 1
+
+
+def time_key(ts: int) -> bytes:
+    """8 bytes that sort descending in ``ts`` (``0 <= ts < 2**63``): the front of an entry's
+    key in a time-ordered list (:meth:`WriteTxn.put_indexed`; the graph's ``keys.inv_ts``)."""
+    return _TIME.pack(_TIME_BASE - ts)
+
+
 def visible(item: Item, now: int) -> bool:
     """Whether a read at ``now`` sees the item (not a tombstone, not expired)."""
     return not item.tombstone and (item.expires_at == 0 or item.expires_at > now)
@@ -280,6 +290,54 @@ class WriteTxn(ABC):
         if not newer(ts, token, self.get(ns, rid, key)):
             return False
         self.put(ns, rid, key, value, ts, token, ttl_us, tombstone)
+        return True
+
+    #: Whether :meth:`put_indexed` decides on the server, from the versions stored at commit
+    #: time (a backend whose writers can run concurrently in several processes): a caller
+    #: that otherwise reads an item and discards its old list entries itself must then use
+    #: :meth:`put_indexed` instead, or concurrent writers can leave stale entries behind.
+    indexes_on_server = False
+
+    def put_indexed(
+        self,
+        ns: str,
+        rid: bytes,
+        key: bytes,
+        value: bytes,
+        ts: int,
+        token: int,
+        lists: Iterable[tuple[str, bytes, bytes]],
+        tombstone: bool = False,
+    ) -> bool:
+        """Last-write-wins put of an item that time-ordered lists index.
+
+        Each ``(list ns, list rid, suffix)`` of ``lists`` names a list record that holds the
+        entry ``time_key(ts) + suffix`` (same value and version, the list namespace's TTL)
+        exactly while this item is the newest write and not a tombstone: a newer write moves
+        the entries (the old ones go), a tombstone removes them. Every writer of the item must
+        name the same lists.
+
+        This default derives the old entries from what the transaction reads: exact for a
+        backend that serialises its writers. A backend with :attr:`indexes_on_server` decides
+        on the server at commit, from the stored versions, so any interleaving of concurrent
+        writers ends with the winner's entries only.
+
+        Returns:
+            True if the write wins as this transaction sees it.
+        """
+        old = self.get(ns, rid, key)
+        if old is not None and (ts, token) <= (old.ts, old.token):
+            return False
+        lists = list(lists)
+        if old is not None and not old.tombstone:
+            old_key = time_key(old.ts)
+            for lns, lrid, suffix in lists:
+                self.discard(lns, lrid, old_key + suffix)
+        if not tombstone:
+            new_key = time_key(ts)
+            for lns, lrid, suffix in lists:
+                self.put(lns, lrid, new_key + suffix, value, ts, token)
+        self.put(ns, rid, key, value, ts, token, tombstone=tombstone)
         return True
 
     def put_many(self, items: Iterable[tuple[str, bytes, bytes, bytes, int, int]]) -> None:

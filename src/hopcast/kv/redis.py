@@ -45,11 +45,20 @@ entries of the whole batch are one variadic ZADD. An item goes as a conditional 
 put only if every change the block made to it was a ``put_lww``; after an unconditional put or
 a delete of it in the same block, its final put is unconditional (that is what running the
 changes in order gives). Puts and deletes are sent blind: :meth:`WriteTxn.discard` queues a
-delete without reading the item (the graph store's removal of an edge's old list positions),
-``delete`` still reads it to answer whether it existed. The read-ahead of a batch
-(:meth:`WriteTxn.prefetch`) is one script call on one server (one pipeline per node of a
-Cluster). So a graph-store batch costs three round trips on one server -- the node-delete
-marker page, the read-ahead, the commit -- whatever its size.
+delete without reading the item, ``delete`` still reads it to answer whether it existed.
+:meth:`WriteTxn.put_indexed` (the graph store's edges: the ``key`` item and its entries in the
+``out``/``in`` lists) is decided on the server, from what is stored when the script runs, not
+from what this block read: on one server the script reads the stored item and moves the list
+entries it places; on a Cluster the lists live in other slots, so each list entry is checked
+against a per-entry marker in its own record that holds the newest version written (see
+:data:`_APPLY`, sections 6 and 7). Writers in several processes writing the same edges at
+once (API replicas, the API beside an ingest engine) thus always leave exactly the winner's
+entries, on one server and on a Cluster (each list converges in its own slot, whatever order
+the slots' scripts run in); ``tests/kv/test_redis_concurrent_writers.py`` checks every index
+against the LWW winners. The read-ahead of a batch (:meth:`WriteTxn.prefetch`) is one script
+call on one server (one pipeline per node of a Cluster). So a graph-store batch costs three
+round trips on one server -- the node-delete marker page, the read-ahead, the commit --
+whatever its size.
 
 *One server*: the whole batch -- data, deletes, the expiry index, namespace declarations and
 checkpoints -- is **one Lua script**, which Redis runs atomically.
@@ -66,10 +75,10 @@ checkpoints -- is **one Lua script**, which Redis runs atomically.
 
 A crash between groups leaves some groups applied and the checkpoint old. Replaying the
 *mutations* from the old checkpoint over that half-applied state is not enough on its own:
-:class:`~hopcast.graph.store.GraphStore` decides what to write from what it reads (an edge
-upsert finds the edge's previous time position in its ``key`` record and deletes it from the
-``out``/``in`` lists), and a replay that finds the ``key`` record already updated would skip
-the lists that were not. So a batch of more than one group is first written as a **journal**
+:class:`~hopcast.graph.store.GraphStore` decides what to write from what it reads (a node
+upsert merges into the stored node; an edge upsert is skipped when its ``key`` item is
+already as new), and a replay that finds one record already updated would skip the others
+that were not. So a batch of more than one group is first written as a **journal**
 (its exact per-slot scripts' arguments, one HSET in the checkpoint's slot), then applied, and
 the journal entry is removed in the same script that advances the checkpoint. A journal left
 behind (crash, network failure, node restart) is *rolled forward*: by the same store before its
@@ -127,9 +136,10 @@ import struct
 import threading
 import time
 import urllib.parse
-from binascii import crc_hqx
+from binascii import crc_hqx, hexlify
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -148,6 +158,7 @@ from hopcast.kv.base import (
     T,
     WriteTxn,
     expiry,
+    time_key,
     visible,
 )
 
@@ -168,7 +179,15 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ConfigError("the Redis backend needs redis-py: pip install 'hopcast[redis]'") from exc
 
+_pack_command: Callable[[tuple[Any, ...]], bytes] | None
+try:  # the extra installs it; redis-py's own packer (per command in Python) otherwise
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - depends on the installed extras
+    _pack_command = None
+
 _header_unpack = HEADER.unpack_from
+_time_pack = struct.Struct(">Q").pack
+_TIME_BASE = (1 << 63) - 1  # time_key(ts) == _time_pack(_TIME_BASE - ts)
 _header_pack = HEADER.pack
 _LEN = struct.Struct(">H")
 
@@ -248,13 +267,39 @@ _LUA_CHUNK = 1000
 #:    the number of puts, (item key, blob) per put, the number of deletes, item key per delete.
 #:    Puts and deletes are unconditional and each item appears once per batch (the transaction
 #:    coalesces), so a record is one variadic HDEL + ZREM and one HSET + ZADD.
-#: 2. conditional puts (``put_lww``): count, then (key index, item key, blob, expiry score or
-#:    '', expiry member) per put; written only if the blob's (ts, token) header is strictly
-#:    newer than the stored one.
+#: 2. conditional puts in the layout of earlier releases (a journal they left): count, then
+#:    (key index, item key, blob, expiry score or '', expiry member) per put; written only if
+#:    the blob's (ts, token) header is strictly newer than the stored one. Now always 0.
 #: 3. the expiry index: count of (score, member) pairs, then the pairs (one variadic ZADD).
 #: 4. namespaces to declare if absent: count, then names (only with a ``meta`` key).
 #: 5. checkpoints: count of (source, position) pairs, then the pairs (only with a ``cp`` key).
+#: 6. per record: its key index, its expiry-member prefix, the number of conditional puts
+#:    (``put_lww``) and (item key, blob, expiry score or '') per put, then the number of list
+#:    entries (``put_indexed``) and (item key ``time_key(ts) ‖ suffix``, blob, expiry score
+#:    or '', hint) per entry. Last,
+#:    so that a journal written before this section existed still parses. A record is one
+#:    HMGET of what it checks, then one variadic HDEL + ZREM, HSET and ZADD.
 #:
+#:    A conditional put is written only if its (ts, token) is strictly newer than the stored
+#:    item's. A list entry is checked against its *marker*: the field ``\xff ‖ suffix`` of the
+#:    list record's hash (never in the sorted set, so no read sees it), the header of the
+#:    newest write of that entry, tombstones included. A write strictly newer than the marker
+#:    removes the entry the marker places (or, with no marker yet -- edges bulk loaded without
+#:    one -- the hint: the entry the writer read), with its expiry-index entry; writes
+#:    ``time_key(ts) ‖ suffix`` unless it is a tombstone; and becomes the marker. Each list
+#:    thus converges to its newest write in whatever order concurrent writers' scripts run, on
+#:    one server and per slot of a Cluster. A live entry's marker goes with the entry when the
+#:    sweep removes it; a tombstone's marker has its own expiry-index entry.
+#: 7. one server only: items with time-ordered lists (``put_indexed``): the count of
+#:    (key index, expiry-member prefix) pairs of the records named below, the pairs, then the
+#:    number of items and per item: key index, item key, blob, expiry score or '', time key
+#:    (``time_key(ts)``), the number of lists, and per list: key index, suffix, the entry's
+#:    header or '' when it is the item's, expiry score or ''. The script reads the item: if
+#:    the write is strictly newer, it writes the item, removes the entries the *stored* item
+#:    places (``time_key(stored ts) ‖ suffix`` in every list, with their expiry-index
+#:    entries) and, unless it is a tombstone, writes ``time_key(ts) ‖ suffix``. Decided from
+#:    what is stored when the script runs, so concurrent writers leave the winner's entries
+#:    only, with no marker (one script sees every record of the batch).#:
 #: A delete or a put without expiry leaves the item's expiry-index entry behind: the sweep
 #: reads the item before removing it, so a stale entry only costs its memory until its score
 #: comes due (see :meth:`RedisKV.sweep`).
@@ -268,6 +313,15 @@ local function many(cmd, key, args, first, last)
   end
   return total
 end
+local function hmget(h, ks)
+  if #ks <= CHUNK then return redis.call('HMGET', h, unpack(ks)) end
+  local out = {}
+  for first = 1, #ks, CHUNK do
+    local vs = redis.call('HMGET', h, unpack(ks, first, math.min(first + CHUNK - 1, #ks)))
+    for j = 1, #vs do out[#out + 1] = vs[j] end
+  end
+  return out
+end
 local function newer(new, old)
   for i = 1, 16 do
     local a, b = string.byte(new, i), string.byte(old, i)
@@ -275,6 +329,13 @@ local function newer(new, old)
     if a ~= b then return a > b end
   end
   return false
+end
+-- the time key of a header's ts: 2**63 - 1 - ts, big-endian (ts >= 0 flips the low 63 bits)
+local function inv(header)
+  local b = {string.byte(header, 1, 8)}
+  b[1] = bit.bxor(b[1], 127)
+  for j = 2, 8 do b[j] = bit.bxor(b[j], 255) end
+  return string.char(unpack(b))
 end
 local function apply(exp, cp, meta)
   local i = 2
@@ -330,7 +391,145 @@ local function apply(exp, cp, meta)
     n = tonumber(ARGV[i])
     i = i + 1
     if n > 0 then many('HSET', cp, ARGV, i, i + 2 * n - 1) end
+    i = i + 2 * n
   end
+  -- 6. per record: conditional puts, then list entries (see the section's comment)
+  n = tonumber(ARGV[i] or '0')
+  i = i + 1
+  local expadd, expdel = {}, {}
+  for _ = 1, n do
+    local k = tonumber(ARGV[i])
+    local z, h, pre = KEYS[k], KEYS[k + 1], ARGV[i + 1]
+    local hset, zadd, hdel = {}, {}, {}
+    local nc = tonumber(ARGV[i + 2])
+    i = i + 3
+    if nc > 0 then
+      local ks = {}
+      for j = i, i + 3 * nc - 1, 3 do ks[#ks + 1] = ARGV[j] end
+      local olds = hmget(h, ks)
+      for j = 1, nc do
+        local key, blob, old = ARGV[i], ARGV[i + 1], olds[j]
+        if not old or newer(blob, old) then
+          hset[#hset + 1] = key; hset[#hset + 1] = blob
+          zadd[#zadd + 1] = '0'; zadd[#zadd + 1] = key
+          if ARGV[i + 2] ~= '' then
+            expadd[#expadd + 1] = ARGV[i + 2]; expadd[#expadd + 1] = pre .. key
+          end
+        end
+        i = i + 3
+      end
+    end
+    local ni = tonumber(ARGV[i])
+    i = i + 1
+    if ni > 0 then
+      local ks = {}
+      for j = i, i + 4 * ni - 1, 4 do ks[#ks + 1] = '\\255' .. string.sub(ARGV[j], 9) end
+      local marks = hmget(h, ks)
+      for j = 1, ni do
+        local nk, blob, score, m = ARGV[i], ARGV[i + 1], ARGV[i + 2], marks[j]
+        if not m or newer(blob, m) then
+          local old = ARGV[i + 3]
+          if m then
+            if string.byte(m, 25) % 2 == 0 then old = inv(m) .. string.sub(nk, 9) else old = '' end
+          end
+          local tomb = string.byte(blob, 25) % 2 == 1
+          if old ~= '' and (tomb or old ~= nk) then
+            hdel[#hdel + 1] = old
+            expdel[#expdel + 1] = pre .. old
+          end
+          hset[#hset + 1] = ks[j]; hset[#hset + 1] = string.sub(blob, 1, 25)
+          if tomb then
+            if score ~= '' then
+              expadd[#expadd + 1] = score; expadd[#expadd + 1] = pre .. ks[j]
+            end
+          else
+            hset[#hset + 1] = nk; hset[#hset + 1] = blob
+            zadd[#zadd + 1] = '0'; zadd[#zadd + 1] = nk
+            if score ~= '' then
+              expadd[#expadd + 1] = score; expadd[#expadd + 1] = pre .. nk
+            end
+          end
+        end
+        i = i + 4
+      end
+    end
+    if #hdel > 0 then
+      many('HDEL', h, hdel, 1, #hdel)
+      many('ZREM', z, hdel, 1, #hdel)
+    end
+    if #hset > 0 then many('HSET', h, hset, 1, #hset) end
+    if #zadd > 0 then many('ZADD', z, zadd, 1, #zadd) end
+  end
+  -- 7. items with time-ordered lists, one server (see the section's comment)
+  n = tonumber(ARGV[i] or '0')
+  i = i + 1
+  if n > 0 then
+    local front = {}
+    for j = i, i + 2 * n - 1, 2 do front[tonumber(ARGV[j])] = ARGV[j + 1] end
+    i = i + 2 * n
+    local order, acc = {}, {}
+    local function rec(k)
+      local r = acc[k]
+      if not r then
+        r = {{}, {}, {}}
+        acc[k] = r
+        order[#order + 1] = k
+      end
+      return r
+    end
+    local ne = tonumber(ARGV[i])
+    i = i + 1
+    for _ = 1, ne do
+      local k, key, blob = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
+      local score, t = ARGV[i + 3], ARGV[i + 4]
+      local nl = tonumber(ARGV[i + 5])
+      i = i + 6
+      local old = redis.call('HGET', KEYS[k + 1], key)
+      if not old or newer(blob, old) then
+        local r = rec(k)
+        local hs, zs = r[1], r[2]
+        hs[#hs + 1] = key; hs[#hs + 1] = blob
+        zs[#zs + 1] = '0'; zs[#zs + 1] = key
+        if score ~= '' then
+          expadd[#expadd + 1] = score; expadd[#expadd + 1] = front[k] .. key
+        end
+        local was = false
+        if old and string.byte(old, 25) % 2 == 0 then was = inv(old) end
+        local tomb = string.byte(blob, 25) % 2 == 1
+        for j = i, i + 4 * nl - 1, 4 do
+          local lk, s = tonumber(ARGV[j]), ARGV[j + 1]
+          local lr = rec(lk)
+          if was and (tomb or was ~= t) then
+            local gone = was .. s
+            lr[3][#lr[3] + 1] = gone
+            expdel[#expdel + 1] = front[lk] .. gone
+          end
+          if not tomb then
+            local nk, b = t .. s, blob
+            if ARGV[j + 2] ~= '' then b = ARGV[j + 2] .. string.sub(blob, 26) end
+            local lh, lz = lr[1], lr[2]
+            lh[#lh + 1] = nk; lh[#lh + 1] = b
+            lz[#lz + 1] = '0'; lz[#lz + 1] = nk
+            if ARGV[j + 3] ~= '' then
+              expadd[#expadd + 1] = ARGV[j + 3]; expadd[#expadd + 1] = front[lk] .. nk
+            end
+          end
+        end
+      end
+      i = i + 4 * nl
+    end
+    for _, k in ipairs(order) do
+      local r = acc[k]
+      if #r[3] > 0 then
+        many('HDEL', KEYS[k + 1], r[3], 1, #r[3])
+        many('ZREM', KEYS[k], r[3], 1, #r[3])
+      end
+      if #r[1] > 0 then many('HSET', KEYS[k + 1], r[1], 1, #r[1]) end
+      if #r[2] > 0 then many('ZADD', KEYS[k], r[2], 1, #r[2]) end
+    end
+  end
+  if #expdel > 0 then many('ZREM', exp, expdel, 1, #expdel) end
+  if #expadd > 0 then many('ZADD', exp, expadd, 1, #expadd) end
   return 1
 end
 """
@@ -502,8 +701,19 @@ for j = 2, #KEYS, 2 do
     local v = redis.call('HGET', KEYS[j + 1], key)
     if v and string.sub(v, 17, 24) ~= never and not later(v, ARGV[2]) then
       redis.call('HDEL', KEYS[j + 1], key)
-      redis.call('ZREM', KEYS[j], key)
-      removed = removed + 1
+      -- a list's marker (see _APPLY) is not in the sorted set and is not an item
+      if redis.call('ZREM', KEYS[j], key) == 1 then
+        removed = removed + 1
+        -- the marker of a list entry that is the newest write of its suffix goes with it
+        if #key > 8 then
+          local mk = '\\255' .. string.sub(key, 9)
+          local mv = redis.call('HGET', KEYS[j + 1], mk)
+          if mv and #mv == 25 and string.sub(mv, 1, 16) == string.sub(v, 1, 16)
+              and not redis.call('ZSCORE', KEYS[j], mk) then
+            redis.call('HDEL', KEYS[j + 1], mk)
+          end
+        end
+      end
     end
   end
 end
@@ -646,6 +856,10 @@ class RedisKV(KVStore):
         self.url = url
         self.prefix = prefix
         self._p = prefix.encode()
+        #: per namespace: the front of its records' sorted set and hash names (see _keys)
+        self._fronts: dict[str, tuple[bytes, bytes]] = {}
+        #: per Cluster slot, the name of its expiry index (see _exp_of)
+        self._exp_names: dict[int, bytes] = {}
         self._closed = False
         self._lock = threading.RLock()
         plain = cluster_url(client_url)
@@ -699,12 +913,19 @@ class RedisKV(KVStore):
     # keys ----------------------------------------------------------------------------------
 
     def _keys(self, ns: str, rid: bytes) -> tuple[bytes, bytes]:
-        tag = b"{" + ns.encode().hex().encode() + b":" + rid.hex().encode() + b"}"
-        return self._p + b"z" + tag, self._p + b"h" + tag
+        fronts = self._fronts.get(ns)
+        if fronts is None:
+            tag = b"{" + hexlify(ns.encode()) + b":"
+            fronts = self._fronts[ns] = (self._p + b"z" + tag, self._p + b"h" + tag)
+        tail = hexlify(rid) + b"}"
+        return fronts[0] + tail, fronts[1] + tail
 
     def _exp_of(self, slot: int) -> bytes:
         """The Cluster expiry index of ``slot``."""
-        return self._p + b"x{" + slot_tag(slot) + b"}"
+        name = self._exp_names.get(slot)
+        if name is None:
+            name = self._exp_names[slot] = self._p + b"x{" + slot_tag(slot) + b"}"
+        return name
 
     def _check(self) -> None:
         if self._closed:
@@ -911,7 +1132,13 @@ class RedisKV(KVStore):
                     continue
                 sent.append((pool, conn, indices))
                 try:
-                    conn.send_packed_command(conn.pack_commands([commands[i][1] for i in indices]))
+                    if _pack_command is not None:  # a Cluster batch is thousands of commands
+                        packed = b"".join([_pack_command(commands[i][1]) for i in indices])
+                        conn.send_packed_command([packed])
+                    else:
+                        conn.send_packed_command(
+                            conn.pack_commands([commands[i][1] for i in indices])
+                        )
                     unread.add(id(conn))
                 except _ERRORS as exc:
                     conn.disconnect()
@@ -1295,10 +1522,21 @@ _item = tuple.__new__
 #: Arguments of a slot group or of the one-server batch script.
 _Args = list[bytes | int | str]
 
+#: A ``put_indexed`` list entry's arguments (see section 6 of :data:`_APPLY`).
+_Entry = tuple[bytes, bytes, int | bytes, bytes]
+
+#: A ``put_indexed`` item on one server (see ``_RedisWrite._edges``).
+_Edge = tuple[
+    bytes, bytes, int | bytes, bytes, list[tuple[tuple[str, bytes], bytes, bytes, int | bytes]]
+]
+
 #: A record's share of a block: unconditional puts (flat key, blob), deletes, the expiry-index
 #: entries of those puts (flat score, member), conditional puts (flat key, blob, score or
-#: b"", member), and (in a list of one) the record's expiry-index member prefix.
-_Record = tuple[list[bytes], list[bytes], list[bytes | int], list[bytes | int], list[bytes]]
+#: b"", member), (in a list of one) the record's expiry-index member prefix, and list entries
+#: of ``put_indexed`` (flat suffix, blob, score or b"", member prefix, hint; see :data:`_APPLY`).
+_Record = tuple[
+    list[bytes], list[bytes], list[bytes | int], list[bytes | int], list[bytes], list[bytes | int]
+]
 
 
 class _RedisWrite(WriteTxn):
@@ -1320,6 +1558,18 @@ class _RedisWrite(WriteTxn):
         self._read: dict[tuple[str, bytes, bytes], Item | None] = {}
         #: the Redis keys of the records this block touched
         self._names: dict[tuple[str, bytes], tuple[bytes, bytes]] = {}
+        #: per namespace, the front of its expiry-index members (see _member)
+        self._fronts: dict[str, bytes] = {}
+        #: list entries of ``put_indexed`` by list record, then suffix: their arguments in
+        #: section 6 of :data:`_APPLY` (item key, blob, expiry score or b"", hint)
+        self._indexed: dict[tuple[str, bytes], dict[bytes, _Entry]] = {}
+        #: one server: the ``put_indexed`` items, sent as section 7 of :data:`_APPLY` instead
+        #: of conditional puts and list entries: item -> (blob, time key, score or b"", time
+        #: key read or b"", per list: ((list ns, list rid), suffix, entry header or b"" when
+        #: it is the item's, score or b""))
+        self._edges: dict[tuple[str, bytes, bytes], _Edge] = {}
+        #: one server: ``_indexed`` built from ``_edges`` for reads in the block (on demand)
+        self._view: dict[tuple[str, bytes], dict[bytes, _Entry]] | None = None
 
     def _keys(self, ns: str, rid: bytes) -> tuple[bytes, bytes]:
         names = self._names.get((ns, rid))
@@ -1387,6 +1637,10 @@ class _RedisWrite(WriteTxn):
         k = (ns, rid, key)
         if k in self._changes:
             return self._changes[k]
+        if self._indexed or self._edges:
+            known, item = self._indexed_view(ns, rid, key)
+            if known:
+                return item
         return self._stored(ns, rid, key)
 
     def _namespace_ttl(self, ns: str) -> int | None:
@@ -1419,6 +1673,9 @@ class _RedisWrite(WriteTxn):
         )
         if self._lww:
             self._lww.discard(k)
+        if self._edges:
+            self._edges.pop(k, None)
+            self._view = None
 
     def put_lww(
         self,
@@ -1446,6 +1703,100 @@ class _RedisWrite(WriteTxn):
         )
         return True
 
+    indexes_on_server = True
+
+    def put_indexed(
+        self,
+        ns: str,
+        rid: bytes,
+        key: bytes,
+        value: bytes,
+        ts: int,
+        token: int,
+        lists: Iterable[tuple[str, bytes, bytes]],
+        tombstone: bool = False,
+    ) -> bool:
+        """The item goes as a conditional put (checked against the stored version at
+        commit); each list entry as a marker-checked move (see :data:`_APPLY`), so the server
+        decides which entries stay from what is stored when the script runs, not from what
+        this block read. Reads in the block see the entries as this block would leave them
+        (an explicit put or delete of the same list item in the block wins over that view)."""
+        k = (ns, rid, key)
+        changes = self._changes
+        stored = self._stored(ns, rid, key)
+        changed = k in changes
+        old = changes[k] if changed else stored
+        if old is not None and (ts, token) <= (old[2], old[3]):
+            return False
+        ttls = self._kv._ttls
+        ttl = ttls[ns] if ns in ttls else self._namespace_ttl(ns)
+        value = b"" if tombstone else bytes(value)
+        kexp = expiry(ts, ttl, tombstone)
+        changes[k] = _item(Item, (key, value, ts, token, kexp, tombstone))
+        lww = self._lww
+        if not changed or k in lww:
+            lww.add(k)  # as put_lww: checked against the stored version at commit
+        flags = FLAG_TOMBSTONE if tombstone else 0
+        read = time_key(stored[2]) if stored is not None and not stored[5] else b""
+        new_key = _time_pack(_TIME_BASE - ts)  # time_key(ts), inlined: once per edge
+        pack = _header_pack
+        head = pack(ts, token, kexp, flags)
+        if not self._kv.cluster:  # one step for the item and its lists (section 7)
+            moves: list[tuple[tuple[str, bytes], bytes, bytes, int | bytes]] = []
+            for lns, lrid, suffix in lists:
+                lttl = ttls[lns] if lns in ttls else self._namespace_ttl(lns)
+                if lttl == ttl:
+                    moves.append(((lns, lrid), suffix, b"", kexp or b""))
+                else:
+                    lexp = expiry(ts, lttl, tombstone)
+                    moves.append(((lns, lrid), suffix, pack(ts, token, lexp, flags), lexp or b""))
+            self._edges[k] = (head + value, new_key, kexp or b"", read, moves)
+            self._view = None
+            return True
+        indexed = self._indexed
+        for lns, lrid, suffix in lists:
+            lttl = ttls[lns] if lns in ttls else self._namespace_ttl(lns)
+            lexp = kexp if lttl == ttl else expiry(ts, lttl, tombstone)
+            record = indexed.get((lns, lrid))
+            if record is None:
+                record = indexed[(lns, lrid)] = {}
+            record[suffix] = (
+                new_key + suffix,
+                (head if lttl == ttl else pack(ts, token, lexp, flags)) + value,
+                lexp or b"",
+                read + suffix if read else b"",
+            )
+        return True
+
+    def _lists(self) -> dict[tuple[str, bytes], dict[bytes, _Entry]]:
+        """The block's ``put_indexed`` list entries by list record, then suffix."""
+        if self._kv.cluster:
+            return self._indexed
+        if self._view is None:
+            view: dict[tuple[str, bytes], dict[bytes, _Entry]] = {}
+            for blob, new_key, _, read, moves in self._edges.values():
+                for record, suffix, head, score in moves:
+                    view.setdefault(record, {})[suffix] = (
+                        new_key + suffix,
+                        (head + blob[HEADER_SIZE:]) if head else blob,
+                        score,
+                        read + suffix if read else b"",
+                    )
+            self._view = view
+        return self._view
+
+    def _indexed_view(self, ns: str, rid: bytes, key: bytes) -> tuple[bool, Item | None]:
+        """What this block's list entries make of a list item: (known, item or None)."""
+        record = self._lists().get((ns, rid))
+        entry = None if record is None else record.get(key[8:])
+        if entry is not None:
+            if entry[0] == key:
+                item = _decode(key, entry[1])
+                return True, None if item.tombstone else item
+            if entry[3] == key:
+                return True, None
+        return False, None
+
     def put_many(self, items: Iterable[tuple[str, bytes, bytes, bytes, int, int]]) -> None:
         changes, lww = self._changes, self._lww
         ttls: dict[str, int | None] = {}
@@ -1459,6 +1810,10 @@ class _RedisWrite(WriteTxn):
             changes[k] = _item(Item, (key, bytes(value), ts, token, expires_at, False))
             if lww:
                 lww.discard(k)
+        if self._edges:  # a plain put of a put_indexed item cancels its list moves
+            for k in [k for k in self._edges if k not in lww]:
+                del self._edges[k]
+            self._view = None
 
     def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
         existed = self.get(ns, rid, key) is not None
@@ -1472,6 +1827,9 @@ class _RedisWrite(WriteTxn):
         self._changes[k] = None
         if self._lww:
             self._lww.discard(k)
+        if self._edges:
+            self._edges.pop(k, None)
+            self._view = None
 
     def scan(
         self,
@@ -1482,6 +1840,13 @@ class _RedisWrite(WriteTxn):
         reverse: bool = False,
     ) -> Iterator[Item]:
         merged = {i.key: i for i in self._kv._stream(ns, rid, start, stop, reverse, COUNT_BATCH)}
+        for key, blob, _, read in self._lists().get((ns, rid), {}).values():
+            merged.pop(read, None)
+            item = _decode(key, blob)
+            if item.tombstone:
+                merged.pop(key, None)
+            elif (start is None or key >= start) and (stop is None or key < stop):
+                merged[key] = item
         for (cns, crid, key), change in self._changes.items():
             if cns != ns or crid != rid:
                 continue
@@ -1497,7 +1862,9 @@ class _RedisWrite(WriteTxn):
         self._checkpoints[source] = bytes(position)
 
     def commit(self) -> None:
-        if not (self._changes or self._checkpoints or self._declared):
+        if not (
+            self._changes or self._checkpoints or self._declared or self._indexed or self._edges
+        ):
             return
         kv = self._kv
         if kv.cluster:
@@ -1516,82 +1883,159 @@ class _RedisWrite(WriteTxn):
         """The block's changes by record, in the order records were first changed, each item
         once in its final state (see :data:`_Record`)."""
         records: dict[tuple[str, bytes], _Record] = {}
-        lww = self._lww
+        lww, edges = self._lww, self._edges
         pack = _header_pack
         for k, item in self._changes.items():
             ns, rid, key = k
+            if edges and k in edges:
+                continue  # section 7 (one server)
             rec = records.get((ns, rid))
             if rec is None:
-                rec = records[(ns, rid)] = ([], [], [], [], [])
+                rec = records[(ns, rid)] = ([], [], [], [], [], [])
             if item is None:
                 rec[1].append(key)
                 continue
             ts, token, expires_at = item[2], item[3], item[4]
             blob = pack(ts, token, expires_at, FLAG_TOMBSTONE if item[5] else 0) + item[1]
-            conditional = lww and k in lww
-            if conditional or expires_at:
+            if lww and k in lww:
+                rec[3].extend((key, blob, expires_at or b""))
+                continue
+            if expires_at:
                 prefix = rec[4]
                 if not prefix:
                     prefix.append(_member(ns, rid, b""))
-                if conditional:
-                    rec[3].extend((key, blob, expires_at or b"", prefix[0] + key))
-                    continue
                 rec[2].extend((expires_at, prefix[0] + key))
             rec[0].extend((key, blob))
+        for (ns, rid), entries in self._indexed.items() if self._kv.cluster else ():
+            rec = records.get((ns, rid))
+            if rec is None:
+                rec = records[(ns, rid)] = ([], [], [], [], [], [])
+            rec[5].extend(chain.from_iterable(entries.values()))
         return records
+
+    def _member_front(self, ns: str, rid: bytes) -> bytes:
+        """``_member(ns, rid, b"")``, with the namespace's part cached."""
+        front = self._fronts.get(ns)
+        if front is None:
+            front = self._fronts[ns] = _member(ns, b"", b"")[:-2]  # len(ns) ‖ ns
+        if len(rid) > 0xFFFF:
+            raise StorageError("record id too long (the limit is 65535 bytes)")
+        return front + _LEN.pack(len(rid)) + rid
+
+    def _tail(self, ns: str, rid: bytes, k: int, rec: _Record, out: list[bytes | int]) -> None:
+        """Append a record's share of section 6 of :data:`_APPLY` to ``out``."""
+        prefix = rec[4][0] if rec[4] else self._member_front(ns, rid)
+        cond, ind = rec[3], rec[5]
+        out += (k, prefix, len(cond) // 3, *cond, len(ind) // 4, *ind)
 
     def _single(self) -> tuple[list[bytes], _Args]:
         """KEYS and ARGV of the one-server batch script."""
         kv = self._kv
         records = self._records()
         keys: list[bytes] = [kv._exp, kv._cp, kv._meta]
-        args: _Args = [len(records)]
-        conditional: _Args = []
+        args: _Args = [0]
+        plain = 0  # records with unconditional puts or deletes (section 1)
+        tail: list[bytes | int] = []
+        tails = 0
         index: list[bytes | int] = []
-        for (ns, rid), (puts, dels, idx, cond, _) in records.items():
+        for (ns, rid), rec in records.items():
+            puts, dels, idx = rec[0], rec[1], rec[2]
             keys += self._keys(ns, rid)
             k = len(keys) - 1  # the record's sorted set, as a Lua index (from 1)
-            args.append(k)
-            args.append(len(puts) // 2)
-            args += puts
-            args.append(len(dels))
-            args += dels
+            if puts or dels:
+                plain += 1
+                args.append(k)
+                args.append(len(puts) // 2)
+                args += puts
+                args.append(len(dels))
+                args += dels
             if idx:
                 index += idx
-            for i in range(0, len(cond), 4):
-                conditional += (k, *cond[i : i + 4])
-        args += (len(conditional) // 5, *conditional)
+            if rec[3] or rec[5]:
+                self._tail(ns, rid, k, rec, tail)
+                tails += 1
+        args.append(0)  # section 2: conditional puts go in section 6
         args += (len(index) // 2, *index, len(self._declared), *self._declared)
         args.append(len(self._checkpoints))
         for source, position in self._checkpoints.items():
             args += (source, position)
+        args.append(tails)
+        args += tail
+        args[0] = plain
+        if self._edges:
+            self._edge_args(records, keys, args)
         return keys, args
+
+    def _edge_args(
+        self, records: dict[tuple[str, bytes], _Record], keys: list[bytes], args: _Args
+    ) -> None:
+        """Append section 7 of :data:`_APPLY` (one server) to ``args``, adding the records
+        it names to ``keys``."""
+        where: dict[tuple[str, bytes], int] = {}
+        for i, r in enumerate(records):
+            where[r] = -(2 * i + 4)  # KEYS after exp, cp, meta: (zset, hash) pairs; < 0: no
+            # expiry-member front sent yet
+        fronts: list[bytes | int] = []
+
+        def index(ns: str, rid: bytes) -> int:
+            k = where.get((ns, rid))
+            if k is None:
+                keys.extend(self._keys(ns, rid))
+                k = len(keys) - 1
+            elif k > 0:
+                return k
+            else:
+                k = -k
+            where[(ns, rid)] = k
+            fronts.extend((k, self._member_front(ns, rid)))
+            return k
+
+        ops: list[bytes | int] = []
+        for k, (blob, tkey, score, _, moves) in self._edges.items():
+            kr = where.get((k[0], k[1]))
+            ops += (kr if kr and kr > 0 else index(k[0], k[1]), k[2], blob, score, tkey, len(moves))
+            for record, suffix, head, lscore in moves:
+                kr = where.get(record)
+                ops += (kr if kr and kr > 0 else index(*record), suffix, head, lscore)
+        args += (len(fronts) // 2, *fronts, len(self._edges), *ops)
 
     def _groups(self) -> list[tuple[list[bytes], list[bytes | int]]]:
         """The batch as one (KEYS, ARGV) per hash slot, each for the group script, in the
         order the slots were first written."""
         kv = self._kv
-        # per slot: KEYS, the records' arguments, their count, conditional puts, index pairs
+        # per slot: KEYS, the records' arguments, their count, section 6, its count, index pairs
         by_slot: dict[
             int,
-            tuple[list[bytes], list[bytes | int], list[int], list[bytes | int], list[bytes | int]],
+            tuple[
+                list[bytes],
+                list[bytes | int],
+                list[int],
+                list[bytes | int],
+                list[int],
+                list[bytes | int],
+            ],
         ] = {}
-        for (ns, rid), (puts, dels, idx, cond, _) in self._records().items():
+        for (ns, rid), rec in self._records().items():
+            puts, dels = rec[0], rec[1]
             z, h = self._keys(ns, rid)
             slot = key_slot(z)  # one string search and a C CRC: cheap next to the rest
             group = by_slot.get(slot)
             if group is None:
-                group = by_slot[slot] = ([kv._exp_of(slot)], [], [0], [], [])
+                group = by_slot[slot] = ([kv._exp_of(slot)], [], [0], [], [0], [])
             group[0].extend((z, h))
             k = len(group[0]) - 1
-            group[1].extend((k, len(puts) // 2, *puts, len(dels), *dels))
-            group[2][0] += 1
-            group[4].extend(idx)
-            for i in range(0, len(cond), 4):
-                group[3].extend((k, *cond[i : i + 4]))
+            if puts or dels:
+                group[1].extend((k, len(puts) // 2, *puts, len(dels), *dels))
+                group[2][0] += 1
+            group[5].extend(rec[2])
+            if rec[3] or rec[5]:
+                self._tail(ns, rid, k, rec, group[3])
+                group[4][0] += 1
         out: list[tuple[list[bytes], list[bytes | int]]] = []
-        for keys, recs, n, cond, idx in by_slot.values():
-            args: list[bytes | int] = [n[0], *recs, len(cond) // 5, *cond, len(idx) // 2, *idx]
+        for keys, recs, n, tail, tails, idx in by_slot.values():
+            args: list[bytes | int] = [n[0], *recs, 0, len(idx) // 2, *idx]
+            if tails[0]:  # last (see _APPLY); a group without it keeps the earlier form
+                args += (tails[0], *tail)
             out.append((keys, args))
         return out
 
