@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -182,6 +182,22 @@ def _newest_per_edge(
         best, best_tok = m, tok
     if best is not None:
         yield best, best_tok
+
+
+@runtime_checkable
+class _ListedWriter(Protocol):
+    """A write transaction with a fused edge upsert (LMDB's has one): the same reads, deletes
+    and puts as the generic loop of :meth:`GraphStore._write_edges`, in one call per edge
+    type."""
+
+    def upsert_listed(
+        self,
+        key_ns: str,
+        out_ns: str,
+        in_ns: str,
+        rows: list[tuple[bytes, bytes, int, int, bytes]],
+        time_key: Callable[[int], bytes],
+    ) -> int: ...
 
 
 #: The graph's own bookkeeping namespace.
@@ -466,8 +482,11 @@ class GraphStore:
         An upsert that wins reads the edge's key item, deletes its old entries from both
         time-ordered lists and queues its three puts, written in bulk at the end (each edge
         appears once per batch, so nothing reads them before). The hottest loop of ingest:
-        everything per edge is inlined.
+        on a backend with :meth:`~_ListedWriter.upsert_listed` (LMDB) the upserts of each
+        edge type go to it in one call; elsewhere everything per edge is inlined here.
         """
+        if isinstance(w, _ListedWriter):
+            return self._write_edges_listed(w, w.upsert_listed, edge_ops, deleted, with_deletes)
         applied = 0
         pending: list[tuple[str, bytes, bytes, bytes, int, int]] = []
         append = pending.append
@@ -501,6 +520,48 @@ class GraphStore:
             append((key_ns, src, dst, raw, ts, tok))
             applied += 1
         w.put_many(pending)
+        return applied
+
+    def _write_edges_listed(
+        self,
+        w: WriteTxn,
+        upsert: Callable[
+            [str, str, str, list[tuple[bytes, bytes, int, int, bytes]], Callable[[int], bytes]],
+            int,
+        ],
+        edge_ops: list[EdgeUpsert | EdgeDelete],
+        deleted: dict[str, tuple[int, int] | None],
+        with_deletes: set[str],
+    ) -> int:
+        """:meth:`_write_edges` through :meth:`_ListedWriter.upsert_listed`: the rows of each
+        edge type (a run of the key-sorted ``edge_ops``) in one call; deletes as before (they
+        touch other edges' items than the upserts, so the order between them is free)."""
+        applied = 0
+        rows: list[tuple[bytes, bytes, int, int, bytes]] = []
+        add = rows.append
+        ns_of = self._ns
+        inv_ts = keys.inv_ts
+        encode = _encode
+        run_type = ""
+        for m, tok in _newest_per_edge(edge_ops):
+            if type(m) is not EdgeUpsert:
+                assert isinstance(m, EdgeDelete)
+                applied += self._edge_delete(w, m)
+                continue
+            if with_deletes and self._endpoint_deleted(w, m, (m.ts, tok), deleted, with_deletes):
+                continue  # an endpoint was deleted after this edge was generated
+            if m.type != run_type:
+                if rows:
+                    out_ns, in_ns, key_ns = ns_of[run_type]
+                    applied += upsert(key_ns, out_ns, in_ns, rows, inv_ts)
+                    rows = []
+                    add = rows.append
+                run_type = m.type
+            props = m.props
+            add((m.src.encode(), m.dst.encode(), m.ts, tok, encode(props) if props else b""))
+        if rows:
+            out_ns, in_ns, key_ns = ns_of[run_type]
+            applied += upsert(key_ns, out_ns, in_ns, rows, inv_ts)
         return applied
 
     def _endpoint_deleted(
