@@ -21,6 +21,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ _LEN = struct.Struct(">H")
 _pack_len = _LEN.pack
 _header_unpack = HEADER.unpack_from
 _header_pack = HEADER.pack
+_first = itemgetter(0)
 #: Builds an Item without NamedTuple's keyword-handling constructor (hot path).
 _new_item = tuple.__new__
 
@@ -753,7 +755,7 @@ class _LmdbWrite(WriteTxn):
             raise
         for db, got in ((key_db, key_rows), (out_db, out_rows), (in_db, in_rows)):
             if got:
-                got.sort()
+                got.sort(key=_first)  # keys are unique: no value is compared
                 try:
                     txn.cursor(db=db).putmulti(got)
                 except _lmdb.MapFullError as exc:
