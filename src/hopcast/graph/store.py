@@ -3,6 +3,8 @@
 Writes go through :meth:`GraphStore.apply`, which
 
 1. validates every mutation against the schema (nothing is written if one does not fit),
+   unless the caller shows they were validated against this very schema (an ingest
+   pipeline's ``validated_by``),
 2. applies them in one atomic KV write under the LWW rules of :mod:`hopcast.graph.mutations`,
 3. writes the given source positions (checkpoints) in that same write,
 4. tells listeners (e.g. the node cache) which nodes changed.
@@ -281,15 +283,21 @@ class GraphStore:
         checkpoints: Mapping[str, bytes] | None = None,
         *,
         validated: bool = False,
+        validated_by: Schema | None = None,
         extra: Iterable[tuple[str, bytes, bytes, bytes]] = (),
     ) -> ApplyResult:
         """Validate, then apply mutations, checkpoints and ``extra`` items in one atomic write.
 
         ``validated=True`` skips the validation for a caller whose mutations are already the
-        canonical forms that :meth:`validate` returns for this store's schema (an ingest
-        pipeline that validated them against :attr:`schema`); anything else must not pass it.
+        canonical forms that :meth:`validate` returns for this store's schema; anything else
+        must not pass it.
 
         Args:
+            validated_by: the schema whose ``validate`` produced ``mutations`` (an ingest
+                pipeline's): the store skips its own validation only if that is this store's
+                :attr:`schema` itself (the same object, not an equal one), so mutations
+                validated against any other schema, or a schema loaded since, are validated
+                here in full.
             extra: raw items ``(namespace, record id, item key, value)`` put unconditionally
                 in the same write (the ingest engine's side-table rows, which must change
                 exactly when the positions of the records that changed them are stored); their
@@ -300,6 +308,8 @@ class GraphStore:
             StorageRefused: if the backend cannot store an item (nothing is written).
             StorageError: if the backend fails (nothing is written).
         """
+        if validated_by is not None and validated_by is self.schema:
+            validated = True
         batch = mutations if validated and isinstance(mutations, list) else None
         if batch is None:
             batch = list(mutations) if validated else self.validate(mutations)

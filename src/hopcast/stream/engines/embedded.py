@@ -119,6 +119,7 @@ from hopcast.errors import (
     StorageRefused,
 )
 from hopcast.graph.mutations import Mutation
+from hopcast.graph.schema import Schema
 from hopcast.graph.store import ApplyResult, GraphStore
 from hopcast.graphdb import Graph
 from hopcast.kv.base import KVStore
@@ -466,12 +467,12 @@ class EmbeddedEngine:
         self._stop = threading.Event()
         self._opened = False
         self._pipelines = {s.name: p for s, p in sources}
-        #: every pipeline validates against the store's own schema (and no coalescer merges
-        #: their outputs): a GraphStore need not validate the batch again
-        self._validated = (
-            isinstance(self.store, GraphStore)
-            and not coalesce
-            and all(p.schema is self.store.schema for p in self._pipelines.values())
+        #: the one schema every pipeline validates against (None if they differ, one does
+        #: not validate, or a coalescer merges their outputs): passed to the store, which
+        #: skips its own validation when it is the store's schema
+        schemas = {id(p.schema): p.schema for p in self._pipelines.values()}
+        self._validated_by: Schema | None = (
+            next(iter(schemas.values())) if len(schemas) == 1 and not coalesce else None
         )
         self.tables = dict(tables or {})
         self.source_retries = source_retries
@@ -813,7 +814,7 @@ class EmbeddedEngine:
                     self.deadletters.put(*letters)
                 try:
                     result = self.store.apply(
-                        mutations, checkpoints, validated=self._validated, extra=side
+                        mutations, checkpoints, validated_by=self._validated_by, extra=side
                     )
                     refused: list[DeadLetter] = []
                 except StorageError as exc:
