@@ -3,6 +3,8 @@
 Writes go through :meth:`GraphStore.apply`, which
 
 1. validates every mutation against the schema (nothing is written if one does not fit),
+   unless the caller shows they were validated against this very schema (an ingest
+   pipeline's ``validated_by``),
 2. applies them in one atomic KV write under the LWW rules of :mod:`hopcast.graph.mutations`,
 3. writes the given source positions (checkpoints) in that same write,
 4. tells listeners (e.g. the node cache) which nodes changed.
@@ -17,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -184,6 +186,22 @@ def _newest_per_edge(
         yield best, best_tok
 
 
+@runtime_checkable
+class _ListedWriter(Protocol):
+    """A write transaction with a fused edge upsert (LMDB's has one): the same reads, deletes
+    and puts as the generic loop of :meth:`GraphStore._write_edges`, in one call per edge
+    type."""
+
+    def upsert_listed(
+        self,
+        key_ns: str,
+        out_ns: str,
+        in_ns: str,
+        rows: list[tuple[bytes, bytes, int, int, bytes]],
+        time_key: Callable[[int], bytes],
+    ) -> int: ...
+
+
 #: The graph's own bookkeeping namespace.
 GRAPH_META_NS = "g.meta"
 #: Record listing the node types that have had a NodeDelete (item key = node type).
@@ -265,15 +283,21 @@ class GraphStore:
         checkpoints: Mapping[str, bytes] | None = None,
         *,
         validated: bool = False,
+        validated_by: Schema | None = None,
         extra: Iterable[tuple[str, bytes, bytes, bytes]] = (),
     ) -> ApplyResult:
         """Validate, then apply mutations, checkpoints and ``extra`` items in one atomic write.
 
         ``validated=True`` skips the validation for a caller whose mutations are already the
-        canonical forms that :meth:`validate` returns for this store's schema (an ingest
-        pipeline that validated them against :attr:`schema`); anything else must not pass it.
+        canonical forms that :meth:`validate` returns for this store's schema; anything else
+        must not pass it.
 
         Args:
+            validated_by: the schema whose ``validate`` produced ``mutations`` (an ingest
+                pipeline's): the store skips its own validation only if that is this store's
+                :attr:`schema` itself (the same object, not an equal one), so mutations
+                validated against any other schema, or a schema loaded since, are validated
+                here in full.
             extra: raw items ``(namespace, record id, item key, value)`` put unconditionally
                 in the same write (the ingest engine's side-table rows, which must change
                 exactly when the positions of the records that changed them are stored); their
@@ -284,6 +308,8 @@ class GraphStore:
             StorageRefused: if the backend cannot store an item (nothing is written).
             StorageError: if the backend fails (nothing is written).
         """
+        if validated_by is not None and validated_by is self.schema:
+            validated = True
         batch = mutations if validated and isinstance(mutations, list) else None
         if batch is None:
             batch = list(mutations) if validated else self.validate(mutations)
@@ -466,10 +492,13 @@ class GraphStore:
         An upsert that wins reads the edge's key item, deletes its old entries from both
         time-ordered lists and queues its three puts, written in bulk at the end (each edge
         appears once per batch, so nothing reads them before). The hottest loop of ingest:
-        everything per edge is inlined.
+        on a backend with :meth:`~_ListedWriter.upsert_listed` (LMDB) the upserts of each
+        edge type go to it in one call; elsewhere everything per edge is inlined here.
         """
         if w.indexes_on_server:
             return self._write_edges_indexed(w, edge_ops, deleted, with_deletes)
+        if isinstance(w, _ListedWriter):
+            return self._write_edges_listed(w, w.upsert_listed, edge_ops, deleted, with_deletes)
         applied = 0
         pending: list[tuple[str, bytes, bytes, bytes, int, int]] = []
         append = pending.append
@@ -532,6 +561,48 @@ class GraphStore:
                 old = get(key_ns, src, dst)
                 if put_indexed(key_ns, src, dst, b"", m.ts, tok, lists, tombstone=True):
                     applied += old is not None and not old.tombstone
+        return applied
+
+    def _write_edges_listed(
+        self,
+        w: WriteTxn,
+        upsert: Callable[
+            [str, str, str, list[tuple[bytes, bytes, int, int, bytes]], Callable[[int], bytes]],
+            int,
+        ],
+        edge_ops: list[EdgeUpsert | EdgeDelete],
+        deleted: dict[str, tuple[int, int] | None],
+        with_deletes: set[str],
+    ) -> int:
+        """:meth:`_write_edges` through :meth:`_ListedWriter.upsert_listed`: the rows of each
+        edge type (a run of the key-sorted ``edge_ops``) in one call; deletes as before (they
+        touch other edges' items than the upserts, so the order between them is free)."""
+        applied = 0
+        rows: list[tuple[bytes, bytes, int, int, bytes]] = []
+        add = rows.append
+        ns_of = self._ns
+        inv_ts = keys.inv_ts
+        encode = _encode
+        run_type = ""
+        for m, tok in _newest_per_edge(edge_ops):
+            if type(m) is not EdgeUpsert:
+                assert isinstance(m, EdgeDelete)
+                applied += self._edge_delete(w, m)
+                continue
+            if with_deletes and self._endpoint_deleted(w, m, (m.ts, tok), deleted, with_deletes):
+                continue  # an endpoint was deleted after this edge was generated
+            if m.type != run_type:
+                if rows:
+                    out_ns, in_ns, key_ns = ns_of[run_type]
+                    applied += upsert(key_ns, out_ns, in_ns, rows, inv_ts)
+                    rows = []
+                    add = rows.append
+                run_type = m.type
+            props = m.props
+            add((m.src.encode(), m.dst.encode(), m.ts, tok, encode(props) if props else b""))
+        if rows:
+            out_ns, in_ns, key_ns = ns_of[run_type]
+            applied += upsert(key_ns, out_ns, in_ns, rows, inv_ts)
         return applied
 
     def _endpoint_deleted(

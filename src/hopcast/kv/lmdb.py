@@ -21,6 +21,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ _LEN = struct.Struct(">H")
 _pack_len = _LEN.pack
 _header_unpack = HEADER.unpack_from
 _header_pack = HEADER.pack
+_first = itemgetter(0)
 #: Builds an Item without NamedTuple's keyword-handling constructor (hot path).
 _new_item = tuple.__new__
 
@@ -662,6 +664,103 @@ class _LmdbWrite(WriteTxn):
                 cur.putmulti(rows)
             except _lmdb.MapFullError as exc:
                 raise StorageError(f"LMDB map is full at {kv.path}") from exc
+
+    def upsert_listed(
+        self,
+        key_ns: str,
+        out_ns: str,
+        in_ns: str,
+        rows: list[tuple[bytes, bytes, int, int, bytes]],
+        time_key: Callable[[int], bytes],
+    ) -> int:
+        """Last-write-wins upserts of keyed items listed in two time-ordered lists, fused into
+        one loop over the LMDB transaction (the graph's edge write, see
+        :mod:`hopcast.graph.keys`); returns how many rows were written.
+
+        For each row ``(src, dst, ts, token, value)``, each ``(src, dst)`` at most once:
+
+        1. read the item ``key_ns/src/dst``; if its version ``(ts, token)`` is newer or equal,
+           skip the row (the stored item is the later write);
+        2. if that item is live (not a tombstone), delete its entries
+           ``out_ns/src/time_key(old ts) ‖ dst`` and ``in_ns/dst/time_key(old ts) ‖ src``;
+        3. put ``key_ns/src/dst``, ``out_ns/src/time_key(ts) ‖ dst`` and
+           ``in_ns/dst/time_key(ts) ‖ src`` with ``value``, the version and each namespace's
+           TTL, in bulk, in key order, after every read of the call.
+
+        The same items and headers as :meth:`get`, :meth:`delete` and :meth:`put_many` would
+        write, with one key prefix, one header and one Python tuple per row and list.
+
+        Raises:
+            StorageRefused: if an id is longer than a record id can be (nothing of the row is
+                written; the transaction must be aborted).
+        """
+        kv = self._kv
+        txn = self._txn
+        tget, tdel = txn.get, txn.delete
+        key_db = kv._dbs.get(key_ns) or self._wdb(key_ns)
+        out_db = kv._dbs.get(out_ns) or self._wdb(out_ns)
+        in_db = kv._dbs.get(in_ns) or self._wdb(in_ns)
+        ttls = kv._ttls
+        ttl_key, ttl_out, ttl_in = ttls.get(key_ns), ttls.get(out_ns), ttls.get(in_ns)
+        shared = ttl_key == ttl_out == ttl_in  # one edge type's lists: always
+        pack_len, pack, unpack = _pack_len, _header_pack, _header_unpack
+        key_rows: list[tuple[bytes, bytes]] = []
+        out_rows: list[tuple[bytes, bytes]] = []
+        in_rows: list[tuple[bytes, bytes]] = []
+        key_add, out_add, in_add = key_rows.append, out_rows.append, in_rows.append
+        written = 0
+        try:
+            for src, dst, ts, token, value in rows:
+                psrc = pack_len(len(src)) + src
+                kk = psrc + dst
+                old = tget(kk, db=key_db)
+                if old is not None:
+                    old_ts, old_token, _, old_flags = unpack(old)
+                    if old_ts > ts or (old_ts == ts and old_token >= token):
+                        continue
+                    if not old_flags:
+                        old_inv = time_key(old_ts)
+                        tdel(psrc + old_inv + dst, db=out_db)
+                        tdel(pack_len(len(dst)) + dst + old_inv + src, db=in_db)
+                inv = time_key(ts)
+                if shared:
+                    v = pack(ts, token, 0 if ttl_key is None else ts + ttl_key, 0) + value
+                    key_add((kk, v))
+                    out_add((psrc + inv + dst, v))
+                    in_add((pack_len(len(dst)) + dst + inv + src, v))
+                else:
+                    key_add(
+                        (kk, pack(ts, token, 0 if ttl_key is None else ts + ttl_key, 0) + value)
+                    )
+                    out_add(
+                        (
+                            psrc + inv + dst,
+                            pack(ts, token, 0 if ttl_out is None else ts + ttl_out, 0) + value,
+                        )
+                    )
+                    in_add(
+                        (
+                            pack_len(len(dst)) + dst + inv + src,
+                            pack(ts, token, 0 if ttl_in is None else ts + ttl_in, 0) + value,
+                        )
+                    )
+                written += 1
+        except struct.error:
+            for src, dst, *_ in rows:
+                for rid in (src, dst):
+                    if len(rid) > 0xFFFF:
+                        raise StorageRefused(
+                            f"record id too long ({len(rid)} bytes; the limit is 65535)"
+                        ) from None
+            raise
+        for db, got in ((key_db, key_rows), (out_db, out_rows), (in_db, in_rows)):
+            if got:
+                got.sort(key=_first)  # keys are unique: no value is compared
+                try:
+                    txn.cursor(db=db).putmulti(got)
+                except _lmdb.MapFullError as exc:
+                    raise StorageError(f"LMDB map is full at {kv.path}") from exc
+        return written
 
     def delete(self, ns: str, rid: bytes, key: bytes) -> bool:
         db = self._kv._dbs.get(ns) or self._find_db(ns)

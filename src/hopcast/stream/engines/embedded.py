@@ -13,7 +13,10 @@ One micro-batch, bounded by ``batch_records`` records and ``batch_ms`` milliseco
    closes at once), ``linger_ms`` have passed since its first record, or ``batch_ms`` since it
    started; only while the batch is still empty does it wait, a few ms on one source at a time
    (so at low rates a record waits a few ms before it is processed, while a backlog is read in
-   full batches at once, and a batch written while records arrive takes them all next);
+   full batches at once, and a batch written while records arrive takes them all next); in
+   :meth:`run`, while the previous batch's write runs, only ``batch_records`` and ``batch_ms``
+   close the batch, so the records that arrive during that write are written right after it
+   (not one write later);
 2. **process** each record through its source's pipeline (pure; never raises): its mutations
    join the batch (through a :class:`~hopcast.stream.dedup.Coalescer` with ``coalesce=True``),
    a rejected record becomes one dead letter;
@@ -119,6 +122,7 @@ from hopcast.errors import (
     StorageRefused,
 )
 from hopcast.graph.mutations import Mutation
+from hopcast.graph.schema import Schema
 from hopcast.graph.store import ApplyResult, GraphStore
 from hopcast.graphdb import Graph
 from hopcast.kv.base import KVStore
@@ -138,6 +142,9 @@ DEFAULT_LINGER_MS = 20
 #: Longest wait on one idle source before the engine looks at all of them again (a record on
 #: any source waits at most about this long to be polled).
 IDLE_WAIT_S = 0.005
+#: Longest wait on one idle source while the previous batch's write runs: the batch closes
+#: about this soon after that write returns (1 ms: a wake-up costs microseconds).
+HOLD_WAIT_S = 0.001
 #: Consecutive source failures survived (about four minutes of backing off) before giving up.
 DEFAULT_SOURCE_RETRIES = 12
 #: The first back-off after a source failure (doubling per failure in a row, up to the max).
@@ -466,12 +473,12 @@ class EmbeddedEngine:
         self._stop = threading.Event()
         self._opened = False
         self._pipelines = {s.name: p for s, p in sources}
-        #: every pipeline validates against the store's own schema (and no coalescer merges
-        #: their outputs): a GraphStore need not validate the batch again
-        self._validated = (
-            isinstance(self.store, GraphStore)
-            and not coalesce
-            and all(p.schema is self.store.schema for p in self._pipelines.values())
+        #: the one schema every pipeline validates against (None if they differ, one does
+        #: not validate, or a coalescer merges their outputs): passed to the store, which
+        #: skips its own validation when it is the store's schema
+        schemas = {id(p.schema): p.schema for p in self._pipelines.values()}
+        self._validated_by: Schema | None = (
+            next(iter(schemas.values())) if len(schemas) == 1 and not coalesce else None
         )
         self.tables = dict(tables or {})
         self.source_retries = source_retries
@@ -572,7 +579,7 @@ class EmbeddedEngine:
                 try:
                     if not self._opened:
                         self.open()
-                    batch = self._collect()
+                    batch = self._collect(inflight[1] if inflight is not None else None)
                 except SourceError as exc:
                     # What was read before the failure is written; its sources are told
                     # nothing (they are reopened at the stored positions next).
@@ -646,10 +653,11 @@ class EmbeddedEngine:
         self._store(batch)
         return self._finish(batch)
 
-    def _collect(self) -> _Batch:
-        """Steps 1 and 2 of a batch: poll the sources and process the records."""
+    def _collect(self, hold: Future[None] | None = None) -> _Batch:
+        """Steps 1 and 2 of a batch: poll the sources and process the records; ``hold`` (the
+        previous batch's write) keeps the poll open while it runs (see :meth:`_poll`)."""
         t0 = time.perf_counter()
-        batches = self._poll()
+        batches = self._poll(hold)
         t1 = time.perf_counter()
         now = self.clock()
         coalescer = Coalescer(window_us=0, max_keys=1 << 62) if self.coalesce else None
@@ -727,7 +735,7 @@ class EmbeddedEngine:
             batch.committed_at,
         )
 
-    def _poll(self) -> list[tuple[str, list[Record]]]:
+    def _poll(self, hold: Future[None] | None = None) -> list[tuple[str, list[Record]]]:
         """Up to ``batch_records`` records from the sources (see :class:`EmbeddedEngine`).
 
         Every round asks each source for what it has without waiting; only a round that found
@@ -735,10 +743,17 @@ class EmbeddedEngine:
         next in turn each time), so a record on any source is seen within about that long. A
         round that finds nothing more after the first records closes the batch: records do not
         wait for a linger when the sources are idle.
+
+        While ``hold`` (the previous batch's write) runs, neither an empty round nor the
+        linger closes the batch (only ``batch_records`` and ``batch_ms`` do): the records that
+        arrive meanwhile join this batch, written as soon as that write is done, instead of
+        the next one, written after this one (waits are then at most ``HOLD_WAIT_S``, so the
+        batch closes about that soon after the write).
         """
         out: dict[str, list[Record]] = {}
         room = self.batch_records
         close_at = time.monotonic() + self.batch_s
+        linger_at = close_at
         lingering = False
         n = len(self.sources)
         while room > 0 and not self._stop.is_set():
@@ -756,21 +771,25 @@ class EmbeddedEngine:
             now = time.monotonic()
             if got and not lingering:  # the first records: the batch closes a linger from now
                 lingering = True
-                close_at = min(close_at, now + self.linger_s)
+                linger_at = now + self.linger_s
             if n == 0:
                 self._stop.wait(max(0.0, close_at - now))
                 break
-            if (lingering and not got) or now >= close_at or room <= 0:
+            if now >= close_at or room <= 0:
+                break
+            held = hold is not None and not hold.done()
+            if not held and ((lingering and not got) or now >= linger_at):
                 break
             if not got:
                 source = self.sources[self._next_source][0]
-                wait = max(0.0, min(IDLE_WAIT_S, close_at - now))
-                records = self._poll_source(source, room, wait)
+                wait = min(HOLD_WAIT_S if held else IDLE_WAIT_S, close_at - now)
+                records = self._poll_source(source, room, max(0.0, wait))
                 if records:
                     out.setdefault(source.name, []).extend(records)
                     room -= len(records)
-                    lingering = True
-                    close_at = min(close_at, time.monotonic() + self.linger_s)
+                    if not lingering:
+                        lingering = True
+                        linger_at = time.monotonic() + self.linger_s
         return list(out.items())
 
     @staticmethod
@@ -813,7 +832,7 @@ class EmbeddedEngine:
                     self.deadletters.put(*letters)
                 try:
                     result = self.store.apply(
-                        mutations, checkpoints, validated=self._validated, extra=side
+                        mutations, checkpoints, validated_by=self._validated_by, extra=side
                     )
                     refused: list[DeadLetter] = []
                 except StorageError as exc:
