@@ -274,8 +274,10 @@ def run_stages(
     pipelines: dict[str, Pipeline] = {
         name: mappings[name].pipeline(schema, tables=tables) for name in SOURCES
     }
+    # Loaded without a schema: pipeline(None) falls back to the schema a file was loaded with.
+    bare = Mapping.load_dir(DEMO_MAPPINGS)
     unvalidated: dict[str, Pipeline] = {
-        name: mappings[name].pipeline(None, tables=tables) for name in SOURCES
+        name: bare[name].pipeline(None, tables=tables) for name in SOURCES
     }
     now = now_us()
     for i, r in enumerate(snapshot):
