@@ -27,7 +27,7 @@ from typing import Any
 from hopcast.graph.schema import Schema
 from hopcast.graph.store import GraphReader
 from hopcast.patterns.language import EdgeVar, Pattern
-from hopcast.patterns.reference import EdgeKey, MatchKey
+from hopcast.patterns.reference import EdgeKey, MatchKey, key_of, times_hold, window_full
 
 Binding = dict[str, Any]  # var -> node id; alias -> (edge key, ts, props)
 
@@ -69,18 +69,6 @@ class Incremental:
             return False
         return all(node.props.get(k) in allowed for k, allowed in spec.where.items())
 
-    def _times_hold(self, p: Pattern, b: Binding) -> bool:
-        for c in p.time:
-            if c.first not in b or c.then not in b:
-                continue
-            x, y = b[c.first][1], b[c.then][1]
-            if c.ordered:
-                if y < x or (c.within_us is not None and y - x > c.within_us):
-                    return False
-            elif c.within_us is not None and abs(y - x) > c.within_us:
-                return False
-        return True
-
     def _bind_edge(
         self,
         r: GraphReader,
@@ -110,7 +98,7 @@ class Incremental:
                 added.append(var)
         else:
             b[alias.name] = (key, ts, props)
-            if self._times_hold(p, b):
+            if times_hold(p, b):
                 return added
             del b[alias.name]
         for var in added:
@@ -145,10 +133,6 @@ class Incremental:
                 del b[var]
 
     # -- keys ---------------------------------------------------------------------------------
-
-    @staticmethod
-    def _key(b: Binding, names: Iterable[str]) -> MatchKey:
-        return tuple((n, b[n][0] if isinstance(b[n], tuple) else b[n]) for n in sorted(names))
 
     def _support(
         self, p: Pattern, bs: Iterable[Binding]
@@ -199,15 +183,7 @@ class Incremental:
             else:
                 value = f[count.distinct]
             points.append((f[count.over][1], value))
-        points.sort(key=lambda x: x[0])
-        for end in range(len(points)):
-            t = points[end][0]
-            if (
-                len({v for ts, v in points[: end + 1] if ts > t - count.within_us})
-                >= count.at_least
-            ):
-                return True, found
-        return False, found
+        return window_full(points, count.within_us, count.at_least), found
 
     def step(self, r: GraphReader, edges: Iterable[EdgeKey], nodes: Iterable[str] = ()) -> Changes:
         """Look at what a batch touched (``edges`` by key, ``nodes`` by id) and return the
@@ -228,14 +204,14 @@ class Incremental:
                         out.cancelled.append((name, key))
                 names = [*p.nodes, *p.edges]
                 for b in self._anchored(r, p, touched_edges, set(nodes)):
-                    key = self._key(b, names)
+                    key = key_of(b, names)
                     if key not in held:
                         held[key] = self._support(p, [b])
                         out.new.append((name, key))
             else:
                 groups = set(suspects)
                 for b in self._anchored(r, p, touched_edges, set(nodes)):
-                    groups.add(self._key(b, p.count.per))
+                    groups.add(key_of(b, p.count.per))
                 for group in groups:
                     holds, found = self._group(r, p, group)
                     if holds and group not in held:

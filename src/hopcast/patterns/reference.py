@@ -23,7 +23,7 @@ What holds (:func:`holding`):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from hopcast.graph.schema import Schema
@@ -92,7 +92,7 @@ def bindings(
                     break
             if ok:
                 binding[alias.name] = (key, ts, props)
-                if _times_hold(pattern, binding):
+                if times_hold(pattern, binding):
                     yield from extend(i + 1, binding)
                 del binding[alias.name]
             for var in added:
@@ -101,7 +101,9 @@ def bindings(
     yield from extend(0, {})
 
 
-def _times_hold(pattern: Pattern, binding: Mapping[str, Any]) -> bool:
+def times_hold(pattern: Pattern, binding: Mapping[str, Any]) -> bool:
+    """Whether the time constraints between the bound aliases of ``binding`` hold (an alias maps
+    to ``(key, ts, props)``; constraints on unbound aliases wait)."""
     for c in pattern.time:
         if c.first not in binding or c.then not in binding:
             continue  # checked once both are bound
@@ -114,7 +116,8 @@ def _times_hold(pattern: Pattern, binding: Mapping[str, Any]) -> bool:
     return True
 
 
-def _key(binding: Mapping[str, Any], names: list[str]) -> MatchKey:
+def key_of(binding: Mapping[str, Any], names: Iterable[str]) -> MatchKey:
+    """The key of ``binding`` over ``names``: sorted (name, node id or edge key) pairs."""
     out = []
     for name in sorted(names):
         value = binding[name]
@@ -133,7 +136,7 @@ def holding(
     count = pattern.count
     if count is None:
         names = [*pattern.nodes, *pattern.edges]
-        return {_key(b, names) for b in everything}
+        return {key_of(b, names) for b in everything}
     groups: dict[MatchKey, list[tuple[int, Any]]] = {}
     for b in everything:
         if isinstance(count.distinct, tuple):
@@ -143,14 +146,20 @@ def holding(
                 continue
         else:
             value = b[count.distinct]
-        groups.setdefault(_key(b, list(count.per)), []).append((b[count.over][1], value))
-    held = set()
-    for key, points in groups.items():
-        points.sort(key=lambda p: p[0])
-        for end in range(len(points)):
-            t = points[end][0]
-            window = {v for ts, v in points[: end + 1] if ts > t - count.within_us}
-            if len(window) >= count.at_least:
-                held.add(key)
-                break
-    return held
+        groups.setdefault(key_of(b, count.per), []).append((b[count.over][1], value))
+    return {
+        key
+        for key, points in groups.items()
+        if window_full(points, count.within_us, count.at_least)
+    }
+
+
+def window_full(points: list[tuple[int, Any]], within_us: int, at_least: int) -> bool:
+    """Whether some window ``(t - within_us, t]`` holds ``at_least`` distinct values among the
+    ``(ts, value)`` points."""
+    points = sorted(points, key=lambda p: p[0])
+    for end in range(len(points)):
+        t = points[end][0]
+        if len({v for ts, v in points[: end + 1] if ts > t - within_us}) >= at_least:
+            return True
+    return False
