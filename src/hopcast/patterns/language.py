@@ -55,6 +55,7 @@ import yaml
 from hopcast.durations import parse_duration
 from hopcast.errors import SchemaError
 from hopcast.graph.schema import Schema
+from hopcast.stream.mapping import _collect_lines
 
 #: Most edges in one pattern: matching is a join per edge, anchored on the edge that arrived;
 #: four keeps a match's reads to a few adjacency lists per batch (the issue's "up to ~4").
@@ -164,20 +165,8 @@ def from_yaml(text: str, schema: Schema, source: str = "<yaml>") -> dict[str, Pa
         raise PatternError(source, "", f"not valid YAML: {exc}") from exc
     lines: dict[str, int] = {}
     if root is not None:
-        _lines(root, "", lines)
+        _collect_lines(root, "", lines)  # a mapping file's: a key's own line
     return _Builder(source, lines, schema).build(data)
-
-
-def _lines(node: yaml.Node, path: str, out: dict[str, int]) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = f"{path}.{key_node.value}" if path else str(key_node.value)
-            _lines(value_node, child, out)
-            out[child] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _lines(item, f"{path}[{i}]", out)
 
 
 class _Builder:
