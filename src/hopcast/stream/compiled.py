@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -47,7 +47,7 @@ from hopcast.graph.mutations import EdgeDelete, EdgeUpsert, Mutation, NodeDelete
 from hopcast.graph.schema import Schema, _check_props, _PropsSpec
 from hopcast.stream import fields
 from hopcast.stream.fields import CONVERTERS, Condition, Path, Template, TimeSpec, ValueSpec
-from hopcast.stream.record import CDC_OPS, MISSING, Record
+from hopcast.stream.record import CDC_OPS, MISSING, Record, walk
 from hopcast.stream.rules import MAX_EACH, MAX_ORDER, MAX_OUTPUTS, OUTPUT_BITS, OutputSpec, Rule
 
 #: What a compiled mapping returns for an ordinary record: its valid, canonical mutations and
@@ -57,27 +57,6 @@ Fast = Callable[[Record], FastResult]
 
 
 # -- helpers the generated code calls (each raises on anything unusual: the caller falls back) --
-
-
-def _walk(value: Any, parts: Path) -> Any:
-    """:meth:`Event.get <hopcast.stream.record.Event.get>`'s loop from ``value`` on."""
-    for part in parts:
-        if type(value) is dict:
-            value = value.get(part, MISSING)
-            if value is MISSING:
-                return MISSING
-        elif isinstance(value, Mapping):
-            if part not in value:
-                return MISSING
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit():
-            index = int(part)
-            if index >= len(value):
-                return MISSING
-            value = value[index]
-        else:
-            return MISSING
-    return value
 
 
 class _Unusual(Exception):
@@ -142,7 +121,7 @@ class _Gen:
         self.lines: list[str] = []
         self.ns: dict[str, Any] = {
             "MISSING": MISSING,
-            "_walk": _walk,
+            "_walk": walk,
             "_text": _text,
             "_has_container": _has_container,
             "_props_ok": _props_ok,

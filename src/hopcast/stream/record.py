@@ -18,7 +18,7 @@ the rows that enrichment attached (``side``). Mappings read events; they never s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, NamedTuple
 
@@ -108,6 +108,28 @@ MISSING: Final = _Missing()
 CDC_OPS: Final = frozenset({"c", "u", "d", "r", "t"})
 
 
+def walk(value: Any, parts: Iterable[str]) -> Any:
+    """The value at ``parts`` below ``value``, or :data:`MISSING` (:meth:`Event.get`'s rule: map
+    keys matched exactly; a part made of digits indexes a list)."""
+    for part in parts:
+        if type(value) is dict:  # decoded JSON: the fast path
+            value = value.get(part, MISSING)
+            if value is MISSING:
+                return MISSING
+        elif isinstance(value, Mapping):
+            if part not in value:
+                return MISSING
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit():
+            index = int(part)
+            if index >= len(value):
+                return MISSING
+            value = value[index]
+        else:
+            return MISSING
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """The canonical, decoded event that filters, enrichment and mappings work on.
@@ -149,23 +171,7 @@ class Event:
             value = self.data.get(head, MISSING)
             if value is MISSING:
                 return MISSING
-        for part in path[1:]:
-            if type(value) is dict:  # decoded JSON: the fast path
-                value = value.get(part, MISSING)
-                if value is MISSING:
-                    return MISSING
-            elif isinstance(value, Mapping):
-                if part not in value:
-                    return MISSING
-                value = value[part]
-            elif isinstance(value, list) and part.isdigit():
-                index = int(part)
-                if index >= len(value):
-                    return MISSING
-                value = value[index]
-            else:
-                return MISSING
-        return value
+        return walk(value, path[1:]) if len(path) > 1 else value
 
     def with_side(self, name: str, row: Any) -> Event:
         """A copy with ``row`` attached as side input ``name``."""
